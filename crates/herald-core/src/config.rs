@@ -1,0 +1,156 @@
+//! Engine configuration: namespaces and per-session limits.
+//!
+//! Every key is documented in `docs/configuration.md`; defaults here are the built-in defaults.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What to do when a subscriber's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 4001; the client reconnects and recovers from history.
+    Disconnect,
+    /// Drop the oldest queued publications to make room (counted; clients see offset gaps).
+    DropOldest,
+    /// Keep only the newest queued publication per channel (conflation), then drop oldest.
+    Latest,
+}
+
+/// Options of one namespace (the part of a channel name before `:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceOptions {
+    /// Publications kept per channel for history and recovery (0 = no history).
+    pub history_size: usize,
+    /// How long publications stay in history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Whether `presence`/`presence_stats` are available.
+    pub presence: bool,
+    /// Whether subscribers receive `join`/`leave` pushes.
+    pub join_leave: bool,
+    /// Whether clients may publish over the socket.
+    pub allow_publish: bool,
+    /// Largest number of subscribers per channel on this node (0 = unlimited).
+    pub max_subscribers: usize,
+    /// Slow consumer policy.
+    pub slow_consumer: SlowConsumerPolicy,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        NamespaceOptions {
+            history_size: 0,
+            history_ttl: Duration::from_secs(0),
+            presence: false,
+            join_leave: false,
+            allow_publish: false,
+            max_subscribers: 0,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+        }
+    }
+}
+
+impl NamespaceOptions {
+    /// The permissive options of `herald serve --dev`.
+    pub fn dev() -> Self {
+        NamespaceOptions {
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            presence: true,
+            join_leave: true,
+            allow_publish: true,
+            max_subscribers: 0,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+        }
+    }
+
+    /// Whether history is kept.
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+/// Per-connection and session limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Most channels one connection may subscribe to.
+    pub max_channels: usize,
+    /// Most frames waiting in one connection's outbound queue.
+    pub queue_max_messages: usize,
+    /// Most bytes waiting in one connection's outbound queue.
+    pub queue_max_bytes: usize,
+    /// Protocol violations (malformed frames, bad payloads) tolerated before closing with 4500.
+    pub max_violations: u32,
+    /// How long a session survives an unexpected disconnect, waiting for `resume`.
+    #[serde(with = "humantime_serde")]
+    pub resume_grace: Duration,
+    /// Window in which publishes with the same idempotency key are applied once.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Largest `data` accepted in a client publish, in bytes.
+    pub max_data_size: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_channels: 128,
+            queue_max_messages: 1024,
+            queue_max_bytes: 1 << 20,
+            max_violations: 10,
+            resume_grace: Duration::from_secs(30),
+            idempotency_window: Duration::from_secs(120),
+            max_data_size: 60 * 1024,
+        }
+    }
+}
+
+/// Everything the engine needs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Session limits.
+    pub session: SessionConfig,
+    /// Options for channels without a namespace and for unknown namespaces; when absent, such
+    /// channels are rejected with `unknown_namespace`.
+    pub default_namespace: Option<NamespaceOptions>,
+    /// Named namespaces.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+impl EngineConfig {
+    /// The options governing a channel's namespace, if any.
+    pub fn namespace(&self, ns: &str) -> Option<&NamespaceOptions> {
+        self.namespaces.get(ns).or(self.default_namespace.as_ref())
+    }
+
+    /// Check cross-field rules; returns a human message for the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.session;
+        if s.queue_max_messages == 0 || s.queue_max_bytes < 1024 {
+            return Err("session.queue_max_messages must be > 0 and queue_max_bytes >= 1024".into());
+        }
+        if s.max_channels == 0 {
+            return Err("session.max_channels must be > 0".into());
+        }
+        for (name, ns) in &self.namespaces {
+            if name.is_empty() || herald_proto::channel::validate_channel(name).is_err() || name.contains(':') {
+                return Err(format!("namespace name {name:?} is invalid"));
+            }
+            if ns.history_size > 0 && ns.history_ttl.is_zero() {
+                return Err(format!("namespaces.{name}: history_size > 0 needs history_ttl > 0"));
+            }
+        }
+        if let Some(ns) = &self.default_namespace {
+            if ns.history_size > 0 && ns.history_ttl.is_zero() {
+                return Err("default_namespace: history_size > 0 needs history_ttl > 0".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,251 @@
+//! The hub: this node's index of subscriptions by channel, and the local fan-out.
+//!
+//! Fan-out takes a read lock on one shard, and for each subscriber pushes the shared
+//! `Arc<Publication>` into its outlet: no encoding and no allocation per subscriber (the frame is
+//! encoded once per format, on first write). A subscription that is still being set up (its
+//! subscribe reply and recovered history not yet queued) buffers live publications instead, so
+//! nothing published during recovery is lost or reordered.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use bytes::Bytes;
+use herald_proto::Format;
+
+use crate::config::SlowConsumerPolicy;
+use crate::memory::{lock, read, write};
+use crate::outlet::{Out, Outlet};
+use crate::publication::Publication;
+
+const SHARDS: usize = 64;
+
+/// One connection's subscription to one channel, as seen by the fan-out.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// Where frames go.
+    pub outlet: Arc<Outlet>,
+    /// The connection's id.
+    pub client_id: Arc<str>,
+    /// The namespace's slow consumer policy.
+    pub policy: SlowConsumerPolicy,
+    /// Whether this subscriber also gets join/leave pushes.
+    pub join_leave: bool,
+    buffering: AtomicBool,
+    buffer: Mutex<Vec<Arc<Publication>>>,
+    last_offset: AtomicU64,
+}
+
+impl Subscriber {
+    /// A subscriber that buffers publications until [`Subscriber::go_live`].
+    pub fn new(outlet: Arc<Outlet>, client_id: Arc<str>, policy: SlowConsumerPolicy, join_leave: bool) -> Arc<Self> {
+        Arc::new(Subscriber {
+            outlet,
+            client_id,
+            policy,
+            join_leave,
+            buffering: AtomicBool::new(true),
+            buffer: Mutex::new(Vec::new()),
+            last_offset: AtomicU64::new(0),
+        })
+    }
+
+    fn deliver(&self, p: &Arc<Publication>) {
+        if self.buffering.load(Ordering::Acquire) {
+            let mut buf = lock(&self.buffer);
+            if self.buffering.load(Ordering::Acquire) {
+                if buf.len() >= self.outlet.limits().max_messages {
+                    // Recovery is slower than the channel: treat as a slow consumer.
+                    buf.clear();
+                    self.outlet.close(herald_proto::CloseCode::SlowConsumer);
+                    metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
+                    return;
+                }
+                buf.push(p.clone());
+                return;
+            }
+        }
+        self.last_offset.store(p.offset, Ordering::Relaxed);
+        self.outlet.push(Out::Pub(p.clone()), self.policy);
+    }
+
+    /// Finish setup: run `before` (which queues the reply and recovered history and returns the
+    /// last offset it queued), then queue the publications buffered meanwhile that come after it,
+    /// and switch to direct delivery — all while holding the buffer lock, so the order is exact.
+    pub fn go_live(&self, before: impl FnOnce() -> u64) {
+        let mut buf = lock(&self.buffer);
+        let mut last = before();
+        for p in buf.drain(..) {
+            if p.offset > last {
+                last = p.offset;
+                self.outlet.push(Out::Pub(p), self.policy);
+            }
+        }
+        self.last_offset.store(last, Ordering::Relaxed);
+        self.buffering.store(false, Ordering::Release);
+    }
+
+    /// Offset of the last publication queued for this subscriber.
+    pub fn last_offset(&self) -> u64 {
+        self.last_offset.load(Ordering::Relaxed)
+    }
+
+    /// Publications buffered while setting up (for limits).
+    pub fn buffered(&self) -> usize {
+        lock(&self.buffer).len()
+    }
+}
+
+type Shard = RwLock<HashMap<Arc<str>, Vec<Arc<Subscriber>>>>;
+
+impl crate::broker::BrokerHandler for Hub {
+    fn on_publication(&self, publication: Arc<Publication>) {
+        self.fanout(&publication);
+    }
+
+    fn on_event(&self, channel: &str, event: crate::broker::ChannelEvent) {
+        use crate::broker::ChannelEvent;
+        let (kind, info) = match &event {
+            ChannelEvent::Join(i) => ("join", i),
+            ChannelEvent::Leave(i) => ("leave", i),
+        };
+        #[derive(serde::Serialize)]
+        struct Ev<'a> {
+            channel: &'a str,
+            client_id: &'a str,
+            user_id: &'a str,
+        }
+        let ev = Ev { channel, client_id: &info.client_id, user_id: &info.user_id };
+        self.broadcast_event(channel, |f| herald_proto::encode(f, kind, None, &ev).ok());
+    }
+}
+
+/// Subscriptions of this node, sharded by channel.
+pub struct Hub {
+    shards: Vec<Shard>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl Hub {
+    fn shard(&self, channel: &str) -> &Shard {
+        let mut h = self.hasher.build_hasher();
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Add a subscriber. Returns `(first_on_node, subscribers_now)` or `None` when `max` (non-zero)
+    /// is reached.
+    pub fn add(&self, channel: &str, sub: Arc<Subscriber>, max: usize) -> Option<(bool, usize)> {
+        let mut shard = write(self.shard(channel));
+        let list = shard.entry(Arc::from(channel)).or_default();
+        if max > 0 && list.len() >= max {
+            if list.is_empty() {
+                shard.remove(channel);
+            }
+            return None;
+        }
+        list.push(sub);
+        Some((list.len() == 1, list.len()))
+    }
+
+    /// Remove a connection's subscription. Returns `Some(last_on_node)` when it was present.
+    pub fn remove(&self, channel: &str, client_id: &str) -> Option<bool> {
+        let mut shard = write(self.shard(channel));
+        let list = shard.get_mut(channel)?;
+        let pos = list.iter().position(|s| &*s.client_id == client_id)?;
+        list.swap_remove(pos);
+        let last = list.is_empty();
+        if last {
+            shard.remove(channel);
+        }
+        Some(last)
+    }
+
+    /// Deliver a publication to every local subscriber of its channel.
+    pub fn fanout(&self, p: &Arc<Publication>) -> usize {
+        let shard = read(self.shard(&p.channel));
+        let Some(list) = shard.get(&*p.channel) else { return 0 };
+        for sub in list {
+            sub.deliver(p);
+        }
+        list.len()
+    }
+
+    /// Deliver a join/leave push, encoded at most once per format, to subscribers that want it.
+    pub fn broadcast_event(&self, channel: &str, encode: impl Fn(Format) -> Option<Bytes>) {
+        let shard = read(self.shard(channel));
+        let Some(list) = shard.get(channel) else { return };
+        let frames: [OnceLock<Option<Bytes>>; 2] = [OnceLock::new(), OnceLock::new()];
+        for sub in list.iter().filter(|s| s.join_leave && !s.buffering.load(Ordering::Acquire)) {
+            let f = sub.outlet.format;
+            if let Some(frame) = frames[f.index()].get_or_init(|| encode(f)) {
+                sub.outlet.push(Out::Event(frame.clone()), sub.policy);
+            }
+        }
+    }
+
+    /// Local subscribers of a channel.
+    pub fn count(&self, channel: &str) -> usize {
+        read(self.shard(channel)).get(channel).map(Vec::len).unwrap_or(0)
+    }
+
+    /// Channels with at least one local subscriber.
+    pub fn channels(&self) -> usize {
+        self.shards.iter().map(|s| read(s).len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outlet::{Drained, QueueLimits};
+    use herald_proto::Data;
+
+    fn publication(offset: u64) -> Arc<Publication> {
+        Arc::new(Publication::new(Arc::from("c"), offset, Arc::from("e"), 0, Data::json("1").expect("j"), None))
+    }
+
+    #[test]
+    fn fanout_shares_one_encoding_and_buffers_during_setup() {
+        let hub = Hub::default();
+        let limits = QueueLimits { max_messages: 100, max_bytes: 1 << 20 };
+        let outlets: Vec<_> = (0..3).map(|_| Outlet::new(Format::Json, limits)).collect();
+        let subs: Vec<_> = outlets
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Subscriber::new(o.clone(), Arc::from(i.to_string()), SlowConsumerPolicy::Disconnect, false))
+            .collect();
+        for s in &subs {
+            hub.add("c", s.clone(), 0).expect("add");
+        }
+        subs[0].go_live(|| 0);
+        subs[1].go_live(|| 0);
+        // subs[2] is still recovering: buffers 1 and 2; history covers up to 1.
+        hub.fanout(&publication(1));
+        hub.fanout(&publication(2));
+        subs[2].go_live(|| 1);
+        let mut frames = Vec::new();
+        for o in &outlets {
+            let mut d = Drained::default();
+            o.drain(10, &mut d);
+            frames.push(d.frames);
+        }
+        assert_eq!(frames[0].len(), 2);
+        assert_eq!(frames[2].len(), 1, "offset 1 came from history, only 2 from the buffer");
+        // Same bytes, same allocation, for every subscriber.
+        assert_eq!(frames[0][1].as_ptr(), frames[1][1].as_ptr());
+        assert_eq!(frames[0][1].as_ptr(), frames[2][0].as_ptr());
+        assert_eq!(hub.remove("c", "0"), Some(false));
+        assert_eq!(hub.count("c"), 2);
+    }
+}

@@ -1,0 +1,26 @@
+//! The Herald engine: everything between a decoded command and the frames queued for a socket.
+//!
+//! # Layout
+//! - [`node`]: the façade (publish, namespaces, sessions waiting for resume).
+//! - [`session`]: the per-connection protocol state machine.
+//! - [`hub`]: local subscription index and fan-out.
+//! - [`outlet`]: bounded outbound queue per connection, slow consumer policies.
+//! - [`publication`]: publications with their once-per-format encoded frames.
+//! - [`broker`] / [`presence`]: the engine traits and their contracts.
+//! - [`memory`]: the embedded in-memory broker and presence store.
+//! - [`config`]: namespaces and session limits.
+#![deny(missing_docs)]
+
+pub mod broker;
+pub mod config;
+pub mod hub;
+pub mod memory;
+pub mod node;
+pub mod outlet;
+pub mod presence;
+pub mod publication;
+pub mod session;
+
+pub use config::{EngineConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
+pub use node::{EngineError, Heartbeat, Node};
+pub use session::{Flow, Session};

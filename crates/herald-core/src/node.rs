@@ -1,0 +1,211 @@
+//! The node: the façade for engine operations and the owner of sessions waiting for `resume`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use herald_proto::envelope::ClientInfo;
+use herald_proto::{Data, ErrorCode, Format};
+
+use crate::broker::{Broker, BrokerError, ChannelEvent, PublishOutcome, PublishRequest};
+use crate::config::{EngineConfig, NamespaceOptions};
+use crate::hub::Hub;
+use crate::memory::lock;
+use crate::outlet::{Outlet, QueueLimits};
+use crate::presence::PresenceStore;
+use crate::session::Session;
+
+/// A client-visible failure of an engine operation.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct EngineError {
+    /// Error code for the client.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl EngineError {
+    /// Build an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        EngineError { code, message: message.into() }
+    }
+}
+
+impl From<BrokerError> for EngineError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::EpochMismatch => EngineError::new(ErrorCode::EpochMismatch, "epoch mismatch"),
+            BrokerError::Unavailable(m) => EngineError::new(ErrorCode::Unavailable, m),
+        }
+    }
+}
+
+/// Heartbeat settings announced in the `connected` message.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    /// Server ping interval, ms.
+    pub ping_interval_ms: u64,
+    /// Pong timeout, ms.
+    pub pong_timeout_ms: u64,
+}
+
+struct Parked {
+    session: Session,
+    generation: u64,
+}
+
+/// One Herald node.
+pub struct Node {
+    config: EngineConfig,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) presence: Arc<dyn PresenceStore>,
+    hub: Arc<Hub>,
+    parked: Mutex<HashMap<String, Parked>>,
+    next_client: AtomicU64,
+    generation: AtomicU64,
+    node_id: String,
+    /// Heartbeat settings announced to clients.
+    pub heartbeat: Heartbeat,
+}
+
+impl Node {
+    /// Build a node over a broker and a presence store.
+    pub fn new(
+        config: EngineConfig,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        heartbeat: Heartbeat,
+    ) -> Arc<Node> {
+        let hub = Arc::new(Hub::default());
+        broker.set_handler(hub.clone());
+        let node_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        Arc::new(Node {
+            config,
+            broker,
+            presence,
+            hub,
+            parked: Mutex::new(HashMap::new()),
+            next_client: AtomicU64::new(1),
+            generation: AtomicU64::new(1),
+            node_id,
+            heartbeat,
+        })
+    }
+
+    /// The engine configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The local subscription index.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// This node's random id.
+    pub fn id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Namespace options for a channel, validating its name.
+    pub fn namespace(&self, channel: &str) -> Result<&NamespaceOptions, EngineError> {
+        herald_proto::channel::validate_channel(channel)
+            .map_err(|m| EngineError::new(ErrorCode::InvalidChannel, m))?;
+        let ns = herald_proto::channel::namespace_of(channel);
+        self.config
+            .namespace(ns)
+            .ok_or_else(|| EngineError::new(ErrorCode::UnknownNamespace, format!("namespace {ns:?} is not configured")))
+    }
+
+    /// Start a session for a new connection.
+    pub fn new_session(self: &Arc<Self>, format: Format, user_id: String) -> Session {
+        let n = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let client_id: Arc<str> = Arc::from(format!("{}-{n}", self.node_id).as_str());
+        let s = &self.config.session;
+        let outlet = Outlet::new(format, QueueLimits { max_messages: s.queue_max_messages, max_bytes: s.queue_max_bytes });
+        Session::new(self.clone(), outlet, client_id, user_id)
+    }
+
+    /// Publish on behalf of a client or the application (history, idempotency and fan-out).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Data,
+        info: Option<ClientInfo>,
+        idempotency_key: Option<String>,
+    ) -> Result<PublishOutcome, EngineError> {
+        let ns = self.namespace(channel)?;
+        let (history_size, history_ttl) =
+            if ns.history_enabled() { (ns.history_size, ns.history_ttl) } else { (0, Default::default()) };
+        let req = PublishRequest {
+            data,
+            info,
+            idempotency_key,
+            history_size,
+            history_ttl,
+            idempotency_window: self.config.session.idempotency_window,
+        };
+        let out = self.broker.publish(channel, req).await?;
+        if !out.duplicate {
+            metrics::counter!("herald_messages_published_total").increment(1);
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn emit(&self, channel: &str, event: ChannelEvent) {
+        if let Err(e) = self.broker.publish_event(channel, event).await {
+            tracing::warn!(channel, error = %e, "join/leave event lost");
+        }
+    }
+
+    /// A connection ended. `clean` (close 1000, or an error that forbids resuming) ends the session
+    /// at once; otherwise it waits `resume_grace` for a `resume`.
+    pub async fn disconnected(self: &Arc<Self>, session: Session, clean: bool) {
+        let grace = self.config.session.resume_grace;
+        if clean || grace.is_zero() || session.outlet().close_requested().is_some() {
+            session.end().await;
+            return;
+        }
+        let token = session.resume_token().to_owned();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        lock(&self.parked).insert(token.clone(), Parked { session, generation });
+        metrics::gauge!("herald_sessions_waiting").increment(1.0);
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let expired = {
+                let mut parked = lock(&node.parked);
+                match parked.get(&token) {
+                    Some(p) if p.generation == generation => parked.remove(&token),
+                    _ => None,
+                }
+            };
+            if let Some(p) = expired {
+                metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+                p.session.end().await;
+            }
+        });
+    }
+
+    /// Take a waiting session by its resume token.
+    pub(crate) fn take_parked(&self, token: &str) -> Option<Session> {
+        let p = lock(&self.parked).remove(token)?;
+        metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+        Some(p.session)
+    }
+
+    /// End every waiting session now (shutdown).
+    pub async fn end_waiting_sessions(&self) {
+        let all: Vec<Parked> = lock(&self.parked).drain().map(|(_, p)| p).collect();
+        for p in all {
+            metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+            p.session.end().await;
+        }
+    }
+
+    /// Sessions currently waiting for `resume`.
+    pub fn waiting_sessions(&self) -> usize {
+        lock(&self.parked).len()
+    }
+}

@@ -1,0 +1,362 @@
+//! A connection's outbound side: a bounded queue of frames and the wake-up for its writer.
+//!
+//! The engine pushes; the transport's writer drains everything queued and writes it with one
+//! vectored write. The queue is bounded in frames and bytes; what happens when a push does not fit
+//! is the subscription's [`SlowConsumerPolicy`]. Replies are never dropped: a client that does not
+//! read its replies is disconnected as a slow consumer.
+//!
+//! An outlet outlives its socket: while a session waits for `resume` its outlet keeps buffering
+//! (same bounds). A resumed connection's writer follows [`Outlet::redirect`] to the old outlet.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use herald_proto::{CloseCode, Format};
+use tokio::sync::Notify;
+
+use crate::config::SlowConsumerPolicy;
+use crate::memory::lock;
+use crate::publication::Publication;
+
+/// One queued frame.
+#[derive(Debug, Clone)]
+pub enum Out {
+    /// A reply or control frame: never dropped.
+    Reply(Bytes),
+    /// A push that may be dropped under pressure (join/leave).
+    Event(Bytes),
+    /// A publication; its frame is fetched from the shared cache at write time.
+    Pub(Arc<Publication>),
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Reply(b) | Out::Event(b) => b.len(),
+            Out::Pub(p) => p.queued_len(),
+        }
+    }
+
+    fn droppable(&self) -> bool {
+        !matches!(self, Out::Reply(_))
+    }
+}
+
+/// Queue limits.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most queued frames.
+    pub max_messages: usize,
+    /// Most queued bytes.
+    pub max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Queue {
+    items: VecDeque<Out>,
+    bytes: usize,
+    close: Option<CloseCode>,
+    redirect: Option<Arc<Outlet>>,
+}
+
+/// A connection's (or a waiting session's) outbound queue.
+#[derive(Debug)]
+pub struct Outlet {
+    /// Wire format of the connection.
+    pub format: Format,
+    limits: QueueLimits,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    space: Notify,
+}
+
+/// Result of draining an outlet.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Frames to write, in order.
+    pub frames: Vec<Bytes>,
+    /// Receive time of the oldest publication in the batch (for latency metrics).
+    pub oldest_pub: Option<std::time::Instant>,
+    /// Set when the connection must be closed after writing `frames`.
+    pub close: Option<CloseCode>,
+    /// Set when the writer must continue with another outlet (after `resume`).
+    pub redirect: Option<Arc<Outlet>>,
+}
+
+impl Outlet {
+    /// A new, empty outlet (allocates no queue storage until used).
+    pub fn new(format: Format, limits: QueueLimits) -> Arc<Self> {
+        Arc::new(Outlet {
+            format,
+            limits,
+            queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, close: None, redirect: None }),
+            notify: Notify::new(),
+            space: Notify::new(),
+        })
+    }
+
+    /// Wait until something was pushed (or a close/redirect was requested).
+    pub async fn notified(&self) {
+        self.notify.notified().await
+    }
+
+    fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The queue limits.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Queue a reply; if the queue is over its limits the connection is closed as a slow consumer.
+    pub fn push_reply(&self, frame: Bytes) {
+        let mut q = lock(&self.queue);
+        if q.close.is_some() {
+            return;
+        }
+        q.bytes += frame.len();
+        q.items.push_back(Out::Reply(frame));
+        if q.items.len() > self.limits.max_messages + 64 || q.bytes > self.limits.max_bytes * 2 {
+            self.slow(&mut q);
+        }
+        drop(q);
+        self.wake();
+    }
+
+    /// Queue an item that must not be dropped or conflated (recovered history), ignoring limits;
+    /// callers bound the amount with [`Outlet::wait_for_room`].
+    pub fn push_reply_item(&self, item: Out) {
+        let mut q = lock(&self.queue);
+        if q.close.is_some() {
+            return;
+        }
+        q.bytes += item.len();
+        q.items.push_back(item);
+        drop(q);
+        self.wake();
+    }
+
+    /// Wait until `n` more frames fit under the limits (or the queue is empty). False on timeout
+    /// or when the outlet is closing.
+    pub async fn wait_for_room(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let q = lock(&self.queue);
+                if q.close.is_some() {
+                    return false;
+                }
+                if q.items.is_empty() || q.items.len() + n <= self.limits.max_messages {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Queue replies at the front (used by `resume`, before the buffered messages).
+    pub fn push_front(&self, items: Vec<Out>) {
+        let mut q = lock(&self.queue);
+        for item in items.into_iter().rev() {
+            q.bytes += item.len();
+            q.items.push_front(item);
+        }
+        drop(q);
+        self.wake();
+    }
+
+    /// Queue a push under a slow consumer policy. Returns false when the push closed the connection.
+    pub fn push(&self, item: Out, policy: SlowConsumerPolicy) -> bool {
+        let mut q = lock(&self.queue);
+        if q.close.is_some() {
+            return false;
+        }
+        if let (SlowConsumerPolicy::Latest, Out::Pub(p)) = (policy, &item) {
+            let channel = p.channel.clone();
+            let len = item.len();
+            if let Some(pos) = q
+                .items
+                .iter()
+                .rposition(|o| matches!(o, Out::Pub(old) if old.channel == channel))
+            {
+                let old_len = q.items[pos].len();
+                q.items[pos] = item;
+                q.bytes = q.bytes + len - old_len;
+                metrics::counter!("herald_queue_dropped_total", "reason" => "conflated").increment(1);
+                drop(q);
+                self.wake();
+                return true;
+            }
+        }
+        let len = item.len();
+        let full = |q: &Queue| {
+            q.items.len() + 1 > self.limits.max_messages || q.bytes + len > self.limits.max_bytes
+        };
+        if full(&q) {
+            if policy == SlowConsumerPolicy::Disconnect {
+                self.slow(&mut q);
+                drop(q);
+                self.wake();
+                return false;
+            }
+            while full(&q) {
+                let Some(pos) = q.items.iter().position(Out::droppable) else {
+                    self.slow(&mut q);
+                    drop(q);
+                    self.wake();
+                    return false;
+                };
+                if let Some(old) = q.items.remove(pos) {
+                    q.bytes -= old.len();
+                }
+                metrics::counter!("herald_queue_dropped_total", "reason" => "full").increment(1);
+            }
+        }
+        q.bytes += len;
+        q.items.push_back(item);
+        drop(q);
+        self.wake();
+        true
+    }
+
+    fn slow(&self, q: &mut Queue) {
+        metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
+        q.close = Some(CloseCode::SlowConsumer);
+        q.items.clear();
+        q.bytes = 0;
+    }
+
+    /// Ask the writer to close the connection after what is queued.
+    pub fn close(&self, code: CloseCode) {
+        let mut q = lock(&self.queue);
+        if q.close.is_none() {
+            q.close = Some(code);
+        }
+        drop(q);
+        self.wake();
+    }
+
+    /// The close requested so far, if any.
+    pub fn close_requested(&self) -> Option<CloseCode> {
+        lock(&self.queue).close
+    }
+
+    /// Send the writer of this outlet to `target` from now on.
+    pub fn redirect(&self, target: Arc<Outlet>) {
+        lock(&self.queue).redirect = Some(target);
+        self.wake();
+    }
+
+    /// Take up to `max` queued frames.
+    pub fn drain(&self, max: usize, out: &mut Drained) {
+        let mut q = lock(&self.queue);
+        let n = q.items.len().min(max);
+        let mut removed = 0;
+        for item in q.items.drain(..n) {
+            removed += item.len();
+            match item {
+                Out::Reply(b) | Out::Event(b) => out.frames.push(b),
+                Out::Pub(p) => {
+                    if out.oldest_pub.is_none() {
+                        out.oldest_pub = Some(p.received);
+                    }
+                    out.frames.push(p.frame(self.format));
+                }
+            }
+        }
+        q.bytes = q.bytes.saturating_sub(removed);
+        if q.items.is_empty() {
+            q.bytes = 0;
+            out.close = q.close;
+            out.redirect = q.redirect.clone();
+        }
+        drop(q);
+        self.space.notify_waiters();
+    }
+
+    /// Number of queued frames.
+    pub fn len(&self) -> usize {
+        lock(&self.queue).items.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Offsets of the publications queued for a channel (oldest first).
+    pub fn queued_offsets(&self, channel: &str) -> Vec<u64> {
+        lock(&self.queue)
+            .items
+            .iter()
+            .filter_map(|o| match o {
+                Out::Pub(p) if &*p.channel == channel => Some(p.offset),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_proto::Data;
+
+    fn publication(ch: &str, offset: u64) -> Out {
+        Out::Pub(Arc::new(Publication::new(
+            Arc::from(ch),
+            offset,
+            Arc::from("e"),
+            0,
+            Data::json("1").expect("json"),
+            None,
+        )))
+    }
+
+    fn limits(n: usize) -> QueueLimits {
+        QueueLimits { max_messages: n, max_bytes: 1 << 20 }
+    }
+
+    #[test]
+    fn disconnect_policy_closes_when_full() {
+        let o = Outlet::new(Format::Json, limits(2));
+        assert!(o.push(publication("a", 1), SlowConsumerPolicy::Disconnect));
+        assert!(o.push(publication("a", 2), SlowConsumerPolicy::Disconnect));
+        assert!(!o.push(publication("a", 3), SlowConsumerPolicy::Disconnect));
+        assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn drop_oldest_keeps_newest_and_replies() {
+        let o = Outlet::new(Format::Json, limits(3));
+        o.push_reply(Bytes::from_static(b"r"));
+        for i in 1..=5 {
+            assert!(o.push(publication("a", i), SlowConsumerPolicy::DropOldest));
+        }
+        assert_eq!(o.queued_offsets("a"), vec![4, 5]);
+        assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn latest_conflates_per_channel() {
+        let o = Outlet::new(Format::Json, limits(10));
+        for i in 1..=5 {
+            o.push(publication("a", i), SlowConsumerPolicy::Latest);
+            o.push(publication("b", i), SlowConsumerPolicy::Latest);
+        }
+        assert_eq!(o.queued_offsets("a"), vec![5]);
+        assert_eq!(o.queued_offsets("b"), vec![5]);
+        let mut d = Drained::default();
+        o.drain(100, &mut d);
+        assert_eq!(d.frames.len(), 2);
+        assert!(d.close.is_none());
+    }
+}

@@ -1,0 +1,470 @@
+//! The per-connection protocol state machine: `handle(request)` queues replies and pushes on the
+//! connection's outlet. It knows nothing about sockets, so it is tested without one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_proto::codec::HistoryOut;
+use herald_proto::envelope::{
+    ChannelOnly, ClientInfo, Connected, DecodeError, ErrorPayload, History, Published, Resume,
+    Resumed, ResumedChannel, Subscribe, Subscribed, MAX_HISTORY_LIMIT,
+};
+use herald_proto::{CloseCode, Command, ErrorCode, Id, Request, StreamPosition};
+use serde::Serialize;
+
+use crate::broker::{BrokerError, ChannelEvent, HistoryQuery};
+use crate::hub::Subscriber;
+use crate::node::{EngineError, Node};
+use crate::outlet::{Out, Outlet};
+use crate::publication::Publication;
+
+/// How long recovery waits for the client to read a page before giving up.
+const RECOVERY_STALL: Duration = Duration::from_secs(10);
+
+/// What the transport should do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Close the connection with this code (after sending what is queued).
+    Close(CloseCode),
+}
+
+/// A client session: identity, subscriptions and the outlet its frames go to.
+pub struct Session {
+    node: Arc<Node>,
+    outlet: Arc<Outlet>,
+    id: String,
+    client_id: Arc<str>,
+    user_id: String,
+    resume_token: String,
+    subs: HashMap<String, Arc<Subscriber>>,
+    violations: u32,
+}
+
+fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Session {
+    pub(crate) fn new(node: Arc<Node>, outlet: Arc<Outlet>, client_id: Arc<str>, user_id: String) -> Self {
+        Session {
+            node,
+            outlet,
+            id: token(),
+            client_id,
+            user_id,
+            resume_token: token(),
+            subs: HashMap::new(),
+            violations: 0,
+        }
+    }
+
+    /// The outlet the transport's writer drains.
+    pub fn outlet(&self) -> &Arc<Outlet> {
+        &self.outlet
+    }
+
+    /// This connection's client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The user id ("" = anonymous).
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    /// The current resume token.
+    pub fn resume_token(&self) -> &str {
+        &self.resume_token
+    }
+
+    /// Number of subscriptions.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
+
+    fn info(&self) -> ClientInfo {
+        ClientInfo { client_id: self.client_id.to_string(), user_id: self.user_id.clone() }
+    }
+
+    fn encode<P: Serialize>(&self, kind: &str, id: Option<&Id>, payload: &P) -> Option<Bytes> {
+        match herald_proto::encode(self.outlet.format, kind, id, payload) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(client = %self.client_id, error = %e, "cannot encode reply");
+                None
+            }
+        }
+    }
+
+    fn reply<P: Serialize>(&self, id: &Option<Id>, payload: &P) {
+        if let Some(id) = id {
+            if let Some(b) = self.encode("reply", Some(id), payload) {
+                self.outlet.push_reply(b);
+            }
+        }
+    }
+
+    fn error(&self, id: &Option<Id>, code: ErrorCode, message: &str) {
+        metrics::counter!("herald_protocol_errors_total", "code" => code.as_str()).increment(1);
+        let p = ErrorPayload::new(code, message);
+        if let Some(b) = self.encode("error", id.as_ref(), &p) {
+            self.outlet.push_reply(b);
+        }
+    }
+
+    /// Queue the `connected` message.
+    pub fn welcome(&self) {
+        let hb = self.node.heartbeat;
+        let c = Connected {
+            client_id: self.client_id.to_string(),
+            session_id: self.id.clone(),
+            resume_token: self.resume_token.clone(),
+            resume_grace_ms: self.node.config().session.resume_grace.as_millis() as u64,
+            ping_interval_ms: hb.ping_interval_ms,
+            pong_timeout_ms: hb.pong_timeout_ms,
+            server: concat!("herald/", env!("CARGO_PKG_VERSION")).to_owned(),
+            protocol: self.outlet.format.subprotocol().to_owned(),
+        };
+        if let Some(b) = self.encode("connected", None, &c) {
+            self.outlet.push_reply(b);
+        }
+    }
+
+    /// Count a protocol violation; past `max_violations` the connection must close with 4500.
+    pub fn violation(&mut self) -> Flow {
+        self.violations += 1;
+        if self.violations > self.node.config().session.max_violations {
+            Flow::Close(CloseCode::ProtocolViolations)
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Answer a frame that could not be decoded.
+    pub fn decode_error(&mut self, e: DecodeError) -> Flow {
+        tracing::debug!(client = %self.client_id, code = e.code.as_str(), message = %e.message, "bad frame");
+        metrics::counter!("herald_dead_letters_total", "reason" => e.code.as_str()).increment(1);
+        self.error(&e.id, e.code, &e.message);
+        if e.code.is_violation() { self.violation() } else { Flow::Continue }
+    }
+
+    /// Answer a frame of the wrong kind (text on MessagePack, binary on JSON).
+    pub fn wrong_frame_type(&mut self) -> Flow {
+        metrics::counter!("herald_dead_letters_total", "reason" => "wrong_frame_type").increment(1);
+        self.error(&None, ErrorCode::WrongFrameType, "frame type does not match the negotiated subprotocol");
+        self.violation()
+    }
+
+    /// Handle one decoded command.
+    pub async fn handle(&mut self, req: Request) -> Flow {
+        let Request { id, command } = req;
+        let result = match command {
+            Command::Ping => {
+                if let Some(b) = self.encode("pong", id.as_ref(), &serde_json::Map::new()) {
+                    self.outlet.push_reply(b);
+                }
+                Ok(())
+            }
+            Command::Subscribe(s) => self.subscribe(&id, s).await,
+            Command::Unsubscribe(c) => self.unsubscribe(&id, c).await,
+            Command::Publish(p) => self.publish(&id, p).await,
+            Command::History(h) => self.history(&id, h).await,
+            Command::Presence(c) => self.presence(&id, c).await,
+            Command::PresenceStats(c) => self.presence_stats(&id, c).await,
+            Command::Resume(r) => self.resume(&id, r).await,
+        };
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                self.error(&id, e.code, &e.message);
+                if e.code.is_violation() { self.violation() } else { Flow::Continue }
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, id: &Option<Id>, s: Subscribe) -> Result<(), EngineError> {
+        let node = self.node.clone();
+        let ns = node.namespace(&s.channel)?.clone();
+        if self.subs.contains_key(&s.channel) {
+            return Err(EngineError::new(ErrorCode::AlreadySubscribed, "already subscribed"));
+        }
+        if self.subs.len() >= node.config().session.max_channels {
+            return Err(EngineError::new(ErrorCode::TooManyChannels, "max_channels reached"));
+        }
+        let sub = Subscriber::new(self.outlet.clone(), self.client_id.clone(), ns.slow_consumer, ns.join_leave);
+        let (first, _) = node
+            .hub()
+            .add(&s.channel, sub.clone(), ns.max_subscribers)
+            .ok_or_else(|| EngineError::new(ErrorCode::ChannelFull, "channel is full"))?;
+        if first {
+            if let Err(e) = node.broker.subscribe(&s.channel).await {
+                node.hub().remove(&s.channel, &self.client_id);
+                return Err(e.into());
+            }
+        }
+        let (reply, pubs) = match self.fetch_recovery(&s, ns.history_enabled()).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.drop_sub(&s.channel).await;
+                return Err(e);
+            }
+        };
+        self.reply(id, &reply);
+        if !self.queue_recovered(&pubs).await {
+            // The client stopped reading during recovery; the outlet is closing.
+            self.drop_sub(&s.channel).await;
+            return Ok(());
+        }
+        sub.go_live(|| reply.offset);
+        self.subs.insert(s.channel.clone(), sub);
+        metrics::gauge!("herald_subscriptions").increment(1.0);
+        if ns.presence {
+            if let Err(e) = node.presence.add(&s.channel, self.info()).await {
+                tracing::warn!(channel = %s.channel, error = %e, "presence add failed");
+            }
+        }
+        if ns.join_leave {
+            node.emit(&s.channel, ChannelEvent::Join(self.info())).await;
+        }
+        Ok(())
+    }
+
+    /// The subscribe reply and the publications to replay.
+    async fn fetch_recovery(
+        &self,
+        s: &Subscribe,
+        history: bool,
+    ) -> Result<(Subscribed, Vec<Arc<Publication>>), EngineError> {
+        let broker = &self.node.broker;
+        let position = |since| HistoryQuery { since, limit: 0, reverse: false };
+        let Some(pos) = &s.recover else {
+            let top = broker.history(&s.channel, position(None)).await?;
+            return Ok((subscribed(&s.channel, top.top, &top.epoch, None, None), Vec::new()));
+        };
+        if !history {
+            let top = broker.history(&s.channel, position(None)).await?;
+            let ok = *top.epoch == *pos.epoch && top.top == pos.offset;
+            return Ok((subscribed(&s.channel, top.top, &top.epoch, Some(ok), Some(0)), Vec::new()));
+        }
+        let mut since = pos.clone();
+        let mut pubs: Vec<Arc<Publication>> = Vec::new();
+        let page_query = |since: &StreamPosition| HistoryQuery {
+            since: Some(since.clone()),
+            limit: MAX_HISTORY_LIMIT,
+            reverse: false,
+        };
+        let first = match broker.history(&s.channel, page_query(&since)).await {
+            Ok(p) => p,
+            Err(BrokerError::EpochMismatch) => {
+                let top = broker.history(&s.channel, position(None)).await?;
+                return Ok((subscribed(&s.channel, top.top, &top.epoch, Some(false), Some(0)), Vec::new()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (top, epoch) = (first.top, first.epoch.clone());
+        let recovered = pos.offset <= top && first.first_kept <= pos.offset + 1;
+        let mut page = first;
+        loop {
+            let n = page.publications.len();
+            pubs.extend(page.publications.into_iter().filter(|p| p.offset <= top));
+            match pubs.last() {
+                Some(last) if n == MAX_HISTORY_LIMIT && last.offset < top => {
+                    since.offset = last.offset;
+                    page = broker.history(&s.channel, page_query(&since)).await?;
+                }
+                _ => break,
+            }
+        }
+        let missed = pubs.len() as u64;
+        Ok((subscribed(&s.channel, top, &epoch, Some(recovered), Some(missed)), pubs))
+    }
+
+    /// Queue recovered publications page by page, waiting for the client to read between pages.
+    async fn queue_recovered(&self, pubs: &[Arc<Publication>]) -> bool {
+        let limits = self.outlet.limits();
+        let page = (limits.max_messages / 2).clamp(1, MAX_HISTORY_LIMIT);
+        for chunk in pubs.chunks(page) {
+            if !self.outlet.wait_for_room(chunk.len(), RECOVERY_STALL).await {
+                self.outlet.close(CloseCode::SlowConsumer);
+                metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
+                return false;
+            }
+            for p in chunk {
+                self.outlet.push_reply_item(Out::Pub(p.clone()));
+            }
+        }
+        true
+    }
+
+    async fn drop_sub(&self, channel: &str) {
+        if self.node.hub().remove(channel, &self.client_id) == Some(true) {
+            if let Err(e) = self.node.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    async fn leave(&self, channel: &str) {
+        self.drop_sub(channel).await;
+        metrics::gauge!("herald_subscriptions").decrement(1.0);
+        let Ok(ns) = self.node.namespace(channel) else { return };
+        if ns.presence {
+            if let Err(e) = self.node.presence.remove(channel, &self.client_id).await {
+                tracing::warn!(channel, error = %e, "presence remove failed");
+            }
+        }
+        if ns.join_leave {
+            self.node.emit(channel, ChannelEvent::Leave(self.info())).await;
+        }
+    }
+
+    async fn unsubscribe(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
+        if self.subs.remove(&c.channel).is_none() {
+            return Err(EngineError::new(ErrorCode::NotSubscribed, "not subscribed"));
+        }
+        self.leave(&c.channel).await;
+        self.reply(id, &serde_json::Map::new());
+        Ok(())
+    }
+
+    async fn publish(&mut self, id: &Option<Id>, p: herald_proto::envelope::Publish) -> Result<(), EngineError> {
+        let ns = self.node.namespace(&p.channel)?;
+        if !ns.allow_publish {
+            return Err(EngineError::new(ErrorCode::PermissionDenied, "clients may not publish in this namespace"));
+        }
+        let max = self.node.config().session.max_data_size;
+        if p.data.encoded_len() > max {
+            return Err(EngineError::new(ErrorCode::TooLarge, format!("data is larger than {max} bytes")));
+        }
+        let out = self.node.publish(&p.channel, p.data, Some(self.info()), p.idempotency_key).await?;
+        self.reply(id, &Published { offset: out.offset, epoch: out.epoch.to_string(), duplicate: out.duplicate });
+        Ok(())
+    }
+
+    async fn history(&mut self, id: &Option<Id>, h: History) -> Result<(), EngineError> {
+        let ns = self.node.namespace(&h.channel)?;
+        if !ns.history_enabled() {
+            return Err(EngineError::new(ErrorCode::HistoryDisabled, "history is disabled in this namespace"));
+        }
+        let limit = h.limit.unwrap_or(MAX_HISTORY_LIMIT);
+        if limit > MAX_HISTORY_LIMIT {
+            return Err(EngineError::new(ErrorCode::BadRequest, "limit must be at most 100"));
+        }
+        let q = HistoryQuery { since: h.since, limit, reverse: h.reverse };
+        let page = self.node.broker.history(&h.channel, q).await?;
+        // Bound the reply frame: stop adding publications past PAGE_BYTES (at least one).
+        const PAGE_BYTES: usize = 256 * 1024;
+        let mut size = 0;
+        let format = self.outlet.format;
+        let mut publications = Vec::with_capacity(page.publications.len());
+        for p in &page.publications {
+            size += p.queued_len();
+            if size > PAGE_BYTES && !publications.is_empty() {
+                break;
+            }
+            publications.push(p.out(format));
+        }
+        self.reply(id, &HistoryOut { offset: page.top, epoch: &page.epoch, publications });
+        Ok(())
+    }
+
+    async fn presence(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
+        if !self.node.namespace(&c.channel)?.presence {
+            return Err(EngineError::new(ErrorCode::PresenceDisabled, "presence is disabled in this namespace"));
+        }
+        #[derive(Serialize)]
+        struct Clients {
+            clients: Vec<ClientInfo>,
+        }
+        let clients = self.node.presence.list(&c.channel).await?;
+        self.reply(id, &Clients { clients });
+        Ok(())
+    }
+
+    async fn presence_stats(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
+        if !self.node.namespace(&c.channel)?.presence {
+            return Err(EngineError::new(ErrorCode::PresenceDisabled, "presence is disabled in this namespace"));
+        }
+        let stats = self.node.presence.stats(&c.channel).await?;
+        self.reply(id, &stats);
+        Ok(())
+    }
+
+    async fn resume(&mut self, id: &Option<Id>, r: Resume) -> Result<(), EngineError> {
+        if !self.subs.is_empty() {
+            return Err(EngineError::new(ErrorCode::ResumeNotAllowed, "resume must come before any subscribe"));
+        }
+        let Some(mut old) = self.node.take_parked(&r.token) else {
+            return Err(EngineError::new(ErrorCode::SessionNotFound, "no session for this resume token"));
+        };
+        if old.outlet.close_requested().is_some() {
+            old.end().await;
+            return Err(EngineError::new(ErrorCode::SessionNotFound, "the session overflowed while disconnected"));
+        }
+        let fresh_outlet = self.outlet.clone();
+        std::mem::swap(self, &mut old);
+        drop(old); // the fresh session has no subscriptions: nothing to clean up
+        self.resume_token = token();
+        self.violations = 0;
+        let mut channels = Vec::with_capacity(self.subs.len());
+        let mut front: Vec<Out> = Vec::new();
+        for (channel, sub) in &self.subs {
+            let recovered = match r.positions.get(channel) {
+                None => None,
+                Some(pos) => Some(self.fill_gap(channel, sub, pos, &mut front).await),
+            };
+            channels.push(ResumedChannel { channel: channel.clone(), recovered });
+        }
+        let reply = Resumed {
+            session_id: self.id.clone(),
+            client_id: self.client_id.to_string(),
+            resume_token: self.resume_token.clone(),
+            channels,
+            buffered: self.outlet.len() as u64,
+        };
+        if let Some(b) = id.as_ref().and_then(|id| self.encode("reply", Some(id), &reply)) {
+            front.insert(0, Out::Reply(b));
+        }
+        self.outlet.push_front(front);
+        fresh_outlet.redirect(self.outlet.clone());
+        metrics::counter!("herald_sessions_resumed_total").increment(1);
+        Ok(())
+    }
+
+    /// Publications the client missed before what is buffered (e.g. frames lost in flight when the
+    /// socket died): fetched from history and queued in front. Returns whether the gap is closed.
+    async fn fill_gap(&self, channel: &str, sub: &Subscriber, pos: &StreamPosition, front: &mut Vec<Out>) -> bool {
+        let next = self.outlet.queued_offsets(channel).first().copied().unwrap_or(sub.last_offset() + 1);
+        if pos.offset + 1 >= next {
+            return true;
+        }
+        let want = (next - 1 - pos.offset) as usize;
+        let q = HistoryQuery { since: Some(pos.clone()), limit: want.min(MAX_HISTORY_LIMIT * 10), reverse: false };
+        match self.node.broker.history(channel, q).await {
+            Ok(page) => {
+                let got: Vec<_> = page.publications.into_iter().filter(|p| p.offset < next).collect();
+                let complete = got.len() == want && got.first().is_some_and(|p| p.offset == pos.offset + 1);
+                front.extend(got.into_iter().map(Out::Pub));
+                complete
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// End the session: leave every channel (presence, `leave` pushes, node unsubscribe).
+    pub async fn end(mut self) {
+        let subs: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
+        for channel in subs {
+            self.leave(&channel).await;
+        }
+    }
+}
+
+fn subscribed(channel: &str, offset: u64, epoch: &str, recovered: Option<bool>, missed: Option<u64>) -> Subscribed {
+    Subscribed { channel: channel.to_owned(), offset, epoch: epoch.to_owned(), recovered, missed }
+}

@@ -1,0 +1,24 @@
+//! Herald wire protocol v1 — types, codes and codecs, with no I/O.
+//!
+//! `docs/protocol.md` is the normative description; this crate is its implementation.
+//!
+//! # Layout
+//! - [`envelope`]: the `{type, id, payload}` envelope, client commands, reply/push payloads.
+//! - [`codec`]: JSON and MessagePack decoding of client frames, encoding of server frames.
+//! - [`data`]: opaque application data kept in its arrival format.
+//! - [`codes`]: error codes and WebSocket close codes (with reconnect advice).
+//! - [`channel`]: channel name validation and namespaces.
+//! - [`frame`]: building unmasked server-to-client WebSocket frames.
+#![deny(missing_docs)]
+
+pub mod channel;
+pub mod codec;
+pub mod codes;
+pub mod data;
+pub mod envelope;
+pub mod frame;
+
+pub use codec::{Format, decode, encode};
+pub use codes::{CloseCode, ErrorCode};
+pub use data::Data;
+pub use envelope::{Command, Id, Request, StreamPosition};

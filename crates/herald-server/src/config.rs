@@ -1,0 +1,77 @@
+//! Transport configuration (the `[server]` and `[connection]` sections).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[server]`: listener and node-wide limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Most concurrent WebSocket connections on this node; more are closed with 4002.
+    pub max_connections: usize,
+    /// On SIGTERM/SIGINT, how long to flush queues before closing anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Upper bound of the random `reconnect_after_ms` hint sent on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_reconnect_jitter: Duration,
+    /// Serve `/echo`, a plain WebSocket echo endpoint for conformance tests (Autobahn).
+    pub echo: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_secs(10),
+            shutdown_reconnect_jitter: Duration::from_secs(5),
+            echo: false,
+        }
+    }
+}
+
+/// `[connection]`: per-connection transport settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Interval of server WebSocket pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Close connections that send nothing (no pong) within this time after a ping (4000).
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Close connections whose socket accepts no bytes for this long (4003).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Largest inbound message (after reassembling fragments); larger ones close with 1009.
+    pub max_message_size: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_message_size: 64 * 1024,
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Check the values; a human message for the first problem.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ping_interval.is_zero() || self.pong_timeout.is_zero() || self.write_timeout.is_zero() {
+            return Err("connection.ping_interval, pong_timeout and write_timeout must be > 0".into());
+        }
+        if self.max_message_size < 128 {
+            return Err("connection.max_message_size must be at least 128 bytes".into());
+        }
+        Ok(())
+    }
+}

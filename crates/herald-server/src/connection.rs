@@ -1,0 +1,137 @@
+//! One protocol connection on `/ws`: the read loop (decode, hand to the session) and its writer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fastwebsockets::{Role, WebSocket};
+use herald_core::Flow;
+use herald_proto::{CloseCode, Format};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+
+use crate::app::AppState;
+use crate::reader::{Inbound, MessageReader, ReadError};
+use crate::writer::{ConnState, run_writer};
+
+/// Serve an upgraded `/ws` connection until it closes.
+pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, format: Format, app: Arc<AppState>, remote: SocketAddr) {
+    let (r, w) = tokio::io::split(ws.into_inner());
+    let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    let mut reader = MessageReader::new(rd, app.conn.max_message_size);
+    let mut session = app.node.new_session(format, String::new());
+    let started = Instant::now();
+    let client = session.client_id().to_owned();
+    let over_limit = app.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= app.server.max_connections;
+    metrics::gauge!("herald_connections").increment(1.0);
+    metrics::counter!("herald_connections_total").increment(1);
+    if over_limit {
+        session.outlet().close(CloseCode::ConnectionLimit);
+    } else {
+        session.welcome();
+    }
+    tracing::info!(client = %client, remote = %remote, protocol = format.subprotocol(), "connected");
+
+    let st = ConnState::new();
+    let writer = tokio::spawn(run_writer(
+        w,
+        session.outlet().clone(),
+        st.clone(),
+        app.writer_settings(true),
+        app.shutdown.clone(),
+    ));
+    let mut control = Vec::new();
+    let mut reason = "client gone";
+    let clean = loop {
+        let res = tokio::select! {
+            r = reader.next(&mut control) => r,
+            _ = st.writer_done.cancelled() => { reason = "closed by server"; break false }
+        };
+        for c in control.drain(..) {
+            session.outlet().push_reply(c);
+        }
+        st.touch();
+        let flow = match res {
+            Ok(Inbound::Pong) => Flow::Continue,
+            Ok(Inbound::Text(b)) if format == Format::Json => dispatch(&mut session, format, &b).await,
+            Ok(Inbound::Binary(b)) if format == Format::Msgpack => dispatch(&mut session, format, &b).await,
+            Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
+            Ok(Inbound::Close { clean }) => {
+                reason = if clean { "client closed" } else { "client closed abnormally" };
+                break clean;
+            }
+            Err(ReadError::Protocol(code)) => {
+                metrics::counter!("herald_protocol_errors_total", "code" => code.code().to_string()).increment(1);
+                reason = "websocket protocol error";
+                st.set_final_close(code);
+                break true;
+            }
+            Err(ReadError::Gone) => break false,
+        };
+        if let Flow::Close(code) = flow {
+            session.outlet().close(code);
+        }
+    };
+    st.reader_done.cancel();
+    let end = writer.await.unwrap_or(crate::writer::WriterEnd { code: Some(CloseCode::InternalError) });
+    app.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    metrics::gauge!("herald_connections").decrement(1.0);
+    let code = end.code.map(|c| c.code());
+    tracing::info!(
+        client = %client,
+        remote = %remote,
+        user = session.user_id(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        close_code = code,
+        reason,
+        "disconnected"
+    );
+    app.node.disconnected(session, clean).await;
+}
+
+async fn dispatch(session: &mut herald_core::Session, format: Format, bytes: &[u8]) -> Flow {
+    metrics::counter!("herald_bytes_in_total").increment(bytes.len() as u64);
+    match herald_proto::decode(format, bytes) {
+        Ok(req) => {
+            metrics::counter!("herald_messages_in_total", "type" => req.command.kind()).increment(1);
+            session.handle(req).await
+        }
+        Err(e) => session.decode_error(e),
+    }
+}
+
+/// Serve an upgraded `/echo` connection: every message is sent back unchanged.
+pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
+    use herald_core::outlet::{Outlet, QueueLimits};
+    use herald_proto::frame::{self, OpCode};
+    let (r, w) = tokio::io::split(ws.into_inner());
+    let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    let max = app.conn.max_message_size.max(16 << 20);
+    let mut reader = MessageReader::new(rd, max);
+    let outlet = Outlet::new(Format::Json, QueueLimits { max_messages: 1024, max_bytes: 4 * max });
+    let st = ConnState::new();
+    let writer = tokio::spawn(run_writer(w, outlet.clone(), st.clone(), app.writer_settings(false), app.shutdown.clone()));
+    let mut control = Vec::new();
+    loop {
+        let res = tokio::select! {
+            r = reader.next(&mut control) => r,
+            _ = st.writer_done.cancelled() => break,
+        };
+        for c in control.drain(..) {
+            outlet.push_reply(c);
+        }
+        st.touch();
+        match res {
+            Ok(Inbound::Text(b)) => outlet.push_reply(frame::with_payload(OpCode::Text, &b)),
+            Ok(Inbound::Binary(b)) => outlet.push_reply(frame::with_payload(OpCode::Binary, &b)),
+            Ok(Inbound::Pong) => {}
+            Ok(Inbound::Close { .. }) | Err(ReadError::Gone) => break,
+            Err(ReadError::Protocol(code)) => {
+                st.set_final_close(code);
+                break;
+            }
+        }
+    }
+    st.reader_done.cancel();
+    let _ = writer.await;
+}

@@ -1,0 +1,201 @@
+//! Configuration loading in stages: built-in defaults → `--dev` preset → config file →
+//! `HERALD_*` environment variables → command-line flags; then validation.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use herald_core::{EngineConfig, NamespaceOptions, SessionConfig};
+use herald_server::{ConnectionConfig, ServerConfig};
+use serde::{Deserialize, Serialize};
+
+/// `default_namespace = false` disables it; a table sets its options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DefaultNamespace {
+    /// `true`/`false`.
+    Flag(bool),
+    /// Options.
+    Options(NamespaceOptions),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[connection]`.
+    pub connection: ConnectionConfig,
+    /// `[session]`.
+    pub session: SessionConfig,
+    /// `[default_namespace]`.
+    pub default_namespace: DefaultNamespace,
+    /// `[namespaces.NAME]`.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            connection: ConnectionConfig::default(),
+            session: SessionConfig::default(),
+            default_namespace: DefaultNamespace::Options(NamespaceOptions::default()),
+            namespaces: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The engine's part.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            session: self.session.clone(),
+            default_namespace: match &self.default_namespace {
+                DefaultNamespace::Flag(false) => None,
+                DefaultNamespace::Flag(true) => Some(NamespaceOptions::default()),
+                DefaultNamespace::Options(o) => Some(o.clone()),
+            },
+            namespaces: self.namespaces.clone(),
+        }
+    }
+
+    /// Render as TOML (for `check-config`).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Default, Clone)]
+pub struct Sources<'a> {
+    /// `--config FILE`.
+    pub file: Option<&'a Path>,
+    /// `--dev`.
+    pub dev: bool,
+    /// `--listen ADDR`.
+    pub listen: Option<SocketAddr>,
+}
+
+fn dev_preset() -> Config {
+    let mut c = Config::default();
+    c.default_namespace = DefaultNamespace::Options(NamespaceOptions::dev());
+    c.server.echo = true;
+    c
+}
+
+/// Load and validate the effective configuration.
+pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
+    let base = if src.dev { dev_preset() } else { Config::default() };
+    let mut fig = Figment::from(Serialized::defaults(base));
+    if let Some(path) = src.file {
+        if !path.is_file() {
+            bail!("config file {} does not exist", path.display());
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&["config", "listen", "log", "log_format"]));
+    let mut config: Config = fig.extract().map_err(|e| {
+        let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+    })?;
+    if let Some(addr) = src.listen {
+        config.server.listen = addr;
+    }
+    if src.dev {
+        for ns in config.namespaces.values_mut() {
+            let dev = NamespaceOptions::dev();
+            ns.presence = true;
+            ns.join_leave = true;
+            ns.allow_publish = true;
+            if ns.history_size == 0 {
+                ns.history_size = dev.history_size;
+                ns.history_ttl = dev.history_ttl;
+            }
+        }
+        if !config.server.listen.ip().is_loopback() {
+            bail!(
+                "--dev refuses to listen on non-loopback address {} (it allows anonymous publishing)",
+                config.server.listen
+            );
+        }
+    }
+    validate(&config).context("invalid configuration")?;
+    Ok(config)
+}
+
+fn validate(c: &Config) -> anyhow::Result<()> {
+    c.connection.validate().map_err(anyhow::Error::msg)?;
+    c.engine().validate().map_err(anyhow::Error::msg)?;
+    if c.server.max_connections == 0 {
+        bail!("server.max_connections must be > 0");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct TempFile(std::path::PathBuf);
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn file(text: &str) -> TempFile {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("herald-test-{}-{n}.toml", std::process::id()));
+        let mut f = std::fs::File::create(&p).expect("create");
+        f.write_all(text.as_bytes()).expect("write");
+        TempFile(p)
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = load(&Sources::default()).expect("load");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8000");
+        assert!(c.engine().default_namespace.is_some());
+    }
+
+    #[test]
+    fn file_values_and_errors() {
+        let f = file("[server]\nlisten = \"127.0.0.1:9001\"\n[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"1m\"\n");
+        let c = load(&Sources { file: Some(&f.0), ..Default::default() }).expect("load");
+        assert_eq!(c.server.listen.port(), 9001);
+        assert_eq!(c.namespaces["chat"].history_size, 10);
+
+        let bad = file("[server]\nlisten = 5\n");
+        let e = load(&Sources { file: Some(&bad.0), ..Default::default() }).expect_err("bad");
+        assert!(e.to_string().contains("listen"), "{e}");
+
+        let unknown = file("[server]\nlisen = \"x\"\n");
+        assert!(load(&Sources { file: Some(&unknown.0), ..Default::default() }).is_err());
+
+        let missing = Path::new("/nonexistent/herald.toml");
+        let e = load(&Sources { file: Some(missing), ..Default::default() }).expect_err("missing");
+        assert!(e.to_string().contains("does not exist"));
+
+        let off = file("default_namespace = false\n");
+        let c = load(&Sources { file: Some(&off.0), ..Default::default() }).expect("load");
+        assert!(c.engine().default_namespace.is_none());
+    }
+
+    #[test]
+    fn dev_refuses_public_address() {
+        let addr: SocketAddr = "0.0.0.0:8000".parse().expect("addr");
+        let e = load(&Sources { dev: true, listen: Some(addr), ..Default::default() }).expect_err("refuse");
+        assert!(e.to_string().contains("non-loopback"));
+        let c = load(&Sources { dev: true, ..Default::default() }).expect("dev");
+        assert!(c.server.echo);
+        assert!(c.engine().default_namespace.is_some_and(|n| n.allow_publish && n.history_size == 100));
+    }
+}

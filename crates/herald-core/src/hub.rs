@@ -117,7 +117,7 @@ impl crate::broker::BrokerHandler for Hub {
             user_id: &'a str,
         }
         let ev = Ev { channel, client_id: &info.client_id, user_id: &info.user_id };
-        self.broadcast_event(channel, |f| herald_proto::encode(f, kind, None, &ev).ok());
+        self.broadcast_event(channel, &info.client_id, |f| herald_proto::encode(f, kind, None, &ev).ok());
     }
 }
 
@@ -182,11 +182,15 @@ impl Hub {
     }
 
     /// Deliver a join/leave push, encoded at most once per format, to subscribers that want it.
-    pub fn broadcast_event(&self, channel: &str, encode: impl Fn(Format) -> Option<Bytes>) {
+    /// The client the event is about does not get it.
+    pub fn broadcast_event(&self, channel: &str, about: &str, encode: impl Fn(Format) -> Option<Bytes>) {
         let shard = read(self.shard(channel));
         let Some(list) = shard.get(channel) else { return };
         let frames: [OnceLock<Option<Bytes>>; 2] = [OnceLock::new(), OnceLock::new()];
-        for sub in list.iter().filter(|s| s.join_leave && !s.buffering.load(Ordering::Acquire)) {
+        for sub in list
+            .iter()
+            .filter(|s| s.join_leave && &*s.client_id != about && !s.buffering.load(Ordering::Acquire))
+        {
             let f = sub.outlet.format;
             if let Some(frame) = frames[f.index()].get_or_init(|| encode(f)) {
                 sub.outlet.push(Out::Event(frame.clone()), sub.policy);

@@ -49,6 +49,29 @@ impl AppState {
     }
 }
 
+/// Observe or stop a running server.
+#[derive(Clone)]
+pub struct Handle {
+    state: Arc<AppState>,
+}
+
+impl Handle {
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// Start a graceful shutdown.
+    pub fn shutdown(&self) {
+        self.state.shutdown.cancel();
+    }
+
+    /// The engine node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.state.node
+    }
+}
+
 /// A bound, not yet running Herald server.
 pub struct Server {
     state: Arc<AppState>,
@@ -170,9 +193,9 @@ impl Server {
         self.state.shutdown.clone()
     }
 
-    /// Open WebSocket connections.
-    pub fn connections(&self) -> usize {
-        self.state.connections.load(Ordering::Relaxed)
+    /// A handle to observe and stop the server after `run` took it.
+    pub fn handle(&self) -> Handle {
+        Handle { state: self.state.clone() }
     }
 
     /// Serve until the shutdown token is cancelled, then advise and close every client (1001),

@@ -73,7 +73,7 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, format: Format, app: Arc<Ap
         }
     };
     st.reader_done.cancel();
-    let end = writer.await.unwrap_or(crate::writer::WriterEnd { code: Some(CloseCode::InternalError) });
+    let end = writer.await.unwrap_or(crate::writer::WriterEnd { code: Some(CloseCode::InternalError), abort: true });
     app.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     metrics::gauge!("herald_connections").decrement(1.0);
     let code = end.code.map(|c| c.code());

@@ -15,5 +15,5 @@ pub mod metrics;
 pub mod reader;
 pub mod writer;
 
-pub use app::Server;
+pub use app::{Handle, Server};
 pub use config::{ConnectionConfig, ServerConfig};

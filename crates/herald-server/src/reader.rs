@@ -90,6 +90,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 .await
                 .map_err(map_err)?;
             match frame.opcode {
+                OpCode::Close if frame.payload.len() > 125 => {
+                    // Control frames carry at most 125 bytes (RFC 6455 §5.5); drop the echo.
+                    control.retain(|f| f.first() != Some(&(0x80 | Op::Close as u8)));
+                    return Err(ReadError::Protocol(CloseCode::ProtocolError));
+                }
                 OpCode::Close => {
                     let code = (frame.payload.len() >= 2)
                         .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));

@@ -71,6 +71,14 @@ impl ConnState {
 pub struct WriterEnd {
     /// The close code the server sent, if it initiated the close.
     pub code: Option<CloseCode>,
+    /// The socket was stuck mid-frame: drop it without a close frame.
+    pub abort: bool,
+}
+
+impl WriterEnd {
+    fn close(code: Option<CloseCode>) -> Self {
+        WriterEnd { code, abort: false }
+    }
 }
 
 /// Settings the writer needs.
@@ -128,7 +136,10 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     shutdown: CancellationToken,
 ) -> WriterEnd {
     let end = writer_loop(&mut w, &mut outlet, &st, &s, &shutdown).await;
-    if let Some(code) = end.code {
+    if let (Some(code), true) = (end.code, end.abort) {
+        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string()).increment(1);
+    }
+    if let (Some(code), false) = (end.code, end.abort) {
         // Best effort: the advisory, then the close frame, then FIN.
         let mut frames = Vec::with_capacity(2);
         if s.advisory {
@@ -171,7 +182,21 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if !batch.frames.is_empty() {
             close_written |= batch.frames.iter().any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
             let limit = deadline.unwrap_or_else(|| tokio::time::Instant::now() + s.conn.write_timeout);
-            match tokio::time::timeout_at(limit, write_frames(w, &batch.frames)).await {
+            let write = tokio::time::timeout_at(limit, write_frames(w, &batch.frames));
+            tokio::pin!(write);
+            let result = loop {
+                tokio::select! {
+                    r = &mut write => break r,
+                    // A client that stopped reading can overflow its queue while a write is
+                    // stuck: drop the socket now instead of waiting for the write timeout.
+                    _ = outlet.notified() => {
+                        if outlet.close_requested() == Some(CloseCode::SlowConsumer) {
+                            return WriterEnd { code: Some(CloseCode::SlowConsumer), abort: true };
+                        }
+                    }
+                }
+            };
+            match result {
                 Ok(Ok(bytes)) => {
                     metrics::counter!("herald_frames_out_total").increment(batch.frames.len() as u64);
                     metrics::counter!("herald_bytes_out_total").increment(bytes as u64);
@@ -180,12 +205,12 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                         metrics::histogram!("herald_publish_to_send_seconds").record(t.elapsed().as_secs_f64());
                     }
                 }
-                Ok(Err(_)) => return WriterEnd { code: None },
-                Err(_) if deadline.is_some() => return WriterEnd { code: Some(CloseCode::GoingAway) },
-                Err(_) => return WriterEnd { code: Some(CloseCode::WriteTimeout) },
+                Ok(Err(_)) => return WriterEnd::close(None),
+                Err(_) if deadline.is_some() => return WriterEnd { code: Some(CloseCode::GoingAway), abort: true },
+                Err(_) => return WriterEnd { code: Some(CloseCode::WriteTimeout), abort: true },
             }
             if close_written {
-                return WriterEnd { code: None };
+                return WriterEnd::close(None);
             }
         }
         if let Some(next) = batch.redirect.take() {
@@ -193,13 +218,13 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             continue;
         }
         if let Some(code) = batch.close {
-            return WriterEnd { code: Some(code) };
+            return WriterEnd::close(Some(code));
         }
         if batch.frames.len() == MAX_BATCH {
             continue;
         }
         if st.reader_done.is_cancelled() {
-            return WriterEnd { code: st.final_close() };
+            return WriterEnd::close(st.final_close());
         }
         // Heartbeat bookkeeping.
         let now = Instant::now();
@@ -208,7 +233,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 ping_sent = None;
             } else if now >= sent + s.conn.pong_timeout {
                 metrics::counter!("herald_heartbeat_timeouts_total").increment(1);
-                return WriterEnd { code: Some(CloseCode::HeartbeatTimeout) };
+                return WriterEnd::close(Some(CloseCode::HeartbeatTimeout));
             }
         }
         if now >= next_ping {

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald_proto::envelope::{ClientInfo, StreamPosition};
 use herald_proto::Data;
+use herald_proto::envelope::{ClientInfo, StreamPosition};
 
 use crate::publication::Publication;
 
@@ -107,7 +107,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Install the node's handler; called once, before any other method.
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
     /// Publish to a channel (see the trait contract).
-    async fn publish(&self, channel: &str, req: PublishRequest) -> Result<PublishOutcome, BrokerError>;
+    async fn publish(
+        &self,
+        channel: &str,
+        req: PublishRequest,
+    ) -> Result<PublishOutcome, BrokerError>;
     /// Deliver a join/leave event to every node subscribed to the channel.
     async fn publish_event(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError>;
     /// Start receiving a channel's publications on this node (called on its first local subscriber).
@@ -115,7 +119,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Stop receiving a channel (called when its last local subscriber leaves).
     async fn unsubscribe(&self, channel: &str) -> Result<(), BrokerError>;
     /// Read history. With `since` in another epoch, returns [`BrokerError::EpochMismatch`].
-    async fn history(&self, channel: &str, query: HistoryQuery) -> Result<HistoryPage, BrokerError>;
+    async fn history(&self, channel: &str, query: HistoryQuery)
+    -> Result<HistoryPage, BrokerError>;
     /// Drop a channel's history (offsets continue; the epoch is kept).
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
 }

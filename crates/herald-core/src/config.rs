@@ -133,23 +133,31 @@ impl EngineConfig {
     pub fn validate(&self) -> Result<(), String> {
         let s = &self.session;
         if s.queue_max_messages == 0 || s.queue_max_bytes < 1024 {
-            return Err("session.queue_max_messages must be > 0 and queue_max_bytes >= 1024".into());
+            return Err(
+                "session.queue_max_messages must be > 0 and queue_max_bytes >= 1024".into(),
+            );
         }
         if s.max_channels == 0 {
             return Err("session.max_channels must be > 0".into());
         }
         for (name, ns) in &self.namespaces {
-            if name.is_empty() || herald_proto::channel::validate_channel(name).is_err() || name.contains(':') {
+            if name.is_empty()
+                || herald_proto::channel::validate_channel(name).is_err()
+                || name.contains(':')
+            {
                 return Err(format!("namespace name {name:?} is invalid"));
             }
             if ns.history_size > 0 && ns.history_ttl.is_zero() {
-                return Err(format!("namespaces.{name}: history_size > 0 needs history_ttl > 0"));
+                return Err(format!(
+                    "namespaces.{name}: history_size > 0 needs history_ttl > 0"
+                ));
             }
         }
-        if let Some(ns) = &self.default_namespace {
-            if ns.history_size > 0 && ns.history_ttl.is_zero() {
-                return Err("default_namespace: history_size > 0 needs history_ttl > 0".into());
-            }
+        if let Some(ns) = &self.default_namespace
+            && ns.history_size > 0
+            && ns.history_ttl.is_zero()
+        {
+            return Err("default_namespace: history_size > 0 needs history_ttl > 0".into());
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! nothing published during recovery is lost or reordered.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
@@ -39,7 +39,12 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// A subscriber that buffers publications until [`Subscriber::go_live`].
-    pub fn new(outlet: Arc<Outlet>, client_id: Arc<str>, policy: SlowConsumerPolicy, join_leave: bool) -> Arc<Self> {
+    pub fn new(
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        policy: SlowConsumerPolicy,
+        join_leave: bool,
+    ) -> Arc<Self> {
         Arc::new(Subscriber {
             outlet,
             client_id,
@@ -116,8 +121,14 @@ impl crate::broker::BrokerHandler for Hub {
             client_id: &'a str,
             user_id: &'a str,
         }
-        let ev = Ev { channel, client_id: &info.client_id, user_id: &info.user_id };
-        self.broadcast_event(channel, &info.client_id, |f| herald_proto::encode(f, kind, None, &ev).ok());
+        let ev = Ev {
+            channel,
+            client_id: &info.client_id,
+            user_id: &info.user_id,
+        };
+        self.broadcast_event(channel, &info.client_id, |f| {
+            herald_proto::encode(f, kind, None, &ev).ok()
+        });
     }
 }
 
@@ -138,9 +149,7 @@ impl Default for Hub {
 
 impl Hub {
     fn shard(&self, channel: &str) -> &Shard {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
     /// Add a subscriber. Returns `(first_on_node, subscribers_now)` or `None` when `max` (non-zero)
@@ -174,7 +183,9 @@ impl Hub {
     /// Deliver a publication to every local subscriber of its channel.
     pub fn fanout(&self, p: &Arc<Publication>) -> usize {
         let shard = read(self.shard(&p.channel));
-        let Some(list) = shard.get(&*p.channel) else { return 0 };
+        let Some(list) = shard.get(&*p.channel) else {
+            return 0;
+        };
         for sub in list {
             sub.deliver(p);
         }
@@ -183,14 +194,20 @@ impl Hub {
 
     /// Deliver a join/leave push, encoded at most once per format, to subscribers that want it.
     /// The client the event is about does not get it.
-    pub fn broadcast_event(&self, channel: &str, about: &str, encode: impl Fn(Format) -> Option<Bytes>) {
+    pub fn broadcast_event(
+        &self,
+        channel: &str,
+        about: &str,
+        encode: impl Fn(Format) -> Option<Bytes>,
+    ) {
         let shard = read(self.shard(channel));
-        let Some(list) = shard.get(channel) else { return };
+        let Some(list) = shard.get(channel) else {
+            return;
+        };
         let frames: [OnceLock<Option<Bytes>>; 2] = [OnceLock::new(), OnceLock::new()];
-        for sub in list
-            .iter()
-            .filter(|s| s.join_leave && &*s.client_id != about && !s.buffering.load(Ordering::Acquire))
-        {
+        for sub in list.iter().filter(|s| {
+            s.join_leave && &*s.client_id != about && !s.buffering.load(Ordering::Acquire)
+        }) {
             let f = sub.outlet.format;
             if let Some(frame) = frames[f.index()].get_or_init(|| encode(f)) {
                 sub.outlet.push(Out::Event(frame.clone()), sub.policy);
@@ -200,7 +217,10 @@ impl Hub {
 
     /// Local subscribers of a channel.
     pub fn count(&self, channel: &str) -> usize {
-        read(self.shard(channel)).get(channel).map(Vec::len).unwrap_or(0)
+        read(self.shard(channel))
+            .get(channel)
+            .map(Vec::len)
+            .unwrap_or(0)
     }
 
     /// Channels with at least one local subscriber.
@@ -216,18 +236,35 @@ mod tests {
     use herald_proto::Data;
 
     fn publication(offset: u64) -> Arc<Publication> {
-        Arc::new(Publication::new(Arc::from("c"), offset, Arc::from("e"), 0, Data::json("1").expect("j"), None))
+        Arc::new(Publication::new(
+            Arc::from("c"),
+            offset,
+            Arc::from("e"),
+            0,
+            Data::json("1").expect("j"),
+            None,
+        ))
     }
 
     #[test]
     fn fanout_shares_one_encoding_and_buffers_during_setup() {
         let hub = Hub::default();
-        let limits = QueueLimits { max_messages: 100, max_bytes: 1 << 20 };
+        let limits = QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        };
         let outlets: Vec<_> = (0..3).map(|_| Outlet::new(Format::Json, limits)).collect();
         let subs: Vec<_> = outlets
             .iter()
             .enumerate()
-            .map(|(i, o)| Subscriber::new(o.clone(), Arc::from(i.to_string()), SlowConsumerPolicy::Disconnect, false))
+            .map(|(i, o)| {
+                Subscriber::new(
+                    o.clone(),
+                    Arc::from(i.to_string()),
+                    SlowConsumerPolicy::Disconnect,
+                    false,
+                )
+            })
             .collect();
         for s in &subs {
             hub.add("c", s.clone(), 0).expect("add");
@@ -245,7 +282,11 @@ mod tests {
             frames.push(d.frames);
         }
         assert_eq!(frames[0].len(), 2);
-        assert_eq!(frames[2].len(), 1, "offset 1 came from history, only 2 from the buffer");
+        assert_eq!(
+            frames[2].len(),
+            1,
+            "offset 1 came from history, only 2 from the buffer"
+        );
         // Same bytes, same allocation, for every subscriber.
         assert_eq!(frames[0][1].as_ptr(), frames[1][1].as_ptr());
         assert_eq!(frames[0][1].as_ptr(), frames[2][0].as_ptr());

@@ -56,7 +56,10 @@ impl Stream {
     }
 
     fn first_kept(&self) -> u64 {
-        self.history.front().map(|(_, p)| p.offset).unwrap_or(self.top + 1)
+        self.history
+            .front()
+            .map(|(_, p)| p.offset)
+            .unwrap_or(self.top + 1)
     }
 }
 
@@ -127,16 +130,23 @@ impl Broker for MemoryBroker {
         let _ = self.handler.set(handler);
     }
 
-    async fn publish(&self, channel: &str, req: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+    async fn publish(
+        &self,
+        channel: &str,
+        req: PublishRequest,
+    ) -> Result<PublishOutcome, BrokerError> {
         let stream = self.stream(channel);
         let mut s = lock(&stream);
         let now = Instant::now();
-        if let Some(key) = &req.idempotency_key {
-            if let Some((offset, exp)) = s.keys.get(key) {
-                if *exp > now {
-                    return Ok(PublishOutcome { offset: *offset, epoch: s.epoch.clone(), duplicate: true });
-                }
-            }
+        if let Some(key) = &req.idempotency_key
+            && let Some((offset, exp)) = s.keys.get(key)
+            && *exp > now
+        {
+            return Ok(PublishOutcome {
+                offset: *offset,
+                epoch: s.epoch.clone(),
+                duplicate: true,
+            });
         }
         s.top += 1;
         s.last_publish = now;
@@ -160,7 +170,11 @@ impl Broker for MemoryBroker {
             let top = s.top;
             s.keys.insert(key, (top, now + req.idempotency_window));
         }
-        let outcome = PublishOutcome { offset: s.top, epoch: s.epoch.clone(), duplicate: false };
+        let outcome = PublishOutcome {
+            offset: s.top,
+            epoch: s.epoch.clone(),
+            duplicate: false,
+        };
         if let Some(h) = self.handler.get() {
             // Inside the stream lock: delivery order equals offset order.
             h.on_publication(publication);
@@ -187,10 +201,10 @@ impl Broker for MemoryBroker {
         let stream = self.stream(channel);
         let mut s = lock(&stream);
         s.trim(Instant::now());
-        if let Some(since) = &q.since {
-            if *since.epoch != *s.epoch {
-                return Err(BrokerError::EpochMismatch);
-            }
+        if let Some(since) = &q.since
+            && *since.epoch != *s.epoch
+        {
+            return Err(BrokerError::EpochMismatch);
         }
         let mut page = Vec::with_capacity(q.limit.min(s.history.len()));
         if q.limit > 0 {
@@ -216,7 +230,12 @@ impl Broker for MemoryBroker {
                 }
             }
         }
-        Ok(HistoryPage { publications: page, top: s.top, epoch: s.epoch.clone(), first_kept: s.first_kept() })
+        Ok(HistoryPage {
+            publications: page,
+            top: s.top,
+            epoch: s.epoch.clone(),
+            first_kept: s.first_kept(),
+        })
     }
 
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError> {
@@ -260,13 +279,15 @@ impl PresenceStore for MemoryPresence {
 
     async fn remove(&self, channel: &str, client_id: &str) -> Result<(), BrokerError> {
         let mut map = lock(&self.channels);
-        let Some(ch) = map.get_mut(channel) else { return Ok(()) };
-        if let Some(info) = ch.clients.remove(client_id) {
-            if let Some(n) = ch.users.get_mut(&info.user_id) {
-                *n -= 1;
-                if *n == 0 {
-                    ch.users.remove(&info.user_id);
-                }
+        let Some(ch) = map.get_mut(channel) else {
+            return Ok(());
+        };
+        if let Some(info) = ch.clients.remove(client_id)
+            && let Some(n) = ch.users.get_mut(&info.user_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                ch.users.remove(&info.user_id);
             }
         }
         if ch.clients.is_empty() {
@@ -277,15 +298,24 @@ impl PresenceStore for MemoryPresence {
 
     async fn list(&self, channel: &str) -> Result<Vec<ClientInfo>, BrokerError> {
         let map = lock(&self.channels);
-        Ok(map.get(channel).map(|c| c.clients.values().cloned().collect()).unwrap_or_default())
+        Ok(map
+            .get(channel)
+            .map(|c| c.clients.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn stats(&self, channel: &str) -> Result<PresenceStats, BrokerError> {
         let map = lock(&self.channels);
         Ok(map
             .get(channel)
-            .map(|c| PresenceStats { clients: c.clients.len() as u64, users: c.users.len() as u64 })
-            .unwrap_or(PresenceStats { clients: 0, users: 0 }))
+            .map(|c| PresenceStats {
+                clients: c.clients.len() as u64,
+                users: c.users.len() as u64,
+            })
+            .unwrap_or(PresenceStats {
+                clients: 0,
+                users: 0,
+            }))
     }
 }
 
@@ -313,45 +343,111 @@ mod tests {
             assert_eq!(o.offset, i as u64);
         }
         let page = b
-            .history("c", HistoryQuery { since: None, limit: 10, reverse: false })
+            .history(
+                "c",
+                HistoryQuery {
+                    since: None,
+                    limit: 10,
+                    reverse: false,
+                },
+            )
             .await
             .expect("history");
         let offs: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
         assert_eq!(offs, vec![3, 4, 5]);
         assert_eq!((page.top, page.first_kept), (5, 3));
-        let since = StreamPosition { offset: 3, epoch: page.epoch.to_string() };
+        let since = StreamPosition {
+            offset: 3,
+            epoch: page.epoch.to_string(),
+        };
         let page2 = b
-            .history("c", HistoryQuery { since: Some(since.clone()), limit: 10, reverse: false })
+            .history(
+                "c",
+                HistoryQuery {
+                    since: Some(since.clone()),
+                    limit: 10,
+                    reverse: false,
+                },
+            )
             .await
             .expect("history");
-        assert_eq!(page2.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(
+            page2
+                .publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![4, 5]
+        );
         let rev = b
-            .history("c", HistoryQuery { since: None, limit: 2, reverse: true })
+            .history(
+                "c",
+                HistoryQuery {
+                    since: None,
+                    limit: 2,
+                    reverse: true,
+                },
+            )
             .await
             .expect("history");
-        assert_eq!(rev.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![5, 4]);
-        let bad = StreamPosition { offset: 3, epoch: "other".into() };
+        assert_eq!(
+            rev.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>(),
+            vec![5, 4]
+        );
+        let bad = StreamPosition {
+            offset: 3,
+            epoch: "other".into(),
+        };
         assert!(matches!(
-            b.history("c", HistoryQuery { since: Some(bad), limit: 1, reverse: false }).await,
+            b.history(
+                "c",
+                HistoryQuery {
+                    since: Some(bad),
+                    limit: 1,
+                    reverse: false
+                }
+            )
+            .await,
             Err(BrokerError::EpochMismatch)
         ));
         let a = b.publish("c", req(9, Some("k"))).await.expect("publish");
         let d = b.publish("c", req(9, Some("k"))).await.expect("publish");
-        assert_eq!((a.offset, a.duplicate, d.offset, d.duplicate), (6, false, 6, true));
+        assert_eq!(
+            (a.offset, a.duplicate, d.offset, d.duplicate),
+            (6, false, 6, true)
+        );
     }
 
     #[tokio::test]
     async fn presence_stats_count_users() {
         let p = MemoryPresence::new();
-        let ci = |c: &str, u: &str| ClientInfo { client_id: c.into(), user_id: u.into() };
+        let ci = |c: &str, u: &str| ClientInfo {
+            client_id: c.into(),
+            user_id: u.into(),
+        };
         p.add("ch", ci("1", "alice")).await.expect("add");
         p.add("ch", ci("2", "alice")).await.expect("add");
         p.add("ch", ci("3", "bob")).await.expect("add");
         p.add("ch", ci("3", "bob")).await.expect("add");
-        assert_eq!(p.stats("ch").await.expect("stats"), PresenceStats { clients: 3, users: 2 });
+        assert_eq!(
+            p.stats("ch").await.expect("stats"),
+            PresenceStats {
+                clients: 3,
+                users: 2
+            }
+        );
         p.remove("ch", "1").await.expect("rm");
         p.remove("ch", "3").await.expect("rm");
-        assert_eq!(p.stats("ch").await.expect("stats"), PresenceStats { clients: 1, users: 1 });
+        assert_eq!(
+            p.stats("ch").await.expect("stats"),
+            PresenceStats {
+                clients: 1,
+                users: 1
+            }
+        );
         assert_eq!(p.list("ch").await.expect("list").len(), 1);
     }
 }

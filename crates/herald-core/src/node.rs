@@ -28,14 +28,19 @@ pub struct EngineError {
 impl EngineError {
     /// Build an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        EngineError { code, message: message.into() }
+        EngineError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl From<BrokerError> for EngineError {
     fn from(e: BrokerError) -> Self {
         match e {
-            BrokerError::EpochMismatch => EngineError::new(ErrorCode::EpochMismatch, "epoch mismatch"),
+            BrokerError::EpochMismatch => {
+                EngineError::new(ErrorCode::EpochMismatch, "epoch mismatch")
+            }
             BrokerError::Unavailable(m) => EngineError::new(ErrorCode::Unavailable, m),
         }
     }
@@ -113,9 +118,12 @@ impl Node {
         herald_proto::channel::validate_channel(channel)
             .map_err(|m| EngineError::new(ErrorCode::InvalidChannel, m))?;
         let ns = herald_proto::channel::namespace_of(channel);
-        self.config
-            .namespace(ns)
-            .ok_or_else(|| EngineError::new(ErrorCode::UnknownNamespace, format!("namespace {ns:?} is not configured")))
+        self.config.namespace(ns).ok_or_else(|| {
+            EngineError::new(
+                ErrorCode::UnknownNamespace,
+                format!("namespace {ns:?} is not configured"),
+            )
+        })
     }
 
     /// Start a session for a new connection.
@@ -123,7 +131,13 @@ impl Node {
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);
         let client_id: Arc<str> = Arc::from(format!("{}-{n}", self.node_id).as_str());
         let s = &self.config.session;
-        let outlet = Outlet::new(format, QueueLimits { max_messages: s.queue_max_messages, max_bytes: s.queue_max_bytes });
+        let outlet = Outlet::new(
+            format,
+            QueueLimits {
+                max_messages: s.queue_max_messages,
+                max_bytes: s.queue_max_bytes,
+            },
+        );
         Session::new(self.clone(), outlet, client_id, user_id)
     }
 
@@ -136,8 +150,11 @@ impl Node {
         idempotency_key: Option<String>,
     ) -> Result<PublishOutcome, EngineError> {
         let ns = self.namespace(channel)?;
-        let (history_size, history_ttl) =
-            if ns.history_enabled() { (ns.history_size, ns.history_ttl) } else { (0, Default::default()) };
+        let (history_size, history_ttl) = if ns.history_enabled() {
+            (ns.history_size, ns.history_ttl)
+        } else {
+            (0, Default::default())
+        };
         let req = PublishRequest {
             data,
             info,
@@ -169,7 +186,13 @@ impl Node {
         }
         let token = session.resume_token().to_owned();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        lock(&self.parked).insert(token.clone(), Parked { session, generation });
+        lock(&self.parked).insert(
+            token.clone(),
+            Parked {
+                session,
+                generation,
+            },
+        );
         metrics::gauge!("herald_sessions_waiting").increment(1.0);
         let node = self.clone();
         tokio::spawn(async move {

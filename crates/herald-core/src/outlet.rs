@@ -90,7 +90,12 @@ impl Outlet {
         Arc::new(Outlet {
             format,
             limits,
-            queue: Mutex::new(Queue { items: VecDeque::new(), bytes: 0, close: None, redirect: None }),
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                close: None,
+                redirect: None,
+            }),
             notify: Notify::new(),
             space: Notify::new(),
         })
@@ -189,7 +194,8 @@ impl Outlet {
                 let old_len = q.items[pos].len();
                 q.items[pos] = item;
                 q.bytes = q.bytes + len - old_len;
-                metrics::counter!("herald_queue_dropped_total", "reason" => "conflated").increment(1);
+                metrics::counter!("herald_queue_dropped_total", "reason" => "conflated")
+                    .increment(1);
                 drop(q);
                 self.wake();
                 return true;
@@ -321,7 +327,10 @@ mod tests {
     }
 
     fn limits(n: usize) -> QueueLimits {
-        QueueLimits { max_messages: n, max_bytes: 1 << 20 }
+        QueueLimits {
+            max_messages: n,
+            max_bytes: 1 << 20,
+        }
     }
 
     #[test]

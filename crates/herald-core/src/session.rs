@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_proto::codec::HistoryOut;
 use herald_proto::envelope::{
-    ChannelOnly, ClientInfo, Connected, DecodeError, ErrorPayload, History, Published, Resume,
-    Resumed, ResumedChannel, Subscribe, Subscribed, MAX_HISTORY_LIMIT,
+    ChannelOnly, ClientInfo, Connected, DecodeError, ErrorPayload, History, MAX_HISTORY_LIMIT,
+    Published, Resume, Resumed, ResumedChannel, Subscribe, Subscribed,
 };
 use herald_proto::{CloseCode, Command, ErrorCode, Id, Request, StreamPosition};
 use serde::Serialize;
@@ -49,7 +49,12 @@ fn token() -> String {
 }
 
 impl Session {
-    pub(crate) fn new(node: Arc<Node>, outlet: Arc<Outlet>, client_id: Arc<str>, user_id: String) -> Self {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        user_id: String,
+    ) -> Self {
         Session {
             node,
             outlet,
@@ -88,7 +93,10 @@ impl Session {
     }
 
     fn info(&self) -> ClientInfo {
-        ClientInfo { client_id: self.client_id.to_string(), user_id: self.user_id.clone() }
+        ClientInfo {
+            client_id: self.client_id.to_string(),
+            user_id: self.user_id.clone(),
+        }
     }
 
     fn encode<P: Serialize>(&self, kind: &str, id: Option<&Id>, payload: &P) -> Option<Bytes> {
@@ -102,10 +110,10 @@ impl Session {
     }
 
     fn reply<P: Serialize>(&self, id: &Option<Id>, payload: &P) {
-        if let Some(id) = id {
-            if let Some(b) = self.encode("reply", Some(id), payload) {
-                self.outlet.push_reply(b);
-            }
+        if let Some(id) = id
+            && let Some(b) = self.encode("reply", Some(id), payload)
+        {
+            self.outlet.push_reply(b);
         }
     }
 
@@ -150,13 +158,21 @@ impl Session {
         tracing::debug!(client = %self.client_id, code = e.code.as_str(), message = %e.message, "bad frame");
         metrics::counter!("herald_dead_letters_total", "reason" => e.code.as_str()).increment(1);
         self.error(&e.id, e.code, &e.message);
-        if e.code.is_violation() { self.violation() } else { Flow::Continue }
+        if e.code.is_violation() {
+            self.violation()
+        } else {
+            Flow::Continue
+        }
     }
 
     /// Answer a frame of the wrong kind (text on MessagePack, binary on JSON).
     pub fn wrong_frame_type(&mut self) -> Flow {
         metrics::counter!("herald_dead_letters_total", "reason" => "wrong_frame_type").increment(1);
-        self.error(&None, ErrorCode::WrongFrameType, "frame type does not match the negotiated subprotocol");
+        self.error(
+            &None,
+            ErrorCode::WrongFrameType,
+            "frame type does not match the negotiated subprotocol",
+        );
         self.violation()
     }
 
@@ -182,7 +198,11 @@ impl Session {
             Ok(()) => Flow::Continue,
             Err(e) => {
                 self.error(&id, e.code, &e.message);
-                if e.code.is_violation() { self.violation() } else { Flow::Continue }
+                if e.code.is_violation() {
+                    self.violation()
+                } else {
+                    Flow::Continue
+                }
             }
         }
     }
@@ -191,21 +211,30 @@ impl Session {
         let node = self.node.clone();
         let ns = node.namespace(&s.channel)?.clone();
         if self.subs.contains_key(&s.channel) {
-            return Err(EngineError::new(ErrorCode::AlreadySubscribed, "already subscribed"));
+            return Err(EngineError::new(
+                ErrorCode::AlreadySubscribed,
+                "already subscribed",
+            ));
         }
         if self.subs.len() >= node.config().session.max_channels {
-            return Err(EngineError::new(ErrorCode::TooManyChannels, "max_channels reached"));
+            return Err(EngineError::new(
+                ErrorCode::TooManyChannels,
+                "max_channels reached",
+            ));
         }
-        let sub = Subscriber::new(self.outlet.clone(), self.client_id.clone(), ns.slow_consumer, ns.join_leave);
+        let sub = Subscriber::new(
+            self.outlet.clone(),
+            self.client_id.clone(),
+            ns.slow_consumer,
+            ns.join_leave,
+        );
         let (first, _) = node
             .hub()
             .add(&s.channel, sub.clone(), ns.max_subscribers)
             .ok_or_else(|| EngineError::new(ErrorCode::ChannelFull, "channel is full"))?;
-        if first {
-            if let Err(e) = node.broker.subscribe(&s.channel).await {
-                node.hub().remove(&s.channel, &self.client_id);
-                return Err(e.into());
-            }
+        if first && let Err(e) = node.broker.subscribe(&s.channel).await {
+            node.hub().remove(&s.channel, &self.client_id);
+            return Err(e.into());
         }
         let (reply, pubs) = match self.fetch_recovery(&s, ns.history_enabled()).await {
             Ok(r) => r,
@@ -223,10 +252,10 @@ impl Session {
         sub.go_live(|| reply.offset);
         self.subs.insert(s.channel.clone(), sub);
         metrics::gauge!("herald_subscriptions").increment(1.0);
-        if ns.presence {
-            if let Err(e) = node.presence.add(&s.channel, self.info()).await {
-                tracing::warn!(channel = %s.channel, error = %e, "presence add failed");
-            }
+        if ns.presence
+            && let Err(e) = node.presence.add(&s.channel, self.info()).await
+        {
+            tracing::warn!(channel = %s.channel, error = %e, "presence add failed");
         }
         if ns.join_leave {
             node.emit(&s.channel, ChannelEvent::Join(self.info())).await;
@@ -241,15 +270,25 @@ impl Session {
         history: bool,
     ) -> Result<(Subscribed, Vec<Arc<Publication>>), EngineError> {
         let broker = &self.node.broker;
-        let position = |since| HistoryQuery { since, limit: 0, reverse: false };
+        let position = |since| HistoryQuery {
+            since,
+            limit: 0,
+            reverse: false,
+        };
         let Some(pos) = &s.recover else {
             let top = broker.history(&s.channel, position(None)).await?;
-            return Ok((subscribed(&s.channel, top.top, &top.epoch, None, None), Vec::new()));
+            return Ok((
+                subscribed(&s.channel, top.top, &top.epoch, None, None),
+                Vec::new(),
+            ));
         };
         if !history {
             let top = broker.history(&s.channel, position(None)).await?;
             let ok = *top.epoch == *pos.epoch && top.top == pos.offset;
-            return Ok((subscribed(&s.channel, top.top, &top.epoch, Some(ok), Some(0)), Vec::new()));
+            return Ok((
+                subscribed(&s.channel, top.top, &top.epoch, Some(ok), Some(0)),
+                Vec::new(),
+            ));
         }
         let mut since = pos.clone();
         let mut pubs: Vec<Arc<Publication>> = Vec::new();
@@ -262,7 +301,10 @@ impl Session {
             Ok(p) => p,
             Err(BrokerError::EpochMismatch) => {
                 let top = broker.history(&s.channel, position(None)).await?;
-                return Ok((subscribed(&s.channel, top.top, &top.epoch, Some(false), Some(0)), Vec::new()));
+                return Ok((
+                    subscribed(&s.channel, top.top, &top.epoch, Some(false), Some(0)),
+                    Vec::new(),
+                ));
             }
             Err(e) => return Err(e.into()),
         };
@@ -281,7 +323,10 @@ impl Session {
             }
         }
         let missed = pubs.len() as u64;
-        Ok((subscribed(&s.channel, top, &epoch, Some(recovered), Some(missed)), pubs))
+        Ok((
+            subscribed(&s.channel, top, &epoch, Some(recovered), Some(missed)),
+            pubs,
+        ))
     }
 
     /// Queue recovered publications page by page, waiting for the client to read between pages.
@@ -302,24 +347,28 @@ impl Session {
     }
 
     async fn drop_sub(&self, channel: &str) {
-        if self.node.hub().remove(channel, &self.client_id) == Some(true) {
-            if let Err(e) = self.node.broker.unsubscribe(channel).await {
-                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
-            }
+        if self.node.hub().remove(channel, &self.client_id) == Some(true)
+            && let Err(e) = self.node.broker.unsubscribe(channel).await
+        {
+            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
         }
     }
 
     async fn leave(&self, channel: &str) {
         self.drop_sub(channel).await;
         metrics::gauge!("herald_subscriptions").decrement(1.0);
-        let Ok(ns) = self.node.namespace(channel) else { return };
-        if ns.presence {
-            if let Err(e) = self.node.presence.remove(channel, &self.client_id).await {
-                tracing::warn!(channel, error = %e, "presence remove failed");
-            }
+        let Ok(ns) = self.node.namespace(channel) else {
+            return;
+        };
+        if ns.presence
+            && let Err(e) = self.node.presence.remove(channel, &self.client_id).await
+        {
+            tracing::warn!(channel, error = %e, "presence remove failed");
         }
         if ns.join_leave {
-            self.node.emit(channel, ChannelEvent::Leave(self.info())).await;
+            self.node
+                .emit(channel, ChannelEvent::Leave(self.info()))
+                .await;
         }
     }
 
@@ -332,30 +381,60 @@ impl Session {
         Ok(())
     }
 
-    async fn publish(&mut self, id: &Option<Id>, p: herald_proto::envelope::Publish) -> Result<(), EngineError> {
+    async fn publish(
+        &mut self,
+        id: &Option<Id>,
+        p: herald_proto::envelope::Publish,
+    ) -> Result<(), EngineError> {
         let ns = self.node.namespace(&p.channel)?;
         if !ns.allow_publish {
-            return Err(EngineError::new(ErrorCode::PermissionDenied, "clients may not publish in this namespace"));
+            return Err(EngineError::new(
+                ErrorCode::PermissionDenied,
+                "clients may not publish in this namespace",
+            ));
         }
         let max = self.node.config().session.max_data_size;
         if p.data.encoded_len() > max {
-            return Err(EngineError::new(ErrorCode::TooLarge, format!("data is larger than {max} bytes")));
+            return Err(EngineError::new(
+                ErrorCode::TooLarge,
+                format!("data is larger than {max} bytes"),
+            ));
         }
-        let out = self.node.publish(&p.channel, p.data, Some(self.info()), p.idempotency_key).await?;
-        self.reply(id, &Published { offset: out.offset, epoch: out.epoch.to_string(), duplicate: out.duplicate });
+        let out = self
+            .node
+            .publish(&p.channel, p.data, Some(self.info()), p.idempotency_key)
+            .await?;
+        self.reply(
+            id,
+            &Published {
+                offset: out.offset,
+                epoch: out.epoch.to_string(),
+                duplicate: out.duplicate,
+            },
+        );
         Ok(())
     }
 
     async fn history(&mut self, id: &Option<Id>, h: History) -> Result<(), EngineError> {
         let ns = self.node.namespace(&h.channel)?;
         if !ns.history_enabled() {
-            return Err(EngineError::new(ErrorCode::HistoryDisabled, "history is disabled in this namespace"));
+            return Err(EngineError::new(
+                ErrorCode::HistoryDisabled,
+                "history is disabled in this namespace",
+            ));
         }
         let limit = h.limit.unwrap_or(MAX_HISTORY_LIMIT);
         if limit > MAX_HISTORY_LIMIT {
-            return Err(EngineError::new(ErrorCode::BadRequest, "limit must be at most 100"));
+            return Err(EngineError::new(
+                ErrorCode::BadRequest,
+                "limit must be at most 100",
+            ));
         }
-        let q = HistoryQuery { since: h.since, limit, reverse: h.reverse };
+        let q = HistoryQuery {
+            since: h.since,
+            limit,
+            reverse: h.reverse,
+        };
         let page = self.node.broker.history(&h.channel, q).await?;
         // Bound the reply frame: stop adding publications past PAGE_BYTES (at least one).
         const PAGE_BYTES: usize = 256 * 1024;
@@ -369,13 +448,23 @@ impl Session {
             }
             publications.push(p.out(format));
         }
-        self.reply(id, &HistoryOut { offset: page.top, epoch: &page.epoch, publications });
+        self.reply(
+            id,
+            &HistoryOut {
+                offset: page.top,
+                epoch: &page.epoch,
+                publications,
+            },
+        );
         Ok(())
     }
 
     async fn presence(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
         if !self.node.namespace(&c.channel)?.presence {
-            return Err(EngineError::new(ErrorCode::PresenceDisabled, "presence is disabled in this namespace"));
+            return Err(EngineError::new(
+                ErrorCode::PresenceDisabled,
+                "presence is disabled in this namespace",
+            ));
         }
         #[derive(Serialize)]
         struct Clients {
@@ -388,7 +477,10 @@ impl Session {
 
     async fn presence_stats(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
         if !self.node.namespace(&c.channel)?.presence {
-            return Err(EngineError::new(ErrorCode::PresenceDisabled, "presence is disabled in this namespace"));
+            return Err(EngineError::new(
+                ErrorCode::PresenceDisabled,
+                "presence is disabled in this namespace",
+            ));
         }
         let stats = self.node.presence.stats(&c.channel).await?;
         self.reply(id, &stats);
@@ -397,14 +489,23 @@ impl Session {
 
     async fn resume(&mut self, id: &Option<Id>, r: Resume) -> Result<(), EngineError> {
         if !self.subs.is_empty() {
-            return Err(EngineError::new(ErrorCode::ResumeNotAllowed, "resume must come before any subscribe"));
+            return Err(EngineError::new(
+                ErrorCode::ResumeNotAllowed,
+                "resume must come before any subscribe",
+            ));
         }
         let Some(mut old) = self.node.take_parked(&r.token) else {
-            return Err(EngineError::new(ErrorCode::SessionNotFound, "no session for this resume token"));
+            return Err(EngineError::new(
+                ErrorCode::SessionNotFound,
+                "no session for this resume token",
+            ));
         };
         if old.outlet.close_requested().is_some() {
             old.end().await;
-            return Err(EngineError::new(ErrorCode::SessionNotFound, "the session overflowed while disconnected"));
+            return Err(EngineError::new(
+                ErrorCode::SessionNotFound,
+                "the session overflowed while disconnected",
+            ));
         }
         let fresh_outlet = self.outlet.clone();
         std::mem::swap(self, &mut old);
@@ -418,7 +519,10 @@ impl Session {
                 None => None,
                 Some(pos) => Some(self.fill_gap(channel, sub, pos, &mut front).await),
             };
-            channels.push(ResumedChannel { channel: channel.clone(), recovered });
+            channels.push(ResumedChannel {
+                channel: channel.clone(),
+                recovered,
+            });
         }
         let reply = Resumed {
             session_id: self.id.clone(),
@@ -427,7 +531,10 @@ impl Session {
             channels,
             buffered: self.outlet.len() as u64,
         };
-        if let Some(b) = id.as_ref().and_then(|id| self.encode("reply", Some(id), &reply)) {
+        if let Some(b) = id
+            .as_ref()
+            .and_then(|id| self.encode("reply", Some(id), &reply))
+        {
             front.insert(0, Out::Reply(b));
         }
         self.outlet.push_front(front);
@@ -438,17 +545,37 @@ impl Session {
 
     /// Publications the client missed before what is buffered (e.g. frames lost in flight when the
     /// socket died): fetched from history and queued in front. Returns whether the gap is closed.
-    async fn fill_gap(&self, channel: &str, sub: &Subscriber, pos: &StreamPosition, front: &mut Vec<Out>) -> bool {
-        let next = self.outlet.queued_offsets(channel).first().copied().unwrap_or(sub.last_offset() + 1);
+    async fn fill_gap(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        pos: &StreamPosition,
+        front: &mut Vec<Out>,
+    ) -> bool {
+        let next = self
+            .outlet
+            .queued_offsets(channel)
+            .first()
+            .copied()
+            .unwrap_or(sub.last_offset() + 1);
         if pos.offset + 1 >= next {
             return true;
         }
         let want = (next - 1 - pos.offset) as usize;
-        let q = HistoryQuery { since: Some(pos.clone()), limit: want.min(MAX_HISTORY_LIMIT * 10), reverse: false };
+        let q = HistoryQuery {
+            since: Some(pos.clone()),
+            limit: want.min(MAX_HISTORY_LIMIT * 10),
+            reverse: false,
+        };
         match self.node.broker.history(channel, q).await {
             Ok(page) => {
-                let got: Vec<_> = page.publications.into_iter().filter(|p| p.offset < next).collect();
-                let complete = got.len() == want && got.first().is_some_and(|p| p.offset == pos.offset + 1);
+                let got: Vec<_> = page
+                    .publications
+                    .into_iter()
+                    .filter(|p| p.offset < next)
+                    .collect();
+                let complete =
+                    got.len() == want && got.first().is_some_and(|p| p.offset == pos.offset + 1);
                 front.extend(got.into_iter().map(Out::Pub));
                 complete
             }
@@ -465,6 +592,18 @@ impl Session {
     }
 }
 
-fn subscribed(channel: &str, offset: u64, epoch: &str, recovered: Option<bool>, missed: Option<u64>) -> Subscribed {
-    Subscribed { channel: channel.to_owned(), offset, epoch: epoch.to_owned(), recovered, missed }
+fn subscribed(
+    channel: &str,
+    offset: u64,
+    epoch: &str,
+    recovered: Option<bool>,
+    missed: Option<u64>,
+) -> Subscribed {
+    Subscribed {
+        channel: channel.to_owned(),
+        offset,
+        epoch: epoch.to_owned(),
+        recovered,
+        missed,
+    }
 }

@@ -72,7 +72,11 @@ impl Format {
 pub struct EncodeError(String);
 
 fn bad(id: &Option<Id>, code: ErrorCode, message: impl Into<String>) -> DecodeError {
-    DecodeError { id: id.clone(), code, message: message.into() }
+    DecodeError {
+        id: id.clone(),
+        code,
+        message: message.into(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -116,14 +120,24 @@ struct MpPublish {
 pub fn decode(format: Format, input: &[u8]) -> Result<Request, DecodeError> {
     match format {
         Format::Json => {
-            let env: JsonEnvelope<'_> = serde_json::from_slice(input)
-                .map_err(|e| bad(&None, ErrorCode::Malformed, format!("invalid envelope: {e}")))?;
+            let env: JsonEnvelope<'_> = serde_json::from_slice(input).map_err(|e| {
+                bad(
+                    &None,
+                    ErrorCode::Malformed,
+                    format!("invalid envelope: {e}"),
+                )
+            })?;
             let payload = RawPayload::Json(env.payload.map(RawValue::get));
             finish(env.id, env.kind, payload)
         }
         Format::Msgpack => {
-            let env: MpEnvelope = rmp_serde::from_slice(input)
-                .map_err(|e| bad(&None, ErrorCode::Malformed, format!("invalid envelope: {e}")))?;
+            let env: MpEnvelope = rmp_serde::from_slice(input).map_err(|e| {
+                bad(
+                    &None,
+                    ErrorCode::Malformed,
+                    format!("invalid envelope: {e}"),
+                )
+            })?;
             finish(env.id, env.kind, RawPayload::Msgpack(env.payload))
         }
     }
@@ -155,21 +169,40 @@ impl RawPayload<'_> {
                 let p = p.ok_or_else(|| bad(id, ErrorCode::BadRequest, "missing `payload`"))?;
                 let jp: JsonPublish<'_> = serde_json::from_str(p)
                     .map_err(|e| bad(id, ErrorCode::BadRequest, e.to_string()))?;
-                (jp.channel, Data::Json(jp.data.to_owned()), jp.idempotency_key)
+                (
+                    jp.channel,
+                    Data::Json(jp.data.to_owned()),
+                    jp.idempotency_key,
+                )
             }
             raw @ RawPayload::Msgpack(_) => {
                 let mp: MpPublish = raw.typed(id)?;
                 (mp.channel, Data::Msgpack(mp.data), mp.idempotency_key)
             }
         };
-        if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN) {
-            return Err(bad(id, ErrorCode::BadRequest, "idempotency_key must be 1..=128 bytes"));
+        if key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
+            return Err(bad(
+                id,
+                ErrorCode::BadRequest,
+                "idempotency_key must be 1..=128 bytes",
+            ));
         }
-        Ok(Publish { channel, data, idempotency_key: key })
+        Ok(Publish {
+            channel,
+            data,
+            idempotency_key: key,
+        })
     }
 }
 
-fn finish(id: Option<Id>, kind: Option<String>, payload: RawPayload<'_>) -> Result<Request, DecodeError> {
+fn finish(
+    id: Option<Id>,
+    kind: Option<String>,
+    payload: RawPayload<'_>,
+) -> Result<Request, DecodeError> {
     let kind = kind.ok_or_else(|| bad(&id, ErrorCode::Malformed, "missing string field `type`"))?;
     let command = match kind.as_str() {
         "subscribe" => Command::Subscribe(payload.typed::<Subscribe>(&id)?),
@@ -182,7 +215,11 @@ fn finish(id: Option<Id>, kind: Option<String>, payload: RawPayload<'_>) -> Resu
         "resume" => Command::Resume(payload.typed::<Resume>(&id)?),
         other => {
             let shown: String = other.chars().take(32).collect();
-            return Err(bad(&id, ErrorCode::UnknownType, format!("unknown type `{shown}`")));
+            return Err(bad(
+                &id,
+                ErrorCode::UnknownType,
+                format!("unknown type `{shown}`"),
+            ));
         }
     };
     Ok(Request { id, command })
@@ -207,7 +244,9 @@ pub fn encode<P: Serialize>(
     let env = Envelope { kind, id, payload };
     let mut buf = frame::start();
     match format {
-        Format::Json => serde_json::to_writer(&mut buf, &env).map_err(|e| EncodeError(e.to_string()))?,
+        Format::Json => {
+            serde_json::to_writer(&mut buf, &env).map_err(|e| EncodeError(e.to_string()))?
+        }
         Format::Msgpack => rmp_serde::encode::write_named(&mut buf, &env)
             .map_err(|e| EncodeError(e.to_string()))?,
     }
@@ -323,10 +362,16 @@ mod tests {
         assert_eq!(err("[1,2]").code, ErrorCode::Malformed);
         assert_eq!(err(r#"{"id":"1"}"#).code, ErrorCode::Malformed);
         let e = err(r#"{"type":"subscribe","id":"9","payload":{"channel":5}}"#);
-        assert_eq!((e.code, e.id), (ErrorCode::BadRequest, Some(Id::Str("9".into()))));
+        assert_eq!(
+            (e.code, e.id),
+            (ErrorCode::BadRequest, Some(Id::Str("9".into())))
+        );
         let e = err(r#"{"type":"fly","id":2}"#);
         assert_eq!((e.code, e.id), (ErrorCode::UnknownType, Some(Id::Num(2))));
-        assert_eq!(err(r#"{"type":"publish","payload":{"channel":"c"}}"#).code, ErrorCode::BadRequest);
+        assert_eq!(
+            err(r#"{"type":"publish","payload":{"channel":"c"}}"#).code,
+            ErrorCode::BadRequest
+        );
         let long = "k".repeat(200);
         let e = err(&format!(
             r#"{{"type":"publish","payload":{{"channel":"c","data":1,"idempotency_key":"{long}"}}}}"#
@@ -352,19 +397,34 @@ mod tests {
         let bytes = rmp_serde::to_vec_named(&E {
             kind: "publish",
             id: 4,
-            payload: P { channel: "c", data: rmpv::Value::from(vec![rmpv::Value::from(1)]) },
+            payload: P {
+                channel: "c",
+                data: rmpv::Value::from(vec![rmpv::Value::from(1)]),
+            },
         })
         .expect("encode");
         let r = decode(Format::Msgpack, &bytes).expect("decode");
         assert_eq!(r.id, Some(Id::Num(4)));
-        assert!(matches!(r.command, Command::Publish(Publish { data: Data::Msgpack(_), .. })));
-        assert_eq!(decode(Format::Msgpack, b"\xc1").expect_err("bad").code, ErrorCode::Malformed);
+        assert!(matches!(
+            r.command,
+            Command::Publish(Publish {
+                data: Data::Msgpack(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            decode(Format::Msgpack, b"\xc1").expect_err("bad").code,
+            ErrorCode::Malformed
+        );
     }
 
     #[test]
     fn encodes_publication_once_per_format() {
         let data = Data::json(r#"{"x":1}"#).expect("json");
-        let info = ClientInfo { client_id: "c1".into(), user_id: "".into() };
+        let info = ClientInfo {
+            client_id: "c1".into(),
+            user_id: "".into(),
+        };
         for format in [Format::Json, Format::Msgpack] {
             let out = PublicationOut {
                 channel: "news",

@@ -52,7 +52,10 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// Whether retrying the same command later may succeed.
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::ChannelFull)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::ChannelFull
+        )
     }
 
     /// Whether receiving this error counts as a protocol violation for the sender.
@@ -204,7 +207,11 @@ mod tests {
 
     #[test]
     fn error_code_wire_names_match_serde() {
-        for c in [ErrorCode::Malformed, ErrorCode::UnknownType, ErrorCode::TooManyChannels] {
+        for c in [
+            ErrorCode::Malformed,
+            ErrorCode::UnknownType,
+            ErrorCode::TooManyChannels,
+        ] {
             let s = serde_json::to_string(&c).expect("serialize");
             assert_eq!(s, format!("\"{}\"", c.as_str()));
         }

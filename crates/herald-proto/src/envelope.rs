@@ -45,7 +45,10 @@ impl<'de> Deserialize<'de> for Id {
         impl Visitor<'_> for V {
             type Value = Id;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "a string of at most {MAX_ID_LEN} bytes or a non-negative integer")
+                write!(
+                    f,
+                    "a string of at most {MAX_ID_LEN} bytes or a non-negative integer"
+                )
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
                 Ok(Id::Num(v))
@@ -201,7 +204,11 @@ pub struct ErrorPayload {
 impl ErrorPayload {
     /// Build an error payload with the code's retryability.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorPayload { code, message: message.into(), retryable: code.retryable() }
+        ErrorPayload {
+            code,
+            message: message.into(),
+            retryable: code.retryable(),
+        }
     }
 }
 

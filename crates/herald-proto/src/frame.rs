@@ -86,7 +86,10 @@ pub fn parse_unmasked(frame: &[u8]) -> Option<(&[u8], OpCode)> {
         _ => return None,
     };
     let (len, start) = match b1 & 0x7F {
-        126 => (u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize, 4),
+        126 => (
+            u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize,
+            4,
+        ),
         127 => {
             let mut b = [0u8; 8];
             b.copy_from_slice(frame.get(2..10)?);

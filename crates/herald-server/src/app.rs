@@ -95,7 +95,12 @@ fn negotiate(req: &Request<Body>) -> Result<Option<Format>, ()> {
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 async fn ws_handler(
@@ -109,23 +114,36 @@ async fn ws_handler(
     let format = match negotiate(&req) {
         Ok(f) => f,
         Err(()) => {
-            return plain(StatusCode::BAD_REQUEST, "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack\n");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack\n",
+            );
         }
     };
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request\n"),
+        Err(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "expected a WebSocket upgrade request\n",
+            );
+        }
     };
     let app2 = app.clone();
     app.tracker.spawn(async move {
         match fut.await {
-            Ok(ws) => crate::connection::serve(ws, format.unwrap_or(Format::Json), app2, remote).await,
+            Ok(ws) => {
+                crate::connection::serve(ws, format.unwrap_or(Format::Json), app2, remote).await
+            }
             Err(e) => tracing::debug!(remote = %remote, error = %e, "upgrade failed"),
         }
     });
     let (mut parts, _) = resp.into_parts();
     if let Some(f) = format {
-        parts.headers.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(f.subprotocol()));
+        parts.headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(f.subprotocol()),
+        );
     }
     Response::from_parts(parts, Body::empty())
 }
@@ -133,7 +151,12 @@ async fn ws_handler(
 async fn echo_handler(State(app): State<Arc<AppState>>, mut req: Request<Body>) -> Response {
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(x) => x,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request\n"),
+        Err(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "expected a WebSocket upgrade request\n",
+            );
+        }
     };
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -147,12 +170,18 @@ async fn echo_handler(State(app): State<Arc<AppState>>, mut req: Request<Body>) 
 
 async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
     let Some(handle) = &app.metrics else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n",
+        );
     };
     metrics::gauge!("herald_channels").set(app.node.hub().channels() as f64);
-    metrics::gauge!("herald_sessions_waiting_now").set(app.node.waiting_sessions() as f64);
     handle.run_upkeep();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {
@@ -169,7 +198,11 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 
 impl Server {
     /// Bind the listener. Installs the Prometheus recorder on first use in the process.
-    pub async fn bind(server: ServerConfig, conn: ConnectionConfig, node: Arc<Node>) -> std::io::Result<Server> {
+    pub async fn bind(
+        server: ServerConfig,
+        conn: ConnectionConfig,
+        node: Arc<Node>,
+    ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(server.listen).await?;
         let state = Arc::new(AppState {
             node,
@@ -195,7 +228,9 @@ impl Server {
 
     /// A handle to observe and stop the server after `run` took it.
     pub fn handle(&self) -> Handle {
-        Handle { state: self.state.clone() }
+        Handle {
+            state: self.state.clone(),
+        }
     }
 
     /// Serve until the shutdown token is cancelled, then advise and close every client (1001),
@@ -216,12 +251,18 @@ impl Server {
             let _ = tcp.set_nodelay(true);
         });
         let token = state.shutdown.clone();
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await?;
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await?;
         state.tracker.close();
         let drain = state.server.shutdown_timeout + std::time::Duration::from_secs(2);
-        if tokio::time::timeout(drain, state.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain, state.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close within the shutdown timeout");
         }
         state.node.end_waiting_sessions().await;

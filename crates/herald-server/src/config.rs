@@ -66,8 +66,13 @@ impl Default for ConnectionConfig {
 impl ConnectionConfig {
     /// Check the values; a human message for the first problem.
     pub fn validate(&self) -> Result<(), String> {
-        if self.ping_interval.is_zero() || self.pong_timeout.is_zero() || self.write_timeout.is_zero() {
-            return Err("connection.ping_interval, pong_timeout and write_timeout must be > 0".into());
+        if self.ping_interval.is_zero()
+            || self.pong_timeout.is_zero()
+            || self.write_timeout.is_zero()
+        {
+            return Err(
+                "connection.ping_interval, pong_timeout and write_timeout must be > 0".into(),
+            );
         }
         if self.max_message_size < 128 {
             return Err("connection.max_message_size must be at least 128 bytes".into());

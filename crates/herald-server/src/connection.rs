@@ -15,14 +15,22 @@ use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::writer::{ConnState, run_writer};
 
 /// Serve an upgraded `/ws` connection until it closes.
-pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, format: Format, app: Arc<AppState>, remote: SocketAddr) {
+pub async fn serve(
+    ws: WebSocket<TokioIo<Upgraded>>,
+    format: Format,
+    app: Arc<AppState>,
+    remote: SocketAddr,
+) {
     let (r, w) = tokio::io::split(ws.into_inner());
     let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let mut reader = MessageReader::new(rd, app.conn.max_message_size);
     let mut session = app.node.new_session(format, String::new());
     let started = Instant::now();
     let client = session.client_id().to_owned();
-    let over_limit = app.connections.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= app.server.max_connections;
+    let over_limit = app
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+        >= app.server.max_connections;
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
     if over_limit {
@@ -53,11 +61,19 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, format: Format, app: Arc<Ap
         st.touch();
         let flow = match res {
             Ok(Inbound::Pong) => Flow::Continue,
-            Ok(Inbound::Text(b)) if format == Format::Json => dispatch(&mut session, format, &b).await,
-            Ok(Inbound::Binary(b)) if format == Format::Msgpack => dispatch(&mut session, format, &b).await,
+            Ok(Inbound::Text(b)) if format == Format::Json => {
+                dispatch(&mut session, format, &b).await
+            }
+            Ok(Inbound::Binary(b)) if format == Format::Msgpack => {
+                dispatch(&mut session, format, &b).await
+            }
             Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
             Ok(Inbound::Close { clean }) => {
-                reason = if clean { "client closed" } else { "client closed abnormally" };
+                reason = if clean {
+                    "client closed"
+                } else {
+                    "client closed abnormally"
+                };
                 break clean;
             }
             Err(ReadError::Protocol(code)) => {
@@ -73,8 +89,12 @@ pub async fn serve(ws: WebSocket<TokioIo<Upgraded>>, format: Format, app: Arc<Ap
         }
     };
     st.reader_done.cancel();
-    let end = writer.await.unwrap_or(crate::writer::WriterEnd { code: Some(CloseCode::InternalError), abort: true });
-    app.connections.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    let end = writer.await.unwrap_or(crate::writer::WriterEnd {
+        code: Some(CloseCode::InternalError),
+        abort: true,
+    });
+    app.connections
+        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     metrics::gauge!("herald_connections").decrement(1.0);
     let code = end.code.map(|c| c.code());
     tracing::info!(
@@ -93,7 +113,8 @@ async fn dispatch(session: &mut herald_core::Session, format: Format, bytes: &[u
     metrics::counter!("herald_bytes_in_total").increment(bytes.len() as u64);
     match herald_proto::decode(format, bytes) {
         Ok(req) => {
-            metrics::counter!("herald_messages_in_total", "type" => req.command.kind()).increment(1);
+            metrics::counter!("herald_messages_in_total", "type" => req.command.kind())
+                .increment(1);
             session.handle(req).await
         }
         Err(e) => session.decode_error(e),
@@ -108,9 +129,21 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
     let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let max = app.conn.max_message_size.max(16 << 20);
     let mut reader = MessageReader::new(rd, max);
-    let outlet = Outlet::new(Format::Json, QueueLimits { max_messages: 1024, max_bytes: 4 * max });
+    let outlet = Outlet::new(
+        Format::Json,
+        QueueLimits {
+            max_messages: 1024,
+            max_bytes: 4 * max,
+        },
+    );
     let st = ConnState::new();
-    let writer = tokio::spawn(run_writer(w, outlet.clone(), st.clone(), app.writer_settings(false), app.shutdown.clone()));
+    let writer = tokio::spawn(run_writer(
+        w,
+        outlet.clone(),
+        st.clone(),
+        app.writer_settings(false),
+        app.shutdown.clone(),
+    ));
     let mut control = Vec::new();
     loop {
         let res = tokio::select! {

@@ -74,7 +74,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// Wrap a read half; `max` bounds a whole message.
     pub fn new(mut ws: WebSocketRead<R>, max: usize) -> Self {
         ws.set_max_message_size(max.saturating_add(1));
-        MessageReader { ws, max, partial: None }
+        MessageReader {
+            ws,
+            max,
+            partial: None,
+        }
     }
 
     /// Read the next message. Control frames the protocol obliges us to send (pong, close echo)
@@ -98,7 +102,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 OpCode::Close => {
                     let code = (frame.payload.len() >= 2)
                         .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
-                    return Ok(Inbound::Close { clean: matches!(code, None | Some(1000) | Some(1001)) });
+                    return Ok(Inbound::Close {
+                        clean: matches!(code, None | Some(1000) | Some(1001)),
+                    });
                 }
                 OpCode::Pong => return Ok(Inbound::Pong),
                 OpCode::Ping => continue,
@@ -108,9 +114,17 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     }
                     if frame.fin {
                         let data = frame.payload.to_vec();
-                        return Ok(if frame.opcode == OpCode::Text { Inbound::Text(data) } else { Inbound::Binary(data) });
+                        return Ok(if frame.opcode == OpCode::Text {
+                            Inbound::Text(data)
+                        } else {
+                            Inbound::Binary(data)
+                        });
                     }
-                    let mut p = Partial { opcode: frame.opcode, buf: frame.payload.to_vec(), checked: 0 };
+                    let mut p = Partial {
+                        opcode: frame.opcode,
+                        buf: frame.payload.to_vec(),
+                        checked: 0,
+                    };
                     if p.opcode == OpCode::Text {
                         check_utf8(&mut p, false)?;
                     }
@@ -127,10 +141,14 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     if p.opcode == OpCode::Text {
                         check_utf8(p, frame.fin)?;
                     }
-                    if frame.fin {
-                        if let Some(p) = self.partial.take() {
-                            return Ok(if p.opcode == OpCode::Text { Inbound::Text(p.buf) } else { Inbound::Binary(p.buf) });
-                        }
+                    if frame.fin
+                        && let Some(p) = self.partial.take()
+                    {
+                        return Ok(if p.opcode == OpCode::Text {
+                            Inbound::Text(p.buf)
+                        } else {
+                            Inbound::Binary(p.buf)
+                        });
                     }
                 }
             }
@@ -140,7 +158,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 
 fn map_err(e: WebSocketError) -> ReadError {
     match e {
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => ReadError::Gone,
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => ReadError::Gone,
         WebSocketError::InvalidUTF8 => ReadError::Protocol(CloseCode::InvalidPayload),
         WebSocketError::FrameTooLarge => ReadError::Protocol(CloseCode::MessageTooBig),
         WebSocketError::SendError(_) => ReadError::Gone,

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_core::outlet::{Drained, Outlet};
+use herald_proto::CloseCode;
 use herald_proto::envelope::Disconnect;
 use herald_proto::frame::{self, OpCode};
-use herald_proto::CloseCode;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +47,8 @@ impl ConnState {
 
     /// Record that something arrived from the client.
     pub fn touch(&self) {
-        self.last_seen_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_seen_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn last_seen(&self) -> Instant {
@@ -124,7 +125,11 @@ async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Bytes]) -> io:
 
 fn jitter(max: Duration) -> u64 {
     let max = max.as_millis() as u64;
-    if max == 0 { 0 } else { rand::random::<u64>() % (max + 1) }
+    if max == 0 {
+        0
+    } else {
+        rand::random::<u64>() % (max + 1)
+    }
 }
 
 /// Run the writer until the connection closes.
@@ -137,7 +142,8 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
 ) -> WriterEnd {
     let end = writer_loop(&mut w, &mut outlet, &st, &s, &shutdown).await;
     if let (Some(code), true) = (end.code, end.abort) {
-        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string()).increment(1);
+        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
+            .increment(1);
     }
     if let (Some(code), false) = (end.code, end.abort) {
         // Best effort: the advisory, then the close frame, then FIN.
@@ -147,7 +153,8 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
                 code: code.code(),
                 reason: code.reason().to_owned(),
                 reconnect: code.reconnect(),
-                reconnect_after_ms: (code == CloseCode::GoingAway).then(|| jitter(s.reconnect_jitter)),
+                reconnect_after_ms: (code == CloseCode::GoingAway)
+                    .then(|| jitter(s.reconnect_jitter)),
             };
             if let Ok(b) = herald_proto::encode(outlet.format, "disconnect", None, &d) {
                 frames.push(b);
@@ -155,7 +162,8 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
         }
         frames.push(frame::close(code.code(), code.reason()));
         let _ = tokio::time::timeout(Duration::from_secs(1), write_frames(&mut w, &frames)).await;
-        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string()).increment(1);
+        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
+            .increment(1);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
     st.writer_done.cancel();
@@ -180,8 +188,12 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         batch.close = None;
         outlet.drain(MAX_BATCH, &mut batch);
         if !batch.frames.is_empty() {
-            close_written |= batch.frames.iter().any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
-            let limit = deadline.unwrap_or_else(|| tokio::time::Instant::now() + s.conn.write_timeout);
+            close_written |= batch
+                .frames
+                .iter()
+                .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
+            let limit =
+                deadline.unwrap_or_else(|| tokio::time::Instant::now() + s.conn.write_timeout);
             let write = tokio::time::timeout_at(limit, write_frames(w, &batch.frames));
             tokio::pin!(write);
             let result = loop {
@@ -198,16 +210,28 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             };
             match result {
                 Ok(Ok(bytes)) => {
-                    metrics::counter!("herald_frames_out_total").increment(batch.frames.len() as u64);
+                    metrics::counter!("herald_frames_out_total")
+                        .increment(batch.frames.len() as u64);
                     metrics::counter!("herald_bytes_out_total").increment(bytes as u64);
                     metrics::counter!("herald_writes_total").increment(1);
                     if let Some(t) = batch.oldest_pub {
-                        metrics::histogram!("herald_publish_to_send_seconds").record(t.elapsed().as_secs_f64());
+                        metrics::histogram!("herald_publish_to_send_seconds")
+                            .record(t.elapsed().as_secs_f64());
                     }
                 }
                 Ok(Err(_)) => return WriterEnd::close(None),
-                Err(_) if deadline.is_some() => return WriterEnd { code: Some(CloseCode::GoingAway), abort: true },
-                Err(_) => return WriterEnd { code: Some(CloseCode::WriteTimeout), abort: true },
+                Err(_) if deadline.is_some() => {
+                    return WriterEnd {
+                        code: Some(CloseCode::GoingAway),
+                        abort: true,
+                    };
+                }
+                Err(_) => {
+                    return WriterEnd {
+                        code: Some(CloseCode::WriteTimeout),
+                        abort: true,
+                    };
+                }
             }
             if close_written {
                 return WriterEnd::close(None);
@@ -244,7 +268,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 continue;
             }
         }
-        let wake = ping_sent.map(|p| p + s.conn.pong_timeout).unwrap_or(next_ping).min(next_ping);
+        let wake = ping_sent
+            .map(|p| p + s.conn.pong_timeout)
+            .unwrap_or(next_ping)
+            .min(next_ping);
         tokio::select! {
             _ = outlet.notified() => {}
             _ = st.reader_done.cancelled() => {}

@@ -17,7 +17,11 @@ async fn publish_reaches_json_and_msgpack_subscribers_in_order() {
     let mut b = Client::connect_with(&s, Some("herald.v1.msgpack")).await;
     let mut p = Client::connect_with(&s, Some("herald.v1.json")).await;
     assert_eq!(a.welcome["protocol"], "herald.v1.json");
-    assert!(a.welcome["resume_token"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(
+        a.welcome["resume_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
     a.subscribe("news").await;
     b.subscribe("news").await;
     for i in 1..=3 {
@@ -27,7 +31,14 @@ async fn publish_reaches_json_and_msgpack_subscribers_in_order() {
     for c in [&mut a, &mut b] {
         for i in 1..=3 {
             let m = c.next_message().await;
-            assert_eq!((m["channel"].clone(), m["offset"].clone(), m["data"]["n"].clone()), (json!("news"), json!(i), json!(i)));
+            assert_eq!(
+                (
+                    m["channel"].clone(),
+                    m["offset"].clone(),
+                    m["data"]["n"].clone()
+                ),
+                (json!("news"), json!(i), json!(i))
+            );
             assert_eq!(m["data"]["text"], "héllo");
             assert!(m["epoch"].as_str().is_some());
             assert!(m["time"].as_u64().is_some());
@@ -43,7 +54,10 @@ async fn every_command_with_an_id_gets_one_reply() {
     let (r, _) = c.call("ping", json!({})).await;
     assert_eq!(r["type"], "pong");
     let (r, _) = c.call("teleport", json!({"x": 1})).await;
-    assert_eq!((r["type"].clone(), r["payload"]["code"].clone()), (json!("error"), json!("unknown_type")));
+    assert_eq!(
+        (r["type"].clone(), r["payload"]["code"].clone()),
+        (json!("error"), json!("unknown_type"))
+    );
     assert_eq!(r["payload"]["retryable"], false);
     let (r, _) = c.call("subscribe", json!({"channel": "bad channel"})).await;
     assert_eq!(r["payload"]["code"], "invalid_channel");
@@ -63,13 +77,18 @@ async fn every_command_with_an_id_gets_one_reply() {
 async fn namespace_rules_are_enforced() {
     let mut setup = Setup::default();
     setup.engine.default_namespace = None;
-    setup.engine.namespaces.insert("feed".into(), NamespaceOptions::default());
+    setup
+        .engine
+        .namespaces
+        .insert("feed".into(), NamespaceOptions::default());
     let s = start(setup).await;
     let mut c = Client::connect(&s).await;
     let (r, _) = c.call("subscribe", json!({"channel": "news"})).await;
     assert_eq!(r["payload"]["code"], "unknown_namespace");
     c.subscribe("feed:1").await;
-    let (r, _) = c.call("publish", json!({"channel": "feed:1", "data": 1})).await;
+    let (r, _) = c
+        .call("publish", json!({"channel": "feed:1", "data": 1}))
+        .await;
     assert_eq!(r["payload"]["code"], "permission_denied");
     let (r, _) = c.call("history", json!({"channel": "feed:1"})).await;
     assert_eq!(r["payload"]["code"], "history_disabled");
@@ -85,17 +104,35 @@ async fn malformed_frames_get_errors_then_close_after_too_many() {
     let mut c = Client::connect(&s).await;
     c.send_raw(Message::Text("{not json".into())).await;
     let e = c.next().await;
-    assert_eq!((e["type"].clone(), e["payload"]["code"].clone()), (json!("error"), json!("malformed")));
+    assert_eq!(
+        (e["type"].clone(), e["payload"]["code"].clone()),
+        (json!("error"), json!("malformed"))
+    );
     c.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
     assert_eq!(c.next().await["payload"]["code"], "wrong_frame_type");
-    c.send_raw(Message::Text(r#"{"type":"publish","id":"p","payload":{"channel":"c"}}"#.into())).await;
+    c.send_raw(Message::Text(
+        r#"{"type":"publish","id":"p","payload":{"channel":"c"}}"#.into(),
+    ))
+    .await;
     let e = c.next().await;
-    assert_eq!((e["id"].clone(), e["payload"]["code"].clone()), (json!("p"), json!("bad_request")));
+    assert_eq!(
+        (e["id"].clone(), e["payload"]["code"].clone()),
+        (json!("p"), json!("bad_request"))
+    );
     c.send_raw(Message::Text("[]".into())).await;
     let (frames, code) = c.until_close().await;
     assert_eq!(code, Some(4500));
-    let advisory = frames.iter().find(|f| f["type"] == "disconnect").expect("disconnect advisory");
-    assert_eq!((advisory["payload"]["code"].clone(), advisory["payload"]["reconnect"].clone()), (json!(4500), json!(false)));
+    let advisory = frames
+        .iter()
+        .find(|f| f["type"] == "disconnect")
+        .expect("disconnect advisory");
+    assert_eq!(
+        (
+            advisory["payload"]["code"].clone(),
+            advisory["payload"]["reconnect"].clone()
+        ),
+        (json!(4500), json!(false))
+    );
 }
 
 #[tokio::test]
@@ -104,7 +141,10 @@ async fn oversized_message_closes_with_1009() {
     setup.conn.max_message_size = 1024;
     let s = start(setup).await;
     let mut c = Client::connect(&s).await;
-    let big = format!(r#"{{"type":"publish","payload":{{"channel":"c","data":"{}"}}}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"type":"publish","payload":{{"channel":"c","data":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
     c.send_raw(Message::Text(big.into())).await;
     let (_, code) = c.until_close().await;
     assert_eq!(code, Some(1009));
@@ -114,8 +154,11 @@ async fn oversized_message_closes_with_1009() {
 async fn unsupported_subprotocol_is_refused_before_upgrade() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let s = start_default().await;
-    let mut req = format!("ws://{}/ws", s.addr).into_client_request().expect("req");
-    req.headers_mut().insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("hdr"));
+    let mut req = format!("ws://{}/ws", s.addr)
+        .into_client_request()
+        .expect("req");
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "mqtt".parse().expect("hdr"));
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
         other => panic!("expected HTTP 400, got {other:?}"),
@@ -142,14 +185,22 @@ async fn recovery_delivers_exactly_the_missed_messages_in_order() {
         p.publish("room", json!(i)).await;
     }
     let mut c = Client::connect(&s).await;
-    let (reply, _) = c.call("subscribe", json!({"channel": "room", "recover": {"offset": offset, "epoch": epoch}})).await;
+    let (reply, _) = c
+        .call(
+            "subscribe",
+            json!({"channel": "room", "recover": {"offset": offset, "epoch": epoch}}),
+        )
+        .await;
     assert_eq!(reply["payload"]["recovered"], true, "{reply}");
     assert_eq!(reply["payload"]["missed"], 5);
     assert_eq!(reply["payload"]["offset"], 8);
     p.publish("room", json!(9)).await;
     for i in 4..=9 {
         let m = c.next_message().await;
-        assert_eq!((m["offset"].clone(), m["data"].clone()), (json!(i), json!(i)));
+        assert_eq!(
+            (m["offset"].clone(), m["data"].clone()),
+            (json!(i), json!(i))
+        );
     }
 }
 
@@ -166,16 +217,42 @@ async fn recovery_past_the_history_window_says_not_recovered() {
         epoch = p.publish("small:c", json!(i)).await["epoch"].clone();
     }
     let mut c = Client::connect(&s).await;
-    let (r, _) = c.call("subscribe", json!({"channel": "small:c", "recover": {"offset": 2, "epoch": epoch}})).await;
-    assert_eq!((r["payload"]["recovered"].clone(), r["payload"]["missed"].clone()), (json!(false), json!(3)));
+    let (r, _) = c
+        .call(
+            "subscribe",
+            json!({"channel": "small:c", "recover": {"offset": 2, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            r["payload"]["recovered"].clone(),
+            r["payload"]["missed"].clone()
+        ),
+        (json!(false), json!(3))
+    );
     for i in 8..=10 {
         assert_eq!(c.next_message().await["offset"], i);
     }
-    let (r, _) = c.call("subscribe", json!({"channel": "small:d", "recover": {"offset": 2, "epoch": "nope"}})).await;
+    let (r, _) = c
+        .call(
+            "subscribe",
+            json!({"channel": "small:d", "recover": {"offset": 2, "epoch": "nope"}}),
+        )
+        .await;
     assert_eq!(r["payload"]["recovered"], false);
     // History paging.
-    let h = c.ok("history", json!({"channel": "small:c", "limit": 2, "reverse": true})).await;
-    let offs: Vec<_> = h["publications"].as_array().expect("array").iter().map(|p| p["offset"].clone()).collect();
+    let h = c
+        .ok(
+            "history",
+            json!({"channel": "small:c", "limit": 2, "reverse": true}),
+        )
+        .await;
+    let offs: Vec<_> = h["publications"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["offset"].clone())
+        .collect();
     assert_eq!(offs, vec![json!(10), json!(9)]);
     assert_eq!(h["offset"], 10);
 }
@@ -190,9 +267,15 @@ async fn resume_within_grace_restores_subscriptions_without_leave_or_join() {
     let a_id = a.welcome["client_id"].clone();
     let token = a.welcome["resume_token"].clone();
     let join = watcher.next().await;
-    assert_eq!((join["type"].clone(), join["payload"]["client_id"].clone()), (json!("join"), a_id.clone()));
+    assert_eq!(
+        (join["type"].clone(), join["payload"]["client_id"].clone()),
+        (json!("join"), a_id.clone())
+    );
     drop(a); // no close frame: an unexpected disconnect
-    until("session to wait for resume", || s.handle.node().waiting_sessions() == 1).await;
+    until("session to wait for resume", || {
+        s.handle.node().waiting_sessions() == 1
+    })
+    .await;
     for i in 1..=3 {
         watcher.publish("chat:lobby", json!(i)).await;
     }
@@ -208,7 +291,9 @@ async fn resume_within_grace_restores_subscriptions_without_leave_or_join() {
     // The subscription is live again.
     watcher.publish("chat:lobby", json!(4)).await;
     assert_eq!(a.next_message().await["data"], 4);
-    let presence = watcher.ok("presence", json!({"channel": "chat:lobby"})).await;
+    let presence = watcher
+        .ok("presence", json!({"channel": "chat:lobby"}))
+        .await;
     assert_eq!(presence["clients"].as_array().expect("clients").len(), 2);
     // The watcher saw only its own messages: no leave/join for the resumed client.
     for _ in 1..=4 {
@@ -232,11 +317,17 @@ async fn resume_fills_frames_lost_in_flight_from_history() {
     // The client read only the first message; 2..4 were "lost in flight" when the socket died.
     let first = a.next_message().await;
     drop(a);
-    until("session to wait for resume", || s.handle.node().waiting_sessions() == 1).await;
+    until("session to wait for resume", || {
+        s.handle.node().waiting_sessions() == 1
+    })
+    .await;
     p.publish("room", json!(5)).await;
     let mut a = Client::connect(&s).await;
     let (r, _) = a
-        .call("resume", json!({"token": token, "positions": {"room": {"offset": 1, "epoch": first["epoch"]}}}))
+        .call(
+            "resume",
+            json!({"token": token, "positions": {"room": {"offset": 1, "epoch": first["epoch"]}}}),
+        )
         .await;
     assert_eq!(r["payload"]["channels"][0]["recovered"], true, "{r}");
     for i in 2..=5 {
@@ -289,9 +380,15 @@ async fn half_open_connections_are_detected() {
     assert!(ops.contains(&0x9), "expected a ping: {ops:?}");
     let close = frames.iter().find(|f| f.0 == 0x8).expect("close frame");
     assert_eq!(u16::from_be_bytes([close.1[0], close.1[1]]), 4000);
-    let advisory = frames.iter().find(|f| f.0 == 0x1 && f.1.windows(10).any(|w| w == b"disconnect")).expect("advisory");
+    let advisory = frames
+        .iter()
+        .find(|f| f.0 == 0x1 && f.1.windows(10).any(|w| w == b"disconnect"))
+        .expect("advisory");
     assert!(String::from_utf8_lossy(&advisory.1).contains("4000"));
-    until("server to drop the connection", || s.handle.connections() == 0).await;
+    until("server to drop the connection", || {
+        s.handle.connections() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -312,10 +409,17 @@ async fn slow_consumer_case(policy: SlowConsumerPolicy) -> (TestServer, tokio::n
     setup.engine.namespaces.insert("feed".into(), ns);
     let s = start(setup).await;
     let mut raw = raw_client(s.addr, Some(4096)).await;
-    raw.write_all(&masked_text(br#"{"type":"subscribe","payload":{"channel":"feed:x"}}"#)).await.expect("write");
+    raw.write_all(&masked_text(
+        br#"{"type":"subscribe","payload":{"channel":"feed:x"}}"#,
+    ))
+    .await
+    .expect("write");
     let mut fast = Client::connect(&s).await;
     fast.subscribe("feed:x").await;
-    until("raw subscription", || s.handle.node().hub().count("feed:x") == 2).await;
+    until("raw subscription", || {
+        s.handle.node().hub().count("feed:x") == 2
+    })
+    .await;
     let mut p = Client::connect(&s).await;
     let data = json!("x".repeat(1000));
     let reader = tokio::spawn(async move {
@@ -329,10 +433,14 @@ async fn slow_consumer_case(policy: SlowConsumerPolicy) -> (TestServer, tokio::n
         if i % 50 == 0 {
             p.publish("feed:x", data.clone()).await;
         } else {
-            p.send(json!({"type": "publish", "payload": {"channel": "feed:x", "data": data}})).await;
+            p.send(json!({"type": "publish", "payload": {"channel": "feed:x", "data": data}}))
+                .await;
         }
     }
-    tokio::time::timeout(Duration::from_secs(60), reader).await.expect("fast reader").expect("fast reader ok");
+    tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("fast reader")
+        .expect("fast reader ok");
     (s, raw)
 }
 
@@ -356,13 +464,30 @@ async fn idempotent_publish_is_applied_once() {
     let mut sub = Client::connect(&s).await;
     sub.subscribe("orders").await;
     let mut p = Client::connect(&s).await;
-    let first = p.ok("publish", json!({"channel": "orders", "data": {"id": 1}, "idempotency_key": "k1"})).await;
-    let again = p.ok("publish", json!({"channel": "orders", "data": {"id": 1}, "idempotency_key": "k1"})).await;
-    assert_eq!((first["offset"].clone(), again["offset"].clone()), (json!(1), json!(1)));
+    let first = p
+        .ok(
+            "publish",
+            json!({"channel": "orders", "data": {"id": 1}, "idempotency_key": "k1"}),
+        )
+        .await;
+    let again = p
+        .ok(
+            "publish",
+            json!({"channel": "orders", "data": {"id": 1}, "idempotency_key": "k1"}),
+        )
+        .await;
+    assert_eq!(
+        (first["offset"].clone(), again["offset"].clone()),
+        (json!(1), json!(1))
+    );
     assert_eq!(again["duplicate"], true);
     p.publish("orders", json!({"id": 2})).await;
     assert_eq!(sub.next_message().await["data"]["id"], 1);
-    assert_eq!(sub.next_message().await["data"]["id"], 2, "the duplicate was not delivered");
+    assert_eq!(
+        sub.next_message().await["data"]["id"],
+        2,
+        "the duplicate was not delivered"
+    );
 }
 
 #[tokio::test]
@@ -373,11 +498,22 @@ async fn presence_and_stats() {
     a.subscribe("chat:p").await;
     b.subscribe("chat:p").await;
     let st = a.ok("presence_stats", json!({"channel": "chat:p"})).await;
-    assert_eq!((st["clients"].clone(), st["users"].clone()), (json!(2), json!(1)));
+    assert_eq!(
+        (st["clients"].clone(), st["users"].clone()),
+        (json!(2), json!(1))
+    );
     let p = a.ok("presence", json!({"channel": "chat:p"})).await;
-    let mut ids: Vec<String> = p["clients"].as_array().expect("a").iter().map(|c| c["client_id"].as_str().expect("s").to_owned()).collect();
+    let mut ids: Vec<String> = p["clients"]
+        .as_array()
+        .expect("a")
+        .iter()
+        .map(|c| c["client_id"].as_str().expect("s").to_owned())
+        .collect();
     ids.sort();
-    let mut want = vec![a.welcome["client_id"].as_str().expect("s").to_owned(), b.welcome["client_id"].as_str().expect("s").to_owned()];
+    let mut want = vec![
+        a.welcome["client_id"].as_str().expect("s").to_owned(),
+        b.welcome["client_id"].as_str().expect("s").to_owned(),
+    ];
     want.sort();
     assert_eq!(ids, want);
     b.ok("unsubscribe", json!({"channel": "chat:p"})).await;
@@ -408,9 +544,20 @@ async fn graceful_shutdown_advises_and_closes_with_1001() {
     for c in [&mut a, &mut b] {
         let (frames, code) = c.until_close().await;
         assert_eq!(code, Some(1001));
-        let adv = frames.iter().find(|f| f["type"] == "disconnect").expect("advisory");
+        let adv = frames
+            .iter()
+            .find(|f| f["type"] == "disconnect")
+            .expect("advisory");
         assert_eq!(adv["payload"]["reconnect"], true);
-        assert!(adv["payload"]["reconnect_after_ms"].as_u64().is_some_and(|ms| ms <= 5000));
+        assert!(
+            adv["payload"]["reconnect_after_ms"]
+                .as_u64()
+                .is_some_and(|ms| ms <= 5000)
+        );
     }
-    tokio::time::timeout(WAIT, s.task).await.expect("server stops").expect("join").expect("run ok");
+    tokio::time::timeout(WAIT, s.task)
+        .await
+        .expect("server stops")
+        .expect("join")
+        .expect("run ok");
 }

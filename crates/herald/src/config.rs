@@ -82,15 +82,20 @@ pub struct Sources<'a> {
 }
 
 fn dev_preset() -> Config {
-    let mut c = Config::default();
-    c.default_namespace = DefaultNamespace::Options(NamespaceOptions::dev());
-    c.server.echo = true;
-    c
+    Config {
+        default_namespace: DefaultNamespace::Options(NamespaceOptions::dev()),
+        server: ServerConfig { echo: true, ..Default::default() },
+        ..Default::default()
+    }
 }
 
 /// Load and validate the effective configuration.
 pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
-    let base = if src.dev { dev_preset() } else { Config::default() };
+    let base = if src.dev {
+        dev_preset()
+    } else {
+        Config::default()
+    };
     let mut fig = Figment::from(Serialized::defaults(base));
     if let Some(path) = src.file {
         if !path.is_file() {
@@ -98,7 +103,12 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&["config", "listen", "log", "log_format"]));
+    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&[
+        "config",
+        "listen",
+        "log",
+        "log_format",
+    ]));
     let mut config: Config = fig.extract().map_err(|e| {
         let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
         anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
@@ -168,34 +178,71 @@ mod tests {
 
     #[test]
     fn file_values_and_errors() {
-        let f = file("[server]\nlisten = \"127.0.0.1:9001\"\n[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"1m\"\n");
-        let c = load(&Sources { file: Some(&f.0), ..Default::default() }).expect("load");
+        let f = file(
+            "[server]\nlisten = \"127.0.0.1:9001\"\n[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"1m\"\n",
+        );
+        let c = load(&Sources {
+            file: Some(&f.0),
+            ..Default::default()
+        })
+        .expect("load");
         assert_eq!(c.server.listen.port(), 9001);
         assert_eq!(c.namespaces["chat"].history_size, 10);
 
         let bad = file("[server]\nlisten = 5\n");
-        let e = load(&Sources { file: Some(&bad.0), ..Default::default() }).expect_err("bad");
+        let e = load(&Sources {
+            file: Some(&bad.0),
+            ..Default::default()
+        })
+        .expect_err("bad");
         assert!(e.to_string().contains("listen"), "{e}");
 
         let unknown = file("[server]\nlisen = \"x\"\n");
-        assert!(load(&Sources { file: Some(&unknown.0), ..Default::default() }).is_err());
+        assert!(
+            load(&Sources {
+                file: Some(&unknown.0),
+                ..Default::default()
+            })
+            .is_err()
+        );
 
         let missing = Path::new("/nonexistent/herald.toml");
-        let e = load(&Sources { file: Some(missing), ..Default::default() }).expect_err("missing");
+        let e = load(&Sources {
+            file: Some(missing),
+            ..Default::default()
+        })
+        .expect_err("missing");
         assert!(e.to_string().contains("does not exist"));
 
         let off = file("default_namespace = false\n");
-        let c = load(&Sources { file: Some(&off.0), ..Default::default() }).expect("load");
+        let c = load(&Sources {
+            file: Some(&off.0),
+            ..Default::default()
+        })
+        .expect("load");
         assert!(c.engine().default_namespace.is_none());
     }
 
     #[test]
     fn dev_refuses_public_address() {
         let addr: SocketAddr = "0.0.0.0:8000".parse().expect("addr");
-        let e = load(&Sources { dev: true, listen: Some(addr), ..Default::default() }).expect_err("refuse");
+        let e = load(&Sources {
+            dev: true,
+            listen: Some(addr),
+            ..Default::default()
+        })
+        .expect_err("refuse");
         assert!(e.to_string().contains("non-loopback"));
-        let c = load(&Sources { dev: true, ..Default::default() }).expect("dev");
+        let c = load(&Sources {
+            dev: true,
+            ..Default::default()
+        })
+        .expect("dev");
         assert!(c.server.echo);
-        assert!(c.engine().default_namespace.is_some_and(|n| n.allow_publish && n.history_size == 100));
+        assert!(
+            c.engine()
+                .default_namespace
+                .is_some_and(|n| n.allow_publish && n.history_size == 100)
+        );
     }
 }

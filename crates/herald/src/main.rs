@@ -55,7 +55,9 @@ enum Command {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -64,20 +66,31 @@ fn init_logs(format: &str) {
 }
 
 fn sources(args: &ConfigArgs) -> config::Sources<'_> {
-    config::Sources { file: args.config.as_deref(), dev: args.dev, listen: args.listen }
+    config::Sources {
+        file: args.config.as_deref(),
+        dev: args.dev,
+        listen: args.listen,
+    }
 }
 
 async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let config = config::load(&sources(&args))?;
     if args.dev {
-        tracing::warn!("development mode: anonymous clients may publish everywhere and /echo is on; never expose this");
+        tracing::warn!(
+            "development mode: anonymous clients may publish everywhere and /echo is on; never expose this"
+        );
     }
     let broker = Arc::new(MemoryBroker::new());
     let heartbeat = Heartbeat {
         ping_interval_ms: config.connection.ping_interval.as_millis() as u64,
         pong_timeout_ms: config.connection.pong_timeout.as_millis() as u64,
     };
-    let node = Node::new(config.engine(), broker.clone(), Arc::new(MemoryPresence::new()), heartbeat);
+    let node = Node::new(
+        config.engine(),
+        broker.clone(),
+        Arc::new(MemoryPresence::new()),
+        heartbeat,
+    );
     let server = Server::bind(config.server.clone(), config.connection.clone(), node)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -30,10 +30,17 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        let mut engine = EngineConfig::default();
-        engine.default_namespace = Some(NamespaceOptions::dev());
-        let server = ServerConfig { listen: "127.0.0.1:0".parse().expect("addr"), echo: true, ..Default::default() };
-        Setup { engine, server, conn: ConnectionConfig::default() }
+        let engine = EngineConfig { default_namespace: Some(NamespaceOptions::dev()), ..Default::default() };
+        let server = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            echo: true,
+            ..Default::default()
+        };
+        Setup {
+            engine,
+            server,
+            conn: ConnectionConfig::default(),
+        }
     }
 }
 
@@ -42,8 +49,15 @@ pub async fn start(setup: Setup) -> TestServer {
         ping_interval_ms: setup.conn.ping_interval.as_millis() as u64,
         pong_timeout_ms: setup.conn.pong_timeout.as_millis() as u64,
     };
-    let node = Node::new(setup.engine, Arc::new(MemoryBroker::new()), Arc::new(MemoryPresence::new()), hb);
-    let server = Server::bind(setup.server, setup.conn, node).await.expect("bind");
+    let node = Node::new(
+        setup.engine,
+        Arc::new(MemoryBroker::new()),
+        Arc::new(MemoryPresence::new()),
+        hb,
+    );
+    let server = Server::bind(setup.server, setup.conn, node)
+        .await
+        .expect("bind");
     let addr = server.local_addr().expect("addr");
     let handle = server.handle();
     let task = tokio::spawn(server.run());
@@ -58,7 +72,10 @@ pub async fn start_default() -> TestServer {
 pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -78,15 +95,31 @@ impl Client {
     }
 
     pub async fn connect_with(server: &TestServer, protocol: Option<&str>) -> Client {
-        let mut req = format!("ws://{}/ws", server.addr).into_client_request().expect("req");
+        let mut req = format!("ws://{}/ws", server.addr)
+            .into_client_request()
+            .expect("req");
         if let Some(p) = protocol {
-            req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().expect("hdr"));
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse().expect("hdr"));
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("connect");
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
         if let Some(p) = protocol {
-            assert_eq!(resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()), Some(p));
+            assert_eq!(
+                resp.headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok()),
+                Some(p)
+            );
         }
-        let mut c = Client { ws, msgpack: protocol == Some("herald.v1.msgpack"), welcome: Value::Null, next_id: 1, pending: Default::default() };
+        let mut c = Client {
+            ws,
+            msgpack: protocol == Some("herald.v1.msgpack"),
+            welcome: Value::Null,
+            next_id: 1,
+            pending: Default::default(),
+        };
         let w = c.next().await;
         assert_eq!(w["type"], "connected", "{w}");
         c.welcome = w["payload"].clone();
@@ -116,7 +149,9 @@ impl Client {
             return Some(v);
         }
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for a frame")?;
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")?;
             match m {
                 Ok(Message::Text(t)) => {
                     assert!(!self.msgpack, "text frame on msgpack connection");
@@ -137,7 +172,9 @@ impl Client {
     pub async fn until_close(&mut self) -> (Vec<Value>, Option<u16>) {
         let mut frames = Vec::new();
         loop {
-            let m = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close");
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close");
             match m {
                 Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).expect("json")),
                 Some(Ok(Message::Binary(b))) => {
@@ -156,7 +193,8 @@ impl Client {
     pub async fn call(&mut self, kind: &str, payload: Value) -> (Value, Vec<Value>) {
         let id = self.next_id.to_string();
         self.next_id += 1;
-        self.send(json!({"type": kind, "id": id, "payload": payload})).await;
+        self.send(json!({"type": kind, "id": id, "payload": payload}))
+            .await;
         let mut pushes = Vec::new();
         let mut skipped = std::mem::take(&mut self.pending);
         loop {
@@ -182,7 +220,8 @@ impl Client {
     }
 
     pub async fn publish(&mut self, channel: &str, data: Value) -> Value {
-        self.ok("publish", json!({"channel": channel, "data": data})).await
+        self.ok("publish", json!({"channel": channel, "data": data}))
+            .await
     }
 
     /// Next `message` push (skipping other pushes).
@@ -216,7 +255,11 @@ pub async fn raw_client(addr: std::net::SocketAddr, rcvbuf: Option<u32>) -> TcpS
         assert!(n == 1, "eof during handshake");
         buf.push(b[0]);
     }
-    assert!(buf.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buf));
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
     s
 }
 
@@ -241,7 +284,10 @@ pub async fn read_raw_frames(s: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     let mut all = Vec::new();
     let mut buf = vec![0u8; 65536];
     loop {
-        match tokio::time::timeout(WAIT, s.read(&mut buf)).await.expect("timed out reading raw frames") {
+        match tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("timed out reading raw frames")
+        {
             Ok(0) | Err(_) => break,
             Ok(n) => all.extend_from_slice(&buf[..n]),
         }

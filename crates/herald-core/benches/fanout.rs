@@ -15,10 +15,18 @@ use herald_proto::{Data, Format};
 
 fn setup(n: usize) -> (Hub, Vec<Arc<Outlet>>) {
     let hub = Hub::default();
-    let limits = QueueLimits { max_messages: 1024, max_bytes: 1 << 20 };
+    let limits = QueueLimits {
+        max_messages: 1024,
+        max_bytes: 1 << 20,
+    };
     let outlets: Vec<_> = (0..n).map(|_| Outlet::new(Format::Json, limits)).collect();
     for (i, o) in outlets.iter().enumerate() {
-        let s = Subscriber::new(o.clone(), Arc::from(i.to_string()), SlowConsumerPolicy::Disconnect, false);
+        let s = Subscriber::new(
+            o.clone(),
+            Arc::from(i.to_string()),
+            SlowConsumerPolicy::Disconnect,
+            false,
+        );
         hub.add("bench", s.clone(), 0);
         s.go_live(|| 0);
     }
@@ -26,9 +34,18 @@ fn setup(n: usize) -> (Hub, Vec<Arc<Outlet>>) {
 }
 
 fn publication(offset: u64) -> Arc<Publication> {
-    let data = Data::json(r#"{"price":101.25,"symbol":"HRLD","seq":123456789,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#)
-        .expect("json");
-    Arc::new(Publication::new(Arc::from("bench"), offset, Arc::from("e"), 0, data, None))
+    let data = Data::json(
+        r#"{"price":101.25,"symbol":"HRLD","seq":123456789,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+    )
+    .expect("json");
+    Arc::new(Publication::new(
+        Arc::from("bench"),
+        offset,
+        Arc::from("e"),
+        0,
+        data,
+        None,
+    ))
 }
 
 fn bench(c: &mut Criterion) {
@@ -48,15 +65,27 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
-        g.bench_with_input(BenchmarkId::new("encode_per_subscriber_baseline", n), &n, |b, _| {
-            b.iter(|| {
-                offset += 1;
-                for _ in 0..n {
-                    let p = publication(offset);
-                    std::hint::black_box(herald_proto::encode(Format::Json, "message", None, &p.out(Format::Json)).ok());
-                }
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("encode_per_subscriber_baseline", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    offset += 1;
+                    for _ in 0..n {
+                        let p = publication(offset);
+                        std::hint::black_box(
+                            herald_proto::encode(
+                                Format::Json,
+                                "message",
+                                None,
+                                &p.out(Format::Json),
+                            )
+                            .ok(),
+                        );
+                    }
+                })
+            },
+        );
     }
     g.finish();
 }

@@ -84,7 +84,10 @@ pub struct Sources<'a> {
 fn dev_preset() -> Config {
     Config {
         default_namespace: DefaultNamespace::Options(NamespaceOptions::dev()),
-        server: ServerConfig { echo: true, ..Default::default() },
+        server: ServerConfig {
+            echo: true,
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

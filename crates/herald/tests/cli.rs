@@ -15,17 +15,33 @@ fn check_config_prints_effective_config_and_rejects_bad_files() {
     std::fs::create_dir_all(&dir).expect("dir");
     let good = dir.join("good.toml");
     std::fs::File::create(&good)
-        .and_then(|mut f| f.write_all(b"[connection]\nping_interval = \"5s\"\n[namespaces.chat]\npresence = true\n"))
+        .and_then(|mut f| {
+            f.write_all(
+                b"[connection]\nping_interval = \"5s\"\n[namespaces.chat]\npresence = true\n",
+            )
+        })
         .expect("write");
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&good).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ping_interval = \"5s\""), "{text}");
     assert!(text.contains("[namespaces.chat]"), "{text}");
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[connection]\nping_interval = \"soon\"\n").expect("write");
-    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&bad).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ping_interval"), "{err}");
@@ -41,7 +57,10 @@ fn check_config_prints_effective_config_and_rejects_bad_files() {
 
 #[test]
 fn dev_mode_refuses_public_addresses() {
-    let out = Command::new(BIN).args(["serve", "--dev", "--listen", "0.0.0.0:0"]).output().expect("run");
+    let out = Command::new(BIN)
+        .args(["serve", "--dev", "--listen", "0.0.0.0:0"])
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
 }
@@ -56,22 +75,39 @@ async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read line");
-    let addr = line.split("http://").nth(1).and_then(|r| r.split_whitespace().next()).expect("address").to_owned();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("connect");
         let first = ws.next().await.expect("frame").expect("ok");
         assert!(first.to_text().expect("text").contains("\"connected\""));
         clients.push(ws);
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
     assert!(status.success());
     for ws in &mut clients {
         let mut advisory = false;
         let code = loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("close in time") {
-                Some(Ok(Message::Text(t))) => advisory |= t.contains("\"disconnect\"") && t.contains("1001"),
+            match tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    advisory |= t.contains("\"disconnect\"") && t.contains("1001")
+                }
                 Some(Ok(Message::Close(c))) => break c.map(|c| u16::from(c.code)),
                 Some(Ok(_)) => {}
                 other => panic!("unexpected {other:?}"),

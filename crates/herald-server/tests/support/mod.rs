@@ -30,7 +30,10 @@ pub struct Setup {
 
 impl Default for Setup {
     fn default() -> Self {
-        let engine = EngineConfig { default_namespace: Some(NamespaceOptions::dev()), ..Default::default() };
+        let engine = EngineConfig {
+            default_namespace: Some(NamespaceOptions::dev()),
+            ..Default::default()
+        };
         let server = ServerConfig {
             listen: "127.0.0.1:0".parse().expect("addr"),
             echo: true,

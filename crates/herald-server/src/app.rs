@@ -120,7 +120,27 @@ async fn ws_handler(
             );
         }
     };
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let protocol = format.map(Format::subprotocol);
+    let format = format.unwrap_or(Format::Json);
+    upgrade(&app, &mut req, protocol, move |ws, app| {
+        crate::connection::serve(ws, format, app, remote)
+    })
+}
+
+type Ws = fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Answer the upgrade and run `serve` on the socket in a tracked task.
+fn upgrade<F, Fut>(
+    app: &Arc<AppState>,
+    req: &mut Request<Body>,
+    protocol: Option<&'static str>,
+    serve: F,
+) -> Response
+where
+    F: FnOnce(Ws, Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
         Ok(x) => x,
         Err(_) => {
             return plain(
@@ -132,42 +152,22 @@ async fn ws_handler(
     let app2 = app.clone();
     app.tracker.spawn(async move {
         match fut.await {
-            Ok(ws) => {
-                crate::connection::serve(ws, format.unwrap_or(Format::Json), app2, remote).await
-            }
-            Err(e) => tracing::debug!(remote = %remote, error = %e, "upgrade failed"),
+            Ok(ws) => serve(ws, app2).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
     let (mut parts, _) = resp.into_parts();
-    if let Some(f) = format {
-        parts.headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(f.subprotocol()),
-        );
+    if let Some(p) = protocol {
+        parts
+            .headers
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     Response::from_parts(parts, Body::empty())
 }
 
 async fn echo_handler(State(app): State<Arc<AppState>>, mut req: Request<Body>) -> Response {
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
-        Ok(x) => x,
-        Err(_) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "expected a WebSocket upgrade request\n",
-            );
-        }
-    };
-    let app2 = app.clone();
-    app.tracker.spawn(async move {
-        if let Ok(ws) = fut.await {
-            crate::connection::serve_echo(ws, app2).await;
-        }
-    });
-    let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Body::empty())
+    upgrade(&app, &mut req, None, crate::connection::serve_echo)
 }
-
 async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
     let Some(handle) = &app.metrics else {
         return plain(

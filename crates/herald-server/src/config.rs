@@ -19,7 +19,9 @@ pub struct ServerConfig {
     /// Upper bound of the random `reconnect_after_ms` hint sent on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_reconnect_jitter: Duration,
-    /// Serve `/echo`, a plain WebSocket echo endpoint for conformance tests (Autobahn).
+    /// Serve `/echo`, a plain WebSocket echo endpoint for conformance tests (Autobahn). Set from
+    /// the configuration file's `[debug] echo`, not from `[server]`.
+    #[serde(skip)]
     pub echo: bool,
 }
 

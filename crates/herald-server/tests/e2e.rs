@@ -561,3 +561,30 @@ async fn graceful_shutdown_advises_and_closes_with_1001() {
         .expect("join")
         .expect("run ok");
 }
+
+#[tokio::test]
+async fn connections_over_the_node_limit_are_closed_with_4002() {
+    let mut setup = Setup::default();
+    setup.server.max_connections = 1;
+    let s = start(setup).await;
+    let _first = Client::connect(&s).await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", s.addr))
+        .await
+        .expect("connect");
+    let mut second = Client::from_stream(ws);
+    let (frames, code) = second.until_close().await;
+    assert_eq!(code, Some(4002));
+    let adv = frames
+        .iter()
+        .find(|f| f["type"] == "disconnect")
+        .expect("advisory");
+    assert_eq!(adv["payload"]["reconnect"], true);
+    assert!(
+        frames.iter().all(|f| f["type"] != "connected"),
+        "no session for a refused connection"
+    );
+    until("refused connection to be gone", || {
+        s.handle.connections() == 1
+    })
+    .await;
+}

@@ -10,6 +10,7 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{EngineConfig, NamespaceOptions, SessionConfig};
 use herald_server::{ConnectionConfig, ServerConfig};
+
 use serde::{Deserialize, Serialize};
 
 /// `default_namespace = false` disables it; a table sets its options.
@@ -20,6 +21,14 @@ pub enum DefaultNamespace {
     Flag(bool),
     /// Options.
     Options(NamespaceOptions),
+}
+
+/// `[debug]`: development and conformance aids, all off by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Serve `/echo`, a plain WebSocket echo endpoint (for the Autobahn conformance suite).
+    pub echo: bool,
 }
 
 /// The whole configuration file.
@@ -36,6 +45,8 @@ pub struct Config {
     pub default_namespace: DefaultNamespace,
     /// `[namespaces.NAME]`.
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// `[debug]`.
+    pub debug: DebugConfig,
 }
 
 impl Default for Config {
@@ -46,6 +57,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             default_namespace: DefaultNamespace::Options(NamespaceOptions::default()),
             namespaces: BTreeMap::new(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -84,10 +96,7 @@ pub struct Sources<'a> {
 fn dev_preset() -> Config {
     Config {
         default_namespace: DefaultNamespace::Options(NamespaceOptions::dev()),
-        server: ServerConfig {
-            echo: true,
-            ..Default::default()
-        },
+        debug: DebugConfig { echo: true },
         ..Default::default()
     }
 }
@@ -119,6 +128,7 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
     if let Some(addr) = src.listen {
         config.server.listen = addr;
     }
+    config.server.echo = config.debug.echo;
     if src.dev {
         for ns in config.namespaces.values_mut() {
             let dev = NamespaceOptions::dev();

@@ -129,6 +129,17 @@ impl Client {
         c
     }
 
+    /// Wrap a connected socket without reading the `connected` message.
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            msgpack: false,
+            welcome: Value::Null,
+            next_id: 1,
+            pending: Default::default(),
+        }
+    }
+
     pub async fn send(&mut self, v: Value) {
         let msg = if self.msgpack {
             Message::Binary(rmp_serde::to_vec_named(&v).expect("mp").into())

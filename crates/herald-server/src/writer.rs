@@ -183,6 +183,9 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut close_written = false;
     loop {
+        // Read before draining: the reader queues its last frames (a close echo) before it
+        // signals, so a drain after this snapshot is guaranteed to include them.
+        let reader_done = st.reader_done.is_cancelled();
         batch.frames.clear();
         batch.oldest_pub = None;
         batch.close = None;
@@ -247,7 +250,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if batch.frames.len() == MAX_BATCH {
             continue;
         }
-        if st.reader_done.is_cancelled() {
+        if reader_done {
             return WriterEnd::close(st.final_close());
         }
         // Heartbeat bookkeeping.

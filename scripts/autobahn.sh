@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=target/venv
+VENV="${CARGO_TARGET_DIR:-target}/venv"
 if [ ! -x "$VENV/bin/kosoku" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check kosoku
@@ -12,7 +12,7 @@ fi
 
 cargo build --quiet -p herald
 LOG=$(mktemp)
-target/debug/herald serve --dev --listen 127.0.0.1:0 >"$LOG" 2>/dev/null &
+"${CARGO_TARGET_DIR:-target}/debug/herald" serve --dev --listen 127.0.0.1:0 >"$LOG" 2>/dev/null &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
 for _ in $(seq 1 100); do

@@ -120,19 +120,8 @@ async fn malformed_frames_get_errors_then_close_after_too_many() {
         (json!("p"), json!("bad_request"))
     );
     c.send_raw(Message::Text("[]".into())).await;
-    let (frames, code) = c.until_close().await;
-    assert_eq!(code, Some(4500));
-    let advisory = frames
-        .iter()
-        .find(|f| f["type"] == "disconnect")
-        .expect("disconnect advisory");
-    assert_eq!(
-        (
-            advisory["payload"]["code"].clone(),
-            advisory["payload"]["reconnect"].clone()
-        ),
-        (json!(4500), json!(false))
-    );
+    let (advisory, _) = c.closed_with(4500).await;
+    assert_eq!(advisory["reconnect"], false);
 }
 
 #[tokio::test]
@@ -335,17 +324,27 @@ async fn resume_fills_frames_lost_in_flight_from_history() {
     }
 }
 
+/// A watcher and a member subscribed to `channel`; the watcher has seen the member's join.
+async fn watched_member(s: &TestServer, channel: &str) -> (Client, Client) {
+    let mut watcher = Client::connect(s).await;
+    watcher.subscribe(channel).await;
+    let mut member = Client::connect(s).await;
+    member.subscribe(channel).await;
+    let join = watcher.next().await;
+    assert_eq!(
+        (join["type"].clone(), join["payload"]["client_id"].clone()),
+        (json!("join"), member.welcome["client_id"].clone())
+    );
+    (watcher, member)
+}
+
 #[tokio::test]
 async fn expired_session_leaves_and_cannot_resume() {
     let mut setup = Setup::default();
     setup.engine.session.resume_grace = Duration::from_millis(200);
     let s = start(setup).await;
-    let mut watcher = Client::connect(&s).await;
-    watcher.subscribe("chat:x").await;
-    let mut a = Client::connect(&s).await;
-    a.subscribe("chat:x").await;
+    let (mut watcher, a) = watched_member(&s, "chat:x").await;
     let token = a.welcome["resume_token"].clone();
-    assert_eq!(watcher.next().await["type"], "join");
     drop(a);
     let leave = watcher.next().await;
     assert_eq!(leave["type"], "leave");
@@ -357,11 +356,7 @@ async fn expired_session_leaves_and_cannot_resume() {
 #[tokio::test]
 async fn clean_close_ends_the_session_at_once() {
     let s = start_default().await;
-    let mut watcher = Client::connect(&s).await;
-    watcher.subscribe("chat:y").await;
-    let mut a = Client::connect(&s).await;
-    a.subscribe("chat:y").await;
-    assert_eq!(watcher.next().await["type"], "join");
+    let (mut watcher, mut a) = watched_member(&s, "chat:y").await;
     a.ws.close(None).await.expect("close");
     let leave = watcher.next().await;
     assert_eq!(leave["type"], "leave");
@@ -542,15 +537,10 @@ async fn graceful_shutdown_advises_and_closes_with_1001() {
     a.subscribe("n").await;
     s.handle.shutdown();
     for c in [&mut a, &mut b] {
-        let (frames, code) = c.until_close().await;
-        assert_eq!(code, Some(1001));
-        let adv = frames
-            .iter()
-            .find(|f| f["type"] == "disconnect")
-            .expect("advisory");
-        assert_eq!(adv["payload"]["reconnect"], true);
+        let (adv, _) = c.closed_with(1001).await;
+        assert_eq!(adv["reconnect"], true);
         assert!(
-            adv["payload"]["reconnect_after_ms"]
+            adv["reconnect_after_ms"]
                 .as_u64()
                 .is_some_and(|ms| ms <= 5000)
         );
@@ -572,13 +562,8 @@ async fn connections_over_the_node_limit_are_closed_with_4002() {
         .await
         .expect("connect");
     let mut second = Client::from_stream(ws);
-    let (frames, code) = second.until_close().await;
-    assert_eq!(code, Some(4002));
-    let adv = frames
-        .iter()
-        .find(|f| f["type"] == "disconnect")
-        .expect("advisory");
-    assert_eq!(adv["payload"]["reconnect"], true);
+    let (adv, frames) = second.closed_with(4002).await;
+    assert_eq!(adv["reconnect"], true);
     assert!(
         frames.iter().all(|f| f["type"] != "connected"),
         "no session for a refused connection"

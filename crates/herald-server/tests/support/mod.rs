@@ -202,6 +202,19 @@ impl Client {
         }
     }
 
+    /// Read until the close frame, check its code, and return the payload of the `disconnect`
+    /// advisory that must precede it (with the same code). Also returns the frames before it.
+    pub async fn closed_with(&mut self, code: u16) -> (Value, Vec<Value>) {
+        let (frames, got) = self.until_close().await;
+        assert_eq!(got, Some(code), "close code; frames: {frames:?}");
+        let adv = frames
+            .iter()
+            .find(|f| f["type"] == "disconnect")
+            .expect("disconnect advisory");
+        assert_eq!(adv["payload"]["code"], code);
+        (adv["payload"].clone(), frames)
+    }
+
     /// Send a command with a fresh id and return its reply, plus the pushes that came before it
     /// (which `next` will still return afterwards).
     pub async fn call(&mut self, kind: &str, payload: Value) -> (Value, Vec<Value>) {

@@ -32,8 +32,15 @@ pub struct NamespaceOptions {
     pub presence: bool,
     /// Whether subscribers receive `join`/`leave` pushes.
     pub join_leave: bool,
-    /// Whether clients may publish over the socket.
+    /// Whether clients without a user id (no token, or an empty `sub`) may use this namespace.
+    pub anonymous: bool,
+    /// Whether every admitted client may subscribe (and read history/presence). When false, a
+    /// token `channels` pattern or a channel token is needed.
+    pub allow_subscribe: bool,
+    /// Whether every admitted client may publish. When false, a token `publish` pattern is needed.
     pub allow_publish: bool,
+    /// Private channels: subscribing needs a channel token, whatever the claims say.
+    pub private: bool,
     /// Largest number of subscribers per channel on this node (0 = unlimited).
     pub max_subscribers: usize,
     /// Slow consumer policy.
@@ -47,7 +54,10 @@ impl Default for NamespaceOptions {
             history_ttl: Duration::from_secs(0),
             presence: false,
             join_leave: false,
+            anonymous: false,
+            allow_subscribe: false,
             allow_publish: false,
+            private: false,
             max_subscribers: 0,
             slow_consumer: SlowConsumerPolicy::Disconnect,
         }
@@ -62,7 +72,10 @@ impl NamespaceOptions {
             history_ttl: Duration::from_secs(600),
             presence: true,
             join_leave: true,
+            anonymous: true,
+            allow_subscribe: true,
             allow_publish: true,
+            private: false,
             max_subscribers: 0,
             slow_consumer: SlowConsumerPolicy::Disconnect,
         }
@@ -110,6 +123,63 @@ impl Default for SessionConfig {
     }
 }
 
+/// `[limits]`: rate and connection limits (0 = unlimited).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sustained commands per second per connection (token bucket refill rate).
+    pub commands_per_second: u32,
+    /// Burst of commands per connection (bucket size).
+    pub commands_burst: u32,
+    /// Consecutive rate-limited commands after which the connection is closed with 4004.
+    pub rate_limited_close_after: u32,
+    /// Sustained client publishes per second per user (anonymous: per connection).
+    pub publish_per_second_per_user: u32,
+    /// Burst of publishes per user.
+    pub publish_burst_per_user: u32,
+    /// New connections per second per client IP (HTTP 429 beyond).
+    pub connect_per_second_per_ip: u32,
+    /// Burst of new connections per client IP.
+    pub connect_burst_per_ip: u32,
+    /// Open connections per client IP (HTTP 429 beyond).
+    pub max_connections_per_ip: usize,
+    /// Open connections per user (HTTP 429 at the handshake, or close 4002 after `auth`).
+    pub max_connections_per_user: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            commands_per_second: 100,
+            commands_burst: 200,
+            rate_limited_close_after: 100,
+            publish_per_second_per_user: 50,
+            publish_burst_per_user: 100,
+            connect_per_second_per_ip: 20,
+            connect_burst_per_ip: 100,
+            max_connections_per_ip: 1000,
+            max_connections_per_user: 100,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// No limits at all (tests, benchmarks).
+    pub fn unlimited() -> Self {
+        LimitsConfig {
+            commands_per_second: 0,
+            commands_burst: 0,
+            rate_limited_close_after: 0,
+            publish_per_second_per_user: 0,
+            publish_burst_per_user: 0,
+            connect_per_second_per_ip: 0,
+            connect_burst_per_ip: 0,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+        }
+    }
+}
+
 /// Everything the engine needs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -121,6 +191,10 @@ pub struct EngineConfig {
     pub default_namespace: Option<NamespaceOptions>,
     /// Named namespaces.
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// Authentication.
+    pub auth: crate::auth::AuthConfig,
+    /// Rate and connection limits.
+    pub limits: LimitsConfig,
 }
 
 impl EngineConfig {
@@ -137,6 +211,7 @@ impl EngineConfig {
                 "session.queue_max_messages must be > 0 and queue_max_bytes >= 1024".into(),
             );
         }
+        self.auth.validate()?;
         if s.max_channels == 0 {
             return Err("session.max_channels must be > 0".into());
         }

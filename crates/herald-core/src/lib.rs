@@ -8,12 +8,16 @@
 //! - [`publication`]: publications with their once-per-format encoded frames.
 //! - [`broker`] / [`presence`]: the engine traits and their contracts.
 //! - [`memory`]: the embedded in-memory broker and presence store.
-//! - [`config`]: namespaces and session limits.
+//! - [`auth`]: token verification, claims, channel patterns, revocations.
+//! - [`limits`]: per-connection and per-user rate limits.
+//! - [`config`]: namespaces, session limits, auth and rate limits.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod memory;
 pub mod node;
 pub mod outlet;
@@ -21,6 +25,7 @@ pub mod presence;
 pub mod publication;
 pub mod session;
 
-pub use config::{EngineConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
-pub use node::{EngineError, Heartbeat, Node};
+pub use auth::{AuthConfig, Claims, Verifier};
+pub use config::{EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
+pub use node::{EngineError, Heartbeat, Identity, Node};
 pub use session::{Flow, Session};

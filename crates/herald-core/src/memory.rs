@@ -427,6 +427,7 @@ mod tests {
         let ci = |c: &str, u: &str| ClientInfo {
             client_id: c.into(),
             user_id: u.into(),
+            info: None,
         };
         p.add("ch", ci("1", "alice")).await.expect("add");
         p.add("ch", ci("2", "alice")).await.expect("add");

@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use herald_proto::envelope::ClientInfo;
-use herald_proto::{Data, ErrorCode, Format};
+use herald_proto::{CloseCode, Data, ErrorCode, Format};
 
+use crate::auth::{Claims, TokenError, TokenKind, Verifier};
 use crate::broker::{Broker, BrokerError, ChannelEvent, PublishOutcome, PublishRequest};
+use crate::limits::KeyedLimiter;
 use crate::config::{EngineConfig, NamespaceOptions};
 use crate::hub::Hub;
 use crate::memory::lock;
@@ -33,6 +35,43 @@ impl EngineError {
             message: message.into(),
         }
     }
+}
+
+impl From<TokenError> for EngineError {
+    fn from(e: TokenError) -> Self {
+        EngineError::new(e.code(), e.to_string())
+    }
+}
+
+/// Who a connection is: its user id and the claims of its connection token.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// User id ("" = anonymous).
+    pub user_id: String,
+    /// Claims of the connection token (`None` = connected without a token).
+    pub claims: Option<Claims>,
+}
+
+impl Identity {
+    /// An anonymous identity without a token.
+    pub fn anonymous() -> Identity {
+        Identity::default()
+    }
+
+    /// The identity a verified connection token gives.
+    pub fn from_claims(claims: Claims) -> Identity {
+        Identity {
+            user_id: claims.sub.clone(),
+            claims: Some(claims),
+        }
+    }
+}
+
+/// A live session of a user, for revocation and per-user disconnects.
+struct Registered {
+    client_id: Arc<str>,
+    outlet: std::sync::Weak<Outlet>,
+    jti: Option<String>,
 }
 
 impl From<BrokerError> for EngineError {
@@ -70,22 +109,32 @@ pub struct Node {
     next_client: AtomicU64,
     generation: AtomicU64,
     node_id: String,
+    verifier: Arc<Verifier>,
+    users: Mutex<HashMap<String, Vec<Registered>>>,
+    publish_limiter: Option<KeyedLimiter<String>>,
     /// Heartbeat settings announced to clients.
     pub heartbeat: Heartbeat,
 }
 
 impl Node {
-    /// Build a node over a broker and a presence store.
+    /// Build a node over a broker and a presence store, verifying tokens with `verifier`.
     pub fn new(
         config: EngineConfig,
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
         heartbeat: Heartbeat,
+        verifier: Arc<Verifier>,
     ) -> Arc<Node> {
         let hub = Arc::new(Hub::default());
         broker.set_handler(hub.clone());
         let node_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let l = &config.limits;
+        let publish_limiter =
+            KeyedLimiter::new(l.publish_per_second_per_user, l.publish_burst_per_user);
         Arc::new(Node {
+            verifier,
+            users: Mutex::new(HashMap::new()),
+            publish_limiter,
             config,
             broker,
             presence,
@@ -126,8 +175,108 @@ impl Node {
         })
     }
 
+    /// The token verifier.
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Authenticate a new connection: with a connection token, or anonymously when none is
+    /// given and `auth.anonymous` allows it.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, EngineError> {
+        match token {
+            Some(t) => Ok(Identity::from_claims(
+                self.verifier.verify(t, TokenKind::Connection)?,
+            )),
+            None if self.config.auth.anonymous => Ok(Identity::anonymous()),
+            None => Err(EngineError::new(
+                ErrorCode::Unauthorized,
+                "a connection token is required",
+            )),
+        }
+    }
+
+    /// Whether `key` (a user id, or a client id for anonymous clients) may publish now.
+    pub(crate) fn publish_allowed(&self, key: &str) -> bool {
+        self.publish_limiter
+            .as_ref()
+            .is_none_or(|l| l.allow(&key.to_owned()))
+    }
+
+    /// Periodic upkeep: forget idle rate-limit keys and expired revocations.
+    pub fn upkeep(&self) {
+        if let Some(l) = &self.publish_limiter {
+            l.retain_recent();
+        }
+        self.verifier.revocations().sweep();
+    }
+
+    pub(crate) fn register(&self, user: &str, client_id: &Arc<str>, outlet: &Arc<Outlet>, jti: Option<String>) {
+        if user.is_empty() {
+            return;
+        }
+        let mut users = lock(&self.users);
+        let list = users.entry(user.to_owned()).or_default();
+        list.retain(|r| r.client_id != *client_id);
+        list.push(Registered {
+            client_id: client_id.clone(),
+            outlet: Arc::downgrade(outlet),
+            jti,
+        });
+    }
+
+    pub(crate) fn deregister(&self, user: &str, client_id: &str) {
+        if user.is_empty() {
+            return;
+        }
+        let mut users = lock(&self.users);
+        if let Some(list) = users.get_mut(user) {
+            list.retain(|r| &*r.client_id != client_id);
+            if list.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    fn close_where(&self, code: CloseCode, user: Option<&str>, jti: Option<&str>) -> usize {
+        let users = lock(&self.users);
+        let mut closed = 0;
+        let lists: Vec<&Vec<Registered>> = match user {
+            Some(u) => users.get(u).into_iter().collect(),
+            None => users.values().collect(),
+        };
+        for r in lists.into_iter().flatten() {
+            if jti.is_some_and(|j| r.jti.as_deref() != Some(j)) {
+                continue;
+            }
+            if let Some(o) = r.outlet.upgrade() {
+                o.close(code);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Revoke every token of `user` issued up to now, until `expires_at` (Unix seconds), and close
+    /// the user's connections (4503; waiting sessions can no longer be resumed). Returns the number
+    /// of sessions closed.
+    pub fn revoke_user(&self, user: &str, expires_at: u64) -> usize {
+        self.verifier.revocations().revoke_user(user, expires_at);
+        self.close_where(CloseCode::TokenRevoked, Some(user), None)
+    }
+
+    /// Revoke one token by `jti` until `expires_at` and close the sessions using it.
+    pub fn revoke_token(&self, jti: &str, expires_at: u64) -> usize {
+        self.verifier.revocations().revoke_token(jti, expires_at);
+        self.close_where(CloseCode::TokenRevoked, None, Some(jti))
+    }
+
+    /// Close every session of `user` with `code`. Returns the number closed.
+    pub fn disconnect_user(&self, user: &str, code: CloseCode) -> usize {
+        self.close_where(code, Some(user), None)
+    }
+
     /// Start a session for a new connection.
-    pub fn new_session(self: &Arc<Self>, format: Format, user_id: String) -> Session {
+    pub fn new_session(self: &Arc<Self>, format: Format, identity: Identity) -> Session {
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);
         let client_id: Arc<str> = Arc::from(format!("{}-{n}", self.node_id).as_str());
         let s = &self.config.session;
@@ -138,7 +287,7 @@ impl Node {
                 max_bytes: s.queue_max_bytes,
             },
         );
-        Session::new(self.clone(), outlet, client_id, user_id)
+        Session::new(self.clone(), outlet, client_id, identity)
     }
 
     /// Publish on behalf of a client or the application (history, idempotency and fan-out).
@@ -211,9 +360,16 @@ impl Node {
         });
     }
 
-    /// Take a waiting session by its resume token.
-    pub(crate) fn take_parked(&self, token: &str) -> Option<Session> {
-        let p = lock(&self.parked).remove(token)?;
+    /// Take a waiting session by its resume token, if it belongs to `user` (a resume token alone
+    /// must not switch users).
+    pub(crate) fn take_parked(&self, token: &str, user: &str) -> Option<Session> {
+        let p = {
+            let mut parked = lock(&self.parked);
+            if parked.get(token)?.session.user_id() != user {
+                return None;
+            }
+            parked.remove(token)?
+        };
         metrics::gauge!("herald_sessions_waiting").decrement(1.0);
         Some(p.session)
     }

@@ -14,9 +14,12 @@ use herald_proto::envelope::{
 use herald_proto::{CloseCode, Command, ErrorCode, Id, Request, StreamPosition};
 use serde::Serialize;
 
+use crate::auth::{TokenKind, patterns};
 use crate::broker::{BrokerError, ChannelEvent, HistoryQuery};
+use crate::config::NamespaceOptions;
 use crate::hub::Subscriber;
-use crate::node::{EngineError, Node};
+use crate::limits::{CommandLimiter, Verdict};
+use crate::node::{EngineError, Identity, Node};
 use crate::outlet::{Out, Outlet};
 use crate::publication::Publication;
 
@@ -38,10 +41,31 @@ pub struct Session {
     outlet: Arc<Outlet>,
     id: String,
     client_id: Arc<str>,
-    user_id: String,
+    identity: Identity,
+    expiry: Option<Expiry>,
+    limiter: Option<CommandLimiter>,
     resume_token: String,
     subs: HashMap<String, Arc<Subscriber>>,
     violations: u32,
+}
+
+/// When the connection token expires and when to ask for a fresh one.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    refresh_at: tokio::time::Instant,
+    expire_at: tokio::time::Instant,
+    refresh_sent: bool,
+}
+
+fn expiry(identity: &Identity, refresh_before: Duration) -> Option<Expiry> {
+    let exp_ms = identity.claims.as_ref()?.exp.saturating_mul(1000);
+    let left = Duration::from_millis(exp_ms.saturating_sub(crate::publication::now_ms()));
+    let now = tokio::time::Instant::now();
+    Some(Expiry {
+        refresh_at: now + left.saturating_sub(refresh_before.min(left / 2)),
+        expire_at: now + left,
+        refresh_sent: false,
+    })
 }
 
 fn token() -> String {
@@ -53,14 +77,26 @@ impl Session {
         node: Arc<Node>,
         outlet: Arc<Outlet>,
         client_id: Arc<str>,
-        user_id: String,
+        identity: Identity,
     ) -> Self {
+        let jti = identity.claims.as_ref().and_then(|c| c.jti.clone());
+        node.register(&identity.user_id, &client_id, &outlet, jti);
+        let cfg = node.config();
+        let l = &cfg.limits;
+        let limiter = CommandLimiter::new(
+            l.commands_per_second,
+            l.commands_burst,
+            l.rate_limited_close_after,
+        );
+        let expiry = expiry(&identity, cfg.auth.refresh_before);
         Session {
             node,
             outlet,
             id: token(),
             client_id,
-            user_id,
+            identity,
+            expiry,
+            limiter,
             resume_token: token(),
             subs: HashMap::new(),
             violations: 0,
@@ -79,7 +115,39 @@ impl Session {
 
     /// The user id ("" = anonymous).
     pub fn user_id(&self) -> &str {
-        &self.user_id
+        &self.identity.user_id
+    }
+
+    /// When [`Session::on_auth_timer`] must run next (token refresh request or expiry).
+    pub fn auth_deadline(&self) -> Option<tokio::time::Instant> {
+        self.expiry.map(|e| {
+            if e.refresh_sent {
+                e.expire_at
+            } else {
+                e.refresh_at
+            }
+        })
+    }
+
+    /// The auth deadline passed: ask for a fresh token, or close with 4010 once it expired.
+    pub fn on_auth_timer(&mut self) -> Flow {
+        let Some(e) = &mut self.expiry else {
+            return Flow::Continue;
+        };
+        let now = tokio::time::Instant::now();
+        if now >= e.expire_at {
+            metrics::counter!("herald_token_expired_total").increment(1);
+            return Flow::Close(CloseCode::TokenExpired);
+        }
+        if !e.refresh_sent && now >= e.refresh_at {
+            e.refresh_sent = true;
+            let left = e.expire_at.saturating_duration_since(now).as_millis() as u64;
+            let p = herald_proto::envelope::RefreshInfo { expires_in_ms: left };
+            if let Some(b) = self.encode("refresh", None, &p) {
+                self.outlet.push_reply(b);
+            }
+        }
+        Flow::Continue
     }
 
     /// The current resume token.
@@ -95,7 +163,8 @@ impl Session {
     fn info(&self) -> ClientInfo {
         ClientInfo {
             client_id: self.client_id.to_string(),
-            user_id: self.user_id.clone(),
+            user_id: self.identity.user_id.clone(),
+            info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
         }
     }
 
@@ -137,10 +206,20 @@ impl Session {
             pong_timeout_ms: hb.pong_timeout_ms,
             server: concat!("herald/", env!("CARGO_PKG_VERSION")).to_owned(),
             protocol: self.outlet.format.subprotocol().to_owned(),
+            user_id: self.identity.user_id.clone(),
+            expires_in_ms: self.expires_in_ms(),
         };
         if let Some(b) = self.encode("connected", None, &c) {
             self.outlet.push_reply(b);
         }
+    }
+
+    fn expires_in_ms(&self) -> Option<u64> {
+        self.expiry.map(|e| {
+            e.expire_at
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64
+        })
     }
 
     /// Count a protocol violation; past `max_violations` the connection must close with 4500.
@@ -179,6 +258,18 @@ impl Session {
     /// Handle one decoded command.
     pub async fn handle(&mut self, req: Request) -> Flow {
         let Request { id, command } = req;
+        if let Some(l) = &mut self.limiter {
+            match l.check() {
+                Verdict::Allow => {}
+                Verdict::Limited => {
+                    metrics::counter!("herald_rate_limited_total", "kind" => "command")
+                        .increment(1);
+                    self.error(&id, ErrorCode::RateLimited, "command rate limit exceeded");
+                    return Flow::Continue;
+                }
+                Verdict::Close => return Flow::Close(CloseCode::RateLimited),
+            }
+        }
         let result = match command {
             Command::Ping => {
                 if let Some(b) = self.encode("pong", id.as_ref(), &serde_json::Map::new()) {
@@ -193,6 +284,11 @@ impl Session {
             Command::Presence(c) => self.presence(&id, c).await,
             Command::PresenceStats(c) => self.presence_stats(&id, c).await,
             Command::Resume(r) => self.resume(&id, r).await,
+            Command::Refresh(r) => self.refresh(&id, &r.token),
+            Command::Auth(_) => Err(EngineError::new(
+                ErrorCode::BadRequest,
+                "already authenticated: use `refresh` to replace the token",
+            )),
         };
         match result {
             Ok(()) => Flow::Continue,
@@ -210,6 +306,7 @@ impl Session {
     async fn subscribe(&mut self, id: &Option<Id>, s: Subscribe) -> Result<(), EngineError> {
         let node = self.node.clone();
         let ns = node.namespace(&s.channel)?.clone();
+        self.may_subscribe(&s.channel, &ns, s.token.as_deref())?;
         if self.subs.contains_key(&s.channel) {
             return Err(EngineError::new(
                 ErrorCode::AlreadySubscribed,
@@ -387,10 +484,16 @@ impl Session {
         p: herald_proto::envelope::Publish,
     ) -> Result<(), EngineError> {
         let ns = self.node.namespace(&p.channel)?;
-        if !ns.allow_publish {
+        self.may_publish(&p.channel, ns)?;
+        let key = match self.identity.user_id.as_str() {
+            "" => &*self.client_id,
+            user => user,
+        };
+        if !self.node.publish_allowed(key) {
+            metrics::counter!("herald_rate_limited_total", "kind" => "publish").increment(1);
             return Err(EngineError::new(
-                ErrorCode::PermissionDenied,
-                "clients may not publish in this namespace",
+                ErrorCode::RateLimited,
+                "publish rate limit exceeded for this user",
             ));
         }
         let max = self.node.config().session.max_data_size;
@@ -417,6 +520,7 @@ impl Session {
 
     async fn history(&mut self, id: &Option<Id>, h: History) -> Result<(), EngineError> {
         let ns = self.node.namespace(&h.channel)?;
+        self.may_read(&h.channel, ns)?;
         if !ns.history_enabled() {
             return Err(EngineError::new(
                 ErrorCode::HistoryDisabled,
@@ -460,7 +564,9 @@ impl Session {
     }
 
     async fn presence(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
-        if !self.node.namespace(&c.channel)?.presence {
+        let ns = self.node.namespace(&c.channel)?;
+        self.may_read(&c.channel, ns)?;
+        if !ns.presence {
             return Err(EngineError::new(
                 ErrorCode::PresenceDisabled,
                 "presence is disabled in this namespace",
@@ -476,7 +582,9 @@ impl Session {
     }
 
     async fn presence_stats(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
-        if !self.node.namespace(&c.channel)?.presence {
+        let ns = self.node.namespace(&c.channel)?;
+        self.may_read(&c.channel, ns)?;
+        if !ns.presence {
             return Err(EngineError::new(
                 ErrorCode::PresenceDisabled,
                 "presence is disabled in this namespace",
@@ -494,7 +602,7 @@ impl Session {
                 "resume must come before any subscribe",
             ));
         }
-        let Some(mut old) = self.node.take_parked(&r.token) else {
+        let Some(mut old) = self.node.take_parked(&r.token, &self.identity.user_id) else {
             return Err(EngineError::new(
                 ErrorCode::SessionNotFound,
                 "no session for this resume token",
@@ -509,6 +617,13 @@ impl Session {
         }
         let fresh_outlet = self.outlet.clone();
         std::mem::swap(self, &mut old);
+        // The resumed session takes the new connection's (fresher) token and rate limiter.
+        std::mem::swap(&mut self.identity, &mut old.identity);
+        std::mem::swap(&mut self.expiry, &mut old.expiry);
+        std::mem::swap(&mut self.limiter, &mut old.limiter);
+        let jti = self.identity.claims.as_ref().and_then(|c| c.jti.clone());
+        self.node
+            .register(&self.identity.user_id, &self.client_id, &self.outlet, jti);
         drop(old); // the fresh session has no subscriptions: nothing to clean up
         self.resume_token = token();
         self.violations = 0;
@@ -583,12 +698,138 @@ impl Session {
         }
     }
 
+    /// `refresh`: replace the connection token with a fresh one for the same user.
+    fn refresh(&mut self, id: &Option<Id>, token: &str) -> Result<(), EngineError> {
+        let claims = self
+            .node
+            .verifier()
+            .verify(token, TokenKind::Connection)?;
+        if claims.sub != self.identity.user_id {
+            return Err(EngineError::new(
+                ErrorCode::TokenInvalid,
+                "the new token is for another user",
+            ));
+        }
+        let jti = claims.jti.clone();
+        self.identity = Identity::from_claims(claims);
+        self.expiry = expiry(&self.identity, self.node.config().auth.refresh_before);
+        self.node
+            .register(&self.identity.user_id, &self.client_id, &self.outlet, jti);
+        let expires_in_ms = self.expires_in_ms().unwrap_or(0);
+        self.reply(id, &herald_proto::envelope::RefreshInfo { expires_in_ms });
+        Ok(())
+    }
+
+    fn admitted(&self, ns: &NamespaceOptions) -> Result<(), EngineError> {
+        if self.identity.user_id.is_empty() && !ns.anonymous {
+            return Err(EngineError::new(
+                ErrorCode::Unauthorized,
+                "anonymous clients may not use this namespace",
+            ));
+        }
+        Ok(())
+    }
+
+    fn claim_patterns(&self, publish: bool) -> &[String] {
+        match &self.identity.claims {
+            Some(c) if publish => &c.publish,
+            Some(c) => &c.channels,
+            None => &[],
+        }
+    }
+
+    /// Subscribe permission: user-limited channels admit their listed users; a channel token
+    /// grants its channel; otherwise the namespace (`private`, `allow_subscribe`) and the token's
+    /// `channels` patterns decide.
+    fn may_subscribe(
+        &self,
+        channel: &str,
+        ns: &NamespaceOptions,
+        channel_token: Option<&str>,
+    ) -> Result<(), EngineError> {
+        self.admitted(ns)?;
+        let user = &self.identity.user_id;
+        if let Some(listed) = patterns::user_allowed(channel, user) {
+            return if listed {
+                Ok(())
+            } else {
+                Err(EngineError::new(
+                    ErrorCode::PermissionDenied,
+                    "this user-limited channel does not list you",
+                ))
+            };
+        }
+        if let Some(t) = channel_token {
+            let c = self.node.verifier().verify(t, TokenKind::Channel)?;
+            if c.channel.as_deref() != Some(channel) {
+                return Err(EngineError::new(
+                    ErrorCode::TokenInvalid,
+                    "the channel token is for another channel",
+                ));
+            }
+            if c.sub != *user {
+                return Err(EngineError::new(
+                    ErrorCode::TokenInvalid,
+                    "the channel token is for another user",
+                ));
+            }
+            return Ok(());
+        }
+        if ns.private {
+            return Err(EngineError::new(
+                ErrorCode::PermissionDenied,
+                "private channel: a channel token is required",
+            ));
+        }
+        if ns.allow_subscribe || patterns::any_matches(self.claim_patterns(false), channel) {
+            return Ok(());
+        }
+        Err(EngineError::new(
+            ErrorCode::PermissionDenied,
+            "your token does not grant this channel",
+        ))
+    }
+
+    /// History and presence: allowed to subscribers and to whoever may subscribe.
+    fn may_read(&self, channel: &str, ns: &NamespaceOptions) -> Result<(), EngineError> {
+        if self.subs.contains_key(channel) {
+            return Ok(());
+        }
+        self.may_subscribe(channel, ns, None)
+    }
+
+    /// Publish permission: `allow_publish` or a `publish` pattern; on user-limited channels the
+    /// user must also be listed.
+    fn may_publish(&self, channel: &str, ns: &NamespaceOptions) -> Result<(), EngineError> {
+        self.admitted(ns)?;
+        if patterns::user_allowed(channel, &self.identity.user_id) == Some(false) {
+            return Err(EngineError::new(
+                ErrorCode::PermissionDenied,
+                "this user-limited channel does not list you",
+            ));
+        }
+        if ns.allow_publish || patterns::any_matches(self.claim_patterns(true), channel) {
+            return Ok(());
+        }
+        Err(EngineError::new(
+            ErrorCode::PermissionDenied,
+            "you may not publish to this channel",
+        ))
+    }
+
     /// End the session: leave every channel (presence, `leave` pushes, node unsubscribe).
     pub async fn end(mut self) {
         let subs: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
         for channel in subs {
             self.leave(&channel).await;
         }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.node
+            .deregister(&self.identity.user_id, &self.client_id);
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use crate::codes::ErrorCode;
 use crate::data::{Data, DataOut};
 use crate::envelope::{
-    ChannelOnly, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN, Publish,
+    Auth, ChannelOnly, Refresh, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN, Publish,
     Request, Resume, Subscribe,
 };
 use crate::frame::{self, OpCode};
@@ -213,6 +213,8 @@ fn finish(
         "presence_stats" => Command::PresenceStats(payload.typed::<ChannelOnly>(&id)?),
         "ping" => Command::Ping,
         "resume" => Command::Resume(payload.typed::<Resume>(&id)?),
+        "auth" => Command::Auth(payload.typed::<Auth>(&id)?),
+        "refresh" => Command::Refresh(payload.typed::<Refresh>(&id)?),
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(
@@ -424,6 +426,7 @@ mod tests {
         let info = ClientInfo {
             client_id: "c1".into(),
             user_id: "".into(),
+            info: None,
         };
         for format in [Format::Json, Format::Msgpack] {
             let out = PublicationOut {

@@ -47,6 +47,19 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server-side failure.
     Internal,
+    /// The command needs an authenticated user (the connection is anonymous, or the namespace
+    /// does not admit anonymous clients).
+    Unauthorized,
+    /// A token is malformed, has a bad signature, uses an algorithm that is not allowed, has the
+    /// wrong audience or issuer, is not valid yet, or names another user or channel.
+    TokenInvalid,
+    /// A token's `exp` has passed: get a fresh token.
+    TokenExpired,
+    /// A token (or every token of its user issued before a point in time) was revoked.
+    TokenRevoked,
+    /// The connection sends commands faster than its rate limit, or its user publishes faster
+    /// than the per-user publish limit. Retry later.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -54,7 +67,10 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::ChannelFull
+            ErrorCode::Unavailable
+                | ErrorCode::Internal
+                | ErrorCode::ChannelFull
+                | ErrorCode::RateLimited
         )
     }
 
@@ -88,6 +104,11 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -123,6 +144,17 @@ pub enum CloseCode {
     ConnectionLimit,
     /// 4003: a write to the socket did not complete within `write_timeout`.
     WriteTimeout,
+    /// 4004: the connection kept exceeding its command rate limit.
+    RateLimited,
+    /// 4010: the connection token expired without a `refresh`; reconnect with a fresh token.
+    TokenExpired,
+    /// 4011: no successful `auth` within `auth_timeout` after the upgrade.
+    AuthTimeout,
+    /// 4502: authentication failed (bad token, anonymous not allowed, or a command other than
+    /// `auth`/`ping` before authentication). Reconnect only with new credentials.
+    AuthFailed,
+    /// 4503: the connection's token or user was revoked.
+    TokenRevoked,
     /// 4500: too many protocol violations (malformed frames, wrong types).
     ProtocolViolations,
     /// 4501: the server ended the connection on request (an operator or the application).
@@ -145,6 +177,11 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4001,
             CloseCode::ConnectionLimit => 4002,
             CloseCode::WriteTimeout => 4003,
+            CloseCode::RateLimited => 4004,
+            CloseCode::TokenExpired => 4010,
+            CloseCode::AuthTimeout => 4011,
+            CloseCode::AuthFailed => 4502,
+            CloseCode::TokenRevoked => 4503,
             CloseCode::ProtocolViolations => 4500,
             CloseCode::ForceDisconnect => 4501,
         }
@@ -160,6 +197,8 @@ impl CloseCode {
                 | CloseCode::MessageTooBig
                 | CloseCode::ProtocolViolations
                 | CloseCode::ForceDisconnect
+                | CloseCode::AuthFailed
+                | CloseCode::TokenRevoked
                 | CloseCode::Normal
         )
     }
@@ -179,6 +218,11 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::ConnectionLimit => "connection limit reached",
             CloseCode::WriteTimeout => "write timeout",
+            CloseCode::RateLimited => "rate limit exceeded",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::AuthTimeout => "authentication timeout",
+            CloseCode::AuthFailed => "authentication failed",
+            CloseCode::TokenRevoked => "token revoked",
             CloseCode::ProtocolViolations => "too many protocol violations",
             CloseCode::ForceDisconnect => "disconnected by server",
         }
@@ -196,6 +240,11 @@ mod tests {
             CloseCode::SlowConsumer,
             CloseCode::ConnectionLimit,
             CloseCode::WriteTimeout,
+            CloseCode::RateLimited,
+            CloseCode::TokenExpired,
+            CloseCode::AuthTimeout,
+            CloseCode::AuthFailed,
+            CloseCode::TokenRevoked,
             CloseCode::ProtocolViolations,
             CloseCode::ForceDisconnect,
         ] {

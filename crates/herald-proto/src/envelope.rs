@@ -86,6 +86,24 @@ pub struct Subscribe {
     /// Ask for the publications after this position.
     #[serde(default)]
     pub recover: Option<StreamPosition>,
+    /// A channel token (a JWT with a `channel` claim) granting access to a private channel.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// `auth` payload: the first message of a connection that did not authenticate at the handshake.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Auth {
+    /// The connection token (JWT); absent = connect anonymously (when the server allows it).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// `refresh` payload: a fresh connection token for the same user.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refresh {
+    /// The new connection token (JWT).
+    pub token: String,
 }
 
 /// Payload of commands that only name a channel (`unsubscribe`, `presence`, `presence_stats`).
@@ -151,6 +169,10 @@ pub enum Command {
     Ping,
     /// Resume a previous session.
     Resume(Resume),
+    /// Authenticate (first message only, before `connected`).
+    Auth(Auth),
+    /// Replace the connection token before it expires.
+    Refresh(Refresh),
 }
 
 impl Command {
@@ -165,6 +187,8 @@ impl Command {
             Command::PresenceStats(_) => "presence_stats",
             Command::Ping => "ping",
             Command::Resume(_) => "resume",
+            Command::Auth(_) => "auth",
+            Command::Refresh(_) => "refresh",
         }
     }
 }
@@ -231,6 +255,19 @@ pub struct Connected {
     pub server: String,
     /// The negotiated subprotocol.
     pub protocol: String,
+    /// The authenticated user id ("" = anonymous).
+    #[serde(default)]
+    pub user_id: String,
+    /// Milliseconds until the connection token expires (absent = no expiry).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expires_in_ms: Option<u64>,
+}
+
+/// `refresh` push (the server asks for a fresh token) and reply to the `refresh` command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefreshInfo {
+    /// Milliseconds until the current connection token expires.
+    pub expires_in_ms: u64,
 }
 
 /// `disconnect` advisory, sent right before the server closes the socket.
@@ -254,6 +291,9 @@ pub struct ClientInfo {
     pub client_id: String,
     /// Publisher user id (empty for anonymous).
     pub user_id: String,
+    /// Public user info from the token's `info` claim.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub info: Option<serde_json::Value>,
 }
 
 /// Reply to `subscribe`.

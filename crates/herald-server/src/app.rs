@@ -1,7 +1,7 @@
 //! The HTTP application: routes, the WebSocket upgrade, health and metrics, and the server's
 //! lifecycle (bind, run, graceful shutdown).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,14 +11,17 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use herald_core::Node;
-use herald_proto::Format;
+use herald_core::limits::KeyedLimiter;
+use herald_core::{Identity, Node};
+use herald_proto::{ErrorCode, Format};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionConfig, ServerConfig};
+use crate::config::{ConnectionConfig, ServerConfig, TlsConfig};
+use crate::handshake;
+use crate::slots::{Slot, Slots};
 use crate::writer::WriterSettings;
 
 /// Shared state of the HTTP application.
@@ -35,7 +38,29 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Open WebSocket connections.
     pub connections: AtomicUsize,
+    /// New connections per client IP.
+    pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Open connections per client IP.
+    pub ip_slots: Arc<Slots<IpAddr>>,
+    /// Open connections per user.
+    pub user_slots: Arc<Slots<String>>,
+    /// TLS, when configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     metrics: Option<PrometheusHandle>,
+}
+
+/// How a `/ws` connection authenticates.
+pub enum Handshake {
+    /// Authenticated (or admitted anonymously) at the handshake.
+    Done(Identity, Option<Slot<String>>),
+    /// No token at the handshake and anonymous connections are off: `auth` must come first.
+    FirstMessage,
+}
+
+/// Connection slots held for the lifetime of a connection.
+pub struct Held {
+    /// The client IP slot.
+    pub _ip: Option<Slot<IpAddr>>,
 }
 
 impl AppState {
@@ -70,28 +95,28 @@ impl Handle {
     pub fn node(&self) -> &Arc<Node> {
         &self.state.node
     }
+
+    /// Periodic upkeep: forget idle per-IP rate-limit state and the engine's expired entries.
+    pub fn upkeep(&self) {
+        if let Some(l) = &self.state.connect_limiter {
+            l.retain_recent();
+        }
+        self.state.node.upkeep();
+    }
+
+    /// Re-read the TLS certificate and key now (SIGHUP). No-op without TLS.
+    pub fn reload_tls(&self) -> std::io::Result<()> {
+        match &self.state.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A bound, not yet running Herald server.
 pub struct Server {
     state: Arc<AppState>,
     listener: TcpListener,
-}
-
-/// Pick the wire format from the offered subprotocols: the first one Herald knows.
-/// `Ok(None)` = nothing offered (JSON v1); `Err` = offers, none supported.
-fn negotiate(req: &Request<Body>) -> Result<Option<Format>, ()> {
-    let mut offered = false;
-    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
-        let Ok(list) = value.to_str() else { continue };
-        for name in list.split(',') {
-            offered = true;
-            if let Some(f) = Format::from_subprotocol(name) {
-                return Ok(Some(f));
-            }
-        }
-    }
-    if offered { Err(()) } else { Ok(None) }
 }
 
 fn plain(status: StatusCode, body: &'static str) -> Response {
@@ -103,27 +128,95 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
         .into_response()
 }
 
+/// A JSON error body `{"code": ..., "message": ...}` with the protocol's error codes.
+pub(crate) fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({ "code": code.as_str(), "message": message });
+    (status, axum::Json(body)).into_response()
+}
+
+fn too_many(message: &str) -> Response {
+    let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn rejected(reason: &'static str) {
+    metrics::counter!("herald_handshake_rejected_total", "reason" => reason).increment(1);
+}
+
 async fn ws_handler(
     State(app): State<Arc<AppState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response {
     if app.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    let format = match negotiate(&req) {
-        Ok(f) => f,
-        Err(()) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack\n",
-            );
-        }
+    let limits = &app.node.config().limits;
+    let ip = handshake::client_ip(peer, req.headers(), &app.server.trusted_proxies);
+    if let Some(l) = &app.connect_limiter
+        && !l.allow(&ip)
+    {
+        rejected("connect_rate");
+        return too_many("too many new connections from this address");
+    }
+    if !handshake::origin_allowed(
+        req.headers(),
+        &app.server.allowed_origins,
+        app.server.allow_missing_origin,
+    ) {
+        rejected("origin");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            "origin not allowed",
+        );
+    }
+    let offer = handshake::offer(req.headers());
+    if offer.offered && offer.format.is_none() {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack\n",
+        );
+    }
+    let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
+        rejected("ip_connections");
+        return too_many("too many open connections from this address");
     };
-    let protocol = format.map(Format::subprotocol);
-    let format = format.unwrap_or(Format::Json);
+    let auth = &app.node.config().auth;
+    let token = handshake::token(req.headers(), req.uri(), &offer, auth);
+    let hs = match token {
+        None if !auth.anonymous => Handshake::FirstMessage,
+        token => match app.node.authenticate(token.as_deref()) {
+            Ok(identity) => {
+                let slot = match identity.user_id.as_str() {
+                    "" => None,
+                    user => match app
+                        .user_slots
+                        .acquire(user.to_owned(), limits.max_connections_per_user)
+                    {
+                        Some(s) => Some(s),
+                        None => {
+                            rejected("user_connections");
+                            return too_many("too many open connections for this user");
+                        }
+                    },
+                };
+                Handshake::Done(identity, slot)
+            }
+            Err(e) => {
+                rejected("auth");
+                return json_error(StatusCode::UNAUTHORIZED, e.code, &e.message);
+            }
+        },
+    };
+    // The server answers with the format only, never echoing a token entry.
+    let protocol = offer.format.map(Format::subprotocol);
+    let format = offer.format.unwrap_or(Format::Json);
+    let held = Held { _ip: Some(ip_slot) };
     upgrade(&app, &mut req, protocol, move |ws, app| {
-        crate::connection::serve(ws, format, app, remote)
+        crate::connection::serve(ws, format, app, ip, hs, held)
     })
 }
 
@@ -196,15 +289,39 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
+async fn serve_on<L>(listener: L, router: Router, token: CancellationToken) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { token.cancelled().await })
+    .await
+}
+
 impl Server {
     /// Bind the listener. Installs the Prometheus recorder on first use in the process.
     pub async fn bind(
         server: ServerConfig,
         conn: ConnectionConfig,
+        tls: TlsConfig,
         node: Arc<Node>,
     ) -> std::io::Result<Server> {
+        let tls = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => Some(Arc::new(crate::tls::Tls::load(cert, key)?)),
+            _ => None,
+        };
         let listener = TcpListener::bind(server.listen).await?;
+        let l = &node.config().limits;
+        let connect_limiter = KeyedLimiter::new(l.connect_per_second_per_ip, l.connect_burst_per_ip);
         let state = Arc::new(AppState {
+            connect_limiter,
+            ip_slots: Arc::default(),
+            user_slots: Arc::default(),
+            tls,
             node,
             server,
             conn,
@@ -245,18 +362,39 @@ impl Server {
         if state.server.echo {
             router = router.route("/echo", get(echo_handler));
         }
-        let router = router.with_state(state.clone());
+        let router = router
+            .route(
+                "/api/v1/revoke",
+                axum::routing::post(crate::api::revoke)
+                    .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY)),
+            )
+            .with_state(state.clone());
         use axum::serve::ListenerExt;
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
         let token = state.shutdown.clone();
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await?;
+        match state.tls.clone() {
+            Some(tls) => {
+                let watch = tls.clone();
+                let stop = token.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => watch.reload_if_changed(),
+                            _ = stop.cancelled() => break,
+                        }
+                    }
+                });
+                let listener = crate::tls::TlsListener::spawn(self.listener, tls, token.clone())?
+                    .tap_io(|_| {});
+                serve_on(listener, router, token).await?;
+            }
+            None => {
+                let listener = self.listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                serve_on(listener, router, token).await?;
+            }
+        }
         state.tracker.close();
         let drain = state.server.shutdown_timeout + std::time::Duration::from_secs(2);
         if tokio::time::timeout(drain, state.tracker.wait())

@@ -1,7 +1,10 @@
 //! Transport configuration (the `[server]` and `[connection]` sections).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +22,15 @@ pub struct ServerConfig {
     /// Upper bound of the random `reconnect_after_ms` hint sent on shutdown.
     #[serde(with = "humantime_serde")]
     pub shutdown_reconnect_jitter: Duration,
+    /// Origins browsers may connect from (`https://app.example.com`, `https://*.example.com`,
+    /// `*` = any). Empty = same origin only (the `Origin` host must equal the `Host` header).
+    /// A disallowed `Origin` gets HTTP 403 before the upgrade.
+    pub allowed_origins: Vec<String>,
+    /// Accept handshakes without an `Origin` header (non-browser clients).
+    pub allow_missing_origin: bool,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`/`Forwarded` headers are
+    /// believed when finding the client IP. Empty = the TCP peer is the client.
+    pub trusted_proxies: Vec<IpNet>,
     /// Serve `/echo`, a plain WebSocket echo endpoint for conformance tests (Autobahn). Set from
     /// the configuration file's `[debug] echo`, not from `[server]`.
     #[serde(skip)]
@@ -32,6 +44,9 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             shutdown_timeout: Duration::from_secs(10),
             shutdown_reconnect_jitter: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
+            allow_missing_origin: true,
+            trusted_proxies: Vec::new(),
             echo: false,
         }
     }
@@ -78,6 +93,34 @@ impl ConnectionConfig {
         }
         if self.max_message_size < 128 {
             return Err("connection.max_message_size must be at least 128 bytes".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[tls]`: serve `wss://` and `https://` directly (rustls). Both files are PEM; they are
+/// re-read on SIGHUP and when their modification time changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (leaf first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is on.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+
+    /// Both files or neither.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("tls.cert and tls.key must be set together".into());
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! One protocol connection on `/ws`: the read loop (decode, hand to the session) and its writer.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use herald_proto::{CloseCode, Format};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
-use crate::app::AppState;
+use crate::app::{AppState, Handshake, Held};
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::writer::{ConnState, run_writer};
 
@@ -19,12 +19,30 @@ pub async fn serve(
     ws: WebSocket<TokioIo<Upgraded>>,
     format: Format,
     app: Arc<AppState>,
-    remote: SocketAddr,
+    remote: IpAddr,
+    hs: Handshake,
+    held: Held,
 ) {
-    let (r, w) = tokio::io::split(ws.into_inner());
+    let (r, mut w) = tokio::io::split(ws.into_inner());
     let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let mut reader = MessageReader::new(rd, app.conn.max_message_size);
-    let mut session = app.node.new_session(format, String::new());
+    let (identity, user_slot, over_user_limit) = match hs {
+        Handshake::Done(identity, slot) => (identity, slot, false),
+        Handshake::FirstMessage => {
+            let Some(identity) =
+                crate::preauth::authenticate(&mut reader, &mut w, format, &app).await
+            else {
+                return;
+            };
+            let max = app.node.config().limits.max_connections_per_user;
+            let slot = (!identity.user_id.is_empty())
+                .then(|| app.user_slots.acquire(identity.user_id.clone(), max));
+            let over = matches!(slot, Some(None));
+            (identity, slot.flatten(), over)
+        }
+    };
+    let _held = (held, user_slot);
+    let mut session = app.node.new_session(format, identity);
     let started = Instant::now();
     let client = session.client_id().to_owned();
     let over_limit = app
@@ -33,7 +51,7 @@ pub async fn serve(
         >= app.server.max_connections;
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
-    if over_limit {
+    if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
         session.welcome();
@@ -51,9 +69,16 @@ pub async fn serve(
     let mut control = Vec::new();
     let mut reason = "client gone";
     let clean = loop {
+        let auth_deadline = session.auth_deadline();
         let res = tokio::select! {
             r = reader.next(&mut control) => r,
             _ = st.writer_done.cancelled() => { reason = "closed by server"; break false }
+            _ = sleep_until_opt(auth_deadline) => {
+                if let Flow::Close(code) = session.on_auth_timer() {
+                    session.outlet().close(code);
+                }
+                continue;
+            }
         };
         for c in control.drain(..) {
             session.outlet().push_reply(c);
@@ -107,6 +132,13 @@ pub async fn serve(
         "disconnected"
     );
     app.node.disconnected(session, clean).await;
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn dispatch(session: &mut herald_core::Session, format: Format, bytes: &[u8]) -> Flow {

@@ -5,15 +5,27 @@
 //! - [`connection`]: one `/ws` connection: read loop and session dispatch; the `/echo` loop.
 //! - [`reader`]: whole messages from client frames (fragments, size bound, UTF-8).
 //! - [`writer`]: the corked writer (vectored writes), heartbeats and closing.
-//! - [`config`]: `[server]` and `[connection]` settings.
+//! - [`handshake`]: checks before the upgrade (client IP, Origin, subprotocols, token carriers).
+//! - [`preauth`]: first-message authentication (`auth` before anything else).
+//! - [`api`]: the HTTP server API for backends (API keys).
+//! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
+//! - [`tls`]: rustls listener and reloadable certificate.
+//! - [`slots`]: connection counts per IP and per user.
+//! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
 //! - [`metrics`]: the Prometheus recorder.
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod handshake;
+pub mod jwks;
+pub mod preauth;
+pub mod slots;
+pub mod tls;
 pub mod metrics;
 pub mod reader;
 pub mod writer;
 
 pub use app::{Handle, Server};
-pub use config::{ConnectionConfig, ServerConfig};
+pub use config::{ConnectionConfig, ServerConfig, TlsConfig};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_core::outlet::{Drained, Outlet};
-use herald_proto::CloseCode;
+use herald_proto::{CloseCode, Format};
 use herald_proto::envelope::Disconnect;
 use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -132,6 +132,26 @@ fn jitter(max: Duration) -> u64 {
     }
 }
 
+/// The `disconnect` advisory and the close frame for a server-initiated close. `jitter` bounds
+/// the random `reconnect_after_ms` hint sent with 1001.
+pub fn closing_frames(format: Format, code: CloseCode, jitter_max: Option<Duration>) -> Vec<Bytes> {
+    let mut frames = Vec::with_capacity(2);
+    let d = Disconnect {
+        code: code.code(),
+        reason: code.reason().to_owned(),
+        reconnect: code.reconnect(),
+        reconnect_after_ms: match (code, jitter_max) {
+            (CloseCode::GoingAway, Some(max)) => Some(jitter(max)),
+            _ => None,
+        },
+    };
+    if let Ok(b) = herald_proto::encode(format, "disconnect", None, &d) {
+        frames.push(b);
+    }
+    frames.push(frame::close(code.code(), code.reason()));
+    frames
+}
+
 /// Run the writer until the connection closes.
 pub async fn run_writer<W: AsyncWrite + Unpin>(
     mut w: W,
@@ -147,20 +167,11 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
     }
     if let (Some(code), false) = (end.code, end.abort) {
         // Best effort: the advisory, then the close frame, then FIN.
-        let mut frames = Vec::with_capacity(2);
-        if s.advisory {
-            let d = Disconnect {
-                code: code.code(),
-                reason: code.reason().to_owned(),
-                reconnect: code.reconnect(),
-                reconnect_after_ms: (code == CloseCode::GoingAway)
-                    .then(|| jitter(s.reconnect_jitter)),
-            };
-            if let Ok(b) = herald_proto::encode(outlet.format, "disconnect", None, &d) {
-                frames.push(b);
-            }
-        }
-        frames.push(frame::close(code.code(), code.reason()));
+        let frames = if s.advisory {
+            closing_frames(outlet.format, code, Some(s.reconnect_jitter))
+        } else {
+            vec![frame::close(code.code(), code.reason())]
+        };
         let _ = tokio::time::timeout(Duration::from_secs(1), write_frames(&mut w, &frames)).await;
         metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
             .increment(1);

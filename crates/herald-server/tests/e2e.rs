@@ -77,14 +77,23 @@ async fn every_command_with_an_id_gets_one_reply() {
 async fn namespace_rules_are_enforced() {
     let mut setup = Setup::default();
     setup.engine.default_namespace = None;
+    let open = NamespaceOptions {
+        anonymous: true,
+        allow_subscribe: true,
+        ..Default::default()
+    };
+    setup.engine.namespaces.insert("feed".into(), open);
     setup
         .engine
         .namespaces
-        .insert("feed".into(), NamespaceOptions::default());
+        .insert("locked".into(), NamespaceOptions::default());
     let s = start(setup).await;
     let mut c = Client::connect(&s).await;
     let (r, _) = c.call("subscribe", json!({"channel": "news"})).await;
     assert_eq!(r["payload"]["code"], "unknown_namespace");
+    // Secure defaults: a namespace admits no anonymous client unless it says so.
+    let (r, _) = c.call("subscribe", json!({"channel": "locked:1"})).await;
+    assert_eq!(r["payload"]["code"], "unauthorized");
     c.subscribe("feed:1").await;
     let (r, _) = c
         .call("publish", json!({"channel": "feed:1", "data": 1}))

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
-use herald_core::{EngineConfig, NamespaceOptions, SessionConfig};
-use herald_server::{ConnectionConfig, ServerConfig};
+use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
+use herald_server::{ConnectionConfig, ServerConfig, TlsConfig};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,12 @@ pub struct Config {
     pub default_namespace: DefaultNamespace,
     /// `[namespaces.NAME]`.
     pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[limits]`.
+    pub limits: LimitsConfig,
+    /// `[tls]`.
+    pub tls: TlsConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
 }
@@ -57,6 +63,9 @@ impl Default for Config {
             session: SessionConfig::default(),
             default_namespace: DefaultNamespace::Options(NamespaceOptions::default()),
             namespaces: BTreeMap::new(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
             debug: DebugConfig::default(),
         }
     }
@@ -73,6 +82,8 @@ impl Config {
                 DefaultNamespace::Options(o) => Some(o.clone()),
             },
             namespaces: self.namespaces.clone(),
+            auth: self.auth.clone(),
+            limits: self.limits.clone(),
         }
     }
 
@@ -134,6 +145,8 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
             let dev = NamespaceOptions::dev();
             ns.presence = true;
             ns.join_leave = true;
+            ns.anonymous = true;
+            ns.allow_subscribe = true;
             ns.allow_publish = true;
             if ns.history_size == 0 {
                 ns.history_size = dev.history_size;
@@ -153,6 +166,7 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
 
 fn validate(c: &Config) -> anyhow::Result<()> {
     c.connection.validate().map_err(anyhow::Error::msg)?;
+    c.tls.validate().map_err(anyhow::Error::msg)?;
     c.engine().validate().map_err(anyhow::Error::msg)?;
     if c.server.max_connections == 0 {
         bail!("server.max_connections must be > 0");

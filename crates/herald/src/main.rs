@@ -1,6 +1,7 @@
 //! The `herald` binary: command line, configuration loading and wiring.
 
 mod config;
+mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_core::memory::{MemoryBroker, MemoryPresence};
-use herald_core::{Heartbeat, Node};
+use herald_core::{Heartbeat, Node, Verifier};
 use herald_server::Server;
 
 /// Herald: a real-time messaging server.
@@ -50,6 +51,13 @@ enum Command {
         #[command(flatten)]
         args: ConfigArgs,
     },
+    /// Mint a token signed with the configured key (e.g. `herald token --user alice --channels 'chat:*'`).
+    Token {
+        #[command(flatten)]
+        args: ConfigArgs,
+        #[command(flatten)]
+        mint: token::MintArgs,
+    },
 }
 
 fn init_logs(format: &str) {
@@ -74,11 +82,44 @@ fn sources(args: &ConfigArgs) -> config::Sources<'_> {
 }
 
 async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
-    let config = config::load(&sources(&args))?;
+    let mut config = config::load(&sources(&args))?;
+    let mut dev_token = None;
     if args.dev {
         tracing::warn!(
-            "development mode: anonymous clients may publish everywhere and /echo is on; never expose this"
+            "DEVELOPMENT MODE: anonymous clients may publish everywhere, the token secret is random and /echo is on; NEVER expose this"
         );
+        if config.auth.hmac_secret.is_none() {
+            config.auth.hmac_secret = Some(token::dev_secret());
+        }
+        let mint = token::MintArgs {
+            user: "dev".into(),
+            channels: vec!["*".into()],
+            publish: vec!["*".into()],
+            ttl: Duration::from_secs(24 * 3600),
+            info: None,
+            channel: None,
+            key: None,
+            alg: None,
+        };
+        dev_token = Some(token::mint(&config.auth, &mint)?);
+    }
+    if !config.auth.has_keys() {
+        tracing::warn!("no auth keys configured: only namespaces with `anonymous = true` are usable");
+    }
+    let verifier = Arc::new(Verifier::from_config(&config.auth).context("invalid [auth]")?);
+    let jwks_stop = tokio_util::sync::CancellationToken::new();
+    let _jwks_guard = jwks_stop.clone().drop_guard();
+    if let Some(src) = &config.auth.jwks {
+        let n = herald_server::jwks::start(
+            verifier.clone(),
+            src.clone(),
+            config.auth.jwks_refresh,
+            jwks_stop.clone(),
+        )
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot load auth.jwks")?;
+        tracing::info!(keys = n, "JWKS loaded");
     }
     let broker = Arc::new(MemoryBroker::new());
     let heartbeat = Heartbeat {
@@ -90,13 +131,52 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         broker.clone(),
         Arc::new(MemoryPresence::new()),
         heartbeat,
+        verifier,
     );
-    let server = Server::bind(config.server.clone(), config.connection.clone(), node)
+    let server = Server::bind(
+        config.server.clone(),
+        config.connection.clone(),
+        config.tls.clone(),
+        node,
+    )
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = server.local_addr()?;
-    println!("herald listening on http://{addr} (WebSocket: ws://{addr}/ws)");
+    let (http, ws) = if config.tls.enabled() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    // One write: a reader that takes the first line and closes the pipe must not make a second
+    // write fail.
+    let mut banner = format!("herald listening on {http}://{addr} (WebSocket: {ws}://{addr}/ws)\n");
+    if let Some(t) = dev_token {
+        banner.push_str(&format!(
+            "dev token (user \"dev\", all channels, 24h; NOT FOR PRODUCTION):\n{t}\n"
+        ));
+    }
+    {
+        use std::io::Write;
+        let _ = std::io::stdout().write_all(banner.as_bytes());
+        let _ = std::io::stdout().flush();
+    }
     tracing::info!(%addr, "listening");
+    if !config.tls.enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving without TLS on a non-loopback address: put a TLS proxy in front or set [tls]");
+    }
+    let handle = server.handle();
+    let reload = handle.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if let Err(e) = reload.reload_tls() {
+                tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate");
+            }
+        }
+    });
 
     let token = server.shutdown_token();
     tokio::spawn(async move {
@@ -110,6 +190,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         loop {
             tick.tick().await;
             sweeper.sweep();
+            handle.upkeep();
         }
     });
     server.run().await?;
@@ -143,6 +224,10 @@ async fn main() -> ExitCode {
         Command::CheckConfig { args } => config::load(&sources(&args)).and_then(|c| {
             print!("{}", c.to_toml()?);
             eprintln!("configuration is valid");
+            Ok(())
+        }),
+        Command::Token { args, mint } => config::load(&sources(&args)).and_then(|c| {
+            println!("{}", token::mint(&c.auth, &mint)?);
             Ok(())
         }),
     };

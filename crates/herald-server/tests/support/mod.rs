@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_core::memory::{MemoryBroker, MemoryPresence};
-use herald_core::{EngineConfig, Heartbeat, NamespaceOptions, Node};
-use herald_server::{ConnectionConfig, Handle, Server, ServerConfig};
+use herald_core::{EngineConfig, Heartbeat, LimitsConfig, NamespaceOptions, Node, Verifier};
+use herald_server::{ConnectionConfig, Handle, Server, ServerConfig, TlsConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,12 +26,14 @@ pub struct Setup {
     pub engine: EngineConfig,
     pub server: ServerConfig,
     pub conn: ConnectionConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Setup {
     fn default() -> Self {
         let engine = EngineConfig {
             default_namespace: Some(NamespaceOptions::dev()),
+            limits: LimitsConfig::unlimited(),
             ..Default::default()
         };
         let server = ServerConfig {
@@ -43,6 +45,7 @@ impl Default for Setup {
             engine,
             server,
             conn: ConnectionConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -52,13 +55,15 @@ pub async fn start(setup: Setup) -> TestServer {
         ping_interval_ms: setup.conn.ping_interval.as_millis() as u64,
         pong_timeout_ms: setup.conn.pong_timeout.as_millis() as u64,
     };
+    let verifier = Arc::new(Verifier::from_config(&setup.engine.auth).expect("auth config"));
     let node = Node::new(
         setup.engine,
         Arc::new(MemoryBroker::new()),
         Arc::new(MemoryPresence::new()),
         hb,
+        verifier,
     );
-    let server = Server::bind(setup.server, setup.conn, node)
+    let server = Server::bind(setup.server, setup.conn, setup.tls, node)
         .await
         .expect("bind");
     let addr = server.local_addr().expect("addr");

@@ -134,6 +134,35 @@ impl Client {
         c
     }
 
+    /// Connect with a custom request. `Err((status, body))` when the server refused the upgrade.
+    pub async fn open(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Client, (u16, Value)> {
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, _)) => Ok(Client::from_stream(ws)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((resp.status().as_u16(), body))
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+
+    /// `open`, then read the `connected` message.
+    pub async fn open_welcomed(
+        req: tokio_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Client, (u16, Value)> {
+        let mut c = Self::open(req).await?;
+        let w = c.next().await;
+        assert_eq!(w["type"], "connected", "{w}");
+        c.welcome = w["payload"].clone();
+        Ok(c)
+    }
+
     /// Wrap a connected socket without reading the `connected` message.
     pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {
@@ -265,6 +294,13 @@ impl Client {
             }
         }
     }
+}
+
+/// A `/ws` request to customise (headers) before `Client::open`.
+pub fn ws_request(server: &TestServer) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    format!("ws://{}/ws", server.addr)
+        .into_client_request()
+        .expect("req")
 }
 
 /// A raw TCP client that completes the handshake and then only does what the test says: it never

@@ -9,9 +9,9 @@ use herald_proto::{CloseCode, Data, ErrorCode, Format};
 
 use crate::auth::{Claims, TokenError, TokenKind, Verifier};
 use crate::broker::{Broker, BrokerError, ChannelEvent, PublishOutcome, PublishRequest};
-use crate::limits::KeyedLimiter;
 use crate::config::{EngineConfig, NamespaceOptions};
 use crate::hub::Hub;
+use crate::limits::KeyedLimiter;
 use crate::memory::lock;
 use crate::outlet::{Outlet, QueueLimits};
 use crate::presence::PresenceStore;
@@ -210,7 +210,13 @@ impl Node {
         self.verifier.revocations().sweep();
     }
 
-    pub(crate) fn register(&self, user: &str, client_id: &Arc<str>, outlet: &Arc<Outlet>, jti: Option<String>) {
+    pub(crate) fn register(
+        &self,
+        user: &str,
+        client_id: &Arc<str>,
+        outlet: &Arc<Outlet>,
+        jti: Option<String>,
+    ) {
         if user.is_empty() {
             return;
         }

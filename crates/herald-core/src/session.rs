@@ -142,7 +142,9 @@ impl Session {
         if !e.refresh_sent && now >= e.refresh_at {
             e.refresh_sent = true;
             let left = e.expire_at.saturating_duration_since(now).as_millis() as u64;
-            let p = herald_proto::envelope::RefreshInfo { expires_in_ms: left };
+            let p = herald_proto::envelope::RefreshInfo {
+                expires_in_ms: left,
+            };
             if let Some(b) = self.encode("refresh", None, &p) {
                 self.outlet.push_reply(b);
             }
@@ -700,10 +702,7 @@ impl Session {
 
     /// `refresh`: replace the connection token with a fresh one for the same user.
     fn refresh(&mut self, id: &Option<Id>, token: &str) -> Result<(), EngineError> {
-        let claims = self
-            .node
-            .verifier()
-            .verify(token, TokenKind::Connection)?;
+        let claims = self.node.verifier().verify(token, TokenKind::Connection)?;
         if claims.sub != self.identity.user_id {
             return Err(EngineError::new(
                 ErrorCode::TokenInvalid,

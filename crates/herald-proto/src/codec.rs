@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 use crate::codes::ErrorCode;
 use crate::data::{Data, DataOut};
 use crate::envelope::{
-    Auth, ChannelOnly, Refresh, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN, Publish,
-    Request, Resume, Subscribe,
+    Auth, ChannelOnly, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN,
+    Publish, Refresh, Request, Resume, Subscribe,
 };
 use crate::frame::{self, OpCode};
 

@@ -32,24 +32,24 @@ pub fn authorized(headers: &HeaderMap, keys: &[String]) -> bool {
     })
 }
 
-/// Reject requests without a valid API key.
-pub fn check_key(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The 401 response for a request without a valid API key (`None` = the key is valid).
+pub fn key_rejection(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     let keys = &app.node.config().auth.api_keys;
     if keys.is_empty() {
-        return Err(json_error(
+        return Some(json_error(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "the server API is disabled: no auth.api_keys configured",
         ));
     }
     if !authorized(headers, keys) {
-        return Err(json_error(
+        return Some(json_error(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "missing or wrong API key",
         ));
     }
-    Ok(())
+    None
 }
 
 /// `POST /api/v1/revoke` body.
@@ -74,12 +74,18 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Err(r) = check_key(&app, &headers) {
+    if let Some(r) = key_rejection(&app, &headers) {
         return r;
     }
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, &e.body_text()),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &e.body_text(),
+            );
+        }
     };
     let now = herald_core::publication::now_ms() / 1000;
     let expires_at = req.expires_at.unwrap_or(now + 24 * 3600);

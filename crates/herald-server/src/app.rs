@@ -52,7 +52,7 @@ pub struct AppState {
 /// How a `/ws` connection authenticates.
 pub enum Handshake {
     /// Authenticated (or admitted anonymously) at the handshake.
-    Done(Identity, Option<Slot<String>>),
+    Done(Box<Identity>, Option<Slot<String>>),
     /// No token at the handshake and anonymous connections are off: `auth` must come first.
     FirstMessage,
 }
@@ -135,7 +135,11 @@ pub(crate) fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> 
 }
 
 fn too_many(message: &str) -> Response {
-    let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message);
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        message,
+    );
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
@@ -203,7 +207,7 @@ async fn ws_handler(
                         }
                     },
                 };
-                Handshake::Done(identity, slot)
+                Handshake::Done(Box::new(identity), slot)
             }
             Err(e) => {
                 rejected("auth");
@@ -316,7 +320,8 @@ impl Server {
         };
         let listener = TcpListener::bind(server.listen).await?;
         let l = &node.config().limits;
-        let connect_limiter = KeyedLimiter::new(l.connect_per_second_per_ip, l.connect_burst_per_ip);
+        let connect_limiter =
+            KeyedLimiter::new(l.connect_per_second_per_ip, l.connect_burst_per_ip);
         let state = Arc::new(AppState {
             connect_limiter,
             ip_slots: Arc::default(),

@@ -27,7 +27,7 @@ pub async fn serve(
     let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let mut reader = MessageReader::new(rd, app.conn.max_message_size);
     let (identity, user_slot, over_user_limit) = match hs {
-        Handshake::Done(identity, slot) => (identity, slot, false),
+        Handshake::Done(identity, slot) => (*identity, slot, false),
         Handshake::FirstMessage => {
             let Some(identity) =
                 crate::preauth::authenticate(&mut reader, &mut w, format, &app).await

@@ -93,7 +93,10 @@ fn origin_matches(pattern: &str, origin: &str) -> bool {
     let Some((scheme, rest)) = pattern.split_once("://*.") else {
         return false;
     };
-    let Some(host) = origin.strip_prefix(scheme).and_then(|o| o.strip_prefix("://")) else {
+    let Some(host) = origin
+        .strip_prefix(scheme)
+        .and_then(|o| o.strip_prefix("://"))
+    else {
         return false;
     };
     let suffix = format!(".{rest}");
@@ -199,18 +202,33 @@ mod tests {
         let peer: SocketAddr = "10.0.0.2:5000".parse().expect("addr");
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.9")]);
-        assert_eq!(client_ip(peer, &h, &trusted), "203.0.113.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "203.0.113.7".parse::<IpAddr>().expect("ip")
+        );
         // An untrusted peer's headers are ignored.
         assert_eq!(client_ip(peer, &h, &[]), peer.ip());
-        let h = headers(&[("forwarded", "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"")]);
-        assert_eq!(client_ip(peer, &h, &trusted), "2001:db8::1".parse::<IpAddr>().expect("ip"));
+        let h = headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
+        )]);
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "2001:db8::1".parse::<IpAddr>().expect("ip")
+        );
         let h = headers(&[("x-forwarded-for", "garbage, 10.0.0.7")]);
-        assert_eq!(client_ip(peer, &h, &trusted), "10.0.0.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "10.0.0.7".parse::<IpAddr>().expect("ip")
+        );
     }
 
     #[test]
     fn origins() {
-        let allowed = vec!["https://app.example.com".to_owned(), "https://*.example.org".to_owned()];
+        let allowed = vec![
+            "https://app.example.com".to_owned(),
+            "https://*.example.org".to_owned(),
+        ];
         let ok = |o: &'static str| origin_allowed(&headers(&[("origin", o)]), &allowed, false);
         assert!(ok("https://app.example.com"));
         assert!(ok("https://APP.example.com"));
@@ -223,7 +241,10 @@ mod tests {
         assert!(!origin_allowed(&HeaderMap::new(), &allowed, false));
         assert!(origin_allowed(&HeaderMap::new(), &allowed, true));
         // Empty list: same origin only.
-        let same = headers(&[("origin", "http://localhost:8000"), ("host", "localhost:8000")]);
+        let same = headers(&[
+            ("origin", "http://localhost:8000"),
+            ("host", "localhost:8000"),
+        ]);
         assert!(origin_allowed(&same, &[], false));
         let cross = headers(&[("origin", "http://evil.test"), ("host", "localhost:8000")]);
         assert!(!origin_allowed(&cross, &[], false));
@@ -245,8 +266,14 @@ mod tests {
         assert_eq!(token(&h, &uri, &o, &cfg).as_deref(), Some("S"));
         let h = headers(&[("cookie", "x=1; herald_token=C")]);
         assert_eq!(token(&h, &uri, &offer(&h), &cfg).as_deref(), Some("C"));
-        assert_eq!(token(&HeaderMap::new(), &uri, &Offer::default(), &cfg).as_deref(), Some("Q"));
+        assert_eq!(
+            token(&HeaderMap::new(), &uri, &Offer::default(), &cfg).as_deref(),
+            Some("Q")
+        );
         cfg.query_param = None;
-        assert_eq!(token(&HeaderMap::new(), &uri, &Offer::default(), &cfg), None);
+        assert_eq!(
+            token(&HeaderMap::new(), &uri, &Offer::default(), &cfg),
+            None
+        );
     }
 }

@@ -48,8 +48,8 @@ pub async fn fetch(source: &str) -> Result<Vec<u8>, String> {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-            let name = rustls_pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| e.to_string())?;
+            let name =
+                rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
                 .connect(name, tcp)
                 .await
@@ -101,7 +101,10 @@ pub async fn start(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => break,
             }
-            match fetch(&source).await.and_then(|d| verifier.set_jwks(&d).map_err(|e| e.to_string())) {
+            match fetch(&source)
+                .await
+                .and_then(|d| verifier.set_jwks(&d).map_err(|e| e.to_string()))
+            {
                 Ok(n) => tracing::debug!(keys = n, "JWKS refreshed"),
                 Err(e) => {
                     metrics::counter!("herald_jwks_refresh_failures_total").increment(1);

@@ -20,11 +20,11 @@ pub mod config;
 pub mod connection;
 pub mod handshake;
 pub mod jwks;
+pub mod metrics;
 pub mod preauth;
+pub mod reader;
 pub mod slots;
 pub mod tls;
-pub mod metrics;
-pub mod reader;
 pub mod writer;
 
 pub use app::{Handle, Server};

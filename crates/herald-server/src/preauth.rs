@@ -95,7 +95,8 @@ where
         };
         match req.command {
             Command::Ping => {
-                let pong = herald_proto::encode(format, "pong", req.id.as_ref(), &serde_json::Map::new());
+                let pong =
+                    herald_proto::encode(format, "pong", req.id.as_ref(), &serde_json::Map::new());
                 if !send(w, &pong.into_iter().collect::<Vec<_>>(), write_timeout).await {
                     return None;
                 }

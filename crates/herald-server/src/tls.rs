@@ -52,11 +52,7 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-fn load_key(
-    provider: &CryptoProvider,
-    cert: &Path,
-    key: &Path,
-) -> io::Result<Arc<CertifiedKey>> {
+fn load_key(provider: &CryptoProvider, cert: &Path, key: &Path) -> io::Result<Arc<CertifiedKey>> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| bad(cert, &e.to_string()))?
         .collect::<Result<_, _>>()

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_core::outlet::{Drained, Outlet};
-use herald_proto::{CloseCode, Format};
 use herald_proto::envelope::Disconnect;
 use herald_proto::frame::{self, OpCode};
+use herald_proto::{CloseCode, Format};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 

@@ -6,9 +6,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use herald_core::{AuthConfig, NamespaceOptions};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use futures_util::SinkExt;
 use serde_json::{Value, json};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -126,7 +126,10 @@ fn secure_setup() -> Setup {
     s
 }
 
-fn bearer(s: &TestServer, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+fn bearer(
+    s: &TestServer,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     let mut req = ws_request(s);
     req.headers_mut().insert(
         "Authorization",
@@ -153,7 +156,11 @@ async fn tokens_of_every_supported_algorithm_authenticate() {
     let s = start(secure_setup()).await;
     let c = connect_as(&s, &hs(&claims("alice", json!({})))).await;
     assert_eq!(c.welcome["user_id"], "alice");
-    assert!(c.welcome["expires_in_ms"].as_u64().is_some_and(|ms| ms > 3_000_000));
+    assert!(
+        c.welcome["expires_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 3_000_000)
+    );
     for (alg, key) in [
         (Algorithm::RS256, "rsa.key"),
         (Algorithm::ES256, "ec.key"),
@@ -175,18 +182,39 @@ async fn bad_tokens_get_401_with_documented_codes() {
 
     let mut expired = claims("alice", good.clone());
     expired["exp"] = json!(now() - 120);
-    assert_eq!(refused(&s, &hs(&expired)).await, (401, "token_expired".into()));
+    assert_eq!(
+        refused(&s, &hs(&expired)).await,
+        (401, "token_expired".into())
+    );
 
     let mut early = claims("alice", good.clone());
     early["nbf"] = json!(now() + 600);
-    assert_eq!(refused(&s, &hs(&early)).await, (401, "token_invalid".into()));
+    assert_eq!(
+        refused(&s, &hs(&early)).await,
+        (401, "token_invalid".into())
+    );
 
-    let wrong_aud = claims("alice", json!({"aud": "other", "iss": "https://auth.example"}));
-    assert_eq!(refused(&s, &hs(&wrong_aud)).await, (401, "token_invalid".into()));
+    let wrong_aud = claims(
+        "alice",
+        json!({"aud": "other", "iss": "https://auth.example"}),
+    );
+    assert_eq!(
+        refused(&s, &hs(&wrong_aud)).await,
+        (401, "token_invalid".into())
+    );
     let no_aud = claims("alice", json!({"iss": "https://auth.example"}));
-    assert_eq!(refused(&s, &hs(&no_aud)).await, (401, "token_invalid".into()));
-    let wrong_iss = claims("alice", json!({"aud": "herald", "iss": "https://evil.example"}));
-    assert_eq!(refused(&s, &hs(&wrong_iss)).await, (401, "token_invalid".into()));
+    assert_eq!(
+        refused(&s, &hs(&no_aud)).await,
+        (401, "token_invalid".into())
+    );
+    let wrong_iss = claims(
+        "alice",
+        json!({"aud": "herald", "iss": "https://evil.example"}),
+    );
+    assert_eq!(
+        refused(&s, &hs(&wrong_iss)).await,
+        (401, "token_invalid".into())
+    );
 
     let forged = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -196,7 +224,11 @@ async fn bad_tokens_get_401_with_documented_codes() {
     .expect("sign");
     assert_eq!(refused(&s, &forged).await, (401, "token_invalid".into()));
 
-    let none = unsigned(&json!({"alg": "none", "typ": "JWT"}), &claims("alice", good.clone()), b"");
+    let none = unsigned(
+        &json!({"alg": "none", "typ": "JWT"}),
+        &claims("alice", good.clone()),
+        b"",
+    );
     assert_eq!(refused(&s, &none).await, (401, "token_invalid".into()));
 
     // Algorithm confusion: HS256 "signed" with the server's RSA public key as the secret.
@@ -212,10 +244,17 @@ async fn bad_tokens_get_401_with_documented_codes() {
     assert_eq!(refused(&s, &confused).await, (401, "token_invalid".into()));
 
     for junk in ["x", "a.b.c", "....", &"A".repeat(20_000)] {
-        assert_eq!(refused(&s, junk).await, (401, "token_invalid".into()), "{junk:.20}");
+        assert_eq!(
+            refused(&s, junk).await,
+            (401, "token_invalid".into()),
+            "{junk:.20}"
+        );
     }
     // A channel token cannot stand in for a connection token.
-    let chan = hs(&claims("alice", json!({"aud": "herald", "iss": "https://auth.example", "channel": "chat:x"})));
+    let chan = hs(&claims(
+        "alice",
+        json!({"aud": "herald", "iss": "https://auth.example", "channel": "chat:x"}),
+    ));
     assert_eq!(refused(&s, &chan).await, (401, "token_invalid".into()));
 }
 
@@ -227,7 +266,11 @@ async fn algorithm_confusion_is_rejected_without_an_hmac_key() {
     let rsa_pub = std::fs::read(key_path("rsa.pub")).expect("pub");
     let header = json!({"alg": "HS256", "typ": "JWT"});
     let body = claims("mallory", json!({}));
-    let part = unsigned(&header, &body, b"").rsplit_once('.').expect("dot").0.to_owned();
+    let part = unsigned(&header, &body, b"")
+        .rsplit_once('.')
+        .expect("dot")
+        .0
+        .to_owned();
     let confused = unsigned(&header, &body, &hmac_sha256(&rsa_pub, part.as_bytes()));
     assert_eq!(refused(&s, &confused).await, (401, "token_invalid".into()));
     let ok = signed(Algorithm::RS256, "rsa.key", None, &claims("bob", json!({})));
@@ -245,7 +288,12 @@ async fn jwks_keys_are_found_by_kid_and_symmetric_jwks_keys_are_ignored() {
         .await
         .expect("read jwks");
     assert_eq!(s.handle.node().verifier().set_jwks(&doc).expect("jwks"), 1);
-    let t = signed(Algorithm::RS256, "rsa.key", Some("rsa-1"), &claims("carol", json!({})));
+    let t = signed(
+        Algorithm::RS256,
+        "rsa.key",
+        Some("rsa-1"),
+        &claims("carol", json!({})),
+    );
     assert_eq!(connect_as(&s, &t).await.welcome["user_id"], "carol");
     // The JWKS `oct` key "sym" must not become an HMAC key.
     let forged = {
@@ -269,20 +317,30 @@ async fn token_carriers_cookie_subprotocol_and_query_are_configurable() {
     let t = hs(&claims("alice", json!({})));
 
     let mut req = ws_request(&s);
-    req.headers_mut()
-        .insert("Cookie", format!("theme=dark; herald_token={t}").parse().expect("hdr"));
+    req.headers_mut().insert(
+        "Cookie",
+        format!("theme=dark; herald_token={t}")
+            .parse()
+            .expect("hdr"),
+    );
     let c = Client::open_welcomed(req).await.expect("cookie");
     assert_eq!(c.welcome["user_id"], "alice");
 
     let mut req = ws_request(&s);
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
-        format!("herald.v1.json, herald.auth.{t}").parse().expect("hdr"),
+        format!("herald.v1.json, herald.auth.{t}")
+            .parse()
+            .expect("hdr"),
     );
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("subprotocol");
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("subprotocol");
     // The server selects the format only; the token entry is never echoed.
     assert_eq!(
-        resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
         Some("herald.v1.json")
     );
     let mut c = Client::from_stream(ws);
@@ -324,9 +382,14 @@ async fn first_message_auth_accepts_only_auth_and_ping() {
     let mut c = Client::open(ws_request(&s)).await.expect("upgrade");
     c.send(json!({"type": "ping", "id": "p"})).await;
     let pong = c.next().await;
-    assert_eq!((pong["type"].clone(), pong["id"].clone()), (json!("pong"), json!("p")));
-    c.send(json!({"type": "auth", "id": "a", "payload": {"token": hs(&claims("alice", json!({})))}}))
-        .await;
+    assert_eq!(
+        (pong["type"].clone(), pong["id"].clone()),
+        (json!("pong"), json!("p"))
+    );
+    c.send(
+        json!({"type": "auth", "id": "a", "payload": {"token": hs(&claims("alice", json!({})))}}),
+    )
+    .await;
     let w = c.next().await;
     assert_eq!(w["type"], "connected");
     assert_eq!(w["payload"]["user_id"], "alice");
@@ -341,14 +404,16 @@ async fn first_message_auth_accepts_only_auth_and_ping() {
 
     // A bad token in `auth`: the token's code, then 4502.
     let mut c = Client::open(ws_request(&s)).await.expect("upgrade");
-    c.send(json!({"type": "auth", "id": "a", "payload": {"token": "nope"}})).await;
+    c.send(json!({"type": "auth", "id": "a", "payload": {"token": "nope"}}))
+        .await;
     let (adv, frames) = c.closed_with(4502).await;
     assert_eq!(frames[0]["payload"]["code"], "token_invalid");
     assert_eq!(adv["reconnect"], false);
 
     // No token at all while anonymous connections are off.
     let mut c = Client::open(ws_request(&s)).await.expect("upgrade");
-    c.send(json!({"type": "auth", "id": "a", "payload": {}})).await;
+    c.send(json!({"type": "auth", "id": "a", "payload": {}}))
+        .await;
     let (_, frames) = c.closed_with(4502).await;
     assert_eq!(frames[0]["payload"]["code"], "unauthorized");
 }
@@ -359,7 +424,10 @@ async fn first_message_auth_times_out_with_4011() {
     let mut c = Client::open(ws_request(&s)).await.expect("upgrade");
     let (adv, frames) = c.closed_with(4011).await;
     assert_eq!(adv["reconnect"], true);
-    assert!(frames.iter().all(|f| f["type"] != "connected"), "{frames:?}");
+    assert!(
+        frames.iter().all(|f| f["type"] != "connected"),
+        "{frames:?}"
+    );
     // The handshake path still works on the same server.
     connect_as(&s, &hs(&claims("alice", json!({})))).await;
 }
@@ -386,18 +454,25 @@ async fn every_command_is_authorized_against_namespace_and_claims() {
             p["data"] = json!(1);
         }
         let (r, _) = alice.call(kind, p).await;
-        assert_eq!(r["payload"]["code"], "permission_denied", "{kind} {channel}: {r}");
+        assert_eq!(
+            r["payload"]["code"], "permission_denied",
+            "{kind} {channel}: {r}"
+        );
     }
     alice.publish("chat:team-a", json!("hi")).await;
     let m = alice.next_message().await;
     assert_eq!(m["info"]["info"]["name"], "Alice", "{m}");
-    let p = alice.ok("presence", json!({"channel": "chat:team-a"})).await;
+    let p = alice
+        .ok("presence", json!({"channel": "chat:team-a"}))
+        .await;
     assert_eq!(p["clients"][0]["info"]["name"], "Alice");
 
     // Anonymous clients: only namespaces that admit them.
     let mut anon = Client::connect(&s).await;
     anon.subscribe("public:news").await;
-    let (r, _) = anon.call("subscribe", json!({"channel": "chat:team-a"})).await;
+    let (r, _) = anon
+        .call("subscribe", json!({"channel": "chat:team-a"}))
+        .await;
     assert_eq!(r["payload"]["code"], "unauthorized");
     let (r, _) = anon
         .call("publish", json!({"channel": "public:news", "data": 1}))
@@ -428,27 +503,41 @@ async fn user_limited_channels_admit_only_their_users() {
 async fn private_channels_need_a_channel_token_for_this_user_and_channel() {
     let s = start(secure_setup()).await;
     let mut alice = connect_as(&s, &hs(&claims("alice", json!({"channels": ["*"]})))).await;
-    let (r, _) = alice.call("subscribe", json!({"channel": "secret:plans"})).await;
+    let (r, _) = alice
+        .call("subscribe", json!({"channel": "secret:plans"}))
+        .await;
     assert_eq!(r["payload"]["code"], "permission_denied");
     let for_bob = hs(&claims("bob", json!({"channel": "secret:plans"})));
     let (r, _) = alice
-        .call("subscribe", json!({"channel": "secret:plans", "token": for_bob}))
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": for_bob}),
+        )
         .await;
     assert_eq!(r["payload"]["code"], "token_invalid");
     let other = hs(&claims("alice", json!({"channel": "secret:other"})));
     let (r, _) = alice
-        .call("subscribe", json!({"channel": "secret:plans", "token": other}))
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": other}),
+        )
         .await;
     assert_eq!(r["payload"]["code"], "token_invalid");
     let mut expired = claims("alice", json!({"channel": "secret:plans"}));
     expired["exp"] = json!(now() - 120);
     let (r, _) = alice
-        .call("subscribe", json!({"channel": "secret:plans", "token": hs(&expired)}))
+        .call(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": hs(&expired)}),
+        )
         .await;
     assert_eq!(r["payload"]["code"], "token_expired");
     let good = hs(&claims("alice", json!({"channel": "secret:plans"})));
     alice
-        .ok("subscribe", json!({"channel": "secret:plans", "token": good}))
+        .ok(
+            "subscribe",
+            json!({"channel": "secret:plans", "token": good}),
+        )
         .await;
 }
 
@@ -465,11 +554,18 @@ async fn refresh_keeps_the_connection_past_the_first_expiry() {
     // The server asks for a fresh token before expiry (halfway through a short lifetime).
     let push = c.next().await;
     assert_eq!(push["type"], "refresh", "{push}");
-    assert!(push["payload"]["expires_in_ms"].as_u64().is_some_and(|ms| ms <= 3000));
+    assert!(
+        push["payload"]["expires_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 3000)
+    );
     let (r, _) = c
         .call("refresh", json!({"token": hs(&claims("bob", json!({})))}))
         .await;
-    assert_eq!(r["payload"]["code"], "token_invalid", "another user's token");
+    assert_eq!(
+        r["payload"]["code"], "token_invalid",
+        "another user's token"
+    );
     let r = c
         .ok("refresh", json!({"token": short_lived("alice", 3600)}))
         .await;
@@ -494,9 +590,13 @@ async fn expiry_without_refresh_closes_with_4010() {
 
 async fn api_post(s: &TestServer, path: &str, key: Option<&str>, body: Value) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
+    let mut tcp = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
     let body = body.to_string();
-    let auth = key.map(|k| format!("Authorization: apikey {k}\r\n")).unwrap_or_default();
+    let auth = key
+        .map(|k| format!("Authorization: apikey {k}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -527,12 +627,30 @@ async fn revocation_closes_live_connections_and_rejects_the_token() {
     let mut a2 = connect_as(&s, &t).await;
     let mut bob = connect_as(&s, &hs(&claims("bob", json!({"jti": "bob-1"})))).await;
 
-    assert_eq!(api_post(&s, "/api/v1/revoke", None, json!({"user": "alice"})).await.0, 401);
     assert_eq!(
-        api_post(&s, "/api/v1/revoke", Some("wrong-key-wrong-key"), json!({"user": "alice"})).await.0,
+        api_post(&s, "/api/v1/revoke", None, json!({"user": "alice"}))
+            .await
+            .0,
         401
     );
-    let (status, body) = api_post(&s, "/api/v1/revoke", Some(API_KEY), json!({"user": "alice"})).await;
+    assert_eq!(
+        api_post(
+            &s,
+            "/api/v1/revoke",
+            Some("wrong-key-wrong-key"),
+            json!({"user": "alice"})
+        )
+        .await
+        .0,
+        401
+    );
+    let (status, body) = api_post(
+        &s,
+        "/api/v1/revoke",
+        Some(API_KEY),
+        json!({"user": "alice"}),
+    )
+    .await;
     assert_eq!((status, body["closed"].clone()), (200, json!(2)));
     for c in [&mut a1, &mut a2] {
         let (adv, _) = c.closed_with(4503).await;
@@ -540,11 +658,19 @@ async fn revocation_closes_live_connections_and_rejects_the_token() {
     }
     assert_eq!(refused(&s, &t).await, (401, "token_revoked".into()));
 
-    let (status, body) = api_post(&s, "/api/v1/revoke", Some(API_KEY), json!({"token_id": "bob-1"})).await;
+    let (status, body) = api_post(
+        &s,
+        "/api/v1/revoke",
+        Some(API_KEY),
+        json!({"token_id": "bob-1"}),
+    )
+    .await;
     assert_eq!((status, body["closed"].clone()), (200, json!(1)));
     bob.closed_with(4503).await;
     assert_eq!(
-        api_post(&s, "/api/v1/revoke", Some(API_KEY), json!({"nobody": 1})).await.0,
+        api_post(&s, "/api/v1/revoke", Some(API_KEY), json!({"nobody": 1}))
+            .await
+            .0,
         400
     );
 }
@@ -552,7 +678,10 @@ async fn revocation_closes_live_connections_and_rejects_the_token() {
 #[tokio::test]
 async fn disallowed_origin_gets_403_before_the_upgrade() {
     let mut setup = secure_setup();
-    setup.server.allowed_origins = vec!["https://app.example.com".into(), "https://*.example.org".into()];
+    setup.server.allowed_origins = vec![
+        "https://app.example.com".into(),
+        "https://*.example.org".into(),
+    ];
     setup.server.allow_missing_origin = false;
     let s = start(setup).await;
     let with_origin = |o: &str| {
@@ -560,13 +689,28 @@ async fn disallowed_origin_gets_403_before_the_upgrade() {
         r.headers_mut().insert("Origin", o.parse().expect("hdr"));
         r
     };
-    for o in ["https://evil.example", "https://app.example.com.evil.example", "null"] {
+    for o in [
+        "https://evil.example",
+        "https://app.example.com.evil.example",
+        "null",
+    ] {
         let e = Client::open(with_origin(o)).await.err().expect("refused");
         assert_eq!(e.0, 403, "{o}");
     }
-    assert_eq!(Client::open(ws_request(&s)).await.err().expect("no origin").0, 403);
-    Client::open_welcomed(with_origin("https://app.example.com")).await.expect("allowed");
-    Client::open_welcomed(with_origin("https://eu.example.org")).await.expect("allowed");
+    assert_eq!(
+        Client::open(ws_request(&s))
+            .await
+            .err()
+            .expect("no origin")
+            .0,
+        403
+    );
+    Client::open_welcomed(with_origin("https://app.example.com"))
+        .await
+        .expect("allowed");
+    Client::open_welcomed(with_origin("https://eu.example.org"))
+        .await
+        .expect("allowed");
 }
 
 #[tokio::test]
@@ -593,7 +737,13 @@ async fn command_rate_limit_answers_rate_limited_recovers_then_closes_when_susta
     until_pong(&mut c).await;
     // Sustained excess closes the socket with 4004.
     for i in 0..200 {
-        if c.ws.send(Message::Text(json!({"type": "ping", "id": i}).to_string().into())).await.is_err() {
+        if c.ws
+            .send(Message::Text(
+                json!({"type": "ping", "id": i}).to_string().into(),
+            ))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -621,10 +771,14 @@ async fn per_user_publish_rate_is_limited() {
     let t = hs(&claims("alice", json!({"publish": ["chat:*"]})));
     let mut a = connect_as(&s, &t).await;
     let mut b = connect_as(&s, &t).await;
-    a.ok("publish", json!({"channel": "chat:x", "data": 1})).await;
-    b.ok("publish", json!({"channel": "chat:x", "data": 2})).await;
+    a.ok("publish", json!({"channel": "chat:x", "data": 1}))
+        .await;
+    b.ok("publish", json!({"channel": "chat:x", "data": 2}))
+        .await;
     // The third publish of the same user, on another connection, is over the per-user limit.
-    let (r, _) = a.call("publish", json!({"channel": "chat:x", "data": 3})).await;
+    let (r, _) = a
+        .call("publish", json!({"channel": "chat:x", "data": 3}))
+        .await;
     assert_eq!(r["payload"]["code"], "rate_limited");
 }
 
@@ -647,7 +801,10 @@ async fn per_ip_connect_rate_and_connection_caps_answer_429() {
     let a = connect_as(&s, &t).await;
     assert_eq!(refused(&s, &t).await.0, 429, "second connection of alice");
     let _b = Client::connect(&s).await;
-    assert_eq!(Client::open(ws_request(&s)).await.err().expect("cap").0, 429);
+    assert_eq!(
+        Client::open(ws_request(&s)).await.err().expect("cap").0,
+        429
+    );
     drop(a);
     // The slot frees when the server sees the socket close.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -670,21 +827,31 @@ async fn forwarded_client_ips_count_only_behind_trusted_proxies() {
     let s = start(setup).await;
     let from = |ip: &str| {
         let mut r = ws_request(&s);
-        r.headers_mut().insert("X-Forwarded-For", ip.parse().expect("hdr"));
+        r.headers_mut()
+            .insert("X-Forwarded-For", ip.parse().expect("hdr"));
         r
     };
     let _a = Client::open_welcomed(from("203.0.113.1")).await.expect("a");
     let _b = Client::open_welcomed(from("203.0.113.2")).await.expect("b");
-    assert_eq!(Client::open(from("203.0.113.1")).await.err().expect("same ip").0, 429);
+    assert_eq!(
+        Client::open(from("203.0.113.1"))
+            .await
+            .err()
+            .expect("same ip")
+            .0,
+        429
+    );
 
     // Without the proxy being trusted, the header is ignored: every client is 127.0.0.1.
     let mut setup = secure_setup();
     setup.engine.limits.max_connections_per_ip = 1;
     let s = start(setup).await;
     let mut r = ws_request(&s);
-    r.headers_mut().insert("X-Forwarded-For", "203.0.113.1".parse().expect("hdr"));
+    r.headers_mut()
+        .insert("X-Forwarded-For", "203.0.113.1".parse().expect("hdr"));
     let _a = Client::open_welcomed(r).await.expect("a");
     let mut r = ws_request(&s);
-    r.headers_mut().insert("X-Forwarded-For", "203.0.113.2".parse().expect("hdr"));
+    r.headers_mut()
+        .insert("X-Forwarded-For", "203.0.113.2".parse().expect("hdr"));
     assert_eq!(Client::open(r).await.err().expect("spoofed").0, 429);
 }

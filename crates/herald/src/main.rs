@@ -104,7 +104,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         dev_token = Some(token::mint(&config.auth, &mint)?);
     }
     if !config.auth.has_keys() {
-        tracing::warn!("no auth keys configured: only namespaces with `anonymous = true` are usable");
+        tracing::warn!(
+            "no auth keys configured: only namespaces with `anonymous = true` are usable"
+        );
     }
     let verifier = Arc::new(Verifier::from_config(&config.auth).context("invalid [auth]")?);
     let jwks_stop = tokio_util::sync::CancellationToken::new();
@@ -139,8 +141,8 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         config.tls.clone(),
         node,
     )
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    .await
+    .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = server.local_addr()?;
     let (http, ws) = if config.tls.enabled() {
         ("https", "wss")

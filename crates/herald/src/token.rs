@@ -48,7 +48,8 @@ fn now_secs() -> u64 {
 pub fn mint(auth: &AuthConfig, args: &MintArgs) -> anyhow::Result<String> {
     let (key, default_alg) = match &args.key {
         Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             if let Ok(k) = EncodingKey::from_rsa_pem(&pem) {
                 (k, Algorithm::RS256)
             } else if let Ok(k) = EncodingKey::from_ec_pem(&pem) {
@@ -56,7 +57,10 @@ pub fn mint(auth: &AuthConfig, args: &MintArgs) -> anyhow::Result<String> {
             } else if let Ok(k) = EncodingKey::from_ed_pem(&pem) {
                 (k, Algorithm::EdDSA)
             } else {
-                bail!("{}: not an RSA, EC or Ed25519 private key in PEM form", path.display());
+                bail!(
+                    "{}: not an RSA, EC or Ed25519 private key in PEM form",
+                    path.display()
+                );
             }
         }
         None => match &auth.hmac_secret {
@@ -65,7 +69,9 @@ pub fn mint(auth: &AuthConfig, args: &MintArgs) -> anyhow::Result<String> {
         },
     };
     let alg = match &args.alg {
-        Some(a) => a.parse().map_err(|_| anyhow::anyhow!("unknown algorithm {a:?}"))?,
+        Some(a) => a
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown algorithm {a:?}"))?,
         None => default_alg,
     };
     let info = match &args.info {
@@ -101,6 +107,11 @@ pub fn dev_secret() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..48)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..62)]))
+        .map(|_| {
+            char::from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [rng.random_range(0..62)],
+            )
+        })
         .collect()
 }

@@ -65,7 +65,10 @@ impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Secrets never reach logs.
         f.debug_struct("AuthConfig")
-            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "hmac_secret",
+                &self.hmac_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("public_keys", &self.public_keys)
             .field("jwks", &self.jwks)
             .field("algorithms", &self.algorithms)

@@ -192,9 +192,11 @@ impl Verifier {
             if v.hmac.is_some() {
                 all.extend([Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]);
             }
-            all.extend(ASYMMETRIC.into_iter().filter(|a| {
-                v.jwks_configured || v.pem.iter().any(|k| k.family() == a.family())
-            }));
+            all.extend(
+                ASYMMETRIC.into_iter().filter(|a| {
+                    v.jwks_configured || v.pem.iter().any(|k| k.family() == a.family())
+                }),
+            );
             all
         } else {
             cfg.algorithms
@@ -306,7 +308,9 @@ impl Verifier {
                 ));
             }
             (TokenKind::Channel, None) => {
-                return Err(TokenError::Claims("a channel token needs a `channel` claim"));
+                return Err(TokenError::Claims(
+                    "a channel token needs a `channel` claim",
+                ));
             }
             _ => {}
         }

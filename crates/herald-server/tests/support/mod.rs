@@ -297,7 +297,9 @@ impl Client {
 }
 
 /// A `/ws` request to customise (headers) before `Client::open`.
-pub fn ws_request(server: &TestServer) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+pub fn ws_request(
+    server: &TestServer,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     format!("ws://{}/ws", server.addr)
         .into_client_request()
         .expect("req")

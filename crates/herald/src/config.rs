@@ -87,9 +87,15 @@ impl Config {
         }
     }
 
-    /// Render as TOML (for `check-config`).
+    /// Render as TOML (for `check-config`), with secrets redacted.
     pub fn to_toml(&self) -> anyhow::Result<String> {
-        Ok(toml::to_string_pretty(self)?)
+        let mut shown = self.clone();
+        let redacted = || "<redacted>".to_owned();
+        if shown.auth.hmac_secret.is_some() {
+            shown.auth.hmac_secret = Some(redacted());
+        }
+        shown.auth.api_keys.iter_mut().for_each(|k| *k = redacted());
+        Ok(toml::to_string_pretty(&shown)?)
     }
 }
 

@@ -65,25 +65,125 @@ fn dev_mode_refuses_public_addresses() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
 }
 
-#[tokio::test]
-async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
+/// A running `herald serve` child; killed on drop.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    /// Standard output after the first line (kept open so the server never writes to a closed
+    /// pipe).
+    rest: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
+    let mut rest = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read line");
+    rest.read_line(&mut line).expect("read line");
     let addr = line
         .split("http://")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .expect("address")
         .to_owned();
+    Served { child, addr, rest }
+}
+
+async fn connect_with_token(addr: &str, token: &str) -> serde_json::Value {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("req");
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("hdr"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    let first = ws.next().await.expect("frame").expect("ok");
+    serde_json::from_str(first.to_text().expect("text")).expect("json")
+}
+
+const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
+
+#[tokio::test]
+async fn token_mints_tokens_the_server_accepts() {
+    let env = [("HERALD_AUTH__HMAC_SECRET", SECRET)];
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--user",
+            "alice",
+            "--channels",
+            "chat:*",
+            "--ttl",
+            "1h",
+        ])
+        .envs(env)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let s = serve(&[], &env);
+    let welcome = connect_with_token(&s.addr, &token).await;
+    assert_eq!(welcome["payload"]["user_id"], "alice", "{welcome}");
+
+    let out = Command::new(BIN)
+        .args(["token", "--user", "alice"])
+        .env_remove("HERALD_AUTH__HMAC_SECRET")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no signing key"));
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_working_token_and_check_config_hides_secrets() {
+    let mut s = serve(&["--dev"], &[]);
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut l = String::new();
+        s.rest.read_line(&mut l).expect("line");
+        lines.push(l);
+    }
+    assert!(lines[0].contains("NOT FOR PRODUCTION"), "{lines:?}");
+    let welcome = connect_with_token(&s.addr, lines[1].trim()).await;
+    assert_eq!(welcome["payload"]["user_id"], "dev");
+
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .env("HERALD_AUTH__HMAC_SECRET", SECRET)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(SECRET), "{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+}
+
+#[tokio::test]
+async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
+    let mut served = serve(&["--dev"], &[]);
+    let addr = served.addr.clone();
     let mut clients = Vec::new();
     for _ in 0..3 {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
@@ -94,7 +194,7 @@ async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
         clients.push(ws);
     }
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &served.child.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
@@ -118,7 +218,7 @@ async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = served.child.try_wait().expect("wait") {
             break s;
         }
         assert!(std::time::Instant::now() < deadline, "herald did not exit");

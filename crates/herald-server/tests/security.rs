@@ -855,3 +855,116 @@ async fn forwarded_client_ips_count_only_behind_trusted_proxies() {
         .insert("X-Forwarded-For", "203.0.113.2".parse().expect("hdr"));
     assert_eq!(Client::open(r).await.err().expect("spoofed").0, 429);
 }
+
+#[tokio::test]
+async fn without_keys_anonymous_namespaces_work_and_tokens_are_refused() {
+    let mut setup = secure_setup();
+    setup.engine.auth = AuthConfig::default();
+    let s = start(setup).await;
+    let mut anon = Client::connect(&s).await;
+    anon.subscribe("public:news").await;
+    let (r, _) = anon.call("subscribe", json!({"channel": "chat:x"})).await;
+    assert_eq!(r["payload"]["code"], "unauthorized");
+    assert_eq!(
+        refused(&s, &hs(&claims("alice", json!({})))).await,
+        (401, "token_invalid".into())
+    );
+}
+
+#[tokio::test]
+async fn a_resume_token_cannot_switch_users() {
+    let s = start(secure_setup()).await;
+    let alice_token = hs(&claims("alice", json!({"channels": ["chat:*"]})));
+    let mut alice = connect_as(&s, &alice_token).await;
+    alice.subscribe("chat:a").await;
+    let resume = alice.welcome["resume_token"].clone();
+    drop(alice); // no close frame: the session waits for resume
+    until("session to wait for resume", || {
+        s.handle.node().waiting_sessions() == 1
+    })
+    .await;
+    let mut mallory = connect_as(&s, &hs(&claims("mallory", json!({})))).await;
+    let (r, _) = mallory.call("resume", json!({"token": resume})).await;
+    assert_eq!(r["payload"]["code"], "session_not_found");
+    let mut anon = Client::connect(&s).await;
+    let (r, _) = anon.call("resume", json!({"token": resume})).await;
+    assert_eq!(r["payload"]["code"], "session_not_found");
+    // The rightful user still resumes.
+    let mut alice = connect_as(&s, &alice_token).await;
+    let r = alice.ok("resume", json!({"token": resume})).await;
+    assert_eq!(r["channels"][0]["channel"], "chat:a");
+}
+
+/// Serve one file over plain HTTP on 127.0.0.1 (a stand-in identity provider), re-reading it on
+/// every request.
+async fn serve_file(path: PathBuf) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let body = std::fs::read(&path).unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&body).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn jwks_is_fetched_over_http_and_refreshed() {
+    let dir = std::env::temp_dir().join(format!("herald-jwks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("jwks.json");
+    std::fs::write(&file, r#"{"keys":[]}"#).expect("write");
+    let idp = serve_file(file.clone()).await;
+    let url = format!("http://{idp}/.well-known/jwks.json");
+
+    let mut setup = secure_setup();
+    setup.engine.auth.hmac_secret = None;
+    setup.engine.auth.public_keys.clear();
+    setup.engine.auth.jwks = Some(url.clone());
+    let s = start(setup).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+    let n = herald_server::jwks::start(
+        s.handle.node().verifier().clone(),
+        url,
+        Duration::from_millis(100),
+        stop,
+    )
+    .await
+    .expect("initial fetch");
+    assert_eq!(n, 0);
+    let t = signed(
+        Algorithm::RS256,
+        "rsa.key",
+        Some("rsa-1"),
+        &claims("dora", json!({})),
+    );
+    assert_eq!(refused(&s, &t).await.0, 401);
+    // The identity provider publishes the key; the next refresh picks it up.
+    std::fs::copy(key_path("jwks.json"), &file).expect("publish key");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Client::open_welcomed(bearer(&s, &t)).await {
+            Ok(c) => {
+                assert_eq!(c.welcome["user_id"], "dora");
+                break;
+            }
+            Err((401, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

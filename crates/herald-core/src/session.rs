@@ -749,14 +749,7 @@ impl Session {
         self.admitted(ns)?;
         let user = &self.identity.user_id;
         if let Some(listed) = patterns::user_allowed(channel, user) {
-            return if listed {
-                Ok(())
-            } else {
-                Err(EngineError::new(
-                    ErrorCode::PermissionDenied,
-                    "this user-limited channel does not list you",
-                ))
-            };
+            return if listed { Ok(()) } else { Err(not_listed()) };
         }
         if let Some(t) = channel_token {
             let c = self.node.verifier().verify(t, TokenKind::Channel)?;
@@ -802,10 +795,7 @@ impl Session {
     fn may_publish(&self, channel: &str, ns: &NamespaceOptions) -> Result<(), EngineError> {
         self.admitted(ns)?;
         if patterns::user_allowed(channel, &self.identity.user_id) == Some(false) {
-            return Err(EngineError::new(
-                ErrorCode::PermissionDenied,
-                "this user-limited channel does not list you",
-            ));
+            return Err(not_listed());
         }
         if ns.allow_publish || patterns::any_matches(self.claim_patterns(true), channel) {
             return Ok(());
@@ -823,6 +813,13 @@ impl Session {
             self.leave(&channel).await;
         }
     }
+}
+
+fn not_listed() -> EngineError {
+    EngineError::new(
+        ErrorCode::PermissionDenied,
+        "this user-limited channel does not list you",
+    )
 }
 
 impl Drop for Session {

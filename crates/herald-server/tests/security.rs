@@ -72,7 +72,6 @@ fn unsigned(header: &Value, claims: &Value, sig: &[u8]) -> String {
 }
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
-    // Sign like an attacker would: HS256 with the server's *public* RSA key as the secret.
     let k = EncodingKey::from_secret(key);
     let t = jsonwebtoken::crypto::sign(msg, &k, Algorithm::HS256).expect("sign");
     use base64::Engine as _;
@@ -180,82 +179,78 @@ async fn bad_tokens_get_401_with_documented_codes() {
     let good = json!({"aud": "herald", "iss": "https://auth.example"});
     connect_as(&s, &hs(&claims("alice", good.clone()))).await;
 
-    let mut expired = claims("alice", good.clone());
-    expired["exp"] = json!(now() - 120);
-    assert_eq!(
-        refused(&s, &hs(&expired)).await,
-        (401, "token_expired".into())
-    );
-
-    let mut early = claims("alice", good.clone());
-    early["nbf"] = json!(now() + 600);
-    assert_eq!(
-        refused(&s, &hs(&early)).await,
-        (401, "token_invalid".into())
-    );
-
-    let wrong_aud = claims(
-        "alice",
-        json!({"aud": "other", "iss": "https://auth.example"}),
-    );
-    assert_eq!(
-        refused(&s, &hs(&wrong_aud)).await,
-        (401, "token_invalid".into())
-    );
-    let no_aud = claims("alice", json!({"iss": "https://auth.example"}));
-    assert_eq!(
-        refused(&s, &hs(&no_aud)).await,
-        (401, "token_invalid".into())
-    );
-    let wrong_iss = claims(
-        "alice",
-        json!({"aud": "herald", "iss": "https://evil.example"}),
-    );
-    assert_eq!(
-        refused(&s, &hs(&wrong_iss)).await,
-        (401, "token_invalid".into())
-    );
-
+    let with = |extra: Value| {
+        let mut c = claims("alice", good.clone());
+        if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        c
+    };
     let forged = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims("alice", good.clone()),
+        &with(json!({})),
         &EncodingKey::from_secret(b"not-the-server-secret-not-the-server"),
     )
     .expect("sign");
-    assert_eq!(refused(&s, &forged).await, (401, "token_invalid".into()));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "expired",
+            hs(&with(json!({"exp": now() - 120}))),
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            hs(&with(json!({"nbf": now() + 600}))),
+            "token_invalid",
+        ),
+        (
+            "wrong aud",
+            hs(&with(json!({"aud": "other"}))),
+            "token_invalid",
+        ),
+        (
+            "wrong iss",
+            hs(&with(json!({"iss": "https://evil.example"}))),
+            "token_invalid",
+        ),
+        (
+            "no aud",
+            hs(&claims("alice", json!({"iss": "https://auth.example"}))),
+            "token_invalid",
+        ),
+        ("bad signature", forged, "token_invalid"),
+        (
+            "alg none",
+            unsigned(&json!({"alg": "none", "typ": "JWT"}), &with(json!({})), b""),
+            "token_invalid",
+        ),
+        (
+            "alg confusion",
+            confused_token(&with(json!({}))),
+            "token_invalid",
+        ),
+        (
+            "channel token",
+            hs(&with(json!({"channel": "chat:x"}))),
+            "token_invalid",
+        ),
+        ("junk", "x".into(), "token_invalid"),
+        ("junk parts", "a.b.c".into(), "token_invalid"),
+        ("empty parts", "....".into(), "token_invalid"),
+        ("too large", "A".repeat(20_000), "token_invalid"),
+    ];
+    for (what, token, code) in cases {
+        assert_eq!(refused(&s, &token).await, (401, code.to_owned()), "{what}");
+    }
+}
 
-    let none = unsigned(
-        &json!({"alg": "none", "typ": "JWT"}),
-        &claims("alice", good.clone()),
-        b"",
-    );
-    assert_eq!(refused(&s, &none).await, (401, "token_invalid".into()));
-
-    // Algorithm confusion: HS256 "signed" with the server's RSA public key as the secret.
+/// Algorithm confusion: HS256 "signed" with the server's RSA *public* key as the secret.
+fn confused_token(body: &Value) -> String {
     let rsa_pub = std::fs::read(key_path("rsa.pub")).expect("pub");
     let header = json!({"alg": "HS256", "typ": "JWT"});
-    let body = claims("mallory", good.clone());
-    let unsigned_part = {
-        let t = unsigned(&header, &body, b"");
-        t.rsplit_once('.').expect("dot").0.to_owned()
-    };
-    let sig = hmac_sha256(&rsa_pub, unsigned_part.as_bytes());
-    let confused = unsigned(&header, &body, &sig);
-    assert_eq!(refused(&s, &confused).await, (401, "token_invalid".into()));
-
-    for junk in ["x", "a.b.c", "....", &"A".repeat(20_000)] {
-        assert_eq!(
-            refused(&s, junk).await,
-            (401, "token_invalid".into()),
-            "{junk:.20}"
-        );
-    }
-    // A channel token cannot stand in for a connection token.
-    let chan = hs(&claims(
-        "alice",
-        json!({"aud": "herald", "iss": "https://auth.example", "channel": "chat:x"}),
-    ));
-    assert_eq!(refused(&s, &chan).await, (401, "token_invalid".into()));
+    let t = unsigned(&header, body, b"");
+    let part = t.rsplit_once('.').expect("dot").0;
+    unsigned(&header, body, &hmac_sha256(&rsa_pub, part.as_bytes()))
 }
 
 #[tokio::test]
@@ -263,15 +258,7 @@ async fn algorithm_confusion_is_rejected_without_an_hmac_key() {
     let mut setup = secure_setup();
     setup.engine.auth.hmac_secret = None;
     let s = start(setup).await;
-    let rsa_pub = std::fs::read(key_path("rsa.pub")).expect("pub");
-    let header = json!({"alg": "HS256", "typ": "JWT"});
-    let body = claims("mallory", json!({}));
-    let part = unsigned(&header, &body, b"")
-        .rsplit_once('.')
-        .expect("dot")
-        .0
-        .to_owned();
-    let confused = unsigned(&header, &body, &hmac_sha256(&rsa_pub, part.as_bytes()));
+    let confused = confused_token(&claims("mallory", json!({})));
     assert_eq!(refused(&s, &confused).await, (401, "token_invalid".into()));
     let ok = signed(Algorithm::RS256, "rsa.key", None, &claims("bob", json!({})));
     connect_as(&s, &ok).await;

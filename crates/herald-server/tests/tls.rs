@@ -61,14 +61,26 @@ async fn wss(
     Ok(c)
 }
 
-#[tokio::test]
-async fn wss_round_trip_and_certificate_reload() {
-    let dir = temp_dir("reload");
-    let first = write_cert(&dir);
+/// A TLS server on a fresh self-signed certificate in its own directory.
+async fn tls_server(
+    tag: &str,
+) -> (
+    TempDir,
+    rustls::pki_types::CertificateDer<'static>,
+    TestServer,
+) {
+    let dir = temp_dir(tag);
+    let cert = write_cert(&dir);
     let mut setup = Setup::default();
     setup.tls.cert = Some(dir.0.join("cert.pem"));
     setup.tls.key = Some(dir.0.join("key.pem"));
     let s = start(setup).await;
+    (dir, cert, s)
+}
+
+#[tokio::test]
+async fn wss_round_trip_and_certificate_reload() {
+    let (dir, first, s) = tls_server("reload").await;
 
     let mut a = wss(&s, &first).await.expect("wss connect");
     let mut b = wss(&s, &first).await.expect("wss connect");
@@ -94,12 +106,7 @@ async fn wss_round_trip_and_certificate_reload() {
 
 #[tokio::test]
 async fn a_broken_certificate_file_keeps_the_current_certificate() {
-    let dir = temp_dir("broken");
-    let cert = write_cert(&dir);
-    let mut setup = Setup::default();
-    setup.tls.cert = Some(dir.0.join("cert.pem"));
-    setup.tls.key = Some(dir.0.join("key.pem"));
-    let s = start(setup).await;
+    let (dir, cert, s) = tls_server("broken").await;
     std::fs::write(dir.0.join("cert.pem"), "not a certificate").expect("write");
     assert!(s.handle.reload_tls().is_err());
     wss(&s, &cert).await.expect("still served");

@@ -9,6 +9,23 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 
+/// Run the binary to completion; with `ok`, fail the test (showing stderr) unless it succeeded.
+fn run(args: &[&str], env: &[(&str, &str)], ok: bool) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run");
+    if ok {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
 #[test]
 fn check_config_prints_effective_config_and_rejects_bad_files() {
     let dir = std::env::temp_dir().join(format!("herald-cli-{}", std::process::id()));
@@ -21,16 +38,8 @@ fn check_config_prints_effective_config_and_rejects_bad_files() {
             )
         })
         .expect("write");
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let good = good.to_str().expect("utf-8 path");
+    let out = run(&["check-config", "--config", good], &[], true);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ping_interval = \"5s\""), "{text}");
     assert!(text.contains("[namespaces.chat]"), "{text}");
@@ -124,8 +133,8 @@ const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
 #[tokio::test]
 async fn token_mints_tokens_the_server_accepts() {
     let env = [("HERALD_AUTH__HMAC_SECRET", SECRET)];
-    let out = Command::new(BIN)
-        .args([
+    let out = run(
+        &[
             "token",
             "--user",
             "alice",
@@ -133,14 +142,9 @@ async fn token_mints_tokens_the_server_accepts() {
             "chat:*",
             "--ttl",
             "1h",
-        ])
-        .envs(env)
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &env,
+        true,
     );
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(token.split('.').count(), 3, "{token}");

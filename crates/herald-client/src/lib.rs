@@ -1,0 +1,40 @@
+//! The Herald Rust client.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), herald_client::ClientError> {
+//! use herald_client::{Client, ClientConfig, Event};
+//! let (client, mut events) = Client::connect(ClientConfig::new("ws://127.0.0.1:8000/ws").token("eyJ…"));
+//! client.subscribe("chat:lobby").await?;
+//! client.publish("chat:lobby", serde_json::json!({"text": "hi"})).await?;
+//! while let Some(e) = events.next().await {
+//!     if let Event::Message(m) = e {
+//!         println!("{} #{}: {}", m.channel, m.offset, m.data);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! What it does for you (see `docs/protocol.md` for the wire side):
+//! - reconnects with exponential backoff and jitter ([`Backoff`]), honouring the server's
+//!   `disconnect` advisory (`reconnect: false` stops, `reconnect_after_ms` is waited);
+//! - resumes the session after a reconnect, or resubscribes every channel from its last offset
+//!   and recovers; unrecoverable loss is reported as [`Event::Gap`], duplicates are dropped;
+//! - a heartbeat watchdog: silence longer than the server's ping interval + pong timeout + a
+//!   margin means the connection is dead (half-open) and it reconnects;
+//! - requests with timeouts; publishes with an idempotency key reused on retries, and a bounded
+//!   offline queue for publishes made while disconnected;
+//! - tokens from a callback, asked again on every reconnect and on the server's `refresh` push.
+#![deny(missing_docs)]
+
+mod backoff;
+mod client;
+mod config;
+mod driver;
+mod error;
+mod event;
+
+pub use backoff::Backoff;
+pub use client::{Client, Events, HistoryQuery};
+pub use config::{Carrier, ClientConfig, TokenFuture, TokenSource};
+pub use error::ClientError;
+pub use event::{Event, Message, State};

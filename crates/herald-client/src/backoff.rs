@@ -68,10 +68,17 @@ mod tests {
         assert_eq!(b.upper(1000), Duration::from_secs(30));
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let delays: Vec<Duration> = (0..200).map(|_| b.delay(3, &mut rng)).collect();
-        assert!(delays.iter().all(|d| *d >= b.min && *d <= Duration::from_secs(8)));
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= b.min && *d <= Duration::from_secs(8))
+        );
         // Jitter: the delays are spread, not all equal.
         let (lo, hi) = (delays.iter().min(), delays.iter().max());
-        assert!(hi.zip(lo).is_some_and(|(h, l)| *h - *l > Duration::from_secs(4)));
+        assert!(
+            hi.zip(lo)
+                .is_some_and(|(h, l)| *h - *l > Duration::from_secs(4))
+        );
         for _ in 0..100 {
             let d = b.delay(0, &mut rng);
             assert!(d >= Duration::from_millis(500) && d <= Duration::from_secs(1));

@@ -67,7 +67,10 @@ impl Client {
         )
     }
 
-    async fn call(&self, make: impl FnOnce(oneshot::Sender<Result<Value, ClientError>>) -> Cmd) -> Result<Value, ClientError> {
+    async fn call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<Value, ClientError>>) -> Cmd,
+    ) -> Result<Value, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.cmds
             .send(make(tx))

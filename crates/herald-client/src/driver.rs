@@ -115,7 +115,8 @@ fn connector(extra_roots: &[Vec<u8>]) -> Connector {
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
     {
         Ok(b) => Connector::Rustls(Arc::new(
             b.with_root_certificates(roots).with_no_client_auth(),
@@ -125,8 +126,8 @@ fn connector(extra_roots: &[Vec<u8>]) -> Connector {
 }
 
 fn server_error(payload: &Value) -> ClientError {
-    let code = serde_json::from_value::<ErrorCode>(payload["code"].clone())
-        .unwrap_or(ErrorCode::Internal);
+    let code =
+        serde_json::from_value::<ErrorCode>(payload["code"].clone()).unwrap_or(ErrorCode::Internal);
     ClientError::Server {
         code,
         message: payload["message"].as_str().unwrap_or("").to_owned(),
@@ -544,7 +545,12 @@ impl Driver {
             .collect();
         let id = self.id();
         if !self
-            .send(ws, "resume", Some(id), json!({"token": token, "positions": positions}))
+            .send(
+                ws,
+                "resume",
+                Some(id),
+                json!({"token": token, "positions": positions}),
+            )
             .await
         {
             return Err(self.gone("send failed"));
@@ -988,14 +994,13 @@ impl Driver {
     }
 }
 
-fn closed(frame: Option<CloseFrame>, advisory: Option<(u16, String, bool, Option<Duration>)>) -> Ended {
+fn closed(
+    frame: Option<CloseFrame>,
+    advisory: Option<(u16, String, bool, Option<Duration>)>,
+) -> Ended {
     let code = frame.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
     let reason = frame.map(|c| c.reason.to_string()).unwrap_or_default();
-    let reconnect_by_code = match code {
-        1000 | 1002 | 1003 | 1007 | 1008 | 1009 => false,
-        4500..=4999 => false,
-        _ => true,
-    };
+    let reconnect_by_code = !matches!(code, 1000 | 1002 | 1003 | 1007 | 1008 | 1009 | 4500..=4999);
     match advisory {
         Some((_, reason, reconnect, after)) => Ended {
             code,

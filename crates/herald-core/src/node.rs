@@ -325,6 +325,16 @@ impl Node {
         Ok(out)
     }
 
+    /// Read a channel's history (for the server API and tests; no permission checks).
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: crate::broker::HistoryQuery,
+    ) -> Result<crate::broker::HistoryPage, EngineError> {
+        self.namespace(channel)?;
+        Ok(self.broker.history(channel, query).await?)
+    }
+
     pub(crate) async fn emit(&self, channel: &str, event: ChannelEvent) {
         if let Err(e) = self.broker.publish_event(channel, event).await {
             tracing::warn!(channel, error = %e, "join/leave event lost");

@@ -137,6 +137,7 @@ impl Session {
         let now = tokio::time::Instant::now();
         if now >= e.expire_at {
             metrics::counter!("herald_token_expired_total").increment(1);
+            self.expiry = None;
             return Flow::Close(CloseCode::TokenExpired);
         }
         if !e.refresh_sent && now >= e.refresh_at {

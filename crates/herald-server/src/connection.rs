@@ -69,16 +69,27 @@ pub async fn serve(
     let mut control = Vec::new();
     let mut reason = "client gone";
     let clean = loop {
-        let auth_deadline = session.auth_deadline();
-        let res = tokio::select! {
-            r = reader.next(&mut control) => r,
-            _ = st.writer_done.cancelled() => { reason = "closed by server"; break false }
-            _ = sleep_until_opt(auth_deadline) => {
-                if let Flow::Close(code) = session.on_auth_timer() {
-                    session.outlet().close(code);
+        let res = {
+            // One read future lives across timer ticks: reads are not cancel-safe, so a tick must
+            // never drop a half-read frame.
+            let read = reader.next(&mut control);
+            tokio::pin!(read);
+            loop {
+                let auth_deadline = session.auth_deadline();
+                tokio::select! {
+                    r = &mut read => break Some(r),
+                    _ = st.writer_done.cancelled() => break None,
+                    _ = sleep_until_opt(auth_deadline) => {
+                        if let Flow::Close(code) = session.on_auth_timer() {
+                            session.outlet().close(code);
+                        }
+                    }
                 }
-                continue;
             }
+        };
+        let Some(res) = res else {
+            reason = "closed by server";
+            break false;
         };
         for c in control.drain(..) {
             session.outlet().push_reply(c);

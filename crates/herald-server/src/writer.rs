@@ -45,14 +45,20 @@ impl ConnState {
         })
     }
 
-    /// Record that something arrived from the client.
-    pub fn touch(&self) {
-        self.last_seen_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    /// Milliseconds since the connection started: the clock of `touch` and `seen_since`.
+    pub fn mark(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
-    fn last_seen(&self) -> Instant {
-        self.started + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed))
+    /// Record that something arrived from the client.
+    pub fn touch(&self) {
+        self.last_seen_ms.store(self.mark(), Ordering::Relaxed);
+    }
+
+    /// Whether something arrived at or after `mark` (same millisecond included: on loopback a
+    /// pong often arrives within the millisecond its ping was sent).
+    pub fn seen_since(&self, mark: u64) -> bool {
+        self.last_seen_ms.load(Ordering::Relaxed) >= mark
     }
 
     /// The reader stopped because of a protocol error: close with this code.
@@ -190,7 +196,8 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 ) -> WriterEnd {
     let mut batch = Drained::default();
     let mut next_ping = Instant::now() + s.conn.ping_interval;
-    let mut ping_sent: Option<Instant> = None;
+    // When the outstanding ping was queued, on the `ConnState::mark` clock.
+    let mut ping_sent: Option<(Instant, u64)> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut close_written = false;
     loop {
@@ -266,8 +273,8 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         }
         // Heartbeat bookkeeping.
         let now = Instant::now();
-        if let Some(sent) = ping_sent {
-            if st.last_seen() >= sent {
+        if let Some((sent, mark)) = ping_sent {
+            if st.seen_since(mark) {
                 ping_sent = None;
             } else if now >= sent + s.conn.pong_timeout {
                 metrics::counter!("herald_heartbeat_timeouts_total").increment(1);
@@ -277,13 +284,13 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if now >= next_ping {
             next_ping = now + s.conn.ping_interval;
             if ping_sent.is_none() {
-                ping_sent = Some(now);
+                ping_sent = Some((now, st.mark()));
                 outlet.push_reply(frame::with_payload(OpCode::Ping, b""));
                 continue;
             }
         }
         let wake = ping_sent
-            .map(|p| p + s.conn.pong_timeout)
+            .map(|(p, _)| p + s.conn.pong_timeout)
             .unwrap_or(next_ping)
             .min(next_ping);
         tokio::select! {
@@ -295,5 +302,24 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the pong check compared a millisecond-truncated "last seen" with the exact
+    /// ping time, so a pong arriving within the ping's millisecond did not count and healthy idle
+    /// connections were closed with 4000.
+    #[test]
+    fn a_reply_in_the_same_millisecond_counts() {
+        let st = ConnState::new();
+        std::thread::sleep(Duration::from_millis(3));
+        let mark = st.mark();
+        st.touch();
+        assert!(st.seen_since(mark));
+        let later = st.mark() + 1;
+        assert!(!st.seen_since(later));
     }
 }

@@ -955,3 +955,37 @@ async fn jwks_is_fetched_over_http_and_refreshed() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Regression: the refresh timer fired while a client frame was half-read, and the read was
+/// cancelled, losing the frame's first bytes (clients then missed pongs and got 4000).
+#[tokio::test]
+async fn a_refresh_tick_never_cuts_a_half_read_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(secure_setup()).await;
+    let auth = format!("Authorization: Bearer {}\r\n", short_lived("alice", 2));
+    let mut tcp = raw_client_with(s.addr, None, &auth).await;
+    let frame = masked_text(br#"{"type":"ping","id":"half"}"#);
+    let (first, second) = frame.split_at(frame.len() / 2);
+    tcp.write_all(first).await.expect("first half");
+    // Wait for the refresh push: the timer has fired while the frame was half-read.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"refresh\"") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("refresh push in time")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    tcp.write_all(second).await.expect("second half");
+    while !String::from_utf8_lossy(&seen).contains("\"pong\"") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("pong in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("\"half\""));
+}

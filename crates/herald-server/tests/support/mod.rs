@@ -308,6 +308,15 @@ pub fn ws_request(
 /// A raw TCP client that completes the handshake and then only does what the test says: it never
 /// answers pings and reads only when asked (for half-open and slow-consumer tests).
 pub async fn raw_client(addr: std::net::SocketAddr, rcvbuf: Option<u32>) -> TcpStream {
+    raw_client_with(addr, rcvbuf, "").await
+}
+
+/// `raw_client` with extra request header lines (each ending in `\r\n`).
+pub async fn raw_client_with(
+    addr: std::net::SocketAddr,
+    rcvbuf: Option<u32>,
+    extra_headers: &str,
+) -> TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(n) = rcvbuf {
@@ -315,7 +324,7 @@ pub async fn raw_client(addr: std::net::SocketAddr, rcvbuf: Option<u32>) -> TcpS
     }
     let mut s = sock.connect(addr).await.expect("connect");
     let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();

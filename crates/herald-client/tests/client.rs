@@ -1,0 +1,593 @@
+//! The client against a real Herald server (in-process, on real sockets): reconnect and recovery
+//! across a server restart, the heartbeat watchdog behind a frozen proxy, idempotent retry after a
+//! lost ack, the bounded offline queue, `reconnect: false`, and token refresh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use herald_client::{
+    Backoff, Client, ClientConfig, ClientError, Event, Events, HistoryQuery, State,
+};
+use herald_core::memory::{MemoryBroker, MemoryPresence};
+use herald_core::{
+    AuthConfig, EngineConfig, Heartbeat, LimitsConfig, NamespaceOptions, Node, Verifier,
+};
+use herald_proto::{Data, ErrorCode};
+use herald_server::{ConnectionConfig, Handle, Server, ServerConfig, TlsConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WAIT: Duration = Duration::from_secs(15);
+const SECRET: &str = "client-test-secret-client-test-secret";
+
+struct Running {
+    handle: Handle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn conn_config() -> ConnectionConfig {
+    ConnectionConfig {
+        ping_interval: Duration::from_millis(500),
+        pong_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+fn node() -> Arc<Node> {
+    let engine = EngineConfig {
+        default_namespace: Some(NamespaceOptions::dev()),
+        limits: LimitsConfig::unlimited(),
+        auth: AuthConfig {
+            hmac_secret: Some(SECRET.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let verifier = Arc::new(Verifier::from_config(&engine.auth).expect("auth"));
+    let c = conn_config();
+    Node::new(
+        engine,
+        Arc::new(MemoryBroker::new()),
+        Arc::new(MemoryPresence::new()),
+        Heartbeat {
+            ping_interval_ms: c.ping_interval.as_millis() as u64,
+            pong_timeout_ms: c.pong_timeout.as_millis() as u64,
+        },
+        verifier,
+    )
+}
+
+/// Serve `node` on `addr` (port 0 = any).
+async fn serve(node: Arc<Node>, addr: SocketAddr) -> (SocketAddr, Running) {
+    let server = ServerConfig {
+        listen: addr,
+        shutdown_reconnect_jitter: Duration::from_millis(50),
+        shutdown_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = Server::bind(server, conn_config(), TlsConfig::default(), node)
+        .await
+        .expect("bind");
+    let addr = s.local_addr().expect("addr");
+    let handle = s.handle();
+    let task = tokio::spawn(s.run());
+    (addr, Running { handle, task })
+}
+
+async fn stop(r: Running) {
+    r.handle.shutdown();
+    r.task.await.expect("join").expect("run");
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff {
+        min: Duration::from_millis(20),
+        first_max: Duration::from_millis(60),
+        cap: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+fn config(addr: SocketAddr) -> ClientConfig {
+    let mut c = ClientConfig::new(format!("ws://{addr}/ws"));
+    c.backoff = fast_backoff();
+    c.watchdog_margin = Duration::from_millis(300);
+    c
+}
+
+fn token(user: &str, ttl: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": now + ttl, "iat": now, "channels": ["*"], "publish": ["*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// Wait for an event matching `pred`, returning it; fails after `WAIT`.
+async fn until_event(
+    events: &mut Events,
+    what: &str,
+    mut pred: impl FnMut(&Event) -> bool,
+) -> Event {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("event stream ended waiting for {what}"));
+        if pred(&e) {
+            return e;
+        }
+    }
+}
+
+fn is_connected(e: &Event) -> bool {
+    matches!(e, Event::State(State::Connected { .. }))
+}
+
+#[tokio::test]
+async fn subscribe_publish_and_receive() {
+    let (addr, _srv) = serve(node(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (c, mut ev) = Client::connect(config(addr));
+    until_event(&mut ev, "connected", is_connected).await;
+    c.subscribe("news").await.expect("subscribe");
+    let ack = c.publish("news", json!({"n": 1})).await.expect("publish");
+    assert_eq!(ack["offset"], 1);
+    let Event::Message(m) =
+        until_event(&mut ev, "message", |e| matches!(e, Event::Message(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (m.channel.as_str(), m.offset, m.data.clone()),
+        ("news", 1, json!({"n": 1}))
+    );
+    let h = c
+        .history("news", HistoryQuery::default())
+        .await
+        .expect("history");
+    assert_eq!(h["publications"].as_array().map(Vec::len), Some(1));
+    let e = c.subscribe("news").await.expect_err("twice");
+    assert!(
+        matches!(
+            e,
+            ClientError::Server {
+                code: ErrorCode::AlreadySubscribed,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    c.close().await;
+    until_event(&mut ev, "closed", |e| {
+        matches!(e, Event::State(State::Closed { .. }))
+    })
+    .await;
+}
+
+/// Collect message offsets of `channel` until `n` arrived; any gap event fails the test.
+async fn collect(events: &mut Events, channel: &str, n: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    while (got.len() as u64) < n {
+        match until_event(events, "messages", |e| {
+            matches!(e, Event::Message(_) | Event::Gap { .. })
+        })
+        .await
+        {
+            Event::Message(m) if m.channel == channel => got.push(m.offset),
+            Event::Gap { .. } => panic!("unexpected gap after {got:?}"),
+            _ => {}
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn server_restart_reconnects_and_recovers_without_gap_or_duplicate() {
+    let node = node();
+    let (addr, srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (c, mut ev) = Client::connect(config(addr));
+    c.subscribe("feed").await.expect("subscribe");
+    let publish = |i: u64| {
+        let node = node.clone();
+        async move {
+            node.publish(
+                "feed",
+                Data::json(&i.to_string()).expect("data"),
+                None,
+                None,
+            )
+            .await
+            .expect("publish");
+        }
+    };
+    for i in 1..=20 {
+        publish(i).await;
+    }
+    assert_eq!(
+        collect(&mut ev, "feed", 20).await,
+        (1..=20).collect::<Vec<_>>()
+    );
+    // The server goes away; the stream goes on (history survives, as with a shared broker).
+    stop(srv).await;
+    until_event(&mut ev, "disconnect", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    for i in 21..=50 {
+        publish(i).await;
+    }
+    let (_, srv2) = serve(node.clone(), addr).await;
+    until_event(&mut ev, "reconnected", is_connected).await;
+    for i in 51..=60 {
+        publish(i).await;
+    }
+    assert_eq!(
+        collect(&mut ev, "feed", 40).await,
+        (21..=60).collect::<Vec<_>>()
+    );
+    c.close().await;
+    stop(srv2).await;
+}
+
+/// A TCP proxy whose forwarding can be frozen (per direction) and whose connections can be cut.
+struct Proxy {
+    addr: SocketAddr,
+    freeze_down: Arc<AtomicBool>,
+    freeze_up: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let p = Proxy {
+            addr: l.local_addr().expect("addr"),
+            freeze_down: Arc::default(),
+            freeze_up: Arc::default(),
+            generation: Arc::default(),
+            accepted: Arc::default(),
+        };
+        let (down, up, generation, accepted) = (
+            p.freeze_down.clone(),
+            p.freeze_up.clone(),
+            p.generation.clone(),
+            p.accepted.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = l.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let my_gen = generation.load(Ordering::SeqCst);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, up.clone(), generation.clone(), my_gen));
+                tokio::spawn(pump(sr, cw, down.clone(), generation.clone(), my_gen));
+            }
+        });
+        p
+    }
+
+    /// Close every current connection (new ones are forwarded normally).
+    fn cut(&self) {
+        self.freeze_down.store(false, Ordering::SeqCst);
+        self.freeze_up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+    mine: u64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let cut = || async {
+        while generation.load(Ordering::SeqCst) == mine {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    loop {
+        let n = tokio::select! {
+            n = r.read(&mut buf) => match n {
+                Ok(0) | Err(_) => {
+                    // A frozen path passes no FIN either: hold the other side open until cut.
+                    if frozen.load(Ordering::SeqCst) {
+                        cut().await;
+                    }
+                    return;
+                }
+                Ok(n) => n,
+            },
+            _ = cut() => return,
+        };
+        if generation.load(Ordering::SeqCst) != mine {
+            return;
+        }
+        if frozen.load(Ordering::SeqCst) {
+            continue; // swallowed: the peer sees silence, not a close
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn watchdog_reconnects_when_the_path_goes_silent() {
+    let (addr, _srv) = serve(node(), "127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = Proxy::start(addr).await;
+    let (c, mut ev) = Client::connect(config(proxy.addr));
+    until_event(&mut ev, "connected", is_connected).await;
+    c.subscribe("x").await.expect("subscribe");
+    // Half-open: nothing flows either way, but no socket is closed.
+    proxy.freeze_down.store(true, Ordering::SeqCst);
+    proxy.freeze_up.store(true, Ordering::SeqCst);
+    let e = until_event(&mut ev, "watchdog disconnect", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    let Event::State(State::Disconnected {
+        reason, reconnect, ..
+    }) = e
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("watchdog"), "{reason}");
+    assert!(reconnect);
+    proxy.cut();
+    until_event(&mut ev, "reconnected", is_connected).await;
+    assert!(proxy.accepted.load(Ordering::SeqCst) >= 2);
+    // The subscription came back.
+    c.publish("x", json!("after")).await.expect("publish");
+    let m = until_event(&mut ev, "message", |e| matches!(e, Event::Message(_))).await;
+    assert!(matches!(m, Event::Message(m) if m.data == json!("after")));
+}
+
+#[tokio::test]
+async fn publish_retried_after_a_lost_ack_is_applied_once() {
+    let node = node();
+    let (addr, _srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = Proxy::start(addr).await;
+    let (c, mut ev) = Client::connect(config(proxy.addr));
+    until_event(&mut ev, "connected", is_connected).await;
+    // Acks cannot come back.
+    proxy.freeze_down.store(true, Ordering::SeqCst);
+    let pending = tokio::spawn({
+        let c = c.clone();
+        async move { c.publish("orders", json!({"id": 981})).await }
+    });
+    // Wait until the server applied it (the ack is lost), then cut the connection.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let top = herald_core::broker::HistoryQuery {
+            since: None,
+            limit: 0,
+            reverse: false,
+        };
+        let page = node.history("orders", top).await.expect("history");
+        if page.top == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "publish never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.cut();
+    let ack = pending.await.expect("join").expect("publish after retry");
+    assert_eq!(ack["offset"], 1);
+    assert_eq!(ack["duplicate"], true, "{ack}");
+    let h = c
+        .history("orders", HistoryQuery::default())
+        .await
+        .expect("history");
+    assert_eq!(h["publications"].as_array().map(Vec::len), Some(1), "{h}");
+}
+
+#[tokio::test]
+async fn offline_queue_is_bounded_and_flushed_after_reconnect() {
+    let node = node();
+    let (addr, srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let mut cfg = config(addr);
+    cfg.offline_queue = 2;
+    let (c, mut ev) = Client::connect(cfg);
+    until_event(&mut ev, "connected", is_connected).await;
+    stop(srv).await;
+    until_event(&mut ev, "reconnecting", |e| {
+        matches!(e, Event::State(State::Reconnecting { .. }))
+    })
+    .await;
+    // Three publishes while down: two wait in the queue, one finds it full at once.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(3);
+    for i in 1..=3 {
+        let (c, tx) = (c.clone(), tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(c.publish("q", json!(i)).await).await;
+        });
+    }
+    let first = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("in time")
+        .expect("result");
+    assert!(matches!(first, Err(ClientError::QueueFull)), "{first:?}");
+    let (_, srv2) = serve(node.clone(), addr).await;
+    let mut offsets = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("in time")
+            .expect("result");
+        offsets.push(
+            r.expect("queued publish")["offset"]
+                .as_u64()
+                .expect("offset"),
+        );
+    }
+    offsets.sort();
+    assert_eq!(offsets, vec![1, 2]);
+    let h = c
+        .history("q", HistoryQuery::default())
+        .await
+        .expect("history");
+    assert_eq!(h["publications"].as_array().map(Vec::len), Some(2));
+    stop(srv2).await;
+}
+
+#[tokio::test]
+async fn reconnect_false_advisory_stops_the_client() {
+    let node = node();
+    let (addr, _srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (c, mut ev) = Client::connect(config(addr).token(token("alice", 3600)));
+    let e = until_event(&mut ev, "connected", is_connected).await;
+    assert!(matches!(e, Event::State(State::Connected { ref user_id, .. }) if user_id == "alice"));
+    assert_eq!(node.revoke_user("alice", u64::MAX / 2), 1);
+    let e = until_event(&mut ev, "disconnect", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    assert!(
+        matches!(
+            e,
+            Event::State(State::Disconnected {
+                code: 4503,
+                reconnect: false,
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    let e = until_event(&mut ev, "closed", |e| matches!(e, Event::State(_))).await;
+    assert!(
+        matches!(e, Event::State(State::Closed { .. })),
+        "no reconnect attempt after reconnect:false, got {e:?}"
+    );
+    assert!(ev.next().await.is_none(), "the client task ended");
+    assert!(matches!(
+        c.publish("x", json!(1)).await,
+        Err(ClientError::Closed(_))
+    ));
+}
+
+#[tokio::test]
+async fn token_callback_refreshes_before_expiry() {
+    let (addr, _srv) = serve(node(), "127.0.0.1:0".parse().expect("addr")).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let cfg = config(addr).token_callback(move || {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        // The first token lives 3 s; refreshed ones an hour.
+        async move { Ok(token("bob", if n == 0 { 3 } else { 3600 })) }
+    });
+    let (c, mut ev) = Client::connect(cfg);
+    until_event(&mut ev, "connected", is_connected).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refresh was asked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well past the first token's expiry, the same connection still works.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        c.request("ping", Value::Null).await.expect("ping");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(10), ev.next()).await {
+        assert!(
+            !matches!(e, Event::State(State::Disconnected { .. })),
+            "{e:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_the_session_with_what_was_missed() {
+    let node = node();
+    let (addr, _srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = Proxy::start(addr).await;
+    let (c, mut ev) = Client::connect(config(proxy.addr));
+    c.subscribe("room").await.expect("subscribe");
+    c.publish("room", json!(1)).await.expect("publish");
+    assert_eq!(collect(&mut ev, "room", 1).await, vec![1]);
+    // Freeze first so nothing is in flight, then cut: an unexpected disconnect.
+    proxy.freeze_down.store(true, Ordering::SeqCst);
+    proxy.freeze_up.store(true, Ordering::SeqCst);
+    proxy.cut();
+    until_event(&mut ev, "disconnect", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    for i in 2..=5 {
+        node.publish(
+            "room",
+            Data::json(&i.to_string()).expect("data"),
+            None,
+            None,
+        )
+        .await
+        .expect("publish");
+    }
+    let e = until_event(&mut ev, "reconnected", is_connected).await;
+    assert!(
+        matches!(e, Event::State(State::Connected { resumed: true, .. })),
+        "{e:?}"
+    );
+    assert_eq!(collect(&mut ev, "room", 4).await, vec![2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn loss_beyond_the_history_window_is_reported_as_a_gap() {
+    let node = node();
+    let (addr, srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (c, mut ev) = Client::connect(config(addr));
+    c.subscribe("busy").await.expect("subscribe");
+    stop(srv).await;
+    until_event(&mut ev, "disconnect", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    // 150 publications while away; history keeps the last 100.
+    for i in 1..=150 {
+        node.publish(
+            "busy",
+            Data::json(&i.to_string()).expect("data"),
+            None,
+            None,
+        )
+        .await
+        .expect("publish");
+    }
+    let (_, _srv2) = serve(node.clone(), addr).await;
+    let e = until_event(&mut ev, "gap", |e| matches!(e, Event::Gap { .. })).await;
+    assert_eq!(
+        e,
+        Event::Gap {
+            channel: "busy".into(),
+            last_offset: 0,
+            resumed_at: 50
+        }
+    );
+    let Event::Message(m) =
+        until_event(&mut ev, "message", |e| matches!(e, Event::Message(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(m.offset, 51);
+}

@@ -2,6 +2,7 @@
 
 mod config;
 mod token;
+mod tools;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +58,56 @@ enum Command {
         args: ConfigArgs,
         #[command(flatten)]
         mint: token::MintArgs,
+    },
+    /// Print publications of channels as they arrive (reconnects and recovers).
+    Sub {
+        #[command(flatten)]
+        conn: tools::ConnectArgs,
+        /// Channels.
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this long (e.g. `30s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Publish DATA (JSON, or else a string) to CHANNEL and print the offset.
+    Pub {
+        #[command(flatten)]
+        conn: tools::ConnectArgs,
+        /// Channel.
+        channel: String,
+        /// Data: JSON (`'{"text":"hi"}'`), or any other text as a string.
+        data: String,
+    },
+    /// Send the commands in FILE (JSON array or JSON lines; `-` = stdin), printing each reply.
+    Send {
+        #[command(flatten)]
+        conn: tools::ConnectArgs,
+        /// File with `{"type": ..., "payload": {...}}` commands.
+        file: PathBuf,
+    },
+    /// List the clients subscribed to CHANNEL.
+    Presence {
+        #[command(flatten)]
+        conn: tools::ConnectArgs,
+        /// Channel.
+        channel: String,
+    },
+    /// Print CHANNEL's history.
+    History {
+        #[command(flatten)]
+        conn: tools::ConnectArgs,
+        /// Channel.
+        channel: String,
+        /// Page size (1-100).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Newest first.
+        #[arg(long)]
+        reverse: bool,
     },
 }
 
@@ -232,6 +283,25 @@ async fn main() -> ExitCode {
             println!("{}", token::mint(&c.auth, &mint)?);
             Ok(())
         }),
+        Command::Sub {
+            conn,
+            channels,
+            count,
+            duration,
+        } => tools::sub(&conn, &channels, count, duration).await,
+        Command::Pub {
+            conn,
+            channel,
+            data,
+        } => tools::publish(&conn, &channel, &data).await,
+        Command::Send { conn, file } => tools::send(&conn, &file).await,
+        Command::Presence { conn, channel } => tools::presence(&conn, &channel).await,
+        Command::History {
+            conn,
+            channel,
+            limit,
+            reverse,
+        } => tools::history(&conn, &channel, limit, reverse).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

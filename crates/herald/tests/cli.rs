@@ -230,3 +230,113 @@ async fn sigterm_sends_1001_to_every_client_and_exits_zero() {
     };
     assert!(status.success(), "exit status {status:?}");
 }
+
+fn client_cmd(addr: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .args(["--url", &format!("ws://{addr}/ws")])
+        .output()
+        .expect("run")
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn pub_sub_history_presence_and_send_against_a_live_server() {
+    let s = serve(&["--dev"], &[]);
+    let addr = s.addr.clone();
+    let mut sub = Command::new(BIN)
+        .args([
+            "sub",
+            "news",
+            "--count",
+            "2",
+            "--json",
+            "--url",
+            &format!("ws://{addr}/ws"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sub");
+    // Wait for the subscription before publishing.
+    let mut err = BufReader::new(sub.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("subscribed to news") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("stderr") > 0,
+            "sub exited early"
+        );
+    }
+    let out = stdout(&client_cmd(&addr, &["pub", "news", r#"{"text":"hi"}"#]));
+    assert!(out.contains("published to news: offset 1"), "{out}");
+    stdout(&client_cmd(&addr, &["pub", "news", "plain words"]));
+    let done = sub.wait_with_output().expect("sub output");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&done.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["data"]["text"], "hi");
+    assert_eq!(lines[1]["data"], "plain words");
+    assert_eq!(lines[1]["offset"], 2);
+
+    let out = stdout(&client_cmd(&addr, &["history", "news", "--json"]));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let out = stdout(&client_cmd(&addr, &["presence", "news"]));
+    assert!(out.contains("news: 0 client(s)"), "{out}");
+
+    let file = std::env::temp_dir().join(format!("herald-send-{}.jsonl", std::process::id()));
+    std::fs::write(
+        &file,
+        "{\"type\":\"ping\"}\n# a comment\n{\"type\":\"history\",\"payload\":{\"channel\":\"news\",\"limit\":1}}\n{\"type\":\"subscribe\",\"payload\":{\"channel\":\"bad channel\"}}\n",
+    )
+    .expect("write");
+    let out = stdout(&client_cmd(&addr, &["send", file.to_str().expect("path")]));
+    let _ = std::fs::remove_file(&file);
+    assert!(out.contains("> ping"), "{out}");
+    assert!(out.contains("< pong"), "{out}");
+    assert!(
+        out.contains("< error {\"code\":\"invalid_channel\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn connection_errors_are_one_line_with_the_cause() {
+    // Nothing listens on port 1.
+    let out = Command::new(BIN)
+        .args(["pub", "news", "1", "--url", "ws://127.0.0.1:1/ws"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connection refused"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_token_is_reported_as_401() {
+    let s = serve(&["--dev"], &[]);
+    let out = Command::new(BIN)
+        .args([
+            "presence",
+            "news",
+            "--token",
+            "not-a-token",
+            "--url",
+            &format!("ws://{}/ws", s.addr),
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HTTP 401") && err.contains("token_invalid"),
+        "{err}"
+    );
+}

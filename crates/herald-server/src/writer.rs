@@ -200,6 +200,11 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     let mut ping_sent: Option<(Instant, u64)> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut close_written = false;
+    // Handles resolved once per connection: the per-write path does no registry lookups.
+    let frames_out = metrics::counter!("herald_frames_out_total");
+    let bytes_out = metrics::counter!("herald_bytes_out_total");
+    let writes = metrics::counter!("herald_writes_total");
+    let publish_to_send = metrics::histogram!("herald_publish_to_send_seconds");
     loop {
         // Read before draining: the reader queues its last frames (a close echo) before it
         // signals, so a drain after this snapshot is guaranteed to include them.
@@ -231,13 +236,11 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             };
             match result {
                 Ok(Ok(bytes)) => {
-                    metrics::counter!("herald_frames_out_total")
-                        .increment(batch.frames.len() as u64);
-                    metrics::counter!("herald_bytes_out_total").increment(bytes as u64);
-                    metrics::counter!("herald_writes_total").increment(1);
+                    frames_out.increment(batch.frames.len() as u64);
+                    bytes_out.increment(bytes as u64);
+                    writes.increment(1);
                     if let Some(t) = batch.oldest_pub {
-                        metrics::histogram!("herald_publish_to_send_seconds")
-                            .record(t.elapsed().as_secs_f64());
+                        publish_to_send.record(t.elapsed().as_secs_f64());
                     }
                 }
                 Ok(Err(_)) => return WriterEnd::close(None),

@@ -1,5 +1,6 @@
 //! The `herald` binary: command line, configuration loading and wiring.
 
+mod bench;
 mod config;
 mod token;
 mod tools;
@@ -95,6 +96,11 @@ enum Command {
         conn: tools::ConnectArgs,
         /// Channel.
         channel: String,
+    },
+    /// Load-test a server: fanout, idle, connect and churn scenarios.
+    Bench {
+        #[command(subcommand)]
+        scenario: bench::Scenario,
     },
     /// Print CHANNEL's history.
     History {
@@ -295,6 +301,7 @@ async fn main() -> ExitCode {
             data,
         } => tools::publish(&conn, &channel, &data).await,
         Command::Send { conn, file } => tools::send(&conn, &file).await,
+        Command::Bench { scenario } => bench::run(scenario).await,
         Command::Presence { conn, channel } => tools::presence(&conn, &channel).await,
         Command::History {
             conn,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Reproduce docs/benchmarks.md: Herald and the Node `ws` baseline, same scenarios, same session.
+# Each scenario gets a fresh server pinned to core 0; the load generator runs on core 1.
+#   bench/run.sh [OUT.jsonl]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-bench/results/$(date -u +%Y-%m-%d).jsonl}
+mkdir -p "$(dirname "$OUT")"
+: > "$OUT"
+cargo build --release -p herald >&2
+(cd bench/node-ws && npm ci --no-audit --no-fund >&2)
+HERALD=target/release/herald
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "server on port $1 did not start" >&2
+  return 1
+}
+
+start() { # start SERVER -> prints pid
+  case "$1" in
+    herald) taskset -c 0 "$HERALD" serve --dev --config bench/herald.toml --listen 127.0.0.1:8200 >/dev/null 2>&1 & echo $! ;;
+    node) PORT=8100 taskset -c 0 node bench/node-ws/server.js >/dev/null 2>&1 & echo $! ;;
+  esac
+}
+
+port() { [ "$1" = herald ] && echo 8200 || echo 8100; }
+
+run() { # run SERVER NAME SCENARIO ARGS...
+  local server=$1 name=$2; shift 2
+  local pid; pid=$(start "$server")
+  wait_port "$(port "$server")"
+  echo "== $server $name: herald bench $*" >&2
+  local result
+  result=$(taskset -c 1 "$HERALD" bench "$@" --url "ws://127.0.0.1:$(port "$server")/ws" --pid "$pid" --json | tail -1)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  python3 -c 'import json,sys; r=json.loads(sys.argv[3]); r.update(server=sys.argv[1], name=sys.argv[2]); print(json.dumps(r))' \
+    "$server" "$name" "$result" >> "$OUT"
+}
+
+for server in herald node; do
+  run $server fanout-1x1000-100hz fanout --subscribers 1000 --channels 1 --rate 100 --duration 10s
+  run $server fanout-1x5000-max fanout --subscribers 5000 --channels 1 --rate 0 --duration 10s
+  run $server fanout-1000x10-2000hz fanout --subscribers 10000 --channels 1000 --rate 2000 --duration 10s
+  run $server idle-10000 idle --connections 10000 --channels 100 --duration 3s
+  run $server connect-5000 connect --connections 5000
+done
+run herald churn-200 churn --clients 200 --channels 10 --rate 200 --duration 10s
+python3 bench/summarize.py "$OUT"

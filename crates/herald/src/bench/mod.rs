@@ -1,0 +1,393 @@
+//! `herald bench`: the load simulator. Scenarios: `fanout`, `idle`, `connect`, `churn`.
+//!
+//! Every scenario is bounded (by `--duration` and by counts) and stops by itself. Connections are
+//! opened with bounded concurrency from several 127.0.0.x source addresses (so the ephemeral port
+//! range does not cap them), and the file-descriptor limit is raised as far as allowed.
+
+mod churn;
+mod fanout;
+mod publisher;
+mod raw;
+mod stats;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use raw::RawConn;
+pub use stats::ServerProbe;
+
+/// Options shared by every scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Server WebSocket URL.
+    #[arg(long, env = "HERALD_URL", default_value = "ws://127.0.0.1:8000/ws")]
+    pub url: String,
+    /// Token for every connection (`Authorization: Bearer`).
+    #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Server process id: report its CPU time and memory (from /proc).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Spread connections over this many 127.0.0.x source addresses (loopback targets only).
+    #[arg(long, default_value_t = 8)]
+    pub source_ips: u8,
+    /// Connections opened at the same time.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// How long the measured phase runs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Channel name prefix (a random one by default, so runs never see old history).
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+/// The scenarios.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Scenario {
+    /// N subscribers over C channels; a publisher at a fixed rate or as fast as acks allow.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Subscribers.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Channels (subscriber i joins channel i mod C).
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
+        /// Publications per second over all channels; 0 = closed loop, as fast as acks allow.
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        /// Bytes of application data per publication (at least 40, for the timestamp).
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Publications in flight in closed-loop mode.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+    },
+    /// N idle connections, each subscribed to a channel; reports server memory per connection.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Connections.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Channels (connection i joins channel i mod C).
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+    },
+    /// Connection rate: connect (+ token) + subscribe for N connections.
+    Connect {
+        #[command(flatten)]
+        common: Common,
+        /// Connections.
+        #[arg(long, default_value_t = 2000)]
+        connections: usize,
+    },
+    /// Real clients (herald-client) randomly cut and reconnecting while messages flow; reports
+    /// loss and duplicates after recovery (must be zero within the history window).
+    Churn {
+        #[command(flatten)]
+        common: Common,
+        /// Clients.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Channels.
+        #[arg(long, default_value_t = 10)]
+        channels: usize,
+        /// Publications per second over all channels.
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        /// Cut one random client's connection this often.
+        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+        cut_every: Duration,
+    },
+}
+
+/// Where to connect, parsed from `--url`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub path: String,
+    pub token: Option<String>,
+    sources: Vec<IpAddr>,
+}
+
+impl Target {
+    fn new(c: &Common) -> anyhow::Result<Target> {
+        let rest = c
+            .url
+            .strip_prefix("ws://")
+            .context("herald bench speaks plain ws:// (benchmark without TLS)")?;
+        let (hostport, path) = match rest.split_once('/') {
+            Some((h, p)) => (h, format!("/{p}")),
+            None => (rest, "/ws".to_owned()),
+        };
+        let addr: SocketAddr = match hostport.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                use std::net::ToSocketAddrs;
+                hostport
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve {hostport}"))?
+                    .next()
+                    .with_context(|| format!("no address for {hostport}"))?
+            }
+        };
+        let sources = if addr.ip().is_loopback() && addr.is_ipv4() {
+            (1..=c.source_ips.max(1))
+                .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Target {
+            addr,
+            path,
+            token: c.token.clone(),
+            sources,
+        })
+    }
+
+    /// Source address for connection `i`.
+    pub fn source(&self, i: usize) -> Option<IpAddr> {
+        (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()])
+    }
+
+    /// Open connection `i` and read its `connected` message.
+    pub async fn open(&self, i: usize) -> anyhow::Result<RawConn> {
+        let mut c =
+            RawConn::connect(self.addr, self.source(i), &self.path, self.token.as_deref()).await?;
+        match c.next().await? {
+            Some(m) if memchr::memmem::find(m, b"\"connected\"").is_some() => Ok(c),
+            Some(m) => bail!("unexpected first frame: {}", String::from_utf8_lossy(m)),
+            None => bail!("closed before `connected`"),
+        }
+    }
+}
+
+/// Subscribe on a raw connection; returns the stream offset at subscribe time.
+pub async fn subscribe(c: &mut RawConn, channel: &str) -> anyhow::Result<u64> {
+    let cmd = json!({"type": "subscribe", "id": 1, "payload": {"channel": channel}});
+    c.send_text(cmd.to_string().as_bytes()).await?;
+    loop {
+        let Some(m) = c.next().await? else {
+            bail!("closed while subscribing")
+        };
+        if memchr::memmem::find(m, b"\"error\"").is_some() {
+            bail!("subscribe refused: {}", String::from_utf8_lossy(m));
+        }
+        if memchr::memmem::find(m, b"\"reply\"").is_some() {
+            return Ok(raw::number_after(m, b"\"offset\":").unwrap_or(0));
+        }
+    }
+}
+
+/// Raise the open-file limit as far as allowed; warn when it caps `needed` connections.
+fn raise_fd_limit(needed: usize) -> u64 {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    if (needed as u64) + 64 > limit {
+        eprintln!(
+            "herald bench: the open-file limit is {limit}: this run is capped at about {} connections",
+            limit.saturating_sub(64)
+        );
+    }
+    limit
+}
+
+/// A progress bar on stderr (hidden with `--json`).
+fn progress(len: u64, what: &str, hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg:<12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn prefix(c: &Common) -> String {
+    c.prefix
+        .clone()
+        .unwrap_or_else(|| format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..6]))
+}
+
+/// Open `n` connections with bounded concurrency, each subscribed to `channel(i)`.
+/// Returns the connections with their subscribe offsets, and the number of failures.
+async fn open_many(
+    t: &Arc<Target>,
+    n: usize,
+    concurrency: usize,
+    channel: impl Fn(usize) -> String + Send + Sync + 'static,
+    bar: &indicatif::ProgressBar,
+) -> (Vec<(usize, RawConn, u64, Duration)>, usize, Option<String>) {
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let channel = Arc::new(channel);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (t, sem, channel) = (t.clone(), sem.clone(), channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let started = Instant::now();
+            let mut c = t.open(i).await?;
+            let offset = subscribe(&mut c, &channel(i)).await?;
+            anyhow::Ok((i, c, offset, started.elapsed()))
+        }));
+    }
+    let mut ok = Vec::with_capacity(n);
+    let mut failed = 0;
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(c)) => ok.push(c),
+            Ok(Err(e)) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        bar.inc(1);
+    }
+    (ok, failed, first_error)
+}
+
+/// Run a scenario.
+pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Fanout {
+            common,
+            subscribers,
+            channels,
+            rate,
+            payload,
+            window,
+        } => {
+            let opts = fanout::Options {
+                subscribers,
+                channels: channels.max(1),
+                rate,
+                payload: payload.max(40),
+                window: window.max(1),
+            };
+            fanout::run(&common, opts).await
+        }
+        Scenario::Idle {
+            common,
+            connections,
+            channels,
+        } => idle(&common, connections, channels.max(1)).await,
+        Scenario::Connect {
+            common,
+            connections,
+        } => connect(&common, connections).await,
+        Scenario::Churn {
+            common,
+            clients,
+            channels,
+            rate,
+            cut_every,
+        } => churn::run(&common, clients, channels.max(1), rate, cut_every).await,
+    }
+}
+
+async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
+    raise_fd_limit(n);
+    let t = Arc::new(Target::new(c)?);
+    let probe = c.pid.map(ServerProbe::new).transpose()?;
+    let before = probe.map(|p| p.rss_bytes()).transpose()?;
+    let bar = progress(n as u64, "connecting", c.json);
+    let p = prefix(c);
+    let started = Instant::now();
+    let (conns, failed, first_error) = open_many(
+        &t,
+        n,
+        c.concurrency,
+        move |i| format!("{p}:{}", i % channels),
+        &bar,
+    )
+    .await;
+    bar.finish_and_clear();
+    let connect_time = started.elapsed();
+    // Let the server settle (allocator, lazily grown buffers), then read its memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = probe.map(|p| p.rss_bytes()).transpose()?;
+    let open = conns.len();
+    let per_conn = match (before, after) {
+        (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64),
+        _ => None,
+    };
+    // Hold for the rest of the duration, then close.
+    let hold = c.duration.saturating_sub(connect_time);
+    tokio::time::sleep(hold.min(Duration::from_secs(3600))).await;
+    drop(conns);
+    let report = json!({
+        "scenario": "idle",
+        "connections": open,
+        "failed": failed,
+        "first_error": first_error,
+        "connect_seconds": stats::secs(connect_time),
+        "server_rss_before_bytes": before,
+        "server_rss_after_bytes": after,
+        "server_bytes_per_connection": per_conn,
+    });
+    stats::report("herald bench idle", &report, c.json);
+    Ok(())
+}
+
+async fn connect(c: &Common, n: usize) -> anyhow::Result<()> {
+    raise_fd_limit(n);
+    let t = Arc::new(Target::new(c)?);
+    let probe = c.pid.map(ServerProbe::new).transpose()?;
+    let cpu0 = probe.map(|p| p.cpu_seconds()).transpose()?;
+    let bar = progress(n as u64, "connecting", c.json);
+    let p = prefix(c);
+    let started = Instant::now();
+    let (conns, failed, first_error) = open_many(
+        &t,
+        n,
+        c.concurrency,
+        move |i| format!("{p}:{}", i % 100),
+        &bar,
+    )
+    .await;
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let cpu = match (probe, cpu0) {
+        (Some(p), Some(c0)) => Some(p.cpu_seconds()? - c0),
+        _ => None,
+    };
+    let mut h = stats::histogram();
+    for (_, _, _, d) in &conns {
+        let _ = h.record(d.as_micros().max(1) as u64);
+    }
+    let ok = conns.len();
+    drop(conns);
+    let report = json!({
+        "scenario": "connect",
+        "connections": ok,
+        "failed": failed,
+        "first_error": first_error,
+        "seconds": stats::secs(elapsed),
+        "connections_per_second": ok as f64 / elapsed.as_secs_f64(),
+        "server_cpu_seconds": cpu,
+        "connect_and_subscribe_latency": stats::latency_json(&h),
+    });
+    stats::report("herald bench connect", &report, c.json);
+    Ok(())
+}

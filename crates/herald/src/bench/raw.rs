@@ -1,0 +1,212 @@
+//! A minimal WebSocket client for load generation: one socket, one read buffer, frames parsed in
+//! place. It does only what the benchmark needs (masked text frames out, unmasked frames in,
+//! pong replies), so one load-generator core can drive thousands of connections.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use herald_proto::frame::{self, OpCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The read side: server bytes parsed into frames in place.
+pub struct RawReader {
+    read: OwnedReadHalf,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// One benchmark connection.
+pub struct RawConn {
+    reader: RawReader,
+    write: OwnedWriteHalf,
+}
+
+enum Frame {
+    Data(usize, usize),
+    Ping(usize, usize),
+    Close,
+    Other,
+}
+
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(0x80 | opcode);
+    let len = payload.len();
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len <= u16::MAX as usize {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    let mask: [u8; 4] = rand::random();
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+/// Encode a masked client text frame.
+pub fn text_frame(text: &[u8]) -> Vec<u8> {
+    masked(1, text)
+}
+
+impl RawReader {
+    async fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 && (self.end == self.buf.len() || self.start == self.end) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let n = self.buf.len() * 2;
+            self.buf.resize(n, 0);
+        }
+        let n = self.read.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n > 0)
+    }
+
+    async fn frame(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            let base = self.buf.as_ptr() as usize;
+            let parsed = frame::parse_unmasked(&self.buf[self.start..self.end])
+                .map(|(p, op)| (p.as_ptr() as usize - base, p.len(), op));
+            match parsed {
+                Some((at, len, op)) => {
+                    self.start = at + len;
+                    return Ok(Some(match op {
+                        OpCode::Text | OpCode::Binary => Frame::Data(at, len),
+                        OpCode::Ping => Frame::Ping(at, len),
+                        OpCode::Close => Frame::Close,
+                        _ => Frame::Other,
+                    }));
+                }
+                None => {
+                    if !self.fill().await? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next text/binary payload (pings and pongs skipped). `None` on close/EOF.
+    pub async fn next(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            match self.frame().await? {
+                Some(Frame::Data(at, len)) => return Ok(Some(&self.buf[at..at + len])),
+                Some(Frame::Close) | None => return Ok(None),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl RawConn {
+    /// Connect from `local` (any port) to `addr`, upgrade on `path`, optionally with a token.
+    pub async fn connect(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        path: &str,
+        token: Option<&str>,
+    ) -> io::Result<RawConn> {
+        let sock = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local {
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = sock.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: herald.v1.json\r\n{auth}\r\n"
+        );
+        let (read, mut write) = stream.into_split();
+        write.write_all(req.as_bytes()).await?;
+        let mut reader = RawReader {
+            read,
+            buf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+        };
+        loop {
+            if let Some(pos) = reader.buf[..reader.end]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+            {
+                if !reader.buf.starts_with(b"HTTP/1.1 101") {
+                    let head = String::from_utf8_lossy(&reader.buf[..pos]);
+                    let first = head.lines().next().unwrap_or("").to_owned();
+                    return Err(io::Error::other(format!("upgrade refused: {first}")));
+                }
+                reader.start = pos + 4;
+                break;
+            }
+            if !reader.fill().await? {
+                return Err(io::Error::other("closed during the handshake"));
+            }
+        }
+        Ok(RawConn { reader, write })
+    }
+
+    /// Separate the read and write sides (the reader then ignores pings: the writer must keep
+    /// sending for the server to see the connection alive).
+    pub fn into_split(self) -> (RawReader, OwnedWriteHalf) {
+        (self.reader, self.write)
+    }
+
+    /// Send a text message.
+    pub async fn send_text(&mut self, text: &[u8]) -> io::Result<()> {
+        self.write.write_all(&masked(1, text)).await
+    }
+
+    /// The next text/binary payload (pings are answered, pongs skipped). `None` on close/EOF.
+    pub async fn next(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            match self.reader.frame().await? {
+                Some(Frame::Data(at, len)) => return Ok(Some(&self.reader.buf[at..at + len])),
+                Some(Frame::Ping(at, len)) => {
+                    let pong = masked(0xA, &self.reader.buf[at..at + len]);
+                    self.write.write_all(&pong).await?;
+                }
+                Some(Frame::Close) | None => return Ok(None),
+                Some(Frame::Other) => {}
+            }
+        }
+    }
+}
+
+/// A JSON number after `key` (e.g. `"offset":`) in `text`, without parsing the whole message.
+pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(text, key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_numbers() {
+        let m = br#"{"type":"message","payload":{"channel":"c","offset":42,"epoch":"e","data":{"t":1234567}}}"#;
+        assert_eq!(number_after(m, b"\"offset\":"), Some(42));
+        assert_eq!(number_after(m, b"\"t\":"), Some(1234567));
+        assert_eq!(number_after(m, b"\"missing\":"), None);
+    }
+}

@@ -1,0 +1,113 @@
+//! Measurements: latency histograms, the server's CPU time and memory from `/proc`, and the
+//! final report (a table, or JSON with `--json`).
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+/// Nanoseconds since the Unix epoch (the clock embedded in benchmark payloads).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// A latency histogram in microseconds (1 µs .. 60 s, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid histogram bounds")
+}
+
+/// The server process, observed through `/proc/PID`.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerProbe {
+    pid: u32,
+}
+
+impl ServerProbe {
+    /// Probe `pid` (fails when it does not exist).
+    pub fn new(pid: u32) -> anyhow::Result<ServerProbe> {
+        let p = ServerProbe { pid };
+        p.cpu_seconds()?;
+        Ok(p)
+    }
+
+    /// User + system CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
+        // Fields after the command name (which is in parentheses and may contain spaces).
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{}/stat", self.pid))?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name).
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        Ok(ticks / 100.0) // USER_HZ is 100 on Linux
+    }
+
+    /// Resident set size in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {}", self.pid))?;
+        Ok(kb * 1024)
+    }
+}
+
+/// Latency percentiles in milliseconds.
+pub fn latency_json(h: &Histogram<u64>) -> Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "samples": h.len(),
+        "p50_ms": ms(h.value_at_quantile(0.50)),
+        "p90_ms": ms(h.value_at_quantile(0.90)),
+        "p99_ms": ms(h.value_at_quantile(0.99)),
+        "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()),
+    })
+}
+
+/// Print a report: JSON, or an aligned two-column table.
+pub fn report(title: &str, v: &Value, as_json: bool) {
+    if as_json {
+        println!("{v}");
+        return;
+    }
+    println!("\n{title}");
+    println!("{}", "-".repeat(title.len()));
+    print_table(v, "");
+}
+
+fn print_table(v: &Value, prefix: &str) {
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if val.is_object() {
+                print_table(val, &key);
+            } else {
+                let shown = match val {
+                    Value::Number(n) if n.is_f64() => {
+                        format!("{:.3}", n.as_f64().unwrap_or(0.0))
+                    }
+                    other => other.to_string().trim_matches('"').to_owned(),
+                };
+                println!("{key:<36} {shown}");
+            }
+        }
+    }
+}
+
+/// Seconds as a JSON-friendly float.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

@@ -45,8 +45,8 @@ for server in herald node; do
   run $server fanout-1x1000-100hz fanout --subscribers 1000 --channels 1 --rate 100 --duration 10s
   run $server fanout-1x5000-max fanout --subscribers 5000 --channels 1 --rate 0 --duration 10s
   run $server fanout-1000x10-2000hz fanout --subscribers 10000 --channels 1000 --rate 2000 --duration 10s
-  run $server idle-10000 idle --connections 10000 --channels 100 --duration 3s
   run $server connect-5000 connect --connections 5000
+  run $server idle-10000 idle --connections 10000 --channels 100 --duration 3s
 done
 run herald churn-200 churn --clients 200 --channels 10 --rate 200 --duration 10s
 python3 bench/summarize.py "$OUT"

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fastwebsockets::{Role, WebSocket};
+use fastwebsockets::WebSocket;
 use herald_core::Flow;
 use herald_proto::{CloseCode, Format};
 use hyper::upgrade::Upgraded;
@@ -24,13 +24,17 @@ pub async fn serve(
     held: Held,
 ) {
     let (r, mut w) = tokio::io::split(ws.into_inner());
-    let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    let mut reader = MessageReader::new(rd, app.conn.max_message_size);
+    let mut reader = MessageReader::new(r, app.conn.max_message_size);
     let (identity, user_slot, over_user_limit) = match hs {
         Handshake::Done(identity, slot) => (*identity, slot, false),
         Handshake::FirstMessage => {
-            let Some(identity) =
-                crate::preauth::authenticate(&mut reader, &mut w, format, &app).await
+            let Some(identity) = Box::pin(crate::preauth::authenticate(
+                &mut reader,
+                &mut w,
+                format,
+                &app,
+            ))
+            .await
             else {
                 return;
             };
@@ -97,11 +101,13 @@ pub async fn serve(
         st.touch();
         let flow = match res {
             Ok(Inbound::Pong) => Flow::Continue,
+            // Boxed: command futures (recovery, resume) are large, and an idle connection's task
+            // should not carry their space while it waits for the next frame.
             Ok(Inbound::Text(b)) if format == Format::Json => {
-                dispatch(&mut session, format, &b).await
+                Box::pin(dispatch(&mut session, format, &b)).await
             }
             Ok(Inbound::Binary(b)) if format == Format::Msgpack => {
-                dispatch(&mut session, format, &b).await
+                Box::pin(dispatch(&mut session, format, &b)).await
             }
             Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
             Ok(Inbound::Close { clean }) => {
@@ -142,7 +148,8 @@ pub async fn serve(
         reason,
         "disconnected"
     );
-    app.node.disconnected(session, clean).await;
+    // Boxed: ending a session is a large future; an idle connection should not carry its space.
+    Box::pin(app.node.disconnected(session, clean)).await;
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -169,9 +176,8 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
     use herald_core::outlet::{Outlet, QueueLimits};
     use herald_proto::frame::{self, OpCode};
     let (r, w) = tokio::io::split(ws.into_inner());
-    let (rd, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let max = app.conn.max_message_size.max(16 << 20);
-    let mut reader = MessageReader::new(rd, max);
+    let mut reader = MessageReader::new(r, max);
     let outlet = Outlet::new(
         Format::Json,
         QueueLimits {

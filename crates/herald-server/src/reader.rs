@@ -1,11 +1,20 @@
-//! Reading client messages: fastwebsockets parses frames (masking, opcodes, control frames, close
-//! codes); this module reassembles fragments under a size bound and validates UTF-8 as it goes.
+//! Reading client messages: RFC 6455 frame parsing (masking, opcodes, control frames, close
+//! codes), fragment reassembly under a size bound, and UTF-8 validation as data arrives.
+//!
+//! The read buffer starts empty and grows only to the frame being read; once drained it is freed
+//! when it grew past [`KEEP`] bytes, so an idle connection holds at most a few hundred bytes here.
+//! Every `next` is cancel-safe: all state lives in the reader and the only await is a read into
+//! spare buffer capacity. Conformance is checked by the Autobahn suite (`scripts/autobahn.sh`).
 
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
 use herald_proto::CloseCode;
-use herald_proto::frame::{self, OpCode as Op};
-use tokio::io::AsyncRead;
+use herald_proto::frame::{self, OpCode};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Buffer capacity kept after a message has been consumed.
+pub const KEEP: usize = 512;
+/// Smallest read.
+const MIN_READ: usize = 256;
 
 /// A complete inbound message or event.
 #[derive(Debug)]
@@ -33,26 +42,18 @@ pub enum ReadError {
 }
 
 struct Partial {
-    opcode: OpCode,
+    text: bool,
     buf: Vec<u8>,
     checked: usize,
 }
 
-/// Reads whole messages from the read half of a WebSocket.
+/// Reads whole messages from a client's byte stream.
 pub struct MessageReader<R> {
-    ws: WebSocketRead<R>,
+    io: R,
+    buf: Vec<u8>,
+    start: usize,
     max: usize,
     partial: Option<Partial>,
-}
-
-fn op(o: OpCode) -> Op {
-    match o {
-        OpCode::Close => Op::Close,
-        OpCode::Ping => Op::Ping,
-        OpCode::Pong => Op::Pong,
-        OpCode::Binary => Op::Binary,
-        _ => Op::Text,
-    }
 }
 
 /// Validate newly appended UTF-8, allowing an incomplete sequence at the end.
@@ -70,14 +71,106 @@ fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), ReadError> {
     }
 }
 
+/// Close codes a peer may send (RFC 6455 §7.4, IANA registry).
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
+
+const fn protocol() -> ReadError {
+    ReadError::Protocol(CloseCode::ProtocolError)
+}
+
+/// A parsed frame header.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    /// Header bytes including the masking key.
+    len: usize,
+    payload: usize,
+    mask: [u8; 4],
+}
+
+/// Parse a client frame header from `b`; `Ok(None)` = more bytes are needed.
+fn parse_header(b: &[u8], max: usize) -> Result<Option<Header>, ReadError> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let fin = b[0] & 0x80 != 0;
+    if b[0] & 0x70 != 0 {
+        return Err(protocol()); // no extension negotiated: RSV bits must be 0
+    }
+    let opcode = b[0] & 0x0f;
+    if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
+        return Err(protocol());
+    }
+    if b[1] & 0x80 == 0 {
+        return Err(protocol()); // client frames must be masked
+    }
+    let (ext, payload) = match b[1] & 0x7f {
+        126 if b.len() >= 4 => (2, u16::from_be_bytes([b[2], b[3]]) as u64),
+        127 if b.len() >= 10 => {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&b[2..10]);
+            (8, u64::from_be_bytes(n))
+        }
+        126 | 127 => return Ok(None),
+        n => (0, n as u64),
+    };
+    if opcode >= 8 && (!fin || payload > 125) {
+        return Err(protocol()); // control frames: unfragmented, at most 125 bytes
+    }
+    if opcode < 8 && payload > max as u64 {
+        return Err(ReadError::Protocol(CloseCode::MessageTooBig));
+    }
+    let len = 2 + ext + 4;
+    if b.len() < len {
+        return Ok(None);
+    }
+    let mut mask = [0u8; 4];
+    mask.copy_from_slice(&b[2 + ext..len]);
+    Ok(Some(Header {
+        fin,
+        opcode,
+        len,
+        payload: payload as usize,
+        mask,
+    }))
+}
+
 impl<R: AsyncRead + Unpin> MessageReader<R> {
-    /// Wrap a read half; `max` bounds a whole message.
-    pub fn new(mut ws: WebSocketRead<R>, max: usize) -> Self {
-        ws.set_max_message_size(max.saturating_add(1));
+    /// Read from `io`; `max` bounds a whole message.
+    pub fn new(io: R, max: usize) -> Self {
         MessageReader {
-            ws,
+            io,
+            buf: Vec::new(),
+            start: 0,
             max,
             partial: None,
+        }
+    }
+
+    /// Read more bytes, making room for at least `want` more.
+    async fn fill(&mut self, want: usize) -> Result<(), ReadError> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(want.max(MIN_READ));
+        match self.io.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => Err(ReadError::Gone),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// Forget consumed bytes; free a grown buffer once it is empty.
+    fn consumed(&mut self) {
+        if self.start == self.buf.len() {
+            self.start = 0;
+            if self.buf.capacity() > KEEP {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
+            }
         }
     }
 
@@ -85,85 +178,184 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// are appended to `control`, to be written by the writer.
     pub async fn next(&mut self, control: &mut Vec<Bytes>) -> Result<Inbound, ReadError> {
         loop {
-            let frame: Frame<'_> = self
-                .ws
-                .read_frame(&mut |f: Frame<'_>| {
-                    control.push(frame::with_payload(op(f.opcode), &f.payload));
-                    std::future::ready(Ok::<(), std::convert::Infallible>(()))
-                })
-                .await
-                .map_err(map_err)?;
-            match frame.opcode {
-                OpCode::Close if frame.payload.len() > 125 => {
-                    // Control frames carry at most 125 bytes (RFC 6455 §5.5); drop the echo.
-                    control.retain(|f| f.first() != Some(&(0x80 | Op::Close as u8)));
-                    return Err(ReadError::Protocol(CloseCode::ProtocolError));
+            let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
+            let limit = self.max.saturating_sub(in_message);
+            let header = match parse_header(&self.buf[self.start..], limit)? {
+                Some(h) => h,
+                None => {
+                    self.fill(14).await?;
+                    continue;
                 }
-                OpCode::Close => {
-                    let code = (frame.payload.len() >= 2)
-                        .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
-                    return Ok(Inbound::Close {
-                        clean: matches!(code, None | Some(1000) | Some(1001)),
-                    });
+            };
+            let have = self.buf.len() - self.start;
+            if have < header.len + header.payload {
+                self.fill(header.len + header.payload - have).await?;
+                continue;
+            }
+            let from = self.start + header.len;
+            let payload = &mut self.buf[from..from + header.payload];
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= header.mask[i & 3];
+            }
+            self.start = from + header.payload;
+            let result = self.frame(&header, from, control);
+            self.consumed();
+            match result? {
+                Some(m) => return Ok(m),
+                None => continue,
+            }
+        }
+    }
+
+    /// Act on one complete frame whose unmasked payload starts at `from`.
+    fn frame(
+        &mut self,
+        h: &Header,
+        from: usize,
+        control: &mut Vec<Bytes>,
+    ) -> Result<Option<Inbound>, ReadError> {
+        let payload = &self.buf[from..from + h.payload];
+        match h.opcode {
+            8 => {
+                let code = match payload.len() {
+                    0 => None,
+                    1 => return Err(protocol()),
+                    _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                };
+                if code.is_some_and(|c| !close_code_allowed(c)) {
+                    return Err(protocol());
                 }
-                OpCode::Pong => return Ok(Inbound::Pong),
-                OpCode::Ping => continue,
-                OpCode::Text | OpCode::Binary => {
-                    if self.partial.is_some() {
-                        return Err(ReadError::Protocol(CloseCode::ProtocolError));
-                    }
-                    if frame.fin {
-                        let data = frame.payload.to_vec();
-                        return Ok(if frame.opcode == OpCode::Text {
-                            Inbound::Text(data)
-                        } else {
-                            Inbound::Binary(data)
-                        });
-                    }
-                    let mut p = Partial {
-                        opcode: frame.opcode,
-                        buf: frame.payload.to_vec(),
-                        checked: 0,
-                    };
-                    if p.opcode == OpCode::Text {
-                        check_utf8(&mut p, false)?;
-                    }
-                    self.partial = Some(p);
+                if payload.len() > 2 && std::str::from_utf8(&payload[2..]).is_err() {
+                    return Err(ReadError::Protocol(CloseCode::InvalidPayload));
                 }
-                OpCode::Continuation => {
-                    let Some(p) = self.partial.as_mut() else {
-                        return Err(ReadError::Protocol(CloseCode::ProtocolError));
-                    };
-                    if p.buf.len() + frame.payload.len() > self.max {
-                        return Err(ReadError::Protocol(CloseCode::MessageTooBig));
-                    }
-                    p.buf.extend_from_slice(&frame.payload);
-                    if p.opcode == OpCode::Text {
-                        check_utf8(p, frame.fin)?;
-                    }
-                    if frame.fin
-                        && let Some(p) = self.partial.take()
-                    {
-                        return Ok(if p.opcode == OpCode::Text {
-                            Inbound::Text(p.buf)
-                        } else {
-                            Inbound::Binary(p.buf)
-                        });
-                    }
+                control.push(frame::with_payload(OpCode::Close, payload));
+                Ok(Some(Inbound::Close {
+                    clean: matches!(code, None | Some(1000) | Some(1001)),
+                }))
+            }
+            9 => {
+                control.push(frame::with_payload(OpCode::Pong, payload));
+                Ok(None)
+            }
+            10 => Ok(Some(Inbound::Pong)),
+            1 | 2 => {
+                if self.partial.is_some() {
+                    return Err(protocol());
                 }
+                let text = h.opcode == 1;
+                if h.fin {
+                    if text && std::str::from_utf8(payload).is_err() {
+                        return Err(ReadError::Protocol(CloseCode::InvalidPayload));
+                    }
+                    let data = payload.to_vec();
+                    return Ok(Some(if text {
+                        Inbound::Text(data)
+                    } else {
+                        Inbound::Binary(data)
+                    }));
+                }
+                let mut p = Partial {
+                    text,
+                    buf: payload.to_vec(),
+                    checked: 0,
+                };
+                if text {
+                    check_utf8(&mut p, false)?;
+                }
+                self.partial = Some(p);
+                Ok(None)
+            }
+            _ => {
+                // Continuation (opcode 0; others were refused by `parse_header`).
+                let Some(p) = self.partial.as_mut() else {
+                    return Err(protocol());
+                };
+                p.buf.extend_from_slice(payload);
+                if p.text {
+                    check_utf8(p, h.fin)?;
+                }
+                if !h.fin {
+                    return Ok(None);
+                }
+                Ok(self.partial.take().map(|p| {
+                    if p.text {
+                        Inbound::Text(p.buf)
+                    } else {
+                        Inbound::Binary(p.buf)
+                    }
+                }))
             }
         }
     }
 }
 
-fn map_err(e: WebSocketError) -> ReadError {
-    match e {
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => ReadError::Gone,
-        WebSocketError::InvalidUTF8 => ReadError::Protocol(CloseCode::InvalidPayload),
-        WebSocketError::FrameTooLarge => ReadError::Protocol(CloseCode::MessageTooBig),
-        WebSocketError::SendError(_) => ReadError::Gone,
-        _ => ReadError::Protocol(CloseCode::ProtocolError),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![first, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+        f.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+        );
+        f
+    }
+
+    #[tokio::test]
+    async fn reassembles_answers_pings_and_frees_the_buffer() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut r = MessageReader::new(server, 1 << 20);
+        let mut bytes = masked(0x01, b"hel"); // text, not fin
+        bytes.extend(masked(0x89, b"p")); // ping in between
+        bytes.extend(masked(0x80, b"lo")); // continuation, fin
+        client.write_all(&bytes).await.expect("write");
+        let mut control = Vec::new();
+        match r.next(&mut control).await {
+            Ok(Inbound::Text(t)) => assert_eq!(t, b"hello"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(control.len(), 1, "pong queued");
+        let big = vec![b'x'; 100];
+        let mut frame = vec![0x82, 0x80 | 126, 0, 100, 0, 0, 0, 0];
+        frame.extend(&big);
+        client.write_all(&frame).await.expect("write");
+        match r.next(&mut control).await {
+            Ok(Inbound::Binary(b)) => assert_eq!(b, big),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            r.buf.capacity() <= KEEP,
+            "buffer kept small: {}",
+            r.buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_unmasked_reserved_and_oversized_frames() {
+        for (bytes, code) in [
+            (vec![0x81, 0x01, b'a'], CloseCode::ProtocolError),
+            (masked(0xC1, b"a"), CloseCode::ProtocolError),
+            (masked(0x83, b"a"), CloseCode::ProtocolError),
+            (masked(0x09, b"a"), CloseCode::ProtocolError),
+            (masked(0x88, &[0x03, 0xe8, 0xff]), CloseCode::InvalidPayload),
+            (masked(0x88, &[0x03, 0xec]), CloseCode::ProtocolError),
+            (masked(0x81, &[0xff]), CloseCode::InvalidPayload),
+            (
+                vec![0x82, 0xff, 0, 0, 0, 0, 0, 1, 0, 0, 1, 2, 3, 4],
+                CloseCode::MessageTooBig,
+            ),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1024);
+            client.write_all(&bytes).await.expect("write");
+            let mut r = MessageReader::new(server, 1000);
+            match r.next(&mut Vec::new()).await {
+                Err(ReadError::Protocol(c)) => assert_eq!(c, code, "{bytes:?}"),
+                other => panic!("{bytes:?}: {other:?}"),
+            }
+        }
     }
 }

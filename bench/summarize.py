@@ -25,7 +25,11 @@ METRICS = [
     ("fanout-1000x10-2000hz", "deliveries_per_server_cpu_second", "deliveries / server CPU s", True),
     ("idle-10000", "server_bytes_per_connection", "server bytes / idle connection", False),
     ("connect-5000", "connections_per_second", "connections / s (connect+subscribe)", True),
+    ("connect-5000", "server_cpu_us_per_connection", "server CPU µs / connection", False),
 ]
+for r in rows:
+    if r.get("server_cpu_seconds") is not None and r.get("scenario") == "connect" and r.get("connections"):
+        r["server_cpu_us_per_connection"] = r["server_cpu_seconds"] * 1e6 / r["connections"]
 
 print("| scenario | metric | Herald | Node ws | Herald ÷ Node (better ×) |")
 print("| --- | --- | ---: | ---: | ---: |")

@@ -120,11 +120,14 @@ impl crate::broker::BrokerHandler for Hub {
             channel: &'a str,
             client_id: &'a str,
             user_id: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            info: Option<&'a serde_json::Value>,
         }
         let ev = Ev {
             channel,
             client_id: &info.client_id,
             user_id: &info.user_id,
+            info: info.info.as_ref(),
         };
         self.broadcast_event(channel, &info.client_id, |f| {
             herald_proto::encode(f, kind, None, &ev).ok()
@@ -226,6 +229,24 @@ impl Hub {
     /// Channels with at least one local subscriber.
     pub fn channels(&self) -> usize {
         self.shards.iter().map(|s| read(s).len()).sum()
+    }
+
+    /// Channels with local subscribers whose name passes `keep`, with their subscriber counts,
+    /// sorted by name.
+    pub fn channel_counts(&self, keep: impl Fn(&str) -> bool) -> Vec<(String, usize)> {
+        let mut all: Vec<(String, usize)> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                read(s)
+                    .iter()
+                    .filter(|(c, _)| keep(c))
+                    .map(|(c, l)| (c.to_string(), l.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        all
     }
 }
 

@@ -325,6 +325,51 @@ impl Node {
         Ok(out)
     }
 
+    /// Drop a channel's history (server API).
+    pub async fn remove_history(&self, channel: &str) -> Result<(), EngineError> {
+        self.namespace(channel)?;
+        Ok(self.broker.remove_history(channel).await?)
+    }
+
+    /// Clients subscribed to a channel, cluster-wide (server API; no permission checks).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<ClientInfo>, EngineError> {
+        if !self.namespace(channel)?.presence {
+            return Err(EngineError::new(
+                ErrorCode::PresenceDisabled,
+                "presence is disabled in this namespace",
+            ));
+        }
+        Ok(self.presence.list(channel).await?)
+    }
+
+    /// Client and user counts of a channel (server API).
+    pub async fn presence_stats(
+        &self,
+        channel: &str,
+    ) -> Result<herald_proto::envelope::PresenceStats, EngineError> {
+        if !self.namespace(channel)?.presence {
+            return Err(EngineError::new(
+                ErrorCode::PresenceDisabled,
+                "presence is disabled in this namespace",
+            ));
+        }
+        Ok(self.presence.stats(channel).await?)
+    }
+
+    /// Close the session with this client id (authenticated users only). Returns whether found.
+    pub fn disconnect_client(&self, client_id: &str, code: CloseCode) -> bool {
+        let users = lock(&self.users);
+        for r in users.values().flatten() {
+            if &*r.client_id == client_id
+                && let Some(o) = r.outlet.upgrade()
+            {
+                o.close(code);
+                return true;
+            }
+        }
+        false
+    }
+
     /// Read a channel's history (for the server API and tests; no permission checks).
     pub async fn history(
         &self,

@@ -567,33 +567,19 @@ impl Session {
     }
 
     async fn presence(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
-        let ns = self.node.namespace(&c.channel)?;
-        self.may_read(&c.channel, ns)?;
-        if !ns.presence {
-            return Err(EngineError::new(
-                ErrorCode::PresenceDisabled,
-                "presence is disabled in this namespace",
-            ));
-        }
+        self.may_read(&c.channel, self.node.namespace(&c.channel)?)?;
         #[derive(Serialize)]
         struct Clients {
             clients: Vec<ClientInfo>,
         }
-        let clients = self.node.presence.list(&c.channel).await?;
+        let clients = self.node.presence(&c.channel).await?;
         self.reply(id, &Clients { clients });
         Ok(())
     }
 
     async fn presence_stats(&mut self, id: &Option<Id>, c: ChannelOnly) -> Result<(), EngineError> {
-        let ns = self.node.namespace(&c.channel)?;
-        self.may_read(&c.channel, ns)?;
-        if !ns.presence {
-            return Err(EngineError::new(
-                ErrorCode::PresenceDisabled,
-                "presence is disabled in this namespace",
-            ));
-        }
-        let stats = self.node.presence.stats(&c.channel).await?;
+        self.may_read(&c.channel, self.node.namespace(&c.channel)?)?;
+        let stats = self.node.presence_stats(&c.channel).await?;
         self.reply(id, &stats);
         Ok(())
     }

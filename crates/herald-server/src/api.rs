@@ -4,11 +4,15 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use herald_proto::ErrorCode;
+use herald_core::EngineError;
+use herald_core::broker::HistoryQuery;
+use herald_proto::{CloseCode, Data, ErrorCode, Format};
 use serde::Deserialize;
+use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use crate::app::{AppState, json_error};
@@ -52,6 +56,125 @@ pub fn key_rejection(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
+/// A failed API call: HTTP status plus the protocol's error code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
+    }
+
+    fn json(&self) -> Value {
+        json!({"code": self.code.as_str(), "message": self.message})
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        let status = match e.code {
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_error(self.status, self.code, &self.message)
+    }
+}
+
+fn params<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid parameters: {e}")))
+}
+
+/// Largest number of channels in one `broadcast` and commands in one `batch`.
+pub const MAX_FANOUT: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishParams {
+    channel: String,
+    data: Value,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastParams {
+    channels: Vec<String>,
+    data: Value,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelParams {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    channel: String,
+    #[serde(default)]
+    since: Option<herald_proto::StreamPosition>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsParams {
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectParams {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchParams {
+    commands: Vec<BatchCommand>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchCommand {
+    method: String,
+    #[serde(default)]
+    params: Value,
+}
+
 /// `POST /api/v1/revoke` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,37 +191,210 @@ pub struct RevokeRequest {
     pub expires_at: Option<u64>,
 }
 
-/// Revoke tokens by user or id and close the connections using them.
-pub async fn revoke(
+async fn publish(
+    app: &AppState,
+    channel: &str,
+    data: &Value,
+    key: Option<String>,
+) -> Result<Value, ApiError> {
+    if let Some(k) = &key
+        && (k.is_empty() || k.len() > herald_proto::envelope::MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(ApiError::bad("idempotency_key must be 1-128 bytes"));
+    }
+    let data = Data::json(&data.to_string()).map_err(|e| ApiError::bad(e.to_string()))?;
+    let out = app.node.publish(channel, data, None, key).await?;
+    let mut v = json!({"offset": out.offset, "epoch": &*out.epoch});
+    if out.duplicate {
+        v["duplicate"] = json!(true);
+    }
+    Ok(v)
+}
+
+/// Run one API method.
+pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiError> {
+    let node = &app.node;
+    match method {
+        "publish" => {
+            let p: PublishParams = params(p)?;
+            publish(app, &p.channel, &p.data, p.idempotency_key).await
+        }
+        "broadcast" => {
+            let p: BroadcastParams = params(p)?;
+            if p.channels.is_empty() || p.channels.len() > MAX_FANOUT {
+                return Err(ApiError::bad(format!("channels: 1 to {MAX_FANOUT}")));
+            }
+            let mut results = Vec::with_capacity(p.channels.len());
+            for ch in &p.channels {
+                results.push(
+                    match publish(app, ch, &p.data, p.idempotency_key.clone()).await {
+                        Ok(mut r) => {
+                            r["channel"] = json!(ch);
+                            r
+                        }
+                        Err(e) => json!({"channel": ch, "error": e.json()}),
+                    },
+                );
+            }
+            Ok(json!({"results": results}))
+        }
+        "presence" => {
+            let p: ChannelParams = params(p)?;
+            Ok(json!({"clients": node.presence(&p.channel).await?}))
+        }
+        "presence_stats" => {
+            let p: ChannelParams = params(p)?;
+            Ok(serde_json::to_value(node.presence_stats(&p.channel).await?)
+                .map_err(|e| ApiError::bad(e.to_string()))?)
+        }
+        "history" => {
+            let p: HistoryParams = params(p)?;
+            let limit = p.limit.unwrap_or(herald_proto::envelope::MAX_HISTORY_LIMIT);
+            if limit > herald_proto::envelope::MAX_HISTORY_LIMIT {
+                return Err(ApiError::bad("limit must be at most 100"));
+            }
+            if !node.namespace(&p.channel)?.history_enabled() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::HistoryDisabled,
+                    "history is disabled in this namespace",
+                ));
+            }
+            let q = HistoryQuery {
+                since: p.since,
+                limit,
+                reverse: p.reverse,
+            };
+            let page = node.history(&p.channel, q).await?;
+            let pubs: Vec<Value> = page
+                .publications
+                .iter()
+                .filter_map(|x| serde_json::to_value(x.out(Format::Json)).ok())
+                .collect();
+            Ok(json!({"offset": page.top, "epoch": &*page.epoch, "publications": pubs}))
+        }
+        "history_remove" => {
+            let p: ChannelParams = params(p)?;
+            node.remove_history(&p.channel).await?;
+            Ok(json!({}))
+        }
+        "channels" => {
+            let p: ChannelsParams = params(p)?;
+            let list = node.hub().channel_counts(|c| {
+                p.pattern
+                    .as_deref()
+                    .is_none_or(|pat| herald_core::auth::patterns::matches(pat, c))
+            });
+            let channels: Vec<Value> = list
+                .into_iter()
+                .map(|(c, n)| json!({"channel": c, "subscribers": n}))
+                .collect();
+            Ok(json!({"channels": channels}))
+        }
+        "info" => Ok(json!({
+            "node": node.id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_ms": app.started.elapsed().as_millis() as u64,
+            "connections": app.connections.load(std::sync::atomic::Ordering::Relaxed),
+            "channels": node.hub().channels(),
+            "waiting_sessions": node.waiting_sessions(),
+        })),
+        "disconnect" => {
+            let p: DisconnectParams = params(p)?;
+            let code = CloseCode::ForceDisconnect;
+            let n = match (&p.user, &p.client_id) {
+                (Some(u), None) if !u.is_empty() => node.disconnect_user(u, code),
+                (None, Some(c)) if !c.is_empty() => usize::from(node.disconnect_client(c, code)),
+                _ => return Err(ApiError::bad("give exactly one of `user` or `client_id`")),
+            };
+            Ok(json!({"disconnected": n}))
+        }
+        "revoke" => {
+            let req: RevokeRequest = params(p)?;
+            let now = herald_core::publication::now_ms() / 1000;
+            let expires_at = req.expires_at.unwrap_or(now + 24 * 3600);
+            let closed = match (&req.user, &req.token_id) {
+                (Some(u), None) if !u.is_empty() => node.revoke_user(u, expires_at),
+                (None, Some(t)) if !t.is_empty() => node.revoke_token(t, expires_at),
+                _ => return Err(ApiError::bad("give exactly one of `user` or `token_id`")),
+            };
+            Ok(json!({"closed": closed}))
+        }
+        "batch" => {
+            let p: BatchParams = params(p)?;
+            if p.commands.len() > MAX_FANOUT {
+                return Err(ApiError::bad(format!("at most {MAX_FANOUT} commands")));
+            }
+            let mut results = Vec::with_capacity(p.commands.len());
+            for c in p.commands {
+                let r = if c.method == "batch" {
+                    Err(ApiError::bad("batches do not nest"))
+                } else {
+                    Box::pin(call(app, &c.method, c.params)).await
+                };
+                results.push(match r {
+                    Ok(v) => json!({"result": v}),
+                    Err(e) => json!({"error": e.json()}),
+                });
+            }
+            Ok(json!({"results": results}))
+        }
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::UnknownType,
+            format!(
+                "unknown API method `{}`",
+                other.chars().take(32).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// `POST /api/v1/{method}`: JSON parameters in, JSON result out.
+pub async fn handler(
     State(app): State<Arc<AppState>>,
+    Path(method): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+    body: Bytes,
 ) -> Response {
     if let Some(r) = key_rejection(&app, &headers) {
         return r;
     }
-    let Json(req) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                &e.body_text(),
-            );
+    let p: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return ApiError::bad(format!("body is not JSON: {e}")).into_response(),
         }
     };
-    let now = herald_core::publication::now_ms() / 1000;
-    let expires_at = req.expires_at.unwrap_or(now + 24 * 3600);
-    let closed = match (&req.user, &req.token_id) {
-        (Some(u), None) if !u.is_empty() => app.node.revoke_user(u, expires_at),
-        (None, Some(t)) if !t.is_empty() => app.node.revoke_token(t, expires_at),
-        _ => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::BadRequest,
-                "give exactly one of `user` or `token_id`",
-            );
-        }
-    };
-    Json(serde_json::json!({ "closed": closed })).into_response()
+    metrics::counter!("herald_api_requests_total", "method" => api_metric_label(&method))
+        .increment(1);
+    match call(&app, &method, p).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Known methods keep their name as a metric label; anything else is `other`.
+fn api_metric_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 12] = [
+        "publish",
+        "broadcast",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+        "disconnect",
+        "revoke",
+        "batch",
+        "other",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == method)
+        .copied()
+        .unwrap_or("other")
 }

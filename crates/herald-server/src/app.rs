@@ -46,6 +46,8 @@ pub struct AppState {
     pub user_slots: Arc<Slots<String>>,
     /// TLS, when configured.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// When the server was bound.
+    pub started: std::time::Instant,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -326,6 +328,7 @@ impl Server {
             connect_limiter,
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
+            started: std::time::Instant::now(),
             tls,
             node,
             server,
@@ -369,8 +372,8 @@ impl Server {
         }
         let router = router
             .route(
-                "/api/v1/revoke",
-                axum::routing::post(crate::api::revoke)
+                "/api/v1/{method}",
+                axum::routing::post(crate::api::handler)
                     .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY)),
             )
             .with_state(state.clone());

@@ -8,6 +8,7 @@
 //! - [`handshake`]: checks before the upgrade (client IP, Origin, subprotocols, token carriers).
 //! - [`preauth`]: first-message authentication (`auth` before anything else).
 //! - [`api`]: the HTTP server API for backends (API keys).
+//! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
 //! - [`tls`]: rustls listener and reloadable certificate.
 //! - [`slots`]: connection counts per IP and per user.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod connection;
 pub mod handshake;
+pub mod http_client;
 pub mod jwks;
 pub mod metrics;
 pub mod preauth;

@@ -82,6 +82,9 @@ enum Command {
         channel: String,
         /// Data: JSON (`'{"text":"hi"}'`), or any other text as a string.
         data: String,
+        /// Publish through the HTTP server API with this key instead of over the socket.
+        #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Send the commands in FILE (JSON array or JSON lines; `-` = stdin), printing each reply.
     Send {
@@ -299,6 +302,13 @@ async fn main() -> ExitCode {
             conn,
             channel,
             data,
+            api_key: Some(key),
+        } => tools::publish_http(&conn, &key, &channel, &data).await,
+        Command::Pub {
+            conn,
+            channel,
+            data,
+            api_key: None,
         } => tools::publish(&conn, &channel, &data).await,
         Command::Send { conn, file } => tools::send(&conn, &file).await,
         Command::Bench { scenario } => bench::run(scenario).await,

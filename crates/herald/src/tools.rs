@@ -186,8 +186,27 @@ pub async fn publish(args: &ConnectArgs, channel: &str, data: &str) -> anyhow::R
         .publish(channel, parse_data(data))
         .await
         .with_context(|| format!("publish to {channel}"))?;
+    print_publish(args, channel, &r);
+    client.close().await;
+    Ok(())
+}
+
+/// The server API base (`http(s)://host:port`) derived from the WebSocket URL.
+fn api_base(ws_url: &str) -> anyhow::Result<String> {
+    let (scheme, rest) = if let Some(r) = ws_url.strip_prefix("ws://") {
+        ("http", r)
+    } else if let Some(r) = ws_url.strip_prefix("wss://") {
+        ("https", r)
+    } else {
+        bail!("--url must start with ws:// or wss://");
+    };
+    let host = rest.split('/').next().unwrap_or(rest);
+    Ok(format!("{scheme}://{host}"))
+}
+
+fn print_publish(args: &ConnectArgs, channel: &str, r: &Value) {
     if args.json {
-        print_json(&r);
+        print_json(r);
     } else {
         println!(
             "published to {channel}: offset {} epoch {}{}",
@@ -200,7 +219,41 @@ pub async fn publish(args: &ConnectArgs, channel: &str, data: &str) -> anyhow::R
             }
         );
     }
-    client.close().await;
+}
+
+/// `herald pub --api-key KEY CHANNEL DATA`: publish through `POST /api/v1/publish`.
+pub async fn publish_http(
+    args: &ConnectArgs,
+    key: &str,
+    channel: &str,
+    data: &str,
+) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/publish", api_base(&args.url)?);
+    let body = json!({"channel": channel, "data": parse_data(data)}).to_string();
+    let auth = format!("apikey {key}");
+    let r = herald_server::http_client::request(
+        "POST",
+        &url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.into_bytes(),
+        1 << 20,
+        args.timeout,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot reach the server API: {e}"))?;
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    if r.status != 200 {
+        bail!(
+            "server API answered HTTP {}: {} {}",
+            r.status,
+            v["code"].as_str().unwrap_or(""),
+            v["message"].as_str().unwrap_or("")
+        );
+    }
+    print_publish(args, channel, &v);
     Ok(())
 }
 

@@ -340,3 +340,34 @@ async fn a_bad_token_is_reported_as_401() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn pub_through_the_http_api_with_an_api_key() {
+    let cfg = std::env::temp_dir().join(format!("herald-api-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[auth]\napi_keys = [\"cli-api-key-0123456789\"]\n").expect("write");
+    let s = serve(&["--dev", "--config", cfg.to_str().expect("path")], &[]);
+    let out = stdout(&client_cmd(
+        &s.addr,
+        &[
+            "pub",
+            "--api-key",
+            "cli-api-key-0123456789",
+            "news",
+            r#"{"via":"http"}"#,
+        ],
+    ));
+    assert!(out.contains("published to news: offset 1"), "{out}");
+    let out = stdout(&client_cmd(&s.addr, &["history", "news", "--json"]));
+    assert!(out.contains(r#""via":"http""#), "{out}");
+    let bad = client_cmd(
+        &s.addr,
+        &["pub", "--api-key", "wrong-key-wrong-key", "news", "1"],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("HTTP 401") && err.contains("unauthorized"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(&cfg);
+}

@@ -141,6 +141,14 @@ impl Client {
             .await
     }
 
+    /// Call the application backend (`rpc`); resolves with the result `data`.
+    pub async fn rpc(&self, method: &str, data: Value) -> Result<Value, ClientError> {
+        let mut r = self
+            .request("rpc", json!({"method": method, "data": data}))
+            .await?;
+        Ok(r["data"].take())
+    }
+
     /// Send any command and wait for its reply payload (fails at once while disconnected).
     pub async fn request(&self, kind: &str, payload: Value) -> Result<Value, ClientError> {
         self.request_with_timeout(kind, payload, self.request_timeout)

@@ -107,6 +107,11 @@ pub struct SessionConfig {
     pub idempotency_window: Duration,
     /// Largest `data` accepted in a client publish, in bytes.
     pub max_data_size: usize,
+    /// How long an `rpc` may take before the client gets `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub rpc_timeout: Duration,
+    /// `rpc` calls one connection may have in flight (more get `rate_limited`).
+    pub rpc_max_inflight: usize,
 }
 
 impl Default for SessionConfig {
@@ -119,6 +124,8 @@ impl Default for SessionConfig {
             resume_grace: Duration::from_secs(30),
             idempotency_window: Duration::from_secs(120),
             max_data_size: 60 * 1024,
+            rpc_timeout: Duration::from_secs(5),
+            rpc_max_inflight: 16,
         }
     }
 }

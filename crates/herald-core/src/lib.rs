@@ -9,6 +9,7 @@
 //! - [`broker`] / [`presence`]: the engine traits and their contracts.
 //! - [`memory`]: the embedded in-memory broker and presence store.
 //! - [`auth`]: token verification, claims, channel patterns, revocations.
+//! - [`rpc`]: the `rpc` command's handler trait.
 //! - [`limits`]: per-connection and per-user rate limits.
 //! - [`config`]: namespaces, session limits, auth and rate limits.
 #![deny(missing_docs)]
@@ -23,6 +24,7 @@ pub mod node;
 pub mod outlet;
 pub mod presence;
 pub mod publication;
+pub mod rpc;
 pub mod session;
 
 pub use auth::{AuthConfig, Claims, Verifier};

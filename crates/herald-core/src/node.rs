@@ -112,6 +112,7 @@ pub struct Node {
     verifier: Arc<Verifier>,
     users: Mutex<HashMap<String, Vec<Registered>>>,
     publish_limiter: Option<KeyedLimiter<String>>,
+    rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
     /// Heartbeat settings announced to clients.
     pub heartbeat: Heartbeat,
 }
@@ -135,6 +136,7 @@ impl Node {
             verifier,
             users: Mutex::new(HashMap::new()),
             publish_limiter,
+            rpc: std::sync::OnceLock::new(),
             config,
             broker,
             presence,
@@ -173,6 +175,16 @@ impl Node {
                 format!("namespace {ns:?} is not configured"),
             )
         })
+    }
+
+    /// Register the handler of `rpc` commands (once; later calls return false).
+    pub fn set_rpc_handler(&self, handler: Arc<dyn crate::rpc::RpcHandler>) -> bool {
+        self.rpc.set(handler).is_ok()
+    }
+
+    /// The registered `rpc` handler.
+    pub fn rpc_handler(&self) -> Option<&Arc<dyn crate::rpc::RpcHandler>> {
+        self.rpc.get()
     }
 
     /// The token verifier.

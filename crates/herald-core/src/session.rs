@@ -47,6 +47,8 @@ pub struct Session {
     resume_token: String,
     subs: HashMap<String, Arc<Subscriber>>,
     violations: u32,
+    /// `rpc` calls in flight (created on the first call).
+    rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// When the connection token expires and when to ask for a fresh one.
@@ -100,6 +102,7 @@ impl Session {
             resume_token: token(),
             subs: HashMap::new(),
             violations: 0,
+            rpc_slots: None,
         }
     }
 
@@ -288,6 +291,7 @@ impl Session {
             Command::PresenceStats(c) => self.presence_stats(&id, c).await,
             Command::Resume(r) => self.resume(&id, r).await,
             Command::Refresh(r) => self.refresh(&id, &r.token),
+            Command::Rpc(r) => self.rpc(&id, r),
             Command::Auth(_) => Err(EngineError::new(
                 ErrorCode::BadRequest,
                 "already authenticated: use `refresh` to replace the token",
@@ -685,6 +689,76 @@ impl Session {
             }
             Err(_) => false,
         }
+    }
+
+    /// `rpc`: ask the handler in a task of its own (the connection keeps reading); exactly one
+    /// reply or error follows, `timeout` after `session.rpc_timeout`.
+    fn rpc(&mut self, id: &Option<Id>, r: herald_proto::envelope::Rpc) -> Result<(), EngineError> {
+        if r.method.is_empty() || r.method.len() > 128 {
+            return Err(EngineError::new(
+                ErrorCode::BadRequest,
+                "method must be 1-128 bytes",
+            ));
+        }
+        let Some(handler) = self.node.rpc_handler().cloned() else {
+            return Err(EngineError::new(
+                ErrorCode::Unavailable,
+                "rpc is not enabled on this server",
+            ));
+        };
+        let cfg = &self.node.config().session;
+        let slots = self
+            .rpc_slots
+            .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cfg.rpc_max_inflight)))
+            .clone();
+        let Ok(permit) = slots.try_acquire_owned() else {
+            return Err(EngineError::new(
+                ErrorCode::RateLimited,
+                "too many rpc calls in flight on this connection",
+            ));
+        };
+        let ctx = crate::rpc::RpcContext {
+            client_id: self.client_id.to_string(),
+            user_id: self.identity.user_id.clone(),
+            info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
+        };
+        let (outlet, id, timeout) = (self.outlet.clone(), id.clone(), cfg.rpc_timeout);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result =
+                match tokio::time::timeout(timeout, handler.call(ctx, r.method, r.data)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(EngineError::new(
+                        ErrorCode::Timeout,
+                        "the backend did not answer in time",
+                    )),
+                };
+            metrics::counter!("herald_rpc_total", "result" => if result.is_ok() { "ok" } else { "error" })
+                .increment(1);
+            let frame = match result {
+                Ok(data) => match &id {
+                    Some(id) => herald_proto::encode(
+                        outlet.format,
+                        "reply",
+                        Some(id),
+                        &serde_json::json!({ "data": data }),
+                    )
+                    .ok(),
+                    None => None,
+                },
+                Err(e) => herald_proto::encode(
+                    outlet.format,
+                    "error",
+                    id.as_ref(),
+                    &ErrorPayload::new(e.code, e.message),
+                )
+                .ok(),
+            };
+            if let Some(f) = frame {
+                outlet.push_reply(f);
+            }
+        });
+        Ok(())
     }
 
     /// `refresh`: replace the connection token with a fresh one for the same user.

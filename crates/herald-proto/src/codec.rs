@@ -13,7 +13,7 @@ use crate::codes::ErrorCode;
 use crate::data::{Data, DataOut};
 use crate::envelope::{
     Auth, ChannelOnly, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN,
-    Publish, Refresh, Request, Resume, Subscribe,
+    Publish, Refresh, Request, Resume, Rpc, Subscribe,
 };
 use crate::frame::{self, OpCode};
 
@@ -215,6 +215,7 @@ fn finish(
         "resume" => Command::Resume(payload.typed::<Resume>(&id)?),
         "auth" => Command::Auth(payload.typed::<Auth>(&id)?),
         "refresh" => Command::Refresh(payload.typed::<Refresh>(&id)?),
+        "rpc" => Command::Rpc(payload.typed::<Rpc>(&id)?),
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(

@@ -60,6 +60,10 @@ pub enum ErrorCode {
     /// The connection sends commands faster than its rate limit, or its user publishes faster
     /// than the per-user publish limit. Retry later.
     RateLimited,
+    /// The application backend did not answer an `rpc` in time.
+    Timeout,
+    /// The application backend answered an `rpc` with an error (its message is passed on).
+    RpcError,
 }
 
 impl ErrorCode {
@@ -71,6 +75,7 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::ChannelFull
                 | ErrorCode::RateLimited
+                | ErrorCode::Timeout
         )
     }
 
@@ -109,6 +114,8 @@ impl ErrorCode {
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::TokenRevoked => "token_revoked",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::RpcError => "rpc_error",
         }
     }
 }

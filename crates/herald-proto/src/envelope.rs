@@ -99,6 +99,16 @@ pub struct Auth {
     pub token: Option<String>,
 }
 
+/// `rpc` payload: a request for the application backend.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Rpc {
+    /// Method name (1-128 bytes).
+    pub method: String,
+    /// Parameters (any value).
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
 /// `refresh` payload: a fresh connection token for the same user.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Refresh {
@@ -173,6 +183,8 @@ pub enum Command {
     Auth(Auth),
     /// Replace the connection token before it expires.
     Refresh(Refresh),
+    /// Call the application backend.
+    Rpc(Rpc),
 }
 
 impl Command {
@@ -189,6 +201,7 @@ impl Command {
             Command::Resume(_) => "resume",
             Command::Auth(_) => "auth",
             Command::Refresh(_) => "refresh",
+            Command::Rpc(_) => "rpc",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`api`]: the HTTP server API for backends (API keys).
 //! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
+//! - [`proxy`]: the RPC proxy to the application backend.
 //! - [`tls`]: rustls listener and reloadable certificate.
 //! - [`slots`]: connection counts per IP and per user.
 //! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
@@ -24,6 +25,7 @@ pub mod http_client;
 pub mod jwks;
 pub mod metrics;
 pub mod preauth;
+pub mod proxy;
 pub mod reader;
 pub mod slots;
 pub mod tls;
@@ -31,3 +33,4 @@ pub mod writer;
 
 pub use app::{Handle, Server};
 pub use config::{ConnectionConfig, ServerConfig, TlsConfig};
+pub use proxy::{HttpRpc, RpcProxyConfig};

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
-use herald_server::{ConnectionConfig, ServerConfig, TlsConfig};
+use herald_server::{ConnectionConfig, RpcProxyConfig, ServerConfig, TlsConfig};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[tls]`.
     pub tls: TlsConfig,
+    /// `[rpc]`.
+    pub rpc: RpcProxyConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
 }
@@ -66,6 +68,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
+            rpc: RpcProxyConfig::default(),
             debug: DebugConfig::default(),
         }
     }

@@ -93,6 +93,16 @@ enum Command {
         /// File with `{"type": ..., "payload": {...}}` commands.
         file: PathBuf,
     },
+    /// Make one RPC: METHOD with DATA (JSON, or else a string), answered by the backend.
+    Call {
+        #[command(flatten)]
+        conn: tools::ConnectArgs,
+        /// Method.
+        method: String,
+        /// Data: JSON, or any other text as a string.
+        #[arg(default_value = "null")]
+        data: String,
+    },
     /// List the clients subscribed to CHANNEL.
     Presence {
         #[command(flatten)]
@@ -195,6 +205,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         heartbeat,
         verifier,
     );
+    if let Some(rpc) = herald_server::HttpRpc::new(&config.rpc) {
+        node.set_rpc_handler(Arc::new(rpc));
+    }
     let server = Server::bind(
         config.server.clone(),
         config.connection.clone(),
@@ -311,6 +324,7 @@ async fn main() -> ExitCode {
             api_key: None,
         } => tools::publish(&conn, &channel, &data).await,
         Command::Send { conn, file } => tools::send(&conn, &file).await,
+        Command::Call { conn, method, data } => tools::call(&conn, &method, &data).await,
         Command::Bench { scenario } => bench::run(scenario).await,
         Command::Presence { conn, channel } => tools::presence(&conn, &channel).await,
         Command::History {

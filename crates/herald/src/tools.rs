@@ -257,6 +257,22 @@ pub async fn publish_http(
     Ok(())
 }
 
+/// `herald call METHOD DATA`: one RPC to the application backend.
+pub async fn call(args: &ConnectArgs, method: &str, data: &str) -> anyhow::Result<()> {
+    let (client, _events) = open(args, false).await?;
+    let r = client
+        .rpc(method, parse_data(data))
+        .await
+        .with_context(|| format!("rpc {method}"))?;
+    if args.json {
+        print_json(&r);
+    } else {
+        println!("{r}");
+    }
+    client.close().await;
+    Ok(())
+}
+
 /// `herald presence CHANNEL`.
 pub async fn presence(args: &ConnectArgs, channel: &str) -> anyhow::Result<()> {
     let (client, _events) = open(args, false).await?;

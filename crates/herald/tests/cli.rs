@@ -371,3 +371,66 @@ async fn pub_through_the_http_api_with_an_api_key() {
     );
     let _ = std::fs::remove_file(&cfg);
 }
+
+/// A backend that answers every request with `{"result": {"answered": true}}`.
+async fn tiny_backend() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                // Read the head and the body (Content-Length) before answering.
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+                let body = r#"{"result":{"answered":true}}"#;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+// Multi-threaded: the backend must keep running while the test blocks on the child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_makes_one_rpc_to_the_backend() {
+    let backend = tiny_backend().await;
+    let url = format!("http://{backend}/rpc");
+    let s = serve(&["--dev"], &[("HERALD_RPC__URL", &url)]);
+    let out = stdout(&client_cmd(&s.addr, &["call", "ping", r#"{"x":1}"#]));
+    assert_eq!(out.trim(), r#"{"answered":true}"#);
+    let plain = serve(&["--dev"], &[]);
+    let o = client_cmd(&plain.addr, &["call", "ping"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("rpc is not enabled"), "{err}");
+}

@@ -1,0 +1,139 @@
+//! `rpc` over the socket: the HTTP proxy to a real local backend (result, backend error,
+//! timeout, backend down, 5xx retried), and a handler registered in code.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::routing::post;
+use herald_core::EngineError;
+use herald_core::rpc::{RpcContext, RpcHandler};
+use herald_server::{HttpRpc, RpcProxyConfig};
+use serde_json::{Value, json};
+use support::*;
+
+/// A backend on 127.0.0.1: `echo`, `fail`, `slow`, `flaky` (500 on the first attempt).
+async fn backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
+    let hits = Arc::new(AtomicU32::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().route(
+        "/rpc",
+        post(move |Json(req): Json<Value>| {
+            let h = h.clone();
+            async move {
+                let n = h.fetch_add(1, Ordering::SeqCst);
+                match req["method"].as_str().unwrap_or("") {
+                    "echo" => Ok(Json(
+                        json!({"result": {"you_sent": req["data"], "user": req["user_id"]}}),
+                    )),
+                    "fail" => Ok(Json(json!({"error": {"message": "no such order"}}))),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        Ok(Json(json!({"result": null})))
+                    }
+                    "flaky" if n % 2 == 0 => Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                    _ => Ok(Json(json!({"result": "ok"}))),
+                }
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (addr, hits)
+}
+
+fn proxy(url: String) -> Arc<HttpRpc> {
+    Arc::new(
+        HttpRpc::new(&RpcProxyConfig {
+            url: Some(url),
+            timeout: Duration::from_millis(500),
+            retries: 1,
+            ..Default::default()
+        })
+        .expect("proxy"),
+    )
+}
+
+#[tokio::test]
+async fn rpc_round_trips_through_the_backend_with_documented_errors() {
+    let (addr, _) = backend().await;
+    let s = start_default().await;
+    s.handle
+        .node()
+        .set_rpc_handler(proxy(format!("http://{addr}/rpc")));
+    let mut c = Client::connect(&s).await;
+    let r = c
+        .ok("rpc", json!({"method": "echo", "data": {"order": 7}}))
+        .await;
+    assert_eq!(r["data"]["you_sent"]["order"], 7);
+    let (e, _) = c.call("rpc", json!({"method": "fail"})).await;
+    assert_eq!(
+        (e["type"].clone(), e["payload"]["code"].clone()),
+        (json!("error"), json!("rpc_error"))
+    );
+    assert_eq!(e["payload"]["message"], "no such order");
+    // A 500 is retried once; the second attempt succeeds.
+    assert_eq!(c.ok("rpc", json!({"method": "flaky"})).await["data"], "ok");
+    let started = std::time::Instant::now();
+    let (e, _) = c.call("rpc", json!({"method": "slow"})).await;
+    assert_eq!(e["payload"]["code"], "timeout");
+    assert_eq!(e["payload"]["retryable"], true);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "timed out by the proxy, not the backend"
+    );
+    // The connection kept working while the call was pending.
+    let (pong, _) = c.call("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_gives_a_retryable_error_quickly() {
+    // Bind and drop: nothing listens on this port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let s = start_default().await;
+    s.handle
+        .node()
+        .set_rpc_handler(proxy(format!("http://127.0.0.1:{port}/rpc")));
+    let mut c = Client::connect(&s).await;
+    let (e, _) = c.call("rpc", json!({"method": "echo"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable");
+    assert_eq!(e["payload"]["retryable"], true);
+}
+
+struct InCode;
+
+#[async_trait::async_trait]
+impl RpcHandler for InCode {
+    async fn call(
+        &self,
+        ctx: RpcContext,
+        method: String,
+        data: Value,
+    ) -> Result<Value, EngineError> {
+        Ok(json!({"method": method, "data": data, "client": ctx.client_id}))
+    }
+}
+
+#[tokio::test]
+async fn handlers_registered_in_code_answer_and_rpc_without_handler_is_refused() {
+    let s = start_default().await;
+    let mut c = Client::connect(&s).await;
+    let (e, _) = c.call("rpc", json!({"method": "x"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable");
+    assert!(s.handle.node().set_rpc_handler(Arc::new(InCode)));
+    let r = c.ok("rpc", json!({"method": "sum", "data": [1, 2]})).await;
+    assert_eq!(r["data"]["method"], "sum");
+    assert_eq!(r["data"]["client"], c.welcome["client_id"]);
+    let (e, _) = c.call("rpc", json!({"method": ""})).await;
+    assert_eq!(e["payload"]["code"], "bad_request");
+}

@@ -34,7 +34,9 @@ async fn backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
                         tokio::time::sleep(Duration::from_secs(3)).await;
                         Ok(Json(json!({"result": null})))
                     }
-                    "flaky" if n % 2 == 0 => Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                    "flaky" if n.is_multiple_of(2) => {
+                        Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                    }
                     _ => Ok(Json(json!({"result": "ok"}))),
                 }
             }

@@ -6,7 +6,7 @@ use herald_proto::ErrorCode;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with an `error` (see `docs/protocol.md` §6).
-    #[error("{code:?}: {message}")]
+    #[error("{}: {message}", code.as_str())]
     Server {
         /// Stable error code.
         code: ErrorCode,

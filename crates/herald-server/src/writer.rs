@@ -200,6 +200,14 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     let mut ping_sent: Option<(Instant, u64)> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut close_written = false;
+    // Built once and re-armed: creating a timer and two cancellation waiters on every wake-up
+    // was a measurable share of the per-delivery cost.
+    let timer = tokio::time::sleep_until(next_ping.into());
+    tokio::pin!(timer);
+    let reader_gone = st.reader_done.cancelled();
+    tokio::pin!(reader_gone);
+    let stopping = shutdown.cancelled();
+    tokio::pin!(stopping);
     // Handles resolved once per connection: the per-write path does no registry lookups.
     let frames_out = metrics::counter!("herald_frames_out_total");
     let bytes_out = metrics::counter!("herald_bytes_out_total");
@@ -296,14 +304,18 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             .map(|(p, _)| p + s.conn.pong_timeout)
             .unwrap_or(next_ping)
             .min(next_ping);
+        let wake = tokio::time::Instant::from_std(wake);
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             _ = outlet.notified() => {}
-            _ = st.reader_done.cancelled() => {}
-            _ = shutdown.cancelled(), if deadline.is_none() => {
+            _ = &mut reader_gone => {}
+            _ = &mut stopping, if deadline.is_none() => {
                 deadline = Some(tokio::time::Instant::now() + s.shutdown_timeout);
                 outlet.close(CloseCode::GoingAway);
             }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = &mut timer => {}
         }
     }
 }

@@ -103,6 +103,9 @@ impl IntoResponse for ApiError {
 }
 
 fn params<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::bad("parameters must be a JSON object"));
+    }
     serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid parameters: {e}")))
 }
 
@@ -172,8 +175,12 @@ struct BatchParams {
 struct BatchCommand {
     method: String,
     #[serde(default)]
-    params: Value,
+    params: serde_json::Map<String, Value>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
 
 /// `POST /api/v1/revoke` body.
 #[derive(Debug, Deserialize)]
@@ -191,17 +198,22 @@ pub struct RevokeRequest {
     pub expires_at: Option<u64>,
 }
 
+fn check_key_len(key: &Option<String>) -> Result<(), ApiError> {
+    match key {
+        Some(k) if k.is_empty() || k.len() > herald_proto::envelope::MAX_IDEMPOTENCY_KEY_LEN => {
+            Err(ApiError::bad("idempotency_key must be 1-128 bytes"))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn publish(
     app: &AppState,
     channel: &str,
     data: &Value,
     key: Option<String>,
 ) -> Result<Value, ApiError> {
-    if let Some(k) = &key
-        && (k.is_empty() || k.len() > herald_proto::envelope::MAX_IDEMPOTENCY_KEY_LEN)
-    {
-        return Err(ApiError::bad("idempotency_key must be 1-128 bytes"));
-    }
+    check_key_len(&key)?;
     let data = Data::json(&data.to_string()).map_err(|e| ApiError::bad(e.to_string()))?;
     let out = app.node.publish(channel, data, None, key).await?;
     let mut v = json!({"offset": out.offset, "epoch": &*out.epoch});
@@ -223,6 +235,11 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             let p: BroadcastParams = params(p)?;
             if p.channels.is_empty() || p.channels.len() > MAX_FANOUT {
                 return Err(ApiError::bad(format!("channels: 1 to {MAX_FANOUT}")));
+            }
+            check_key_len(&p.idempotency_key)?;
+            // All or nothing on bad input: every channel name must be valid.
+            for ch in &p.channels {
+                node.namespace(ch)?;
             }
             let mut results = Vec::with_capacity(p.channels.len());
             for ch in &p.channels {
@@ -291,14 +308,17 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 .collect();
             Ok(json!({"channels": channels}))
         }
-        "info" => Ok(json!({
+        "info" => {
+            params::<NoParams>(p)?;
+            Ok(json!({
             "node": node.id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": app.started.elapsed().as_millis() as u64,
             "connections": app.connections.load(std::sync::atomic::Ordering::Relaxed),
             "channels": node.hub().channels(),
             "waiting_sessions": node.waiting_sessions(),
-        })),
+            }))
+        }
         "disconnect" => {
             let p: DisconnectParams = params(p)?;
             let code = CloseCode::ForceDisconnect;
@@ -330,7 +350,7 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 let r = if c.method == "batch" {
                     Err(ApiError::bad("batches do not nest"))
                 } else {
-                    Box::pin(call(app, &c.method, c.params)).await
+                    Box::pin(call(app, &c.method, Value::Object(c.params))).await
                 };
                 results.push(match r {
                     Ok(v) => json!({"result": v}),
@@ -355,11 +375,17 @@ pub async fn handler(
     State(app): State<Arc<AppState>>,
     Path(method): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     if let Some(r) = key_rejection(&app, &headers) {
         return r;
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return json_error(e.status(), ErrorCode::TooLarge, &e.body_text());
+        }
+    };
     let p: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

@@ -283,6 +283,15 @@ async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// The server API's OpenAPI 3 document (`docs/openapi.json`).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../../docs/openapi.json"),
+    )
+        .into_response()
+}
+
 async fn healthz() -> Response {
     plain(StatusCode::OK, "ok\n")
 }
@@ -371,6 +380,7 @@ impl Server {
             router = router.route("/echo", get(echo_handler));
         }
         let router = router
+            .route("/api/openapi.json", get(openapi))
             .route(
                 "/api/v1/{method}",
                 axum::routing::post(crate::api::handler)

@@ -111,16 +111,32 @@ async fn publish_reaches_socket_subscribers_with_idempotency() {
         (json!(1), json!(true))
     );
 
+    // A bad channel name refuses the whole broadcast: nothing is published.
+    let (status, body) = api(
+        &s,
+        "broadcast",
+        json!({"channels": ["news", "bad channel"], "data": 0}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_channel"))
+    );
     let r = ok(
         &s,
         "broadcast",
-        json!({"channels": ["news", "sport", "bad channel"], "data": 7}),
+        json!({"channels": ["news", "sport"], "data": 7}),
     )
     .await;
     let results = r["results"].as_array().expect("results");
-    assert_eq!(results[0]["offset"], 2);
-    assert_eq!(results[1]["offset"], 1);
-    assert_eq!(results[2]["error"]["code"], "invalid_channel");
+    assert_eq!(
+        (results[0]["channel"].clone(), results[0]["offset"].clone()),
+        (json!("news"), json!(2))
+    );
+    assert_eq!(
+        (results[1]["channel"].clone(), results[1]["offset"].clone()),
+        (json!("sport"), json!(1))
+    );
     assert_eq!(c.next_message().await["data"], 7);
 }
 

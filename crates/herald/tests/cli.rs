@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
@@ -433,4 +434,90 @@ async fn call_makes_one_rpc_to_the_backend() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("rpc is not enabled"), "{err}");
+}
+
+fn bench(addr: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--url", &format!("ws://{addr}/ws"), "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("")).expect("json summary")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scenarios_run_and_report_no_loss() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/herald.toml");
+    let s = serve(&["--dev", "--config", cfg], &[]);
+    let pid = s.child.id().to_string();
+    let r = bench(
+        &s.addr,
+        &[
+            "fanout",
+            "--subscribers",
+            "50",
+            "--channels",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert_eq!(
+        (r["lost"].clone(), r["duplicates"].clone()),
+        (json!(0), json!(0)),
+        "{r}"
+    );
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert!(r["deliveries"].as_u64().is_some_and(|d| d >= 50), "{r}");
+    assert!(r["latency"]["p99_ms"].is_number(), "{r}");
+    assert!(r["server_cpu_seconds"].is_number(), "{r}");
+    let r = bench(
+        &s.addr,
+        &[
+            "idle",
+            "--connections",
+            "100",
+            "--duration",
+            "1s",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r["connections"], 100, "{r}");
+    assert!(r["server_bytes_per_connection"].is_number(), "{r}");
+    let r = bench(&s.addr, &["connect", "--connections", "100"]);
+    assert_eq!(
+        (r["connections"].clone(), r["failed"].clone()),
+        (json!(100), json!(0)),
+        "{r}"
+    );
+    let r = bench(
+        &s.addr,
+        &[
+            "churn",
+            "--clients",
+            "10",
+            "--channels",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+            "--cut-every",
+            "100ms",
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["connections_cut"].as_u64().is_some_and(|c| c > 0), "{r}");
 }

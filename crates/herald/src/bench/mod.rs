@@ -306,11 +306,18 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
     }
 }
 
-async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
+/// Connections opened by `idle` and `connect`.
+struct Opened {
+    conns: Vec<(usize, RawConn, u64, Duration)>,
+    failed: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+}
+
+/// Open `n` connections over `channels` channels with a progress bar.
+async fn open_phase(c: &Common, n: usize, channels: usize) -> anyhow::Result<Opened> {
     raise_fd_limit(n);
     let t = Arc::new(Target::new(c)?);
-    let probe = c.pid.map(ServerProbe::new).transpose()?;
-    let before = probe.map(|p| p.rss_bytes()).transpose()?;
     let bar = progress(n as u64, "connecting", c.json);
     let p = prefix(c);
     let started = Instant::now();
@@ -322,26 +329,38 @@ async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
         &bar,
     )
     .await;
+    let elapsed = started.elapsed();
     bar.finish_and_clear();
-    let connect_time = started.elapsed();
+    Ok(Opened {
+        conns,
+        failed,
+        first_error,
+        elapsed,
+    })
+}
+
+async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
+    let probe = c.pid.map(ServerProbe::new).transpose()?;
+    let before = probe.map(|p| p.rss_bytes()).transpose()?;
+    let o = open_phase(c, n, channels).await?;
     // Let the server settle (allocator, lazily grown buffers), then read its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = probe.map(|p| p.rss_bytes()).transpose()?;
-    let open = conns.len();
+    let open = o.conns.len();
     let per_conn = match (before, after) {
         (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64),
         _ => None,
     };
     // Hold for the rest of the duration, then close.
-    let hold = c.duration.saturating_sub(connect_time);
+    let hold = c.duration.saturating_sub(o.elapsed);
     tokio::time::sleep(hold.min(Duration::from_secs(3600))).await;
-    drop(conns);
+    drop(o.conns);
     let report = json!({
         "scenario": "idle",
         "connections": open,
-        "failed": failed,
-        "first_error": first_error,
-        "connect_seconds": stats::secs(connect_time),
+        "failed": o.failed,
+        "first_error": o.first_error,
+        "connect_seconds": stats::secs(o.elapsed),
         "server_rss_before_bytes": before,
         "server_rss_after_bytes": after,
         "server_bytes_per_connection": per_conn,
@@ -351,40 +370,26 @@ async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
 }
 
 async fn connect(c: &Common, n: usize) -> anyhow::Result<()> {
-    raise_fd_limit(n);
-    let t = Arc::new(Target::new(c)?);
     let probe = c.pid.map(ServerProbe::new).transpose()?;
     let cpu0 = probe.map(|p| p.cpu_seconds()).transpose()?;
-    let bar = progress(n as u64, "connecting", c.json);
-    let p = prefix(c);
-    let started = Instant::now();
-    let (conns, failed, first_error) = open_many(
-        &t,
-        n,
-        c.concurrency,
-        move |i| format!("{p}:{}", i % 100),
-        &bar,
-    )
-    .await;
-    let elapsed = started.elapsed();
-    bar.finish_and_clear();
+    let o = open_phase(c, n, 100).await?;
     let cpu = match (probe, cpu0) {
         (Some(p), Some(c0)) => Some(p.cpu_seconds()? - c0),
         _ => None,
     };
     let mut h = stats::histogram();
-    for (_, _, _, d) in &conns {
+    for (_, _, _, d) in &o.conns {
         let _ = h.record(d.as_micros().max(1) as u64);
     }
-    let ok = conns.len();
-    drop(conns);
+    let ok = o.conns.len();
+    drop(o.conns);
     let report = json!({
         "scenario": "connect",
         "connections": ok,
-        "failed": failed,
-        "first_error": first_error,
-        "seconds": stats::secs(elapsed),
-        "connections_per_second": ok as f64 / elapsed.as_secs_f64(),
+        "failed": o.failed,
+        "first_error": o.first_error,
+        "seconds": stats::secs(o.elapsed),
+        "connections_per_second": ok as f64 / o.elapsed.as_secs_f64(),
         "server_cpu_seconds": cpu,
         "connect_and_subscribe_latency": stats::latency_json(&h),
     });

@@ -112,6 +112,10 @@ pub struct SessionConfig {
     pub rpc_timeout: Duration,
     /// `rpc` calls one connection may have in flight (more get `rate_limited`).
     pub rpc_max_inflight: usize,
+    /// Lifecycle events kept for webhooks and `events` readers.
+    pub event_log_size: usize,
+    /// Dead letters kept for `dead_letters` readers.
+    pub dead_letter_size: usize,
 }
 
 impl Default for SessionConfig {
@@ -126,6 +130,8 @@ impl Default for SessionConfig {
             max_data_size: 60 * 1024,
             rpc_timeout: Duration::from_secs(5),
             rpc_max_inflight: 16,
+            event_log_size: 10_000,
+            dead_letter_size: 1000,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`broker`] / [`presence`]: the engine traits and their contracts.
 //! - [`memory`]: the embedded in-memory broker and presence store.
 //! - [`auth`]: token verification, claims, channel patterns, revocations.
+//! - [`journal`]: lifecycle events and dead letters (bounded, for the server API).
 //! - [`rpc`]: the `rpc` command's handler trait.
 //! - [`limits`]: per-connection and per-user rate limits.
 //! - [`config`]: namespaces, session limits, auth and rate limits.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod journal;
 pub mod limits;
 pub mod memory;
 pub mod node;

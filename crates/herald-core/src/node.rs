@@ -113,6 +113,8 @@ pub struct Node {
     users: Mutex<HashMap<String, Vec<Registered>>>,
     publish_limiter: Option<KeyedLimiter<String>>,
     rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
+    events: crate::journal::EventLog,
+    dead_letters: crate::journal::DeadLetters,
     /// Heartbeat settings announced to clients.
     pub heartbeat: Heartbeat,
 }
@@ -137,6 +139,8 @@ impl Node {
             users: Mutex::new(HashMap::new()),
             publish_limiter,
             rpc: std::sync::OnceLock::new(),
+            events: crate::journal::EventLog::new(&node_id, config.session.event_log_size),
+            dead_letters: crate::journal::DeadLetters::new(config.session.dead_letter_size),
             config,
             broker,
             presence,
@@ -175,6 +179,16 @@ impl Node {
                 format!("namespace {ns:?} is not configured"),
             )
         })
+    }
+
+    /// Lifecycle events.
+    pub fn events(&self) -> &crate::journal::EventLog {
+        &self.events
+    }
+
+    /// Dead letters.
+    pub fn dead_letters(&self) -> &crate::journal::DeadLetters {
+        &self.dead_letters
     }
 
     /// Register the handler of `rpc` commands (once; later calls return false).
@@ -403,7 +417,12 @@ impl Node {
     pub async fn disconnected(self: &Arc<Self>, session: Session, clean: bool) {
         let grace = self.config.session.resume_grace;
         if clean || grace.is_zero() || session.outlet().close_requested().is_some() {
-            session.end().await;
+            let reason = match session.outlet().close_requested() {
+                Some(code) => code.reason(),
+                None if clean => "closed",
+                None => "connection lost (resume disabled)",
+            };
+            session.end(reason).await;
             return;
         }
         let token = session.resume_token().to_owned();
@@ -428,7 +447,9 @@ impl Node {
             };
             if let Some(p) = expired {
                 metrics::gauge!("herald_sessions_waiting").decrement(1.0);
-                p.session.end().await;
+                p.session
+                    .end("connection lost; resume grace period ended")
+                    .await;
             }
         });
     }
@@ -452,7 +473,7 @@ impl Node {
         let all: Vec<Parked> = lock(&self.parked).drain().map(|(_, p)| p).collect();
         for p in all {
             metrics::gauge!("herald_sessions_waiting").decrement(1.0);
-            p.session.end().await;
+            p.session.end("server shutdown").await;
         }
     }
 

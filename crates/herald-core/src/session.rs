@@ -18,6 +18,7 @@ use crate::auth::{TokenKind, patterns};
 use crate::broker::{BrokerError, ChannelEvent, HistoryQuery};
 use crate::config::NamespaceOptions;
 use crate::hub::Subscriber;
+use crate::journal::EventKind;
 use crate::limits::{CommandLimiter, Verdict};
 use crate::node::{EngineError, Identity, Node};
 use crate::outlet::{Out, Outlet};
@@ -49,6 +50,9 @@ pub struct Session {
     violations: u32,
     /// `rpc` calls in flight (created on the first call).
     rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The `connect` event was emitted (at the first command that is not `resume`).
+    announced: bool,
+    started: std::time::Instant,
 }
 
 /// When the connection token expires and when to ask for a fresh one.
@@ -103,6 +107,8 @@ impl Session {
             subs: HashMap::new(),
             violations: 0,
             rpc_slots: None,
+            announced: false,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -241,7 +247,10 @@ impl Session {
     /// Answer a frame that could not be decoded.
     pub fn decode_error(&mut self, e: DecodeError) -> Flow {
         tracing::debug!(client = %self.client_id, code = e.code.as_str(), message = %e.message, "bad frame");
-        metrics::counter!("herald_dead_letters_total", "reason" => e.code.as_str()).increment(1);
+        self.node.dead_letters().push(
+            e.code.as_str(),
+            serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id, "message": e.message}),
+        );
         self.error(&e.id, e.code, &e.message);
         if e.code.is_violation() {
             self.violation()
@@ -252,7 +261,10 @@ impl Session {
 
     /// Answer a frame of the wrong kind (text on MessagePack, binary on JSON).
     pub fn wrong_frame_type(&mut self) -> Flow {
-        metrics::counter!("herald_dead_letters_total", "reason" => "wrong_frame_type").increment(1);
+        self.node.dead_letters().push(
+            "wrong_frame_type",
+            serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id}),
+        );
         self.error(
             &None,
             ErrorCode::WrongFrameType,
@@ -275,6 +287,10 @@ impl Session {
                 }
                 Verdict::Close => return Flow::Close(CloseCode::RateLimited),
             }
+        }
+        if !self.announced && !matches!(command, Command::Resume(_)) {
+            self.announced = true;
+            self.event(EventKind::Connect, None, None);
         }
         let result = match command {
             Command::Ping => {
@@ -336,9 +352,12 @@ impl Session {
             .hub()
             .add(&s.channel, sub.clone(), ns.max_subscribers)
             .ok_or_else(|| EngineError::new(ErrorCode::ChannelFull, "channel is full"))?;
-        if first && let Err(e) = node.broker.subscribe(&s.channel).await {
-            node.hub().remove(&s.channel, &self.client_id);
-            return Err(e.into());
+        if first {
+            self.event(EventKind::ChannelOccupied, Some(&s.channel), None);
+            if let Err(e) = node.broker.subscribe(&s.channel).await {
+                self.drop_sub(&s.channel).await;
+                return Err(e.into());
+            }
         }
         let (reply, pubs) = match self.fetch_recovery(&s, ns.history_enabled()).await {
             Ok(r) => r,
@@ -356,6 +375,7 @@ impl Session {
         sub.go_live(|| reply.offset);
         self.subs.insert(s.channel.clone(), sub);
         metrics::gauge!("herald_subscriptions").increment(1.0);
+        self.event(EventKind::Subscribe, Some(&s.channel), None);
         if ns.presence
             && let Err(e) = node.presence.add(&s.channel, self.info()).await
         {
@@ -451,14 +471,28 @@ impl Session {
     }
 
     async fn drop_sub(&self, channel: &str) {
-        if self.node.hub().remove(channel, &self.client_id) == Some(true)
-            && let Err(e) = self.node.broker.unsubscribe(channel).await
-        {
-            tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+        if self.node.hub().remove(channel, &self.client_id) == Some(true) {
+            self.event(EventKind::ChannelVacated, Some(channel), None);
+            if let Err(e) = self.node.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
         }
     }
 
+    fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&str>) {
+        let duration =
+            (kind == EventKind::Disconnect).then(|| self.started.elapsed().as_millis() as u64);
+        let (client, user) = match kind {
+            EventKind::ChannelOccupied | EventKind::ChannelVacated => (None, None),
+            _ => (Some(&*self.client_id), Some(self.identity.user_id.as_str())),
+        };
+        self.node
+            .events()
+            .push(kind, client, user, channel, reason, duration);
+    }
+
     async fn leave(&self, channel: &str) {
+        self.event(EventKind::Unsubscribe, Some(channel), None);
         self.drop_sub(channel).await;
         metrics::gauge!("herald_subscriptions").decrement(1.0);
         let Ok(ns) = self.node.namespace(channel) else {
@@ -602,7 +636,7 @@ impl Session {
             ));
         };
         if old.outlet.close_requested().is_some() {
-            old.end().await;
+            old.end("session overflowed while disconnected").await;
             return Err(EngineError::new(
                 ErrorCode::SessionNotFound,
                 "the session overflowed while disconnected",
@@ -867,11 +901,15 @@ impl Session {
         ))
     }
 
-    /// End the session: leave every channel (presence, `leave` pushes, node unsubscribe).
-    pub async fn end(mut self) {
+    /// End the session: leave every channel (presence, `leave` pushes, node unsubscribe) and
+    /// emit the `disconnect` event with `reason`.
+    pub async fn end(mut self, reason: &str) {
         let subs: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
         for channel in subs {
             self.leave(&channel).await;
+        }
+        if self.announced {
+            self.event(EventKind::Disconnect, None, Some(reason));
         }
     }
 }

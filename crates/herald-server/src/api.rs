@@ -182,6 +182,22 @@ struct BatchCommand {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsParams {
+    #[serde(default)]
+    since: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitParams {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
 /// `POST /api/v1/revoke` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +356,27 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             };
             Ok(json!({"closed": closed}))
         }
+        "events" => {
+            let p: EventsParams = params(p)?;
+            let limit = p.limit.unwrap_or(100);
+            if limit > 1000 {
+                return Err(ApiError::bad("limit must be at most 1000"));
+            }
+            let (events, oldest) = node.events().since(p.since.unwrap_or(0), limit);
+            Ok(json!({
+                "events": events,
+                "last_seq": node.events().last_seq(),
+                "oldest_seq": oldest,
+            }))
+        }
+        "dead_letters" => {
+            let p: LimitParams = params(p)?;
+            let limit = p.limit.unwrap_or(100);
+            if limit > 1000 {
+                return Err(ApiError::bad("limit must be at most 1000"));
+            }
+            Ok(json!({"dead_letters": node.dead_letters().list(limit)}))
+        }
         "batch" => {
             let p: BatchParams = params(p)?;
             if p.commands.len() > MAX_FANOUT {
@@ -377,7 +414,25 @@ pub async fn handler(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Some(r) = key_rejection(&app, &headers) {
+    handle(&app, &method, &headers, body).await
+}
+
+/// `POST /api/v1/dead_letters` (the path also has a `GET`).
+pub async fn dead_letters_post(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    handle(&app, "dead_letters", &headers, body).await
+}
+
+async fn handle(
+    app: &AppState,
+    method: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    if let Some(r) = key_rejection(app, headers) {
         return r;
     }
     let body = match body {
@@ -394,9 +449,20 @@ pub async fn handler(
             Err(e) => return ApiError::bad(format!("body is not JSON: {e}")).into_response(),
         }
     };
-    metrics::counter!("herald_api_requests_total", "method" => api_metric_label(&method))
+    metrics::counter!("herald_api_requests_total", "method" => api_metric_label(method))
         .increment(1);
-    match call(&app, &method, p).await {
+    match call(app, method, p).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/v1/dead_letters`: the newest 100 dead letters.
+pub async fn dead_letters_get(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(r) = key_rejection(&app, &headers) {
+        return r;
+    }
+    match call(&app, "dead_letters", json!({})).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
@@ -404,7 +470,9 @@ pub async fn handler(
 
 /// Known methods keep their name as a metric label; anything else is `other`.
 fn api_metric_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 12] = [
+    const KNOWN: [&str; 14] = [
+        "events",
+        "dead_letters",
         "publish",
         "broadcast",
         "presence",

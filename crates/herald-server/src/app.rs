@@ -382,6 +382,12 @@ impl Server {
         let router = router
             .route("/api/openapi.json", get(openapi))
             .route(
+                "/api/v1/dead_letters",
+                get(crate::api::dead_letters_get)
+                    .post(crate::api::dead_letters_post)
+                    .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY)),
+            )
+            .route(
                 "/api/v1/{method}",
                 axum::routing::post(crate::api::handler)
                     .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY)),

@@ -12,6 +12,7 @@
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
 //! - [`proxy`]: the RPC proxy to the application backend.
 //! - [`tls`]: rustls listener and reloadable certificate.
+//! - [`webhook`]: lifecycle events delivered to a webhook (batched, signed, retried).
 //! - [`slots`]: connection counts per IP and per user.
 //! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
 //! - [`metrics`]: the Prometheus recorder.
@@ -29,8 +30,10 @@ pub mod proxy;
 pub mod reader;
 pub mod slots;
 pub mod tls;
+pub mod webhook;
 pub mod writer;
 
 pub use app::{Handle, Server};
 pub use config::{ConnectionConfig, ServerConfig, TlsConfig};
 pub use proxy::{HttpRpc, RpcProxyConfig};
+pub use webhook::WebhookConfig;

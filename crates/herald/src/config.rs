@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
-use herald_server::{ConnectionConfig, RpcProxyConfig, ServerConfig, TlsConfig};
+use herald_server::{ConnectionConfig, RpcProxyConfig, ServerConfig, TlsConfig, WebhookConfig};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[rpc]`.
     pub rpc: RpcProxyConfig,
+    /// `[webhook]`.
+    pub webhook: WebhookConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
 }
@@ -69,6 +71,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
             rpc: RpcProxyConfig::default(),
+            webhook: WebhookConfig::default(),
             debug: DebugConfig::default(),
         }
     }
@@ -98,6 +101,9 @@ impl Config {
             shown.auth.hmac_secret = Some(redacted());
         }
         shown.auth.api_keys.iter_mut().for_each(|k| *k = redacted());
+        if shown.webhook.secret.is_some() {
+            shown.webhook.secret = Some(redacted());
+        }
         Ok(toml::to_string_pretty(&shown)?)
     }
 }

@@ -208,6 +208,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     if let Some(rpc) = herald_server::HttpRpc::new(&config.rpc) {
         node.set_rpc_handler(Arc::new(rpc));
     }
+    let webhook_node = node.clone();
     let server = Server::bind(
         config.server.clone(),
         config.connection.clone(),
@@ -239,6 +240,11 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     if !config.tls.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving without TLS on a non-loopback address: put a TLS proxy in front or set [tls]");
     }
+    herald_server::webhook::spawn(
+        webhook_node,
+        config.webhook.clone(),
+        server.shutdown_token(),
+    );
     let handle = server.handle();
     let reload = handle.clone();
     tokio::spawn(async move {

@@ -1,0 +1,223 @@
+//! Bounded in-memory journals the server API reads: lifecycle events (for webhooks and polling
+//! backends) and dead letters (what could not be processed or delivered).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::memory::lock;
+use crate::publication::now_ms;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A session started (its first command; a `resume` continues the old session).
+    Connect,
+    /// A session ended: closed cleanly, or its resume grace period ran out.
+    Disconnect,
+    /// A session subscribed to a channel.
+    Subscribe,
+    /// A session left a channel.
+    Unsubscribe,
+    /// A channel got its first subscriber on this node.
+    ChannelOccupied,
+    /// A channel lost its last subscriber on this node.
+    ChannelVacated,
+}
+
+/// One lifecycle event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Unique id (deduplicate on it: delivery is at least once).
+    pub id: String,
+    /// Position in this node's sequence (increasing by one).
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time: u64,
+    /// The node that saw it.
+    pub node: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The session's client id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The session's user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Why a session ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How long the session lasted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// The node's event sequence, keeping the newest `capacity` events.
+pub struct EventLog {
+    inner: Mutex<(u64, VecDeque<Event>)>,
+    capacity: usize,
+    node: String,
+    notify: tokio::sync::Notify,
+}
+
+impl EventLog {
+    /// An empty log.
+    pub fn new(node: &str, capacity: usize) -> EventLog {
+        EventLog {
+            inner: Mutex::new((0, VecDeque::new())),
+            capacity: capacity.max(1),
+            node: node.to_owned(),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Append an event.
+    pub fn push(
+        &self,
+        kind: EventKind,
+        client_id: Option<&str>,
+        user_id: Option<&str>,
+        channel: Option<&str>,
+        reason: Option<&str>,
+        duration_ms: Option<u64>,
+    ) {
+        {
+            let mut g = lock(&self.inner);
+            g.0 += 1;
+            let e = Event {
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                seq: g.0,
+                time: now_ms(),
+                node: self.node.clone(),
+                kind,
+                client_id: client_id.map(str::to_owned),
+                user_id: user_id.map(str::to_owned),
+                channel: channel.map(str::to_owned),
+                reason: reason.map(str::to_owned),
+                duration_ms,
+            };
+            if g.1.len() == self.capacity {
+                g.1.pop_front();
+            }
+            g.1.push_back(e);
+        }
+        metrics::counter!("herald_events_total").increment(1);
+        self.notify.notify_waiters();
+    }
+
+    /// Events with `seq > since`, at most `limit`, and the oldest `seq` still kept (so a reader
+    /// can tell it fell behind: `oldest > since + 1`).
+    pub fn since(&self, since: u64, limit: usize) -> (Vec<Event>, u64) {
+        let g = lock(&self.inner);
+        let oldest = g.1.front().map(|e| e.seq).unwrap_or(g.0 + 1);
+        let events =
+            g.1.iter()
+                .filter(|e| e.seq > since)
+                .take(limit)
+                .cloned()
+                .collect();
+        (events, oldest)
+    }
+
+    /// The newest `seq` (0 = none yet).
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.inner).0
+    }
+
+    /// Wait until an event is appended.
+    pub async fn appended(&self) {
+        self.notify.notified().await
+    }
+}
+
+/// One dead letter.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Unique id.
+    pub id: String,
+    /// Milliseconds since the Unix epoch.
+    pub time: u64,
+    /// Why (also the `reason` label of `herald_dead_letters_total`).
+    pub reason: String,
+    /// What it was about (client, method, channel, error, ...).
+    pub context: Value,
+}
+
+/// The newest dead letters, bounded.
+pub struct DeadLetters {
+    inner: Mutex<VecDeque<DeadLetter>>,
+    capacity: usize,
+}
+
+impl DeadLetters {
+    /// An empty store keeping `capacity` letters.
+    pub fn new(capacity: usize) -> DeadLetters {
+        DeadLetters {
+            inner: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Record one (and count it by reason).
+    pub fn push(&self, reason: &str, context: Value) {
+        metrics::counter!("herald_dead_letters_total", "reason" => reason.to_owned()).increment(1);
+        let mut g = lock(&self.inner);
+        if g.len() == self.capacity {
+            g.pop_front();
+        }
+        g.push_back(DeadLetter {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            time: now_ms(),
+            reason: reason.to_owned(),
+            context,
+        });
+    }
+
+    /// The newest `limit` letters, oldest first.
+    pub fn list(&self, limit: usize) -> Vec<DeadLetter> {
+        let g = lock(&self.inner);
+        g.iter()
+            .skip(g.len().saturating_sub(limit))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_log_is_bounded_and_sequenced() {
+        let log = EventLog::new("n1", 3);
+        for _ in 0..5 {
+            log.push(EventKind::Connect, Some("c"), Some("u"), None, None, None);
+        }
+        let (events, oldest) = log.since(0, 10);
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        assert_eq!(oldest, 3);
+        assert_eq!(log.since(4, 10).0.len(), 1);
+        assert_eq!(log.last_seq(), 5);
+    }
+
+    #[test]
+    fn dead_letters_keep_the_newest() {
+        let d = DeadLetters::new(2);
+        for i in 0..3 {
+            d.push("test", serde_json::json!({"i": i}));
+        }
+        let l = d.list(10);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[1].context["i"], 2);
+    }
+}

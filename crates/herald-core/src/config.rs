@@ -41,6 +41,12 @@ pub struct NamespaceOptions {
     pub allow_publish: bool,
     /// Private channels: subscribing needs a channel token, whatever the claims say.
     pub private: bool,
+    /// The backend's subscribe proxy decides subscribes (instead of `allow_subscribe`/claims;
+    /// channel tokens and user-limited channels still apply).
+    pub subscribe_proxy: bool,
+    /// The backend's publish proxy decides publishes (instead of `allow_publish`/claims) and may
+    /// replace the data.
+    pub publish_proxy: bool,
     /// Largest number of subscribers per channel on this node (0 = unlimited).
     pub max_subscribers: usize,
     /// Slow consumer policy.
@@ -58,6 +64,8 @@ impl Default for NamespaceOptions {
             allow_subscribe: false,
             allow_publish: false,
             private: false,
+            subscribe_proxy: false,
+            publish_proxy: false,
             max_subscribers: 0,
             slow_consumer: SlowConsumerPolicy::Disconnect,
         }
@@ -76,6 +84,8 @@ impl NamespaceOptions {
             allow_subscribe: true,
             allow_publish: true,
             private: false,
+            subscribe_proxy: false,
+            publish_proxy: false,
             max_subscribers: 0,
             slow_consumer: SlowConsumerPolicy::Disconnect,
         }

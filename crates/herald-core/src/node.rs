@@ -113,6 +113,7 @@ pub struct Node {
     users: Mutex<HashMap<String, Vec<Registered>>>,
     publish_limiter: Option<KeyedLimiter<String>>,
     rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
+    channel_proxy: std::sync::OnceLock<Arc<dyn crate::rpc::ChannelProxy>>,
     events: crate::journal::EventLog,
     dead_letters: crate::journal::DeadLetters,
     /// Heartbeat settings announced to clients.
@@ -139,6 +140,7 @@ impl Node {
             users: Mutex::new(HashMap::new()),
             publish_limiter,
             rpc: std::sync::OnceLock::new(),
+            channel_proxy: std::sync::OnceLock::new(),
             events: crate::journal::EventLog::new(&node_id, config.session.event_log_size),
             dead_letters: crate::journal::DeadLetters::new(config.session.dead_letter_size),
             config,
@@ -194,6 +196,21 @@ impl Node {
     /// Register the handler of `rpc` commands (once; later calls return false).
     pub fn set_rpc_handler(&self, handler: Arc<dyn crate::rpc::RpcHandler>) -> bool {
         self.rpc.set(handler).is_ok()
+    }
+
+    /// Register the subscribe/publish proxy (once; later calls return false).
+    pub fn set_channel_proxy(&self, proxy: Arc<dyn crate::rpc::ChannelProxy>) -> bool {
+        self.channel_proxy.set(proxy).is_ok()
+    }
+
+    /// The subscribe/publish proxy, or `unavailable` when none is registered.
+    pub(crate) fn channel_proxy(&self) -> Result<&Arc<dyn crate::rpc::ChannelProxy>, EngineError> {
+        self.channel_proxy.get().ok_or_else(|| {
+            EngineError::new(
+                ErrorCode::Unavailable,
+                "the namespace asks for a backend proxy but none is configured",
+            )
+        })
     }
 
     /// The registered `rpc` handler.

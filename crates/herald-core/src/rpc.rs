@@ -29,3 +29,21 @@ pub trait RpcHandler: Send + Sync {
         data: Value,
     ) -> Result<Value, EngineError>;
 }
+
+/// Decides subscribes and publishes in namespaces with `subscribe_proxy` / `publish_proxy`
+/// (the server's HTTP proxy to the application backend, or code of an embedding application).
+#[async_trait::async_trait]
+pub trait ChannelProxy: Send + Sync {
+    /// Allow (`Ok`) or refuse (`permission_denied`, or `unavailable`/`timeout` when the backend
+    /// cannot answer) a subscribe.
+    async fn subscribe(&self, ctx: &RpcContext, channel: &str) -> Result<(), EngineError>;
+
+    /// Allow a publish (`Ok(None)`), allow it with replacement data (`Ok(Some(data))`), or refuse
+    /// it.
+    async fn publish(
+        &self,
+        ctx: &RpcContext,
+        channel: &str,
+        data: Value,
+    ) -> Result<Option<Value>, EngineError>;
+}

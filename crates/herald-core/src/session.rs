@@ -329,7 +329,16 @@ impl Session {
     async fn subscribe(&mut self, id: &Option<Id>, s: Subscribe) -> Result<(), EngineError> {
         let node = self.node.clone();
         let ns = node.namespace(&s.channel)?.clone();
-        self.may_subscribe(&s.channel, &ns, s.token.as_deref())?;
+        if ns.subscribe_proxy && s.token.is_none() {
+            self.admitted(&ns)?;
+            if patterns::user_allowed(&s.channel, &self.identity.user_id) == Some(false) {
+                return Err(not_listed());
+            }
+            let ctx = self.rpc_context();
+            node.channel_proxy()?.subscribe(&ctx, &s.channel).await?;
+        } else {
+            self.may_subscribe(&s.channel, &ns, s.token.as_deref())?;
+        }
         if self.subs.contains_key(&s.channel) {
             return Err(EngineError::new(
                 ErrorCode::AlreadySubscribed,
@@ -524,8 +533,27 @@ impl Session {
         id: &Option<Id>,
         p: herald_proto::envelope::Publish,
     ) -> Result<(), EngineError> {
-        let ns = self.node.namespace(&p.channel)?;
-        self.may_publish(&p.channel, ns)?;
+        let mut p = p;
+        let node = self.node.clone();
+        let ns = node.namespace(&p.channel)?;
+        if ns.publish_proxy {
+            self.admitted(ns)?;
+            if patterns::user_allowed(&p.channel, &self.identity.user_id) == Some(false) {
+                return Err(not_listed());
+            }
+            let ctx = self.rpc_context();
+            let data = p.data.to_json_value();
+            if let Some(new) = node
+                .channel_proxy()?
+                .publish(&ctx, &p.channel, data)
+                .await?
+            {
+                p.data = herald_proto::Data::json(&new.to_string())
+                    .map_err(|e| EngineError::new(ErrorCode::Internal, e.to_string()))?;
+            }
+        } else {
+            self.may_publish(&p.channel, ns)?;
+        }
         let key = match self.identity.user_id.as_str() {
             "" => &*self.client_id,
             user => user,
@@ -725,6 +753,14 @@ impl Session {
         }
     }
 
+    fn rpc_context(&self) -> crate::rpc::RpcContext {
+        crate::rpc::RpcContext {
+            client_id: self.client_id.to_string(),
+            user_id: self.identity.user_id.clone(),
+            info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
+        }
+    }
+
     /// `rpc`: ask the handler in a task of its own (the connection keeps reading); exactly one
     /// reply or error follows, `timeout` after `session.rpc_timeout`.
     fn rpc(&mut self, id: &Option<Id>, r: herald_proto::envelope::Rpc) -> Result<(), EngineError> {
@@ -751,11 +787,7 @@ impl Session {
                 "too many rpc calls in flight on this connection",
             ));
         };
-        let ctx = crate::rpc::RpcContext {
-            client_id: self.client_id.to_string(),
-            user_id: self.identity.user_id.clone(),
-            info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
-        };
+        let ctx = self.rpc_context();
         let (outlet, id, timeout) = (self.outlet.clone(), id.clone(), cfg.rpc_timeout);
         tokio::spawn(async move {
             let _permit = permit;

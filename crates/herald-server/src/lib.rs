@@ -35,5 +35,5 @@ pub mod writer;
 
 pub use app::{Handle, Server};
 pub use config::{ConnectionConfig, ServerConfig, TlsConfig};
-pub use proxy::{HttpRpc, RpcProxyConfig};
+pub use proxy::{ChannelProxyConfig, HttpChannelProxy, HttpRpc, RpcProxyConfig};
 pub use webhook::WebhookConfig;

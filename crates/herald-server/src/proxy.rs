@@ -1,14 +1,15 @@
-//! The RPC proxy: client `rpc` commands are forwarded to the application backend as an HTTP
-//! `POST` with JSON, with a timeout and a retry policy for failures that are safe to retry.
+//! Backend proxies: client `rpc` commands, and subscribes/publishes in namespaces that ask for
+//! it, are forwarded to the application backend as an HTTP `POST` with JSON, with a timeout and a
+//! retry policy for failures that are safe to retry.
 //!
-//! Request body: `{"method", "data", "client_id", "user_id", "info"}`. The backend answers
-//! `200 {"result": ...}` or `200 {"error": {"message": "..."}}`; other statuses are failures
-//! (5xx and connection errors are retried, then reported as `unavailable`).
+//! Request bodies carry `client_id`, `user_id`, `info` and the command's fields. The backend
+//! answers `200 {"result": ...}` or `200 {"error": {"message": "..."}}`; other statuses are
+//! failures (5xx and connection errors are retried, then reported as `unavailable`).
 
 use std::time::Duration;
 
 use herald_core::EngineError;
-use herald_core::rpc::{RpcContext, RpcHandler};
+use herald_core::rpc::{ChannelProxy, RpcContext, RpcHandler};
 use herald_proto::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -40,20 +41,13 @@ impl Default for RpcProxyConfig {
     }
 }
 
-/// Forwards `rpc` to the backend.
-pub struct HttpRpc {
+/// One backend endpoint with its timeout and retry policy.
+#[derive(Debug, Clone)]
+pub struct Backend {
     url: String,
-    cfg: RpcProxyConfig,
-}
-
-impl HttpRpc {
-    /// A proxy to `cfg.url` (`None` when no URL is configured).
-    pub fn new(cfg: &RpcProxyConfig) -> Option<HttpRpc> {
-        Some(HttpRpc {
-            url: cfg.url.clone()?,
-            cfg: cfg.clone(),
-        })
-    }
+    timeout: Duration,
+    retries: u32,
+    max_response: usize,
 }
 
 fn unavailable(why: String) -> EngineError {
@@ -63,24 +57,14 @@ fn unavailable(why: String) -> EngineError {
     )
 }
 
-#[async_trait::async_trait]
-impl RpcHandler for HttpRpc {
-    async fn call(
-        &self,
-        ctx: RpcContext,
-        method: String,
-        data: Value,
-    ) -> Result<Value, EngineError> {
-        let body = json!({
-            "method": method,
-            "data": data,
-            "client_id": ctx.client_id,
-            "user_id": ctx.user_id,
-            "info": ctx.info,
-        })
-        .to_string();
+impl Backend {
+    /// POST `body`; `Ok(Ok(result))` for `{"result": ...}`, `Ok(Err(message))` for
+    /// `{"error": {"message": ...}}`; `Err` for timeouts (`timeout`), connection failures and
+    /// 5xx after the retries (`unavailable`), and other statuses (`rpc_error`).
+    pub async fn call(&self, body: &Value) -> Result<Result<Value, String>, EngineError> {
+        let body = body.to_string();
         let mut last = String::new();
-        for attempt in 0..=self.cfg.retries {
+        for attempt in 0..=self.retries {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
@@ -89,8 +73,8 @@ impl RpcHandler for HttpRpc {
                 &self.url,
                 &[("content-type", "application/json")],
                 body.clone().into_bytes(),
-                self.cfg.max_response,
-                self.cfg.timeout,
+                self.max_response,
+                self.timeout,
             )
             .await;
             match r {
@@ -99,10 +83,12 @@ impl RpcHandler for HttpRpc {
                         EngineError::new(ErrorCode::Internal, "the backend answered non-JSON")
                     })?;
                     if let Some(e) = v.get("error") {
-                        let msg = e["message"].as_str().unwrap_or("backend error").to_owned();
-                        return Err(EngineError::new(ErrorCode::RpcError, msg));
+                        return Ok(Err(e["message"]
+                            .as_str()
+                            .unwrap_or("refused by the backend")
+                            .to_owned()));
                     }
-                    return Ok(v.get("result").cloned().unwrap_or(Value::Null));
+                    return Ok(Ok(v.get("result").cloned().unwrap_or(Value::Null)));
                 }
                 Ok(r) if r.status >= 500 => last = format!("HTTP {}", r.status),
                 Ok(r) => {
@@ -119,8 +105,152 @@ impl RpcHandler for HttpRpc {
                 }
                 Err(e) => last = e,
             }
-            metrics::counter!("herald_rpc_backend_failures_total").increment(1);
+            metrics::counter!("herald_backend_failures_total").increment(1);
         }
         Err(unavailable(last))
+    }
+}
+
+fn who(ctx: &RpcContext) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("client_id".into(), json!(ctx.client_id));
+    m.insert("user_id".into(), json!(ctx.user_id));
+    m.insert("info".into(), json!(ctx.info));
+    m
+}
+
+/// Forwards `rpc` to the backend.
+pub struct HttpRpc {
+    backend: Backend,
+}
+
+impl HttpRpc {
+    /// A proxy to `cfg.url` (`None` when no URL is configured).
+    pub fn new(cfg: &RpcProxyConfig) -> Option<HttpRpc> {
+        Some(HttpRpc {
+            backend: Backend {
+                url: cfg.url.clone()?,
+                timeout: cfg.timeout,
+                retries: cfg.retries,
+                max_response: cfg.max_response,
+            },
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl RpcHandler for HttpRpc {
+    async fn call(
+        &self,
+        ctx: RpcContext,
+        method: String,
+        data: Value,
+    ) -> Result<Value, EngineError> {
+        let mut body = who(&ctx);
+        body.insert("method".into(), json!(method));
+        body.insert("data".into(), data);
+        self.backend
+            .call(&Value::Object(body))
+            .await?
+            .map_err(|m| EngineError::new(ErrorCode::RpcError, m))
+    }
+}
+
+/// `[proxy]`: backends that decide subscribes and publishes in namespaces with
+/// `subscribe_proxy` / `publish_proxy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelProxyConfig {
+    /// Receives `{"client_id","user_id","info","channel"}`; answers `{"result": {}}` to allow or
+    /// `{"error": {"message": ...}}` to refuse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscribe_url: Option<String>,
+    /// Receives `{"client_id","user_id","info","channel","data"}`; answers `{"result": {}}` to
+    /// allow, `{"result": {"data": ...}}` to publish replacement data, or an error to refuse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_url: Option<String>,
+    /// Timeout of one attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra attempts after a connection failure or a 5xx.
+    pub retries: u32,
+}
+
+impl Default for ChannelProxyConfig {
+    fn default() -> Self {
+        ChannelProxyConfig {
+            subscribe_url: None,
+            publish_url: None,
+            timeout: Duration::from_secs(3),
+            retries: 1,
+        }
+    }
+}
+
+/// The HTTP subscribe/publish proxy.
+pub struct HttpChannelProxy {
+    subscribe: Option<Backend>,
+    publish: Option<Backend>,
+}
+
+impl HttpChannelProxy {
+    /// A proxy for the configured URLs (`None` when neither is set).
+    pub fn new(cfg: &ChannelProxyConfig) -> Option<HttpChannelProxy> {
+        let backend = |url: &Option<String>| {
+            url.as_ref().map(|u| Backend {
+                url: u.clone(),
+                timeout: cfg.timeout,
+                retries: cfg.retries,
+                max_response: 1 << 20,
+            })
+        };
+        let p = HttpChannelProxy {
+            subscribe: backend(&cfg.subscribe_url),
+            publish: backend(&cfg.publish_url),
+        };
+        (p.subscribe.is_some() || p.publish.is_some()).then_some(p)
+    }
+}
+
+fn not_configured(what: &str) -> EngineError {
+    EngineError::new(
+        ErrorCode::Unavailable,
+        format!("the namespace asks for a {what} proxy but none is configured"),
+    )
+}
+
+#[async_trait::async_trait]
+impl ChannelProxy for HttpChannelProxy {
+    async fn subscribe(&self, ctx: &RpcContext, channel: &str) -> Result<(), EngineError> {
+        let b = self
+            .subscribe
+            .as_ref()
+            .ok_or_else(|| not_configured("subscribe"))?;
+        let mut body = who(ctx);
+        body.insert("channel".into(), json!(channel));
+        b.call(&Value::Object(body))
+            .await?
+            .map(|_| ())
+            .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))
+    }
+
+    async fn publish(
+        &self,
+        ctx: &RpcContext,
+        channel: &str,
+        data: Value,
+    ) -> Result<Option<Value>, EngineError> {
+        let b = self
+            .publish
+            .as_ref()
+            .ok_or_else(|| not_configured("publish"))?;
+        let mut body = who(ctx);
+        body.insert("channel".into(), json!(channel));
+        body.insert("data".into(), data);
+        let mut result = b
+            .call(&Value::Object(body))
+            .await?
+            .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))?;
+        Ok(result.get_mut("data").map(Value::take))
     }
 }

@@ -139,3 +139,143 @@ async fn handlers_registered_in_code_answer_and_rpc_without_handler_is_refused()
     let (e, _) = c.call("rpc", json!({"method": ""})).await;
     assert_eq!(e["payload"]["code"], "bad_request");
 }
+
+/// A backend deciding subscribes (`px:ok*` allowed, `px:slow*` slow, others refused) and
+/// publishes (`blocked` data refused, strings upper-cased).
+async fn channel_backend() -> std::net::SocketAddr {
+    let app = axum::Router::new()
+        .route(
+            "/subscribe",
+            post(|Json(req): Json<Value>| async move {
+                let ch = req["channel"].as_str().unwrap_or("").to_owned();
+                if ch.starts_with("px:slow") {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                if ch.starts_with("px:ok") {
+                    Json(json!({"result": {}}))
+                } else {
+                    Json(json!({"error": {"message": format!("{} may not join {ch}", req["client_id"])}}))
+                }
+            }),
+        )
+        .route(
+            "/publish",
+            post(|Json(req): Json<Value>| async move {
+                match &req["data"] {
+                    Value::String(s) if s == "blocked" => Json(json!({"error": {"message": "moderated"}})),
+                    Value::String(s) => Json(json!({"result": {"data": s.to_uppercase()}})),
+                    _ => Json(json!({"result": {}})),
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+fn proxied_setup() -> Setup {
+    let mut s = Setup::default();
+    s.engine.namespaces.insert(
+        "px".into(),
+        herald_core::NamespaceOptions {
+            anonymous: true,
+            subscribe_proxy: true,
+            publish_proxy: true,
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            ..Default::default()
+        },
+    );
+    s
+}
+
+#[tokio::test]
+async fn subscribe_and_publish_proxies_allow_deny_and_transform() {
+    let b = channel_backend().await;
+    let s = start(proxied_setup()).await;
+    let proxy = herald_server::HttpChannelProxy::new(&herald_server::ChannelProxyConfig {
+        subscribe_url: Some(format!("http://{b}/subscribe")),
+        publish_url: Some(format!("http://{b}/publish")),
+        timeout: Duration::from_millis(500),
+        retries: 0,
+    })
+    .expect("proxy");
+    assert!(s.handle.node().set_channel_proxy(Arc::new(proxy)));
+    let mut c = Client::connect(&s).await;
+    c.subscribe("px:ok-room").await;
+    let (e, _) = c.call("subscribe", json!({"channel": "px:secret"})).await;
+    assert_eq!(e["payload"]["code"], "permission_denied");
+    assert!(
+        e["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("may not join px:secret")),
+        "{e}"
+    );
+    c.publish("px:ok-room", json!("hello")).await;
+    assert_eq!(
+        c.next_message().await["data"],
+        "HELLO",
+        "data replaced by the backend"
+    );
+    c.publish("px:ok-room", json!({"n": 1})).await;
+    assert_eq!(
+        c.next_message().await["data"],
+        json!({"n": 1}),
+        "allowed unchanged"
+    );
+    let (e, _) = c
+        .call(
+            "publish",
+            json!({"channel": "px:ok-room", "data": "blocked"}),
+        )
+        .await;
+    assert_eq!(
+        (
+            e["payload"]["code"].clone(),
+            e["payload"]["message"].clone()
+        ),
+        (json!("permission_denied"), json!("moderated"))
+    );
+    let started = std::time::Instant::now();
+    let (e, _) = c.call("subscribe", json!({"channel": "px:slow"})).await;
+    assert_eq!(e["payload"]["code"], "timeout");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn proxied_namespaces_fail_with_a_retryable_error_when_the_backend_is_down() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let s = start(proxied_setup()).await;
+    let mut c = Client::connect(&s).await;
+    // No proxy registered at all.
+    let (e, _) = c.call("subscribe", json!({"channel": "px:ok"})).await;
+    assert_eq!(e["payload"]["code"], "unavailable");
+    let proxy = herald_server::HttpChannelProxy::new(&herald_server::ChannelProxyConfig {
+        subscribe_url: Some(format!("http://127.0.0.1:{port}/subscribe")),
+        publish_url: Some(format!("http://127.0.0.1:{port}/publish")),
+        timeout: Duration::from_millis(500),
+        retries: 1,
+    })
+    .expect("proxy");
+    s.handle.node().set_channel_proxy(Arc::new(proxy));
+    for (kind, payload) in [
+        ("subscribe", json!({"channel": "px:ok"})),
+        ("publish", json!({"channel": "px:ok", "data": 1})),
+    ] {
+        let (e, _) = c.call(kind, payload).await;
+        assert_eq!(
+            (
+                e["payload"]["code"].clone(),
+                e["payload"]["retryable"].clone()
+            ),
+            (json!("unavailable"), json!(true)),
+            "{kind}"
+        );
+    }
+}

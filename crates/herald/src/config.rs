@@ -9,7 +9,9 @@ use anyhow::{Context, bail};
 use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
-use herald_server::{ConnectionConfig, RpcProxyConfig, ServerConfig, TlsConfig, WebhookConfig};
+use herald_server::{
+    ChannelProxyConfig, ConnectionConfig, RpcProxyConfig, ServerConfig, TlsConfig, WebhookConfig,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +57,8 @@ pub struct Config {
     pub rpc: RpcProxyConfig,
     /// `[webhook]`.
     pub webhook: WebhookConfig,
+    /// `[proxy]`.
+    pub proxy: ChannelProxyConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
 }
@@ -72,6 +76,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             rpc: RpcProxyConfig::default(),
             webhook: WebhookConfig::default(),
+            proxy: ChannelProxyConfig::default(),
             debug: DebugConfig::default(),
         }
     }

@@ -208,6 +208,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     if let Some(rpc) = herald_server::HttpRpc::new(&config.rpc) {
         node.set_rpc_handler(Arc::new(rpc));
     }
+    if let Some(proxy) = herald_server::HttpChannelProxy::new(&config.proxy) {
+        node.set_channel_proxy(Arc::new(proxy));
+    }
     let webhook_node = node.clone();
     let server = Server::bind(
         config.server.clone(),

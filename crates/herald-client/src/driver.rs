@@ -858,6 +858,30 @@ impl Driver {
                 };
                 self.emit(e).await;
             }
+            "subscribed" => {
+                // A server-side subscription (server API or connect proxy).
+                if let Some(channel) = payload["channel"].as_str() {
+                    self.subs.entry(channel.to_owned()).or_insert_with(|| Sub {
+                        offset: payload["offset"].as_u64().unwrap_or(0),
+                        epoch: payload["epoch"].as_str().unwrap_or("").to_owned(),
+                        positioned: true,
+                        waiters: Vec::new(),
+                    });
+                    self.emit(Event::Subscribed {
+                        channel: channel.to_owned(),
+                    })
+                    .await;
+                }
+            }
+            "unsubscribed" => {
+                if let Some(channel) = payload["channel"].as_str() {
+                    self.subs.remove(channel);
+                    self.emit(Event::Unsubscribed {
+                        channel: channel.to_owned(),
+                    })
+                    .await;
+                }
+            }
             "disconnect" => {
                 *advisory = Some((
                     payload["code"].as_u64().unwrap_or(1000) as u16,

@@ -81,6 +81,17 @@ pub enum Event {
         /// Who.
         who: Value,
     },
+    /// The server subscribed this client to a channel (server API or connect proxy); its
+    /// messages follow, and the client keeps the subscription across reconnects.
+    Subscribed {
+        /// Channel.
+        channel: String,
+    },
+    /// The server removed this client from a channel.
+    Unsubscribed {
+        /// Channel.
+        channel: String,
+    },
     /// Publications of a channel were lost and could not be recovered (history trimmed, epoch
     /// changed, or a `drop_oldest`/`latest` policy skipped offsets). Delivery continues from
     /// `resumed_at`.

@@ -591,3 +591,45 @@ async fn loss_beyond_the_history_window_is_reported_as_a_gap() {
     };
     assert_eq!(m.offset, 51);
 }
+
+#[tokio::test]
+async fn server_side_subscriptions_deliver_messages() {
+    let node = node();
+    let (addr, _srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (_c, mut ev) = Client::connect(config(addr).token(token("erin", 3600)));
+    until_event(&mut ev, "connected", is_connected).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.command_user(
+        "erin",
+        herald_core::ServerCommand::Subscribe("inbox".into()),
+    ) == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session not registered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let e = until_event(&mut ev, "subscribed", |e| {
+        matches!(e, Event::Subscribed { .. })
+    })
+    .await;
+    assert_eq!(
+        e,
+        Event::Subscribed {
+            channel: "inbox".into()
+        }
+    );
+    node.publish("inbox", Data::json("\"mail\"").expect("data"), None, None)
+        .await
+        .expect("publish");
+    let Event::Message(m) =
+        until_event(&mut ev, "message", |e| matches!(e, Event::Message(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (m.channel.as_str(), m.data.clone()),
+        ("inbox", json!("mail"))
+    );
+}

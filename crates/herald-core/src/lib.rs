@@ -32,4 +32,4 @@ pub mod session;
 pub use auth::{AuthConfig, Claims, Verifier};
 pub use config::{EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
 pub use node::{EngineError, Heartbeat, Identity, Node};
-pub use session::{Flow, Session};
+pub use session::{Flow, ServerCommand, Session};

@@ -72,6 +72,7 @@ struct Registered {
     client_id: Arc<str>,
     outlet: std::sync::Weak<Outlet>,
     jti: Option<String>,
+    commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
 }
 
 impl From<BrokerError> for EngineError {
@@ -259,6 +260,7 @@ impl Node {
         client_id: &Arc<str>,
         outlet: &Arc<Outlet>,
         jti: Option<String>,
+        commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
     ) {
         if user.is_empty() {
             return;
@@ -270,6 +272,7 @@ impl Node {
             client_id: client_id.clone(),
             outlet: Arc::downgrade(outlet),
             jti,
+            commands,
         });
     }
 
@@ -317,6 +320,19 @@ impl Node {
     pub fn revoke_token(&self, jti: &str, expires_at: u64) -> usize {
         self.verifier.revocations().revoke_token(jti, expires_at);
         self.close_where(CloseCode::TokenRevoked, None, Some(jti))
+    }
+
+    /// Send a server-side command to every session of `user` (live or waiting for resume).
+    /// Returns the number of sessions it was queued for.
+    pub fn command_user(&self, user: &str, cmd: crate::session::ServerCommand) -> usize {
+        let users = lock(&self.users);
+        users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.commands.as_ref())
+            .filter(|tx| tx.try_send(cmd.clone()).is_ok())
+            .count()
     }
 
     /// Close every session of `user` with `code`. Returns the number closed.

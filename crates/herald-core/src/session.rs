@@ -24,6 +24,18 @@ use crate::node::{EngineError, Identity, Node};
 use crate::outlet::{Out, Outlet};
 use crate::publication::Publication;
 
+/// Server-side commands queued per session.
+const SERVER_COMMANDS: usize = 64;
+
+/// A command from the server side (API, connect proxy) for a user's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerCommand {
+    /// Subscribe to this channel (the client gets a `subscribed` push).
+    Subscribe(String),
+    /// Leave this channel (the client gets an `unsubscribed` push).
+    Unsubscribe(String),
+}
+
 /// How long recovery waits for the client to read a page before giving up.
 const RECOVERY_STALL: Duration = Duration::from_secs(10);
 
@@ -52,6 +64,11 @@ pub struct Session {
     rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The `connect` event was emitted (at the first command that is not `resume`).
     announced: bool,
+    /// Server-side commands for this session (users only).
+    server_cmds: Option<(
+        tokio::sync::mpsc::Sender<ServerCommand>,
+        tokio::sync::mpsc::Receiver<ServerCommand>,
+    )>,
     started: std::time::Instant,
 }
 
@@ -86,7 +103,15 @@ impl Session {
         identity: Identity,
     ) -> Self {
         let jti = identity.claims.as_ref().and_then(|c| c.jti.clone());
-        node.register(&identity.user_id, &client_id, &outlet, jti);
+        let server_cmds =
+            (!identity.user_id.is_empty()).then(|| tokio::sync::mpsc::channel(SERVER_COMMANDS));
+        node.register(
+            &identity.user_id,
+            &client_id,
+            &outlet,
+            jti,
+            server_cmds.as_ref().map(|(tx, _)| tx.clone()),
+        );
         let cfg = node.config();
         let l = &cfg.limits;
         let limiter = CommandLimiter::new(
@@ -109,6 +134,7 @@ impl Session {
             rpc_slots: None,
             announced: false,
             started: std::time::Instant::now(),
+            server_cmds,
         }
     }
 
@@ -329,6 +355,16 @@ impl Session {
     async fn subscribe(&mut self, id: &Option<Id>, s: Subscribe) -> Result<(), EngineError> {
         let node = self.node.clone();
         let ns = node.namespace(&s.channel)?.clone();
+        self.check_subscribe(&s, &ns).await?;
+        self.join(id, s, &ns, false).await
+    }
+
+    async fn check_subscribe(
+        &self,
+        s: &Subscribe,
+        ns: &NamespaceOptions,
+    ) -> Result<(), EngineError> {
+        let node = &self.node;
         if ns.subscribe_proxy && s.token.is_none() {
             self.admitted(&ns)?;
             if patterns::user_allowed(&s.channel, &self.identity.user_id) == Some(false) {
@@ -337,8 +373,22 @@ impl Session {
             let ctx = self.rpc_context();
             node.channel_proxy()?.subscribe(&ctx, &s.channel).await?;
         } else {
-            self.may_subscribe(&s.channel, &ns, s.token.as_deref())?;
+            self.may_subscribe(&s.channel, ns, s.token.as_deref())?;
         }
+        Ok(())
+    }
+
+    /// Subscribe after the permission checks. `server`: a server-side subscription, announced to
+    /// the client with a `subscribed` push instead of a reply.
+    async fn join(
+        &mut self,
+        id: &Option<Id>,
+        s: Subscribe,
+        ns: &NamespaceOptions,
+        server: bool,
+    ) -> Result<(), EngineError> {
+        let node = self.node.clone();
+        let ns = ns.clone();
         if self.subs.contains_key(&s.channel) {
             return Err(EngineError::new(
                 ErrorCode::AlreadySubscribed,
@@ -375,7 +425,13 @@ impl Session {
                 return Err(e);
             }
         };
-        self.reply(id, &reply);
+        if server {
+            if let Some(b) = self.encode("subscribed", None, &reply) {
+                self.outlet.push_reply(b);
+            }
+        } else {
+            self.reply(id, &reply);
+        }
         if !self.queue_recovered(&pubs).await {
             // The client stopped reading during recovery; the outlet is closing.
             self.drop_sub(&s.channel).await;
@@ -516,6 +572,56 @@ impl Session {
             self.node
                 .emit(channel, ChannelEvent::Leave(self.info()))
                 .await;
+        }
+    }
+
+    /// Wait for the next server-side command (never resolves for sessions without a user).
+    pub async fn next_server_command(&mut self) -> ServerCommand {
+        match &mut self.server_cmds {
+            Some((_, rx)) => match rx.recv().await {
+                Some(c) => c,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Apply a server-side command (from the server API or a connect proxy): subscribe or
+    /// unsubscribe without permission checks, telling the client with a push.
+    pub async fn server_command(&mut self, cmd: ServerCommand) {
+        match cmd {
+            ServerCommand::Subscribe(channel) => {
+                if self.subs.contains_key(&channel) {
+                    return;
+                }
+                let ns = match self.node.namespace(&channel) {
+                    Ok(ns) => ns.clone(),
+                    Err(e) => {
+                        tracing::warn!(channel, error = %e, "server-side subscribe refused");
+                        return;
+                    }
+                };
+                let s = Subscribe {
+                    channel: channel.clone(),
+                    recover: None,
+                    token: None,
+                };
+                if let Err(e) = self.join(&None, s, &ns, true).await {
+                    tracing::warn!(channel, error = %e, "server-side subscribe failed");
+                }
+            }
+            ServerCommand::Unsubscribe(channel) => {
+                if self.subs.remove(&channel).is_some() {
+                    self.leave(&channel).await;
+                    if let Some(b) = self.encode(
+                        "unsubscribed",
+                        None,
+                        &serde_json::json!({ "channel": channel }),
+                    ) {
+                        self.outlet.push_reply(b);
+                    }
+                }
+            }
         }
     }
 
@@ -677,8 +783,13 @@ impl Session {
         std::mem::swap(&mut self.expiry, &mut old.expiry);
         std::mem::swap(&mut self.limiter, &mut old.limiter);
         let jti = self.identity.claims.as_ref().and_then(|c| c.jti.clone());
-        self.node
-            .register(&self.identity.user_id, &self.client_id, &self.outlet, jti);
+        self.node.register(
+            &self.identity.user_id,
+            &self.client_id,
+            &self.outlet,
+            jti,
+            self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
+        );
         drop(old); // the fresh session has no subscriptions: nothing to clean up
         self.resume_token = token();
         self.violations = 0;
@@ -839,8 +950,13 @@ impl Session {
         let jti = claims.jti.clone();
         self.identity = Identity::from_claims(claims);
         self.expiry = expiry(&self.identity, self.node.config().auth.refresh_before);
-        self.node
-            .register(&self.identity.user_id, &self.client_id, &self.outlet, jti);
+        self.node.register(
+            &self.identity.user_id,
+            &self.client_id,
+            &self.outlet,
+            jti,
+            self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
+        );
         let expires_in_ms = self.expires_in_ms().unwrap_or(0);
         self.reply(id, &herald_proto::envelope::RefreshInfo { expires_in_ms });
         Ok(())

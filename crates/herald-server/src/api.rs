@@ -184,6 +184,13 @@ struct NoParams {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct UserChannelParams {
+    user: String,
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventsParams {
     #[serde(default)]
     since: Option<u64>,
@@ -356,6 +363,19 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             };
             Ok(json!({"closed": closed}))
         }
+        "subscribe" | "unsubscribe" => {
+            let p: UserChannelParams = params(p)?;
+            if p.user.is_empty() {
+                return Err(ApiError::bad("user must not be empty"));
+            }
+            node.namespace(&p.channel)?;
+            let cmd = if method == "subscribe" {
+                herald_core::ServerCommand::Subscribe(p.channel)
+            } else {
+                herald_core::ServerCommand::Unsubscribe(p.channel)
+            };
+            Ok(json!({"sessions": node.command_user(&p.user, cmd)}))
+        }
         "events" => {
             let p: EventsParams = params(p)?;
             let limit = p.limit.unwrap_or(100);
@@ -470,7 +490,9 @@ pub async fn dead_letters_get(State(app): State<Arc<AppState>>, headers: HeaderM
 
 /// Known methods keep their name as a metric label; anything else is `other`.
 fn api_metric_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 16] = [
+        "subscribe",
+        "unsubscribe",
         "events",
         "dead_letters",
         "publish",

@@ -88,6 +88,9 @@ pub async fn serve(
                             session.outlet().close(code);
                         }
                     }
+                    cmd = session.next_server_command() => {
+                        Box::pin(session.server_command(cmd)).await;
+                    }
                 }
             }
         };

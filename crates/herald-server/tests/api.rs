@@ -241,14 +241,17 @@ async fn bad_requests_get_codes_never_panics() {
     assert_eq!(status, 413);
 }
 
-#[tokio::test]
-async fn disconnect_closes_a_users_connections_with_4501() {
-    use jsonwebtoken::{EncodingKey, Header};
-    let secret = "api-test-secret-api-test-secret-0123";
+const SECRET: &str = "api-test-secret-api-test-secret-0123";
+
+async fn server_with_users() -> TestServer {
     let mut setup = Setup::default();
     setup.engine.auth.api_keys = vec![KEY.into()];
-    setup.engine.auth.hmac_secret = Some(secret.into());
-    let s = start(setup).await;
+    setup.engine.auth.hmac_secret = Some(SECRET.into());
+    start(setup).await
+}
+
+async fn connect_user(s: &TestServer, user: &str) -> Client {
+    use jsonwebtoken::{EncodingKey, Header};
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -256,18 +259,73 @@ async fn disconnect_closes_a_users_connections_with_4501() {
         + 600;
     let token = jsonwebtoken::encode(
         &Header::default(),
-        &json!({"sub": "carol", "exp": exp}),
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &json!({"sub": user, "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("sign");
-    let mut req = ws_request(&s);
+    let mut req = ws_request(s);
     req.headers_mut().insert(
         "Authorization",
         format!("Bearer {token}").parse().expect("hdr"),
     );
-    let mut carol = Client::open_welcomed(req).await.expect("connect");
+    Client::open_welcomed(req).await.expect("connect")
+}
+
+#[tokio::test]
+async fn disconnect_closes_a_users_connections_with_4501() {
+    let s = server_with_users().await;
+    let mut carol = connect_user(&s, "carol").await;
     let r = ok(&s, "disconnect", json!({"user": "carol"})).await;
     assert_eq!(r["disconnected"], 1);
     let (adv, _) = carol.closed_with(4501).await;
     assert_eq!(adv["reconnect"], false);
+}
+
+#[tokio::test]
+async fn server_side_subscribe_and_unsubscribe_reach_every_session_of_a_user() {
+    let s = server_with_users().await;
+    let mut a = connect_user(&s, "dave").await;
+    let mut b = connect_user(&s, "dave").await;
+    let r = ok(
+        &s,
+        "subscribe",
+        json!({"user": "dave", "channel": "alerts"}),
+    )
+    .await;
+    assert_eq!(r["sessions"], 2);
+    for c in [&mut a, &mut b] {
+        let p = c.next().await;
+        assert_eq!(
+            (p["type"].clone(), p["payload"]["channel"].clone()),
+            (json!("subscribed"), json!("alerts")),
+            "{p}"
+        );
+    }
+    ok(&s, "publish", json!({"channel": "alerts", "data": "fire"})).await;
+    assert_eq!(a.next_message().await["data"], "fire");
+    assert_eq!(b.next_message().await["data"], "fire");
+    ok(
+        &s,
+        "unsubscribe",
+        json!({"user": "dave", "channel": "alerts"}),
+    )
+    .await;
+    let p = a.next().await;
+    assert_eq!(
+        (p["type"].clone(), p["payload"]["channel"].clone()),
+        (json!("unsubscribed"), json!("alerts"))
+    );
+    until("both sessions to leave", || {
+        s.handle.node().hub().count("alerts") == 0
+    })
+    .await;
+    assert_eq!(
+        ok(
+            &s,
+            "subscribe",
+            json!({"user": "nobody", "channel": "alerts"})
+        )
+        .await["sessions"],
+        0
+    );
 }

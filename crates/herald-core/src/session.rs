@@ -366,7 +366,7 @@ impl Session {
     ) -> Result<(), EngineError> {
         let node = &self.node;
         if ns.subscribe_proxy && s.token.is_none() {
-            self.admitted(&ns)?;
+            self.admitted(ns)?;
             if patterns::user_allowed(&s.channel, &self.identity.user_id) == Some(false) {
                 return Err(not_listed());
             }

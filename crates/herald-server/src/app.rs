@@ -48,13 +48,16 @@ pub struct AppState {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// When the server was bound.
     pub started: std::time::Instant,
+    /// The connect proxy, when configured.
+    pub connect_proxy: std::sync::OnceLock<Arc<crate::proxy::HttpConnectProxy>>,
     metrics: Option<PrometheusHandle>,
 }
 
 /// How a `/ws` connection authenticates.
 pub enum Handshake {
-    /// Authenticated (or admitted anonymously) at the handshake.
-    Done(Box<Identity>, Option<Slot<String>>),
+    /// Authenticated (or admitted anonymously) at the handshake; channels to subscribe
+    /// server-side (from the connect proxy).
+    Done(Box<Identity>, Option<Slot<String>>, Vec<String>),
     /// No token at the handshake and anonymous connections are off: `auth` must come first.
     FirstMessage,
 }
@@ -104,6 +107,11 @@ impl Handle {
             l.retain_recent();
         }
         self.state.node.upkeep();
+    }
+
+    /// Authenticate tokenless connections through this connect proxy (once).
+    pub fn set_connect_proxy(&self, proxy: Arc<crate::proxy::HttpConnectProxy>) -> bool {
+        self.state.connect_proxy.set(proxy).is_ok()
     }
 
     /// Re-read the TLS certificate and key now (SIGHUP). No-op without TLS.
@@ -192,9 +200,27 @@ async fn ws_handler(
     };
     let auth = &app.node.config().auth;
     let token = handshake::token(req.headers(), req.uri(), &offer, auth);
+    let proxied = match (&token, app.connect_proxy.get()) {
+        (None, Some(p)) => match p.connect(ip, req.headers()).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                rejected("auth");
+                let status = match e.code {
+                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                return json_error(status, e.code, &e.message);
+            }
+        },
+        _ => None,
+    };
+    let (authenticated, channels) = match proxied {
+        Some(p) => (Some(Ok(p.identity)), p.channels),
+        None => (None, Vec::new()),
+    };
     let hs = match token {
-        None if !auth.anonymous => Handshake::FirstMessage,
-        token => match app.node.authenticate(token.as_deref()) {
+        None if authenticated.is_none() && !auth.anonymous => Handshake::FirstMessage,
+        token => match authenticated.unwrap_or_else(|| app.node.authenticate(token.as_deref())) {
             Ok(identity) => {
                 let slot = match identity.user_id.as_str() {
                     "" => None,
@@ -209,7 +235,7 @@ async fn ws_handler(
                         }
                     },
                 };
-                Handshake::Done(Box::new(identity), slot)
+                Handshake::Done(Box::new(identity), slot, channels)
             }
             Err(e) => {
                 rejected("auth");
@@ -338,6 +364,7 @@ impl Server {
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
             started: std::time::Instant::now(),
+            connect_proxy: std::sync::OnceLock::new(),
             tls,
             node,
             server,

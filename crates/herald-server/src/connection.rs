@@ -25,8 +25,8 @@ pub async fn serve(
 ) {
     let (r, mut w) = tokio::io::split(ws.into_inner());
     let mut reader = MessageReader::new(r, app.conn.max_message_size);
-    let (identity, user_slot, over_user_limit) = match hs {
-        Handshake::Done(identity, slot) => (*identity, slot, false),
+    let (identity, user_slot, over_user_limit, channels) = match hs {
+        Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels),
         Handshake::FirstMessage => {
             let Some(identity) = Box::pin(crate::preauth::authenticate(
                 &mut reader,
@@ -42,7 +42,7 @@ pub async fn serve(
             let slot = (!identity.user_id.is_empty())
                 .then(|| app.user_slots.acquire(identity.user_id.clone(), max));
             let over = matches!(slot, Some(None));
-            (identity, slot.flatten(), over)
+            (identity, slot.flatten(), over, Vec::new())
         }
     };
     let _held = (held, user_slot);
@@ -59,6 +59,9 @@ pub async fn serve(
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
         session.welcome();
+        for channel in channels {
+            Box::pin(session.server_command(herald_core::ServerCommand::Subscribe(channel))).await;
+        }
     }
     tracing::info!(client = %client, remote = %remote, protocol = format.subprotocol(), "connected");
 

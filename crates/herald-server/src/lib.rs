@@ -35,5 +35,7 @@ pub mod writer;
 
 pub use app::{Handle, Server};
 pub use config::{ConnectionConfig, ServerConfig, TlsConfig};
-pub use proxy::{ChannelProxyConfig, HttpChannelProxy, HttpRpc, RpcProxyConfig};
+pub use proxy::{
+    ChannelProxyConfig, HttpChannelProxy, HttpConnectProxy, HttpRpc, ProxyIdentity, RpcProxyConfig,
+};
 pub use webhook::WebhookConfig;

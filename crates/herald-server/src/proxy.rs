@@ -156,11 +156,18 @@ impl RpcHandler for HttpRpc {
     }
 }
 
-/// `[proxy]`: backends that decide subscribes and publishes in namespaces with
-/// `subscribe_proxy` / `publish_proxy`.
+/// `[proxy]`: backends that authenticate connections without a token, and that decide
+/// subscribes and publishes in namespaces with `subscribe_proxy` / `publish_proxy`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelProxyConfig {
+    /// Authenticates connections that bring no token: receives `{"client_ip", "headers"}` (only
+    /// the `forward_headers`), answers `{"result": {"user", "info"?, "channels"?, "expire_at"?}}`
+    /// or an error (HTTP 401 for the client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_url: Option<String>,
+    /// Handshake headers passed to `connect_url` (lower-case names, e.g. `cookie`).
+    pub forward_headers: Vec<String>,
     /// Receives `{"client_id","user_id","info","channel"}`; answers `{"result": {}}` to allow or
     /// `{"error": {"message": ...}}` to refuse.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,6 +186,8 @@ pub struct ChannelProxyConfig {
 impl Default for ChannelProxyConfig {
     fn default() -> Self {
         ChannelProxyConfig {
+            connect_url: None,
+            forward_headers: Vec::new(),
             subscribe_url: None,
             publish_url: None,
             timeout: Duration::from_secs(3),
@@ -252,5 +261,91 @@ impl ChannelProxy for HttpChannelProxy {
             .await?
             .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))?;
         Ok(result.get_mut("data").map(Value::take))
+    }
+}
+
+/// Who the connect proxy says a connection is.
+#[derive(Debug, Clone)]
+pub struct ProxyIdentity {
+    /// The identity for the session.
+    pub identity: herald_core::Identity,
+    /// Channels to subscribe the session to, server-side.
+    pub channels: Vec<String>,
+}
+
+/// The connect proxy: the backend authenticates connections that bring no token.
+pub struct HttpConnectProxy {
+    backend: Backend,
+    forward: Vec<String>,
+}
+
+impl HttpConnectProxy {
+    /// A proxy for `cfg.connect_url` (`None` when unset).
+    pub fn new(cfg: &ChannelProxyConfig) -> Option<HttpConnectProxy> {
+        Some(HttpConnectProxy {
+            backend: Backend {
+                url: cfg.connect_url.clone()?,
+                timeout: cfg.timeout,
+                retries: cfg.retries,
+                max_response: 1 << 20,
+            },
+            forward: cfg
+                .forward_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        })
+    }
+
+    /// Ask the backend who this handshake is. `Err` codes: `unauthorized` (refused),
+    /// `unavailable`/`timeout` (backend problems), `internal` (bad answer).
+    pub async fn connect(
+        &self,
+        client_ip: std::net::IpAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<ProxyIdentity, EngineError> {
+        let mut fwd = serde_json::Map::new();
+        for name in &self.forward {
+            if let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+                fwd.insert(name.clone(), json!(v));
+            }
+        }
+        let body = json!({"client_ip": client_ip.to_string(), "headers": fwd});
+        let r = self
+            .backend
+            .call(&body)
+            .await?
+            .map_err(|m| EngineError::new(ErrorCode::Unauthorized, m))?;
+        let bad = || {
+            EngineError::new(
+                ErrorCode::Internal,
+                "the connect proxy answered without `user`",
+            )
+        };
+        let user = r["user"].as_str().ok_or_else(bad)?.to_owned();
+        let now = herald_core::publication::now_ms() / 1000;
+        let claims = herald_core::Claims {
+            sub: user.clone(),
+            // Without `expire_at` the connection does not expire (a year is "forever" here).
+            exp: r["expire_at"].as_u64().unwrap_or(now + 365 * 24 * 3600),
+            iat: Some(now),
+            info: r.get("info").cloned().filter(|v| !v.is_null()),
+            ..Default::default()
+        };
+        let channels = r["channels"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ProxyIdentity {
+            identity: herald_core::Identity {
+                user_id: user,
+                claims: Some(claims),
+            },
+            channels,
+        })
     }
 }

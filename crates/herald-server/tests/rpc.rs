@@ -201,6 +201,7 @@ async fn subscribe_and_publish_proxies_allow_deny_and_transform() {
         publish_url: Some(format!("http://{b}/publish")),
         timeout: Duration::from_millis(500),
         retries: 0,
+        ..Default::default()
     })
     .expect("proxy");
     assert!(s.handle.node().set_channel_proxy(Arc::new(proxy)));
@@ -261,6 +262,7 @@ async fn proxied_namespaces_fail_with_a_retryable_error_when_the_backend_is_down
         publish_url: Some(format!("http://127.0.0.1:{port}/publish")),
         timeout: Duration::from_millis(500),
         retries: 1,
+        ..Default::default()
     })
     .expect("proxy");
     s.handle.node().set_channel_proxy(Arc::new(proxy));
@@ -278,4 +280,98 @@ async fn proxied_namespaces_fail_with_a_retryable_error_when_the_backend_is_down
             "{kind}"
         );
     }
+}
+
+async fn connect_backend() -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/connect",
+        post(|Json(req): Json<Value>| async move {
+            let cookie = req["headers"]["cookie"].as_str().unwrap_or("");
+            if req["headers"].get("x-secret").is_some() {
+                return Json(json!({"error": {"message": "unexpected header forwarded"}}));
+            }
+            if cookie.contains("session=good") {
+                Json(json!({"result": {"user": "frank", "info": {"name": "Frank"}, "channels": ["news"]}}))
+            } else {
+                Json(json!({"error": {"message": "bad session"}}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+fn connect_proxy(url: String) -> Arc<herald_server::HttpConnectProxy> {
+    Arc::new(
+        herald_server::HttpConnectProxy::new(&herald_server::ChannelProxyConfig {
+            connect_url: Some(url),
+            forward_headers: vec!["Cookie".into()],
+            timeout: Duration::from_millis(500),
+            retries: 0,
+            ..Default::default()
+        })
+        .expect("proxy"),
+    )
+}
+
+fn with_headers(
+    s: &TestServer,
+    headers: &[(&'static str, &'static str)],
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = ws_request(s);
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().expect("hdr"));
+    }
+    req
+}
+
+#[tokio::test]
+async fn the_connect_proxy_authenticates_and_subscribes_server_side() {
+    let b = connect_backend().await;
+    let s = start_default().await;
+    assert!(
+        s.handle
+            .set_connect_proxy(connect_proxy(format!("http://{b}/connect")))
+    );
+    let mut c = Client::open_welcomed(with_headers(
+        &s,
+        &[("Cookie", "theme=x; session=good"), ("X-Secret", "no")],
+    ))
+    .await
+    .expect("connect");
+    assert_eq!(c.welcome["user_id"], "frank");
+    let p = c.next().await;
+    assert_eq!(
+        (p["type"].clone(), p["payload"]["channel"].clone()),
+        (json!("subscribed"), json!("news")),
+        "{p}"
+    );
+    let (status, body) = Client::open(with_headers(&s, &[("Cookie", "session=bad")]))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (status, body["code"].as_str(), body["message"].as_str()),
+        (401, Some("unauthorized"), Some("bad session"))
+    );
+    // The presence list shows the backend's user info.
+    let presence = c.ok("presence", json!({"channel": "news"})).await;
+    assert_eq!(presence["clients"][0]["info"]["name"], "Frank");
+}
+
+#[tokio::test]
+async fn a_connect_proxy_that_is_down_answers_503() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let s = start_default().await;
+    s.handle
+        .set_connect_proxy(connect_proxy(format!("http://127.0.0.1:{port}/connect")));
+    let (status, body) = Client::open(ws_request(&s)).await.err().expect("refused");
+    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")));
 }

@@ -782,14 +782,7 @@ impl Session {
         std::mem::swap(&mut self.identity, &mut old.identity);
         std::mem::swap(&mut self.expiry, &mut old.expiry);
         std::mem::swap(&mut self.limiter, &mut old.limiter);
-        let jti = self.identity.claims.as_ref().and_then(|c| c.jti.clone());
-        self.node.register(
-            &self.identity.user_id,
-            &self.client_id,
-            &self.outlet,
-            jti,
-            self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
-        );
+        self.reregister();
         drop(old); // the fresh session has no subscriptions: nothing to clean up
         self.resume_token = token();
         self.violations = 0;
@@ -862,6 +855,18 @@ impl Session {
             }
             Err(_) => false,
         }
+    }
+
+    /// Update the node's registry entry after the identity or token changed (refresh, resume).
+    fn reregister(&self) {
+        let jti = self.identity.claims.as_ref().and_then(|c| c.jti.clone());
+        self.node.register(
+            &self.identity.user_id,
+            &self.client_id,
+            &self.outlet,
+            jti,
+            self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
+        );
     }
 
     fn rpc_context(&self) -> crate::rpc::RpcContext {
@@ -947,16 +952,9 @@ impl Session {
                 "the new token is for another user",
             ));
         }
-        let jti = claims.jti.clone();
         self.identity = Identity::from_claims(claims);
         self.expiry = expiry(&self.identity, self.node.config().auth.refresh_before);
-        self.node.register(
-            &self.identity.user_id,
-            &self.client_id,
-            &self.outlet,
-            jti,
-            self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
-        );
+        self.reregister();
         let expires_in_ms = self.expires_in_ms().unwrap_or(0);
         self.reply(id, &herald_proto::envelope::RefreshInfo { expires_in_ms });
         Ok(())

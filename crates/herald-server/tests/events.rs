@@ -236,10 +236,7 @@ async fn undeliverable_webhooks_and_bad_frames_become_dead_letters() {
     let s = start(setup(Duration::ZERO)).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let _guard = stop.clone().drop_guard();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = closed_port();
     herald_server::webhook::spawn(
         s.handle.node().clone(),
         WebhookConfig {

@@ -98,10 +98,7 @@ async fn rpc_round_trips_through_the_backend_with_documented_errors() {
 #[tokio::test]
 async fn a_backend_that_is_down_gives_a_retryable_error_quickly() {
     // Bind and drop: nothing listens on this port.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = closed_port();
     let s = start_default().await;
     s.handle
         .node()
@@ -248,10 +245,7 @@ async fn subscribe_and_publish_proxies_allow_deny_and_transform() {
 
 #[tokio::test]
 async fn proxied_namespaces_fail_with_a_retryable_error_when_the_backend_is_down() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = closed_port();
     let s = start(proxied_setup()).await;
     let mut c = Client::connect(&s).await;
     // No proxy registered at all.
@@ -365,10 +359,7 @@ async fn the_connect_proxy_authenticates_and_subscribes_server_side() {
 
 #[tokio::test]
 async fn a_connect_proxy_that_is_down_answers_503() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = closed_port();
     let s = start_default().await;
     s.handle
         .set_connect_proxy(connect_proxy(format!("http://127.0.0.1:{port}/connect")));

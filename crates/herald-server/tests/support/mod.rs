@@ -296,6 +296,12 @@ impl Client {
     }
 }
 
+/// A local port with nothing listening on it (a backend that is down).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 /// A `/ws` request to customise (headers) before `Client::open`.
 pub fn ws_request(
     server: &TestServer,

@@ -428,6 +428,7 @@ mod tests {
             client_id: c.into(),
             user_id: u.into(),
             info: None,
+            chan_info: None,
         };
         p.add("ch", ci("1", "alice")).await.expect("add");
         p.add("ch", ci("2", "alice")).await.expect("add");

@@ -50,6 +50,8 @@ pub struct Identity {
     pub user_id: String,
     /// Claims of the connection token (`None` = connected without a token).
     pub claims: Option<Claims>,
+    /// Authenticated by the connect proxy: the refresh proxy extends it before `exp`.
+    pub proxied: bool,
 }
 
 impl Identity {
@@ -63,6 +65,7 @@ impl Identity {
         Identity {
             user_id: claims.sub.clone(),
             claims: Some(claims),
+            proxied: false,
         }
     }
 }

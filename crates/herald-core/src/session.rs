@@ -23,17 +23,20 @@ use crate::limits::{CommandLimiter, Verdict};
 use crate::node::{EngineError, Identity, Node};
 use crate::outlet::{Out, Outlet};
 use crate::publication::Publication;
+use crate::rpc::{Headers, Refreshed, RpcContext};
 
 /// Server-side commands queued per session.
 const SERVER_COMMANDS: usize = 64;
 
 /// A command from the server side (API, connect proxy) for a user's sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ServerCommand {
     /// Subscribe to this channel (the client gets a `subscribed` push).
     Subscribe(String),
     /// Leave this channel (the client gets an `unsubscribed` push).
     Unsubscribe(String),
+    /// The refresh proxy extended this (proxy-authenticated) connection.
+    Refreshed(Refreshed),
 }
 
 /// How long recovery waits for the client to read a page before giving up.
@@ -70,6 +73,10 @@ pub struct Session {
         tokio::sync::mpsc::Receiver<ServerCommand>,
     )>,
     started: std::time::Instant,
+    /// Forwarded handshake headers for backend proxies.
+    forwarded: Option<Headers>,
+    /// Channel info the subscribe proxy returned, by channel.
+    chan_info: HashMap<String, serde_json::Value>,
 }
 
 /// When the connection token expires and when to ask for a fresh one.
@@ -135,6 +142,8 @@ impl Session {
             announced: false,
             started: std::time::Instant::now(),
             server_cmds,
+            forwarded: None,
+            chan_info: HashMap::new(),
         }
     }
 
@@ -177,6 +186,13 @@ impl Session {
         }
         if !e.refresh_sent && now >= e.refresh_at {
             e.refresh_sent = true;
+            if self.identity.proxied
+                && let Ok(proxy) = self.node.channel_proxy()
+                && proxy.refreshes()
+            {
+                self.refresh_through_proxy(proxy.clone());
+                return Flow::Continue;
+            }
             let left = e.expire_at.saturating_duration_since(now).as_millis() as u64;
             let p = herald_proto::envelope::RefreshInfo {
                 expires_in_ms: left,
@@ -186,6 +202,31 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// Ask the refresh proxy to extend this connection, in a task of its own; the answer comes
+    /// back as [`ServerCommand::Refreshed`]. On failure the connection expires as it would.
+    fn refresh_through_proxy(&self, proxy: Arc<dyn crate::rpc::ChannelProxy>) {
+        let Some((tx, _)) = &self.server_cmds else {
+            return;
+        };
+        let (tx, ctx, node) = (tx.clone(), self.rpc_context(), self.node.clone());
+        tokio::spawn(async move {
+            match proxy.refresh(&ctx).await {
+                Ok(r) => {
+                    let _ = tx.send(ServerCommand::Refreshed(r)).await;
+                }
+                Err(e) => {
+                    backend_failed(&node, "refresh", &ctx, None, &e);
+                    tracing::info!(client = %ctx.client_id, error = %e, "refresh proxy refused");
+                }
+            }
+        });
+    }
+
+    /// Keep these handshake headers for backend proxies (`rpc`, subscribe, publish, refresh).
+    pub fn set_forwarded_headers(&mut self, headers: Option<Headers>) {
+        self.forwarded = headers;
     }
 
     /// The current resume token.
@@ -198,11 +239,13 @@ impl Session {
         self.subs.len()
     }
 
-    fn info(&self) -> ClientInfo {
+    /// Who this client is, as shown on `channel` (presence, join/leave, publications).
+    fn info(&self, channel: &str) -> ClientInfo {
         ClientInfo {
             client_id: self.client_id.to_string(),
             user_id: self.identity.user_id.clone(),
             info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
+            chan_info: self.chan_info.get(channel).cloned(),
         }
     }
 
@@ -355,15 +398,26 @@ impl Session {
     async fn subscribe(&mut self, id: &Option<Id>, s: Subscribe) -> Result<(), EngineError> {
         let node = self.node.clone();
         let ns = node.namespace(&s.channel)?.clone();
-        self.check_subscribe(&s, &ns).await?;
-        self.join(id, s, &ns, false).await
+        let chan_info = self.check_subscribe(&s, &ns).await?;
+        let channel = s.channel.clone();
+        if let Some(ci) = chan_info
+            && !self.subs.contains_key(&channel)
+        {
+            self.chan_info.insert(channel.clone(), ci);
+        }
+        let r = self.join(id, s, &ns, false).await;
+        if !self.subs.contains_key(&channel) {
+            self.chan_info.remove(&channel);
+        }
+        r
     }
 
+    /// Permission to subscribe; the subscribe proxy may grant channel info.
     async fn check_subscribe(
         &self,
         s: &Subscribe,
         ns: &NamespaceOptions,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Option<serde_json::Value>, EngineError> {
         let node = &self.node;
         if ns.subscribe_proxy && s.token.is_none() {
             self.admitted(ns)?;
@@ -371,11 +425,14 @@ impl Session {
                 return Err(not_listed());
             }
             let ctx = self.rpc_context();
-            node.channel_proxy()?.subscribe(&ctx, &s.channel).await?;
+            node.channel_proxy()?
+                .subscribe(&ctx, &s.channel)
+                .await
+                .inspect_err(|e| backend_failed(node, "subscribe", &ctx, Some(&s.channel), e))
         } else {
             self.may_subscribe(&s.channel, ns, s.token.as_deref())?;
+            Ok(None)
         }
-        Ok(())
     }
 
     /// Subscribe after the permission checks. `server`: a server-side subscription, announced to
@@ -442,12 +499,13 @@ impl Session {
         metrics::gauge!("herald_subscriptions").increment(1.0);
         self.event(EventKind::Subscribe, Some(&s.channel), None);
         if ns.presence
-            && let Err(e) = node.presence.add(&s.channel, self.info()).await
+            && let Err(e) = node.presence.add(&s.channel, self.info(&s.channel)).await
         {
             tracing::warn!(channel = %s.channel, error = %e, "presence add failed");
         }
         if ns.join_leave {
-            node.emit(&s.channel, ChannelEvent::Join(self.info())).await;
+            node.emit(&s.channel, ChannelEvent::Join(self.info(&s.channel)))
+                .await;
         }
         Ok(())
     }
@@ -570,7 +628,7 @@ impl Session {
         }
         if ns.join_leave {
             self.node
-                .emit(channel, ChannelEvent::Leave(self.info()))
+                .emit(channel, ChannelEvent::Leave(self.info(channel)))
                 .await;
         }
     }
@@ -613,6 +671,7 @@ impl Session {
             ServerCommand::Unsubscribe(channel) => {
                 if self.subs.remove(&channel).is_some() {
                     self.leave(&channel).await;
+                    self.chan_info.remove(&channel);
                     if let Some(b) = self.encode(
                         "unsubscribed",
                         None,
@@ -622,6 +681,17 @@ impl Session {
                     }
                 }
             }
+            ServerCommand::Refreshed(r) => {
+                let Some(claims) = &mut self.identity.claims else {
+                    return;
+                };
+                claims.exp = r.expire_at;
+                if let Some(info) = r.info {
+                    claims.info = Some(info);
+                }
+                self.expiry = expiry(&self.identity, self.node.config().auth.refresh_before);
+                metrics::counter!("herald_proxy_refreshes_total").increment(1);
+            }
         }
     }
 
@@ -630,6 +700,7 @@ impl Session {
             return Err(EngineError::new(ErrorCode::NotSubscribed, "not subscribed"));
         }
         self.leave(&c.channel).await;
+        self.chan_info.remove(&c.channel);
         self.reply(id, &serde_json::Map::new());
         Ok(())
     }
@@ -652,7 +723,8 @@ impl Session {
             if let Some(new) = node
                 .channel_proxy()?
                 .publish(&ctx, &p.channel, data)
-                .await?
+                .await
+                .inspect_err(|e| backend_failed(&node, "publish", &ctx, Some(&p.channel), e))?
             {
                 p.data = herald_proto::Data::json(&new.to_string())
                     .map_err(|e| EngineError::new(ErrorCode::Internal, e.to_string()))?;
@@ -680,7 +752,12 @@ impl Session {
         }
         let out = self
             .node
-            .publish(&p.channel, p.data, Some(self.info()), p.idempotency_key)
+            .publish(
+                &p.channel,
+                p.data,
+                Some(self.info(&p.channel)),
+                p.idempotency_key,
+            )
             .await?;
         self.reply(
             id,
@@ -782,6 +859,7 @@ impl Session {
         std::mem::swap(&mut self.identity, &mut old.identity);
         std::mem::swap(&mut self.expiry, &mut old.expiry);
         std::mem::swap(&mut self.limiter, &mut old.limiter);
+        std::mem::swap(&mut self.forwarded, &mut old.forwarded);
         self.reregister();
         drop(old); // the fresh session has no subscriptions: nothing to clean up
         self.resume_token = token();
@@ -869,11 +947,12 @@ impl Session {
         );
     }
 
-    fn rpc_context(&self) -> crate::rpc::RpcContext {
-        crate::rpc::RpcContext {
+    fn rpc_context(&self) -> RpcContext {
+        RpcContext {
             client_id: self.client_id.to_string(),
             user_id: self.identity.user_id.clone(),
             info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
+            headers: self.forwarded.clone(),
         }
     }
 
@@ -905,16 +984,20 @@ impl Session {
         };
         let ctx = self.rpc_context();
         let (outlet, id, timeout) = (self.outlet.clone(), id.clone(), cfg.rpc_timeout);
+        let node = self.node.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let result =
-                match tokio::time::timeout(timeout, handler.call(ctx, r.method, r.data)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(EngineError::new(
-                        ErrorCode::Timeout,
-                        "the backend did not answer in time",
-                    )),
-                };
+            let call = handler.call(ctx.clone(), r.method.clone(), r.data);
+            let result = match tokio::time::timeout(timeout, call).await {
+                Ok(r) => r,
+                Err(_) => Err(EngineError::new(
+                    ErrorCode::Timeout,
+                    "the backend did not answer in time",
+                )),
+            };
+            if let Err(e) = &result {
+                backend_failed(&node, "rpc", &ctx, Some(&r.method), e);
+            }
             metrics::counter!("herald_rpc_total", "result" => if result.is_ok() { "ok" } else { "error" })
                 .increment(1);
             let frame = match result {
@@ -1058,6 +1141,31 @@ impl Session {
             self.event(EventKind::Disconnect, None, Some(reason));
         }
     }
+}
+
+/// Record a backend that could not answer (down, 5xx after the retries, too slow) as a dead
+/// letter; refusals are answers, not failures.
+fn backend_failed(
+    node: &Node,
+    kind: &str,
+    ctx: &RpcContext,
+    target: Option<&str>,
+    e: &EngineError,
+) {
+    if !matches!(e.code, ErrorCode::Unavailable | ErrorCode::Timeout) {
+        return;
+    }
+    node.dead_letters().push(
+        "backend_failed",
+        serde_json::json!({
+            "proxy": kind,
+            "target": target,
+            "client_id": ctx.client_id,
+            "user_id": ctx.user_id,
+            "code": e.code,
+            "error": e.message,
+        }),
+    );
 }
 
 fn not_listed() -> EngineError {

@@ -428,6 +428,7 @@ mod tests {
             client_id: "c1".into(),
             user_id: "".into(),
             info: None,
+            chan_info: None,
         };
         for format in [Format::Json, Format::Msgpack] {
             let out = PublicationOut {

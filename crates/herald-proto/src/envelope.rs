@@ -307,6 +307,9 @@ pub struct ClientInfo {
     /// Public user info from the token's `info` claim.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<serde_json::Value>,
+    /// Channel-specific info the subscribe proxy returned for this subscription.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub chan_info: Option<serde_json::Value>,
 }
 
 /// Reply to `subscribe`.

@@ -50,6 +50,8 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// The connect proxy, when configured.
     pub connect_proxy: std::sync::OnceLock<Arc<crate::proxy::HttpConnectProxy>>,
+    /// Handshake headers kept for backend proxies (lower-case names).
+    pub forward_headers: std::sync::OnceLock<Vec<String>>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -66,6 +68,8 @@ pub enum Handshake {
 pub struct Held {
     /// The client IP slot.
     pub _ip: Option<Slot<IpAddr>>,
+    /// Handshake headers kept for backend proxies.
+    pub forwarded: Option<herald_core::rpc::Headers>,
 }
 
 impl AppState {
@@ -112,6 +116,13 @@ impl Handle {
     /// Authenticate tokenless connections through this connect proxy (once).
     pub fn set_connect_proxy(&self, proxy: Arc<crate::proxy::HttpConnectProxy>) -> bool {
         self.state.connect_proxy.set(proxy).is_ok()
+    }
+
+    /// Keep these handshake headers of every connection for the backend proxies and `rpc`
+    /// (once; names are case-insensitive).
+    pub fn set_forward_headers(&self, names: &[String]) -> bool {
+        let names = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        self.state.forward_headers.set(names).is_ok()
     }
 
     /// Re-read the TLS certificate and key now (SIGHUP). No-op without TLS.
@@ -207,7 +218,14 @@ async fn ws_handler(
                 rejected("auth");
                 let status = match e.code {
                     ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => {
+                        app.node.dead_letters().push(
+                            "backend_failed",
+                            serde_json::json!({"proxy": "connect", "client_ip": ip.to_string(),
+                                "code": e.code, "error": e.message}),
+                        );
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                 };
                 return json_error(status, e.code, &e.message);
             }
@@ -246,7 +264,14 @@ async fn ws_handler(
     // The server answers with the format only, never echoing a token entry.
     let protocol = offer.format.map(Format::subprotocol);
     let format = offer.format.unwrap_or(Format::Json);
-    let held = Held { _ip: Some(ip_slot) };
+    let held = Held {
+        _ip: Some(ip_slot),
+        forwarded: app
+            .forward_headers
+            .get()
+            .filter(|n| !n.is_empty())
+            .map(|n| Arc::new(crate::proxy::forwarded_headers(req.headers(), n))),
+    };
     upgrade(&app, &mut req, protocol, move |ws, app| {
         crate::connection::serve(ws, format, app, ip, hs, held)
     })
@@ -365,6 +390,7 @@ impl Server {
             user_slots: Arc::default(),
             started: std::time::Instant::now(),
             connect_proxy: std::sync::OnceLock::new(),
+            forward_headers: std::sync::OnceLock::new(),
             tls,
             node,
             server,

@@ -45,8 +45,11 @@ pub async fn serve(
             (identity, slot.flatten(), over, Vec::new())
         }
     };
+    let mut held = held;
+    let forwarded = held.forwarded.take();
     let _held = (held, user_slot);
     let mut session = app.node.new_session(format, identity);
+    session.set_forwarded_headers(forwarded);
     let started = Instant::now();
     let client = session.client_id().to_owned();
     let over_limit = app

@@ -2,14 +2,15 @@
 //! it, are forwarded to the application backend as an HTTP `POST` with JSON, with a timeout and a
 //! retry policy for failures that are safe to retry.
 //!
-//! Request bodies carry `client_id`, `user_id`, `info` and the command's fields. The backend
+//! Request bodies carry `client_id`, `user_id`, `info`, the connection's forwarded `headers` (the
+//! `[proxy] forward_headers` allowlist, when set) and the command's fields. The backend
 //! answers `200 {"result": ...}` or `200 {"error": {"message": "..."}}`; other statuses are
 //! failures (5xx and connection errors are retried, then reported as `unavailable`).
 
 use std::time::Duration;
 
 use herald_core::EngineError;
-use herald_core::rpc::{ChannelProxy, RpcContext, RpcHandler};
+use herald_core::rpc::{ChannelProxy, Refreshed, RpcContext, RpcHandler};
 use herald_proto::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -116,7 +117,24 @@ fn who(ctx: &RpcContext) -> serde_json::Map<String, Value> {
     m.insert("client_id".into(), json!(ctx.client_id));
     m.insert("user_id".into(), json!(ctx.user_id));
     m.insert("info".into(), json!(ctx.info));
+    if let Some(h) = &ctx.headers {
+        m.insert("headers".into(), Value::Object((**h).clone()));
+    }
     m
+}
+
+/// The handshake headers named in `names` (lower-case), as a JSON object.
+pub fn forwarded_headers(
+    headers: &axum::http::HeaderMap,
+    names: &[String],
+) -> serde_json::Map<String, Value> {
+    let mut fwd = serde_json::Map::new();
+    for name in names {
+        if let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
+            fwd.insert(name.clone(), json!(v));
+        }
+    }
+    fwd
 }
 
 /// Forwards `rpc` to the backend.
@@ -166,10 +184,17 @@ pub struct ChannelProxyConfig {
     /// or an error (HTTP 401 for the client).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_url: Option<String>,
-    /// Handshake headers passed to `connect_url` (lower-case names, e.g. `cookie`).
+    /// Handshake headers passed to every proxy and to `[rpc]` (case-insensitive names, e.g.
+    /// `cookie`); other headers never leave the server.
     pub forward_headers: Vec<String>,
-    /// Receives `{"client_id","user_id","info","channel"}`; answers `{"result": {}}` to allow or
-    /// `{"error": {"message": ...}}` to refuse.
+    /// Extends connections the connect proxy authenticated with an `expire_at`: receives
+    /// `{"client_id","user_id","info","headers"}` before expiry (`auth.refresh_before`), answers
+    /// `{"result": {"expire_at", "info"?}}`, or an error to let the connection expire (4010).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_url: Option<String>,
+    /// Receives `{"client_id","user_id","info","headers","channel"}`; answers
+    /// `{"result": {}}` or `{"result": {"info": ...}}` (channel info shown in presence and
+    /// join/leave) to allow, or `{"error": {"message": ...}}` to refuse.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subscribe_url: Option<String>,
     /// Receives `{"client_id","user_id","info","channel","data"}`; answers `{"result": {}}` to
@@ -188,6 +213,7 @@ impl Default for ChannelProxyConfig {
         ChannelProxyConfig {
             connect_url: None,
             forward_headers: Vec::new(),
+            refresh_url: None,
             subscribe_url: None,
             publish_url: None,
             timeout: Duration::from_secs(3),
@@ -196,14 +222,25 @@ impl Default for ChannelProxyConfig {
     }
 }
 
-/// The HTTP subscribe/publish proxy.
+impl ChannelProxyConfig {
+    /// `forward_headers`, lower-cased.
+    pub fn header_names(&self) -> Vec<String> {
+        self.forward_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect()
+    }
+}
+
+/// The HTTP subscribe/publish/refresh proxy.
 pub struct HttpChannelProxy {
     subscribe: Option<Backend>,
     publish: Option<Backend>,
+    refresh: Option<Backend>,
 }
 
 impl HttpChannelProxy {
-    /// A proxy for the configured URLs (`None` when neither is set).
+    /// A proxy for the configured URLs (`None` when none is set).
     pub fn new(cfg: &ChannelProxyConfig) -> Option<HttpChannelProxy> {
         let backend = |url: &Option<String>| {
             url.as_ref().map(|u| Backend {
@@ -216,8 +253,9 @@ impl HttpChannelProxy {
         let p = HttpChannelProxy {
             subscribe: backend(&cfg.subscribe_url),
             publish: backend(&cfg.publish_url),
+            refresh: backend(&cfg.refresh_url),
         };
-        (p.subscribe.is_some() || p.publish.is_some()).then_some(p)
+        (p.subscribe.is_some() || p.publish.is_some() || p.refresh.is_some()).then_some(p)
     }
 }
 
@@ -230,17 +268,50 @@ fn not_configured(what: &str) -> EngineError {
 
 #[async_trait::async_trait]
 impl ChannelProxy for HttpChannelProxy {
-    async fn subscribe(&self, ctx: &RpcContext, channel: &str) -> Result<(), EngineError> {
+    async fn subscribe(
+        &self,
+        ctx: &RpcContext,
+        channel: &str,
+    ) -> Result<Option<Value>, EngineError> {
         let b = self
             .subscribe
             .as_ref()
             .ok_or_else(|| not_configured("subscribe"))?;
         let mut body = who(ctx);
         body.insert("channel".into(), json!(channel));
-        b.call(&Value::Object(body))
+        let mut result = b
+            .call(&Value::Object(body))
             .await?
-            .map(|_| ())
-            .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))
+            .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))?;
+        Ok(result
+            .get_mut("info")
+            .map(Value::take)
+            .filter(|v| !v.is_null()))
+    }
+
+    fn refreshes(&self) -> bool {
+        self.refresh.is_some()
+    }
+
+    async fn refresh(&self, ctx: &RpcContext) -> Result<Refreshed, EngineError> {
+        let b = self
+            .refresh
+            .as_ref()
+            .ok_or_else(|| not_configured("refresh"))?;
+        let r = b
+            .call(&Value::Object(who(ctx)))
+            .await?
+            .map_err(|m| EngineError::new(ErrorCode::Unauthorized, m))?;
+        let expire_at = r["expire_at"].as_u64().ok_or_else(|| {
+            EngineError::new(
+                ErrorCode::Internal,
+                "the refresh proxy answered without `expire_at`",
+            )
+        })?;
+        Ok(Refreshed {
+            expire_at,
+            info: r.get("info").cloned().filter(|v| !v.is_null()),
+        })
     }
 
     async fn publish(
@@ -289,11 +360,7 @@ impl HttpConnectProxy {
                 retries: cfg.retries,
                 max_response: 1 << 20,
             },
-            forward: cfg
-                .forward_headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
+            forward: cfg.header_names(),
         })
     }
 
@@ -304,12 +371,7 @@ impl HttpConnectProxy {
         client_ip: std::net::IpAddr,
         headers: &axum::http::HeaderMap,
     ) -> Result<ProxyIdentity, EngineError> {
-        let mut fwd = serde_json::Map::new();
-        for name in &self.forward {
-            if let Some(v) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) {
-                fwd.insert(name.clone(), json!(v));
-            }
-        }
+        let fwd = forwarded_headers(headers, &self.forward);
         let body = json!({"client_ip": client_ip.to_string(), "headers": fwd});
         let r = self
             .backend
@@ -344,6 +406,7 @@ impl HttpConnectProxy {
             identity: herald_core::Identity {
                 user_id: user,
                 claims: Some(claims),
+                proxied: true,
             },
             channels,
         })

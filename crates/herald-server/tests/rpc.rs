@@ -1,5 +1,6 @@
 //! `rpc` over the socket: the HTTP proxy to a real local backend (result, backend error,
-//! timeout, backend down, 5xx retried), and a handler registered in code.
+//! timeout, backend down, 5xx retried), and a handler registered in code; the subscribe, publish,
+//! connect and refresh proxies; forwarded headers; backend failures as dead letters.
 
 mod support;
 
@@ -27,7 +28,7 @@ async fn backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
                 let n = h.fetch_add(1, Ordering::SeqCst);
                 match req["method"].as_str().unwrap_or("") {
                     "echo" => Ok(Json(
-                        json!({"result": {"you_sent": req["data"], "user": req["user_id"]}}),
+                        json!({"result": {"you_sent": req["data"], "user": req["user_id"], "headers": req["headers"]}}),
                     )),
                     "fail" => Ok(Json(json!({"error": {"message": "no such order"}}))),
                     "slow" => {
@@ -69,11 +70,19 @@ async fn rpc_round_trips_through_the_backend_with_documented_errors() {
     s.handle
         .node()
         .set_rpc_handler(proxy(format!("http://{addr}/rpc")));
-    let mut c = Client::connect(&s).await;
+    assert!(s.handle.set_forward_headers(&["X-Team".into()]));
+    let mut c = Client::open_welcomed(with_headers(&s, &[("X-Team", "blue"), ("X-Private", "no")]))
+        .await
+        .expect("connect");
     let r = c
         .ok("rpc", json!({"method": "echo", "data": {"order": 7}}))
         .await;
     assert_eq!(r["data"]["you_sent"]["order"], 7);
+    assert_eq!(
+        r["data"]["headers"],
+        json!({"x-team": "blue"}),
+        "only allowlisted headers reach the backend"
+    );
     let (e, _) = c.call("rpc", json!({"method": "fail"})).await;
     assert_eq!(
         (e["type"].clone(), e["payload"]["code"].clone()),
@@ -107,6 +116,16 @@ async fn a_backend_that_is_down_gives_a_retryable_error_quickly() {
     let (e, _) = c.call("rpc", json!({"method": "echo"})).await;
     assert_eq!(e["payload"]["code"], "unavailable");
     assert_eq!(e["payload"]["retryable"], true);
+    let letters = s.handle.node().dead_letters().list(10);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].reason, "backend_failed");
+    assert_eq!(
+        (
+            letters[0].context["proxy"].clone(),
+            letters[0].context["target"].clone()
+        ),
+        (json!("rpc"), json!("echo"))
+    );
 }
 
 struct InCode;
@@ -148,7 +167,9 @@ async fn channel_backend() -> std::net::SocketAddr {
                 if ch.starts_with("px:slow") {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
-                if ch.starts_with("px:ok") {
+                if ch.starts_with("px:ok-room") {
+                    Json(json!({"result": {"info": {"role": "member", "team": req["headers"]["x-team"]}}}))
+                } else if ch.starts_with("px:ok") {
                     Json(json!({"result": {}}))
                 } else {
                     Json(json!({"error": {"message": format!("{} may not join {ch}", req["client_id"])}}))
@@ -183,6 +204,7 @@ fn proxied_setup() -> Setup {
             publish_proxy: true,
             history_size: 10,
             history_ttl: Duration::from_secs(60),
+            presence: true,
             ..Default::default()
         },
     );
@@ -202,8 +224,24 @@ async fn subscribe_and_publish_proxies_allow_deny_and_transform() {
     })
     .expect("proxy");
     assert!(s.handle.node().set_channel_proxy(Arc::new(proxy)));
-    let mut c = Client::connect(&s).await;
+    s.handle.set_forward_headers(&["x-team".into()]);
+    let mut c = Client::open_welcomed(with_headers(&s, &[("X-Team", "red")]))
+        .await
+        .expect("connect");
     c.subscribe("px:ok-room").await;
+    // The channel info the backend granted shows in presence (and join/leave).
+    let presence = c.ok("presence", json!({"channel": "px:ok-room"})).await;
+    assert_eq!(
+        presence["clients"][0]["chan_info"],
+        json!({"role": "member", "team": "red"}),
+        "{presence}"
+    );
+    c.subscribe("px:ok-plain").await;
+    let presence = c.ok("presence", json!({"channel": "px:ok-plain"})).await;
+    assert!(
+        presence["clients"][0].get("chan_info").is_none(),
+        "{presence}"
+    );
     let (e, _) = c.call("subscribe", json!({"channel": "px:secret"})).await;
     assert_eq!(e["payload"]["code"], "permission_denied");
     assert!(
@@ -274,6 +312,21 @@ async fn proxied_namespaces_fail_with_a_retryable_error_when_the_backend_is_down
             "{kind}"
         );
     }
+    // Both backend failures are dead letters (the first call, with no proxy at all, is a
+    // configuration error, not a failed delivery).
+    let letters = s.handle.node().dead_letters().list(10);
+    let proxies: Vec<_> = letters
+        .iter()
+        .filter(|l| l.reason == "backend_failed")
+        .map(|l| (l.context["proxy"].clone(), l.context["target"].clone()))
+        .collect();
+    assert_eq!(
+        proxies,
+        [
+            (json!("subscribe"), json!("px:ok")),
+            (json!("publish"), json!("px:ok")),
+        ]
+    );
 }
 
 async fn connect_backend() -> std::net::SocketAddr {
@@ -365,4 +418,114 @@ async fn a_connect_proxy_that_is_down_answers_503() {
         .set_connect_proxy(connect_proxy(format!("http://127.0.0.1:{port}/connect")));
     let (status, body) = Client::open(ws_request(&s)).await.err().expect("refused");
     assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")));
+    let letters = s.handle.node().dead_letters().list(10);
+    assert_eq!(
+        letters
+            .iter()
+            .map(|l| (l.reason.as_str(), l.context["proxy"].as_str()))
+            .collect::<Vec<_>>(),
+        [("backend_failed", Some("connect"))]
+    );
+}
+
+/// Connect: `session=good` → frank, expiring at E (3 s after the backend starts), `session=stale`
+/// → sam, expiring at E + 1 s. Refresh: frank is extended by an hour with new info, sam is
+/// refused. Each refresh request is reported.
+async fn refreshing_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Value>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let now = || herald_core::publication::now_ms() / 1000;
+    let e = now() + 3;
+    let app = axum::Router::new()
+        .route(
+            "/connect",
+            post(move |Json(req): Json<Value>| async move {
+                let cookie = req["headers"]["cookie"].as_str().unwrap_or("");
+                let (user, exp) = if cookie.contains("session=good") {
+                    ("frank", e)
+                } else {
+                    ("sam", e + 1)
+                };
+                Json(json!({"result": {"user": user, "expire_at": exp}}))
+            }),
+        )
+        .route(
+            "/refresh",
+            post(move |Json(req): Json<Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(req.clone());
+                    if req["user_id"] == "frank" {
+                        Json(json!({"result": {"expire_at": now() + 3600, "info": {"v": 2}}}))
+                    } else {
+                        Json(json!({"error": {"message": "session ended"}}))
+                    }
+                }
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn the_refresh_proxy_extends_proxy_authenticated_connections() {
+    let (b, mut refreshes) = refreshing_backend().await;
+    let mut setup = Setup::default();
+    setup.engine.auth.refresh_before = Duration::from_millis(500);
+    let s = start(setup).await;
+    let cfg = herald_server::ChannelProxyConfig {
+        connect_url: Some(format!("http://{b}/connect")),
+        refresh_url: Some(format!("http://{b}/refresh")),
+        forward_headers: vec!["cookie".into()],
+        timeout: Duration::from_millis(500),
+        retries: 0,
+        ..Default::default()
+    };
+    s.handle.set_connect_proxy(Arc::new(
+        herald_server::HttpConnectProxy::new(&cfg).expect("connect proxy"),
+    ));
+    s.handle.set_forward_headers(&cfg.forward_headers);
+    s.handle.node().set_channel_proxy(Arc::new(
+        herald_server::HttpChannelProxy::new(&cfg).expect("refresh proxy"),
+    ));
+    let mut frank = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=good")]))
+        .await
+        .expect("frank");
+    let mut sam = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=stale")]))
+        .await
+        .expect("sam");
+    assert!(
+        frank.welcome["expires_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms <= 3000)
+    );
+    // The backend is asked for both, with the forwarded cookie; neither client is.
+    let mut asked = Vec::new();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_secs(10), refreshes.recv())
+            .await
+            .expect("the backend is asked before expiry")
+            .expect("refresh request");
+        assert!(
+            r["headers"]["cookie"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("session="))
+        );
+        asked.push(r["user_id"].as_str().unwrap_or("").to_owned());
+    }
+    asked.sort();
+    assert_eq!(asked, ["frank", "sam"]);
+    // Refused: sam's connection ends at its expiry with 4010, without a `refresh` push.
+    let (_, before) = sam.closed_with(4010).await;
+    assert!(before.iter().all(|f| f["type"] != "refresh"), "{before:?}");
+    // Extended: frank's connection, due to expire a second before sam's, is still open.
+    let (pong, pushes) = frank.call("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong");
+    assert!(pushes.iter().all(|f| f["type"] != "refresh"), "{pushes:?}");
 }

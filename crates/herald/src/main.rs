@@ -221,6 +221,12 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = server.local_addr()?;
+    server
+        .handle()
+        .set_forward_headers(&config.proxy.forward_headers);
+    if let Some(proxy) = herald_server::HttpConnectProxy::new(&config.proxy) {
+        server.handle().set_connect_proxy(Arc::new(proxy));
+    }
     let (http, ws) = if config.tls.enabled() {
         ("https", "wss")
     } else {

@@ -373,8 +373,8 @@ async fn pub_through_the_http_api_with_an_api_key() {
     let _ = std::fs::remove_file(&cfg);
 }
 
-/// A backend that answers every request with `{"result": {"answered": true}}`.
-async fn tiny_backend() -> std::net::SocketAddr {
+/// A backend that answers every request with `body`.
+async fn tiny_backend(body: &'static str) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -409,7 +409,6 @@ async fn tiny_backend() -> std::net::SocketAddr {
                         }
                     }
                 }
-                let body = r#"{"result":{"answered":true}}"#;
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -424,7 +423,7 @@ async fn tiny_backend() -> std::net::SocketAddr {
 // Multi-threaded: the backend must keep running while the test blocks on the child process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn call_makes_one_rpc_to_the_backend() {
-    let backend = tiny_backend().await;
+    let backend = tiny_backend(r#"{"result":{"answered":true}}"#).await;
     let url = format!("http://{backend}/rpc");
     let s = serve(&["--dev"], &[("HERALD_RPC__URL", &url)]);
     let out = stdout(&client_cmd(&s.addr, &["call", "ping", r#"{"x":1}"#]));
@@ -434,6 +433,21 @@ async fn call_makes_one_rpc_to_the_backend() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("rpc is not enabled"), "{err}");
+}
+
+// Regression: `[proxy] connect_url` was parsed but never wired into `herald serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_wires_the_connect_proxy() {
+    let backend = tiny_backend(r#"{"result":{"user":"frank"}}"#).await;
+    let url = format!("http://{backend}/connect");
+    let s = serve(&["--dev"], &[("HERALD_PROXY__CONNECT_URL", &url)]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", s.addr))
+        .await
+        .expect("connect");
+    let first = ws.next().await.expect("frame").expect("ok");
+    let welcome: serde_json::Value =
+        serde_json::from_str(first.to_text().expect("text")).expect("json");
+    assert_eq!(welcome["payload"]["user_id"], "frank", "{welcome}");
 }
 
 fn bench(addr: &str, args: &[&str]) -> serde_json::Value {

@@ -1,0 +1,809 @@
+import { backoffDelay, type BackoffOptions } from './backoff.js';
+import { Emitter } from './emitter.js';
+import { CloseCodes, HeraldError, shouldReconnect } from './errors.js';
+import {
+  jsonCodec,
+  type ClientInfo,
+  type Codec,
+  type ConnectedInfo,
+  type Envelope,
+  type HistoryResult,
+  type Message,
+  type PresenceStats,
+  type PublishResult,
+  type StreamPosition,
+} from './protocol.js';
+import { Subscription, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
+
+/** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  binaryType: string;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: any) => void) | null;
+  onclose: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+}
+
+/** A WebSocket constructor. */
+export type WebSocketCtor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/** Connection states. */
+export type State =
+  /** Created, `connect()` not called yet. */
+  | 'idle'
+  /** Opening a socket (first time or after a delay). */
+  | 'connecting'
+  /** Connected, subscriptions restored. */
+  | 'connected'
+  /** Waiting for the next attempt (see the `reconnecting` event for the delay). */
+  | 'reconnecting'
+  /** The browser reports no network; the next attempt starts when it is back. */
+  | 'offline'
+  /** Closed for good: `close()`, a terminal close code, or `maxAttempts` reached. */
+  | 'closed';
+
+/** Client events. */
+export interface ClientEvents {
+  state: State;
+  connecting: { attempt: number };
+  connected: ConnectedInfo & { resumed: boolean };
+  disconnected: { code: number; reason: string; reconnect: boolean };
+  reconnecting: { attempt: number; delayMs: number; at: number };
+  offline: { since: number };
+  closed: { code: number; reason: string; error?: HeraldError };
+  /** Errors not tied to a request (server errors without an id, failed token refresh, ...). */
+  error: HeraldError;
+  /** The server subscribed this client to a channel (server API or connect proxy). */
+  subscription: Subscription<unknown>;
+}
+
+/** Client options. */
+export interface ClientOptions {
+  /** `ws://host:port/ws` or `wss://...`. */
+  url: string;
+  /**
+   * The connection token, or a function returning one (called before every connection attempt
+   * and when the server asks for a refresh). `undefined` connects anonymously.
+   */
+  token?: string | (() => Promise<string | undefined> | string | undefined);
+  /**
+   * How the token travels: `subprotocol` (default; a `herald.auth.<token>` entry, fine for
+   * browsers) or `message` (an `auth` command as the first frame, for servers with
+   * `auth.anonymous = false`). The query string is never used.
+   */
+  tokenCarrier?: 'subprotocol' | 'message';
+  /** WebSocket constructor; defaults to `globalThis.WebSocket` (pass npm `ws` on Node 20). */
+  WebSocket?: WebSocketCtor;
+  /** Frame codec: {@link jsonCodec} (default) or `msgpackCodec(...)`. */
+  codec?: Codec;
+  /** Reconnect delays. */
+  backoff?: BackoffOptions;
+  /** Give up after this many failed attempts in a row (default: never). */
+  maxAttempts?: number;
+  /** Timeout of a request (subscribe, history, rpc, ...), ms (default 10 000). */
+  requestTimeoutMs?: number;
+  /** Timeout of opening a socket and getting `connected`, ms (default 10 000). */
+  connectTimeoutMs?: number;
+  /** Publishes kept while disconnected (default 100 publishes, 60 s each). */
+  offlineQueue?: { maxSize?: number; maxAgeMs?: number };
+  /**
+   * Follow the browser's `online`/`offline`, `visibilitychange` and `pagehide` events (default:
+   * true where `window` exists).
+   */
+  browserEvents?: boolean;
+  /** Randomness for backoff jitter (tests). */
+  random?: () => number;
+}
+
+interface Pending {
+  resolve: (payload: Record<string, unknown>) => void;
+  reject: (e: HeraldError) => void;
+  timer: ReturnType<typeof setTimeout>;
+  /** Publishes are re-queued, not failed, when the connection drops. */
+  publish?: QueuedPublish;
+  /**
+   * Runs on the reply before any later frame is handled (promise continuations run only after
+   * the whole received chunk was dispatched, which may already hold the next messages).
+   */
+  onReply?: (payload: Record<string, unknown>) => void;
+}
+
+interface QueuedPublish {
+  channel: string;
+  data: unknown;
+  key: string;
+  resolve: (r: PublishResult) => void;
+  reject: (e: HeraldError) => void;
+  expiry: ReturnType<typeof setTimeout> | undefined;
+}
+
+const OPEN = 1;
+
+function randomKey(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}
+
+function errorOf(payload: Record<string, unknown> | undefined): HeraldError {
+  return new HeraldError(
+    String(payload?.code ?? 'internal'),
+    String(payload?.message ?? 'unknown error'),
+    payload?.retryable === true,
+  );
+}
+
+/**
+ * A Herald connection: reconnects with backoff, resumes its session or resubscribes with
+ * recovery, and delivers each message once, in order. Events: {@link ClientEvents}.
+ */
+export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionOwner {
+  /** The current state. */
+  state: State = 'idle';
+  /** What the server said at the last `connected`. */
+  info: ConnectedInfo | undefined;
+
+  private readonly opts: ClientOptions;
+  private readonly codec: Codec;
+  private readonly Ws: WebSocketCtor;
+  private ws: WebSocketLike | null = null;
+  /** Bumped per socket, so late events of an old socket are ignored. */
+  private generation = 0;
+  private attempt = 0;
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  private watchdog: ReturnType<typeof setTimeout> | undefined;
+  private lastReceived = 0;
+  private resumeToken: string | undefined;
+  private advisory: { reconnect: boolean; afterMs: number } | undefined;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly queue: QueuedPublish[] = [];
+  private readonly subs = new Map<string, Subscription<any>>();
+  private readonly waitingForConnection = new Set<() => void>();
+  private readonly detach: (() => void)[] = [];
+  /** The browser said `offline` (and not `online` since). */
+  private offline = false;
+  /** Channels left while disconnected: a resumed session still has them. */
+  private readonly leftWhileAway = new Set<string>();
+
+  constructor(opts: ClientOptions) {
+    super();
+    this.opts = opts;
+    this.codec = opts.codec ?? jsonCodec;
+    const ctor = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
+    if (!ctor) {
+      throw new HeraldError('bad_request', 'no WebSocket implementation: pass `WebSocket` (e.g. npm `ws`)');
+    }
+    this.Ws = ctor;
+    const browser = typeof window !== 'undefined' && typeof window.addEventListener === 'function';
+    if (opts.browserEvents ?? browser) this.followBrowser();
+  }
+
+  /** Start connecting (and keep reconnecting until `close()`). */
+  connect(): void {
+    if (this.state === 'connected' || this.state === 'connecting') return;
+    clearTimeout(this.reconnectTimer);
+    if (this.browserOffline()) {
+      this.goOffline();
+      return;
+    }
+    void this.open();
+  }
+
+  /** Close for good (code 1000: the server ends the session). Pending work fails with `closed`. */
+  close(): void {
+    this.terminate(CloseCodes.normal, 'closed by the client');
+    for (const d of this.detach.splice(0)) d();
+  }
+
+  /** Subscribe to `channel` (or return the existing subscription). */
+  subscribe<T = unknown>(channel: string, options: SubscribeOptions<T> = {}): Subscription<T> {
+    const existing = this.subs.get(channel);
+    if (existing && existing.state !== 'unsubscribed') return existing as Subscription<T>;
+    const sub = new Subscription<T>(channel, this, options);
+    this.subs.set(channel, sub);
+    if (this.state === 'connected') void this.sendSubscribe(sub, false);
+    return sub;
+  }
+
+  /** The live subscription of `channel`, if any. */
+  subscription<T = unknown>(channel: string): Subscription<T> | undefined {
+    return this.subs.get(channel) as Subscription<T> | undefined;
+  }
+
+  /** Leave `channel`. */
+  unsubscribe(channel: string): void {
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    this.subs.delete(channel);
+    sub._ended(false);
+    if (this.state === 'connected') {
+      this.request('unsubscribe', { channel }).catch(() => undefined);
+    } else {
+      this.leftWhileAway.add(channel);
+    }
+  }
+
+  /**
+   * Publish `data` to `channel`. Resolves with the stream position once the server acknowledged
+   * it. While disconnected the publish waits in a bounded queue; a publish whose reply was lost is
+   * sent again with the same idempotency key, so it is applied once.
+   */
+  publish(channel: string, data: unknown, opts: { idempotencyKey?: string } = {}): Promise<PublishResult> {
+    return new Promise((resolve, reject) => {
+      if (this.state === 'closed') {
+        reject(new HeraldError('closed', 'the client is closed'));
+        return;
+      }
+      const p: QueuedPublish = { channel, data, key: opts.idempotencyKey ?? randomKey(), resolve, reject, expiry: undefined };
+      if (this.state === 'connected') this.sendPublish(p);
+      else this.enqueue(p);
+    });
+  }
+
+  /** Publications of `channel` from history. */
+  async history<T = unknown>(
+    channel: string,
+    opts: { since?: StreamPosition; limit?: number; reverse?: boolean } = {},
+  ): Promise<HistoryResult<T>> {
+    const r = await this.request('history', { channel, ...opts });
+    return r as unknown as HistoryResult<T>;
+  }
+
+  /** Clients subscribed to `channel`. */
+  async presence(channel: string): Promise<ClientInfo[]> {
+    const r = await this.request('presence', { channel });
+    return (r.clients as ClientInfo[] | undefined) ?? [];
+  }
+
+  /** Client and user counts of `channel`. */
+  async presenceStats(channel: string): Promise<PresenceStats> {
+    return (await this.request('presence_stats', { channel })) as unknown as PresenceStats;
+  }
+
+  /** Call `method` on the application backend; resolves with its result. */
+  async rpc<R = unknown>(method: string, data?: unknown): Promise<R> {
+    const r = await this.request('rpc', data === undefined ? { method } : { method, data });
+    return r.data as R;
+  }
+
+  /**
+   * Send a command and wait for its reply (waits for the connection first, within the request
+   * timeout). Rejects with a {@link HeraldError}.
+   */
+  async request(type: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    const deadline = Date.now() + timeout;
+    if (this.state !== 'connected') await this.whenConnected(timeout);
+    return this.send(type, payload, Math.max(1, deadline - Date.now()));
+  }
+
+  // ---- connection lifecycle -------------------------------------------------------------
+
+  private setState(s: State): void {
+    if (this.state === s) return;
+    this.state = s;
+    this.emit('state', s);
+  }
+
+  private async open(): Promise<void> {
+    const gen = ++this.generation;
+    this.setState('connecting');
+    this.emit('connecting', { attempt: this.attempt });
+    let token: string | undefined;
+    try {
+      token = typeof this.opts.token === 'function' ? await this.opts.token() : this.opts.token;
+    } catch (e) {
+      if (gen !== this.generation) return;
+      this.emit('error', new HeraldError('unauthorized', `token callback failed: ${String(e)}`, true));
+      this.scheduleReconnect();
+      return;
+    }
+    if (gen !== this.generation) return;
+    const carrier = this.opts.tokenCarrier ?? 'subprotocol';
+    const protocols = [this.codec.subprotocol];
+    if (token && carrier === 'subprotocol') protocols.push(`herald.auth.${token}`);
+    let ws: WebSocketLike;
+    try {
+      ws = new this.Ws(this.opts.url, protocols);
+    } catch (e) {
+      this.emit('error', new HeraldError('bad_request', `cannot open ${this.opts.url}: ${String(e)}`));
+      this.scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.binaryType = 'arraybuffer';
+    this.connectTimer = setTimeout(() => {
+      if (gen === this.generation) this.dropSocket(CloseCodes.heartbeatTimeout, 'connect timeout');
+    }, this.opts.connectTimeoutMs ?? 10_000);
+    ws.onopen = () => {
+      if (gen !== this.generation) return;
+      if (token && carrier === 'message') {
+        this.sendRaw({ type: 'auth', id: `auth`, payload: { token } });
+      }
+    };
+    ws.onmessage = (ev: { data: unknown }) => {
+      if (gen === this.generation) this.onFrame(ev.data);
+    };
+    ws.onclose = (ev: { code?: number; reason?: string }) => {
+      if (gen === this.generation) this.onClose(ev.code ?? CloseCodes.abnormal, ev.reason ?? '');
+    };
+    ws.onerror = () => undefined; // `close` follows
+  }
+
+  private onFrame(frame: unknown): void {
+    this.lastReceived = Date.now();
+    let m: Envelope;
+    try {
+      m = this.codec.decode(frame);
+    } catch (e) {
+      this.emit('error', new HeraldError('malformed', `undecodable frame from the server: ${String(e)}`));
+      return;
+    }
+    const p = m.payload ?? {};
+    if (m.id !== undefined && (m.type === 'reply' || m.type === 'pong' || m.type === 'error')) {
+      if (m.id === 'auth') {
+        if (m.type === 'error') this.emit('error', errorOf(p));
+        return;
+      }
+      const pending = this.pending.get(Number(m.id));
+      if (!pending) return;
+      this.pending.delete(Number(m.id));
+      clearTimeout(pending.timer);
+      if (m.type === 'error') {
+        pending.reject(errorOf(p));
+      } else {
+        pending.onReply?.(p);
+        pending.resolve(p);
+      }
+      return;
+    }
+    switch (m.type) {
+      case 'connected':
+        void this.onConnected(p as unknown as ConnectedInfo);
+        break;
+      case 'message': {
+        const msg = p as unknown as Message;
+        this.subs.get(msg.channel)?._message(msg, (e) => new HeraldError('malformed', `message data rejected by parse: ${String(e)}`));
+        break;
+      }
+      case 'join':
+      case 'leave': {
+        const who = p as unknown as ClientInfo & { channel: string };
+        this.subs.get(who.channel)?._presence(m.type, who);
+        break;
+      }
+      case 'subscribed': {
+        const channel = String(p.channel);
+        let sub = this.subs.get(channel);
+        if (!sub) {
+          sub = new Subscription(channel, this, {}, true);
+          this.subs.set(channel, sub);
+          this.emit('subscription', sub);
+        }
+        sub._confirmed({ offset: Number(p.offset), epoch: String(p.epoch) }, p.recovered as boolean | undefined, false);
+        break;
+      }
+      case 'unsubscribed': {
+        const channel = String(p.channel);
+        const sub = this.subs.get(channel);
+        this.subs.delete(channel);
+        sub?._ended(true);
+        break;
+      }
+      case 'refresh':
+        void this.refreshToken();
+        break;
+      case 'disconnect':
+        this.advisory = {
+          reconnect: p.reconnect !== false,
+          afterMs: typeof p.reconnect_after_ms === 'number' ? p.reconnect_after_ms : 0,
+        };
+        break;
+      case 'error':
+        this.emit('error', errorOf(p));
+        break;
+      default:
+        break; // unknown pushes are ignored (forward compatibility)
+    }
+  }
+
+  private async onConnected(info: ConnectedInfo): Promise<void> {
+    const gen = this.generation;
+    clearTimeout(this.connectTimer);
+    this.info = info;
+    this.advisory = undefined;
+    let resumed = false;
+    if (this.resumeToken) {
+      resumed = await this.resume(this.resumeToken);
+      if (gen !== this.generation) return;
+    }
+    this.resumeToken = this.info.resume_token;
+    this.leftWhileAway.clear();
+    this.attempt = 0;
+    this.setState('connected');
+    this.startWatchdog();
+    for (const sub of this.subs.values()) {
+      if (sub.state === 'pending') void this.sendSubscribe(sub, sub.position !== undefined);
+    }
+    this.flushQueue();
+    for (const w of [...this.waitingForConnection]) w();
+    this.emit('connected', { ...info, resumed });
+  }
+
+  /** Resume the previous session; false when the server no longer has it. */
+  private async resume(token: string): Promise<boolean> {
+    const positions: Record<string, StreamPosition> = {};
+    for (const [channel, sub] of this.subs) {
+      if (sub.position) positions[channel] = sub.position;
+    }
+    let resumed = false;
+    try {
+      // Applied synchronously: the buffered messages follow the reply.
+      await this.send('resume', { token, positions }, this.opts.requestTimeoutMs ?? 10_000, undefined, (r) => {
+        this.applyResume(r);
+        resumed = true;
+      });
+    } catch {
+      return false;
+    }
+    return resumed;
+  }
+
+  private applyResume(r: Record<string, unknown>): void {
+    if (this.info) {
+      this.info = {
+        ...this.info,
+        client_id: String(r.client_id),
+        session_id: String(r.session_id),
+        resume_token: String(r.resume_token),
+      };
+    }
+    const kept = new Set<string>();
+    for (const c of (r.channels as { channel: string; recovered?: boolean }[] | undefined) ?? []) {
+      kept.add(c.channel);
+      let sub = this.subs.get(c.channel);
+      if (!sub && this.leftWhileAway.has(c.channel)) {
+        this.sendRaw({ type: 'unsubscribe', payload: { channel: c.channel } });
+        continue;
+      }
+      if (!sub) {
+        // A server-side subscription made while this client was away.
+        sub = new Subscription(c.channel, this, {}, true);
+        this.subs.set(c.channel, sub);
+        this.emit('subscription', sub);
+      }
+      sub._resumed(c.recovered);
+    }
+    for (const sub of this.subs.values()) {
+      if (!kept.has(sub.channel)) sub.state = 'pending';
+    }
+    this.leftWhileAway.clear();
+  }
+
+  private async sendSubscribe(sub: Subscription<any>, resubscribed: boolean): Promise<void> {
+    const payload: Record<string, unknown> = { channel: sub.channel };
+    if (sub.position) payload.recover = sub.position;
+    try {
+      const t = sub.options.token;
+      if (t !== undefined) payload.token = typeof t === 'function' ? await t() : t;
+      // Confirmed synchronously: recovered and live messages may follow in the same chunk.
+      await this.send('subscribe', payload, this.opts.requestTimeoutMs ?? 10_000, undefined, (r) => {
+        if (this.subs.get(sub.channel) !== sub) return;
+        sub._confirmed({ offset: Number(r.offset), epoch: String(r.epoch) }, r.recovered as boolean | undefined, resubscribed);
+      });
+    } catch (e) {
+      const err = e instanceof HeraldError ? e : new HeraldError('internal', String(e));
+      if (this.subs.get(sub.channel) !== sub) return;
+      if (err.code === 'disconnected') return; // retried after the reconnect
+      if (err.code === 'already_subscribed') {
+        sub.state = 'subscribed';
+        return;
+      }
+      sub._failed(err);
+      if (err.retryable) {
+        const delay = backoffDelay(2, this.opts.backoff, this.opts.random);
+        setTimeout(() => {
+          if (this.subs.get(sub.channel) === sub && this.state === 'connected' && sub.state === 'pending') {
+            void this.sendSubscribe(sub, resubscribed);
+          }
+        }, delay);
+      } else {
+        this.subs.delete(sub.channel);
+        sub._ended(false, err);
+      }
+    }
+  }
+
+  private async refreshToken(): Promise<void> {
+    if (typeof this.opts.token !== 'function') return;
+    try {
+      const token = await this.opts.token();
+      if (token) await this.request('refresh', { token });
+    } catch (e) {
+      this.emit('error', e instanceof HeraldError ? e : new HeraldError('unauthorized', `token refresh failed: ${String(e)}`, true));
+    }
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.ws = null;
+    this.generation++;
+    clearTimeout(this.connectTimer);
+    clearTimeout(this.watchdog);
+    this.failPending();
+    if (this.state === 'closed') return;
+    const advisory = this.advisory;
+    this.advisory = undefined;
+    const reconnect = advisory ? advisory.reconnect : shouldReconnect(code);
+    this.emit('disconnected', { code, reason, reconnect });
+    for (const sub of this.subs.values()) if (sub.state === 'subscribed') sub.state = 'pending';
+    if (!reconnect) {
+      this.terminate(code, reason || 'closed by the server');
+    } else if (this.browserOffline()) {
+      this.goOffline();
+    } else {
+      this.scheduleReconnect(advisory?.afterMs ?? 0);
+    }
+  }
+
+  private scheduleReconnect(minDelayMs = 0): void {
+    this.attempt++;
+    const max = this.opts.maxAttempts;
+    if (max !== undefined && this.attempt > max) {
+      this.terminate(CloseCodes.abnormal, `gave up after ${max} attempts`);
+      return;
+    }
+    const delayMs = Math.max(minDelayMs, backoffDelay(this.attempt - 1, this.opts.backoff, this.opts.random));
+    this.setState('reconnecting');
+    this.emit('reconnecting', { attempt: this.attempt, delayMs, at: Date.now() + delayMs });
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => void this.open(), delayMs);
+  }
+
+  /** Close the socket without ending the session (it stays resumable on the server). */
+  private dropSocket(code: number, reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+    this.onClose(code, reason);
+  }
+
+  private terminate(code: number, reason: string): void {
+    if (this.state === 'closed') return;
+    clearTimeout(this.reconnectTimer);
+    const ws = this.ws;
+    this.setState('closed');
+    this.ws = null;
+    this.generation++;
+    clearTimeout(this.connectTimer);
+    clearTimeout(this.watchdog);
+    if (ws) {
+      try {
+        ws.close(CloseCodes.normal, reason.slice(0, 100));
+      } catch {
+        // already closing
+      }
+    }
+    const error = new HeraldError('closed', reason);
+    this.failPending();
+    for (const p of this.queue.splice(0)) {
+      clearTimeout(p.expiry);
+      p.reject(error);
+    }
+    for (const w of [...this.waitingForConnection]) w();
+    this.resumeToken = undefined;
+    this.emit('closed', { code, reason, error });
+  }
+
+  // ---- heartbeats and browser events ---------------------------------------------------------
+
+  /** Ping when the server was silent for `ping_interval_ms`; no frame within `pong_timeout_ms` → reconnect. */
+  private startWatchdog(): void {
+    const info = this.info;
+    if (!info) return;
+    const interval = info.ping_interval_ms > 0 ? info.ping_interval_ms : 25_000;
+    const timeout = info.pong_timeout_ms > 0 ? info.pong_timeout_ms : 10_000;
+    clearTimeout(this.watchdog);
+    const tick = () => {
+      const silent = Date.now() - this.lastReceived;
+      if (silent >= interval) {
+        this.checkAlive(timeout);
+      } else {
+        this.watchdog = setTimeout(tick, interval - silent);
+      }
+    };
+    this.watchdog = setTimeout(tick, interval);
+  }
+
+  /** Send a `ping`; without any frame within `timeoutMs` the connection is treated as dead. */
+  private checkAlive(timeoutMs: number): void {
+    if (this.state !== 'connected') return;
+    const sent = Date.now();
+    this.sendRaw({ type: 'ping' });
+    clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      if (this.lastReceived < sent) this.dropSocket(CloseCodes.heartbeatTimeout, 'heartbeat timeout');
+      else this.startWatchdog();
+    }, timeoutMs);
+  }
+
+  private browserOffline(): boolean {
+    if (this.offline) return true;
+    if (!(this.opts.browserEvents ?? typeof window !== 'undefined')) return false;
+    const nav = (globalThis as { navigator?: { onLine?: boolean } }).navigator;
+    return nav?.onLine === false;
+  }
+
+  /**
+   * No network: stop attempts until `online`. An open socket is closed with 4000 (not 1000), so
+   * the server keeps the session for a resume.
+   */
+  private goOffline(): void {
+    this.offline = true;
+    clearTimeout(this.reconnectTimer);
+    if (this.ws) {
+      this.dropSocket(CloseCodes.heartbeatTimeout, 'offline'); // comes back here via onClose
+      return;
+    }
+    if (this.state === 'closed' || this.state === 'offline') return;
+    this.generation++; // abandons an attempt still waiting for its token
+    this.setState('offline');
+    this.emit('offline', { since: Date.now() });
+  }
+
+  private followBrowser(): void {
+    const w = globalThis as unknown as Window;
+    const listen = (target: EventTarget, name: string, fn: (e: Event) => void) => {
+      target.addEventListener(name, fn);
+      this.detach.push(() => target.removeEventListener(name, fn));
+    };
+    listen(w, 'offline', () => {
+      if (this.state !== 'closed' && this.state !== 'idle') this.goOffline();
+    });
+    listen(w, 'online', () => {
+      this.offline = false;
+      if (this.state === 'offline') {
+        this.attempt = 0;
+        void this.open();
+      }
+    });
+    if (typeof document !== 'undefined') {
+      listen(document, 'visibilitychange', () => {
+        if (document.visibilityState !== 'visible') return;
+        if (this.state === 'connected') {
+          this.checkAlive(Math.min(this.info?.pong_timeout_ms ?? 5_000, 5_000));
+        } else if (this.state === 'reconnecting') {
+          clearTimeout(this.reconnectTimer);
+          void this.open();
+        }
+      });
+    }
+    listen(w, 'pagehide', (e) => {
+      if ((e as PageTransitionEvent).persisted) {
+        // Kept in the back/forward cache: leave without ending the session; `pageshow` resumes.
+        this.dropSocket(CloseCodes.goingAway, 'page hidden');
+        clearTimeout(this.reconnectTimer);
+        this.setState('idle');
+      } else {
+        this.close();
+      }
+    });
+    listen(w, 'pageshow', (e) => {
+      if ((e as PageTransitionEvent).persisted && this.state === 'idle') this.connect();
+    });
+  }
+
+  // ---- sending -------------------------------------------------------------------------------
+
+  private sendRaw(m: Envelope): boolean {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== OPEN) return false;
+    ws.send(this.codec.encode(m));
+    return true;
+  }
+
+  private send(
+    type: string,
+    payload: Record<string, unknown>,
+    timeoutMs: number,
+    publish?: QueuedPublish,
+    onReply?: (payload: Record<string, unknown>) => void,
+  ): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new HeraldError('request_timeout', `no reply to ${type} within ${timeoutMs} ms`, true));
+      }, timeoutMs);
+      const entry: Pending = { resolve, reject, timer };
+      if (publish) entry.publish = publish;
+      if (onReply) entry.onReply = onReply;
+      this.pending.set(id, entry);
+      if (!this.sendRaw({ type, id, payload })) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(new HeraldError('disconnected', 'not connected', true));
+      }
+    });
+  }
+
+  private sendPublish(p: QueuedPublish): void {
+    clearTimeout(p.expiry);
+    p.expiry = undefined;
+    const payload = { channel: p.channel, data: p.data, idempotency_key: p.key };
+    this.send('publish', payload, this.opts.requestTimeoutMs ?? 10_000, p).then(
+      (r) => p.resolve(r as unknown as PublishResult),
+      (e: HeraldError) => {
+        // Lost with the connection: sent again (same key) after the reconnect.
+        if (e.code === 'disconnected' && this.state !== 'closed') this.enqueue(p, true);
+        else p.reject(e);
+      },
+    );
+  }
+
+  private enqueue(p: QueuedPublish, front = false): void {
+    const max = this.opts.offlineQueue?.maxSize ?? 100;
+    if (!front && this.queue.length >= max) {
+      p.reject(new HeraldError('queue_full', `offline queue full (${max} publishes)`, true));
+      return;
+    }
+    const age = this.opts.offlineQueue?.maxAgeMs ?? 60_000;
+    p.expiry = setTimeout(() => {
+      const i = this.queue.indexOf(p);
+      if (i >= 0) this.queue.splice(i, 1);
+      p.reject(new HeraldError('queue_expired', `not connected within ${age} ms`, true));
+    }, age);
+    if (front) this.queue.unshift(p);
+    else this.queue.push(p);
+  }
+
+  private flushQueue(): void {
+    // Re-queued (front) publishes keep their original order relative to the rest.
+    for (const p of this.queue.splice(0)) this.sendPublish(p);
+  }
+
+  private failPending(): void {
+    const lost: QueuedPublish[] = [];
+    const entries = [...this.pending.entries()].sort((a, b) => a[0] - b[0]);
+    this.pending.clear();
+    for (const [, p] of entries) {
+      clearTimeout(p.timer);
+      if (p.publish) lost.push(p.publish);
+      else p.reject(new HeraldError('disconnected', 'the connection dropped before the reply', true));
+    }
+    if (this.state === 'closed') {
+      for (const p of lost) p.reject(new HeraldError('closed', 'the client is closed'));
+      return;
+    }
+    // Publishes in flight go back to the front of the queue, in their original order.
+    for (const p of lost.reverse()) this.enqueue(p, true);
+  }
+
+  private whenConnected(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.state === 'closed') {
+        reject(new HeraldError('closed', 'the client is closed'));
+        return;
+      }
+      const done = () => {
+        clearTimeout(timer);
+        this.waitingForConnection.delete(done);
+        if (this.state === 'connected') resolve();
+        else reject(new HeraldError('closed', 'the client is closed'));
+      };
+      const timer = setTimeout(() => {
+        this.waitingForConnection.delete(done);
+        reject(new HeraldError('request_timeout', `not connected within ${timeoutMs} ms`, true));
+      }, timeoutMs);
+      this.waitingForConnection.add(done);
+    });
+  }
+}

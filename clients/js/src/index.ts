@@ -1,0 +1,22 @@
+export { HeraldClient } from './client.js';
+export type { ClientEvents, ClientOptions, State, WebSocketCtor, WebSocketLike } from './client.js';
+export { Subscription } from './subscription.js';
+export type { Gap, GapReason, SubscribeOptions, SubscriptionEvents } from './subscription.js';
+export { HeraldError, CloseCodes, shouldReconnect } from './errors.js';
+export type { ErrorCode } from './errors.js';
+export { backoffDelay } from './backoff.js';
+export type { BackoffOptions } from './backoff.js';
+export { jsonCodec, msgpackCodec } from './protocol.js';
+export type {
+  ClientInfo,
+  Codec,
+  ConnectedInfo,
+  Envelope,
+  HistoryResult,
+  Message,
+  MsgpackLib,
+  PresenceStats,
+  PublishResult,
+  StreamPosition,
+} from './protocol.js';
+export { Emitter } from './emitter.js';

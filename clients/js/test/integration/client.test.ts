@@ -1,0 +1,178 @@
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import * as msgpack from '@msgpack/msgpack';
+import { HeraldClient, HeraldError, msgpackCodec, type ClientOptions, type Message, type WebSocketCtor } from '../../src/index.js';
+import { freePort, startHerald, token, until, type Herald } from './herald.js';
+
+const cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+async function server(port?: number): Promise<Herald> {
+  const h = await startHerald(port === undefined ? {} : { port });
+  cleanup.push(() => h.kill());
+  return h;
+}
+
+function client(url: string, opts: Partial<ClientOptions> = {}): HeraldClient {
+  const c = new HeraldClient({
+    url,
+    WebSocket: WebSocket as unknown as WebSocketCtor,
+    backoff: { minDelayMs: 50, maxDelayMs: 300 },
+    ...opts,
+  });
+  cleanup.push(() => c.close());
+  return c;
+}
+
+async function connected(c: HeraldClient): Promise<void> {
+  const done = new Promise<void>((resolve) => c.once('connected', () => resolve()));
+  c.connect();
+  await done;
+}
+
+/** A TCP relay whose connections the test can cut (no close frame: the server keeps the session). */
+async function relay(target: number): Promise<{ url: string; cut(): void; close(): Promise<void> }> {
+  const socks = new Set<Socket>();
+  const srv: Server = createServer((inbound) => {
+    const out = connect(target, '127.0.0.1');
+    socks.add(inbound).add(out);
+    inbound.pipe(out).pipe(inbound);
+    const gone = () => {
+      inbound.destroy();
+      out.destroy();
+    };
+    inbound.on('error', gone).on('close', gone);
+    out.on('error', gone).on('close', gone);
+  });
+  const port = await freePort();
+  await new Promise<void>((r) => srv.listen(port, '127.0.0.1', r));
+  const r = {
+    url: `ws://127.0.0.1:${port}/ws`,
+    cut: () => {
+      for (const s of socks) s.destroy();
+      socks.clear();
+    },
+    close: () => new Promise<void>((res) => {
+      r.cut();
+      srv.close(() => res());
+    }),
+  };
+  cleanup.push(() => r.close());
+  return r;
+}
+
+describe('against a real herald server', () => {
+  it('authenticates, subscribes, publishes, reads history and presence; errors are typed', async () => {
+    const h = await server();
+    const alice = client(h.wsUrl, { token: () => token('alice', '1h', { name: 'Alice' }) });
+    await connected(alice);
+    expect(alice.info?.user_id).toBe('alice');
+    const sub = alice.subscribe<{ text: string }>('chat:lobby');
+    await sub.ready();
+    const got: string[] = [];
+    sub.on('message', (m) => got.push(m.data.text));
+    const ack = await alice.publish('chat:lobby', { text: 'hello' });
+    expect(ack.offset).toBe(1);
+    await until('the message', () => got.length === 1);
+    expect(got).toEqual(['hello']);
+    const hist = await sub.history();
+    expect(hist.publications.map((p) => (p.data as { text: string }).text)).toEqual(['hello']);
+    const who = await sub.presence();
+    expect(who.map((c) => [c.user_id, c.info])).toEqual([['alice', { name: 'Alice' }]]);
+    expect(await alice.presenceStats('chat:lobby')).toEqual({ clients: 1, users: 1 });
+    const err = await alice.rpc('nothing').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(HeraldError);
+    expect(err).toMatchObject({ code: 'unavailable', retryable: true });
+    const bad = await alice.history('bad channel!').catch((e: unknown) => e);
+    expect(bad).toMatchObject({ code: 'invalid_channel' });
+  });
+
+  it('speaks MessagePack', async () => {
+    const h = await server();
+    const c = client(h.wsUrl, { codec: msgpackCodec(msgpack) });
+    await connected(c);
+    expect(c.info?.protocol).toBe('herald.v1.msgpack');
+    const sub = c.subscribe<{ n: number }>('bin:1');
+    await sub.ready();
+    const got: number[] = [];
+    sub.on('message', (m) => got.push(m.data.n));
+    await c.publish('bin:1', { n: 7 });
+    await until('the message', () => got.length === 1);
+    expect(got).toEqual([7]);
+  });
+
+  it('resumes after a cut connection and gets what was published meanwhile, once, in order', async () => {
+    const h = await server();
+    const r = await relay(h.port);
+    const reader = client(r.url, { token: () => token('reader') });
+    await connected(reader);
+    const sub = reader.subscribe<number>('feed:1');
+    await sub.ready();
+    const got: number[] = [];
+    sub.on('message', (m: Message<number>) => got.push(m.data));
+    const writer = client(h.wsUrl);
+    await connected(writer);
+    await writer.publish('feed:1', 1);
+    await until('message 1', () => got.length === 1);
+    const resumed = new Promise<boolean>((res) => reader.once('connected', (i) => res(i.resumed)));
+    r.cut();
+    for (let i = 2; i <= 20; i++) await writer.publish('feed:1', i);
+    expect(await resumed).toBe(true);
+    await until('all messages', () => got.length >= 20);
+    await writer.publish('feed:1', 21);
+    await until('message 21', () => got.length === 21);
+    expect(got).toEqual(Array.from({ length: 21 }, (_, i) => i + 1));
+  });
+
+  it('survives a server restart: reconnects, reports the new epoch as a gap, delivers queued publishes', async () => {
+    const port = await freePort();
+    let h = await server(port);
+    const c = client(h.wsUrl, { token: () => token('bob') });
+    await connected(c);
+    const sub = c.subscribe<string>('room:1');
+    await sub.ready();
+    const gaps: string[] = [];
+    sub.on('gap', (g) => gaps.push(g.reason));
+    const got: string[] = [];
+    sub.on('message', (m) => got.push(m.data));
+    await c.publish('room:1', 'before');
+    await until('before', () => got.length === 1);
+    const states: string[] = [];
+    c.on('state', (s) => states.push(s));
+    await h.kill();
+    await until('reconnecting', () => c.state === 'reconnecting');
+    const queued = c.publish('room:1', 'queued while down');
+    h = await server(port);
+    const ack = await queued;
+    expect(ack.offset).toBeGreaterThanOrEqual(1);
+    await until('the queued publish', () => got.length === 2);
+    expect(got).toEqual(['before', 'queued while down']);
+    expect(gaps).toEqual(['epoch_changed']);
+    expect(states).toContain('reconnecting');
+    expect(c.state).toBe('connected');
+  });
+
+  it('refreshes its token before it expires', async () => {
+    const h = await server();
+    let asked = 0;
+    const c = client(h.wsUrl, {
+      token: () => {
+        asked++;
+        return token('carol', asked === 1 ? '2s' : '1h');
+      },
+    });
+    const connectedAt = Date.now();
+    await connected(c);
+    expect(c.info?.expires_in_ms).toBeLessThanOrEqual(2_000);
+    await until('a refresh', () => asked === 2, 5_000);
+    // Past the first token's expiry, the same connection still works.
+    await until('the first token expired', () => Date.now() > connectedAt + 2_500, 5_000);
+    const sub = c.subscribe('after:refresh');
+    await sub.ready();
+    expect(c.state).toBe('connected');
+    expect(asked).toBe(2);
+  });
+});

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit + integration tests, WebSocket conformance, and
-# the server API against its OpenAPI document. Installs what it needs (kosoku into target/venv,
-# schemathesis into target/st-venv) when missing. Nothing is skipped.
+# The whole test suite: formatting, lints, unit + integration tests, the TypeScript client and the
+# demo chat in Chromium, WebSocket conformance, and the server API against its OpenAPI document.
+# Installs what it needs (npm packages, Debian's chromium, kosoku into target/venv, schemathesis
+# into target/st-venv) when missing. Nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --workspace
+echo "==> TypeScript client, demo chat and browser tests"
+scripts/test-js.sh
 echo "==> Autobahn conformance (kosoku) against /echo"
 scripts/autobahn.sh
 echo "==> schemathesis: the server API against docs/openapi.json"

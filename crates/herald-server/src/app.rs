@@ -52,6 +52,8 @@ pub struct AppState {
     pub connect_proxy: std::sync::OnceLock<Arc<crate::proxy::HttpConnectProxy>>,
     /// Handshake headers kept for backend proxies (lower-case names).
     pub forward_headers: std::sync::OnceLock<Vec<String>>,
+    /// The demo chat's token minter, when the demo is on.
+    pub demo: std::sync::OnceLock<crate::demo::TokenMinter>,
     metrics: Option<PrometheusHandle>,
 }
 
@@ -123,6 +125,12 @@ impl Handle {
     pub fn set_forward_headers(&self, names: &[String]) -> bool {
         let names = names.iter().map(|n| n.to_ascii_lowercase()).collect();
         self.state.forward_headers.set(names).is_ok()
+    }
+
+    /// Serve the demo chat at `/` with this token minter (once, before `run`; development only:
+    /// the minter hands out tokens for any user name).
+    pub fn set_demo(&self, mint: crate::demo::TokenMinter) -> bool {
+        self.state.demo.set(mint).is_ok()
     }
 
     /// Re-read the TLS certificate and key now (SIGHUP). No-op without TLS.
@@ -391,6 +399,7 @@ impl Server {
             started: std::time::Instant::now(),
             connect_proxy: std::sync::OnceLock::new(),
             forward_headers: std::sync::OnceLock::new(),
+            demo: std::sync::OnceLock::new(),
             tls,
             node,
             server,
@@ -431,6 +440,9 @@ impl Server {
             .route("/readyz", get(readyz));
         if state.server.echo {
             router = router.route("/echo", get(echo_handler));
+        }
+        if state.demo.get().is_some() {
+            router = crate::demo::routes(router);
         }
         let router = router
             .route("/api/openapi.json", get(openapi))

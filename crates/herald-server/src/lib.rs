@@ -21,6 +21,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod handshake;
 pub mod http_client;
 pub mod jwks;

@@ -31,6 +31,9 @@ pub enum DefaultNamespace {
 pub struct DebugConfig {
     /// Serve `/echo`, a plain WebSocket echo endpoint (for the Autobahn conformance suite).
     pub echo: bool,
+    /// Serve the demo chat at `/` with a token endpoint that signs tokens for any user name
+    /// (needs `auth.hmac_secret`; development only).
+    pub demo: bool,
 }
 
 /// The whole configuration file.
@@ -127,7 +130,11 @@ pub struct Sources<'a> {
 fn dev_preset() -> Config {
     Config {
         default_namespace: DefaultNamespace::Options(NamespaceOptions::dev()),
-        debug: DebugConfig { echo: true },
+        debug: DebugConfig {
+            echo: true,
+            demo: true,
+        },
+
         ..Default::default()
     }
 }
@@ -173,6 +180,18 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
                 ns.history_ttl = dev.history_ttl;
             }
         }
+        // The demo chat's typing indicator: only the newest state matters.
+        config
+            .namespaces
+            .entry("typing".to_owned())
+            .or_insert_with(|| NamespaceOptions {
+                history_size: 0,
+                history_ttl: std::time::Duration::ZERO,
+                presence: false,
+                join_leave: false,
+                slow_consumer: herald_core::SlowConsumerPolicy::Latest,
+                ..NamespaceOptions::dev()
+            });
         if !config.server.listen.ip().is_loopback() {
             bail!(
                 "--dev refuses to listen on non-loopback address {} (it allows anonymous publishing)",

@@ -227,6 +227,26 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     if let Some(proxy) = herald_server::HttpConnectProxy::new(&config.proxy) {
         server.handle().set_connect_proxy(Arc::new(proxy));
     }
+    if config.debug.demo {
+        anyhow::ensure!(
+            config.auth.hmac_secret.is_some(),
+            "debug.demo needs auth.hmac_secret to sign the demo's tokens"
+        );
+        let auth = config.auth.clone();
+        server.handle().set_demo(Arc::new(move |user: &str| {
+            let mint = token::MintArgs {
+                user: user.to_owned(),
+                channels: vec!["*".into()],
+                publish: vec!["*".into()],
+                ttl: Duration::from_secs(3600),
+                info: Some(serde_json::json!({ "name": user }).to_string()),
+                channel: None,
+                key: None,
+                alg: None,
+            };
+            token::mint(&auth, &mint).map_err(|e| e.to_string())
+        }));
+    }
     let (http, ws) = if config.tls.enabled() {
         ("https", "wss")
     } else {
@@ -235,6 +255,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     // One write: a reader that takes the first line and closes the pipe must not make a second
     // write fail.
     let mut banner = format!("herald listening on {http}://{addr} (WebSocket: {ws}://{addr}/ws)\n");
+    if config.debug.demo {
+        banner.push_str(&format!("demo chat: {http}://{addr}/\n"));
+    }
     if let Some(t) = dev_token {
         banner.push_str(&format!(
             "dev token (user \"dev\", all channels, 24h; NOT FOR PRODUCTION):\n{t}\n"

@@ -450,6 +450,54 @@ async fn serve_wires_the_connect_proxy() {
     assert_eq!(welcome["payload"]["user_id"], "frank", "{welcome}");
 }
 
+/// A bare HTTP/1.1 GET: status and body.
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_the_demo_chat_and_its_tokens() {
+    let s = serve(&["--dev"], &[]);
+    let (status, page) = http_get(&s.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Herald chat</title>"), "{page}");
+    let (status, js) = http_get(&s.addr, "/demo/app.js").await;
+    assert!(status == 200 && js.contains("herald.auth."), "{status}");
+    let (status, _) = http_get(&s.addr, "/demo/token?user=not%20ok").await;
+    assert_eq!(status, 400);
+    let (status, body) = http_get(&s.addr, "/demo/token?user=alice").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let welcome = connect_with_token(&s.addr, v["token"].as_str().expect("token")).await;
+    assert_eq!(welcome["payload"]["user_id"], "alice");
+    // Without --dev there is no demo and no token endpoint.
+    let plain = serve(
+        &[],
+        &[
+            ("HERALD_AUTH__HMAC_SECRET", SECRET),
+            ("HERALD_DEBUG__ECHO", "false"),
+        ],
+    );
+    assert_eq!(http_get(&plain.addr, "/").await.0, 404);
+    assert_eq!(http_get(&plain.addr, "/demo/token?user=alice").await.0, 404);
+}
+
 fn bench(addr: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
         .arg("bench")

@@ -255,13 +255,13 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     // One write: a reader that takes the first line and closes the pipe must not make a second
     // write fail.
     let mut banner = format!("herald listening on {http}://{addr} (WebSocket: {ws}://{addr}/ws)\n");
-    if config.debug.demo {
-        banner.push_str(&format!("demo chat: {http}://{addr}/\n"));
-    }
     if let Some(t) = dev_token {
         banner.push_str(&format!(
             "dev token (user \"dev\", all channels, 24h; NOT FOR PRODUCTION):\n{t}\n"
         ));
+    }
+    if config.debug.demo {
+        banner.push_str(&format!("demo chat: {http}://{addr}/\n"));
     }
     {
         use std::io::Write;

@@ -123,4 +123,8 @@ pub trait Broker: Send + Sync + 'static {
     -> Result<HistoryPage, BrokerError>;
     /// Drop a channel's history (offsets continue; the epoch is kept).
     async fn remove_history(&self, channel: &str) -> Result<(), BrokerError>;
+    /// Whether the engine can serve now (its backing service is reachable); `/readyz` reports it.
+    fn ready(&self) -> bool {
+        true
+    }
 }

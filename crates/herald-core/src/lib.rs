@@ -18,6 +18,8 @@
 pub mod auth;
 pub mod broker;
 pub mod config;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod hub;
 pub mod journal;
 pub mod limits;

@@ -159,6 +159,11 @@ impl Node {
         })
     }
 
+    /// Whether the engine's backing services are reachable (for `/readyz`).
+    pub fn ready(&self) -> bool {
+        self.broker.ready()
+    }
+
     /// The engine configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config

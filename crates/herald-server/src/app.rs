@@ -358,6 +358,8 @@ async fn healthz() -> Response {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if app.shutdown.is_cancelled() {
         plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !app.node.ready() {
+        plain(StatusCode::SERVICE_UNAVAILABLE, "engine unavailable\n")
     } else {
         plain(StatusCode::OK, "ready\n")
     }

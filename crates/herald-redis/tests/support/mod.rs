@@ -1,4 +1,5 @@
-//! Finding the Redis server the tests use.
+//! Finding the Redis server the tests use, and starting private ones.
+#![allow(dead_code)] // each test binary uses a part
 
 use herald_redis::{RedisBroker, RedisConfig};
 

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -118,6 +118,7 @@ pub struct Node {
     publish_limiter: Option<KeyedLimiter<String>>,
     rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
     channel_proxy: std::sync::OnceLock<Arc<dyn crate::rpc::ChannelProxy>>,
+    control: std::sync::OnceLock<Arc<dyn crate::cluster::ControlBus>>,
     events: crate::journal::EventLog,
     dead_letters: crate::journal::DeadLetters,
     /// Heartbeat settings announced to clients.
@@ -145,6 +146,7 @@ impl Node {
             publish_limiter,
             rpc: std::sync::OnceLock::new(),
             channel_proxy: std::sync::OnceLock::new(),
+            control: std::sync::OnceLock::new(),
             events: crate::journal::EventLog::new(&node_id, config.session.event_log_size),
             dead_letters: crate::journal::DeadLetters::new(config.session.dead_letter_size),
             config,
@@ -157,6 +159,64 @@ impl Node {
             node_id,
             heartbeat,
         })
+    }
+
+    /// Join a cluster: server API commands are broadcast over `bus` (once).
+    pub fn set_control_bus(&self, bus: Arc<dyn crate::cluster::ControlBus>) -> bool {
+        self.control.set(bus).is_ok()
+    }
+
+    /// The cluster's control bus, when this node is part of one.
+    pub fn control_bus(&self) -> Option<&Arc<dyn crate::cluster::ControlBus>> {
+        self.control.get()
+    }
+
+    /// Apply a command here and broadcast it to the other nodes. Returns how many sessions it
+    /// touched on this node; fails (after applying it here) when the broadcast fails.
+    pub async fn cluster(&self, msg: crate::cluster::ControlMessage) -> Result<usize, EngineError> {
+        let here = self.apply_control(&msg);
+        if let Some(bus) = self.control.get() {
+            let env = crate::cluster::ControlEnvelope {
+                from: self.node_id.clone(),
+                msg,
+            };
+            let payload = serde_json::to_vec(&env)
+                .map_err(|e| EngineError::new(ErrorCode::Internal, e.to_string()))?;
+            bus.broadcast(payload).await?;
+        }
+        Ok(here)
+    }
+
+    /// A control message from the bus: apply it unless this node sent it.
+    pub fn on_control(&self, payload: &[u8]) {
+        match serde_json::from_slice::<crate::cluster::ControlEnvelope>(payload) {
+            Ok(env) if env.from != self.node_id => {
+                let n = self.apply_control(&env.msg);
+                tracing::debug!(from = %env.from, sessions = n, "applied a cluster command");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "ignoring a malformed control message"),
+        }
+    }
+
+    fn apply_control(&self, msg: &crate::cluster::ControlMessage) -> usize {
+        use crate::cluster::ControlMessage as M;
+        match msg {
+            M::DisconnectUser { user } => self.disconnect_user(user, CloseCode::ForceDisconnect),
+            M::DisconnectClient { client } => {
+                usize::from(self.disconnect_client(client, CloseCode::ForceDisconnect))
+            }
+            M::RevokeUser { user, expires_at } => self.revoke_user(user, *expires_at),
+            M::RevokeToken { jti, expires_at } => self.revoke_token(jti, *expires_at),
+            M::Subscribe { user, channel } => self.command_user(
+                user,
+                crate::session::ServerCommand::Subscribe(channel.clone()),
+            ),
+            M::Unsubscribe { user, channel } => self.command_user(
+                user,
+                crate::session::ServerCommand::Unsubscribe(channel.clone()),
+            ),
+        }
     }
 
     /// Whether the engine's backing services are reachable (for `/readyz`).

@@ -383,6 +383,63 @@ impl Broker for RedisBroker {
     }
 }
 
+/// Nodes that have not announced themselves for this long are not listed.
+const NODE_STALE: Duration = Duration::from_secs(10);
+
+impl ControlHandler for std::sync::Weak<herald_core::Node> {
+    fn on_control(&self, payload: &[u8]) {
+        if let Some(node) = self.upgrade() {
+            node.on_control(payload);
+        }
+    }
+}
+
+#[async_trait]
+impl herald_core::cluster::ControlBus for RedisBroker {
+    async fn broadcast(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
+        self.broadcast_control(&payload).await
+    }
+
+    async fn announce(&self, node: &herald_core::cluster::NodeInfo) -> Result<(), BrokerError> {
+        let json = serde_json::to_string(node).map_err(unavailable)?;
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<i64> = redis::cmd("HSET")
+            .arg(format!("{}:nodes", self.names.prefix))
+            .arg(&node.id)
+            .arg(json)
+            .query_async(&mut conn)
+            .await;
+        self.checked(r).map(|_| ())
+    }
+
+    async fn nodes(&self) -> Result<Vec<herald_core::cluster::NodeInfo>, BrokerError> {
+        let key = format!("{}:nodes", self.names.prefix);
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<HashMap<String, String>> =
+            redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await;
+        let all = self.checked(r)?;
+        let now = herald_core::publication::now_ms();
+        let fresh = now.saturating_sub(NODE_STALE.as_millis() as u64);
+        let mut nodes = Vec::new();
+        let mut gone = Vec::new();
+        for (id, json) in all {
+            match serde_json::from_str::<herald_core::cluster::NodeInfo>(&json) {
+                Ok(n) if n.updated_ms >= fresh => nodes.push(n),
+                _ => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            let _: redis::RedisResult<i64> = redis::cmd("HDEL")
+                .arg(&key)
+                .arg(gone)
+                .query_async(&mut conn)
+                .await;
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+}
+
 /// One Pub/Sub connection and the channels it carries.
 struct Shard {
     index: usize,

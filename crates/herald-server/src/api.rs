@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::EngineError;
 use herald_core::broker::HistoryQuery;
-use herald_proto::{CloseCode, Data, ErrorCode, Format};
+use herald_core::cluster::ControlMessage;
+use herald_proto::{Data, ErrorCode, Format};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -333,35 +334,45 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
         }
         "info" => {
             params::<NoParams>(p)?;
-            Ok(json!({
+            let mut info = json!({
             "node": node.id(),
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_ms": app.started.elapsed().as_millis() as u64,
             "connections": app.connections.load(std::sync::atomic::Ordering::Relaxed),
             "channels": node.hub().channels(),
             "waiting_sessions": node.waiting_sessions(),
-            }))
+            });
+            if let Some(bus) = node.control_bus() {
+                let nodes = bus.nodes().await.map_err(herald_core::EngineError::from)?;
+                info["cluster"] = json!(nodes);
+            }
+            Ok(info)
         }
         "disconnect" => {
             let p: DisconnectParams = params(p)?;
-            let code = CloseCode::ForceDisconnect;
-            let n = match (&p.user, &p.client_id) {
-                (Some(u), None) if !u.is_empty() => node.disconnect_user(u, code),
-                (None, Some(c)) if !c.is_empty() => usize::from(node.disconnect_client(c, code)),
+            let msg = match (p.user, p.client_id) {
+                (Some(user), None) if !user.is_empty() => ControlMessage::DisconnectUser { user },
+                (None, Some(client)) if !client.is_empty() => {
+                    ControlMessage::DisconnectClient { client }
+                }
                 _ => return Err(ApiError::bad("give exactly one of `user` or `client_id`")),
             };
-            Ok(json!({"disconnected": n}))
+            Ok(json!({"disconnected": node.cluster(msg).await?}))
         }
         "revoke" => {
             let req: RevokeRequest = params(p)?;
             let now = herald_core::publication::now_ms() / 1000;
             let expires_at = req.expires_at.unwrap_or(now + 24 * 3600);
-            let closed = match (&req.user, &req.token_id) {
-                (Some(u), None) if !u.is_empty() => node.revoke_user(u, expires_at),
-                (None, Some(t)) if !t.is_empty() => node.revoke_token(t, expires_at),
+            let msg = match (req.user, req.token_id) {
+                (Some(user), None) if !user.is_empty() => {
+                    ControlMessage::RevokeUser { user, expires_at }
+                }
+                (None, Some(jti)) if !jti.is_empty() => {
+                    ControlMessage::RevokeToken { jti, expires_at }
+                }
                 _ => return Err(ApiError::bad("give exactly one of `user` or `token_id`")),
             };
-            Ok(json!({"closed": closed}))
+            Ok(json!({"closed": node.cluster(msg).await?}))
         }
         "subscribe" | "unsubscribe" => {
             let p: UserChannelParams = params(p)?;
@@ -369,12 +380,13 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 return Err(ApiError::bad("user must not be empty"));
             }
             node.namespace(&p.channel)?;
-            let cmd = if method == "subscribe" {
-                herald_core::ServerCommand::Subscribe(p.channel)
+            let (user, channel) = (p.user, p.channel);
+            let msg = if method == "subscribe" {
+                ControlMessage::Subscribe { user, channel }
             } else {
-                herald_core::ServerCommand::Unsubscribe(p.channel)
+                ControlMessage::Unsubscribe { user, channel }
             };
-            Ok(json!({"sessions": node.command_user(&p.user, cmd)}))
+            Ok(json!({"sessions": node.cluster(msg).await?}))
         }
         "events" => {
             let p: EventsParams = params(p)?;

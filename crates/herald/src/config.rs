@@ -36,6 +36,26 @@ pub struct DebugConfig {
     pub demo: bool,
 }
 
+/// Which engine holds channels, history and presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// Embedded, in memory: one node.
+    #[default]
+    Memory,
+    /// Redis (`[redis]`): many nodes share channels, history, presence and commands.
+    Redis,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSection {
+    /// `memory` (default) or `redis`.
+    #[serde(rename = "type")]
+    pub kind: EngineKind,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -64,6 +84,11 @@ pub struct Config {
     pub proxy: ChannelProxyConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
+    /// `[engine]`.
+    #[serde(rename = "engine")]
+    pub backend: EngineSection,
+    /// `[redis]`.
+    pub redis: herald_redis::RedisConfig,
 }
 
 impl Default for Config {
@@ -81,6 +106,8 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             proxy: ChannelProxyConfig::default(),
             debug: DebugConfig::default(),
+            backend: EngineSection::default(),
+            redis: herald_redis::RedisConfig::default(),
         }
     }
 }
@@ -111,6 +138,11 @@ impl Config {
         shown.auth.api_keys.iter_mut().for_each(|k| *k = redacted());
         if shown.webhook.secret.is_some() {
             shown.webhook.secret = Some(redacted());
+        }
+        // redis://user:password@host → redis://<redacted>@host
+        if let Some((_, host)) = shown.redis.url.rsplit_once('@') {
+            let scheme = shown.redis.url.split("://").next().unwrap_or("redis");
+            shown.redis.url = format!("{scheme}://<redacted>@{host}");
         }
         Ok(toml::to_string_pretty(&shown)?)
     }
@@ -207,6 +239,9 @@ fn validate(c: &Config) -> anyhow::Result<()> {
     c.connection.validate().map_err(anyhow::Error::msg)?;
     c.tls.validate().map_err(anyhow::Error::msg)?;
     c.engine().validate().map_err(anyhow::Error::msg)?;
+    if c.backend.kind == EngineKind::Redis {
+        c.redis.validate().map_err(anyhow::Error::msg)?;
+    }
     if c.server.max_connections == 0 {
         bail!("server.max_connections must be > 0");
     }

@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_core::memory::{MemoryBroker, MemoryPresence};
 use herald_core::{Heartbeat, Node, Verifier};
+use herald_core::{broker::Broker, presence::PresenceStore};
 use herald_server::Server;
 
 /// Herald: a real-time messaging server.
@@ -193,18 +194,19 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         .context("cannot load auth.jwks")?;
         tracing::info!(keys = n, "JWKS loaded");
     }
-    let broker = Arc::new(MemoryBroker::new());
+    let engine = Engine::start(&config).await?;
     let heartbeat = Heartbeat {
         ping_interval_ms: config.connection.ping_interval.as_millis() as u64,
         pong_timeout_ms: config.connection.pong_timeout.as_millis() as u64,
     };
     let node = Node::new(
         config.engine(),
-        broker.clone(),
-        Arc::new(MemoryPresence::new()),
+        engine.broker(),
+        engine.presence.clone(),
         heartbeat,
         verifier,
     );
+    engine.join_cluster(&node);
     if let Some(rpc) = herald_server::HttpRpc::new(&config.rpc) {
         node.set_rpc_handler(Arc::new(rpc));
     }
@@ -212,6 +214,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         node.set_channel_proxy(Arc::new(proxy));
     }
     let webhook_node = node.clone();
+    let (node_bus, node_id) = (node.control_bus().cloned(), node.id().to_owned());
     let server = Server::bind(
         config.server.clone(),
         config.connection.clone(),
@@ -279,6 +282,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     );
     let handle = server.handle();
     let reload = handle.clone();
+    let announce_handle = handle.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -297,18 +301,108 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown signal received: closing connections");
         token.cancel();
     });
-    let sweeper = broker.clone();
+    let sweeper = engine.memory.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
             tick.tick().await;
-            sweeper.sweep();
+            if let Some(m) = &sweeper {
+                m.sweep();
+            }
             handle.upkeep();
         }
     });
+    if let Some(bus) = node_bus {
+        tokio::spawn(announce(bus, node_id, addr, announce_handle));
+    }
     server.run().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The engine the configuration asks for.
+struct Engine {
+    memory: Option<Arc<MemoryBroker>>,
+    redis: Option<Arc<herald_redis::RedisBroker>>,
+    presence: Arc<dyn PresenceStore>,
+}
+
+impl Engine {
+    async fn start(config: &config::Config) -> anyhow::Result<Engine> {
+        Ok(match config.backend.kind {
+            config::EngineKind::Memory => Engine {
+                memory: Some(Arc::new(MemoryBroker::new())),
+                redis: None,
+                presence: Arc::new(MemoryPresence::new()),
+            },
+            config::EngineKind::Redis => {
+                let b = herald_redis::RedisBroker::connect(config.redis.clone())
+                    .await
+                    .with_context(|| {
+                        format!("cannot use Redis at {}", redacted_url(&config.redis.url))
+                    })?;
+                let presence = Arc::new(herald_redis::RedisPresence::new(&b));
+                tracing::info!(url = %redacted_url(&config.redis.url), "engine: redis");
+                Engine {
+                    memory: None,
+                    redis: Some(Arc::new(b)),
+                    presence,
+                }
+            }
+        })
+    }
+
+    fn broker(&self) -> Arc<dyn Broker> {
+        match (&self.memory, &self.redis) {
+            (_, Some(r)) => r.clone(),
+            (Some(m), None) => m.clone(),
+            (None, None) => Arc::new(MemoryBroker::new()),
+        }
+    }
+
+    /// Cluster commands and announcements go through Redis.
+    fn join_cluster(&self, node: &Arc<Node>) {
+        if let Some(r) = &self.redis {
+            r.set_control_handler(Arc::new(Arc::downgrade(node)));
+            node.set_control_bus(r.clone());
+        }
+    }
+}
+
+fn redacted_url(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((_, host)) => format!("redis://<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Announce this node to the cluster every 2 s (and count the cluster's nodes for `/metrics`).
+async fn announce(
+    bus: Arc<dyn herald_core::cluster::ControlBus>,
+    id: String,
+    addr: SocketAddr,
+    handle: herald_server::Handle,
+) {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let me = herald_core::cluster::NodeInfo {
+            id: id.clone(),
+            address: addr.to_string(),
+            connections: handle.connections() as u64,
+            uptime_ms: started.elapsed().as_millis() as u64,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            updated_ms: herald_core::publication::now_ms(),
+        };
+        if let Err(e) = bus.announce(&me).await {
+            tracing::debug!(error = %e, "cannot announce this node");
+            continue;
+        }
+        if let Ok(nodes) = bus.nodes().await {
+            metrics::gauge!("herald_cluster_nodes").set(nodes.len() as f64);
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -8,7 +8,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_herald");
+mod support;
+use support::*;
 
 /// Run the binary to completion; with `ok`, fail the test (showing stderr) unless it succeeded.
 fn run(args: &[&str], env: &[(&str, &str)], ok: bool) -> std::process::Output {
@@ -73,44 +74,6 @@ fn dev_mode_refuses_public_addresses() {
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
-}
-
-/// A running `herald serve` child; killed on drop.
-struct Served {
-    child: std::process::Child,
-    addr: String,
-    /// Standard output after the first line (kept open so the server never writes to a closed
-    /// pipe).
-    rest: BufReader<std::process::ChildStdout>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut rest = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    rest.read_line(&mut line).expect("read line");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("address")
-        .to_owned();
-    Served { child, addr, rest }
 }
 
 async fn connect_with_token(addr: &str, token: &str) -> serde_json::Value {
@@ -448,27 +411,6 @@ async fn serve_wires_the_connect_proxy() {
     let welcome: serde_json::Value =
         serde_json::from_str(first.to_text().expect("text")).expect("json");
     assert_eq!(welcome["payload"]["user_id"], "frank", "{welcome}");
-}
-
-/// A bare HTTP/1.1 GET: status and body.
-async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,222 @@
+//! Several `herald serve` processes on one Redis: shared channels, presence and server API
+//! commands; a node crash with clients moving to another node and recovering.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+/// Subscribers on nodes 2 and 3 get what a client on node 1 publishes, in the same order;
+/// presence on any node lists everyone; the API of node 3 disconnects a user on node 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_channels_presence_and_commands() {
+    let Some(redis) = redis_url() else { return };
+    let nodes = cluster(3, &redis, &[]);
+    let mut alice = Ws::open(&nodes[0].addr, &token("alice")).await;
+    let mut bob = Ws::open(&nodes[1].addr, &token("bob")).await;
+    let mut carol = Ws::open(&nodes[2].addr, &token("carol")).await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.call("subscribe", json!({"channel": "chat:room"})).await;
+    }
+    for i in 1..=20 {
+        let r = alice
+            .call("publish", json!({"channel": "chat:room", "data": {"n": i}}))
+            .await;
+        assert_eq!(r["offset"], i);
+    }
+    for c in [&mut bob, &mut carol] {
+        let mut got = Vec::new();
+        while got.len() < 20 {
+            let p = c.push().await;
+            if p["type"] == "message" {
+                got.push((
+                    p["payload"]["offset"].as_u64(),
+                    p["payload"]["data"]["n"].as_u64(),
+                ));
+            }
+        }
+        let want: Vec<_> = (1..=20u64).map(|i| (Some(i), Some(i))).collect();
+        assert_eq!(got, want);
+    }
+    let who = carol
+        .call("presence", json!({"channel": "chat:room"}))
+        .await;
+    let mut users: Vec<&str> = who["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["user_id"].as_str())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob", "carol"]);
+    let stats = bob
+        .call("presence_stats", json!({"channel": "chat:room"}))
+        .await;
+    assert_eq!(
+        (stats["clients"].as_u64(), stats["users"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // The cluster shows up in `info`.
+    let (status, info) = http_post(&nodes[2].addr, "/api/v1/info", API_KEY, &json!({})).await;
+    assert_eq!(status, 200, "{info}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, info) = http_post(&nodes[2].addr, "/api/v1/info", API_KEY, &json!({})).await;
+        let info: Value = serde_json::from_str(&info).expect("json");
+        if info["cluster"].as_array().is_some_and(|n| n.len() == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "three nodes in info: {info}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, body) = http_post(
+        &nodes[2].addr,
+        "/api/v1/disconnect",
+        API_KEY,
+        &json!({"user": "alice"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alice.closed().await, Some(4501));
+    // Server-side subscribe through node 3 reaches bob on node 2.
+    let (status, body) = http_post(
+        &nodes[2].addr,
+        "/api/v1/subscribe",
+        API_KEY,
+        &json!({"user": "bob", "channel": "news"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    loop {
+        let p = bob.push().await;
+        if p["type"] == "subscribed" {
+            assert_eq!(p["payload"]["channel"], "news");
+            break;
+        }
+    }
+}
+
+/// A TCP load balancer: each connection goes to the first backend that accepts it.
+async fn balancer(backends: Vec<String>) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for b in &backends {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn presence_clients(addr: &str, channel: &str) -> Vec<String> {
+    let (status, body) = http_post(
+        addr,
+        "/api/v1/presence",
+        API_KEY,
+        &json!({"channel": channel}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["client_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A node dies (SIGKILL) while messages flow: its client reconnects through the balancer to the
+/// other node and recovers from Redis with no loss and no duplicate; the dead node's presence
+/// entry disappears within the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_crashed_node_recover_on_another_and_its_presence_expires() {
+    use herald_client::{Backoff, Client, ClientConfig, Event, TokenSource};
+    let Some(redis) = redis_url() else { return };
+    let mut nodes = cluster(
+        2,
+        &redis,
+        &[
+            ("HERALD_REDIS__PRESENCE_LEASE", "2s"),
+            ("HERALD_DEFAULT_NAMESPACE__HISTORY_SIZE", "1000"),
+            ("HERALD_LIMITS__PUBLISH_PER_SECOND_PER_USER", "10000"),
+            ("HERALD_LIMITS__PUBLISH_BURST_PER_USER", "10000"),
+        ],
+    );
+    let lb = balancer(vec![nodes[0].addr.clone(), nodes[1].addr.clone()]).await;
+    let mut cfg = ClientConfig::new(format!("ws://{lb}/ws"));
+    cfg.token = TokenSource::Static(token("dave"));
+    cfg.backoff = Backoff {
+        min: Duration::from_millis(50),
+        first_max: Duration::from_millis(100),
+        factor: 2.0,
+        cap: Duration::from_millis(500),
+        max_attempts: None,
+    };
+    let (client, mut events) = Client::connect(cfg);
+    client.subscribe("feed:crash").await.expect("subscribe");
+    let first_id = presence_clients(&nodes[1].addr, "feed:crash").await;
+    assert_eq!(first_id.len(), 1, "dave, on node 0, is seen from node 1");
+
+    let mut publisher = Ws::open(&nodes[1].addr, &token("pub")).await;
+    let feeder = tokio::spawn(async move {
+        for i in 1..=200u64 {
+            publisher
+                .call("publish", json!({"channel": "feed:crash", "data": i}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        publisher
+    });
+    let mut got: Vec<u64> = Vec::new();
+    let mut killed = None;
+    while got.len() < 200 {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("an event")
+            .expect("events");
+        match ev {
+            Event::Message(m) => {
+                assert_eq!(m.data, json!(m.offset));
+                got.push(m.offset);
+                if got.len() == 50 && killed.is_none() {
+                    let _ = nodes[0].child.kill();
+                    let _ = nodes[0].child.wait();
+                    killed = Some(Instant::now());
+                }
+            }
+            Event::Gap { .. } => panic!("nothing may be lost: {ev:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(got, (1..=200).collect::<Vec<_>>(), "in order, once each");
+    let _publisher = feeder.await.expect("feeder");
+    // dave is back (on node 1) under a new client id; the dead node's entry expires.
+    let started = killed.expect("node 0 was killed");
+    loop {
+        let now = presence_clients(&nodes[1].addr, "feed:crash").await;
+        if !now.contains(&first_id[0]) && now.len() == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "stale presence: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.close().await;
+}

@@ -1,0 +1,260 @@
+//! Running `herald serve` children for the binary's tests.
+#![allow(dead_code)] // each test binary uses a part
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A running `herald serve` child; killed on drop.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: String,
+    /// Standard output after the first line (kept open so the server never writes to a closed
+    /// pipe).
+    pub rest: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut rest = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    rest.read_line(&mut line).expect("read line");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    Served { child, addr, rest }
+}
+
+/// A bare HTTP/1.1 GET: status and body.
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A bare HTTP/1.1 POST of JSON with an API key: status and body.
+pub async fn http_post(
+    addr: &str,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = body.to_string();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A JSON WebSocket client for tests.
+pub struct Ws {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    pub welcome: serde_json::Value,
+    next_id: u64,
+    /// Pushes that arrived while waiting for a reply.
+    pub pushes: std::collections::VecDeque<serde_json::Value>,
+}
+
+impl Ws {
+    /// Connect to `addr` with a bearer token and read `connected`.
+    pub async fn open(addr: &str, token: &str) -> Ws {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{addr}/ws")
+            .into_client_request()
+            .expect("req");
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("hdr"),
+        );
+        let (mut ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        let first = ws.next().await.expect("frame").expect("ok");
+        let welcome = serde_json::from_str(first.to_text().expect("text")).expect("json");
+        Ws {
+            ws,
+            welcome,
+            next_id: 1,
+            pushes: Default::default(),
+        }
+    }
+
+    /// The next frame as JSON; `None` when the socket closed (with the close code).
+    pub async fn frame(&mut self) -> Result<serde_json::Value, Option<u16>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(20), self.ws.next())
+                .await
+                .expect("a frame within 20 s");
+            match m {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("json")),
+                Some(Ok(Message::Close(c))) => return Err(c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// The next push (queued ones first).
+    pub async fn push(&mut self) -> serde_json::Value {
+        if let Some(p) = self.pushes.pop_front() {
+            return p;
+        }
+        self.frame().await.expect("a push")
+    }
+
+    /// Send a command and wait for its reply (pushes are queued).
+    pub async fn call(&mut self, kind: &str, payload: serde_json::Value) -> serde_json::Value {
+        use futures_util::SinkExt;
+        let id = self.next_id;
+        self.next_id += 1;
+        let cmd = serde_json::json!({"type": kind, "id": id, "payload": payload});
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                cmd.to_string(),
+            ))
+            .await
+            .expect("send");
+        loop {
+            let f = self.frame().await.expect("a reply");
+            if f["id"] == id {
+                assert_ne!(f["type"], "error", "{kind} failed: {f}");
+                return f["payload"].clone();
+            }
+            self.pushes.push_back(f);
+        }
+    }
+
+    /// Wait for the close code (pushes before it are dropped).
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let Err(code) = self.frame().await {
+                return code;
+            }
+        }
+    }
+}
+
+pub const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
+pub const API_KEY: &str = "cluster-api-key-0123456789";
+
+/// A connection token for `user` signed with [`SECRET`] (all channels).
+pub fn token(user: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["token", "--user", user, "--channels", "*", "--publish", "*"])
+        .env("HERALD_AUTH__HMAC_SECRET", SECRET)
+        .output()
+        .expect("herald token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `$HERALD_TEST_REDIS_URL` or the local Redis, when it answers; under `CI=true` a missing Redis
+/// fails the test, elsewhere the test is skipped with a printed reason.
+pub fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let hostport = url
+        .trim_start_matches("redis://")
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    match std::net::TcpStream::connect(&hostport) {
+        Ok(_) => Some(url),
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true: Redis is required at {url}: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: no Redis at {url} ({e})");
+            None
+        }
+    }
+}
+
+/// Start `n` nodes of one cluster on Redis (`--dev` settings, [`SECRET`], [`API_KEY`]).
+pub fn cluster(n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Served> {
+    let prefix = format!("herald-cluster-{:08x}", rand_u32());
+    let keys = format!("[\"{API_KEY}\"]");
+    let mut env: Vec<(&str, &str)> = vec![
+        ("HERALD_ENGINE__TYPE", "redis"),
+        ("HERALD_REDIS__URL", redis),
+        ("HERALD_REDIS__PREFIX", &prefix),
+        ("HERALD_AUTH__HMAC_SECRET", SECRET),
+        ("HERALD_AUTH__API_KEYS", &keys),
+    ];
+    env.extend_from_slice(extra);
+    (0..n).map(|_| serve(&["--dev"], &env)).collect()
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}

@@ -11,7 +11,8 @@ use herald_core::presence::PresenceStore;
 use herald_proto::Data;
 use herald_proto::envelope::ClientInfo;
 use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
-use support::{OwnRedis, redis_config};
+use herald_testkit::OwnServer;
+use support::redis_config;
 
 fn req(n: u64) -> PublishRequest {
     PublishRequest {
@@ -81,7 +82,7 @@ async fn a_publication_lost_on_pubsub_is_filled_from_history_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fails_fast_reports_not_ready_and_recovers() {
-    let Some(mut redis) = OwnRedis::start(0).await else {
+    let Some(mut redis) = OwnServer::redis(0).await else {
         return;
     };
     let cfg = RedisConfig {
@@ -116,7 +117,7 @@ async fn redis_down_fails_fast_reports_not_ready_and_recovers() {
     })
     .await;
 
-    let _redis = OwnRedis::start(redis.port).await.expect("restart");
+    redis.restart().await;
     until("ready again", Duration::from_secs(15), async || {
         sub.is_ready() && pubr.is_ready()
     })

@@ -220,3 +220,103 @@ async fn clients_of_a_crashed_node_recover_on_another_and_its_presence_expires()
     }
     client.close().await;
 }
+
+async fn ready(addr: &str) -> u16 {
+    http_get(addr, "/readyz").await.0
+}
+
+async fn wait_ready(addr: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ready(addr).await != want {
+        assert!(Instant::now() < deadline, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Redis stops during traffic: publishes fail with a retryable error, `/readyz` says not ready;
+/// when Redis is back (empty: a new epoch) the node reconnects, subscriptions keep working and a
+/// client recovering from the old epoch is told `recovered: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_fails_publishes_visibly_then_recovers() {
+    let Some(mut redis) = herald_testkit::OwnServer::redis(0).await else {
+        return;
+    };
+    let nodes = cluster(1, &redis.url(), &[("HERALD_REDIS__TIMEOUT", "500ms")]);
+    let node = &nodes[0].addr;
+    wait_ready(node, 200).await;
+    let mut sub = Ws::open(node, &token("sue")).await;
+    sub.call("subscribe", json!({"channel": "live:1"})).await;
+    let mut publisher = Ws::open(node, &token("pat")).await;
+    let mut epoch = String::new();
+    for i in 1..=3 {
+        let r = publisher
+            .call("publish", json!({"channel": "live:1", "data": i}))
+            .await;
+        epoch = r["epoch"].as_str().expect("epoch").to_owned();
+    }
+    for i in 1..=3 {
+        let p = sub.push().await;
+        assert_eq!(p["payload"]["offset"], i, "{p}");
+    }
+
+    redis.stop();
+    let started = Instant::now();
+    let e = publisher
+        .try_call("publish", json!({"channel": "live:1", "data": 4}))
+        .await;
+    assert_eq!(
+        (
+            e["type"].as_str(),
+            e["payload"]["code"].as_str(),
+            e["payload"]["retryable"].as_bool()
+        ),
+        (Some("error"), Some("unavailable"), Some(true)),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_ready(node, 503).await;
+
+    redis.restart().await;
+    wait_ready(node, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = publisher
+            .try_call("publish", json!({"channel": "live:1", "data": 5}))
+            .await;
+        if r["type"] == "reply" {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishes never worked again: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        r["payload"]["offset"], 1,
+        "a fresh Redis starts a new stream"
+    );
+    assert_ne!(r["payload"]["epoch"].as_str(), Some(epoch.as_str()));
+    let p = sub.push().await;
+    assert_eq!(
+        (
+            p["payload"]["offset"].as_u64(),
+            p["payload"]["data"].as_u64()
+        ),
+        (Some(1), Some(5)),
+        "{p}"
+    );
+    // A client recovering from the old epoch learns that the gap cannot be filled.
+    let mut late = Ws::open(node, &token("lou")).await;
+    let r = late
+        .call(
+            "subscribe",
+            json!({"channel": "live:1", "recover": {"offset": 3, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(r["recovered"], false, "{r}");
+}

@@ -156,8 +156,15 @@ impl Ws {
         self.frame().await.expect("a push")
     }
 
-    /// Send a command and wait for its reply (pushes are queued).
+    /// Send a command and wait for its reply (pushes are queued); fails on an error reply.
     pub async fn call(&mut self, kind: &str, payload: serde_json::Value) -> serde_json::Value {
+        let f = self.try_call(kind, payload).await;
+        assert_ne!(f["type"], "error", "{kind} failed: {f}");
+        f["payload"].clone()
+    }
+
+    /// Send a command and return its whole reply frame (a reply or an error).
+    pub async fn try_call(&mut self, kind: &str, payload: serde_json::Value) -> serde_json::Value {
         use futures_util::SinkExt;
         let id = self.next_id;
         self.next_id += 1;
@@ -171,8 +178,7 @@ impl Ws {
         loop {
             let f = self.frame().await.expect("a reply");
             if f["id"] == id {
-                assert_ne!(f["type"], "error", "{kind} failed: {f}");
-                return f["payload"].clone();
+                return f;
             }
             self.pushes.push_back(f);
         }
@@ -206,35 +212,14 @@ pub fn token(user: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// `$HERALD_TEST_REDIS_URL` or the local Redis, when it answers; under `CI=true` a missing Redis
-/// fails the test, elsewhere the test is skipped with a printed reason.
+/// The test Redis (see `herald_testkit::redis_url`).
 pub fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("HERALD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let hostport = url
-        .trim_start_matches("redis://")
-        .rsplit('@')
-        .next()
-        .unwrap_or("")
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    match std::net::TcpStream::connect(&hostport) {
-        Ok(_) => Some(url),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true: Redis is required at {url}: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: no Redis at {url} ({e})");
-            None
-        }
-    }
+    herald_testkit::redis_url()
 }
 
 /// Start `n` nodes of one cluster on Redis (`--dev` settings, [`SECRET`], [`API_KEY`]).
 pub fn cluster(n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Served> {
-    let prefix = format!("herald-cluster-{:08x}", rand_u32());
+    let prefix = format!("herald-cluster-{}", herald_testkit::unique());
     let keys = format!("[\"{API_KEY}\"]");
     let mut env: Vec<(&str, &str)> = vec![
         ("HERALD_ENGINE__TYPE", "redis"),
@@ -245,16 +230,4 @@ pub fn cluster(n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Served> {
     ];
     env.extend_from_slice(extra);
     (0..n).map(|_| serve(&["--dev"], &env)).collect()
-}
-
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish() as u32
 }

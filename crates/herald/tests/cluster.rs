@@ -40,17 +40,28 @@ async fn three_nodes_share_channels_presence_and_commands() {
         let want: Vec<_> = (1..=20u64).map(|i| (Some(i), Some(i))).collect();
         assert_eq!(got, want);
     }
-    let who = carol
-        .call("presence", json!({"channel": "chat:room"}))
-        .await;
-    let mut users: Vec<&str> = who["clients"]
-        .as_array()
-        .expect("clients")
-        .iter()
-        .filter_map(|c| c["user_id"].as_str())
-        .collect();
-    users.sort();
-    assert_eq!(users, ["alice", "bob", "carol"]);
+    // Each node records presence right after its subscribe reply: wait until all three show.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let who = carol
+            .call("presence", json!({"channel": "chat:room"}))
+            .await;
+        let mut users: Vec<&str> = who["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .filter_map(|c| c["user_id"].as_str())
+            .collect();
+        users.sort();
+        if users == ["alice", "bob", "carol"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence across nodes: {users:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let stats = bob
         .call("presence_stats", json!({"channel": "chat:room"}))
         .await;
@@ -169,8 +180,19 @@ async fn clients_of_a_crashed_node_recover_on_another_and_its_presence_expires()
     };
     let (client, mut events) = Client::connect(cfg);
     client.subscribe("feed:crash").await.expect("subscribe");
-    let first_id = presence_clients(&nodes[1].addr, "feed:crash").await;
-    assert_eq!(first_id.len(), 1, "dave, on node 0, is seen from node 1");
+    // Presence is recorded right after the subscribe reply: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first_id = loop {
+        let ids = presence_clients(&nodes[1].addr, "feed:crash").await;
+        if ids.len() == 1 {
+            break ids;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dave, on node 0, is seen from node 1: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
 
     let mut publisher = Ws::open(&nodes[1].addr, &token("pub")).await;
     let feeder = tokio::spawn(async move {

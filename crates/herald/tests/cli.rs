@@ -440,22 +440,6 @@ async fn dev_mode_serves_the_demo_chat_and_its_tokens() {
     assert_eq!(http_get(&plain.addr, "/demo/token?user=alice").await.0, 404);
 }
 
-fn bench(addr: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .arg("bench")
-        .args(args)
-        .args(["--url", &format!("ws://{addr}/ws"), "--json"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or("")).expect("json summary")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_scenarios_run_and_report_no_loss() {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/herald.toml");

@@ -342,3 +342,47 @@ async fn a_redis_restart_fails_publishes_visibly_then_recovers() {
         .await;
     assert_eq!(r["recovered"], false, "{r}");
 }
+
+/// `herald bench fanout` with subscribers on one node and the publisher on another: every
+/// publication crosses Redis, none is lost or duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fanout_across_two_nodes_loses_nothing() {
+    let Some(redis) = redis_url() else { return };
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/herald.toml");
+    let nodes = cluster_with(2, &redis, &["--dev", "--config", cfg], &[]);
+    let (p0, p1) = (
+        nodes[0].child.id().to_string(),
+        nodes[1].child.id().to_string(),
+    );
+    let publish_url = format!("ws://{}/ws", nodes[1].addr);
+    let r = bench(
+        &nodes[0].addr,
+        &[
+            "fanout",
+            "--subscribers",
+            "40",
+            "--channels",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1s",
+            "--publish-url",
+            &publish_url,
+            "--pid",
+            &p0,
+            "--pid",
+            &p1,
+        ],
+    );
+    assert_eq!(
+        (r["lost"].clone(), r["duplicates"].clone()),
+        (json!(0), json!(0)),
+        "{r}"
+    );
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert!(
+        r["server_cpu_seconds"].as_f64().is_some_and(|c| c > 0.0),
+        "{r}"
+    );
+}

@@ -22,6 +22,8 @@ pub struct Options {
     pub rate: u64,
     pub payload: usize,
     pub window: usize,
+    /// Publish through another node.
+    pub publish_url: Option<String>,
 }
 
 const SHARDS: usize = 16;
@@ -110,7 +112,7 @@ async fn subscriber(
 pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
     raise_fd_limit(o.subscribers + 16);
     let t = Arc::new(Target::new(c)?);
-    let probe = c.pid.map(ServerProbe::new).transpose()?;
+    let probe = ServerProbe::new(&c.pid)?;
     let p = prefix(c);
     let names: Vec<String> = (0..o.channels).map(|k| format!("{p}:{k}")).collect();
     let bar = progress(o.subscribers as u64, "connecting", c.json);
@@ -152,8 +154,17 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
             final_rx.clone(),
         )));
     }
-    let pub_conn = t.open(usize::MAX / 2).await?;
-    let cpu0 = probe.map(|p| p.cpu_seconds()).transpose()?;
+    let pub_conn = match &o.publish_url {
+        Some(url) => {
+            let other = Common {
+                url: url.clone(),
+                ..c.clone()
+            };
+            Target::new(&other)?.open(usize::MAX / 2).await?
+        }
+        None => t.open(usize::MAX / 2).await?,
+    };
+    let cpu0 = probe.as_ref().map(|p| p.cpu_seconds()).transpose()?;
     let sent = Arc::new(AtomicU64::new(0));
     let plan = Plan {
         channels: names.clone(),
@@ -190,11 +201,11 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
     let wall = started.elapsed();
     ticker.abort();
     bar.finish_and_clear();
-    let cpu = match (probe, cpu0) {
+    let cpu = match (&probe, cpu0) {
         (Some(p), Some(c0)) => Some(p.cpu_seconds()? - c0),
         _ => None,
     };
-    let rss = probe.map(|p| p.rss_bytes()).transpose()?;
+    let rss = probe.as_ref().map(|p| p.rss_bytes()).transpose()?;
     let mut hist = stats::histogram();
     for h in &shared.hist {
         if let Ok(h) = h.lock() {

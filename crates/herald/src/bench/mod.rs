@@ -30,9 +30,10 @@ pub struct Common {
     /// Token for every connection (`Authorization: Bearer`).
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Server process id: report its CPU time and memory (from /proc).
+    /// Server process id: report its CPU time and memory (from /proc); repeat for the nodes of
+    /// a cluster (figures are summed).
     #[arg(long)]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
     /// Spread connections over this many 127.0.0.x source addresses (loopback targets only).
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
@@ -72,6 +73,10 @@ pub enum Scenario {
         /// Publications in flight in closed-loop mode.
         #[arg(long, default_value_t = 64)]
         window: usize,
+        /// Publish through this node instead of `--url` (subscribers stay on `--url`): measures
+        /// delivery across the nodes of a cluster.
+        #[arg(long)]
+        publish_url: Option<String>,
     },
     /// N idle connections, each subscribed to a channel; reports server memory per connection.
     Idle {
@@ -277,6 +282,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             rate,
             payload,
             window,
+            publish_url,
         } => {
             let opts = fanout::Options {
                 subscribers,
@@ -284,6 +290,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 rate,
                 payload: payload.max(40),
                 window: window.max(1),
+                publish_url,
             };
             fanout::run(&common, opts).await
         }
@@ -340,12 +347,12 @@ async fn open_phase(c: &Common, n: usize, channels: usize) -> anyhow::Result<Ope
 }
 
 async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
-    let probe = c.pid.map(ServerProbe::new).transpose()?;
-    let before = probe.map(|p| p.rss_bytes()).transpose()?;
+    let probe = ServerProbe::new(&c.pid)?;
+    let before = probe.as_ref().map(|p| p.rss_bytes()).transpose()?;
     let o = open_phase(c, n, channels).await?;
     // Let the server settle (allocator, lazily grown buffers), then read its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = probe.map(|p| p.rss_bytes()).transpose()?;
+    let after = probe.as_ref().map(|p| p.rss_bytes()).transpose()?;
     let open = o.conns.len();
     let per_conn = match (before, after) {
         (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64),
@@ -370,10 +377,10 @@ async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
 }
 
 async fn connect(c: &Common, n: usize) -> anyhow::Result<()> {
-    let probe = c.pid.map(ServerProbe::new).transpose()?;
-    let cpu0 = probe.map(|p| p.cpu_seconds()).transpose()?;
+    let probe = ServerProbe::new(&c.pid)?;
+    let cpu0 = probe.as_ref().map(|p| p.cpu_seconds()).transpose()?;
     let o = open_phase(c, n, 100).await?;
-    let cpu = match (probe, cpu0) {
+    let cpu = match (&probe, cpu0) {
         (Some(p), Some(c0)) => Some(p.cpu_seconds()? - c0),
         _ => None,
     };

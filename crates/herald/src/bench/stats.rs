@@ -19,45 +19,58 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant, valid histogram bounds")
 }
 
-/// The server process, observed through `/proc/PID`.
-#[derive(Debug, Clone, Copy)]
+/// The server processes (one per node), observed through `/proc/PID`; figures are summed.
+#[derive(Debug, Clone)]
 pub struct ServerProbe {
-    pid: u32,
+    pids: Vec<u32>,
 }
 
 impl ServerProbe {
-    /// Probe `pid` (fails when it does not exist).
-    pub fn new(pid: u32) -> anyhow::Result<ServerProbe> {
-        let p = ServerProbe { pid };
+    /// Probe `pids` (`None` when empty; fails when one does not exist).
+    pub fn new(pids: &[u32]) -> anyhow::Result<Option<ServerProbe>> {
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        let p = ServerProbe {
+            pids: pids.to_vec(),
+        };
         p.cpu_seconds()?;
-        Ok(p)
+        Ok(Some(p))
     }
 
     /// User + system CPU time so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
-        // Fields after the command name (which is in parentheses and may contain spaces).
-        let rest = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{}/stat", self.pid))?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name).
-        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        Ok(ticks / 100.0) // USER_HZ is 100 on Linux
+        self.pids.iter().map(|&p| cpu_seconds(p)).sum()
     }
 
     /// Resident set size in bytes.
     pub fn rss_bytes(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {}", self.pid))?;
-        Ok(kb * 1024)
+        self.pids.iter().map(|&p| rss_bytes(p)).sum()
     }
+}
+
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name).
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(kb * 1024)
 }
 
 /// Latency percentiles in milliseconds.

@@ -219,6 +219,11 @@ pub fn redis_url() -> Option<String> {
 
 /// Start `n` nodes of one cluster on Redis (`--dev` settings, [`SECRET`], [`API_KEY`]).
 pub fn cluster(n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Served> {
+    cluster_with(n, redis, &["--dev"], extra)
+}
+
+/// [`cluster`] with other `serve` arguments.
+pub fn cluster_with(n: usize, redis: &str, args: &[&str], extra: &[(&str, &str)]) -> Vec<Served> {
     let prefix = format!("herald-cluster-{}", herald_testkit::unique());
     let keys = format!("[\"{API_KEY}\"]");
     let mut env: Vec<(&str, &str)> = vec![
@@ -229,5 +234,22 @@ pub fn cluster(n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Served> {
         ("HERALD_AUTH__API_KEYS", &keys),
     ];
     env.extend_from_slice(extra);
-    (0..n).map(|_| serve(&["--dev"], &env)).collect()
+    (0..n).map(|_| serve(args, &env)).collect()
+}
+
+/// Run `herald bench ARGS --url ws://ADDR/ws --json` and parse its summary.
+pub fn bench(addr: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--url", &format!("ws://{addr}/ws"), "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("")).expect("json summary")
 }

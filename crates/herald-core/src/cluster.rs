@@ -87,4 +87,9 @@ pub trait ControlBus: Send + Sync + 'static {
     async fn announce(&self, node: &NodeInfo) -> Result<(), BrokerError>;
     /// Nodes that announced themselves recently.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
+    /// Keep a control message until `until` (Unix seconds) for nodes that start later
+    /// (revocations).
+    async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError>;
+    /// The kept messages that have not expired.
+    async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError>;
 }

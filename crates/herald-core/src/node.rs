@@ -182,9 +182,31 @@ impl Node {
             };
             let payload = serde_json::to_vec(&env)
                 .map_err(|e| EngineError::new(ErrorCode::Internal, e.to_string()))?;
+            use crate::cluster::ControlMessage as M;
+            if let M::RevokeUser { expires_at, .. } | M::RevokeToken { expires_at, .. } = &env.msg {
+                bus.keep(&payload, *expires_at).await?;
+            }
             bus.broadcast(payload).await?;
         }
         Ok(here)
+    }
+
+    /// Apply the kept cluster commands (revocations) that are still in force: call once when
+    /// joining a cluster, before serving. Returns how many were applied.
+    pub async fn replay_kept(&self) -> Result<usize, EngineError> {
+        let Some(bus) = self.control.get() else {
+            return Ok(0);
+        };
+        let kept = bus.kept().await?;
+        for payload in &kept {
+            match serde_json::from_slice::<crate::cluster::ControlEnvelope>(payload) {
+                Ok(env) => {
+                    self.apply_control(&env.msg);
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a malformed kept control message"),
+            }
+        }
+        Ok(kept.len())
     }
 
     /// A control message from the bus: apply it unless this node sent it.

@@ -412,6 +412,36 @@ impl herald_core::cluster::ControlBus for RedisBroker {
         self.checked(r).map(|_| ())
     }
 
+    async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<i64> = redis::cmd("ZADD")
+            .arg(format!("{}:kept", self.names.prefix))
+            .arg(until)
+            .arg(payload)
+            .query_async(&mut conn)
+            .await;
+        self.checked(r).map(|_| ())
+    }
+
+    async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
+        let key = format!("{}:kept", self.names.prefix);
+        let now = herald_core::publication::now_ms() / 1000;
+        let mut conn = self.conn.clone();
+        let _: redis::RedisResult<i64> = redis::cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .query_async(&mut conn)
+            .await;
+        let r: redis::RedisResult<Vec<Vec<u8>>> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await;
+        self.checked(r)
+    }
+
     async fn nodes(&self) -> Result<Vec<herald_core::cluster::NodeInfo>, BrokerError> {
         let key = format!("{}:nodes", self.names.prefix);
         let mut conn = self.conn.clone();

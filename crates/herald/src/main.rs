@@ -207,6 +207,13 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         verifier,
     );
     engine.join_cluster(&node);
+    let replayed = node
+        .replay_kept()
+        .await
+        .context("cannot read the cluster's revocations")?;
+    if replayed > 0 {
+        tracing::info!(revocations = replayed, "applied the cluster's revocations");
+    }
     if let Some(rpc) = herald_server::HttpRpc::new(&config.rpc) {
         node.set_rpc_handler(Arc::new(rpc));
     }

@@ -386,3 +386,49 @@ async fn bench_fanout_across_two_nodes_loses_nothing() {
         "{r}"
     );
 }
+
+/// The HTTP status of a refused WebSocket handshake (101 when it succeeds).
+async fn handshake_status(addr: &str, token: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{addr}/ws")
+        .into_client_request()
+        .expect("req");
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("hdr"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+/// A revocation made through one node holds on the others, and on nodes started afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_node_including_later_ones() {
+    let Some(redis) = redis_url() else { return };
+    let prefix = format!("herald-cluster-{}", herald_testkit::unique());
+    let env = [("HERALD_REDIS__PREFIX", prefix.as_str())];
+    let nodes = cluster(2, &redis, &env);
+    let rex = token("rex");
+    let mut live = Ws::open(&nodes[1].addr, &rex).await;
+    let (status, body) = http_post(
+        &nodes[0].addr,
+        "/api/v1/revoke",
+        API_KEY,
+        &json!({"user": "rex"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(live.closed().await, Some(4503), "closed on the other node");
+    assert_eq!(handshake_status(&nodes[1].addr, &rex).await, 401);
+    let later = cluster(1, &redis, &env);
+    assert_eq!(
+        handshake_status(&later[0].addr, &rex).await,
+        401,
+        "a node started afterwards knows"
+    );
+    // Other users are not affected.
+    assert_eq!(handshake_status(&later[0].addr, &token("amy")).await, 101);
+}

@@ -92,4 +92,15 @@ pub trait ControlBus: Send + Sync + 'static {
     async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError>;
     /// The kept messages that have not expired.
     async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError>;
+    /// Count connection `conn` of `user` cluster-wide unless the user already has `max`; `false`
+    /// when over the limit. Held until [`ControlBus::release_connection`] (or, for a node that
+    /// died, until its lease runs out).
+    async fn acquire_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        max: usize,
+    ) -> Result<bool, BrokerError>;
+    /// Stop counting a connection.
+    async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError>;
 }

@@ -96,6 +96,55 @@ pub struct RedisBroker {
     handler: Handler,
     control: Control,
     health: Arc<Health>,
+    conns: Arc<Connections>,
+}
+
+/// This node's connections counted against cluster-wide per-user limits, re-leased every quarter
+/// of `presence_lease`: (user, connection id) → max.
+struct Connections {
+    live: std::sync::Mutex<HashMap<(String, String), usize>>,
+    script: redis::Script,
+    lease_ms: u64,
+    names: Names,
+    conn: ConnectionManager,
+}
+
+impl Connections {
+    async fn acquire(&self, user: &str, id: &str, max: usize) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let ok: i64 = self
+            .script
+            .key(format!("{}:user:{{{user}}}:conns", self.names.prefix))
+            .arg(id)
+            .arg(max)
+            .arg(self.lease_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(ok == 1)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Renew the leases of this node's connections while the broker lives.
+async fn renew_connections(c: std::sync::Weak<Connections>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(c) = c.upgrade() else { return };
+        let live: Vec<_> = lock(&c.live)
+            .iter()
+            .map(|((u, i), m)| (u.clone(), i.clone(), *m))
+            .collect();
+        for (user, id, max) in live {
+            // `max` only matters for new connections: a known one is always renewed.
+            if let Err(e) = c.acquire(&user, &id, max).await {
+                tracing::warn!(error = %e, "connection lease renewal failed");
+                break;
+            }
+        }
+    }
 }
 
 impl RedisBroker {
@@ -135,6 +184,17 @@ impl RedisBroker {
             Arc::downgrade(&health),
             cfg.timeout,
         ));
+        let conns = Arc::new(Connections {
+            live: std::sync::Mutex::new(HashMap::new()),
+            script: crate::scripts::acquire_connection(),
+            lease_ms: cfg.presence_lease.as_millis() as u64,
+            names: names.clone(),
+            conn: conn.clone(),
+        });
+        tokio::spawn(renew_connections(
+            Arc::downgrade(&conns),
+            cfg.presence_lease / 4,
+        ));
         Ok(RedisBroker {
             cfg,
             names,
@@ -145,6 +205,7 @@ impl RedisBroker {
             handler,
             control,
             health,
+            conns,
         })
     }
 
@@ -440,6 +501,31 @@ impl herald_core::cluster::ControlBus for RedisBroker {
             .query_async(&mut conn)
             .await;
         self.checked(r)
+    }
+
+    async fn acquire_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        max: usize,
+    ) -> Result<bool, BrokerError> {
+        let r = self.conns.acquire(user, conn, max).await;
+        let ok = self.checked(r)?;
+        if ok {
+            lock(&self.conns.live).insert((user.to_owned(), conn.to_owned()), max);
+        }
+        Ok(ok)
+    }
+
+    async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError> {
+        lock(&self.conns.live).remove(&(user.to_owned(), conn.to_owned()));
+        let mut c = self.conn.clone();
+        let r: redis::RedisResult<i64> = redis::cmd("ZREM")
+            .arg(format!("{}:user:{{{user}}}:conns", self.names.prefix))
+            .arg(conn)
+            .query_async(&mut c)
+            .await;
+        self.checked(r).map(|_| ())
     }
 
     async fn nodes(&self) -> Result<Vec<herald_core::cluster::NodeInfo>, BrokerError> {

@@ -163,3 +163,24 @@ return {redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[4]), list}
 "#
     ))
 }
+
+/// Count a user's connection against a cluster-wide limit. KEYS: the user's connection set
+/// (member → lease end). ARGV: connection id, max, lease_ms. Returns 1 (counted) or 0 (at the
+/// limit). Expired leases (connections of dead nodes) are dropped first; a known connection just
+/// gets its lease renewed.
+pub fn acquire_connection() -> redis::Script {
+    redis::Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 1
+"#,
+    )
+}

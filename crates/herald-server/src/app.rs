@@ -61,7 +61,7 @@ pub struct AppState {
 pub enum Handshake {
     /// Authenticated (or admitted anonymously) at the handshake; channels to subscribe
     /// server-side (from the connect proxy).
-    Done(Box<Identity>, Option<Slot<String>>, Vec<String>),
+    Done(Box<Identity>, Option<crate::slots::UserSlot>, Vec<String>),
     /// No token at the handshake and anonymous connections are off: `auth` must come first.
     FirstMessage,
 }
@@ -250,9 +250,13 @@ async fn ws_handler(
             Ok(identity) => {
                 let slot = match identity.user_id.as_str() {
                     "" => None,
-                    user => match app
-                        .user_slots
-                        .acquire(user.to_owned(), limits.max_connections_per_user)
+                    user => match crate::slots::acquire_user(
+                        &app.user_slots,
+                        &app.node,
+                        user,
+                        limits.max_connections_per_user,
+                    )
+                    .await
                     {
                         Some(s) => Some(s),
                         None => {

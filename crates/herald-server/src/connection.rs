@@ -39,8 +39,12 @@ pub async fn serve(
                 return;
             };
             let max = app.node.config().limits.max_connections_per_user;
-            let slot = (!identity.user_id.is_empty())
-                .then(|| app.user_slots.acquire(identity.user_id.clone(), max));
+            let slot = match identity.user_id.as_str() {
+                "" => None,
+                user => {
+                    Some(crate::slots::acquire_user(&app.user_slots, &app.node, user, max).await)
+                }
+            };
             let over = matches!(slot, Some(None));
             (identity, slot.flatten(), over, Vec::new())
         }

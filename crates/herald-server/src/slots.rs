@@ -60,6 +60,70 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
+/// A user's connection slot: counted on this node and, in a cluster, across all nodes.
+pub struct UserSlot {
+    _local: Slot<String>,
+    _cluster: Option<ClusterSlot>,
+}
+
+/// A connection counted in the cluster; released (in a task) when dropped.
+struct ClusterSlot {
+    bus: Arc<dyn herald_core::cluster::ControlBus>,
+    user: String,
+    id: String,
+}
+
+impl Drop for ClusterSlot {
+    fn drop(&mut self) {
+        let (bus, user, id) = (
+            self.bus.clone(),
+            std::mem::take(&mut self.user),
+            std::mem::take(&mut self.id),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = bus.release_connection(&user, &id).await {
+                    tracing::warn!(error = %e, "cannot release a cluster connection slot (its lease will)");
+                }
+            });
+        }
+    }
+}
+
+/// Take a connection slot for `user` (`max_connections_per_user`, 0 = unlimited): on this node,
+/// and cluster-wide when the node is in a cluster. `None` when the user is at the limit. When the
+/// cluster cannot be asked (Redis down), the local limit alone applies.
+pub async fn acquire_user(
+    local: &Arc<Slots<String>>,
+    node: &herald_core::Node,
+    user: &str,
+    max: usize,
+) -> Option<UserSlot> {
+    let slot = local.acquire(user.to_owned(), max)?;
+    let cluster = match node.control_bus() {
+        Some(bus) if max > 0 => {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            match bus.acquire_connection(user, &id, max).await {
+                Ok(true) => Some(ClusterSlot {
+                    bus: bus.clone(),
+                    user: user.to_owned(),
+                    id,
+                }),
+                Ok(false) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster connection limit unavailable; applying the local one");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    Some(UserSlot {
+        _local: slot,
+        _cluster: cluster,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -432,3 +432,35 @@ async fn revocations_reach_every_node_including_later_ones() {
     // Other users are not affected.
     assert_eq!(handshake_status(&later[0].addr, &token("amy")).await, 101);
 }
+
+/// `limits.max_connections_per_user` counts a user's connections on all nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_connection_limit_is_cluster_wide() {
+    let Some(redis) = redis_url() else { return };
+    let nodes = cluster(
+        2,
+        &redis,
+        &[("HERALD_LIMITS__MAX_CONNECTIONS_PER_USER", "2")],
+    );
+    let max = token("max");
+    let first = Ws::open(&nodes[0].addr, &max).await;
+    let _second = Ws::open(&nodes[1].addr, &max).await;
+    assert_eq!(
+        handshake_status(&nodes[0].addr, &max).await,
+        429,
+        "third on node 0"
+    );
+    assert_eq!(
+        handshake_status(&nodes[1].addr, &max).await,
+        429,
+        "third on node 1"
+    );
+    assert_eq!(handshake_status(&nodes[1].addr, &token("other")).await, 101);
+    drop(first);
+    // The slot is released when node 0 sees the connection end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handshake_status(&nodes[1].addr, &max).await != 101 {
+        assert!(Instant::now() < deadline, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

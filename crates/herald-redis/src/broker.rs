@@ -464,24 +464,47 @@ impl herald_core::cluster::ControlBus for RedisBroker {
     async fn announce(&self, node: &herald_core::cluster::NodeInfo) -> Result<(), BrokerError> {
         let json = serde_json::to_string(node).map_err(unavailable)?;
         let mut conn = self.conn.clone();
-        let r: redis::RedisResult<i64> = redis::cmd("HSET")
-            .arg(format!("{}:nodes", self.names.prefix))
+        let key = format!("{}:nodes", self.names.prefix);
+        let r: redis::RedisResult<()> = redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
             .arg(&node.id)
             .arg(json)
+            .ignore()
+            // Gone with the last node (stale entries are dropped by `nodes`).
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(NODE_STALE.as_millis() as u64 * 6)
+            .ignore()
             .query_async(&mut conn)
             .await;
-        self.checked(r).map(|_| ())
+        self.checked(r)
     }
 
     async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
-        let r: redis::RedisResult<i64> = redis::cmd("ZADD")
-            .arg(format!("{}:kept", self.names.prefix))
+        let key = format!("{}:kept", self.names.prefix);
+        let now = herald_core::publication::now_ms() / 1000;
+        let r: redis::RedisResult<()> = redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
             .arg(until)
             .arg(payload)
+            .ignore()
+            // The set lives as long as its longest entry.
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(until.saturating_sub(now).max(1))
+            .arg("GT")
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(until.saturating_sub(now).max(1))
+            .arg("NX")
+            .ignore()
             .query_async(&mut conn)
             .await;
-        self.checked(r).map(|_| ())
+        self.checked(r)
     }
 
     async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError> {

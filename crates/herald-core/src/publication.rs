@@ -84,6 +84,66 @@ impl Publication {
     }
 }
 
+/// A publication's data and publisher as bytes, for engines that carry publications between nodes:
+/// one kind byte (`j` JSON data, `m` MessagePack data), the publisher's info as JSON with a 4-byte
+/// big-endian length (0 = none), then the data.
+pub fn body_bytes(data: &Data, info: Option<&ClientInfo>) -> Vec<u8> {
+    let info = info
+        .and_then(|i| serde_json::to_vec(i).ok())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(5 + info.len() + data.encoded_len());
+    out.push(match data {
+        Data::Json(_) => b'j',
+        Data::Msgpack(_) => b'm',
+    });
+    out.extend_from_slice(&(info.len() as u32).to_be_bytes());
+    out.extend_from_slice(&info);
+    match data {
+        Data::Json(raw) => out.extend_from_slice(raw.get().as_bytes()),
+        // Writing to a Vec cannot fail.
+        Data::Msgpack(v) => {
+            let _ = rmpv::encode::write_value(&mut out, v);
+        }
+    }
+    out
+}
+
+/// Why bytes from an engine are not a publication body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed publication from the engine: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// Decode [`body_bytes`] into its data and publisher.
+pub fn parse_body(body: &[u8]) -> Result<(Data, Option<ClientInfo>), Malformed> {
+    let (&kind, rest) = body.split_first().ok_or(Malformed("empty body"))?;
+    if rest.len() < 4 {
+        return Err(Malformed("short body"));
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if rest.len() < len {
+        return Err(Malformed("short info"));
+    }
+    let (info, data) = rest.split_at(len);
+    let info: Option<ClientInfo> = if info.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice(info).map_err(|_| Malformed("bad info"))?)
+    };
+    let data = match kind {
+        b'j' => {
+            let text = std::str::from_utf8(data).map_err(|_| Malformed("bad utf-8"))?;
+            Data::json(text).map_err(|_| Malformed("bad json"))?
+        }
+        b'm' => {
+            let mut r = data;
+            Data::Msgpack(rmpv::decode::read_value(&mut r).map_err(|_| Malformed("bad msgpack"))?)
+        }
+        _ => return Err(Malformed("unknown kind")),
+    };
+    Ok((data, info))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -13,32 +13,10 @@ use herald_proto::envelope::ClientInfo;
 
 /// Encode a publication's body (what the Lua script stores after `OFFSET:TIME:`).
 pub fn body(data: &Data, info: Option<&ClientInfo>) -> Vec<u8> {
-    let info = info
-        .and_then(|i| serde_json::to_vec(i).ok())
-        .unwrap_or_default();
-    let mut out = Vec::with_capacity(5 + info.len() + data.encoded_len());
-    match data {
-        Data::Json(raw) => {
-            out.push(b'j');
-            out.extend_from_slice(&(info.len() as u32).to_be_bytes());
-            out.extend_from_slice(&info);
-            out.extend_from_slice(raw.get().as_bytes());
-        }
-        Data::Msgpack(v) => {
-            out.push(b'm');
-            out.extend_from_slice(&(info.len() as u32).to_be_bytes());
-            out.extend_from_slice(&info);
-            // Writing to a Vec cannot fail.
-            let _ = rmpv::encode::write_value(&mut out, v);
-        }
-    }
-    out
+    herald_core::publication::body_bytes(data, info)
 }
 
-/// Why an entry could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed entry from Redis: {0}")]
-pub struct Malformed(&'static str);
+pub use herald_core::publication::Malformed;
 
 fn split_once(b: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
     let i = b.iter().position(|&c| c == sep)?;
@@ -55,32 +33,7 @@ pub fn entry(channel: &Arc<str>, epoch: &Arc<str>, e: &[u8]) -> Result<Publicati
     let (time, body) = split_once(rest, b':').ok_or(Malformed("no time"))?;
     let offset = number(offset).ok_or(Malformed("bad offset"))?;
     let time = number(time).ok_or(Malformed("bad time"))?;
-    let (&kind, rest) = body.split_first().ok_or(Malformed("empty body"))?;
-    if rest.len() < 4 {
-        return Err(Malformed("short body"));
-    }
-    let (len, rest) = rest.split_at(4);
-    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if rest.len() < len {
-        return Err(Malformed("short info"));
-    }
-    let (info, data) = rest.split_at(len);
-    let info: Option<ClientInfo> = if info.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice(info).map_err(|_| Malformed("bad info"))?)
-    };
-    let data = match kind {
-        b'j' => {
-            let text = std::str::from_utf8(data).map_err(|_| Malformed("bad utf-8"))?;
-            Data::json(text).map_err(|_| Malformed("bad json"))?
-        }
-        b'm' => {
-            let mut r = data;
-            Data::Msgpack(rmpv::decode::read_value(&mut r).map_err(|_| Malformed("bad msgpack"))?)
-        }
-        _ => return Err(Malformed("unknown kind")),
-    };
+    let (data, info) = herald_core::publication::parse_body(body)?;
     Ok(Publication::new(
         channel.clone(),
         offset,

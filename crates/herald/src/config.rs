@@ -45,13 +45,15 @@ pub enum EngineKind {
     Memory,
     /// Redis (`[redis]`): many nodes share channels, history, presence and commands.
     Redis,
+    /// NATS (`[nats]`), with JetStream for history: many nodes share channels and commands.
+    Nats,
 }
 
 /// `[engine]`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSection {
-    /// `memory` (default) or `redis`.
+    /// `memory` (default), `redis` or `nats`.
     #[serde(rename = "type")]
     pub kind: EngineKind,
 }
@@ -89,6 +91,8 @@ pub struct Config {
     pub backend: EngineSection,
     /// `[redis]`.
     pub redis: herald_redis::RedisConfig,
+    /// `[nats]`.
+    pub nats: herald_nats::NatsConfig,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             debug: DebugConfig::default(),
             backend: EngineSection::default(),
             redis: herald_redis::RedisConfig::default(),
+            nats: herald_nats::NatsConfig::default(),
         }
     }
 }
@@ -242,6 +247,30 @@ fn validate(c: &Config) -> anyhow::Result<()> {
     if c.backend.kind == EngineKind::Redis {
         c.redis.validate().map_err(anyhow::Error::msg)?;
     }
+    if c.backend.kind == EngineKind::Nats {
+        c.nats.validate().map_err(anyhow::Error::msg)?;
+        if !c.nats.jetstream {
+            let engine = c.engine();
+            let with_history: Vec<String> = engine
+                .namespaces
+                .iter()
+                .filter(|(_, ns)| ns.history_enabled())
+                .map(|(name, _)| format!("namespaces.{name}"))
+                .chain(
+                    engine
+                        .default_namespace
+                        .filter(|ns| ns.history_enabled())
+                        .map(|_| "default_namespace".to_owned()),
+                )
+                .collect();
+            if !with_history.is_empty() {
+                bail!(
+                    "nats.jetstream = false keeps no history, but {} ask for it (set history_size = 0 there, or enable JetStream)",
+                    with_history.join(", ")
+                );
+            }
+        }
+    }
     if c.server.max_connections == 0 {
         bail!("server.max_connections must be > 0");
     }
@@ -322,6 +351,31 @@ mod tests {
         })
         .expect("load");
         assert!(c.engine().default_namespace.is_none());
+    }
+
+    #[test]
+    fn nats_without_jetstream_refuses_namespaces_with_history() {
+        let f = file(
+            "[engine]\ntype = \"nats\"\n[nats]\njetstream = false\n[default_namespace]\nhistory_size = 0\n[namespaces.chat]\nhistory_size = 10\nhistory_ttl = \"1m\"\n[namespaces.live]\n",
+        );
+        let e = load(&Sources {
+            file: Some(&f.0),
+            ..Default::default()
+        })
+        .expect_err("history without JetStream");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("namespaces.chat") && !msg.contains("namespaces.live"),
+            "{msg}"
+        );
+        let ok = file(
+            "[engine]\ntype = \"nats\"\n[nats]\njetstream = false\n[default_namespace]\nhistory_size = 0\n",
+        );
+        load(&Sources {
+            file: Some(&ok.0),
+            ..Default::default()
+        })
+        .expect("no history anywhere is fine");
     }
 
     #[test]

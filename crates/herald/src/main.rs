@@ -331,6 +331,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
 struct Engine {
     memory: Option<Arc<MemoryBroker>>,
     redis: Option<Arc<herald_redis::RedisBroker>>,
+    nats: Option<Arc<herald_nats::NatsBroker>>,
     presence: Arc<dyn PresenceStore>,
 }
 
@@ -340,8 +341,26 @@ impl Engine {
             config::EngineKind::Memory => Engine {
                 memory: Some(Arc::new(MemoryBroker::new())),
                 redis: None,
+                nats: None,
                 presence: Arc::new(MemoryPresence::new()),
             },
+            config::EngineKind::Nats => {
+                let b = herald_nats::NatsBroker::connect(config.nats.clone())
+                    .await
+                    .with_context(|| format!("cannot use NATS at {}", config.nats.url))?;
+                let presence = Arc::new(
+                    herald_nats::NatsPresence::new(&b)
+                        .await
+                        .context("cannot set up presence over NATS")?,
+                );
+                tracing::info!(url = %config.nats.url, jetstream = b.has_history(), "engine: nats");
+                Engine {
+                    memory: None,
+                    redis: None,
+                    nats: Some(Arc::new(b)),
+                    presence,
+                }
+            }
             config::EngineKind::Redis => {
                 let b = herald_redis::RedisBroker::connect(config.redis.clone())
                     .await
@@ -353,6 +372,7 @@ impl Engine {
                 Engine {
                     memory: None,
                     redis: Some(Arc::new(b)),
+                    nats: None,
                     presence,
                 }
             }
@@ -360,18 +380,27 @@ impl Engine {
     }
 
     fn broker(&self) -> Arc<dyn Broker> {
-        match (&self.memory, &self.redis) {
-            (_, Some(r)) => r.clone(),
-            (Some(m), None) => m.clone(),
-            (None, None) => Arc::new(MemoryBroker::new()),
+        if let Some(r) = &self.redis {
+            return r.clone();
+        }
+        if let Some(n) = &self.nats {
+            return n.clone();
+        }
+        match &self.memory {
+            Some(m) => m.clone(),
+            None => Arc::new(MemoryBroker::new()),
         }
     }
 
-    /// Cluster commands and announcements go through Redis.
+    /// Cluster commands and announcements go through Redis or NATS.
     fn join_cluster(&self, node: &Arc<Node>) {
         if let Some(r) = &self.redis {
             r.set_control_handler(Arc::new(Arc::downgrade(node)));
             node.set_control_bus(r.clone());
+        }
+        if let Some(n) = &self.nats {
+            n.set_control_handler(Arc::new(Arc::downgrade(node)));
+            node.set_control_bus(n.clone());
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Several `herald serve` processes on one Redis: shared channels, presence and server API
-//! commands; a node crash with clients moving to another node and recovering.
+//! Several `herald serve` processes on one Redis, and on one NATS with JetStream: shared channels,
+//! presence and server API commands; a node crash with clients moving to another node and
+//! recovering; Redis outages. Each engine-independent test runs on both engines.
 
 mod support;
 
@@ -8,12 +9,38 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 
+/// Run `test(engine)` as two tests: `test::redis` and `test::nats`.
+macro_rules! on_both_engines {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                let Some(e) = super::Engine::redis() else {
+                    return;
+                };
+                super::$test(e).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                let Some(e) = super::Engine::nats() else {
+                    return;
+                };
+                super::$test(e).await
+            }
+        }
+    };
+}
+
+on_both_engines!(three_nodes_share_channels_presence_and_commands);
+on_both_engines!(clients_of_a_crashed_node_recover_on_another_and_its_presence_expires);
+on_both_engines!(revocations_reach_every_node_including_later_ones);
+on_both_engines!(the_per_user_connection_limit_is_cluster_wide);
+on_both_engines!(bench_fanout_across_two_nodes_loses_nothing);
+
 /// Subscribers on nodes 2 and 3 get what a client on node 1 publishes, in the same order;
 /// presence on any node lists everyone; the API of node 3 disconnects a user on node 1.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_share_channels_presence_and_commands() {
-    let Some(redis) = redis_url() else { return };
-    let nodes = cluster(3, &redis, &[]);
+async fn three_nodes_share_channels_presence_and_commands(engine: Engine) {
+    let nodes = Cluster::new(&engine, &[]).nodes(3);
     let mut alice = Ws::open(&nodes[0].addr, &token("alice")).await;
     let mut bob = Ws::open(&nodes[1].addr, &token("bob")).await;
     let mut carol = Ws::open(&nodes[2].addr, &token("carol")).await;
@@ -154,20 +181,18 @@ async fn presence_clients(addr: &str, channel: &str) -> Vec<String> {
 /// A node dies (SIGKILL) while messages flow: its client reconnects through the balancer to the
 /// other node and recovers from Redis with no loss and no duplicate; the dead node's presence
 /// entry disappears within the lease.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_of_a_crashed_node_recover_on_another_and_its_presence_expires() {
+async fn clients_of_a_crashed_node_recover_on_another_and_its_presence_expires(engine: Engine) {
     use herald_client::{Backoff, Client, ClientConfig, Event, TokenSource};
-    let Some(redis) = redis_url() else { return };
-    let mut nodes = cluster(
-        2,
-        &redis,
+    let mut nodes = Cluster::new(
+        &engine,
         &[
             ("HERALD_REDIS__PRESENCE_LEASE", "2s"),
             ("HERALD_DEFAULT_NAMESPACE__HISTORY_SIZE", "1000"),
             ("HERALD_LIMITS__PUBLISH_PER_SECOND_PER_USER", "10000"),
             ("HERALD_LIMITS__PUBLISH_BURST_PER_USER", "10000"),
         ],
-    );
+    )
+    .nodes(2);
     let lb = balancer(vec![nodes[0].addr.clone(), nodes[1].addr.clone()]).await;
     let mut cfg = ClientConfig::new(format!("ws://{lb}/ws"));
     cfg.token = TokenSource::Static(token("dave"));
@@ -263,7 +288,11 @@ async fn a_redis_restart_fails_publishes_visibly_then_recovers() {
     let Some(mut redis) = herald_testkit::OwnServer::redis(0).await else {
         return;
     };
-    let nodes = cluster(1, &redis.url(), &[("HERALD_REDIS__TIMEOUT", "500ms")]);
+    let nodes = Cluster::new(
+        &Engine::Redis(redis.url()),
+        &[("HERALD_REDIS__TIMEOUT", "500ms")],
+    )
+    .nodes(1);
     let node = &nodes[0].addr;
     wait_ready(node, 200).await;
     let mut sub = Ws::open(node, &token("sue")).await;
@@ -345,11 +374,13 @@ async fn a_redis_restart_fails_publishes_visibly_then_recovers() {
 
 /// `herald bench fanout` with subscribers on one node and the publisher on another: every
 /// publication crosses Redis, none is lost or duplicated.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_fanout_across_two_nodes_loses_nothing() {
-    let Some(redis) = redis_url() else { return };
+async fn bench_fanout_across_two_nodes_loses_nothing(engine: Engine) {
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/herald.toml");
-    let nodes = cluster_with(2, &redis, &["--dev", "--config", cfg], &[]);
+    let cluster = Cluster::new(&engine, &[]);
+    let nodes = [
+        cluster.node(&["--dev", "--config", cfg]),
+        cluster.node(&["--dev", "--config", cfg]),
+    ];
     let (p0, p1) = (
         nodes[0].child.id().to_string(),
         nodes[1].child.id().to_string(),
@@ -405,12 +436,9 @@ async fn handshake_status(addr: &str, token: &str) -> u16 {
 }
 
 /// A revocation made through one node holds on the others, and on nodes started afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocations_reach_every_node_including_later_ones() {
-    let Some(redis) = redis_url() else { return };
-    let prefix = format!("herald-cluster-{}", herald_testkit::unique());
-    let env = [("HERALD_REDIS__PREFIX", prefix.as_str())];
-    let nodes = cluster(2, &redis, &env);
+async fn revocations_reach_every_node_including_later_ones(engine: Engine) {
+    let cluster = Cluster::new(&engine, &[]);
+    let nodes = cluster.nodes(2);
     let rex = token("rex");
     let mut live = Ws::open(&nodes[1].addr, &rex).await;
     let (status, body) = http_post(
@@ -423,7 +451,7 @@ async fn revocations_reach_every_node_including_later_ones() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(live.closed().await, Some(4503), "closed on the other node");
     assert_eq!(handshake_status(&nodes[1].addr, &rex).await, 401);
-    let later = cluster(1, &redis, &env);
+    let later = cluster.nodes(1);
     assert_eq!(
         handshake_status(&later[0].addr, &rex).await,
         401,
@@ -434,14 +462,8 @@ async fn revocations_reach_every_node_including_later_ones() {
 }
 
 /// `limits.max_connections_per_user` counts a user's connections on all nodes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_per_user_connection_limit_is_cluster_wide() {
-    let Some(redis) = redis_url() else { return };
-    let nodes = cluster(
-        2,
-        &redis,
-        &[("HERALD_LIMITS__MAX_CONNECTIONS_PER_USER", "2")],
-    );
+async fn the_per_user_connection_limit_is_cluster_wide(engine: Engine) {
+    let nodes = Cluster::new(&engine, &[("HERALD_LIMITS__MAX_CONNECTIONS_PER_USER", "2")]).nodes(2);
     let max = token("max");
     let first = Ws::open(&nodes[0].addr, &max).await;
     let _second = Ws::open(&nodes[1].addr, &max).await;

@@ -217,24 +217,73 @@ pub fn redis_url() -> Option<String> {
     herald_testkit::redis_url()
 }
 
-/// Start `n` nodes of one cluster on Redis (`--dev` settings, [`SECRET`], [`API_KEY`]).
-pub fn cluster(n: usize, redis: &str, extra: &[(&str, &str)]) -> Vec<Served> {
-    cluster_with(n, redis, &["--dev"], extra)
+/// The shared engine of a test cluster.
+#[derive(Clone, Debug)]
+pub enum Engine {
+    /// Redis at this URL.
+    Redis(String),
+    /// NATS (JetStream) at this URL.
+    Nats(String),
 }
 
-/// [`cluster`] with other `serve` arguments.
-pub fn cluster_with(n: usize, redis: &str, args: &[&str], extra: &[(&str, &str)]) -> Vec<Served> {
-    let prefix = format!("herald-cluster-{}", herald_testkit::unique());
-    let keys = format!("[\"{API_KEY}\"]");
-    let mut env: Vec<(&str, &str)> = vec![
-        ("HERALD_ENGINE__TYPE", "redis"),
-        ("HERALD_REDIS__URL", redis),
-        ("HERALD_REDIS__PREFIX", &prefix),
-        ("HERALD_AUTH__HMAC_SECRET", SECRET),
-        ("HERALD_AUTH__API_KEYS", &keys),
-    ];
-    env.extend_from_slice(extra);
-    (0..n).map(|_| serve(args, &env)).collect()
+impl Engine {
+    /// The local Redis, when there is one (see `herald_testkit`).
+    pub fn redis() -> Option<Engine> {
+        herald_testkit::redis_url().map(Engine::Redis)
+    }
+
+    /// The local NATS with JetStream, when there is one.
+    pub fn nats() -> Option<Engine> {
+        herald_testkit::nats_url().map(Engine::Nats)
+    }
+}
+
+/// Nodes of one cluster: more can join later with [`Cluster::node`].
+pub struct Cluster {
+    env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// A new cluster (its own key prefix / stream) on `engine`, with extra environment.
+    pub fn new(engine: &Engine, extra: &[(&str, &str)]) -> Cluster {
+        let id = herald_testkit::unique();
+        let mut env: Vec<(String, String)> = match engine {
+            Engine::Redis(url) => vec![
+                ("HERALD_ENGINE__TYPE".into(), "redis".into()),
+                ("HERALD_REDIS__URL".into(), url.clone()),
+                (
+                    "HERALD_REDIS__PREFIX".into(),
+                    format!("herald-cluster-{id}"),
+                ),
+            ],
+            Engine::Nats(url) => vec![
+                ("HERALD_ENGINE__TYPE".into(), "nats".into()),
+                ("HERALD_NATS__URL".into(), url.clone()),
+                ("HERALD_NATS__PREFIX".into(), format!("herald-cluster-{id}")),
+                ("HERALD_NATS__STREAM".into(), format!("HERALD_CLUSTER_{id}")),
+                ("HERALD_NATS__STORAGE".into(), "memory".into()),
+            ],
+        };
+        env.push(("HERALD_AUTH__HMAC_SECRET".into(), SECRET.into()));
+        env.push(("HERALD_AUTH__API_KEYS".into(), format!("[\"{API_KEY}\"]")));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Cluster { env }
+    }
+
+    /// Start one more node with these `serve` arguments.
+    pub fn node(&self, args: &[&str]) -> Served {
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        serve(args, &env)
+    }
+
+    /// Start `n` nodes (`--dev`).
+    pub fn nodes(&self, n: usize) -> Vec<Served> {
+        (0..n).map(|_| self.node(&["--dev"])).collect()
+    }
 }
 
 /// Run `herald bench ARGS --url ws://ADDR/ws --json` and parse its summary.

@@ -1,0 +1,368 @@
+//! Cluster plumbing over NATS: peers (who is alive, for scatter-gather queries), the control
+//! subject, node announcements, kept revocations (a small JetStream stream), and per-user
+//! connection counts (each node answers for its own connections).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_core::broker::BrokerError;
+use herald_core::cluster::{ControlBus, NodeInfo};
+use herald_core::publication::now_ms;
+
+use crate::broker::{HEARTBEAT, NatsBroker, Shared, lock, unavailable};
+use crate::subject::token;
+
+/// Receives cluster control messages (the node).
+pub trait ControlHandler: Send + Sync + 'static {
+    /// A control message another node broadcast.
+    fn on_control(&self, payload: &[u8]);
+}
+
+impl ControlHandler for std::sync::Weak<herald_core::Node> {
+    fn on_control(&self, payload: &[u8]) {
+        if let Some(node) = self.upgrade() {
+            node.on_control(payload);
+        }
+    }
+}
+
+/// Nodes that have not announced themselves for this long are not listed.
+const NODE_STALE: Duration = Duration::from_secs(10);
+
+/// Live peers and scatter-gather requests to them.
+pub(crate) struct Peers {
+    pub(crate) id: String,
+    client: async_nats::Client,
+    prefix: String,
+    timeout: Duration,
+    seen: Mutex<HashMap<String, Instant>>,
+    started: Instant,
+}
+
+impl Peers {
+    fn alive(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.seen)
+            .iter()
+            .filter(|(id, at)| **id != self.id && now.duration_since(**at) < HEARTBEAT * 3)
+            .count()
+    }
+
+    /// Ask every other node on `subject` (`PREFIX.kind.TOKEN`) and collect the answers: until all
+    /// live peers answered, or the timeout. Answers of nodes that did not answer in time are
+    /// missing (a dead node answers nothing: no ghosts).
+    pub(crate) async fn gather(&self, kind: &str, key: &str) -> Result<Vec<Bytes>, BrokerError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(unavailable)?;
+        let subject = format!("{}.{kind}.{}", self.prefix, token(key));
+        self.client
+            .publish_with_reply(subject, inbox, self.id.clone().into())
+            .await
+            .map_err(unavailable)?;
+        self.client.flush().await.map_err(unavailable)?;
+        // Until the peer list is warm, wait the whole timeout: a peer may not be known yet.
+        let expected = if self.started.elapsed() > HEARTBEAT * 3 {
+            Some(self.alive())
+        } else {
+            None
+        };
+        let mut out = Vec::new();
+        if expected == Some(0) {
+            return Ok(out);
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {
+            out.push(m.payload);
+            if expected.is_some_and(|n| out.len() >= n) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answer requests on `PREFIX.kind.*` with `answer(key)` (not our own requests).
+    pub(crate) async fn serve<F>(
+        self: &Arc<Self>,
+        kind: &str,
+        answer: F,
+    ) -> Result<tokio::task::JoinHandle<()>, BrokerError>
+    where
+        F: Fn(String) -> futures_util::future::BoxFuture<'static, Bytes> + Send + Sync + 'static,
+    {
+        let mut sub = self
+            .client
+            .subscribe(format!("{}.{kind}.*", self.prefix))
+            .await
+            .map_err(unavailable)?;
+        let me = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if m.payload.as_ref() == me.id.as_bytes() {
+                    continue;
+                }
+                let (Some(reply), Some(key)) = (
+                    m.reply.clone(),
+                    m.subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(crate::subject::channel),
+                ) else {
+                    continue;
+                };
+                let body = answer(key).await;
+                let _ = me.client.publish(reply, body).await;
+            }
+        }))
+    }
+}
+
+/// The cluster side of a [`NatsBroker`].
+pub(crate) struct Cluster {
+    pub(crate) peers: Arc<Peers>,
+    control: Arc<OnceLock<Arc<dyn ControlHandler>>>,
+    nodes: Arc<Mutex<HashMap<String, NodeInfo>>>,
+    conns: Arc<Mutex<HashMap<String, HashSet<String>>>>,
+    kept: Option<(jetstream::Context, stream::Stream)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Cluster {
+    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Cluster, BrokerError> {
+        let cfg = &shared.cfg;
+        let client = shared.client.clone();
+        let peers = Arc::new(Peers {
+            id: format!("{:016x}", rand::random::<u64>()),
+            client: client.clone(),
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.presence_timeout,
+            seen: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+        });
+        let mut tasks = Vec::new();
+        // Heartbeats: who is alive.
+        let mut hb = client
+            .subscribe(format!("{}.peers", cfg.prefix))
+            .await
+            .map_err(unavailable)?;
+        let p = peers.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = hb.next().await {
+                if let Ok(id) = std::str::from_utf8(&m.payload) {
+                    lock(&p.seen).insert(id.to_owned(), Instant::now());
+                }
+            }
+        }));
+        let (c, p) = (client.clone(), peers.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let _ = c
+                    .publish(format!("{}.peers", p.prefix), p.id.clone().into())
+                    .await;
+                tokio::time::sleep(HEARTBEAT).await;
+            }
+        }));
+        // Control messages.
+        let control: Arc<OnceLock<Arc<dyn ControlHandler>>> = Arc::new(OnceLock::new());
+        let mut sub = client
+            .subscribe(format!("{}.control", cfg.prefix))
+            .await
+            .map_err(unavailable)?;
+        let h = control.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(h) = h.get() {
+                    h.on_control(&m.payload);
+                }
+            }
+        }));
+        // Node announcements.
+        let nodes: Arc<Mutex<HashMap<String, NodeInfo>>> = Arc::default();
+        let mut sub = client
+            .subscribe(format!("{}.nodes", cfg.prefix))
+            .await
+            .map_err(unavailable)?;
+        let n = nodes.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Ok(info) = serde_json::from_slice::<NodeInfo>(&m.payload) {
+                    lock(&n).insert(info.id.clone(), info);
+                }
+            }
+        }));
+        // Connection counts: each node answers for its own.
+        let conns: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
+        let c = conns.clone();
+        tasks.push(
+            peers
+                .serve("conns", move |user| {
+                    let n = lock(&c).get(&user).map(HashSet::len).unwrap_or(0);
+                    Box::pin(async move { Bytes::from(n.to_string()) })
+                })
+                .await?,
+        );
+        let kept = match &cfg.jetstream {
+            true => {
+                let ctx = jetstream::new(client.clone());
+                let s = ctx
+                    .get_or_create_stream(stream::Config {
+                        name: format!("{}_KEPT", cfg.stream),
+                        subjects: vec![format!("{}.kept", cfg.prefix)],
+                        max_age: Duration::from_secs(30 * 24 * 3600),
+                        num_replicas: cfg.replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable)?;
+                Some((ctx, s))
+            }
+            false => None,
+        };
+        client.flush().await.map_err(unavailable)?;
+        Ok(Cluster {
+            peers,
+            control,
+            nodes,
+            conns,
+            kept,
+            tasks,
+        })
+    }
+}
+
+impl NatsBroker {
+    /// Receive control messages that other nodes broadcast (once).
+    pub fn set_control_handler(&self, h: Arc<dyn ControlHandler>) {
+        let _ = self.cluster.control.set(h);
+    }
+}
+
+#[async_trait]
+impl ControlBus for NatsBroker {
+    async fn broadcast(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
+        let c = &self.shared.client;
+        c.publish(
+            format!("{}.control", self.shared.cfg.prefix),
+            payload.into(),
+        )
+        .await
+        .map_err(unavailable)?;
+        c.flush().await.map_err(unavailable)
+    }
+
+    async fn announce(&self, node: &NodeInfo) -> Result<(), BrokerError> {
+        let json = serde_json::to_vec(node).map_err(unavailable)?;
+        self.shared
+            .client
+            .publish(format!("{}.nodes", self.shared.cfg.prefix), json.into())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+        let fresh = now_ms().saturating_sub(NODE_STALE.as_millis() as u64);
+        let mut nodes = lock(&self.cluster.nodes);
+        nodes.retain(|_, n| n.updated_ms >= fresh);
+        let mut out: Vec<NodeInfo> = nodes.values().cloned().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError> {
+        let Some((ctx, _)) = &self.cluster.kept else {
+            tracing::warn!("without JetStream, revocations reach live nodes only");
+            return Ok(());
+        };
+        let p = jetstream::message::PublishMessage::build()
+            .payload(Bytes::copy_from_slice(payload))
+            .header("Herald-Until", until.to_string().as_str());
+        ctx.send_publish(format!("{}.kept", self.shared.cfg.prefix), p)
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
+        let Some((_, s)) = &self.cluster.kept else {
+            return Ok(Vec::new());
+        };
+        let now = now_ms() / 1000;
+        let subject = format!("{}.kept", self.shared.cfg.prefix);
+        let mut out = Vec::new();
+        let mut seq = 1;
+        loop {
+            let m = s
+                .raw_message_builder()
+                .sequence(seq)
+                .next_by_subject(subject.clone())
+                .send()
+                .await;
+            match m {
+                Ok(m) => {
+                    seq = m.sequence + 1;
+                    let until = m
+                        .headers
+                        .get("Herald-Until")
+                        .and_then(|v| v.as_str().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if until >= now {
+                        out.push(m.payload.to_vec());
+                    }
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
+                    return Ok(out);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+
+    async fn acquire_connection(
+        &self,
+        user: &str,
+        conn: &str,
+        max: usize,
+    ) -> Result<bool, BrokerError> {
+        let answers = self.cluster.peers.gather("conns", user).await?;
+        let others: usize = answers
+            .iter()
+            .filter_map(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok())
+            .sum();
+        let mut conns = lock(&self.cluster.conns);
+        let mine = conns.entry(user.to_owned()).or_default();
+        if mine.len() + others >= max {
+            return Ok(false);
+        }
+        mine.insert(conn.to_owned());
+        Ok(true)
+    }
+
+    async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError> {
+        let mut conns = lock(&self.cluster.conns);
+        if let Some(set) = conns.get_mut(user) {
+            set.remove(conn);
+            if set.is_empty() {
+                conns.remove(user);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! NATS-specific behaviour: fan-out without JetStream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::broker::{Broker, BrokerError, HistoryQuery, PublishRequest};
+use herald_core::conformance::{Recorder, channel};
+use herald_nats::{NatsBroker, NatsConfig};
+use herald_proto::Data;
+
+fn req(n: u64) -> PublishRequest {
+    PublishRequest {
+        data: Data::json(&n.to_string()).expect("json"),
+        info: None,
+        idempotency_key: None,
+        history_size: 0,
+        history_ttl: Duration::ZERO,
+        idempotency_window: Duration::from_secs(60),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_fans_out_across_nodes_without_history() {
+    let Some(url) = herald_testkit::nats_url() else {
+        return;
+    };
+    let cfg = NatsConfig {
+        url,
+        prefix: format!("herald-core-{}", herald_testkit::unique()),
+        jetstream: false,
+        ..Default::default()
+    };
+    let a = NatsBroker::connect(cfg.clone()).await.expect("a");
+    let b = NatsBroker::connect(cfg.clone()).await.expect("b");
+    assert!(!a.has_history());
+    assert!(a.ready());
+    let rec = Arc::new(Recorder::default());
+    a.set_handler(rec.clone());
+    let ch = channel("core");
+    a.subscribe(&ch).await.expect("subscribe");
+    for i in 1..=10 {
+        let out = b.publish(&ch, req(i)).await.expect("publish");
+        assert_eq!(out.offset, i, "the publishing node's own counter");
+    }
+    rec.until("ten publications", |r| r.offsets(&ch).len() >= 10)
+        .await;
+    assert_eq!(rec.offsets(&ch), (1..=10).collect::<Vec<_>>());
+    // No history: positions only, and a foreign epoch is refused.
+    let h = a
+        .history(
+            &ch,
+            HistoryQuery {
+                since: None,
+                limit: 10,
+                reverse: false,
+            },
+        )
+        .await
+        .expect("position");
+    assert!(h.publications.is_empty());
+    let other = b
+        .history(
+            &ch,
+            HistoryQuery {
+                since: Some(herald_proto::StreamPosition {
+                    offset: 1,
+                    epoch: h.epoch.to_string(),
+                }),
+                limit: 10,
+                reverse: false,
+            },
+        )
+        .await;
+    assert!(
+        matches!(other, Err(BrokerError::EpochMismatch)),
+        "nodes have epochs of their own: {other:?}"
+    );
+}

@@ -82,6 +82,26 @@ pub enum ChannelEvent {
     Leave(ClientInfo),
 }
 
+impl ChannelEvent {
+    /// `{"join": CLIENT}` or `{"leave": CLIENT}`, for engines that carry events between nodes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let v = match self {
+            ChannelEvent::Join(i) => serde_json::json!({ "join": i }),
+            ChannelEvent::Leave(i) => serde_json::json!({ "leave": i }),
+        };
+        v.to_string().into_bytes()
+    }
+
+    /// The event [`ChannelEvent::to_json`] wrote (`None` for anything else).
+    pub fn from_json(b: &[u8]) -> Option<ChannelEvent> {
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+        let info = |k: &str| serde_json::from_value::<ClientInfo>(v.get(k)?.clone()).ok();
+        info("join")
+            .map(ChannelEvent::Join)
+            .or_else(|| info("leave").map(ChannelEvent::Leave))
+    }
+}
+
 /// Receives what the broker delivers to this node. Implemented by the node.
 pub trait BrokerHandler: Send + Sync + 'static {
     /// A publication for a channel this node subscribed to, in stream order.

@@ -24,7 +24,6 @@ use herald_core::broker::{
     PublishRequest,
 };
 use herald_core::publication::{Publication, body_bytes, now_ms, parse_body};
-use herald_proto::envelope::ClientInfo;
 
 use crate::config::{NatsConfig, Storage};
 use crate::subject::token;
@@ -337,22 +336,6 @@ impl Shared {
     }
 }
 
-fn event_json(event: &ChannelEvent) -> Vec<u8> {
-    let v = match event {
-        ChannelEvent::Join(i) => serde_json::json!({ "join": i }),
-        ChannelEvent::Leave(i) => serde_json::json!({ "leave": i }),
-    };
-    v.to_string().into_bytes()
-}
-
-fn parse_event(b: &[u8]) -> Option<ChannelEvent> {
-    let v: serde_json::Value = serde_json::from_slice(b).ok()?;
-    let info = |k: &str| serde_json::from_value::<ClientInfo>(v.get(k)?.clone()).ok();
-    info("join")
-        .map(ChannelEvent::Join)
-        .or_else(|| info("leave").map(ChannelEvent::Leave))
-}
-
 /// Deliver one channel's publications and events to this node, filling skipped offsets.
 async fn deliver_channel(
     shared: Arc<Shared>,
@@ -407,7 +390,7 @@ async fn deliver_channel(
             }
             e = events.next() => {
                 let Some(e) = e else { return };
-                if let (Some(ev), Some(h)) = (parse_event(&e.payload), shared.handler.get()) {
+                if let (Some(ev), Some(h)) = (ChannelEvent::from_json(&e.payload), shared.handler.get()) {
                     h.on_event(&channel, ev);
                 }
             }
@@ -496,7 +479,7 @@ impl Broker for NatsBroker {
     async fn publish_event(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
         self.shared
             .client
-            .publish(self.subject("ev", channel), event_json(&event).into())
+            .publish(self.subject("ev", channel), event.to_json().into())
             .await
             .map_err(unavailable)
     }

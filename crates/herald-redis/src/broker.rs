@@ -20,7 +20,6 @@ use herald_core::broker::{
     PublishRequest,
 };
 use herald_core::publication::Publication;
-use herald_proto::envelope::ClientInfo;
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
@@ -290,22 +289,6 @@ async fn watch_commands(
     }
 }
 
-fn event_json(event: &ChannelEvent) -> Vec<u8> {
-    let v = match event {
-        ChannelEvent::Join(i) => serde_json::json!({ "join": i }),
-        ChannelEvent::Leave(i) => serde_json::json!({ "leave": i }),
-    };
-    v.to_string().into_bytes()
-}
-
-fn parse_event(b: &[u8]) -> Option<ChannelEvent> {
-    let v: serde_json::Value = serde_json::from_slice(b).ok()?;
-    let info = |k: &str| serde_json::from_value::<ClientInfo>(v.get(k)?.clone()).ok();
-    info("join")
-        .map(ChannelEvent::Join)
-        .or_else(|| info("leave").map(ChannelEvent::Leave))
-}
-
 /// One history read through the script.
 pub(crate) async fn read_history(
     script: &redis::Script,
@@ -391,7 +374,7 @@ impl Broker for RedisBroker {
 
     async fn publish_event(&self, channel: &str, event: ChannelEvent) -> Result<(), BrokerError> {
         let mut payload = vec![b'e'];
-        payload.extend(event_json(&event));
+        payload.extend(event.to_json());
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
             .arg(self.names.topic(channel))
@@ -798,7 +781,7 @@ impl Shard {
                 self.deliver(Arc::new(p));
             }
             Ok(wire::Message::Event(json)) => {
-                if let (Some(ev), Some(h)) = (parse_event(json), self.handler.get()) {
+                if let (Some(ev), Some(h)) = (ChannelEvent::from_json(json), self.handler.get()) {
                     h.on_event(&channel, ev);
                 }
             }

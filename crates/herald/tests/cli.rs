@@ -77,22 +77,8 @@ fn dev_mode_refuses_public_addresses() {
 }
 
 async fn connect_with_token(addr: &str, token: &str) -> serde_json::Value {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{addr}/ws")
-        .into_client_request()
-        .expect("req");
-    req.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {token}").parse().expect("hdr"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("connect");
-    let first = ws.next().await.expect("frame").expect("ok");
-    serde_json::from_str(first.to_text().expect("text")).expect("json")
+    Ws::open(addr, token).await.welcome
 }
-
-const SECRET: &str = "cli-test-secret-cli-test-secret-0123";
 
 #[tokio::test]
 async fn token_mints_tokens_the_server_accepts() {

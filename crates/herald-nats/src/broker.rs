@@ -124,7 +124,10 @@ impl NatsBroker {
             .map_err(unavailable)?;
         client.flush().await.map_err(unavailable)?;
         let (js, epoch) = if cfg.jetstream {
-            let ctx = jetstream::new(client.clone());
+            // Acks and API requests fail (retryably) after `nats.timeout`, never hang.
+            let ctx = jetstream::ContextBuilder::new()
+                .timeout(cfg.timeout)
+                .build(client.clone());
             let config = stream::Config {
                 name: cfg.stream.clone(),
                 subjects: vec![format!("{}.in.>", cfg.prefix)],

@@ -219,11 +219,17 @@ impl Cluster {
         );
         let kept = match &cfg.jetstream {
             true => {
-                let ctx = jetstream::new(client.clone());
+                let ctx = jetstream::ContextBuilder::new()
+                    .timeout(cfg.timeout)
+                    .build(client.clone());
                 let s = ctx
                     .get_or_create_stream(stream::Config {
                         name: format!("{}_KEPT", cfg.stream),
                         subjects: vec![format!("{}.kept", cfg.prefix)],
+                        storage: match cfg.storage {
+                            crate::config::Storage::File => stream::StorageType::File,
+                            crate::config::Storage::Memory => stream::StorageType::Memory,
+                        },
                         max_age: Duration::from_secs(30 * 24 * 3600),
                         num_replicas: cfg.replicas,
                         ..Default::default()

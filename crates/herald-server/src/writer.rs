@@ -230,12 +230,16 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 deadline.unwrap_or_else(|| tokio::time::Instant::now() + s.conn.write_timeout);
             let write = tokio::time::timeout_at(limit, write_frames(w, &batch.frames));
             tokio::pin!(write);
+            // Whether a push's wake-up was taken here: its frames must be drained before the
+            // writer waits again (the wake-up is gone).
+            let mut pushed_meanwhile = false;
             let result = loop {
                 tokio::select! {
                     r = &mut write => break r,
                     // A client that stopped reading can overflow its queue while a write is
                     // stuck: drop the socket now instead of waiting for the write timeout.
                     _ = outlet.notified() => {
+                        pushed_meanwhile = true;
                         if outlet.close_requested() == Some(CloseCode::SlowConsumer) {
                             return WriterEnd { code: Some(CloseCode::SlowConsumer), abort: true };
                         }
@@ -267,6 +271,9 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             }
             if close_written {
                 return WriterEnd::close(None);
+            }
+            if pushed_meanwhile && batch.redirect.is_none() && batch.close.is_none() {
+                continue;
             }
         }
         if let Some(next) = batch.redirect.take() {
@@ -336,5 +343,53 @@ mod tests {
         assert!(st.seen_since(mark));
         let later = st.mark() + 1;
         assert!(!st.seen_since(later));
+    }
+
+    /// Regression: a frame queued while a write was in progress woke the writer's
+    /// slow-consumer check instead of its idle wait, so it stayed queued until the next push or
+    /// the next heartbeat (25 s). Seen as publish replies that never came in a cluster, where
+    /// deliveries and replies are pushed from different tasks.
+    #[tokio::test]
+    async fn a_frame_queued_during_a_write_is_sent_without_another_push() {
+        use tokio::io::AsyncReadExt;
+        let (client, server) = tokio::io::duplex(64);
+        let outlet = Outlet::new(
+            Format::Json,
+            herald_core::outlet::QueueLimits {
+                max_messages: 100,
+                max_bytes: 1 << 20,
+            },
+        );
+        let settings = WriterSettings {
+            conn: ConnectionConfig {
+                ping_interval: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            shutdown_timeout: Duration::from_secs(1),
+            reconnect_jitter: Duration::from_secs(1),
+            advisory: false,
+        };
+        let writer = tokio::spawn(run_writer(
+            server,
+            outlet.clone(),
+            ConnState::new(),
+            settings,
+            CancellationToken::new(),
+        ));
+        // Larger than the pipe: the write blocks until the test reads.
+        let big = Bytes::from(vec![b'a'; 4096]);
+        outlet.push_reply(big.clone());
+        let (mut rd, _keep) = tokio::io::split(client);
+        let mut buf = vec![0u8; 16];
+        rd.read_exact(&mut buf).await.expect("the write started");
+        // Queued while the first write is stuck.
+        outlet.push_reply(Bytes::from_static(b"second"));
+        let mut rest = vec![0u8; 4096 - 16 + 6];
+        tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut rest))
+            .await
+            .expect("the second frame follows without another push")
+            .expect("read");
+        assert_eq!(&rest[rest.len() - 6..], b"second");
+        writer.abort();
     }
 }

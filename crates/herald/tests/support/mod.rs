@@ -29,7 +29,12 @@ pub fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
         .args(["--listen", "127.0.0.1:0"])
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // SHOW_SERVER_LOGS=1 shows the servers' logs (with RUST_LOG).
+        .stderr(if std::env::var_os("SHOW_SERVER_LOGS").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("spawn");
     let mut rest = BufReader::new(child.stdout.take().expect("stdout"));

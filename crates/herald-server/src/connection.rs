@@ -21,7 +21,7 @@ pub async fn serve(
     app: Arc<AppState>,
     remote: IpAddr,
     hs: Handshake,
-    held: Held,
+    mut held: Held,
 ) {
     let (r, mut w) = tokio::io::split(ws.into_inner());
     let mut reader = MessageReader::new(r, app.conn.max_message_size);
@@ -41,15 +41,21 @@ pub async fn serve(
             let max = app.node.config().limits.max_connections_per_user;
             let slot = match identity.user_id.as_str() {
                 "" => None,
-                user => {
-                    Some(crate::slots::acquire_user(&app.user_slots, &app.node, user, max).await)
-                }
+                // Boxed: this future would otherwise be part of every connection task.
+                user => Some(
+                    Box::pin(crate::slots::acquire_user(
+                        &app.user_slots,
+                        &app.node,
+                        user,
+                        max,
+                    ))
+                    .await,
+                ),
             };
             let over = matches!(slot, Some(None));
             (identity, slot.flatten(), over, Vec::new())
         }
     };
-    let mut held = held;
     let forwarded = held.forwarded.take();
     let _held = (held, user_slot);
     let mut session = app.node.new_session(format, identity);

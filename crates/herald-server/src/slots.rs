@@ -63,7 +63,8 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
 /// A user's connection slot: counted on this node and, in a cluster, across all nodes.
 pub struct UserSlot {
     _local: Slot<String>,
-    _cluster: Option<ClusterSlot>,
+    // Boxed: a connection task holds this for its lifetime; most nodes are not in a cluster.
+    _cluster: Option<Box<ClusterSlot>>,
 }
 
 /// A connection counted in the cluster; released (in a task) when dropped.
@@ -104,11 +105,11 @@ pub async fn acquire_user(
         Some(bus) if max > 0 => {
             let id = uuid::Uuid::new_v4().simple().to_string();
             match bus.acquire_connection(user, &id, max).await {
-                Ok(true) => Some(ClusterSlot {
+                Ok(true) => Some(Box::new(ClusterSlot {
                     bus: bus.clone(),
                     user: user.to_owned(),
                     id,
-                }),
+                })),
                 Ok(false) => return None,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster connection limit unavailable; applying the local one");

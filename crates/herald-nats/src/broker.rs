@@ -62,14 +62,18 @@ struct Stored {
 
 impl Stored {
     fn from(m: &jetstream::message::StreamMessage) -> Option<Stored> {
+        Stored::parse(m.sequence, &m.headers, &m.payload)
+    }
+
+    fn parse(seq: u64, headers: &HeaderMap, payload: &bytes::Bytes) -> Option<Stored> {
         Some(Stored {
-            seq: m.sequence,
-            offset: header_u64(&m.headers, H_OFFSET)?,
-            time: header_u64(&m.headers, H_TIME).unwrap_or(0),
-            keep: header_u64(&m.headers, H_KEEP).unwrap_or(0),
-            ttl: header_u64(&m.headers, H_TTL).unwrap_or(0),
-            marker: m.headers.get(H_MARKER).is_some(),
-            payload: m.payload.clone(),
+            seq,
+            offset: header_u64(headers, H_OFFSET)?,
+            time: header_u64(headers, H_TIME).unwrap_or(0),
+            keep: header_u64(headers, H_KEEP).unwrap_or(0),
+            ttl: header_u64(headers, H_TTL).unwrap_or(0),
+            marker: headers.get(H_MARKER).is_some(),
+            payload: payload.clone(),
         })
     }
 
@@ -233,27 +237,41 @@ impl Shared {
         }
     }
 
-    /// Every stored message of a channel subject up to stream sequence `upto`, oldest first.
+    /// Every stored message of a channel subject up to stream sequence `upto`, oldest first, read
+    /// with one ordered consumer (a request per batch, not per message).
     async fn all(&self, subject: &str, upto: u64) -> Result<Vec<Stored>, BrokerError> {
-        let stream = self.stream()?;
+        use jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let consumer = self
+            .stream()?
+            .create_consumer(OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
         let mut out = Vec::new();
-        let mut seq = 1;
-        while seq <= upto {
-            let m = stream
-                .raw_message_builder()
-                .sequence(seq)
-                .next_by_subject(subject.to_owned())
-                .send()
-                .await;
-            match m {
-                Ok(m) => {
-                    seq = m.sequence + 1;
-                    if let Some(s) = Stored::from(&m).filter(|s| !s.marker) {
-                        out.push(s);
-                    }
-                }
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => break,
-                Err(e) => return Err(unavailable(e)),
+        loop {
+            let next = tokio::time::timeout(self.cfg.timeout, messages.next())
+                .await
+                .map_err(|_| unavailable("history read timed out"))?;
+            let Some(m) = next else { break };
+            let m = m.map_err(unavailable)?;
+            let info = m.info().map_err(unavailable)?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if let Some(s) = m
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| Stored::parse(seq, h, &m.message.payload))
+                .filter(|s| !s.marker)
+                && seq <= upto
+            {
+                out.push(s);
+            }
+            if seq >= upto || pending == 0 {
+                break;
             }
         }
         Ok(out)

@@ -103,6 +103,8 @@ impl Peers {
             .subscribe(format!("{}.{kind}.*", self.prefix))
             .await
             .map_err(unavailable)?;
+        // The server knows the subscription before this returns: a query right after is answered.
+        self.client.flush().await.map_err(unavailable)?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
             while let Some(m) = sub.next().await {

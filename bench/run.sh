@@ -11,14 +11,7 @@ cargo build --release -p herald >&2
 (cd bench/node-ws && npm ci --no-audit --no-fund >&2)
 HERALD=target/release/herald
 
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2
-  return 1
-}
+. bench/lib.sh
 
 start() { # start SERVER -> prints pid
   case "$1" in

@@ -8,7 +8,7 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { HeraldClient, type WebSocketCtor } from '../src/index.js';
-import { freePort, startHerald, type Herald } from '../test/integration/herald.js';
+import { cleanup, freePort, runCleanup, server, type Herald } from '../test/integration/herald.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const FLAGS = [
@@ -24,7 +24,6 @@ const FLAGS = [
 const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url));
 
 let browser: Browser;
-const cleanup: (() => Promise<void> | void)[] = [];
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
@@ -36,15 +35,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
 });
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function server(port?: number): Promise<Herald> {
-  const h = await startHerald(port === undefined ? {} : { port });
-  cleanup.push(() => h.kill());
-  return h;
-}
+afterEach(runCleanup);
 
 async function context(): Promise<BrowserContext> {
   const c = await browser.newContext({ viewport: { width: 1100, height: 700 } });

@@ -146,11 +146,7 @@ async fn webhooks_are_batched_signed_retried_and_carry_unique_ids() {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let hook = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let hook = serve_backend(app).await;
 
     let s = start(setup(Duration::ZERO)).await;
     let stop = tokio_util::sync::CancellationToken::new();

@@ -43,11 +43,7 @@ async fn backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let addr = serve_backend(app).await;
     (addr, hits)
 }
 
@@ -186,12 +182,7 @@ async fn channel_backend() -> std::net::SocketAddr {
                 }
             }),
         );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
-    addr
+    serve_backend(app).await
 }
 
 fn proxied_setup() -> Setup {
@@ -344,12 +335,7 @@ async fn connect_backend() -> std::net::SocketAddr {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
-    addr
+    serve_backend(app).await
 }
 
 fn connect_proxy(url: String) -> Arc<herald_server::HttpConnectProxy> {
@@ -465,11 +451,7 @@ async fn refreshing_backend() -> (
                 }
             }),
         );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(l, app).await });
+    let addr = serve_backend(app).await;
     (addr, rx)
 }
 

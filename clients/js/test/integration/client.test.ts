@@ -3,18 +3,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import * as msgpack from '@msgpack/msgpack';
 import { HeraldClient, HeraldError, msgpackCodec, type ClientOptions, type Message, type WebSocketCtor } from '../../src/index.js';
-import { freePort, startHerald, token, until, type Herald } from './herald.js';
+import { cleanup, freePort, runCleanup, server, token, until } from './herald.js';
 
-const cleanup: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  for (const f of cleanup.splice(0).reverse()) await f();
-});
-
-async function server(port?: number): Promise<Herald> {
-  const h = await startHerald(port === undefined ? {} : { port });
-  cleanup.push(() => h.kill());
-  return h;
-}
+afterEach(runCleanup);
 
 function client(url: string, opts: Partial<ClientOptions> = {}): HeraldClient {
   const c = new HeraldClient({

@@ -95,3 +95,18 @@ export async function until(what: string, cond: () => boolean, timeoutMs = 15_00
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/** Things to undo after each test, newest first: call `runCleanup` from `afterEach`. */
+export const cleanup: (() => Promise<void> | void)[] = [];
+
+/** Undo what the test registered in {@link cleanup}. */
+export async function runCleanup(): Promise<void> {
+  for (const f of cleanup.splice(0).reverse()) await f();
+}
+
+/** {@link startHerald}, killed after the test. */
+export async function server(port?: number): Promise<Herald> {
+  const h = await startHerald(port === undefined ? {} : { port });
+  cleanup.push(() => h.kill());
+  return h;
+}

@@ -297,6 +297,16 @@ impl Client {
 }
 
 /// A local port with nothing listening on it (a backend that is down).
+/// Serve `app` (a test's backend) on a free 127.0.0.1 port; returns its address.
+pub async fn serve_backend(app: axum::Router) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
 pub fn closed_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()

@@ -55,6 +55,8 @@ pub struct QueueLimits {
 #[derive(Debug)]
 struct Queue {
     items: VecDeque<Out>,
+    /// The pong owed to the client's newest ping (older ones are not answered: RFC 6455 §5.5.3).
+    pong: Option<Bytes>,
     bytes: usize,
     close: Option<CloseCode>,
     redirect: Option<Arc<Outlet>>,
@@ -92,6 +94,7 @@ impl Outlet {
             limits,
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
+                pong: None,
                 bytes: 0,
                 close: None,
                 redirect: None,
@@ -113,6 +116,17 @@ impl Outlet {
     /// The queue limits.
     pub fn limits(&self) -> QueueLimits {
         self.limits
+    }
+
+    /// Owe the client this pong, replacing one not yet written: a ping flood holds one frame.
+    pub fn push_pong(&self, frame: Bytes) {
+        let mut q = lock(&self.queue);
+        if q.close.is_some() {
+            return;
+        }
+        q.pong = Some(frame);
+        drop(q);
+        self.wake();
     }
 
     /// Queue a reply; if the queue is over its limits the connection is closed as a slow consumer.
@@ -263,6 +277,9 @@ impl Outlet {
     /// Take up to `max` queued frames.
     pub fn drain(&self, max: usize, out: &mut Drained) {
         let mut q = lock(&self.queue);
+        if let Some(pong) = q.pong.take() {
+            out.frames.push(pong);
+        }
         let n = q.items.len().min(max);
         let mut removed = 0;
         for item in q.items.drain(..n) {

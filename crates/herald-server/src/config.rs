@@ -67,6 +67,14 @@ pub struct ConnectionConfig {
     pub write_timeout: Duration,
     /// Largest inbound message (after reassembling fragments); larger ones close with 1009.
     pub max_message_size: usize,
+    /// Most frames one inbound message may be split into; more close with 1008 (0 = unlimited).
+    pub max_fragments: u32,
+    /// Sustained inbound frames per second of any kind (data, continuation, ping, pong); a
+    /// connection that keeps exceeding it (after `frames_burst`) is closed with 1008
+    /// (0 = unlimited). Commands are limited separately by `limits.commands_per_second`.
+    pub frames_per_second: u32,
+    /// Inbound frames allowed in a burst above `frames_per_second`.
+    pub frames_burst: u32,
 }
 
 impl Default for ConnectionConfig {
@@ -76,11 +84,24 @@ impl Default for ConnectionConfig {
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_message_size: 64 * 1024,
+            max_fragments: 128,
+            frames_per_second: 1000,
+            frames_burst: 2000,
         }
     }
 }
 
 impl ConnectionConfig {
+    /// The limits of a `/ws` connection's reader.
+    pub fn read_limits(&self) -> crate::reader::ReadLimits {
+        crate::reader::ReadLimits {
+            max_message_size: self.max_message_size,
+            max_fragments: self.max_fragments,
+            frames_per_second: self.frames_per_second,
+            frames_burst: self.frames_burst,
+        }
+    }
+
     /// Check the values; a human message for the first problem.
     pub fn validate(&self) -> Result<(), String> {
         if self.ping_interval.is_zero()

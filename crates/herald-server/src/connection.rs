@@ -24,7 +24,7 @@ pub async fn serve(
     mut held: Held,
 ) {
     let (r, mut w) = tokio::io::split(ws.into_inner());
-    let mut reader = MessageReader::new(r, app.conn.max_message_size);
+    let mut reader = MessageReader::with_limits(r, app.conn.read_limits());
     let (identity, user_slot, over_user_limit, channels) = match hs {
         Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels),
         Handshake::FirstMessage => {
@@ -36,6 +36,9 @@ pub async fn serve(
             ))
             .await
             else {
+                reader
+                    .linger(LINGER, linger_limit(app.conn.max_message_size))
+                    .await;
                 return;
             };
             let max = app.node.config().limits.max_connections_per_user;
@@ -88,6 +91,7 @@ pub async fn serve(
     ));
     let mut control = Vec::new();
     let mut reason = "client gone";
+    let mut server_closed = false;
     let clean = loop {
         let res = {
             // One read future lives across timer ticks: reads are not cancel-safe, so a tick must
@@ -112,6 +116,7 @@ pub async fn serve(
         };
         let Some(res) = res else {
             reason = "closed by server";
+            server_closed = true;
             break false;
         };
         for c in control.drain(..) {
@@ -120,6 +125,10 @@ pub async fn serve(
         st.touch();
         let flow = match res {
             Ok(Inbound::Pong) => Flow::Continue,
+            Ok(Inbound::Ping(pong)) => {
+                session.outlet().push_pong(pong);
+                Flow::Continue
+            }
             // Boxed: command futures (recovery, resume) are large, and an idle connection's task
             // should not carry their space while it waits for the next frame.
             Ok(Inbound::Text(b)) if format == Format::Json => {
@@ -141,6 +150,7 @@ pub async fn serve(
                 metrics::counter!("herald_protocol_errors_total", "code" => code.code().to_string()).increment(1);
                 reason = "websocket protocol error";
                 st.set_final_close(code);
+                server_closed = true;
                 break true;
             }
             Err(ReadError::Gone) => break false,
@@ -169,6 +179,21 @@ pub async fn serve(
     );
     // Boxed: ending a session is a large future; an idle connection should not carry its space.
     Box::pin(app.node.disconnected(session, clean)).await;
+    // The server closed while the client may still be sending (the rest of an oversized message):
+    // read it off before dropping the socket, so the client sees our close code, not a reset.
+    if server_closed && !end.abort {
+        reader
+            .linger(LINGER, linger_limit(app.conn.max_message_size))
+            .await;
+    }
+}
+
+/// How long a server-initiated close waits for the client to stop sending.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How many bytes a lingering close reads off at most.
+pub fn linger_limit(max_message_size: usize) -> usize {
+    (2 * max_message_size).max(1 << 20)
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -226,6 +251,8 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
             Ok(Inbound::Text(b)) => outlet.push_reply(frame::with_payload(OpCode::Text, &b)),
             Ok(Inbound::Binary(b)) => outlet.push_reply(frame::with_payload(OpCode::Binary, &b)),
             Ok(Inbound::Pong) => {}
+            // Every ping answered (Autobahn 2.10 checks it); the queue bound still applies.
+            Ok(Inbound::Ping(pong)) => outlet.push_reply(pong),
             Ok(Inbound::Close { .. }) | Err(ReadError::Gone) => break,
             Err(ReadError::Protocol(code)) => {
                 st.set_final_close(code);

@@ -74,6 +74,12 @@ where
             Ok(Inbound::Text(b)) if format == Format::Json => b,
             Ok(Inbound::Binary(b)) if format == Format::Msgpack => b,
             Ok(Inbound::Pong) => continue,
+            Ok(Inbound::Ping(pong)) => {
+                if !send(w, &[pong], write_timeout).await {
+                    return None;
+                }
+                continue;
+            }
             Ok(Inbound::Text(_) | Inbound::Binary(_)) => {
                 let e = error_frame(format, None, ErrorCode::WrongFrameType, "wrong frame type");
                 close(w, format, e.into_iter().collect(), CloseCode::AuthFailed).await;

@@ -5,6 +5,13 @@
 //! when it grew past [`KEEP`] bytes, so an idle connection holds at most a few hundred bytes here.
 //! Every `next` is cancel-safe: all state lives in the reader and the only await is a read into
 //! spare buffer capacity. Conformance is checked by the Autobahn suite (`scripts/autobahn.sh`).
+//!
+//! Bounded by construction ([`ReadLimits`]): a message's size and its number of fragments, and the
+//! rate of frames of any kind (pings, pongs, empty continuations included) are limited; a ping is
+//! returned at once as [`Inbound::Ping`] so its pong is queued (and coalesced) before the next
+//! frame is read, never accumulated while a message is incomplete.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use herald_proto::CloseCode;
@@ -23,6 +30,8 @@ pub enum Inbound {
     Text(Vec<u8>),
     /// A binary message.
     Binary(Vec<u8>),
+    /// A ping: the pong frame to send (the caller may send only the newest one, RFC 6455 §5.5.3).
+    Ping(Bytes),
     /// A pong (liveness only).
     Pong,
     /// The client closed; `clean` for codes 1000/1001 or no code.
@@ -45,6 +54,70 @@ struct Partial {
     text: bool,
     buf: Vec<u8>,
     checked: usize,
+    fragments: u32,
+}
+
+/// What one connection's reader accepts before it closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Largest message after reassembly (close 1009 beyond).
+    pub max_message_size: usize,
+    /// Most frames one message may be split into (close 1008 beyond; 0 = unlimited).
+    pub max_fragments: u32,
+    /// Sustained frames per second of any kind (close 1008 beyond; 0 = unlimited).
+    pub frames_per_second: u32,
+    /// Burst of frames above the sustained rate.
+    pub frames_burst: u32,
+}
+
+impl ReadLimits {
+    /// Only a message size bound (the `/echo` endpoint, tests).
+    pub fn size_only(max_message_size: usize) -> Self {
+        ReadLimits {
+            max_message_size,
+            max_fragments: 0,
+            frames_per_second: 0,
+            frames_burst: 0,
+        }
+    }
+}
+
+/// A token bucket for frames that reads the clock only when it runs dry.
+struct FrameBudget {
+    rate: u32,
+    burst: u32,
+    tokens: u32,
+    since: Instant,
+}
+
+impl FrameBudget {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = burst.max(rate);
+        FrameBudget {
+            rate,
+            burst,
+            tokens: burst,
+            since: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if self.tokens == 0 {
+            let now = Instant::now();
+            let earned =
+                now.duration_since(self.since).as_millis() as u64 * self.rate as u64 / 1000;
+            if earned == 0 {
+                return false;
+            }
+            self.tokens = earned.min(self.burst as u64) as u32;
+            self.since = now;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// Reads whole messages from a client's byte stream.
@@ -53,6 +126,8 @@ pub struct MessageReader<R> {
     buf: Vec<u8>,
     start: usize,
     max: usize,
+    max_fragments: u32,
+    budget: FrameBudget,
     partial: Option<Partial>,
 }
 
@@ -78,6 +153,10 @@ fn close_code_allowed(code: u16) -> bool {
 
 const fn protocol() -> ReadError {
     ReadError::Protocol(CloseCode::ProtocolError)
+}
+
+const fn policy() -> ReadError {
+    ReadError::Protocol(CloseCode::PolicyViolation)
 }
 
 /// A parsed frame header.
@@ -138,15 +217,39 @@ fn parse_header(b: &[u8], max: usize) -> Result<Option<Header>, ReadError> {
 }
 
 impl<R: AsyncRead + Unpin> MessageReader<R> {
-    /// Read from `io`; `max` bounds a whole message.
+    /// Read from `io`; `max` bounds a whole message (no other limit).
     pub fn new(io: R, max: usize) -> Self {
+        Self::with_limits(io, ReadLimits::size_only(max))
+    }
+
+    /// Read from `io` under `limits`.
+    pub fn with_limits(io: R, limits: ReadLimits) -> Self {
         MessageReader {
             io,
             buf: Vec::new(),
             start: 0,
-            max,
+            max: limits.max_message_size,
+            max_fragments: limits.max_fragments,
+            budget: FrameBudget::new(limits.frames_per_second, limits.frames_burst),
             partial: None,
         }
+    }
+
+    /// After the server sent its close frame: read and discard what the client still sends, until
+    /// it closes (EOF), `limit` bytes or `timeout` (RFC 6455 §7.1.1). Closing at once would make
+    /// the kernel answer unread bytes with a reset, and the client would see 1006, not our code.
+    pub async fn linger(mut self, timeout: Duration, limit: usize) {
+        let mut seen = self.buf.len() - self.start;
+        let mut scratch = vec![0u8; 4096];
+        let drain = async {
+            while seen < limit {
+                match self.io.read(&mut scratch).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen += n,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, drain).await;
     }
 
     /// Read more bytes, making room for at least `want` more.
@@ -174,8 +277,8 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
-    /// Read the next message. Control frames the protocol obliges us to send (pong, close echo)
-    /// are appended to `control`, to be written by the writer.
+    /// Read the next message. The close echo the protocol obliges us to send is appended to
+    /// `control`, to be written by the writer; pongs come back as [`Inbound::Ping`].
     pub async fn next(&mut self, control: &mut Vec<Bytes>) -> Result<Inbound, ReadError> {
         loop {
             let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
@@ -191,6 +294,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             if have < header.len + header.payload {
                 self.fill(header.len + header.payload - have).await?;
                 continue;
+            }
+            if !self.budget.take() {
+                return Err(policy());
             }
             let from = self.start + header.len;
             let payload = &mut self.buf[from..from + header.payload];
@@ -233,10 +339,10 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     clean: matches!(code, None | Some(1000) | Some(1001)),
                 }))
             }
-            9 => {
-                control.push(frame::with_payload(OpCode::Pong, payload));
-                Ok(None)
-            }
+            9 => Ok(Some(Inbound::Ping(frame::with_payload(
+                OpCode::Pong,
+                payload,
+            )))),
             10 => Ok(Some(Inbound::Pong)),
             1 | 2 => {
                 if self.partial.is_some() {
@@ -258,6 +364,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     text,
                     buf: payload.to_vec(),
                     checked: 0,
+                    fragments: 1,
                 };
                 if text {
                     check_utf8(&mut p, false)?;
@@ -270,6 +377,10 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 let Some(p) = self.partial.as_mut() else {
                     return Err(protocol());
                 };
+                p.fragments += 1;
+                if self.max_fragments > 0 && p.fragments > self.max_fragments {
+                    return Err(policy());
+                }
                 p.buf.extend_from_slice(payload);
                 if p.text {
                     check_utf8(p, h.fin)?;
@@ -315,10 +426,14 @@ mod tests {
         client.write_all(&bytes).await.expect("write");
         let mut control = Vec::new();
         match r.next(&mut control).await {
+            Ok(Inbound::Ping(pong)) => assert_eq!(&pong[..], &[0x8a, 1, b'p']),
+            other => panic!("the ping comes back at once, inside the message: {other:?}"),
+        }
+        match r.next(&mut control).await {
             Ok(Inbound::Text(t)) => assert_eq!(t, b"hello"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(control.len(), 1, "pong queued");
+        assert!(control.is_empty());
         let big = vec![b'x'; 100];
         let mut frame = vec![0x82, 0x80 | 126, 0, 100, 0, 0, 0, 0];
         frame.extend(&big);
@@ -332,6 +447,64 @@ mod tests {
             "buffer kept small: {}",
             r.buf.capacity()
         );
+    }
+
+    /// Regression (issue 12): 265 M empty continuation frames were reassembled without a bound.
+    #[tokio::test]
+    async fn too_many_fragments_close_with_1008() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let limits = ReadLimits {
+            max_fragments: 8,
+            ..ReadLimits::size_only(1 << 20)
+        };
+        let mut r = MessageReader::with_limits(server, limits);
+        let mut bytes = masked(0x01, b"a");
+        for _ in 0..6 {
+            bytes.extend(masked(0x00, b""));
+        }
+        bytes.extend(masked(0x80, b"b")); // the 8th fragment completes the message
+        bytes.extend(masked(0x01, b"a"));
+        for _ in 0..8 {
+            bytes.extend(masked(0x00, b""));
+        }
+        client.write_all(&bytes).await.expect("write");
+        match r.next(&mut Vec::new()).await {
+            Ok(Inbound::Text(t)) => assert_eq!(t, b"ab"),
+            other => panic!("{other:?}"),
+        }
+        match r.next(&mut Vec::new()).await {
+            Err(ReadError::Protocol(c)) => assert_eq!(c, CloseCode::PolicyViolation),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Regression (issue 12): pings were not rate-limited (4 M pings in 6 s).
+    #[tokio::test]
+    async fn a_frame_flood_closes_with_1008() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let limits = ReadLimits {
+            frames_per_second: 100,
+            frames_burst: 200,
+            ..ReadLimits::size_only(1 << 20)
+        };
+        let mut r = MessageReader::with_limits(server, limits);
+        let mut bytes = Vec::new();
+        for _ in 0..1000 {
+            bytes.extend(masked(0x89, b""));
+        }
+        client.write_all(&bytes).await.expect("write");
+        let mut pongs = 0;
+        let end = loop {
+            match r.next(&mut Vec::new()).await {
+                Ok(Inbound::Ping(_)) => pongs += 1,
+                other => break other,
+            }
+        };
+        assert!(
+            matches!(end, Err(ReadError::Protocol(CloseCode::PolicyViolation))),
+            "{end:?}"
+        );
+        assert!((200..400).contains(&pongs), "the burst passes: {pongs}");
     }
 
     #[tokio::test]

@@ -184,7 +184,14 @@ async fn ws_handler(
     mut req: Request<Body>,
 ) -> Response {
     if app.shutdown.is_cancelled() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "shutting down",
+        );
+    }
+    if let Err(bad) = handshake::check_upgrade(req.version(), req.headers()) {
+        return bad_upgrade(bad);
     }
     let limits = &app.node.config().limits;
     let ip = handshake::client_ip(peer, req.headers(), &app.server.trusted_proxies);
@@ -208,9 +215,10 @@ async fn ws_handler(
     }
     let offer = handshake::offer(req.headers());
     if offer.offered && offer.format.is_none() {
-        return plain(
+        return json_error(
             StatusCode::BAD_REQUEST,
-            "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack\n",
+            ErrorCode::BadRequest,
+            "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack",
         );
     }
     let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
@@ -304,12 +312,7 @@ where
 {
     let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
         Ok(x) => x,
-        Err(_) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "expected a WebSocket upgrade request\n",
-            );
-        }
+        Err(_) => return bad_upgrade(handshake::BadUpgrade::NotWebSocket),
     };
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -328,7 +331,49 @@ where
 }
 
 async fn echo_handler(State(app): State<Arc<AppState>>, mut req: Request<Body>) -> Response {
+    if let Err(bad) = handshake::check_upgrade(req.version(), req.headers()) {
+        return bad_upgrade(bad);
+    }
     upgrade(&app, &mut req, None, crate::connection::serve_echo)
+}
+
+/// 426 (with the headers a client needs to retry right) or 400, with a JSON error body.
+fn bad_upgrade(bad: handshake::BadUpgrade) -> Response {
+    use handshake::BadUpgrade;
+    rejected("bad_upgrade");
+    let status = match bad {
+        BadUpgrade::NotWebSocket | BadUpgrade::WsVersion => StatusCode::UPGRADE_REQUIRED,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let mut r = json_error(status, ErrorCode::BadRequest, bad.message());
+    if status == StatusCode::UPGRADE_REQUIRED {
+        let h = r.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    r
+}
+
+/// Every route: refuse a `Host` this server does not answer to (DNS rebinding).
+async fn host_check(
+    State(app): State<Arc<AppState>>,
+    req: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response {
+    let loopback = app.server.listen.ip().is_loopback();
+    if !handshake::host_allowed(req.headers(), &app.server.allowed_hosts, loopback) {
+        rejected("host");
+        return json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            "host not allowed: add it to server.allowed_hosts",
+        );
+    }
+    next.run(req).await
 }
 async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
     let Some(handle) = &app.metrics else {
@@ -367,19 +412,6 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     } else {
         plain(StatusCode::OK, "ready\n")
     }
-}
-
-async fn serve_on<L>(listener: L, router: Router, token: CancellationToken) -> std::io::Result<()>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { token.cancelled().await })
-    .await
 }
 
 impl Server {
@@ -463,33 +495,31 @@ impl Server {
                 axum::routing::post(crate::api::handler)
                     .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY)),
             )
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                host_check,
+            ))
             .with_state(state.clone());
-        use axum::serve::ListenerExt;
         let token = state.shutdown.clone();
-        match state.tls.clone() {
-            Some(tls) => {
-                let watch = tls.clone();
-                let stop = token.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-                    loop {
-                        tokio::select! {
-                            _ = tick.tick() => watch.reload_if_changed(),
-                            _ = stop.cancelled() => break,
-                        }
+        if let Some(tls) = state.tls.clone() {
+            let stop = token.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => tls.reload_if_changed(),
+                        _ = stop.cancelled() => break,
                     }
-                });
-                let listener = crate::tls::TlsListener::spawn(self.listener, tls, token.clone())?
-                    .tap_io(|_| {});
-                serve_on(listener, router, token).await?;
-            }
-            None => {
-                let listener = self.listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                serve_on(listener, router, token).await?;
-            }
+                }
+            });
         }
+        let limits = crate::listener::HttpLimits {
+            header_read_timeout: state.server.header_read_timeout,
+            max_http_connections: state.server.max_http_connections,
+            max_http_connections_per_ip: state.server.max_http_connections_per_ip,
+            trusted_proxies: state.server.trusted_proxies.clone(),
+        };
+        crate::listener::serve(self.listener, state.tls.clone(), router, limits, token).await?;
         state.tracker.close();
         let drain = state.server.shutdown_timeout + std::time::Duration::from_secs(2);
         if tokio::time::timeout(drain, state.tracker.wait())

@@ -26,11 +26,24 @@ pub struct ServerConfig {
     /// `*` = any). Empty = same origin only (the `Origin` host must equal the `Host` header).
     /// A disallowed `Origin` gets HTTP 403 before the upgrade.
     pub allowed_origins: Vec<String>,
+    /// Host names this server answers to (`chat.example.com`, `*.example.com`; port ignored);
+    /// other `Host` headers get 403 on every route (DNS rebinding defence). Empty = on a loopback
+    /// `listen` address only loopback names (`localhost`, `127.0.0.1`, `[::1]`), elsewhere any.
+    pub allowed_hosts: Vec<String>,
     /// Accept handshakes without an `Origin` header (non-browser clients).
     pub allow_missing_origin: bool,
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`/`Forwarded` headers are
     /// believed when finding the client IP. Empty = the TCP peer is the client.
     pub trusted_proxies: Vec<IpNet>,
+    /// Time a client has to send a whole HTTP request head (also the idle time allowed between
+    /// requests on a kept-alive connection); then the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Most HTTP connections on this node that are not WebSockets (handshakes in progress,
+    /// kept-alive API connections); more are answered 503 and closed (0 = unlimited).
+    pub max_http_connections: usize,
+    /// The same per client IP (the TCP peer; `trusted_proxies` are exempt) (0 = unlimited).
+    pub max_http_connections_per_ip: usize,
     /// Serve `/echo`, a plain WebSocket echo endpoint for conformance tests (Autobahn). Set from
     /// the configuration file's `[debug] echo`, not from `[server]`.
     #[serde(skip)]
@@ -45,8 +58,12 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             shutdown_reconnect_jitter: Duration::from_secs(5),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             allow_missing_origin: true,
             trusted_proxies: Vec::new(),
+            header_read_timeout: Duration::from_secs(10),
+            max_http_connections: 4096,
+            max_http_connections_per_ip: 64,
             echo: false,
         }
     }

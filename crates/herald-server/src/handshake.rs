@@ -63,6 +63,110 @@ fn parse_forwarded_for(v: &str) -> Option<IpAddr> {
     v.rsplit_once(':')?.0.parse().ok()
 }
 
+/// Why an upgrade request is not a conforming WebSocket handshake (RFC 6455 §4.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadUpgrade {
+    /// Not HTTP/1.1 (HTTP/1.0 cannot upgrade).
+    Version,
+    /// No `Upgrade: websocket` (answered `426 Upgrade Required`).
+    NotWebSocket,
+    /// `Connection` does not carry the `upgrade` token.
+    Connection,
+    /// `Sec-WebSocket-Version` is not 13 (answered 426 with `Sec-WebSocket-Version: 13`).
+    WsVersion,
+    /// `Sec-WebSocket-Key` is not 16 bytes in base64.
+    Key,
+}
+
+impl BadUpgrade {
+    /// The human reason in the 400/426 body.
+    pub fn message(self) -> &'static str {
+        match self {
+            BadUpgrade::Version => "a WebSocket upgrade needs HTTP/1.1",
+            BadUpgrade::NotWebSocket => "expected a WebSocket upgrade (Upgrade: websocket)",
+            BadUpgrade::Connection => "the Connection header must include `upgrade`",
+            BadUpgrade::WsVersion => "unsupported Sec-WebSocket-Version: use 13",
+            BadUpgrade::Key => "Sec-WebSocket-Key must be 16 bytes in base64",
+        }
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Check that a request is a conforming WebSocket opening handshake.
+pub fn check_upgrade(version: axum::http::Version, headers: &HeaderMap) -> Result<(), BadUpgrade> {
+    use base64::Engine;
+    if version != axum::http::Version::HTTP_11 {
+        return Err(BadUpgrade::Version);
+    }
+    if !has_token(headers, header::UPGRADE, "websocket") {
+        return Err(BadUpgrade::NotWebSocket);
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(BadUpgrade::Connection);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(BadUpgrade::WsVersion);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(BadUpgrade::Key)?;
+    match base64::engine::general_purpose::STANDARD.decode(key.as_bytes().trim_ascii()) {
+        Ok(k) if k.len() == 16 => Ok(()),
+        _ => Err(BadUpgrade::Key),
+    }
+}
+
+/// Whether the request's `Host` names this server (DNS rebinding defence). With
+/// `server.allowed_hosts` set, its host name (port ignored) must match one of them (`name`, or
+/// `*.domain` for any subdomain). Without it, a server listening on a loopback address only
+/// answers loopback names (`localhost`, `*.localhost`, `127.0.0.0/8`, `[::1]`); other servers
+/// answer any `Host`.
+pub fn host_allowed(headers: &HeaderMap, allowed: &[String], loopback_listener: bool) -> bool {
+    if allowed.is_empty() && !loopback_listener {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = host_name(host).to_ascii_lowercase();
+    if allowed.is_empty() {
+        return name == "localhost"
+            || name.ends_with(".localhost")
+            || name
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+    }
+    allowed.iter().any(|p| {
+        let p = p.to_ascii_lowercase();
+        match p.strip_prefix("*.") {
+            Some(domain) => name
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => p == name,
+        }
+    })
+}
+
+/// `example.com:8000` → `example.com`; `[::1]:8000` → `[::1]`.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
 /// Whether the handshake's `Origin` may connect. See `server.allowed_origins`.
 pub fn origin_allowed(headers: &HeaderMap, allowed: &[String], allow_missing: bool) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
@@ -182,6 +286,85 @@ pub fn token(headers: &HeaderMap, uri: &Uri, offer: &Offer, cfg: &AuthConfig) ->
         }
     }
     None
+}
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn only_conforming_upgrades_pass() {
+        use axum::http::Version;
+        let good = [
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(check_upgrade(Version::HTTP_11, &headers(&good)), Ok(()));
+        assert_eq!(
+            check_upgrade(Version::HTTP_10, &headers(&good)),
+            Err(BadUpgrade::Version)
+        );
+        for (i, err) in [
+            BadUpgrade::NotWebSocket,
+            BadUpgrade::Connection,
+            BadUpgrade::WsVersion,
+            BadUpgrade::Key,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut h = good.to_vec();
+            h.remove(i);
+            assert_eq!(check_upgrade(Version::HTTP_11, &headers(&h)), Err(err));
+        }
+        for key in ["!!!not base64!!!", "AAAA", ""] {
+            let mut h = good.to_vec();
+            h[3].1 = key;
+            assert_eq!(
+                check_upgrade(Version::HTTP_11, &headers(&h)),
+                Err(BadUpgrade::Key),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts() {
+        let h = |v: &'static str| headers(&[("host", v)]);
+        for ok in [
+            "127.0.0.1:8000",
+            "localhost:8000",
+            "[::1]:80",
+            "app.localhost",
+        ] {
+            assert!(host_allowed(&h(ok), &[], true), "{ok}");
+        }
+        for bad in [
+            "rebind.attacker.example:8000",
+            "10.0.0.1",
+            "localhost.evil.com",
+        ] {
+            assert!(!host_allowed(&h(bad), &[], true), "{bad}");
+        }
+        assert!(host_allowed(&h("anything.example"), &[], false));
+        let allowed = vec!["chat.example.com".to_owned(), "*.example.org".to_owned()];
+        assert!(host_allowed(&h("chat.example.com:443"), &allowed, true));
+        assert!(host_allowed(&h("a.example.org"), &allowed, false));
+        assert!(!host_allowed(&h("example.org"), &allowed, false));
+        assert!(!host_allowed(&h("evilexample.org"), &allowed, false));
+        assert!(!host_allowed(&h("other.example.com"), &allowed, false));
+        assert!(!host_allowed(&HeaderMap::new(), &allowed, false));
+    }
 }
 
 #[cfg(test)]

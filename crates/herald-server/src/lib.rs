@@ -11,7 +11,8 @@
 //! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
 //! - [`proxy`]: the RPC proxy to the application backend.
-//! - [`tls`]: rustls listener and reloadable certificate.
+//! - [`listener`]: the accept loop, HTTP/1 with a header timeout, caps on pending connections.
+//! - [`tls`]: rustls configuration and reloadable certificate.
 //! - [`webhook`]: lifecycle events delivered to a webhook (batched, signed, retried).
 //! - [`slots`]: connection counts per IP and per user.
 //! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
@@ -25,6 +26,7 @@ pub mod demo;
 pub mod handshake;
 pub mod http_client;
 pub mod jwks;
+pub mod listener;
 pub mod metrics;
 pub mod preauth;
 pub mod proxy;

@@ -1,26 +1,18 @@
 //! TLS with rustls: a certificate resolver that can be reloaded while serving (SIGHUP or a
-//! changed file), and a listener that runs every handshake in its own task so one stalled
-//! client never blocks the accept loop.
+//! changed file). Handshakes run in their own tasks (`listener`), so one stalled client never
+//! blocks the accept loop.
 
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_util::sync::CancellationToken;
-
-/// How long a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Resolver(RwLock<Arc<CertifiedKey>>);
@@ -90,6 +82,11 @@ impl Tls {
         })
     }
 
+    /// The acceptor for new connections (handshakes run in `listener`).
+    pub(crate) fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
     /// Re-read the certificate and key; on error the current ones stay in use.
     pub fn reload(&self) -> io::Result<()> {
         let times = (mtime(&self.cert), mtime(&self.key));
@@ -108,69 +105,5 @@ impl Tls {
         if changed && let Err(e) = self.reload() {
             tracing::warn!(error = %e, "TLS reload failed; keeping the current certificate");
         }
-    }
-}
-
-/// A listener yielding connections whose TLS handshake has completed.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Accept on `tcp`, handshaking in spawned tasks until `stop` is cancelled.
-    pub fn spawn(tcp: TcpListener, tls: Arc<Tls>, stop: CancellationToken) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = tokio::select! {
-                    r = tcp.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                    _ = stop.cancelled() => break,
-                };
-                let _ = stream.set_nodelay(true);
-                let acceptor = tls.acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send((s, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics::counter!("herald_tls_handshake_failures_total").increment(1);
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            metrics::counter!("herald_tls_handshake_failures_total").increment(1);
-                        }
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept loop stopped (shutdown): no more connections.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }

@@ -17,7 +17,7 @@ async fn post_raw(s: &TestServer, path: &str, auth: Option<&str>, body: &[u8]) -
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     tcp.write_all(head.as_bytes()).await.expect("write");

@@ -22,7 +22,7 @@ async fn api(s: &TestServer, method: &str, params: Value) -> Value {
         .expect("connect");
     let body = params.to_string();
     let req = format!(
-        "POST /api/v1/{method} HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST /api/v1/{method} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: apikey {KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tcp.write_all(req.as_bytes()).await.expect("write");
@@ -268,7 +268,7 @@ async fn undeliverable_webhooks_and_bad_frames_become_dead_letters() {
         .await
         .expect("connect");
     let req = format!(
-        "GET /api/v1/dead_letters HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\n\r\n"
+        "GET /api/v1/dead_letters HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\n\r\n"
     );
     tcp.write_all(req.as_bytes()).await.expect("write");
     let mut out = String::new();

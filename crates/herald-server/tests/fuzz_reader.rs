@@ -31,7 +31,7 @@ fn drain(bytes: Vec<u8>) -> usize {
                     assert!(b.len() <= 1024, "message over the bound");
                     messages += 1;
                 }
-                Ok(Inbound::Pong) => {}
+                Ok(Inbound::Pong | Inbound::Ping(_)) => {}
                 Ok(Inbound::Close { .. }) | Err(ReadError::Gone) | Err(ReadError::Protocol(_)) => {
                     return messages;
                 }

@@ -201,3 +201,180 @@ async fn an_oversized_fragmented_message_gets_1009_and_a_clean_close() {
     assert_eq!(advisory["payload"]["code"], 1009);
     assert_eq!(advisory["payload"]["reconnect"], false);
 }
+
+/// Send `request` on a fresh TCP connection; the status line and the rest of the answer.
+async fn http_raw(server: &TestServer, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("no answer")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && out.ends_with(b"}\n")
+                    || out.ends_with(b"}")
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn upgrade_request(addr: std::net::SocketAddr, version: &str, headers: &str) -> String {
+    format!("GET /ws HTTP/{version}\r\nHost: {addr}\r\n{headers}\r\n")
+}
+
+/// Regression: an invalid `Sec-WebSocket-Key`, HTTP/1.0, or a key without `Upgrade`/`Connection`
+/// headers got `101 Switching Protocols`.
+#[tokio::test]
+async fn non_conforming_upgrades_are_refused_with_a_json_body() {
+    let server = start_default().await;
+    let good = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n";
+    for (version, headers, status) in [
+        ("1.1", format!("{good}Sec-WebSocket-Key: !!!not base64!!!\r\n"), 400),
+        ("1.1", format!("{good}Sec-WebSocket-Key: AAAA\r\n"), 400),
+        ("1.1", good.to_owned(), 400),
+        ("1.0", format!("{good}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), 400),
+        ("1.1", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n".to_owned(), 426),
+        ("1.1", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n".to_owned(), 426),
+    ] {
+        let (got, text) = http_raw(&server, &upgrade_request(server.addr, version, &headers)).await;
+        assert_eq!(got, status, "{headers}: {text}");
+        assert!(text.contains("\"code\":\"bad_request\""), "JSON error body: {text}");
+    }
+    let (got, text) = http_raw(
+        &server,
+        &upgrade_request(
+            server.addr,
+            "1.1",
+            &format!("{good}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+        ),
+    )
+    .await;
+    assert_eq!(got, 101, "{text}");
+}
+
+/// Regression: with the default same-origin check, `Host` and `Origin` =
+/// `rebind.attacker.example:PORT` got `101`: DNS rebinding reached a loopback (`--dev`) server.
+#[tokio::test]
+async fn dns_rebinding_to_a_loopback_server_is_refused() {
+    let server = start_default().await;
+    let port = server.addr.port();
+    let rebound = format!(
+        "GET /ws HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\nOrigin: http://rebind.attacker.example:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let (status, text) = http_raw(&server, &rebound).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("host not allowed"), "{text}");
+    let metrics = format!(
+        "GET /metrics HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(http_raw(&server, &metrics).await.0, 403, "every route");
+    let local =
+        format!("GET /healthz HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n");
+    assert_eq!(http_raw(&server, &local).await.0, 200);
+}
+
+/// Regression (slowloris): a request head sent one byte per second was never timed out; 1 500
+/// such sockets from one IP were all open after 70 s.
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_off() {
+    let server = start(Setup {
+        server: herald_server::ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            header_read_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    let head = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = false;
+    for b in head {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        // Paced like the attack (a byte every 100 ms), noticing the close as soon as it comes.
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            assert!(
+                !matches!(r, Ok(n) if n > 0 && !buf.starts_with(b"HTTP/1.1 408")),
+                "answer"
+            );
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the server still reads after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Regression: with `nofile = 1024`, 1 100 half-sent requests from one IP made the server
+/// unreachable. HTTP connections that are not WebSockets are capped per IP (and per node).
+#[tokio::test]
+async fn held_open_handshakes_are_capped_per_ip_with_503() {
+    let server = start(Setup {
+        server: herald_server::ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            max_http_connections_per_ip: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    // Upgraded WebSockets do not count.
+    let mut sockets = Vec::new();
+    for _ in 0..6 {
+        sockets.push(raw(&server).await);
+    }
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(server.addr).await.expect("connect");
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .expect("write");
+        held.push(s);
+    }
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    // The held connections are registered by the accept loop in order; wait for the refusal.
+    let (status, text) = http_raw(&server, healthz).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("\"code\":\"unavailable\""), "{text}");
+    drop(held.pop());
+    let mut status = 0;
+    for _ in 0..100 {
+        status = http_raw(&server, healthz).await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status, 200,
+        "a slot is free again once a held connection closes"
+    );
+}

@@ -585,7 +585,7 @@ async fn api_post(s: &TestServer, path: &str, key: Option<&str>, body: Value) ->
         .map(|k| format!("Authorization: apikey {k}\r\n"))
         .unwrap_or_default();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     tcp.write_all(req.as_bytes()).await.expect("write");

@@ -1,0 +1,233 @@
+//! Accepting connections: the accept loop, HTTP/1 with a timer (so a request head that trickles
+//! in is cut off after `header_read_timeout`), TLS handshakes in their own tasks, and the bound on
+//! HTTP connections that are not (yet) WebSockets, node-wide and per client IP.
+//!
+//! A connection counts as an HTTP connection from `accept` until it is upgraded to a WebSocket
+//! (then `max_connections` and the per-IP WebSocket cap apply) or closed. Over either cap the
+//! connection is answered `503` at once (plain HTTP; TLS connections are just closed) and dropped,
+//! so held-open handshakes cannot take the node's file descriptors.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+
+use crate::slots::{Slot, Slots};
+
+/// Most header lines in a request head (more: `431`).
+pub const MAX_HEADERS: usize = 64;
+/// Largest request head, and the connection's read buffer (more: `431`).
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// How long a client has to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: 65\r\n\r\n{\"code\":\"unavailable\",\"message\":\"too many pending connections\"}\n";
+
+/// Bounds on connections before they become WebSockets.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time to receive a whole request head (and between requests on a kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// HTTP connections on this node (0 = unlimited).
+    pub max_http_connections: usize,
+    /// HTTP connections per client IP (0 = unlimited); trusted proxies are exempt.
+    pub max_http_connections_per_ip: usize,
+    /// Peers exempt from the per-IP cap (reverse proxies).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+struct Accepting {
+    limits: HttpLimits,
+    node_wide: Arc<Slots<()>>,
+    per_ip: Arc<Slots<IpAddr>>,
+    rejected: AtomicU64,
+    last_warn: std::sync::Mutex<Option<Instant>>,
+}
+
+/// The slots an HTTP connection holds until it is upgraded or closed.
+struct Held {
+    _node: Slot<()>,
+    _ip: Option<Slot<IpAddr>>,
+}
+
+impl Accepting {
+    fn admit(&self, ip: IpAddr) -> Option<Held> {
+        let node = self
+            .node_wide
+            .acquire((), self.limits.max_http_connections)
+            .or_else(|| self.reject("max_http_connections"))?;
+        let exempt = self.limits.trusted_proxies.iter().any(|n| n.contains(&ip));
+        let ip = match exempt {
+            true => None,
+            false => Some(
+                self.per_ip
+                    .acquire(ip, self.limits.max_http_connections_per_ip)
+                    .or_else(|| self.reject("max_http_connections_per_ip"))?,
+            ),
+        };
+        Some(Held {
+            _node: node,
+            _ip: ip,
+        })
+    }
+
+    fn reject<T>(&self, reason: &'static str) -> Option<T> {
+        metrics::counter!("herald_http_connections_rejected_total", "reason" => reason)
+            .increment(1);
+        let n = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        self.warn_every(Duration::from_secs(10), || {
+            tracing::warn!(
+                reason,
+                rejected_so_far = n,
+                "HTTP connection refused: too many pending connections"
+            )
+        });
+        None
+    }
+
+    fn warn_every(&self, period: Duration, warn: impl FnOnce()) {
+        let mut last = self.last_warn.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= period) {
+            *last = Some(Instant::now());
+            warn();
+        }
+    }
+}
+
+/// Serve `router` on `listener` (TLS when `tls` is set) until `stop` is cancelled; returns when
+/// every HTTP connection has finished (upgraded WebSockets are tracked elsewhere).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    router: Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let acc = Arc::new(Accepting {
+        limits,
+        node_wide: Arc::default(),
+        per_ip: Arc::default(),
+        rejected: AtomicU64::new(0),
+        last_warn: std::sync::Mutex::new(None),
+    });
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) or similar: back off, say so.
+                    metrics::counter!("herald_accept_errors_total").increment(1);
+                    acc.warn_every(Duration::from_secs(10), || {
+                        tracing::warn!(error = %e, "accept failed");
+                    });
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Some(held) = acc.admit(peer.ip()) else {
+            if tls.is_none() {
+                let _ = tcp.try_write(BUSY);
+            }
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (router, stop, tls, timeout) = (
+            router.clone(),
+            stop.clone(),
+            tls.clone(),
+            acc.limits.header_read_timeout,
+        );
+        tracker.spawn(async move {
+            match tls {
+                None => serve_http(tcp, peer, router, timeout, stop).await,
+                Some(tls) => {
+                    let Some(s) = handshake(&tls, tcp, peer).await else {
+                        return;
+                    };
+                    serve_http(s, peer, router, timeout, stop).await
+                }
+            }
+            drop(held);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn handshake(
+    tls: &crate::tls::Tls,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(tcp)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            metrics::counter!("herald_tls_handshake_failures_total").increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("herald_tls_handshake_failures_total").increment(1);
+            None
+        }
+    }
+}
+
+/// One HTTP/1 connection: requests until it closes, is upgraded, or the server stops.
+async fn serve_http<I>(
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    header_read_timeout: Duration,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move {
+            let res: Result<_, Infallible> = router.call(req.map(Body::new)).await;
+            res
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                if e.is_timeout() {
+                    metrics::counter!("herald_http_header_timeouts_total").increment(1);
+                }
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        }
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -126,6 +126,14 @@ pub struct SessionConfig {
     pub event_log_size: usize,
     /// Dead letters kept for `dead_letters` readers.
     pub dead_letter_size: usize,
+    /// Dead letters one connection may add per minute (bad frames, unknown types); more are
+    /// counted in `herald_dead_letters_total` but not kept (0 = unlimited).
+    pub dead_letters_per_connection: u32,
+    /// Subscription lifecycle events (subscribe, unsubscribe, channel occupied/vacated) one
+    /// connection may add to the event log per minute; more are counted in
+    /// `herald_journal_suppressed_total` but not kept. Connect/disconnect are always kept
+    /// (0 = unlimited).
+    pub events_per_connection: u32,
 }
 
 impl Default for SessionConfig {
@@ -142,6 +150,8 @@ impl Default for SessionConfig {
             rpc_max_inflight: 16,
             event_log_size: 10_000,
             dead_letter_size: 1000,
+            dead_letters_per_connection: 10,
+            events_per_connection: 120,
         }
     }
 }

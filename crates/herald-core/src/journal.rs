@@ -112,6 +112,20 @@ impl EventLog {
         self.notify.notify_waiters();
     }
 
+    /// Count an event that a connection's quota kept out of the log.
+    pub fn suppressed(&self, kind: EventKind) {
+        let kind = match kind {
+            EventKind::Connect => "connect",
+            EventKind::Disconnect => "disconnect",
+            EventKind::Subscribe => "subscribe",
+            EventKind::Unsubscribe => "unsubscribe",
+            EventKind::ChannelOccupied => "channel_occupied",
+            EventKind::ChannelVacated => "channel_vacated",
+        };
+        metrics::counter!("herald_journal_suppressed_total", "journal" => "events", "reason" => kind)
+            .increment(1);
+    }
+
     /// Events with `seq > since`, at most `limit`, and the oldest `seq` still kept (so a reader
     /// can tell it fell behind: `oldest > since + 1`).
     pub fn since(&self, since: u64, limit: usize) -> (Vec<Event>, u64) {
@@ -178,6 +192,14 @@ impl DeadLetters {
             reason: reason.to_owned(),
             context,
         });
+    }
+
+    /// Count a dead letter that a connection's quota kept out of the store (still counted in
+    /// `herald_dead_letters_total`, so the counter stays exact).
+    pub fn suppressed(&self, reason: &str) {
+        metrics::counter!("herald_dead_letters_total", "reason" => reason.to_owned()).increment(1);
+        metrics::counter!("herald_journal_suppressed_total", "journal" => "dead_letters", "reason" => reason.to_owned())
+            .increment(1);
     }
 
     /// The newest `limit` letters, oldest first.

@@ -12,6 +12,62 @@ fn quota(per_second: u32, burst: u32) -> Option<Quota> {
     Some(Quota::per_second(rate).allow_burst(burst))
 }
 
+/// A token bucket of `count` per `period` (burst `burst`) for a single owner, lock-free and
+/// allocation-free; it reads the clock only when it runs dry. `count = 0` allows everything.
+#[derive(Debug)]
+pub struct Allowance {
+    count: u32,
+    period_ms: u64,
+    burst: u32,
+    tokens: std::sync::atomic::AtomicU32,
+    /// Milliseconds since `origin` of the last refill.
+    refilled: std::sync::atomic::AtomicU64,
+    origin: std::time::Instant,
+}
+
+impl Allowance {
+    /// `count` per `period`, up to `burst` at once (at least `count`).
+    pub fn new(count: u32, period: std::time::Duration, burst: u32) -> Allowance {
+        let burst = burst.max(count);
+        Allowance {
+            count,
+            period_ms: (period.as_millis() as u64).max(1),
+            burst,
+            tokens: std::sync::atomic::AtomicU32::new(burst),
+            refilled: std::sync::atomic::AtomicU64::new(0),
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    /// Take one token; false when none is left.
+    pub fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.count == 0 {
+            return true;
+        }
+        if self
+            .tokens
+            .fetch_update(Relaxed, Relaxed, |t| t.checked_sub(1))
+            .is_ok()
+        {
+            return true;
+        }
+        let now = self.origin.elapsed().as_millis() as u64;
+        let since = now.saturating_sub(self.refilled.load(Relaxed));
+        let earned = since * self.count as u64 / self.period_ms;
+        if earned == 0 {
+            return false;
+        }
+        self.refilled.store(now, Relaxed);
+        // This call takes one of the earned tokens.
+        self.tokens.store(
+            (earned.min(self.burst as u64) as u32).saturating_sub(1),
+            Relaxed,
+        );
+        true
+    }
+}
+
 /// What the command limiter decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -93,6 +149,26 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowance_spends_its_burst_then_refills_with_time() {
+        let a = Allowance::new(1000, std::time::Duration::from_secs(1), 5);
+        assert_eq!(
+            (0..1000).filter(|_| a.take()).count(),
+            1000,
+            "burst >= count"
+        );
+        assert!(
+            !a.take() || !a.take(),
+            "dry within the same millisecond or two"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(a.take(), "refilled");
+        let off = Allowance::new(0, std::time::Duration::from_secs(1), 0);
+        assert!((0..10_000).all(|_| off.take()));
+        let per_minute = Allowance::new(3, std::time::Duration::from_secs(60), 3);
+        assert_eq!((0..10).filter(|_| per_minute.take()).count(), 3);
+    }
 
     #[test]
     fn command_limiter_limits_then_closes() {

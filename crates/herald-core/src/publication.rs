@@ -100,10 +100,7 @@ pub fn body_bytes(data: &Data, info: Option<&ClientInfo>) -> Vec<u8> {
     out.extend_from_slice(&info);
     match data {
         Data::Json(raw) => out.extend_from_slice(raw.get().as_bytes()),
-        // Writing to a Vec cannot fail.
-        Data::Msgpack(v) => {
-            let _ = rmpv::encode::write_value(&mut out, v);
-        }
+        Data::Msgpack(m) => out.extend_from_slice(m.as_bytes()),
     }
     out
 }
@@ -135,10 +132,9 @@ pub fn parse_body(body: &[u8]) -> Result<(Data, Option<ClientInfo>), Malformed> 
             let text = std::str::from_utf8(data).map_err(|_| Malformed("bad utf-8"))?;
             Data::json(text).map_err(|_| Malformed("bad json"))?
         }
-        b'm' => {
-            let mut r = data;
-            Data::Msgpack(rmpv::decode::read_value(&mut r).map_err(|_| Malformed("bad msgpack"))?)
-        }
+        b'm' => Data::Msgpack(
+            herald_proto::Msgpack::from_bytes(data).map_err(|_| Malformed("bad msgpack"))?,
+        ),
         _ => return Err(Malformed("unknown kind")),
     };
     Ok((data, info))

@@ -60,6 +60,8 @@ pub struct Session {
     identity: Identity,
     expiry: Option<Expiry>,
     limiter: Option<CommandLimiter>,
+    /// What this connection may add to the node's journals (dead letters; subscribe-churn events).
+    quota: Box<JournalQuota>,
     resume_token: String,
     subs: HashMap<String, Arc<Subscriber>>,
     violations: u32,
@@ -82,6 +84,31 @@ pub struct Session {
         reason = "8 bytes instead of a 48-byte empty map in every connection task"
     )]
     chan_info: Option<Box<HashMap<String, serde_json::Value>>>,
+}
+
+/// One connection's share of the node's bounded journals, so that one noisy client cannot push
+/// everyone else's dead letters and events out (counters stay exact: what is not kept is counted).
+struct JournalQuota {
+    dead_letters: crate::limits::Allowance,
+    events: crate::limits::Allowance,
+}
+
+impl JournalQuota {
+    fn new(cfg: &crate::config::SessionConfig) -> Self {
+        let minute = Duration::from_secs(60);
+        JournalQuota {
+            dead_letters: crate::limits::Allowance::new(
+                cfg.dead_letters_per_connection,
+                minute,
+                cfg.dead_letters_per_connection,
+            ),
+            events: crate::limits::Allowance::new(
+                cfg.events_per_connection,
+                minute,
+                cfg.events_per_connection,
+            ),
+        }
+    }
 }
 
 /// When the connection token expires and when to ask for a fresh one.
@@ -132,6 +159,7 @@ impl Session {
             l.rate_limited_close_after,
         );
         let expiry = expiry(&identity, cfg.auth.refresh_before);
+        let quota = Box::new(JournalQuota::new(&cfg.session));
         Session {
             node,
             outlet,
@@ -140,6 +168,7 @@ impl Session {
             identity,
             expiry,
             limiter,
+            quota,
             resume_token: token(),
             subs: HashMap::new(),
             violations: 0,
@@ -330,13 +359,40 @@ impl Session {
         }
     }
 
-    /// Answer a frame that could not be decoded.
+    /// Record a dead letter this connection caused, within its quota (always counted).
+    fn dead_letter(&self, reason: &str, context: impl FnOnce() -> serde_json::Value) {
+        if self.quota.dead_letters.take() {
+            self.node.dead_letters().push(reason, context());
+        } else {
+            self.node.dead_letters().suppressed(reason);
+        }
+    }
+
+    /// Charge one inbound message to the command rate limiter, whatever it turns out to be.
+    /// `Some` = answered (`rate_limited`) or closing; the message must not be processed.
+    fn charge(&mut self, id: &Option<Id>) -> Option<Flow> {
+        let l = self.limiter.as_mut()?;
+        match l.check() {
+            Verdict::Allow => None,
+            Verdict::Limited => {
+                metrics::counter!("herald_rate_limited_total", "kind" => "command").increment(1);
+                self.error(id, ErrorCode::RateLimited, "command rate limit exceeded");
+                Some(Flow::Continue)
+            }
+            Verdict::Close => Some(Flow::Close(CloseCode::RateLimited)),
+        }
+    }
+
+    /// Answer a frame that could not be decoded (unknown `type` included: it is not a violation,
+    /// for forward compatibility, but it costs a command like any other).
     pub fn decode_error(&mut self, e: DecodeError) -> Flow {
+        if let Some(flow) = self.charge(&e.id) {
+            return flow;
+        }
         tracing::debug!(client = %self.client_id, code = e.code.as_str(), message = %e.message, "bad frame");
-        self.node.dead_letters().push(
-            e.code.as_str(),
-            serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id, "message": e.message}),
-        );
+        self.dead_letter(e.code.as_str(), || {
+            serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id, "message": e.message})
+        });
         self.error(&e.id, e.code, &e.message);
         if e.code.is_violation() {
             self.violation()
@@ -347,9 +403,12 @@ impl Session {
 
     /// Answer a frame of the wrong kind (text on MessagePack, binary on JSON).
     pub fn wrong_frame_type(&mut self) -> Flow {
-        self.node.dead_letters().push(
+        if let Some(flow) = self.charge(&None) {
+            return flow;
+        }
+        self.dead_letter(
             "wrong_frame_type",
-            serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id}),
+            || serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id}),
         );
         self.error(
             &None,
@@ -362,17 +421,8 @@ impl Session {
     /// Handle one decoded command.
     pub async fn handle(&mut self, req: Request) -> Flow {
         let Request { id, command } = req;
-        if let Some(l) = &mut self.limiter {
-            match l.check() {
-                Verdict::Allow => {}
-                Verdict::Limited => {
-                    metrics::counter!("herald_rate_limited_total", "kind" => "command")
-                        .increment(1);
-                    self.error(&id, ErrorCode::RateLimited, "command rate limit exceeded");
-                    return Flow::Continue;
-                }
-                Verdict::Close => return Flow::Close(CloseCode::RateLimited),
-            }
+        if let Some(flow) = self.charge(&id) {
+            return flow;
         }
         if !self.announced && !matches!(command, Command::Resume(_)) {
             self.announced = true;
@@ -622,6 +672,12 @@ impl Session {
     }
 
     fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&str>) {
+        // Session starts and ends are always kept; subscription churn is within the quota.
+        let churn = !matches!(kind, EventKind::Connect | EventKind::Disconnect);
+        if churn && !self.quota.events.take() {
+            self.node.events().suppressed(kind);
+            return;
+        }
         let duration =
             (kind == EventKind::Disconnect).then(|| self.started.elapsed().as_millis() as u64);
         let (client, user) = match kind {

@@ -177,7 +177,7 @@ impl RawPayload<'_> {
             }
             raw @ RawPayload::Msgpack(_) => {
                 let mp: MpPublish = raw.typed(id)?;
-                (mp.channel, Data::Msgpack(mp.data), mp.idempotency_key)
+                (mp.channel, Data::msgpack(&mp.data), mp.idempotency_key)
             }
         };
         if key

@@ -1,9 +1,11 @@
 //! Application data carried by publications, kept in the format it arrived in.
 //!
 //! The server never interprets `data`. JSON data is kept as its raw text and spliced into outgoing
-//! JSON frames unchanged; MessagePack data is kept as a value. Delivering to a subscriber of the
-//! other format transcodes once per publication (never per subscriber). MessagePack `bin` values
-//! become arrays of byte values in JSON; JSON data becomes the equivalent MessagePack value.
+//! JSON frames unchanged; MessagePack data is kept as its encoded bytes (never as a decoded value
+//! tree: 61 000 `nil`s are 61 KB encoded but ~2.4 MB as `rmpv::Value`, and history keeps data for
+//! its TTL). A frame is built once per publication and format, decoding the value only then and
+//! only for that moment (never per subscriber). MessagePack `bin` values become arrays of byte
+//! values in JSON; JSON data becomes the equivalent MessagePack value.
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -13,8 +15,46 @@ use serde_json::value::RawValue;
 pub enum Data {
     /// Raw JSON text (validated when decoded).
     Json(Box<RawValue>),
-    /// A MessagePack value.
-    Msgpack(rmpv::Value),
+    /// One MessagePack value, as its encoded bytes.
+    Msgpack(Msgpack),
+}
+
+/// One encoded MessagePack value (complete and well-formed by construction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msgpack(Box<[u8]>);
+
+impl Msgpack {
+    /// Encode a value.
+    pub fn from_value(v: &rmpv::Value) -> Msgpack {
+        let mut buf = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = rmpv::encode::write_value(&mut buf, v);
+        Msgpack(buf.into_boxed_slice())
+    }
+
+    /// Check that `bytes` hold exactly one well-formed value.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Msgpack, rmpv::decode::Error> {
+        let mut r = bytes;
+        rmpv::decode::read_value(&mut r)?;
+        if !r.is_empty() {
+            return Err(rmpv::decode::Error::InvalidDataRead(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "trailing bytes after the value",
+            )));
+        }
+        Ok(Msgpack(bytes.into()))
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value (decoded now; for building a frame or a test, never kept).
+    pub fn value(&self) -> rmpv::Value {
+        let mut r = &self.0[..];
+        rmpv::decode::read_value(&mut r).unwrap_or(rmpv::Value::Nil)
+    }
 }
 
 impl Data {
@@ -23,17 +63,16 @@ impl Data {
         RawValue::from_string(text.to_owned()).map(Data::Json)
     }
 
-    /// Approximate encoded size in bytes, used for size limits and queue accounting.
+    /// MessagePack data holding `v`.
+    pub fn msgpack(v: &rmpv::Value) -> Data {
+        Data::Msgpack(Msgpack::from_value(v))
+    }
+
+    /// Encoded size in bytes (what is kept in memory), used for size limits and queue accounting.
     pub fn encoded_len(&self) -> usize {
         match self {
             Data::Json(raw) => raw.get().len(),
-            Data::Msgpack(v) => {
-                let mut buf = Vec::new();
-                match rmpv::encode::write_value(&mut buf, v) {
-                    Ok(()) => buf.len(),
-                    Err(_) => 0,
-                }
-            }
+            Data::Msgpack(m) => m.as_bytes().len(),
         }
     }
 
@@ -41,14 +80,14 @@ impl Data {
     pub fn for_json(&self) -> DataOut<'_> {
         match self {
             Data::Json(raw) => DataOut::Raw(raw),
-            Data::Msgpack(v) => DataOut::Value(v),
+            Data::Msgpack(m) => DataOut::Owned(m.value()),
         }
     }
 
     /// A serializable view for a MessagePack frame (JSON data is transcoded here).
     pub fn for_msgpack(&self) -> DataOut<'_> {
         match self {
-            Data::Msgpack(v) => DataOut::Value(v),
+            Data::Msgpack(m) => DataOut::Owned(m.value()),
             Data::Json(raw) => match serde_json::from_str::<rmpv::Value>(raw.get()) {
                 Ok(v) => DataOut::Owned(v),
                 // Numbers outside MessagePack's range: carry the JSON text as a string.
@@ -61,7 +100,7 @@ impl Data {
     pub fn to_json_value(&self) -> serde_json::Value {
         match self {
             Data::Json(raw) => serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null),
-            Data::Msgpack(v) => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+            Data::Msgpack(m) => serde_json::to_value(m.value()).unwrap_or(serde_json::Value::Null),
         }
     }
 }
@@ -71,9 +110,7 @@ impl Data {
 pub enum DataOut<'a> {
     /// Raw JSON text spliced in as is.
     Raw(&'a RawValue),
-    /// A MessagePack value.
-    Value(&'a rmpv::Value),
-    /// A transcoded value.
+    /// A decoded or transcoded value.
     Owned(rmpv::Value),
 }
 
@@ -81,8 +118,31 @@ impl Serialize for DataOut<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             DataOut::Raw(r) => r.serialize(s),
-            DataOut::Value(v) => v.serialize(s),
             DataOut::Owned(v) => v.serialize(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 12): MessagePack data was kept as a value tree, 40× its encoded size.
+    #[test]
+    fn msgpack_data_is_kept_as_its_encoded_bytes() {
+        let nils = rmpv::Value::Array(vec![rmpv::Value::Nil; 61_000]);
+        let d = Data::msgpack(&nils);
+        let Data::Msgpack(m) = &d else {
+            panic!("msgpack")
+        };
+        assert!(m.as_bytes().len() < 61_010, "{}", m.as_bytes().len());
+        assert_eq!(d.encoded_len(), m.as_bytes().len());
+        assert_eq!(m.value(), nils);
+        assert!(Msgpack::from_bytes(b"\x93\x01\x02").is_err(), "truncated");
+        assert!(Msgpack::from_bytes(b"\x01\x02").is_err(), "trailing bytes");
+        assert_eq!(
+            Msgpack::from_bytes(b"\x92\x01\x02").expect("ok").as_bytes(),
+            b"\x92\x01\x02"
+        );
     }
 }

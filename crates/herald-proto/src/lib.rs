@@ -20,5 +20,5 @@ pub mod frame;
 
 pub use codec::{Format, decode, encode};
 pub use codes::{CloseCode, ErrorCode};
-pub use data::Data;
+pub use data::{Data, Msgpack};
 pub use envelope::{Command, Id, Request, StreamPosition};

@@ -80,7 +80,7 @@ mod tests {
         let (ch, ep): (Arc<str>, Arc<str>) = (Arc::from("news"), Arc::from("ab12"));
         for data in [
             Data::json(r#"{"x":[1,2]}"#).expect("json"),
-            Data::Msgpack(rmpv::Value::from("hi")),
+            Data::msgpack(&rmpv::Value::from("hi")),
         ] {
             let mut e = b"42:1700000000000:".to_vec();
             e.extend(body(&data, Some(&info)));

@@ -11,9 +11,10 @@
 //! returned at once as [`Inbound::Ping`] so its pong is queued (and coalesced) before the next
 //! frame is read, never accumulated while a message is incomplete.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use herald_core::limits::Allowance;
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -82,44 +83,6 @@ impl ReadLimits {
     }
 }
 
-/// A token bucket for frames that reads the clock only when it runs dry.
-struct FrameBudget {
-    rate: u32,
-    burst: u32,
-    tokens: u32,
-    since: Instant,
-}
-
-impl FrameBudget {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = burst.max(rate);
-        FrameBudget {
-            rate,
-            burst,
-            tokens: burst,
-            since: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        if self.tokens == 0 {
-            let now = Instant::now();
-            let earned =
-                now.duration_since(self.since).as_millis() as u64 * self.rate as u64 / 1000;
-            if earned == 0 {
-                return false;
-            }
-            self.tokens = earned.min(self.burst as u64) as u32;
-            self.since = now;
-        }
-        self.tokens -= 1;
-        true
-    }
-}
-
 /// Reads whole messages from a client's byte stream.
 pub struct MessageReader<R> {
     io: R,
@@ -127,7 +90,7 @@ pub struct MessageReader<R> {
     start: usize,
     max: usize,
     max_fragments: u32,
-    budget: FrameBudget,
+    budget: Allowance,
     partial: Option<Partial>,
 }
 
@@ -230,7 +193,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             start: 0,
             max: limits.max_message_size,
             max_fragments: limits.max_fragments,
-            budget: FrameBudget::new(limits.frames_per_second, limits.frames_burst),
+            budget: Allowance::new(
+                limits.frames_per_second,
+                Duration::from_secs(1),
+                limits.frames_burst,
+            ),
             partial: None,
         }
     }

@@ -378,3 +378,66 @@ async fn held_open_handshakes_are_capped_per_ip_with_503() {
         "a slot is free again once a held connection closes"
     );
 }
+
+/// Regression: commands of an unknown `type` skipped the command rate limiter (49 000 in 5 s were
+/// all answered) and each wrote a dead letter, so 12 anonymous connections replaced the whole
+/// dead-letter store.
+#[tokio::test]
+async fn unknown_commands_are_rate_limited_and_cannot_flood_the_dead_letters() {
+    let mut setup = Setup::default();
+    setup.engine.limits = herald_core::LimitsConfig::default();
+    let server = start(setup).await;
+    let node = server.handle.node().clone();
+    let before = node.dead_letters().list(usize::MAX).len();
+    let mut c = Client::connect(&server).await;
+    for i in 0..400 {
+        c.send(serde_json::json!({"type": "no_such_command", "id": i.to_string()}))
+            .await;
+    }
+    let (frames, code) = c.until_close().await;
+    assert_eq!(code, Some(4004), "closed for its rate: {:?}", frames.last());
+    let errors = |code: &str| {
+        frames
+            .iter()
+            .filter(|f| f["type"] == "error" && f["payload"]["code"] == code)
+            .count()
+    };
+    let burst = herald_core::LimitsConfig::default().commands_burst as usize;
+    assert!(
+        errors("unknown_type") <= burst + 50,
+        "{}",
+        errors("unknown_type")
+    );
+    assert!(errors("rate_limited") > 0);
+    let kept = node.dead_letters().list(usize::MAX).len() - before;
+    let quota = herald_core::config::SessionConfig::default().dead_letters_per_connection;
+    assert!(kept <= quota as usize, "dead letters kept: {kept}");
+}
+
+/// Regression: subscribe churn within the command limits pushed real users' events out of the
+/// event log. A connection's subscription events are within its quota; connects always kept.
+#[tokio::test]
+async fn subscription_churn_of_one_connection_cannot_flush_the_event_log() {
+    let server = start_default().await;
+    let node = server.handle.node().clone();
+    let mut victim = Client::connect(&server).await;
+    victim.subscribe("news").await;
+    let mut noisy = Client::connect(&server).await;
+    for _ in 0..150 {
+        noisy.subscribe("churn").await;
+        noisy
+            .ok("unsubscribe", serde_json::json!({"channel": "churn"}))
+            .await;
+    }
+    let (events, _) = node.events().since(0, usize::MAX);
+    let quota = herald_core::config::SessionConfig::default().events_per_connection as usize;
+    let noisy_events = events
+        .iter()
+        .filter(|e| e.kind != herald_core::journal::EventKind::Connect)
+        .count();
+    assert!(noisy_events <= quota + 4, "events kept: {noisy_events}");
+    assert!(
+        events.iter().any(|e| e.channel.as_deref() == Some("news")),
+        "the victim's subscribe is still there"
+    );
+}

@@ -113,6 +113,38 @@ fn params<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 /// Largest number of channels in one `broadcast` and commands in one `batch`.
 pub const MAX_FANOUT: usize = 1000;
 
+/// Largest `batch` response (bytes of JSON results); the commands past it are not executed and
+/// get `too_large`. One `history` page (at most 100 publications) always fits.
+pub const MAX_BATCH_RESPONSE: usize = 8 << 20;
+
+fn over_budget() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge,
+        format!(
+            "not executed: the batch response reached {} MiB; send the rest in another batch",
+            MAX_BATCH_RESPONSE >> 20
+        ),
+    )
+}
+
+/// Bytes `v` takes as JSON, without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PublishParams {
@@ -415,16 +447,26 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 return Err(ApiError::bad(format!("at most {MAX_FANOUT} commands")));
             }
             let mut results = Vec::with_capacity(p.commands.len());
+            let mut size = 0usize;
             for c in p.commands {
+                if size > MAX_BATCH_RESPONSE {
+                    results.push(json!({"error": over_budget().json()}));
+                    continue;
+                }
                 let r = if c.method == "batch" {
                     Err(ApiError::bad("batches do not nest"))
                 } else {
                     Box::pin(call(app, &c.method, Value::Object(c.params))).await
                 };
-                results.push(match r {
+                let mut r = match r {
                     Ok(v) => json!({"result": v}),
                     Err(e) => json!({"error": e.json()}),
-                });
+                };
+                size += json_len(&r);
+                if size > MAX_BATCH_RESPONSE {
+                    r = json!({"error": over_budget().json()});
+                }
+                results.push(r);
             }
             Ok(json!({"results": results}))
         }

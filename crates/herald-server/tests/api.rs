@@ -329,3 +329,39 @@ async fn server_side_subscribe_and_unsubscribe_reach_every_session_of_a_user() {
         0
     );
 }
+
+/// Regression (issue 12): a 2.9 KB `batch` of history reads produced a 300 MB response. A batch's
+/// response is bounded; the commands past the bound are not executed and say so.
+#[tokio::test]
+async fn a_batch_response_is_bounded() {
+    let s = server().await;
+    let big = "x".repeat(20_000);
+    for _ in 0..100 {
+        ok(&s, "publish", json!({"channel": "big", "data": big})).await;
+    }
+    let commands: Vec<Value> = (0..20)
+        .map(|_| json!({"method": "history", "params": {"channel": "big", "limit": 100}}))
+        .collect();
+    let body = json!({ "commands": commands }).to_string();
+    let (status, reply) = post_raw(
+        &s,
+        "/api/v1/batch",
+        Some(&format!("apikey {KEY}")),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let results = reply["results"].as_array().expect("results");
+    assert_eq!(results.len(), 20);
+    assert_eq!(
+        results[0]["result"]["publications"]
+            .as_array()
+            .map(Vec::len),
+        Some(100)
+    );
+    let executed = results.iter().filter(|r| r.get("result").is_some()).count();
+    assert!(executed <= 4, "at most 8 MiB of 2 MB pages: {executed}");
+    let last = &results[19]["error"];
+    assert_eq!(last["code"], "too_large", "{last}");
+    assert!(reply.to_string().len() <= herald_server::api::MAX_BATCH_RESPONSE + 4096);
+}

@@ -500,6 +500,107 @@ async fn blackhole_server_heartbeat_closes_client_watchdog_reconnects_and_recove
     c.close().await;
 }
 
+/// The path heals after the client gave up but before the server noticed: the client's new
+/// connection arrives while the server still holds the old one (a client whose watchdog is
+/// tighter than the server's heartbeat, modelled by announcing a shorter heartbeat than the
+/// server enforces). Whether the session resumes or the client recovers on a new one, nothing is
+/// lost or doubled.
+#[tokio::test]
+async fn blackhole_healing_before_the_server_notices_loses_nothing() {
+    let mut h = herald(Duration::from_millis(500), Duration::from_secs(4)).await;
+    // Announce ping 500 ms + pong 500 ms: the client's watchdog fires after 1.3 s of silence,
+    // the server's heartbeat only after 4–4.5 s.
+    let announced = {
+        let engine = EngineConfig {
+            default_namespace: Some(NamespaceOptions {
+                history_size: 1000,
+                ..NamespaceOptions::dev()
+            }),
+            limits: LimitsConfig::unlimited(),
+            ..Default::default()
+        };
+        let verifier = Arc::new(Verifier::from_config(&engine.auth).expect("auth"));
+        Node::new(
+            engine,
+            Arc::new(MemoryBroker::new()),
+            Arc::new(MemoryPresence::new()),
+            Heartbeat {
+                ping_interval_ms: 500,
+                pong_timeout_ms: 500,
+            },
+            verifier,
+        )
+    };
+    h.handle.shutdown();
+    let conn = ConnectionConfig {
+        ping_interval: Duration::from_millis(500),
+        pong_timeout: Duration::from_secs(4),
+        ..Default::default()
+    };
+    let server = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        shutdown_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = Server::bind(server, conn, TlsConfig::default(), announced.clone())
+        .await
+        .expect("bind");
+    h.addr = s.local_addr().expect("addr");
+    h.handle = s.handle();
+    h.node = announced;
+    tokio::spawn(s.run());
+
+    let proxy = FaultProxy::start(h.addr).await.expect("proxy");
+    let (c, mut ev) = Client::connect(client_config(proxy.addr()));
+    until_event(&mut ev, "connected", is_connected).await;
+    c.subscribe("heal").await.expect("subscribe");
+    for i in 1..=5 {
+        publish(&h.node, "heal", i, 16).await;
+    }
+    let mut log = Log::default();
+    log.until_messages(&mut ev, 5).await;
+    let t0 = Instant::now();
+    proxy.blackhole();
+    for i in 6..=10 {
+        publish(&h.node, "heal", i, 16).await;
+    }
+    until_event(&mut ev, "the watchdog", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    let client_detected = t0.elapsed();
+    assert_eq!(
+        h.handle.connections(),
+        1,
+        "the server already noticed: the race this test is about did not happen"
+    );
+    for i in 11..=15 {
+        publish(&h.node, "heal", i, 16).await;
+    }
+    proxy.lift_blackhole();
+    let e = until_event(&mut ev, "reconnected", is_connected).await;
+    let Event::State(State::Connected { resumed, .. }) = e else {
+        unreachable!()
+    };
+    for i in 16..=20 {
+        publish(&h.node, "heal", i, 16).await;
+    }
+    log.messages.clear();
+    log.until_messages(&mut ev, 15).await;
+    log.assert_exactly(6, 20);
+    eprintln!(
+        "healed before the server noticed: client gave up after {} ms, then {} (server connections now {})",
+        ms(client_detected),
+        if resumed {
+            "resumed the session"
+        } else {
+            "recovered on a new session"
+        },
+        h.handle.connections()
+    );
+    c.close().await;
+}
+
 #[tokio::test]
 async fn cut_mid_frame_client_sees_eof_reconnects_and_recovers() {
     let h = herald(Duration::from_secs(1), Duration::from_secs(2)).await;

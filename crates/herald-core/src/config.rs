@@ -112,6 +112,9 @@ pub struct SessionConfig {
     /// How long a session survives an unexpected disconnect, waiting for `resume`.
     #[serde(with = "humantime_serde")]
     pub resume_grace: Duration,
+    /// Most sessions waiting for `resume` on this node; beyond, the one waiting longest is ended
+    /// (its resume then gets `session_not_found`) (0 = unlimited).
+    pub max_waiting_sessions: usize,
     /// Window in which publishes with the same idempotency key are applied once.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
@@ -144,6 +147,7 @@ impl Default for SessionConfig {
             queue_max_bytes: 1 << 20,
             max_violations: 10,
             resume_grace: Duration::from_secs(30),
+            max_waiting_sessions: 10_000,
             idempotency_window: Duration::from_secs(120),
             max_data_size: 60 * 1024,
             rpc_timeout: Duration::from_secs(5),

@@ -4,6 +4,11 @@
 //! held), and delivery to the node happens inside that lock, which is what makes "assign offset,
 //! append, fan out" one atomic step per channel. The epoch of a stream is random and chosen when
 //! the stream is created, so a restart (or a stream dropped after inactivity) is a new epoch.
+//!
+//! Reads never create streams: a read of a channel nobody published to answers an empty page
+//! with an epoch remembered in a bounded table ([`MAX_UNPUBLISHED`] names, oldest forgotten
+//! first), which the stream adopts if it is created later. So `history` on 20 000 fresh names
+//! costs a few hundred kilobytes, not a stream each.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -21,6 +26,41 @@ use crate::publication::{Publication, now_ms};
 
 /// Streams idle longer than this (and past their history TTL) are dropped by [`MemoryBroker::sweep`].
 const MIN_IDLE_KEEP: Duration = Duration::from_secs(300);
+
+/// Channel names read before anyone published to them whose epochs are remembered.
+pub const MAX_UNPUBLISHED: usize = 16_384;
+
+/// Epochs handed out for channels without a stream (FIFO-bounded).
+#[derive(Default)]
+struct Unpublished {
+    epochs: HashMap<Arc<str>, Arc<str>>,
+    order: VecDeque<Arc<str>>,
+}
+
+impl Unpublished {
+    fn epoch(&mut self, channel: &str) -> Arc<str> {
+        if let Some(e) = self.epochs.get(channel) {
+            return e.clone();
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let epoch: Arc<str> = Arc::from(new_epoch().as_str());
+        if self.order.len() >= MAX_UNPUBLISHED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.epochs.remove(&old);
+        }
+        self.order.push_back(name.clone());
+        self.epochs.insert(name, epoch.clone());
+        epoch
+    }
+
+    /// The epoch already handed out for `channel`, forgotten here (its stream now exists).
+    fn take(&mut self, channel: &str) -> Option<Arc<str>> {
+        let e = self.epochs.remove(channel)?;
+        self.order.retain(|n| &**n != channel);
+        Some(e)
+    }
+}
 
 struct Stream {
     name: Arc<str>,
@@ -72,6 +112,7 @@ fn new_epoch() -> String {
 #[derive(Default)]
 pub struct MemoryBroker {
     streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
+    unpublished: Mutex<Unpublished>,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
 }
 
@@ -87,7 +128,13 @@ impl MemoryBroker {
         }
         let mut map = write(&self.streams);
         map.entry(Arc::from(channel))
-            .or_insert_with(|| Arc::new(Mutex::new(Stream::new(channel))))
+            .or_insert_with(|| {
+                let mut s = Stream::new(channel);
+                if let Some(epoch) = lock(&self.unpublished).take(channel) {
+                    s.epoch = epoch;
+                }
+                Arc::new(Mutex::new(s))
+            })
             .clone()
     }
 
@@ -106,6 +153,11 @@ impl MemoryBroker {
             let idle = now.duration_since(s.last_publish);
             !(s.history.is_empty() && s.keys.is_empty() && idle > MIN_IDLE_KEEP.max(s.history_ttl))
         });
+    }
+
+    /// Channel names whose epochs are remembered without a stream.
+    pub fn unpublished_count(&self) -> usize {
+        lock(&self.unpublished).order.len()
     }
 
     /// Number of streams currently held.
@@ -198,7 +250,18 @@ impl Broker for MemoryBroker {
     }
 
     async fn history(&self, channel: &str, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
-        let stream = self.stream(channel);
+        let Some(stream) = self.existing(channel) else {
+            let epoch = lock(&self.unpublished).epoch(channel);
+            if q.since.as_ref().is_some_and(|since| *since.epoch != *epoch) {
+                return Err(BrokerError::EpochMismatch);
+            }
+            return Ok(HistoryPage {
+                publications: Vec::new(),
+                top: 0,
+                epoch,
+                first_kept: 1,
+            });
+        };
         let mut s = lock(&stream);
         s.trim(Instant::now());
         if let Some(since) = &q.since
@@ -333,6 +396,47 @@ mod tests {
             history_ttl: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(60),
         }
+    }
+
+    /// Regression (issue 12): `history` on 20 000 fresh channel names kept 15 MB for 5 minutes.
+    #[tokio::test]
+    async fn reads_do_not_create_streams_and_the_epoch_they_saw_holds() {
+        let b = MemoryBroker::new();
+        let q = || HistoryQuery {
+            since: None,
+            limit: 10,
+            reverse: false,
+        };
+        let seen = b.history("fresh", q()).await.expect("read");
+        assert_eq!((seen.top, seen.publications.len()), (0, 0));
+        for i in 0..20_000 {
+            b.history(&format!("x{i}"), q()).await.expect("read");
+        }
+        assert_eq!(b.stream_count(), 0);
+        assert_eq!(b.unpublished_count(), MAX_UNPUBLISHED);
+        // Evicted: a later stream simply gets a new epoch.
+        let out = b.publish("fresh", req(1, None)).await.expect("publish");
+        assert_ne!(out.epoch, seen.epoch);
+        // Not evicted: the stream adopts the epoch the reader saw, so its position stays valid.
+        let seen = b.history("late", q()).await.expect("read");
+        let since = StreamPosition {
+            offset: 0,
+            epoch: seen.epoch.to_string(),
+        };
+        let out = b.publish("late", req(1, None)).await.expect("publish");
+        assert_eq!(out.epoch, seen.epoch);
+        let page = b
+            .history(
+                "late",
+                HistoryQuery {
+                    since: Some(since),
+                    ..q()
+                },
+            )
+            .await
+            .expect("recover from the position the read gave");
+        assert_eq!(page.publications.len(), 1);
+        assert_eq!(b.unpublished_count(), MAX_UNPUBLISHED - 1);
     }
 
     #[tokio::test]

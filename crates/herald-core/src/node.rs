@@ -103,13 +103,37 @@ struct Parked {
     generation: u64,
 }
 
+/// Sessions waiting for `resume`, by token, and their parking order (oldest first).
+#[derive(Default)]
+struct Parking {
+    by_token: HashMap<String, Parked>,
+    order: std::collections::BTreeMap<u64, String>,
+}
+
+impl Parking {
+    fn remove(&mut self, token: &str) -> Option<Parked> {
+        let p = self.by_token.remove(token)?;
+        self.order.remove(&p.generation);
+        Some(p)
+    }
+
+    fn oldest(&mut self) -> Option<Parked> {
+        let (_, token) = self.order.pop_first()?;
+        self.by_token.remove(&token)
+    }
+
+    fn len(&self) -> usize {
+        self.by_token.len()
+    }
+}
+
 /// One Herald node.
 pub struct Node {
     config: EngineConfig,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) presence: Arc<dyn PresenceStore>,
     hub: Arc<Hub>,
-    parked: Mutex<HashMap<String, Parked>>,
+    parked: Mutex<Parking>,
     next_client: AtomicU64,
     generation: AtomicU64,
     node_id: String,
@@ -153,7 +177,7 @@ impl Node {
             broker,
             presence,
             hub,
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(Parking::default()),
             next_client: AtomicU64::new(1),
             generation: AtomicU64::new(1),
             node_id,
@@ -550,20 +574,36 @@ impl Node {
         }
         let token = session.resume_token().to_owned();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        lock(&self.parked).insert(
-            token.clone(),
-            Parked {
-                session,
-                generation,
-            },
-        );
+        let max = self.config.session.max_waiting_sessions;
+        let evicted = {
+            let mut parked = lock(&self.parked);
+            let evicted = (max > 0 && parked.len() >= max)
+                .then(|| parked.oldest())
+                .flatten();
+            parked.order.insert(generation, token.clone());
+            parked.by_token.insert(
+                token.clone(),
+                Parked {
+                    session,
+                    generation,
+                },
+            );
+            evicted
+        };
         metrics::gauge!("herald_sessions_waiting").increment(1.0);
+        if let Some(old) = evicted {
+            metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+            metrics::counter!("herald_sessions_evicted_total").increment(1);
+            old.session
+                .end("too many sessions waiting for resume on this node")
+                .await;
+        }
         let node = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             let expired = {
                 let mut parked = lock(&node.parked);
-                match parked.get(&token) {
+                match parked.by_token.get(&token) {
                     Some(p) if p.generation == generation => parked.remove(&token),
                     _ => None,
                 }
@@ -582,7 +622,7 @@ impl Node {
     pub(crate) fn take_parked(&self, token: &str, user: &str) -> Option<Session> {
         let p = {
             let mut parked = lock(&self.parked);
-            if parked.get(token)?.session.user_id() != user {
+            if parked.by_token.get(token)?.session.user_id() != user {
                 return None;
             }
             parked.remove(token)?
@@ -593,7 +633,11 @@ impl Node {
 
     /// End every waiting session now (shutdown).
     pub async fn end_waiting_sessions(&self) {
-        let all: Vec<Parked> = lock(&self.parked).drain().map(|(_, p)| p).collect();
+        let all: Vec<Parked> = {
+            let mut parked = lock(&self.parked);
+            parked.order.clear();
+            parked.by_token.drain().map(|(_, p)| p).collect()
+        };
         for p in all {
             metrics::gauge!("herald_sessions_waiting").decrement(1.0);
             p.session.end("server shutdown").await;

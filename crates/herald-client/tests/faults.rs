@@ -37,6 +37,16 @@ impl Drop for Herald {
 
 /// Serve on 127.0.0.1 with these heartbeat settings and a 1000-message history.
 async fn herald(ping_interval: Duration, pong_timeout: Duration) -> Herald {
+    herald_announcing(ping_interval, pong_timeout, ping_interval, pong_timeout).await
+}
+
+/// [`herald`], telling clients (`connected`) other heartbeat values than the server enforces.
+async fn herald_announcing(
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    announced_ping_interval: Duration,
+    announced_pong_timeout: Duration,
+) -> Herald {
     let engine = EngineConfig {
         default_namespace: Some(NamespaceOptions {
             history_size: 1000,
@@ -55,8 +65,8 @@ async fn herald(ping_interval: Duration, pong_timeout: Duration) -> Herald {
         Arc::new(MemoryBroker::new()),
         Arc::new(MemoryPresence::new()),
         Heartbeat {
-            ping_interval_ms: ping_interval.as_millis() as u64,
-            pong_timeout_ms: pong_timeout.as_millis() as u64,
+            ping_interval_ms: announced_ping_interval.as_millis() as u64,
+            pong_timeout_ms: announced_pong_timeout.as_millis() as u64,
         },
         verifier,
     );
@@ -507,49 +517,15 @@ async fn blackhole_server_heartbeat_closes_client_watchdog_reconnects_and_recove
 /// lost or doubled.
 #[tokio::test]
 async fn blackhole_healing_before_the_server_notices_loses_nothing() {
-    let mut h = herald(Duration::from_millis(500), Duration::from_secs(4)).await;
-    // Announce ping 500 ms + pong 500 ms: the client's watchdog fires after 1.3 s of silence,
-    // the server's heartbeat only after 4–4.5 s.
-    let announced = {
-        let engine = EngineConfig {
-            default_namespace: Some(NamespaceOptions {
-                history_size: 1000,
-                ..NamespaceOptions::dev()
-            }),
-            limits: LimitsConfig::unlimited(),
-            ..Default::default()
-        };
-        let verifier = Arc::new(Verifier::from_config(&engine.auth).expect("auth"));
-        Node::new(
-            engine,
-            Arc::new(MemoryBroker::new()),
-            Arc::new(MemoryPresence::new()),
-            Heartbeat {
-                ping_interval_ms: 500,
-                pong_timeout_ms: 500,
-            },
-            verifier,
-        )
-    };
-    h.handle.shutdown();
-    let conn = ConnectionConfig {
-        ping_interval: Duration::from_millis(500),
-        pong_timeout: Duration::from_secs(4),
-        ..Default::default()
-    };
-    let server = ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        shutdown_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
-    let s = Server::bind(server, conn, TlsConfig::default(), announced.clone())
-        .await
-        .expect("bind");
-    h.addr = s.local_addr().expect("addr");
-    h.handle = s.handle();
-    h.node = announced;
-    tokio::spawn(s.run());
-
+    // Clients are told ping 500 ms + pong 500 ms, so the watchdog fires after 1.3 s of
+    // silence; the server's heartbeat gives up only after 4–4.5 s.
+    let h = herald_announcing(
+        Duration::from_millis(500),
+        Duration::from_secs(4),
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+    )
+    .await;
     let proxy = FaultProxy::start(h.addr).await.expect("proxy");
     let (c, mut ev) = Client::connect(client_config(proxy.addr()));
     until_event(&mut ev, "connected", is_connected).await;
@@ -597,6 +573,87 @@ async fn blackhole_healing_before_the_server_notices_loses_nothing() {
             "recovered on a new session"
         },
         h.handle.connections()
+    );
+    c.close().await;
+}
+
+/// A network switch: the old path dies silently for good while a new one works, so the client's
+/// new connection (its watchdog is tighter than the server's heartbeat, as above) asks to resume
+/// a session the server still holds on the dead connection. It cannot resume; it must recover
+/// on a new session — and the old session, parked when the server's heartbeat finally fires,
+/// must not deliver anything twice.
+#[tokio::test]
+async fn a_network_switch_while_the_server_holds_the_dead_connection_loses_nothing() {
+    let h = herald_announcing(
+        Duration::from_millis(500),
+        Duration::from_secs(3),
+        Duration::from_millis(500),
+        Duration::from_millis(500),
+    )
+    .await;
+    let proxy = FaultProxy::start(h.addr).await.expect("proxy");
+    let (c, mut ev) = Client::connect(client_config(proxy.addr()));
+    until_event(&mut ev, "connected", is_connected).await;
+    c.subscribe("switch").await.expect("subscribe");
+    for i in 1..=5 {
+        publish(&h.node, "switch", i, 16).await;
+    }
+    let mut log = Log::default();
+    log.until_messages(&mut ev, 5).await;
+    let timeouts_before = close_code_count(4000);
+    let t0 = Instant::now();
+    assert_eq!(proxy.freeze_current(), 1);
+    for i in 6..=10 {
+        publish(&h.node, "switch", i, 16).await;
+    }
+    until_event(&mut ev, "the watchdog", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    let e = until_event(&mut ev, "reconnected", is_connected).await;
+    let reconnected = t0.elapsed();
+    let Event::State(State::Connected { resumed, .. }) = e else {
+        unreachable!()
+    };
+    assert_eq!(
+        h.handle.connections(),
+        2,
+        "the server should still hold the dead connection"
+    );
+    assert!(
+        !resumed,
+        "resumed a session that the server still held on another connection"
+    );
+    for i in 11..=15 {
+        publish(&h.node, "switch", i, 16).await;
+    }
+    log.messages.clear();
+    log.until_messages(&mut ev, 10).await;
+    log.assert_exactly(6, 15);
+    // The server's heartbeat ends the dead connection; its session is parked and never resumed.
+    until("the server to drop the dead connection", || {
+        h.handle.connections() == 1
+    })
+    .await;
+    let server_detected = t0.elapsed();
+    assert!(close_code_count(4000) > timeouts_before, "no 4000 recorded");
+    for i in 16..=20 {
+        publish(&h.node, "switch", i, 16).await;
+    }
+    log.messages.clear();
+    log.until_messages(&mut ev, 5).await;
+    log.assert_exactly(16, 20);
+    // Nothing else arrives (no late duplicates from the old session): one more message is the
+    // very next event of that kind.
+    publish(&h.node, "switch", 21, 16).await;
+    log.messages.clear();
+    log.until_messages(&mut ev, 1).await;
+    log.assert_exactly(21, 21);
+    assert!(log.disconnects.is_empty(), "{:?}", log.disconnects);
+    eprintln!(
+        "network switch: client recovered on a new session {} ms after the old path died; the server dropped the dead connection after {} ms",
+        ms(reconnected),
+        ms(server_detected)
     );
     c.close().await;
 }

@@ -25,15 +25,18 @@ pub struct ServerConfig {
     /// Origins browsers may connect from (`https://app.example.com`, `https://*.example.com`,
     /// `*` = any). Empty = same origin only (the `Origin` host must equal the `Host` header).
     /// A disallowed `Origin` gets HTTP 403 before the upgrade.
+    #[serde(deserialize_with = "herald_core::config::list")]
     pub allowed_origins: Vec<String>,
     /// Host names this server answers to (`chat.example.com`, `*.example.com`; port ignored);
     /// other `Host` headers get 403 on every route (DNS rebinding defence). Empty = on a loopback
     /// `listen` address only loopback names (`localhost`, `127.0.0.1`, `[::1]`), elsewhere any.
+    #[serde(deserialize_with = "herald_core::config::list")]
     pub allowed_hosts: Vec<String>,
     /// Accept handshakes without an `Origin` header (non-browser clients).
     pub allow_missing_origin: bool,
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For`/`Forwarded` headers are
     /// believed when finding the client IP. Empty = the TCP peer is the client.
+    #[serde(deserialize_with = "herald_core::config::list")]
     pub trusted_proxies: Vec<IpNet>,
     /// Time a client has to send a whole HTTP request head (also the idle time allowed between
     /// requests on a kept-alive connection); then the connection is closed.

@@ -186,6 +186,7 @@ pub struct ChannelProxyConfig {
     pub connect_url: Option<String>,
     /// Handshake headers passed to every proxy and to `[rpc]` (case-insensitive names, e.g.
     /// `cookie`); other headers never leave the server.
+    #[serde(deserialize_with = "herald_core::config::list")]
     pub forward_headers: Vec<String>,
     /// Extends connections the connect proxy authenticated with an `expire_at`: receives
     /// `{"client_id","user_id","info","headers"}` before expiry (`auth.refresh_before`), answers

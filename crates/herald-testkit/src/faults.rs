@@ -21,6 +21,8 @@
 //!   TCP retransmission does after a partition heals.
 //! - **a blackhole** ([`FaultHandle::blackhole`]): both directions stalled, and new connections are
 //!   accepted but held (nothing reaches the server) until [`FaultHandle::lift_blackhole`].
+//! - **a network switch** ([`FaultHandle::freeze_current`]): the current connections go silent
+//!   for good, new ones flow.
 //! - **a reset** ([`FaultHandle::reset`]): `SO_LINGER` 0 on both sockets of every connection, then
 //!   close: the client (and the server) get `ECONNRESET`.
 //! - **a cut** ([`FaultHandle::cut_after`]): forward `n` more bytes in one direction, then close
@@ -33,7 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -127,6 +129,8 @@ struct ConnCtl {
     written: [AtomicU64; 2],
     /// Close once `written` reaches this (u64::MAX = never), per direction.
     limit: [AtomicU64; 2],
+    /// Silent for good (both directions stalled), whatever the proxy's conditions.
+    frozen: AtomicBool,
 }
 
 impl ConnCtl {
@@ -330,6 +334,14 @@ impl FaultHandle {
         self.each_conn(|c| c.kill(Kill::Reset))
     }
 
+    /// Every current connection goes silent for good (both directions stalled, sockets open,
+    /// until [`FaultHandle::reset`] or [`FaultHandle::close`]) while new connections flow as
+    /// usual: a network switch (Wi-Fi to mobile, a NAT rebinding) that leaves the old path dead.
+    /// Returns how many.
+    pub fn freeze_current(&self) -> usize {
+        self.each_conn(|c| c.frozen.store(true, Ordering::SeqCst))
+    }
+
     /// Close every current connection with a FIN both ways; returns how many.
     pub fn close(&self) -> usize {
         self.each_conn(|c| c.kill(Kill::Close))
@@ -453,6 +465,7 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
         kill: watch::Sender::new(None),
         written: Default::default(),
         limit: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+        frozen: AtomicBool::new(false),
     });
     shared.conns().insert(id, ctl.clone());
     let _guard = ConnGuard {
@@ -613,7 +626,7 @@ async fn reader(mut r: OwnedReadHalf, line: &Line, dir: Direction, shared: &Shar
     let k = loop {
         let c = cond.borrow_and_update().clone();
         let link = &c.links[i];
-        let limit = if c.stalled(dir) {
+        let limit = if c.stalled(dir) || ctl.frozen.load(Ordering::SeqCst) {
             shared.opts.stall_limit
         } else {
             shared.opts.queue_limit
@@ -718,7 +731,7 @@ async fn writer(
     let mut cond = shared.cond.subscribe();
     let i = dir.idx();
     let k = loop {
-        let stalled = cond.borrow_and_update().stalled(dir);
+        let stalled = cond.borrow_and_update().stalled(dir) || ctl.frozen.load(Ordering::SeqCst);
         let Some(due) = line.front_due() else {
             tokio::select! {
                 _ = line.pushed.notified() => {}
@@ -1206,6 +1219,25 @@ mod tests {
         p.wait_for("the connection to end", WAIT, |h| h.open() == 0)
             .await;
         assert_eq!(p.forwarded(Direction::Down), 14);
+    }
+
+    #[tokio::test]
+    async fn frozen_connections_stay_silent_while_new_ones_flow() {
+        let p = FaultProxy::start(echo().await).await.expect("proxy");
+        let mut old = TcpStream::connect(p.addr()).await.expect("connect");
+        p.wait_for("the connection", WAIT, |h| h.open() == 1).await;
+        assert_eq!(p.freeze_current(), 1);
+        old.write_all(b"old").await.expect("write");
+        let mut new = TcpStream::connect(p.addr()).await.expect("connect");
+        new.write_all(b"new").await.expect("write");
+        let mut buf = [0u8; 3];
+        tokio::time::timeout(WAIT, new.read_exact(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert_eq!(&buf, b"new");
+        let r = tokio::time::timeout(Duration::from_millis(300), old.read(&mut buf)).await;
+        assert!(r.is_err(), "a frozen connection delivered {r:?}");
     }
 
     #[tokio::test]

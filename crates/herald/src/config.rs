@@ -176,8 +176,53 @@ fn dev_preset() -> Config {
     }
 }
 
-/// Load and validate the effective configuration.
-pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
+/// The keys the binary reads itself (not configuration).
+const NOT_CONFIG: [&str; 4] = ["config", "listen", "log", "log_format"];
+
+/// `HERALD_*` variables, minus the ones found not to name a configuration key.
+fn env(unknown: &[String]) -> Env {
+    let unknown = unknown.to_vec();
+    Env::prefixed("HERALD_")
+        .split("__")
+        .ignore(&NOT_CONFIG)
+        .filter(move |k| !unknown.iter().any(|u| k.as_str().eq_ignore_ascii_case(u)))
+}
+
+/// `--dev` makes the configured namespaces usable (before the variables, which still win).
+fn dev_namespaces(config: &mut Config) {
+    for ns in config.namespaces.values_mut() {
+        let dev = NamespaceOptions::dev();
+        ns.presence = true;
+        ns.join_leave = true;
+        ns.anonymous = true;
+        ns.allow_subscribe = true;
+        ns.allow_publish = true;
+        if ns.history_size == 0 {
+            ns.history_size = dev.history_size;
+            ns.history_ttl = dev.history_ttl;
+        }
+    }
+    // The demo chat's typing indicator: only the newest state matters.
+    config
+        .namespaces
+        .entry("typing".to_owned())
+        .or_insert_with(|| NamespaceOptions {
+            history_size: 0,
+            history_ttl: std::time::Duration::ZERO,
+            presence: false,
+            join_leave: false,
+            slow_consumer: herald_core::SlowConsumerPolicy::Latest,
+            ..NamespaceOptions::dev()
+        });
+}
+
+fn invalid(e: figment::Error) -> anyhow::Error {
+    let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+    anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
+}
+
+/// Defaults → `--dev` preset → file → (`--dev` namespaces) → variables.
+fn layers(src: &Sources<'_>, unknown: &[String]) -> anyhow::Result<Figment> {
     let base = if src.dev {
         dev_preset()
     } else {
@@ -190,51 +235,61 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
         }
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(Env::prefixed("HERALD_").split("__").ignore(&[
-        "config",
-        "listen",
-        "log",
-        "log_format",
-    ]));
-    let mut config: Config = fig.extract().map_err(|e| {
-        let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-        anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
-    })?;
+    if src.dev {
+        let mut c: Config = fig.extract().map_err(invalid)?;
+        dev_namespaces(&mut c);
+        fig = Figment::from(Serialized::defaults(c));
+    }
+    Ok(fig.merge(env(unknown)))
+}
+
+/// The configuration keys named by variables that match none (`HERALD_BIN` → `bin`), if that
+/// is all that is wrong.
+fn unknown_env_keys(e: &figment::Error) -> Option<Vec<String>> {
+    let mut keys = Vec::new();
+    for err in e.clone() {
+        let from_env = err
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.contains("environment"));
+        match &err.kind {
+            // The path ends with the unknown field itself.
+            figment::error::Kind::UnknownField(..) if from_env && !err.path.is_empty() => {
+                keys.push(err.path.join("."));
+            }
+            _ => return None,
+        }
+    }
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// Load and validate the effective configuration. `HERALD_*` variables that name no
+/// configuration key are ignored with a warning (a deploy script's `HERALD_BIN` must not stop the
+/// server); unknown keys in the file are errors.
+pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
+    let mut unknown: Vec<String> = Vec::new();
+    let mut config: Config = loop {
+        match layers(src, &unknown)?.extract() {
+            Ok(c) => break c,
+            Err(e) => match unknown_env_keys(&e) {
+                Some(keys) if unknown.len() < 256 => unknown.extend(keys),
+                _ => return Err(invalid(e)),
+            },
+        }
+    };
+    for key in &unknown {
+        let var = format!("HERALD_{}", key.replace('.', "__").to_ascii_uppercase());
+        tracing::warn!(variable = %var, "ignoring {var}: it names no configuration key (`{key}`)");
+    }
     if let Some(addr) = src.listen {
         config.server.listen = addr;
     }
     config.server.echo = config.debug.echo;
-    if src.dev {
-        for ns in config.namespaces.values_mut() {
-            let dev = NamespaceOptions::dev();
-            ns.presence = true;
-            ns.join_leave = true;
-            ns.anonymous = true;
-            ns.allow_subscribe = true;
-            ns.allow_publish = true;
-            if ns.history_size == 0 {
-                ns.history_size = dev.history_size;
-                ns.history_ttl = dev.history_ttl;
-            }
-        }
-        // The demo chat's typing indicator: only the newest state matters.
-        config
-            .namespaces
-            .entry("typing".to_owned())
-            .or_insert_with(|| NamespaceOptions {
-                history_size: 0,
-                history_ttl: std::time::Duration::ZERO,
-                presence: false,
-                join_leave: false,
-                slow_consumer: herald_core::SlowConsumerPolicy::Latest,
-                ..NamespaceOptions::dev()
-            });
-        if !config.server.listen.ip().is_loopback() {
-            bail!(
-                "--dev refuses to listen on non-loopback address {} (it allows anonymous publishing)",
-                config.server.listen
-            );
-        }
+    if src.dev && !config.server.listen.ip().is_loopback() {
+        bail!(
+            "--dev refuses to listen on non-loopback address {} (it allows anonymous publishing)",
+            config.server.listen
+        );
     }
     validate(&config).context("invalid configuration")?;
     Ok(config)

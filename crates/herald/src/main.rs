@@ -152,6 +152,22 @@ fn sources(args: &ConfigArgs) -> config::Sources<'_> {
     }
 }
 
+/// Raise the soft open-file limit to the hard one, and say when the configured connection caps
+/// cannot all be met with it (each connection is a file descriptor).
+fn file_descriptors(server: &herald_server::ServerConfig) {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let wanted = (server.max_connections + server.max_http_connections) as u64 + 64;
+    if limit < wanted {
+        tracing::warn!(
+            nofile = limit,
+            wanted,
+            "the open-file limit is below server.max_connections + server.max_http_connections: raise it (LimitNOFILE=, ulimit -n) or lower the caps"
+        );
+    } else {
+        tracing::debug!(nofile = limit, "open-file limit");
+    }
+}
+
 async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let mut config = config::load(&sources(&args))?;
     let mut dev_token = None;
@@ -194,6 +210,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         .context("cannot load auth.jwks")?;
         tracing::info!(keys = n, "JWKS loaded");
     }
+    file_descriptors(&config.server);
     let engine = Engine::start(&config).await?;
     let heartbeat = Heartbeat {
         ping_interval_ms: config.connection.ping_interval.as_millis() as u64,
@@ -464,11 +481,14 @@ async fn main() -> ExitCode {
             init_logs(&log_format);
             serve(args).await
         }
-        Command::CheckConfig { args } => config::load(&sources(&args)).and_then(|c| {
-            print!("{}", c.to_toml()?);
-            eprintln!("configuration is valid");
-            Ok(())
-        }),
+        Command::CheckConfig { args } => {
+            init_logs("text");
+            config::load(&sources(&args)).and_then(|c| {
+                print!("{}", c.to_toml()?);
+                eprintln!("configuration is valid");
+                Ok(())
+            })
+        }
         Command::Token { args, mint } => config::load(&sources(&args)).and_then(|c| {
             println!("{}", token::mint(&c.auth, &mint)?);
             Ok(())

@@ -495,3 +495,76 @@ async fn bench_scenarios_run_and_report_no_loss() {
     assert_eq!(r["ok"], true, "{r}");
     assert!(r["connections_cut"].as_u64().is_some_and(|c| c > 0), "{r}");
 }
+
+/// Regressions: an unrelated `HERALD_BIN` (a deploy script's) made `herald serve` refuse to start
+/// ("unknown field: found `bin`"); a plain value for a list key was refused ("expected a
+/// sequence"); `--dev` silently undid a variable's override on a configured namespace.
+#[test]
+fn environment_variables_warn_when_unknown_take_plain_lists_and_beat_dev() {
+    let out = run(
+        &["check-config"],
+        &[
+            ("HERALD_BIN", "/usr/local/bin/herald"),
+            ("HERALD_SERVER__LISEN", "oops"),
+            ("HERALD_SERVER__MAX_CONNECTIONS", "9"),
+        ],
+        true,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("max_connections = 9"), "{stdout}");
+    for var in ["HERALD_BIN", "HERALD_SERVER__LISEN"] {
+        assert!(stderr.contains(&format!("ignoring {var}")), "{stderr}");
+    }
+
+    let out = run(
+        &["check-config"],
+        &[
+            (
+                "HERALD_SERVER__ALLOWED_ORIGINS",
+                "https://a.example, https://b.example",
+            ),
+            ("HERALD_SERVER__TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("HERALD_AUTH__API_KEYS", "12345678901234567890"),
+        ],
+        true,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let squeezed: String = stdout.split_whitespace().collect();
+    for want in [
+        r#"allowed_origins=["https://a.example","https://b.example",]"#,
+        r#"trusted_proxies=["10.0.0.0/8"]"#,
+        r#"api_keys=["<redacted>"]"#,
+    ] {
+        assert!(squeezed.contains(want), "{want} in {stdout}");
+    }
+
+    let dir = std::env::temp_dir().join(format!("herald-cli-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("locked.toml");
+    std::fs::write(
+        &file,
+        "[namespaces.locked]\nhistory_size = 5\nhistory_ttl = \"1m\"\n",
+    )
+    .expect("write");
+    let file = file.to_str().expect("utf-8");
+    let out = run(
+        &["check-config", "--dev", "--config", file],
+        &[("HERALD_NAMESPACES__LOCKED__ALLOW_SUBSCRIBE", "false")],
+        true,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let locked = stdout
+        .split("[namespaces.locked]")
+        .nth(1)
+        .and_then(|s| s.split("\n[").next())
+        .expect("the namespace");
+    assert!(locked.contains("allow_subscribe = false"), "{locked}");
+    assert!(
+        locked.contains("allow_publish = true"),
+        "--dev still applies: {locked}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

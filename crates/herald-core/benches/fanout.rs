@@ -28,7 +28,7 @@ fn setup(n: usize) -> (Hub, Vec<Arc<Outlet>>) {
             false,
         );
         hub.add("bench", s.clone(), 0);
-        s.go_live(|| 0);
+        s.go_live("e", || 0);
     }
     (hub, outlets)
 }

@@ -35,6 +35,8 @@ pub struct Subscriber {
     buffering: AtomicBool,
     buffer: Mutex<Vec<Arc<Publication>>>,
     last_offset: AtomicU64,
+    /// `epoch_tag` of the epoch `last_offset` belongs to.
+    last_epoch: AtomicU64,
 }
 
 impl Subscriber {
@@ -53,6 +55,7 @@ impl Subscriber {
             buffering: AtomicBool::new(true),
             buffer: Mutex::new(Vec::new()),
             last_offset: AtomicU64::new(0),
+            last_epoch: AtomicU64::new(0),
         })
     }
 
@@ -71,23 +74,38 @@ impl Subscriber {
                 return;
             }
         }
+        // An engine may deliver, live, a publication the recovery already queued (it was in
+        // flight while history was read): offsets only grow within an epoch, so drop it.
+        if self.is_duplicate(p) {
+            metrics::counter!("herald_duplicates_dropped_total").increment(1);
+            return;
+        }
         self.last_offset.store(p.offset, Ordering::Relaxed);
+        self.last_epoch.store(p.epoch_tag, Ordering::Relaxed);
         self.outlet.push(Out::Pub(p.clone()), self.policy);
+    }
+
+    fn is_duplicate(&self, p: &Publication) -> bool {
+        self.last_epoch.load(Ordering::Relaxed) == p.epoch_tag
+            && p.offset <= self.last_offset.load(Ordering::Relaxed)
     }
 
     /// Finish setup: run `before` (which queues the reply and recovered history and returns the
     /// last offset it queued), then queue the publications buffered meanwhile that come after it,
     /// and switch to direct delivery — all while holding the buffer lock, so the order is exact.
-    pub fn go_live(&self, before: impl FnOnce() -> u64) {
+    /// `epoch` is the stream epoch of that last offset.
+    pub fn go_live(&self, epoch: &str, before: impl FnOnce() -> u64) {
         let mut buf = lock(&self.buffer);
-        let mut last = before();
+        self.last_offset.store(before(), Ordering::Relaxed);
+        self.last_epoch
+            .store(crate::publication::epoch_tag(epoch), Ordering::Relaxed);
         for p in buf.drain(..) {
-            if p.offset > last {
-                last = p.offset;
+            if !self.is_duplicate(&p) {
+                self.last_offset.store(p.offset, Ordering::Relaxed);
+                self.last_epoch.store(p.epoch_tag, Ordering::Relaxed);
                 self.outlet.push(Out::Pub(p), self.policy);
             }
         }
-        self.last_offset.store(last, Ordering::Relaxed);
         self.buffering.store(false, Ordering::Release);
     }
 
@@ -267,6 +285,59 @@ mod tests {
         ))
     }
 
+    /// Regression (issue 12, #14): on Redis, a subscriber recovering on another node while
+    /// publications flowed sometimes got the boundary publication twice: once at the end of the
+    /// recovery, once live (it was in flight while history was read).
+    #[test]
+    fn a_live_duplicate_of_a_recovered_publication_is_dropped_but_a_new_epoch_is_not() {
+        let hub = Hub::default();
+        let outlet = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 100,
+                max_bytes: 1 << 20,
+            },
+        );
+        let sub = Subscriber::new(
+            outlet.clone(),
+            Arc::from("c1"),
+            SlowConsumerPolicy::Disconnect,
+            false,
+        );
+        hub.add("c", sub.clone(), 0).expect("add");
+        let p = |offset, epoch: &str| {
+            Arc::new(Publication::new(
+                Arc::from("c"),
+                offset,
+                Arc::from(epoch),
+                0,
+                Data::json("1").expect("j"),
+                None,
+            ))
+        };
+        // The recovery queued up to offset 5 of epoch "e"; then 5 arrives live, then 6.
+        sub.go_live("e", || 5);
+        for pub_ in [p(5, "e"), p(6, "e"), p(6, "e"), p(1, "f"), p(2, "f")] {
+            hub.fanout(&pub_);
+        }
+        let mut d = Drained::default();
+        outlet.drain(10, &mut d);
+        let offsets: Vec<String> = d
+            .frames
+            .iter()
+            .map(|f| {
+                let (payload, _) = herald_proto::frame::parse_unmasked(f).expect("frame");
+                let v: serde_json::Value = serde_json::from_slice(payload).expect("json");
+                format!(
+                    "{}{}",
+                    v["payload"]["epoch"].as_str().unwrap_or(""),
+                    v["payload"]["offset"]
+                )
+            })
+            .collect();
+        assert_eq!(offsets, ["e6", "f1", "f2"]);
+    }
+
     #[test]
     fn fanout_shares_one_encoding_and_buffers_during_setup() {
         let hub = Hub::default();
@@ -290,12 +361,12 @@ mod tests {
         for s in &subs {
             hub.add("c", s.clone(), 0).expect("add");
         }
-        subs[0].go_live(|| 0);
-        subs[1].go_live(|| 0);
+        subs[0].go_live("e", || 0);
+        subs[1].go_live("e", || 0);
         // subs[2] is still recovering: buffers 1 and 2; history covers up to 1.
         hub.fanout(&publication(1));
         hub.fanout(&publication(2));
-        subs[2].go_live(|| 1);
+        subs[2].go_live("e", || 1);
         let mut frames = Vec::new();
         for o in &outlets {
             let mut d = Drained::default();

@@ -24,6 +24,8 @@ pub struct Publication {
     pub info: Option<ClientInfo>,
     /// When this node created or received the publication (for publish-to-send latency).
     pub received: std::time::Instant,
+    /// [`epoch_tag`] of `epoch`, computed once (subscribers compare it, not the string).
+    pub epoch_tag: u64,
     size: usize,
     frames: [OnceLock<Bytes>; 2],
 }
@@ -42,6 +44,7 @@ impl Publication {
         Publication {
             channel,
             offset,
+            epoch_tag: epoch_tag(&epoch),
             epoch,
             time_ms,
             data,
@@ -138,6 +141,13 @@ pub fn parse_body(body: &[u8]) -> Result<(Data, Option<ClientInfo>), Malformed> 
         _ => return Err(Malformed("unknown kind")),
     };
     Ok((data, info))
+}
+
+/// A 64-bit tag of an epoch string (FNV-1a), for cheap "same epoch?" checks on the hot path.
+pub fn epoch_tag(epoch: &str) -> u64 {
+    epoch.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Milliseconds since the Unix epoch.

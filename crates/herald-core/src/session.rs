@@ -322,7 +322,9 @@ impl Session {
     }
 
     /// Queue the `connected` message.
-    pub fn welcome(&self) {
+    /// Push `connected`; after a first-message `auth`, it is that command's reply and carries its
+    /// `id` (`reply_to`).
+    pub fn welcome(&self, reply_to: Option<&Id>) {
         let hb = self.node.heartbeat;
         let c = Connected {
             client_id: self.client_id.to_string(),
@@ -336,7 +338,7 @@ impl Session {
             user_id: self.identity.user_id.clone(),
             expires_in_ms: self.expires_in_ms(),
         };
-        if let Some(b) = self.encode("connected", None, &c) {
+        if let Some(b) = self.encode("connected", reply_to, &c) {
             self.outlet.push_reply(b);
         }
     }
@@ -563,7 +565,7 @@ impl Session {
             self.drop_sub(&s.channel).await;
             return Ok(());
         }
-        sub.go_live(|| reply.offset);
+        sub.go_live(&reply.epoch, || reply.offset);
         self.subs.insert(s.channel.clone(), sub);
         metrics::gauge!("herald_subscriptions").increment(1.0);
         self.event(EventKind::Subscribe, Some(&s.channel), None);

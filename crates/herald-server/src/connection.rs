@@ -25,10 +25,10 @@ pub async fn serve(
 ) {
     let (r, mut w) = tokio::io::split(ws.into_inner());
     let mut reader = MessageReader::with_limits(r, app.conn.read_limits());
-    let (identity, user_slot, over_user_limit, channels) = match hs {
-        Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels),
+    let (identity, user_slot, over_user_limit, channels, auth_id) = match hs {
+        Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels, None),
         Handshake::FirstMessage => {
-            let Some(identity) = Box::pin(crate::preauth::authenticate(
+            let Some((identity, auth_id)) = Box::pin(crate::preauth::authenticate(
                 &mut reader,
                 &mut w,
                 format,
@@ -56,7 +56,7 @@ pub async fn serve(
                 ),
             };
             let over = matches!(slot, Some(None));
-            (identity, slot.flatten(), over, Vec::new())
+            (identity, slot.flatten(), over, Vec::new(), auth_id)
         }
     };
     let forwarded = held.forwarded.take();
@@ -74,7 +74,7 @@ pub async fn serve(
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
-        session.welcome();
+        session.welcome(auth_id.as_ref());
         for channel in channels {
             Box::pin(session.server_command(herald_core::ServerCommand::Subscribe(channel))).await;
         }

@@ -41,13 +41,14 @@ async fn close<W: AsyncWrite + Unpin>(
     let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
 }
 
-/// Wait for a successful `auth`. `None` = the connection was closed (failure, timeout, gone).
+/// Wait for a successful `auth`: the identity and the command's `id` (the `connected` push
+/// answers it). `None` = the connection was closed (failure, timeout, gone).
 pub async fn authenticate<R, W>(
     reader: &mut MessageReader<R>,
     w: &mut W,
     format: Format,
     app: &Arc<AppState>,
-) -> Option<Identity>
+) -> Option<(Identity, Option<Id>)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -108,7 +109,7 @@ where
                 }
             }
             Command::Auth(a) => match app.node.authenticate(a.token.as_deref()) {
-                Ok(identity) => return Some(identity),
+                Ok(identity) => return Some((identity, req.id)),
                 Err(e) => {
                     metrics::counter!("herald_handshake_rejected_total", "reason" => "auth")
                         .increment(1);

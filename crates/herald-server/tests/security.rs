@@ -380,6 +380,8 @@ async fn first_message_auth_accepts_only_auth_and_ping() {
     let w = c.next().await;
     assert_eq!(w["type"], "connected");
     assert_eq!(w["payload"]["user_id"], "alice");
+    // §2: every command with an `id` gets one reply with it; for `auth` that is `connected`.
+    assert_eq!(w["id"], "a");
 
     // Anything else first: an error, then close 4502.
     let mut c = Client::open(ws_request(&s)).await.expect("upgrade");

@@ -76,11 +76,12 @@ impl Data {
         }
     }
 
-    /// A serializable view for a JSON frame.
+    /// A serializable view for a JSON frame (MessagePack data is transcoded here; map keys JSON
+    /// cannot carry become strings, see [`json_keys`]).
     pub fn for_json(&self) -> DataOut<'_> {
         match self {
             Data::Json(raw) => DataOut::Raw(raw),
-            Data::Msgpack(m) => DataOut::Owned(m.value()),
+            Data::Msgpack(m) => DataOut::Owned(json_keys(m.value())),
         }
     }
 
@@ -100,8 +101,35 @@ impl Data {
     pub fn to_json_value(&self) -> serde_json::Value {
         match self {
             Data::Json(raw) => serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null),
-            Data::Msgpack(m) => serde_json::to_value(m.value()).unwrap_or(serde_json::Value::Null),
+            Data::Msgpack(m) => {
+                serde_json::to_value(json_keys(m.value())).unwrap_or(serde_json::Value::Null)
+            }
         }
+    }
+}
+
+/// `v` with every map key JSON can carry: string and integer keys stay, any other key (binary,
+/// float, boolean, nil, array, map) becomes the string of its own JSON form (`bin` `k` → `"[107]"`).
+/// Without this a MessagePack publisher could publish data that JSON subscribers never receive.
+pub fn json_keys(v: rmpv::Value) -> rmpv::Value {
+    use rmpv::Value;
+    match v {
+        Value::Map(entries) => Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        k @ (Value::String(_) | Value::Integer(_)) => k,
+                        other => Value::from(
+                            serde_json::to_string(&json_keys(other)).unwrap_or_default(),
+                        ),
+                    };
+                    (k, json_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(json_keys).collect()),
+        other => other,
     }
 }
 
@@ -126,6 +154,25 @@ impl Serialize for DataOut<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (found by `fuzz/fuzz_targets/decode.rs`): MessagePack data with a binary map key
+    /// could not be written as JSON, so JSON subscribers got an empty frame (nothing).
+    #[test]
+    fn msgpack_maps_with_keys_json_cannot_carry_still_reach_json_subscribers() {
+        use rmpv::Value;
+        let v = Value::Map(vec![
+            (Value::Binary(b"k".to_vec()), Value::from(1)),
+            (
+                Value::from(7),
+                Value::Map(vec![(Value::Nil, Value::from("x"))]),
+            ),
+            (Value::from("s"), Value::Boolean(true)),
+        ]);
+        let d = Data::msgpack(&v);
+        let json = serde_json::to_string(&d.for_json()).expect("JSON");
+        assert_eq!(json, r#"{"[107]":1,"7":{"null":"x"},"s":true}"#);
+        assert_eq!(d.to_json_value()["s"], true);
+    }
 
     /// Regression (issue 12): MessagePack data was kept as a value tree, 40× its encoded size.
     #[test]

@@ -85,7 +85,7 @@ pub fn parse_unmasked(frame: &[u8]) -> Option<(&[u8], OpCode)> {
         0xA => OpCode::Pong,
         _ => return None,
     };
-    let (len, start) = match b1 & 0x7F {
+    let (len, start): (usize, usize) = match b1 & 0x7F {
         126 => (
             u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?]) as usize,
             4,
@@ -97,12 +97,22 @@ pub fn parse_unmasked(frame: &[u8]) -> Option<(&[u8], OpCode)> {
         }
         n => (n as usize, 2),
     };
-    Some((frame.get(start..start + len)?, opcode))
+    Some((frame.get(start..start.checked_add(len)?)?, opcode))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (found by `fuzz/fuzz_targets/server_frame.rs`): a 64-bit length near
+    /// `usize::MAX` overflowed `start + len` (a panic in debug builds).
+    #[test]
+    fn a_huge_declared_length_is_not_a_frame() {
+        let mut f = vec![0x82, 127];
+        f.extend_from_slice(&u64::MAX.to_be_bytes());
+        f.extend_from_slice(b"abc");
+        assert_eq!(parse_unmasked(&f), None);
+    }
 
     #[test]
     fn headers_for_all_length_classes() {

@@ -23,29 +23,57 @@ impl Drop for Served {
 }
 
 pub fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
+    let show = std::env::var_os("SHOW_SERVER_LOGS").is_some();
     let mut child = Command::new(BIN)
         .arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        // SHOW_SERVER_LOGS=1 shows the servers' logs (with RUST_LOG).
-        .stderr(if std::env::var_os("SHOW_SERVER_LOGS").is_some() {
+        // SHOW_SERVER_LOGS=1 shows the servers' logs (with RUST_LOG); otherwise the last lines
+        // are kept to explain a server that did not start.
+        .stderr(if show {
             Stdio::inherit()
         } else {
-            Stdio::null()
+            Stdio::piped()
         })
         .spawn()
         .expect("spawn");
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    if let Some(err) = child.stderr.take() {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == 40 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+    }
     let mut rest = BufReader::new(child.stdout.take().expect("stdout"));
     let mut line = String::new();
     rest.read_line(&mut line).expect("read line");
-    let addr = line
+    let Some(addr) = line
         .split("http://")
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
-        .expect("address")
-        .to_owned();
+        .map(str::to_owned)
+    else {
+        let status = child.wait().ok();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let log: Vec<String> = tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        panic!(
+            "herald serve {args:?} did not start ({status:?}); stdout {line:?}; stderr:\n{}",
+            log.join("\n")
+        );
+    };
     Served { child, addr, rest }
 }
 

@@ -104,7 +104,7 @@ impl Peers {
             .await
             .map_err(unavailable)?;
         // The server knows the subscription before this returns: a query right after is answered.
-        self.client.flush().await.map_err(unavailable)?;
+        crate::broker::sync(&self.client, &self.prefix).await?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
             while let Some(m) = sub.next().await {

@@ -140,6 +140,16 @@ impl NamespaceOptions {
         }
     }
 
+    /// What the permission rules read (`auth::permissions`).
+    pub fn rules(&self) -> crate::auth::permissions::NamespaceRules {
+        crate::auth::permissions::NamespaceRules {
+            anonymous: self.anonymous,
+            allow_subscribe: self.allow_subscribe,
+            allow_publish: self.allow_publish,
+            private: self.private,
+        }
+    }
+
     /// Whether history is kept.
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use herald_proto::Format;
 
 use crate::config::SlowConsumerPolicy;
-use crate::memory::{lock, read, write};
 use crate::outlet::{Out, Outlet};
 use crate::publication::Publication;
+use crate::sync::{lock, read, write};
 
 const SHARDS: usize = 64;
 

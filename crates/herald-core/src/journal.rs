@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::memory::lock;
 use crate::publication::now_ms;
+use crate::sync::lock;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -13,6 +13,7 @@
 //! - [`rpc`]: the `rpc` command's handler trait.
 //! - [`limits`]: per-connection and per-user rate limits.
 //! - [`config`]: namespaces, session limits, auth and rate limits.
+//! - [`error`]: the client-visible [`EngineError`].
 #![deny(missing_docs)]
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod error;
 pub mod hub;
 pub mod journal;
 pub mod limits;
@@ -31,8 +33,10 @@ pub mod presence;
 pub mod publication;
 pub mod rpc;
 pub mod session;
+mod sync;
 
-pub use auth::{AuthConfig, Claims, Verifier};
+pub use auth::{AuthConfig, Claims, Identity, Verifier};
 pub use config::{EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
-pub use node::{EngineError, Heartbeat, Identity, Node};
+pub use error::EngineError;
+pub use node::{Heartbeat, Node};
 pub use session::{Flow, ServerCommand, Session};

@@ -23,6 +23,7 @@ use crate::broker::{
 };
 use crate::presence::PresenceStore;
 use crate::publication::{Publication, now_ms};
+use crate::sync::{lock, read, write};
 
 /// Streams idle longer than this (and past their history TTL) are dropped by [`MemoryBroker::sweep`].
 const MIN_IDLE_KEEP: Duration = Duration::from_secs(300);
@@ -164,16 +165,6 @@ impl MemoryBroker {
     pub fn stream_count(&self) -> usize {
         read(&self.streams).len()
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
-}
-pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[async_trait]

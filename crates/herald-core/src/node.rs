@@ -7,68 +7,16 @@ use std::sync::{Arc, Mutex};
 use herald_proto::envelope::ClientInfo;
 use herald_proto::{CloseCode, Data, ErrorCode, Format};
 
-use crate::auth::{Claims, TokenError, TokenKind, Verifier};
-use crate::broker::{Broker, BrokerError, ChannelEvent, PublishOutcome, PublishRequest};
+use crate::auth::{Identity, TokenKind, Verifier};
+use crate::broker::{Broker, ChannelEvent, PublishOutcome, PublishRequest};
 use crate::config::{EngineConfig, NamespaceOptions};
+use crate::error::EngineError;
 use crate::hub::Hub;
 use crate::limits::KeyedLimiter;
-use crate::memory::lock;
 use crate::outlet::{Outlet, QueueLimits};
 use crate::presence::PresenceStore;
 use crate::session::Session;
-
-/// A client-visible failure of an engine operation.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{code:?}: {message}")]
-pub struct EngineError {
-    /// Error code for the client.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: String,
-}
-
-impl EngineError {
-    /// Build an error.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        EngineError {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<TokenError> for EngineError {
-    fn from(e: TokenError) -> Self {
-        EngineError::new(e.code(), e.to_string())
-    }
-}
-
-/// Who a connection is: its user id and the claims of its connection token.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    /// User id ("" = anonymous).
-    pub user_id: String,
-    /// Claims of the connection token (`None` = connected without a token).
-    pub claims: Option<Claims>,
-    /// Authenticated by the connect proxy: the refresh proxy extends it before `exp`.
-    pub proxied: bool,
-}
-
-impl Identity {
-    /// An anonymous identity without a token.
-    pub fn anonymous() -> Identity {
-        Identity::default()
-    }
-
-    /// The identity a verified connection token gives.
-    pub fn from_claims(claims: Claims) -> Identity {
-        Identity {
-            user_id: claims.sub.clone(),
-            claims: Some(claims),
-            proxied: false,
-        }
-    }
-}
+use crate::sync::lock;
 
 /// A live session of a user, for revocation and per-user disconnects.
 struct Registered {
@@ -76,17 +24,6 @@ struct Registered {
     outlet: std::sync::Weak<Outlet>,
     jti: Option<String>,
     commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
-}
-
-impl From<BrokerError> for EngineError {
-    fn from(e: BrokerError) -> Self {
-        match e {
-            BrokerError::EpochMismatch => {
-                EngineError::new(ErrorCode::EpochMismatch, "epoch mismatch")
-            }
-            BrokerError::Unavailable(m) => EngineError::new(ErrorCode::Unavailable, m),
-        }
-    }
 }
 
 /// Heartbeat settings announced in the `connected` message.

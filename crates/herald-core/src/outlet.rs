@@ -16,8 +16,8 @@ use herald_proto::{CloseCode, Format};
 use tokio::sync::Notify;
 
 use crate::config::SlowConsumerPolicy;
-use crate::memory::lock;
 use crate::publication::Publication;
+use crate::sync::lock;
 
 /// One queued frame.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use herald_proto::ErrorCode;
 use serde_json::Value;
 
-use crate::node::EngineError;
+use crate::error::EngineError;
 
 /// Handshake headers kept for the backend (only those the server was told to forward).
 pub type Headers = Arc<serde_json::Map<String, Value>>;

@@ -109,7 +109,8 @@ impl Data {
 }
 
 /// `v` with every map key JSON can carry: string and integer keys stay, any other key (binary,
-/// float, boolean, nil, array, map) becomes the string of its own JSON form (`bin` `k` → `"[107]"`).
+/// float, boolean, nil, array, map) becomes its MessagePack display text (`bin` `k` → `"[107]"`,
+/// nil → `"nil"`).
 /// Without this a MessagePack publisher could publish data that JSON subscribers never receive.
 pub fn json_keys(v: rmpv::Value) -> rmpv::Value {
     use rmpv::Value;
@@ -120,9 +121,9 @@ pub fn json_keys(v: rmpv::Value) -> rmpv::Value {
                 .map(|(k, v)| {
                     let k = match k {
                         k @ (Value::String(_) | Value::Integer(_)) => k,
-                        other => Value::from(
-                            serde_json::to_string(&json_keys(other)).unwrap_or_default(),
-                        ),
+                        // Display, not JSON: linear in the key's size (a JSON string of a
+                        // key holding keys escapes again at every level: 2^depth).
+                        other => Value::from(other.to_string()),
                     };
                     (k, json_keys(v))
                 })
@@ -170,8 +171,15 @@ mod tests {
         ]);
         let d = Data::msgpack(&v);
         let json = serde_json::to_string(&d.for_json()).expect("JSON");
-        assert_eq!(json, r#"{"[107]":1,"7":{"null":"x"},"s":true}"#);
+        assert_eq!(json, r#"{"[107]":1,"7":{"nil":"x"},"s":true}"#);
         assert_eq!(d.to_json_value()["s"], true);
+        // Keys holding keys holding keys: linear, not 2^depth (found by the fuzzer).
+        let mut deep = Value::from(1);
+        for _ in 0..40 {
+            deep = Value::Map(vec![(Value::Map(vec![(Value::Nil, deep.clone())]), Value::Nil)]);
+        }
+        let json = serde_json::to_string(&Data::msgpack(&deep).for_json()).expect("JSON");
+        assert!(json.len() < 100_000, "{}", json.len());
     }
 
     /// Regression (issue 12): MessagePack data was kept as a value tree, 40× its encoded size.

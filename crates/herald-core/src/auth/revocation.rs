@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::auth::Claims;
-use crate::memory::lock;
+use crate::sync::lock;
 
 /// The node's revocation list (in memory; shared through the broker in a cluster).
 #[derive(Default)]

@@ -60,6 +60,12 @@ impl TokenError {
     }
 }
 
+impl From<TokenError> for crate::error::EngineError {
+    fn from(e: TokenError) -> Self {
+        crate::error::EngineError::new(e.code(), e.to_string())
+    }
+}
+
 /// Problems with the auth configuration (startup errors).
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {

@@ -1,0 +1,30 @@
+//! Who a connection is.
+
+use super::Claims;
+
+/// Who a connection is: its user id and the claims of its connection token.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    /// User id ("" = anonymous).
+    pub user_id: String,
+    /// Claims of the connection token (`None` = connected without a token).
+    pub claims: Option<Claims>,
+    /// Authenticated by the connect proxy: the refresh proxy extends it before `exp`.
+    pub proxied: bool,
+}
+
+impl Identity {
+    /// An anonymous identity without a token.
+    pub fn anonymous() -> Identity {
+        Identity::default()
+    }
+
+    /// The identity a verified connection token gives.
+    pub fn from_claims(claims: Claims) -> Identity {
+        Identity {
+            user_id: claims.sub.clone(),
+            claims: Some(claims),
+            proxied: false,
+        }
+    }
+}

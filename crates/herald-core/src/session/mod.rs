@@ -1,0 +1,386 @@
+//! The per-connection protocol state machine: `handle(request)` queues replies and pushes on the
+//! connection's outlet. It knows nothing about sockets, so it is tested without one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_proto::envelope::{ClientInfo, Connected, DecodeError, ErrorPayload};
+use herald_proto::{CloseCode, ErrorCode, Id};
+use serde::Serialize;
+
+use crate::auth::Identity;
+use crate::hub::Subscriber;
+use crate::journal::EventKind;
+use crate::limits::{CommandLimiter, Verdict};
+use crate::node::Node;
+use crate::outlet::Outlet;
+use crate::rpc::{Headers, Refreshed};
+
+mod backend;
+mod dispatch;
+mod resume;
+mod subscribe;
+
+/// Server-side commands queued per session.
+const SERVER_COMMANDS: usize = 64;
+
+/// A command from the server side (API, connect proxy) for a user's sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerCommand {
+    /// Subscribe to this channel (the client gets a `subscribed` push).
+    Subscribe(String),
+    /// Leave this channel (the client gets an `unsubscribed` push).
+    Unsubscribe(String),
+    /// The refresh proxy extended this (proxy-authenticated) connection.
+    Refreshed(Refreshed),
+}
+
+/// How long recovery waits for the client to read a page before giving up.
+const RECOVERY_STALL: Duration = Duration::from_secs(10);
+
+/// What the transport should do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Close the connection with this code (after sending what is queued).
+    Close(CloseCode),
+}
+
+/// A client session: identity, subscriptions and the outlet its frames go to.
+pub struct Session {
+    node: Arc<Node>,
+    outlet: Arc<Outlet>,
+    id: String,
+    client_id: Arc<str>,
+    identity: Identity,
+    expiry: Option<Expiry>,
+    limiter: Option<CommandLimiter>,
+    /// What this connection may add to the node's journals (dead letters; subscribe-churn events).
+    quota: Box<JournalQuota>,
+    resume_token: String,
+    subs: HashMap<String, Arc<Subscriber>>,
+    violations: u32,
+    /// `rpc` calls in flight (created on the first call).
+    rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// The `connect` event was emitted (at the first command that is not `resume`).
+    announced: bool,
+    /// Server-side commands for this session (users only).
+    server_cmds: Option<(
+        tokio::sync::mpsc::Sender<ServerCommand>,
+        tokio::sync::mpsc::Receiver<ServerCommand>,
+    )>,
+    started: std::time::Instant,
+    /// Forwarded handshake headers for backend proxies.
+    forwarded: Option<Headers>,
+    /// Channel info the subscribe proxy returned, by channel (boxed: rarely used, and every
+    /// connection task carries its session).
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes instead of a 48-byte empty map in every connection task"
+    )]
+    chan_info: Option<Box<HashMap<String, serde_json::Value>>>,
+}
+
+/// One connection's share of the node's bounded journals, so that one noisy client cannot push
+/// everyone else's dead letters and events out (counters stay exact: what is not kept is counted).
+struct JournalQuota {
+    dead_letters: crate::limits::Allowance,
+    events: crate::limits::Allowance,
+}
+
+impl JournalQuota {
+    fn new(cfg: &crate::config::SessionConfig) -> Self {
+        let minute = Duration::from_secs(60);
+        JournalQuota {
+            dead_letters: crate::limits::Allowance::new(
+                cfg.dead_letters_per_connection,
+                minute,
+                cfg.dead_letters_per_connection,
+            ),
+            events: crate::limits::Allowance::new(
+                cfg.events_per_connection,
+                minute,
+                cfg.events_per_connection,
+            ),
+        }
+    }
+}
+
+/// When the connection token expires and when to ask for a fresh one.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    refresh_at: tokio::time::Instant,
+    expire_at: tokio::time::Instant,
+    refresh_sent: bool,
+}
+
+fn expiry(identity: &Identity, refresh_before: Duration) -> Option<Expiry> {
+    let exp_ms = identity.claims.as_ref()?.exp.saturating_mul(1000);
+    let left = Duration::from_millis(exp_ms.saturating_sub(crate::publication::now_ms()));
+    let now = tokio::time::Instant::now();
+    Some(Expiry {
+        refresh_at: now + left.saturating_sub(refresh_before.min(left / 2)),
+        expire_at: now + left,
+        refresh_sent: false,
+    })
+}
+
+fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Session {
+    pub(crate) fn new(
+        node: Arc<Node>,
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        identity: Identity,
+    ) -> Self {
+        let jti = identity.claims.as_ref().and_then(|c| c.jti.clone());
+        let server_cmds =
+            (!identity.user_id.is_empty()).then(|| tokio::sync::mpsc::channel(SERVER_COMMANDS));
+        node.register(
+            &identity.user_id,
+            &client_id,
+            &outlet,
+            jti,
+            server_cmds.as_ref().map(|(tx, _)| tx.clone()),
+        );
+        let cfg = node.config();
+        let l = &cfg.limits;
+        let limiter = CommandLimiter::new(
+            l.commands_per_second,
+            l.commands_burst,
+            l.rate_limited_close_after,
+        );
+        let expiry = expiry(&identity, cfg.auth.refresh_before);
+        let quota = Box::new(JournalQuota::new(&cfg.session));
+        Session {
+            node,
+            outlet,
+            id: token(),
+            client_id,
+            identity,
+            expiry,
+            limiter,
+            quota,
+            resume_token: token(),
+            subs: HashMap::new(),
+            violations: 0,
+            rpc_slots: None,
+            announced: false,
+            started: std::time::Instant::now(),
+            server_cmds,
+            forwarded: None,
+            chan_info: None,
+        }
+    }
+
+    /// The outlet the transport's writer drains.
+    pub fn outlet(&self) -> &Arc<Outlet> {
+        &self.outlet
+    }
+
+    /// This connection's client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The user id ("" = anonymous).
+    pub fn user_id(&self) -> &str {
+        &self.identity.user_id
+    }
+
+    /// Keep these handshake headers for backend proxies (`rpc`, subscribe, publish, refresh).
+    pub fn set_forwarded_headers(&mut self, headers: Option<Headers>) {
+        self.forwarded = headers;
+    }
+
+    /// The current resume token.
+    pub fn resume_token(&self) -> &str {
+        &self.resume_token
+    }
+
+    /// Number of subscriptions.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Who this client is, as shown on `channel` (presence, join/leave, publications).
+    fn info(&self, channel: &str) -> ClientInfo {
+        ClientInfo {
+            client_id: self.client_id.to_string(),
+            user_id: self.identity.user_id.clone(),
+            info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
+            chan_info: self
+                .chan_info
+                .as_ref()
+                .and_then(|m| m.get(channel).cloned()),
+        }
+    }
+
+    fn encode<P: Serialize>(&self, kind: &str, id: Option<&Id>, payload: &P) -> Option<Bytes> {
+        match herald_proto::encode(self.outlet.format, kind, id, payload) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(client = %self.client_id, error = %e, "cannot encode reply");
+                None
+            }
+        }
+    }
+
+    fn reply<P: Serialize>(&self, id: &Option<Id>, payload: &P) {
+        if let Some(id) = id
+            && let Some(b) = self.encode("reply", Some(id), payload)
+        {
+            self.outlet.push_reply(b);
+        }
+    }
+
+    fn error(&self, id: &Option<Id>, code: ErrorCode, message: &str) {
+        metrics::counter!("herald_protocol_errors_total", "code" => code.as_str()).increment(1);
+        let p = ErrorPayload::new(code, message);
+        if let Some(b) = self.encode("error", id.as_ref(), &p) {
+            self.outlet.push_reply(b);
+        }
+    }
+
+    /// Queue the `connected` message.
+    /// Push `connected`; after a first-message `auth`, it is that command's reply and carries its
+    /// `id` (`reply_to`).
+    pub fn welcome(&self, reply_to: Option<&Id>) {
+        let hb = self.node.heartbeat;
+        let c = Connected {
+            client_id: self.client_id.to_string(),
+            session_id: self.id.clone(),
+            resume_token: self.resume_token.clone(),
+            resume_grace_ms: self.node.config().session.resume_grace.as_millis() as u64,
+            ping_interval_ms: hb.ping_interval_ms,
+            pong_timeout_ms: hb.pong_timeout_ms,
+            server: concat!("herald/", env!("CARGO_PKG_VERSION")).to_owned(),
+            protocol: self.outlet.format.subprotocol().to_owned(),
+            user_id: self.identity.user_id.clone(),
+            expires_in_ms: self.expires_in_ms(),
+        };
+        if let Some(b) = self.encode("connected", reply_to, &c) {
+            self.outlet.push_reply(b);
+        }
+    }
+
+    fn expires_in_ms(&self) -> Option<u64> {
+        self.expiry.map(|e| {
+            e.expire_at
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64
+        })
+    }
+
+    /// Count a protocol violation; past `max_violations` the connection must close with 4500.
+    pub fn violation(&mut self) -> Flow {
+        self.violations += 1;
+        if self.violations > self.node.config().session.max_violations {
+            Flow::Close(CloseCode::ProtocolViolations)
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Record a dead letter this connection caused, within its quota (always counted).
+    fn dead_letter(&self, reason: &str, context: impl FnOnce() -> serde_json::Value) {
+        if self.quota.dead_letters.take() {
+            self.node.dead_letters().push(reason, context());
+        } else {
+            self.node.dead_letters().suppressed(reason);
+        }
+    }
+
+    /// Charge one inbound message to the command rate limiter, whatever it turns out to be.
+    /// `Some` = answered (`rate_limited`) or closing; the message must not be processed.
+    fn charge(&mut self, id: &Option<Id>) -> Option<Flow> {
+        let l = self.limiter.as_mut()?;
+        match l.check() {
+            Verdict::Allow => None,
+            Verdict::Limited => {
+                metrics::counter!("herald_rate_limited_total", "kind" => "command").increment(1);
+                self.error(id, ErrorCode::RateLimited, "command rate limit exceeded");
+                Some(Flow::Continue)
+            }
+            Verdict::Close => Some(Flow::Close(CloseCode::RateLimited)),
+        }
+    }
+
+    /// Answer a frame that could not be decoded (unknown `type` included: it is not a violation,
+    /// for forward compatibility, but it costs a command like any other).
+    pub fn decode_error(&mut self, e: DecodeError) -> Flow {
+        if let Some(flow) = self.charge(&e.id) {
+            return flow;
+        }
+        tracing::debug!(client = %self.client_id, code = e.code.as_str(), message = %e.message, "bad frame");
+        self.dead_letter(e.code.as_str(), || {
+            serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id, "message": e.message})
+        });
+        self.error(&e.id, e.code, &e.message);
+        if e.code.is_violation() {
+            self.violation()
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// Answer a frame of the wrong kind (text on MessagePack, binary on JSON).
+    pub fn wrong_frame_type(&mut self) -> Flow {
+        if let Some(flow) = self.charge(&None) {
+            return flow;
+        }
+        self.dead_letter(
+            "wrong_frame_type",
+            || serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id}),
+        );
+        self.error(
+            &None,
+            ErrorCode::WrongFrameType,
+            "frame type does not match the negotiated subprotocol",
+        );
+        self.violation()
+    }
+
+    fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&str>) {
+        // Session starts and ends are always kept; subscription churn is within the quota.
+        let churn = !matches!(kind, EventKind::Connect | EventKind::Disconnect);
+        if churn && !self.quota.events.take() {
+            self.node.events().suppressed(kind);
+            return;
+        }
+        let duration =
+            (kind == EventKind::Disconnect).then(|| self.started.elapsed().as_millis() as u64);
+        let (client, user) = match kind {
+            EventKind::ChannelOccupied | EventKind::ChannelVacated => (None, None),
+            _ => (Some(&*self.client_id), Some(self.identity.user_id.as_str())),
+        };
+        self.node
+            .events()
+            .push(kind, client, user, channel, reason, duration);
+    }
+
+    /// End the session: leave every channel (presence, `leave` pushes, node unsubscribe) and
+    /// emit the `disconnect` event with `reason`.
+    pub async fn end(mut self, reason: &str) {
+        let subs: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
+        for channel in subs {
+            self.leave(&channel).await;
+        }
+        if self.announced {
+            self.event(EventKind::Disconnect, None, Some(reason));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.node
+            .deregister(&self.identity.user_id, &self.client_id);
+    }
+}

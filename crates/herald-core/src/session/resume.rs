@@ -1,0 +1,127 @@
+//! `resume`: adopting a session that waited for its client, and filling what the old socket lost.
+
+use herald_proto::envelope::{MAX_HISTORY_LIMIT, Resume, Resumed, ResumedChannel};
+use herald_proto::{ErrorCode, Id, StreamPosition};
+
+use crate::broker::HistoryQuery;
+use crate::error::EngineError;
+use crate::hub::Subscriber;
+use crate::outlet::Out;
+
+use super::*;
+
+impl Session {
+    pub(super) async fn resume(&mut self, id: &Option<Id>, r: Resume) -> Result<(), EngineError> {
+        if !self.subs.is_empty() {
+            return Err(EngineError::new(
+                ErrorCode::ResumeNotAllowed,
+                "resume must come before any subscribe",
+            ));
+        }
+        let Some(mut old) = self.node.take_parked(&r.token, &self.identity.user_id) else {
+            return Err(EngineError::new(
+                ErrorCode::SessionNotFound,
+                "no session for this resume token",
+            ));
+        };
+        if old.outlet.close_requested().is_some() {
+            old.end("session overflowed while disconnected").await;
+            return Err(EngineError::new(
+                ErrorCode::SessionNotFound,
+                "the session overflowed while disconnected",
+            ));
+        }
+        let fresh_outlet = self.outlet.clone();
+        std::mem::swap(self, &mut old);
+        // The resumed session takes the new connection's (fresher) token and rate limiter.
+        std::mem::swap(&mut self.identity, &mut old.identity);
+        std::mem::swap(&mut self.expiry, &mut old.expiry);
+        std::mem::swap(&mut self.limiter, &mut old.limiter);
+        std::mem::swap(&mut self.forwarded, &mut old.forwarded);
+        self.reregister();
+        drop(old); // the fresh session has no subscriptions: nothing to clean up
+        self.resume_token = token();
+        self.violations = 0;
+        let mut channels = Vec::with_capacity(self.subs.len());
+        let mut front: Vec<Out> = Vec::new();
+        for (channel, sub) in &self.subs {
+            let recovered = match r.positions.get(channel) {
+                None => None,
+                Some(pos) => Some(self.fill_gap(channel, sub, pos, &mut front).await),
+            };
+            channels.push(ResumedChannel {
+                channel: channel.clone(),
+                recovered,
+            });
+        }
+        let reply = Resumed {
+            session_id: self.id.clone(),
+            client_id: self.client_id.to_string(),
+            resume_token: self.resume_token.clone(),
+            channels,
+            buffered: self.outlet.len() as u64,
+        };
+        if let Some(b) = id
+            .as_ref()
+            .and_then(|id| self.encode("reply", Some(id), &reply))
+        {
+            front.insert(0, Out::Reply(b));
+        }
+        self.outlet.push_front(front);
+        fresh_outlet.redirect(self.outlet.clone());
+        metrics::counter!("herald_sessions_resumed_total").increment(1);
+        Ok(())
+    }
+
+    /// Publications the client missed before what is buffered (e.g. frames lost in flight when the
+    /// socket died): fetched from history and queued in front. Returns whether the gap is closed.
+    pub(super) async fn fill_gap(
+        &self,
+        channel: &str,
+        sub: &Subscriber,
+        pos: &StreamPosition,
+        front: &mut Vec<Out>,
+    ) -> bool {
+        let next = self
+            .outlet
+            .queued_offsets(channel)
+            .first()
+            .copied()
+            .unwrap_or(sub.last_offset() + 1);
+        if pos.offset + 1 >= next {
+            return true;
+        }
+        let want = (next - 1 - pos.offset) as usize;
+        let q = HistoryQuery {
+            since: Some(pos.clone()),
+            limit: want.min(MAX_HISTORY_LIMIT * 10),
+            reverse: false,
+        };
+        match self.node.broker.history(channel, q).await {
+            Ok(page) => {
+                let got: Vec<_> = page
+                    .publications
+                    .into_iter()
+                    .filter(|p| p.offset < next)
+                    .collect();
+                let complete =
+                    got.len() == want && got.first().is_some_and(|p| p.offset == pos.offset + 1);
+                front.extend(got.into_iter().map(Out::Pub));
+                complete
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Update the node's registry entry after the identity or token changed (refresh, resume).
+    pub(super) fn reregister(&self) {
+        let jti = self.identity.claims.as_ref().and_then(|c| c.jti.clone());
+        self.node.register(
+            &self.identity.user_id,
+            &self.client_id,
+            &self.outlet,
+            jti,
+            self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
+        );
+    }
+}

@@ -384,3 +384,6 @@ impl Drop for Session {
             .deregister(&self.identity.user_id, &self.client_id);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,12 @@ export type GapReason =
   /** The channel's stream was reset (server restart without persistent history, flushed engine). */
   | 'epoch_changed'
   /** Publications after the last one received are no longer in history (trimmed, or no history). */
-  | 'trimmed';
+  | 'trimmed'
+  /**
+   * Offsets were skipped inside the epoch: the server dropped messages for this client (a
+   * `drop_oldest` or `latest` namespace while it read too slowly), or they were lost.
+   */
+  | 'skipped';
 
 /** Publications were lost between `after` and the current stream position. */
 export interface Gap {
@@ -62,6 +67,8 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   position: StreamPosition | undefined;
   /** Subscribed by the server (API or connect proxy) rather than by this client. */
   readonly byServer: boolean;
+  /** A gap was just reported (trimmed): the skip the next message shows is that same gap. */
+  private gapReported = false;
   private waiters: { resolve: () => void; reject: (e: HeraldError) => void }[] = [];
 
   /** @internal */
@@ -106,6 +113,7 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
       this.position = now;
     } else if (held && recovered === false) {
       this.emit('gap', { channel: this.channel, reason: 'trimmed', after: held, now });
+      this.gapReported = true;
     } else if (!held) {
       this.position = now;
     }
@@ -119,6 +127,7 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
     const held = this.position;
     if (held && recovered === false) {
       this.emit('gap', { channel: this.channel, reason: 'trimmed', after: held, now: held });
+      this.gapReported = true;
     }
     this.state = 'subscribed';
     for (const w of this.waiters.splice(0)) w.resolve();
@@ -128,6 +137,17 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   _message(m: Message<unknown>, onParseError: (e: unknown) => HeraldError): void {
     const held = this.position;
     if (held && held.epoch === m.epoch && m.offset <= held.offset) return;
+    // A jump inside the epoch is a loss the application must hear about (the Rust client reports
+    // it too), unless the subscribe or resume reply just reported it as trimmed.
+    if (held && held.epoch === m.epoch && m.offset > held.offset + 1 && !this.gapReported) {
+      this.emit('gap', {
+        channel: this.channel,
+        reason: 'skipped',
+        after: held,
+        now: { offset: m.offset - 1, epoch: m.epoch },
+      });
+    }
+    this.gapReported = false;
     let data: T;
     try {
       data = this.options.parse ? this.options.parse(m.data) : (m.data as T);

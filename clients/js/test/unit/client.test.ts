@@ -216,6 +216,49 @@ describe('reconnecting', () => {
     expect(got).toEqual([3]);
   });
 
+  // Regression (issue 13): an offset jump inside one epoch (a drop_oldest/latest namespace dropped
+  // messages for a slow client) was accepted silently; the Rust client reported it as a gap.
+  it('reports an offset skip inside the epoch as a gap, once, then delivers', async () => {
+    const c = client();
+    const s1 = await connected(c);
+    const sub = c.subscribe<string>('news');
+    s1.reply('subscribe', { channel: 'news', offset: 5, epoch: 'e1' });
+    await settle();
+    const gaps: unknown[] = [];
+    const got: number[] = [];
+    sub.on('gap', (g) => gaps.push(g));
+    sub.on('message', (m) => got.push(m.offset));
+    s1.push({ type: 'message', payload: msg(6, 'a') });
+    s1.push({ type: 'message', payload: msg(9, 'b') });
+    s1.push({ type: 'message', payload: msg(10, 'c') });
+    expect(got).toEqual([6, 9, 10]);
+    expect(gaps).toEqual([
+      { channel: 'news', reason: 'skipped', after: { offset: 6, epoch: 'e1' }, now: { offset: 8, epoch: 'e1' } },
+    ]);
+  });
+
+  it('does not report a trimmed recovery twice', async () => {
+    const c = client();
+    const s1 = await connected(c);
+    const sub = c.subscribe<string>('news');
+    s1.reply('subscribe', { channel: 'news', offset: 5, epoch: 'e1' });
+    await settle();
+    const gaps: string[] = [];
+    sub.on('gap', (g) => gaps.push(g.reason));
+    s1.drop(1006);
+    await vi.advanceTimersByTimeAsync(30_000);
+    const s2 = FakeSocket.last();
+    s2.accept();
+    await settle();
+    s2.fail('resume', 'session_not_found');
+    await settle();
+    s2.reply('subscribe', { channel: 'news', offset: 20, epoch: 'e1', recovered: false, missed: 3 });
+    for (const o of [18, 19, 20]) s2.push({ type: 'message', payload: msg(o, 'x') });
+    await settle();
+    expect(gaps).toEqual(['trimmed']);
+    expect(sub.position).toEqual({ offset: 20, epoch: 'e1' });
+  });
+
   // Regression: the subscribe reply was applied in a promise continuation, after messages that
   // arrived in the same chunk, so a new epoch's first message made a false "trimmed" gap.
   it('applies a subscribe reply before the messages that follow it in the same chunk', async () => {

@@ -4,8 +4,10 @@
 # its checked-in seeds in fuzz/corpus/<target>/. Exits non-zero when any target finds a crash
 # (panic, failed assertion, sanitizer report, timeout or out-of-memory) and prints the file.
 #
-#   scripts/fuzz.sh                      # all targets, 60 s each
+#   scripts/fuzz.sh                      # all targets, 60 s each (optimized, AddressSanitizer)
 #   FUZZ_SECONDS=3600 scripts/fuzz.sh reader   # one target (or several), one hour
+#   FUZZ_PROFILE=dev FUZZ_SANITIZER=none FUZZ_SECONDS=20 scripts/fuzz.sh   # the quick run of
+#                                        # scripts/test.sh: builds in about half the time
 #
 # Only a stable toolchain is needed: cargo-fuzz passes nightly-only rustc flags (-Zsanitizer,
 # sancov passes), which stable rustc accepts with RUSTC_BOOTSTRAP=1. cargo-fuzz is installed into
@@ -30,6 +32,14 @@ max_len() {
     esac
 }
 RSS_LIMIT_MB="${FUZZ_RSS_LIMIT_MB:-2048}"
+# No single allocation may exceed this (inputs are at most 16 KiB: a bigger one is amplification).
+MALLOC_LIMIT_MB="${FUZZ_MALLOC_LIMIT_MB:-256}"
+# FUZZ_KEEP_GOING=1: fork mode that keeps fuzzing after a crash (for long runs: collects every
+# distinct crash in fuzz/artifacts/<target>/ instead of stopping at the first).
+KEEP_GOING=()
+if [ "${FUZZ_KEEP_GOING:-0}" = 1 ]; then
+    KEEP_GOING=(-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1)
+fi
 
 TOOLS="$PWD/target/tools"
 CARGO_FUZZ="$TOOLS/bin/cargo-fuzz"
@@ -41,7 +51,12 @@ fi
 export RUSTC_BOOTSTRAP=1
 # The same flags for build and run, so `run` does not rebuild. -a: overflow checks and
 # debug assertions on (they are what turns silent wrap-around into a finding).
-BUILD_FLAGS=(--release --debug-assertions --sanitizer "$FUZZ_SANITIZER")
+# FUZZ_PROFILE=dev: unoptimized (much faster to build from scratch, slower per input).
+case "${FUZZ_PROFILE:-release}" in
+    release) BUILD_FLAGS=(--release --debug-assertions --sanitizer "$FUZZ_SANITIZER") ;;
+    dev) BUILD_FLAGS=(--dev --sanitizer "$FUZZ_SANITIZER") ;;
+    *) echo "FUZZ_PROFILE must be release or dev" >&2; exit 2 ;;
+esac
 
 for t in "${TARGETS[@]}"; do
     [ -f "fuzz/fuzz_targets/$t.rs" ] || { echo "unknown fuzz target: $t" >&2; exit 2; }
@@ -58,24 +73,29 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "$scratch" "fuzz/artifacts/$t"
     cp -n "fuzz/corpus/$t"/* "$scratch"/ 2>/dev/null || true
     before=$(ls "fuzz/artifacts/$t" | sort)
-    echo "==> fuzzing $t for ${FUZZ_SECONDS}s (max_len $(max_len "$t"), rss limit ${RSS_LIMIT_MB} MB)"
+    echo "==> fuzzing $t for ${FUZZ_SECONDS}s (max_len $(max_len "$t"), rss ${RSS_LIMIT_MB} MB, malloc ${MALLOC_LIMIT_MB} MB)"
     set +e
     # The scratch dir comes first: libFuzzer writes new inputs into the first corpus dir only.
     "$CARGO_FUZZ" run "${BUILD_FLAGS[@]}" "$t" "$scratch" "fuzz/corpus/$t" -- \
         -max_total_time="$FUZZ_SECONDS" -max_len="$(max_len "$t")" \
-        -rss_limit_mb="$RSS_LIMIT_MB" -timeout=10 -print_final_stats=1 \
+        -rss_limit_mb="$RSS_LIMIT_MB" -malloc_limit_mb="$MALLOC_LIMIT_MB" -timeout=10 -print_final_stats=1 ${KEEP_GOING[@]+"${KEEP_GOING[@]}"} \
         >"$LOGS/$t.log" 2>&1
     rc=$?
     set -e
-    grep -E '^#[0-9]+ +(INITED|DONE)' "$LOGS/$t.log" | sed "s/^/    $t: /" || true
-    grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$LOGS/$t.log" | sed "s/^/    $t: /" || true
+    # Coverage (cov: edges, ft: features) after the seeds, and at the end.
+    { grep -m1 -E '^#[0-9]+.*INITED' "$LOGS/$t.log" || true; } | sed "s/^/    $t: /"
+    { grep -E '^#[0-9]+.*cov:' "$LOGS/$t.log" | tail -1 || true; } | sed "s/^/    $t: /"
+    { grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$LOGS/$t.log" || true; } | sed "s/^/    $t: /"
     echo "    $t: corpus $(ls "$scratch" | wc -l) inputs (log: $LOGS/$t.log)"
     new=$(comm -13 <(echo "$before") <(ls "fuzz/artifacts/$t" | sort) | grep -v '^$' || true)
     if [ "$rc" -ne 0 ] || [ -n "$new" ]; then
         failed+=("$t")
         echo "!!! $t failed (exit $rc)"
         grep -E -A25 'panicked at|ERROR: (libFuzzer|AddressSanitizer)|SUMMARY:' "$LOGS/$t.log" | head -60 || tail -40 "$LOGS/$t.log"
+        n=0
         for f in $new; do
+            n=$((n + 1))
+            [ "$n" -le 5 ] || { echo "    ... and $(($(echo "$new" | wc -l) - 5)) more in fuzz/artifacts/$t/"; break; }
             echo "!!! crash file: fuzz/artifacts/$t/$f"
             echo "    reproduce: RUSTC_BOOTSTRAP=1 $CARGO_FUZZ run ${BUILD_FLAGS[*]} $t fuzz/artifacts/$t/$f"
         done

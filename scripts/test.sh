@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + integration tests, the TypeScript client and the
-# demo chat in Chromium, WebSocket conformance, and the server API against its OpenAPI document.
+# demo chat in Chromium, WebSocket conformance, the server API against its OpenAPI document, and a
+# bounded coverage-guided fuzzing run of the parsers of untrusted input.
 # Installs what it needs (npm packages, Debian's chromium, kosoku into target/venv, schemathesis
 # into target/st-venv) when missing. Nothing is skipped.
 set -euo pipefail
@@ -18,4 +19,6 @@ echo "==> Autobahn conformance (kosoku) against /echo"
 scripts/autobahn.sh
 echo "==> schemathesis: the server API against docs/openapi.json"
 scripts/schemathesis.sh
+echo "==> coverage-guided fuzzing, a bounded run (longer runs: fuzz/README.md)"
+FUZZ_PROFILE=dev FUZZ_SANITIZER=none FUZZ_SECONDS="${FUZZ_SECONDS:-20}" scripts/fuzz.sh
 echo "==> all checks passed"

@@ -1,10 +1,17 @@
-//! The handshake checks (`herald_server::handshake`): client IP behind proxies, the `Origin`
-//! allowlist, subprotocol offers and token carriers, on header maps built from fuzz input.
+//! The handshake checks (`herald_server::handshake`): a conforming upgrade, the `Host` and
+//! `Origin` allowlists, client IP behind proxies, subprotocol offers and token carriers, on header
+//! maps built from fuzz input.
 //!
-//! Input: two control bytes, then lines (`\n`). A line `?...` is the request's query string, a
-//! line `~...` adds an allowed-origin pattern, a line starting with a byte below 0x20 is a value
-//! for one of the interesting headers (picked by that byte), any other line is `name: value`.
+//! Input: two control bytes, then lines (`\n`). A line `?...` is the request's query string,
+//! `~...` adds an allowed-origin pattern, `!...` an allowed-host pattern; a line starting with a
+//! byte below 0x20 is a value for one of the interesting headers (picked by that byte), any other
+//! line is `name: value`.
+//!
 //! Invariants:
+//! - `check_upgrade` only accepts HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade`,
+//!   version 13 and a key of 16 bytes in base64;
+//! - `host_allowed` only accepts a `Host` that names an allowed host (or a loopback name on a
+//!   loopback listener);
 //! - `client_ip` is the peer when the peer is not trusted, and otherwise the peer or an address
 //!   written in a `Forwarded`/`X-Forwarded-For` header (it never invents one);
 //! - `origin_allowed` follows its contract: a missing Origin gives `allow_missing`; an empty list
@@ -20,11 +27,11 @@ use herald_core::AuthConfig;
 use herald_proto::Format;
 use herald_server::handshake::{self, TOKEN_SUBPROTOCOL_PREFIX};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Uri;
+use http::{Uri, Version};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 
-const HEADERS: [HeaderName; 8] = [
+const HEADERS: [HeaderName; 12] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-for"),
     header::ORIGIN,
@@ -32,6 +39,10 @@ const HEADERS: [HeaderName; 8] = [
     header::SEC_WEBSOCKET_PROTOCOL,
     header::AUTHORIZATION,
     header::COOKIE,
+    header::UPGRADE,
+    header::CONNECTION,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_KEY,
     header::USER_AGENT,
 ];
 
@@ -57,7 +68,10 @@ fn trusted(sel: u8) -> Vec<IpNet> {
 /// Every address that can be read out of the forwarding headers, however it is written.
 fn written_ips(headers: &HeaderMap) -> Vec<IpAddr> {
     let mut out = Vec::new();
-    for name in [header::FORWARDED, HeaderName::from_static("x-forwarded-for")] {
+    for name in [
+        header::FORWARDED,
+        HeaderName::from_static("x-forwarded-for"),
+    ] {
         for v in headers.get_all(&name) {
             let Ok(v) = v.to_str() else { continue };
             for part in v.split(|c: char| matches!(c, ',' | ';' | '=' | '"' | '[' | ']')) {
@@ -91,11 +105,13 @@ fuzz_target!(|input: &[u8]| {
     let mut headers = HeaderMap::new();
     let mut query = String::new();
     let mut allowed = Vec::new();
+    let mut hosts = Vec::new();
     for line in input[2..].split(|&b| b == b'\n') {
         match line.first() {
             None => {}
             Some(b'?') => query = String::from_utf8_lossy(&line[1..]).into_owned(),
             Some(b'~') => allowed.push(String::from_utf8_lossy(&line[1..]).into_owned()),
+            Some(b'!') => hosts.push(String::from_utf8_lossy(&line[1..]).into_owned()),
             Some(&k) if k < 0x20 => {
                 if let Ok(v) = HeaderValue::from_bytes(&line[1..]) {
                     headers.append(HEADERS[usize::from(k) % HEADERS.len()].clone(), v);
@@ -116,7 +132,9 @@ fuzz_target!(|input: &[u8]| {
     }
 
     // Client IP.
-    let peer: SocketAddr = PEERS[usize::from(peer_sel) % PEERS.len()].parse().expect("peer");
+    let peer: SocketAddr = PEERS[usize::from(peer_sel) % PEERS.len()]
+        .parse()
+        .expect("peer");
     let nets = trusted(peer_sel / 8);
     let ip = handshake::client_ip(peer, &headers, &nets);
     if !nets.iter().any(|n| n.contains(&peer.ip())) {
@@ -128,18 +146,83 @@ fuzz_target!(|input: &[u8]| {
         );
     }
 
+    // Conforming upgrade (RFC 6455 §4.2.1).
+    let version = if flags & 32 == 0 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    if handshake::check_upgrade(version, &headers).is_ok() {
+        assert_eq!(version, Version::HTTP_11);
+        let has = |name: HeaderName, token: &str| {
+            headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains(token))
+            })
+        };
+        assert!(has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade"));
+        assert_eq!(
+            headers
+                .get(header::SEC_WEBSOCKET_VERSION)
+                .map(|v| v.as_bytes()),
+            Some(&b"13"[..])
+        );
+        let key = headers.get(header::SEC_WEBSOCKET_KEY).expect("key");
+        let key = key.as_bytes().trim_ascii();
+        assert!(
+            key.len() == 24 && key.ends_with(b"=="),
+            "key {key:?} is not 16 bytes"
+        );
+    }
+
+    // Host (DNS rebinding defence).
+    let loopback = flags & 64 != 0;
+    if handshake::host_allowed(&headers, &hosts, loopback) && (loopback || !hosts.is_empty()) {
+        let host = headers.get(header::HOST).expect("an allowed Host exists");
+        let host = host
+            .to_str()
+            .expect("host is text")
+            .trim()
+            .to_ascii_lowercase();
+        if hosts.is_empty() {
+            assert!(
+                host.contains("localhost") || host.starts_with("127.") || host.starts_with("[::1]"),
+                "{host:?} is not a loopback name"
+            );
+        } else {
+            let ok = hosts.iter().any(|p| {
+                let p = p.to_ascii_lowercase();
+                match p.strip_prefix("*.") {
+                    Some(domain) => host.contains(&format!(".{domain}")),
+                    None => host.starts_with(&p),
+                }
+            });
+            assert!(ok, "host {host:?} allowed by {hosts:?}");
+        }
+    }
+
     // Origin.
     let allow_missing = flags & 1 != 0;
     let ok = handshake::origin_allowed(&headers, &allowed, allow_missing);
     match headers.get(header::ORIGIN) {
         None => assert_eq!(ok, allow_missing),
         Some(o) if ok => {
-            let origin = o.to_str().expect("an allowed origin is text").trim().to_ascii_lowercase();
+            let origin = o
+                .to_str()
+                .expect("an allowed origin is text")
+                .trim()
+                .to_ascii_lowercase();
             if allowed.is_empty() {
                 let host = headers.get(header::HOST).expect("same-host needs Host");
                 let host = host.to_str().expect("host").to_ascii_lowercase();
-                assert_eq!(origin.split_once("://").map(|(_, h)| h), Some(host.as_str()));
-            } else if !allowed.iter().any(|p| p == "*" || p.to_ascii_lowercase() == origin) {
+                assert_eq!(
+                    origin.split_once("://").map(|(_, h)| h),
+                    Some(host.as_str())
+                );
+            } else if !allowed
+                .iter()
+                .any(|p| p == "*" || p.to_ascii_lowercase() == origin)
+            {
                 // Only a wildcard pattern can have matched.
                 let good = allowed.iter().any(|p| {
                     let p = p.to_ascii_lowercase();
@@ -152,8 +235,7 @@ fuzz_target!(|input: &[u8]| {
                     let Some(sub) = host.strip_suffix(&format!(".{domain}")) else {
                         return false;
                     };
-                    !sub.is_empty()
-                        && !sub.contains(['@', '/', '?', '#', ':', '\\', ' '])
+                    !sub.is_empty() && !sub.contains(['@', '/', '?', '#', ':', '\\', ' '])
                 });
                 assert!(good, "origin {origin:?} allowed by {allowed:?}");
             }
@@ -165,7 +247,11 @@ fuzz_target!(|input: &[u8]| {
     let offer = handshake::offer(&headers);
     if let Some(f) = offer.format {
         assert!(offer.offered);
-        assert!(found_in(f.subprotocol(), &headers, &header::SEC_WEBSOCKET_PROTOCOL));
+        assert!(found_in(
+            f.subprotocol(),
+            &headers,
+            &header::SEC_WEBSOCKET_PROTOCOL
+        ));
         assert!(matches!(f, Format::Json | Format::Msgpack));
     }
     if let Some(t) = &offer.token {

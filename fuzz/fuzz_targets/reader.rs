@@ -151,13 +151,17 @@ fn check(steps: &[Step], max: usize) {
                 assert_eq!(op, OpCode::Close);
                 assert_eq!(s.control[0].len(), 2 + payload.len(), "one whole frame");
                 assert!(payload.len() <= 125 && payload.len() != 1, "{payload:?}");
-                let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                let code =
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
                 if let Some(c) = code {
                     assert!(
                         matches!(c, 1000..=1003 | 1007..=1013 | 3000..=4999),
                         "echoed close code {c}"
                     );
-                    assert!(std::str::from_utf8(&payload[2..]).is_ok(), "close reason UTF-8");
+                    assert!(
+                        std::str::from_utf8(&payload[2..]).is_ok(),
+                        "close reason UTF-8"
+                    );
                 }
                 assert_eq!(*clean, matches!(code, None | Some(1000) | Some(1001)));
             }
@@ -168,7 +172,9 @@ fn check(steps: &[Step], max: usize) {
                         assert!(std::str::from_utf8(t).is_ok(), "text is not UTF-8");
                         assert!(t.len() <= max, "text of {} > max {max}", t.len());
                     }
-                    Event::Binary(b) => assert!(b.len() <= max, "binary of {} > max {max}", b.len()),
+                    Event::Binary(b) => {
+                        assert!(b.len() <= max, "binary of {} > max {max}", b.len())
+                    }
                     Event::Ping(p) => {
                         let (payload, op) = frame::parse_unmasked(p).expect("pong frame");
                         assert_eq!(op, OpCode::Pong);
@@ -197,7 +203,9 @@ fuzz_target!(|input: &[u8]| {
         frames_burst: 0,
     };
 
-    let reference = drive(MessageReader::with_limits(wire, limits), wire.len(), || false);
+    let reference = drive(MessageReader::with_limits(wire, limits), wire.len(), || {
+        false
+    });
     check(&reference, max);
 
     let mut decide = Rng(seed.wrapping_mul(2_654_435_761));
@@ -207,10 +215,15 @@ fuzz_target!(|input: &[u8]| {
         rng: Rng(seed),
         pended: false,
     };
-    let split = drive(MessageReader::with_limits(chunked, limits), wire.len(), || {
-        decide.next() % 2 == 0
-    });
-    assert_eq!(reference, split, "chunked or cancelled reads changed the result");
+    let split = drive(
+        MessageReader::with_limits(chunked, limits),
+        wire.len(),
+        || decide.next() % 2 == 0,
+    );
+    assert_eq!(
+        reference, split,
+        "chunked or cancelled reads changed the result"
+    );
 
     // A frame budget only ever cuts the same sequence short, with 1008.
     let budget = ReadLimits {
@@ -218,7 +231,9 @@ fuzz_target!(|input: &[u8]| {
         frames_burst: u32::from(input[2] >> 3) % 4,
         ..limits
     };
-    let limited = drive(MessageReader::with_limits(wire, budget), wire.len(), || false);
+    let limited = drive(MessageReader::with_limits(wire, budget), wire.len(), || {
+        false
+    });
     if limited != reference {
         let (last, before) = limited.split_last().expect("at least one step");
         assert_eq!(

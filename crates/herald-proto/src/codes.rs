@@ -199,6 +199,7 @@ impl CloseCode {
         !matches!(
             self,
             CloseCode::ProtocolError
+                | CloseCode::PolicyViolation
                 | CloseCode::UnsupportedData
                 | CloseCode::InvalidPayload
                 | CloseCode::MessageTooBig
@@ -258,6 +259,24 @@ mod tests {
             let n = c.code();
             assert!((4000..5000).contains(&n));
             assert_eq!(c.reconnect(), n < 4500, "{c:?}");
+        }
+    }
+
+    /// Regression (issue 13): 1008 said "reconnect" here while protocol.md and both clients
+    /// stop reconnecting after it (the client broke a policy: a frame flood, too many fragments).
+    #[test]
+    fn the_websocket_codes_follow_the_protocol_table() {
+        for (c, reconnect) in [
+            (CloseCode::Normal, false),
+            (CloseCode::GoingAway, true),
+            (CloseCode::ProtocolError, false),
+            (CloseCode::UnsupportedData, false),
+            (CloseCode::InvalidPayload, false),
+            (CloseCode::PolicyViolation, false),
+            (CloseCode::MessageTooBig, false),
+            (CloseCode::InternalError, true),
+        ] {
+            assert_eq!(c.reconnect(), reconnect, "{c:?}");
         }
     }
 

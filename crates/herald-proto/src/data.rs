@@ -176,7 +176,10 @@ mod tests {
         // Keys holding keys holding keys: linear, not 2^depth (found by the fuzzer).
         let mut deep = Value::from(1);
         for _ in 0..40 {
-            deep = Value::Map(vec![(Value::Map(vec![(Value::Nil, deep.clone())]), Value::Nil)]);
+            deep = Value::Map(vec![(
+                Value::Map(vec![(Value::Nil, deep.clone())]),
+                Value::Nil,
+            )]);
         }
         let json = serde_json::to_string(&Data::msgpack(&deep).for_json()).expect("JSON");
         assert!(json.len() < 100_000, "{}", json.len());

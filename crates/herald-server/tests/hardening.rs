@@ -122,6 +122,16 @@ async fn a_ping_flood_is_closed_with_1008() {
     });
     let got = read_until_eof(&mut r).await;
     assert_eq!(close_code(&got), Some(1008), "{got:?}");
+    let advisory = got
+        .iter()
+        .filter(|(op, _)| *op == 1)
+        .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).expect("json"))
+        .find(|v| v["type"] == "disconnect")
+        .expect("a disconnect advisory");
+    assert_eq!(
+        advisory["payload"]["reconnect"], false,
+        "1008: do not reconnect (§7)"
+    );
     let pongs = got.iter().filter(|(op, _)| *op == 10).count();
     let limits = herald_server::ConnectionConfig::default();
     assert!(

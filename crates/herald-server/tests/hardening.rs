@@ -69,6 +69,16 @@ fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
         .and_then(|(_, p)| (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]])))
 }
 
+/// The `disconnect` advisory among the server's text frames.
+fn disconnect_advisory(frames: &[(u8, Vec<u8>)]) -> serde_json::Value {
+    frames
+        .iter()
+        .filter(|(op, _)| *op == 1)
+        .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).expect("json"))
+        .find(|v| v["type"] == "disconnect")
+        .expect("a disconnect advisory")
+}
+
 async fn raw(server: &TestServer) -> TcpStream {
     raw_client(server.addr, None).await
 }
@@ -122,12 +132,7 @@ async fn a_ping_flood_is_closed_with_1008() {
     });
     let got = read_until_eof(&mut r).await;
     assert_eq!(close_code(&got), Some(1008), "{got:?}");
-    let advisory = got
-        .iter()
-        .filter(|(op, _)| *op == 1)
-        .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).expect("json"))
-        .find(|v| v["type"] == "disconnect")
-        .expect("a disconnect advisory");
+    let advisory = disconnect_advisory(&got);
     assert_eq!(
         advisory["payload"]["reconnect"], false,
         "1008: do not reconnect (§7)"
@@ -202,12 +207,7 @@ async fn an_oversized_fragmented_message_gets_1009_and_a_clean_close() {
     let mut got = frames(&seen);
     got.extend(read_until_eof(&mut r).await);
     assert_eq!(close_code(&got), Some(1009), "{got:?}");
-    let advisory = got
-        .iter()
-        .filter(|(op, _)| *op == 1)
-        .map(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).expect("json"))
-        .find(|v| v["type"] == "disconnect")
-        .expect("a disconnect advisory");
+    let advisory = disconnect_advisory(&got);
     assert_eq!(advisory["payload"]["code"], 1009);
     assert_eq!(advisory["payload"]["reconnect"], false);
 }

@@ -1,28 +1,11 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
 import * as msgpack from '@msgpack/msgpack';
-import { HeraldClient, HeraldError, msgpackCodec, type ClientOptions, type Message, type WebSocketCtor } from '../../src/index.js';
-import { cleanup, freePort, runCleanup, server, token, until } from './herald.js';
+import { HeraldError, msgpackCodec, type Message } from '../../src/index.js';
+import { cleanup, client, connected, freePort, runCleanup, server, token, until } from './herald.js';
 
 afterEach(runCleanup);
 
-function client(url: string, opts: Partial<ClientOptions> = {}): HeraldClient {
-  const c = new HeraldClient({
-    url,
-    WebSocket: WebSocket as unknown as WebSocketCtor,
-    backoff: { minDelayMs: 50, maxDelayMs: 300 },
-    ...opts,
-  });
-  cleanup.push(() => c.close());
-  return c;
-}
-
-async function connected(c: HeraldClient): Promise<void> {
-  const done = new Promise<void>((resolve) => c.once('connected', () => resolve()));
-  c.connect();
-  await done;
-}
 
 /** A TCP relay whose connections the test can cut (no close frame: the server keeps the session). */
 async function relay(target: number): Promise<{ url: string; cut(): void; close(): Promise<void> }> {

@@ -5,29 +5,17 @@
  * the path is back), and a connection cut in the middle of a frame. See docs/fault-harness.md.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import WebSocket from 'ws';
-import { HeraldClient, type ClientOptions, type Message, type WebSocketCtor } from '../../src/index.js';
+import type { ClientOptions, HeraldClient, Message } from '../../src/index.js';
 import { faultProxy, type FaultProxy } from './faultproxy.js';
-import { cleanup, runCleanup, server, startHerald, token, until, type Herald } from './herald.js';
+import { client as heraldClient, cleanup, connected, runCleanup, server, startHerald, token, until, type Herald } from './herald.js';
 
 afterEach(runCleanup);
 
+/** Faster backoff than the other integration tests: reconnects are what these tests time. */
 function client(url: string, opts: Partial<ClientOptions> = {}): HeraldClient {
-  const c = new HeraldClient({
-    url,
-    WebSocket: WebSocket as unknown as WebSocketCtor,
-    backoff: { minDelayMs: 20, maxDelayMs: 200 },
-    ...opts,
-  });
-  cleanup.push(() => c.close());
-  return c;
+  return heraldClient(url, opts, { minDelayMs: 20, maxDelayMs: 200 });
 }
 
-async function connected(c: HeraldClient): Promise<void> {
-  const done = new Promise<void>((resolve) => c.once('connected', () => resolve()));
-  c.connect();
-  await done;
-}
 
 async function proxy(target: number): Promise<FaultProxy> {
   const p = await faultProxy(target);

@@ -3,6 +3,8 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
+import { HeraldClient, type ClientOptions, type WebSocketCtor } from '../../src/index.js';
 
 /** The binary under test: `$HERALD_BIN`, else the workspace's debug build. */
 export const BIN = process.env.HERALD_BIN ?? fileURLToPath(new URL('../../../../target/debug/herald', import.meta.url));
@@ -109,4 +111,23 @@ export async function server(port?: number): Promise<Herald> {
   const h = await startHerald(port === undefined ? {} : { port });
   cleanup.push(() => h.kill());
   return h;
+}
+
+/** A client of the real server (node `ws`), closed after the test; fast backoff unless given. */
+export function client(url: string, opts: Partial<ClientOptions> = {}, backoff = { minDelayMs: 50, maxDelayMs: 300 }): HeraldClient {
+  const c = new HeraldClient({
+    url,
+    WebSocket: WebSocket as unknown as WebSocketCtor,
+    backoff,
+    ...opts,
+  });
+  cleanup.push(() => c.close());
+  return c;
+}
+
+/** Connect `c` and wait for `connected`. */
+export async function connected(c: HeraldClient): Promise<void> {
+  const done = new Promise<void>((resolve) => c.once('connected', () => resolve()));
+  c.connect();
+  await done;
 }

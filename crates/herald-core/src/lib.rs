@@ -34,6 +34,8 @@ pub mod publication;
 pub mod rpc;
 pub mod session;
 mod sync;
+#[cfg(test)]
+mod testing;
 
 pub use auth::{AuthConfig, Claims, Identity, Verifier};
 pub use config::{EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};

@@ -9,31 +9,9 @@ use herald_proto::{Format, frame};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::auth::{AuthConfig, Verifier};
-use crate::config::{EngineConfig, LimitsConfig, NamespaceOptions};
-use crate::memory::{MemoryBroker, MemoryPresence};
-use crate::node::Heartbeat;
+use crate::config::{LimitsConfig, NamespaceOptions};
 use crate::outlet::Drained;
-
-fn node_with(f: impl FnOnce(&mut EngineConfig)) -> Arc<Node> {
-    let mut cfg = EngineConfig {
-        default_namespace: Some(NamespaceOptions::dev()),
-        limits: LimitsConfig::unlimited(),
-        ..Default::default()
-    };
-    f(&mut cfg);
-    let verifier = Arc::new(Verifier::from_config(&AuthConfig::default()).expect("verifier"));
-    Node::new(
-        cfg,
-        Arc::new(MemoryBroker::new()),
-        Arc::new(MemoryPresence::new()),
-        Heartbeat {
-            ping_interval_ms: 25_000,
-            pong_timeout_ms: 10_000,
-        },
-        verifier,
-    )
-}
+use crate::testing::node_with;
 
 fn node() -> Arc<Node> {
     node_with(|_| {})

@@ -1,0 +1,130 @@
+//! Sessions waiting for `resume` after an unexpected disconnect (bounded, oldest ended first).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::session::Session;
+
+use super::*;
+
+pub(super) struct Parked {
+    session: Session,
+    generation: u64,
+}
+
+/// Sessions waiting for `resume`, by token, and their parking order (oldest first).
+#[derive(Default)]
+pub(super) struct Parking {
+    by_token: HashMap<String, Parked>,
+    order: std::collections::BTreeMap<u64, String>,
+}
+
+impl Parking {
+    pub(super) fn remove(&mut self, token: &str) -> Option<Parked> {
+        let p = self.by_token.remove(token)?;
+        self.order.remove(&p.generation);
+        Some(p)
+    }
+
+    pub(super) fn oldest(&mut self) -> Option<Parked> {
+        let (_, token) = self.order.pop_first()?;
+        self.by_token.remove(&token)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_token.len()
+    }
+}
+
+impl Node {
+    /// A connection ended. `clean` (close 1000, or an error that forbids resuming) ends the session
+    /// at once; otherwise it waits `resume_grace` for a `resume`.
+    pub async fn disconnected(self: &Arc<Self>, session: Session, clean: bool) {
+        let grace = self.config.session.resume_grace;
+        if clean || grace.is_zero() || session.outlet().close_requested().is_some() {
+            let reason = match session.outlet().close_requested() {
+                Some(code) => code.reason(),
+                None if clean => "closed",
+                None => "connection lost (resume disabled)",
+            };
+            session.end(reason).await;
+            return;
+        }
+        let token = session.resume_token().to_owned();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let max = self.config.session.max_waiting_sessions;
+        let evicted = {
+            let mut parked = lock(&self.parked);
+            let evicted = (max > 0 && parked.len() >= max)
+                .then(|| parked.oldest())
+                .flatten();
+            parked.order.insert(generation, token.clone());
+            parked.by_token.insert(
+                token.clone(),
+                Parked {
+                    session,
+                    generation,
+                },
+            );
+            evicted
+        };
+        metrics::gauge!("herald_sessions_waiting").increment(1.0);
+        if let Some(old) = evicted {
+            metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+            metrics::counter!("herald_sessions_evicted_total").increment(1);
+            old.session
+                .end("too many sessions waiting for resume on this node")
+                .await;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let expired = {
+                let mut parked = lock(&node.parked);
+                match parked.by_token.get(&token) {
+                    Some(p) if p.generation == generation => parked.remove(&token),
+                    _ => None,
+                }
+            };
+            if let Some(p) = expired {
+                metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+                p.session
+                    .end("connection lost; resume grace period ended")
+                    .await;
+            }
+        });
+    }
+
+    /// Take a waiting session by its resume token, if it belongs to `user` (a resume token alone
+    /// must not switch users).
+    pub(crate) fn take_parked(&self, token: &str, user: &str) -> Option<Session> {
+        let p = {
+            let mut parked = lock(&self.parked);
+            if parked.by_token.get(token)?.session.user_id() != user {
+                return None;
+            }
+            parked.remove(token)?
+        };
+        metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+        Some(p.session)
+    }
+
+    /// End every waiting session now (shutdown).
+    pub async fn end_waiting_sessions(&self) {
+        let all: Vec<Parked> = {
+            let mut parked = lock(&self.parked);
+            parked.order.clear();
+            parked.by_token.drain().map(|(_, p)| p).collect()
+        };
+        for p in all {
+            metrics::gauge!("herald_sessions_waiting").decrement(1.0);
+            p.session.end("server shutdown").await;
+        }
+    }
+
+    /// Sessions currently waiting for `resume`.
+    pub fn waiting_sessions(&self) -> usize {
+        lock(&self.parked).len()
+    }
+}

@@ -1,0 +1,124 @@
+//! Live sessions by user, for revocation, per-user disconnects and server-side commands.
+
+use std::sync::Arc;
+
+use herald_proto::CloseCode;
+
+use crate::outlet::Outlet;
+
+use super::*;
+
+/// A live session of a user, for revocation and per-user disconnects.
+pub(crate) struct Registered {
+    client_id: Arc<str>,
+    outlet: std::sync::Weak<Outlet>,
+    jti: Option<String>,
+    commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
+}
+
+impl Node {
+    pub(crate) fn register(
+        &self,
+        user: &str,
+        client_id: &Arc<str>,
+        outlet: &Arc<Outlet>,
+        jti: Option<String>,
+        commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
+    ) {
+        if user.is_empty() {
+            return;
+        }
+        let mut users = lock(&self.users);
+        let list = users.entry(user.to_owned()).or_default();
+        list.retain(|r| r.client_id != *client_id);
+        list.push(Registered {
+            client_id: client_id.clone(),
+            outlet: Arc::downgrade(outlet),
+            jti,
+            commands,
+        });
+    }
+
+    pub(crate) fn deregister(&self, user: &str, client_id: &str) {
+        if user.is_empty() {
+            return;
+        }
+        let mut users = lock(&self.users);
+        if let Some(list) = users.get_mut(user) {
+            list.retain(|r| &*r.client_id != client_id);
+            if list.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    pub(super) fn close_where(
+        &self,
+        code: CloseCode,
+        user: Option<&str>,
+        jti: Option<&str>,
+    ) -> usize {
+        let users = lock(&self.users);
+        let mut closed = 0;
+        let lists: Vec<&Vec<Registered>> = match user {
+            Some(u) => users.get(u).into_iter().collect(),
+            None => users.values().collect(),
+        };
+        for r in lists.into_iter().flatten() {
+            if jti.is_some_and(|j| r.jti.as_deref() != Some(j)) {
+                continue;
+            }
+            if let Some(o) = r.outlet.upgrade() {
+                o.close(code);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Revoke every token of `user` issued up to now, until `expires_at` (Unix seconds), and close
+    /// the user's connections (4503; waiting sessions can no longer be resumed). Returns the number
+    /// of sessions closed.
+    pub fn revoke_user(&self, user: &str, expires_at: u64) -> usize {
+        self.verifier.revocations().revoke_user(user, expires_at);
+        self.close_where(CloseCode::TokenRevoked, Some(user), None)
+    }
+
+    /// Revoke one token by `jti` until `expires_at` and close the sessions using it.
+    pub fn revoke_token(&self, jti: &str, expires_at: u64) -> usize {
+        self.verifier.revocations().revoke_token(jti, expires_at);
+        self.close_where(CloseCode::TokenRevoked, None, Some(jti))
+    }
+
+    /// Send a server-side command to every session of `user` (live or waiting for resume).
+    /// Returns the number of sessions it was queued for.
+    pub fn command_user(&self, user: &str, cmd: crate::session::ServerCommand) -> usize {
+        let users = lock(&self.users);
+        users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.commands.as_ref())
+            .filter(|tx| tx.try_send(cmd.clone()).is_ok())
+            .count()
+    }
+
+    /// Close every session of `user` with `code`. Returns the number closed.
+    pub fn disconnect_user(&self, user: &str, code: CloseCode) -> usize {
+        self.close_where(code, Some(user), None)
+    }
+
+    /// Close the session with this client id (authenticated users only). Returns whether found.
+    pub fn disconnect_client(&self, client_id: &str, code: CloseCode) -> bool {
+        let users = lock(&self.users);
+        for r in users.values().flatten() {
+            if &*r.client_id == client_id
+                && let Some(o) = r.outlet.upgrade()
+            {
+                o.close(code);
+                return true;
+            }
+        }
+        false
+    }
+}

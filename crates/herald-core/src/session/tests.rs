@@ -293,8 +293,9 @@ async fn violations_and_the_rate_limit_end_the_connection_with_their_codes() {
         };
     });
     let mut a = session(&node);
-    let bad =
-        |s: &mut Session| s.decode_error(herald_proto::decode(Format::Json, b"{").unwrap_err());
+    let bad = |s: &mut Session| {
+        s.decode_error(herald_proto::decode(Format::Json, b"{").expect_err("malformed"))
+    };
     assert_eq!(bad(&mut a), Flow::Continue);
     assert_eq!(bad(&mut a), Flow::Continue);
     assert_eq!(bad(&mut a), Flow::Close(CloseCode::ProtocolViolations));

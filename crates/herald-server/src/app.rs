@@ -495,6 +495,16 @@ impl Server {
                 axum::routing::post(crate::api::handler)
                     .layer(axum::extract::DefaultBodyLimit::max(crate::api::MAX_BODY)),
             )
+            .fallback(|| async {
+                json_error(StatusCode::NOT_FOUND, ErrorCode::BadRequest, "no such path")
+            })
+            .method_not_allowed_fallback(|| async {
+                json_error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::BadRequest,
+                    "method not allowed on this path",
+                )
+            })
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 host_check,
@@ -518,6 +528,9 @@ impl Server {
             max_http_connections: state.server.max_http_connections,
             max_http_connections_per_ip: state.server.max_http_connections_per_ip,
             trusted_proxies: state.server.trusted_proxies.clone(),
+            request_timeout: state.server.request_timeout,
+            // Longer than the WebSocket writer's own timeout, which must fire first (4003).
+            write_timeout: state.conn.write_timeout + std::time::Duration::from_secs(5),
         };
         crate::listener::serve(self.listener, state.tls.clone(), router, limits, token).await?;
         state.tracker.close();

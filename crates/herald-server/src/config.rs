@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// requests on a kept-alive connection); then the connection is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Time to read a whole HTTP request (its body included) and answer it; then `408`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Most HTTP connections on this node that are not WebSockets (handshakes in progress,
     /// kept-alive API connections); more are answered 503 and closed (0 = unlimited).
     pub max_http_connections: usize,
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             allow_missing_origin: true,
             trusted_proxies: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
             max_http_connections: 4096,
             max_http_connections_per_ip: 64,
             echo: false,

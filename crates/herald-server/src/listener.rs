@@ -2,16 +2,23 @@
 //! in is cut off after `header_read_timeout`), TLS handshakes in their own tasks, and the bound on
 //! HTTP connections that are not (yet) WebSockets, node-wide and per client IP.
 //!
+//! A request must be answered within `request_timeout` (its body included: a body trickled in is
+//! cut off with 408), and a write that makes no progress for `write_timeout` fails (a client that
+//! pipelines requests and never reads the answers cannot hold its slot either).
+//!
 //! A connection counts as an HTTP connection from `accept` until it is upgraded to a WebSocket
 //! (then `max_connections` and the per-IP WebSocket cap apply) or closed. Over either cap the
 //! connection is answered `503` at once (plain HTTP; TLS connections are just closed) and dropped,
 //! so held-open handshakes cannot take the node's file descriptors.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -47,6 +54,10 @@ pub struct HttpLimits {
     pub max_http_connections_per_ip: usize,
     /// Peers exempt from the per-IP cap (reverse proxies).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Time to read a request (body included) and produce its response.
+    pub request_timeout: Duration,
+    /// A write to an HTTP (not yet upgraded) connection that makes no progress this long fails.
+    pub write_timeout: Duration,
 }
 
 struct Accepting {
@@ -147,20 +158,20 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (router, stop, tls, timeout) = (
+        let (router, stop, tls, limits) = (
             router.clone(),
             stop.clone(),
             tls.clone(),
-            acc.limits.header_read_timeout,
+            acc.limits.clone(),
         );
         tracker.spawn(async move {
             match tls {
-                None => serve_http(tcp, peer, router, timeout, stop).await,
+                None => serve_http(tcp, peer, router, &limits, stop).await,
                 Some(tls) => {
                     let Some(s) = handshake(&tls, tcp, peer).await else {
                         return;
                     };
-                    serve_http(s, peer, router, timeout, stop).await
+                    serve_http(s, peer, router, &limits, stop).await
                 }
             }
             drop(held);
@@ -195,19 +206,36 @@ async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     router: Router,
-    header_read_timeout: Duration,
+    limits: &HttpLimits,
     stop: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let mut router = router.clone();
-        async move {
-            let res: Result<_, Infallible> = router.call(req.map(Body::new)).await;
-            res
-        }
-    });
+    let request_timeout = limits.request_timeout;
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut router = router.clone();
+            async move {
+                let res: Result<_, Infallible> =
+                    match tokio::time::timeout(request_timeout, router.call(req.map(Body::new)))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            metrics::counter!("herald_http_request_timeouts_total").increment(1);
+                            Ok(crate::app::json_error(
+                                axum::http::StatusCode::REQUEST_TIMEOUT,
+                                herald_proto::ErrorCode::BadRequest,
+                                "the request took longer than server.request_timeout",
+                            ))
+                        }
+                    };
+                res
+            }
+        });
+    let io = WriteTimeout::new(io, limits.write_timeout);
+    let header_read_timeout = limits.header_read_timeout;
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
@@ -229,5 +257,90 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+    }
+}
+
+/// Writes that make no progress for `timeout` fail with `TimedOut` (reads are bounded by the
+/// header and request timeouts). After an upgrade the WebSocket writer's own `write_timeout`
+/// (4003) is shorter and fires first.
+struct WriteTimeout<I> {
+    io: I,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteTimeout<I> {
+    fn new(io: I, timeout: Duration) -> Self {
+        WriteTimeout {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// After an inner `Pending`: fail once the stall has lasted `timeout`.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timeout = self.timeout;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx),
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteTimeout<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.progress(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.progress(r, cx)
     }
 }

@@ -482,3 +482,54 @@ async fn waiting_sessions_are_capped_and_the_oldest_goes_first() {
         .await;
     assert_eq!(r["channels"][0]["channel"], "room4", "{r}");
 }
+
+/// Regression (found by a second attack): a request body trickled in (`Content-Length: 60000`,
+/// a byte every few seconds) held its HTTP connection slot forever — the header timeout only
+/// covers the head — so a few IPs could lock every new client out with 503.
+#[tokio::test]
+async fn a_trickled_request_body_is_cut_off_with_408() {
+    let server = start(Setup {
+        server: herald_server::ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            request_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(server.addr).await.expect("connect");
+    s.write_all(
+        b"POST /api/v1/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 60000\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("the server never gave up on the body");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"bad_request\""), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Every HTTP error body is JSON, unknown paths and methods included.
+#[tokio::test]
+async fn unknown_paths_and_methods_get_json_errors() {
+    let server = start_default().await;
+    let (status, text) = http_raw(
+        &server,
+        "GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404, "{text}");
+    assert!(text.contains("\"code\":\"bad_request\""), "{text}");
+    let (status, text) = http_raw(
+        &server,
+        "POST /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 405, "{text}");
+    assert!(text.contains("\"code\":\"bad_request\""), "{text}");
+}

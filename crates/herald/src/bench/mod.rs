@@ -77,6 +77,18 @@ pub enum Scenario {
         /// delivery across the nodes of a cluster.
         #[arg(long)]
         publish_url: Option<String>,
+        /// Percent of the subscribers that stop reading once subscribed (socket kept open, never
+        /// read, small receive buffer): latency, loss and duplicates are then reported for the
+        /// healthy subscribers only, next to how the server ended the stalled connections.
+        #[arg(long, default_value_t = 0.0)]
+        stalled_percent: f64,
+        /// `SO_RCVBUF` of the stalled subscribers' sockets, in bytes (Linux doubles it).
+        #[arg(long, default_value_t = 4096)]
+        stalled_rcvbuf: u32,
+        /// Add a per-second timeline to the report: healthy latency by publish second, and the
+        /// server's slow-consumer and close-code counters (from its /metrics) by wall second.
+        #[arg(long)]
+        timeline: bool,
     },
     /// N idle connections, each subscribed to a channel; reports server memory per connection.
     Idle {
@@ -169,8 +181,19 @@ impl Target {
 
     /// Open connection `i` and read its `connected` message.
     pub async fn open(&self, i: usize) -> anyhow::Result<RawConn> {
-        let mut c =
-            RawConn::connect(self.addr, self.source(i), &self.path, self.token.as_deref()).await?;
+        self.open_with(i, None).await
+    }
+
+    /// Like [`Target::open`], with `SO_RCVBUF` set to `recv_buffer` before connecting.
+    pub async fn open_with(&self, i: usize, recv_buffer: Option<u32>) -> anyhow::Result<RawConn> {
+        let mut c = RawConn::connect_with(
+            self.addr,
+            self.source(i),
+            &self.path,
+            self.token.as_deref(),
+            recv_buffer,
+        )
+        .await?;
         match c.next().await? {
             Some(m) if memchr::memmem::find(m, b"\"connected\"").is_some() => Ok(c),
             Some(m) => bail!("unexpected first frame: {}", String::from_utf8_lossy(m)),
@@ -230,13 +253,15 @@ fn prefix(c: &Common) -> String {
         .unwrap_or_else(|| format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..6]))
 }
 
-/// Open `n` connections with bounded concurrency, each subscribed to `channel(i)`.
+/// Open `n` connections with bounded concurrency, each subscribed to `channel(i)`, with
+/// `SO_RCVBUF` = `recv_buffer(i)` when set.
 /// Returns the connections with their subscribe offsets, and the number of failures.
 async fn open_many(
     t: &Arc<Target>,
     n: usize,
     concurrency: usize,
     channel: impl Fn(usize) -> String + Send + Sync + 'static,
+    recv_buffer: impl Fn(usize) -> Option<u32>,
     bar: &indicatif::ProgressBar,
 ) -> (Vec<(usize, RawConn, u64, Duration)>, usize, Option<String>) {
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -244,10 +269,11 @@ async fn open_many(
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let (t, sem, channel) = (t.clone(), sem.clone(), channel.clone());
+        let rcvbuf = recv_buffer(i);
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let started = Instant::now();
-            let mut c = t.open(i).await?;
+            let mut c = t.open_with(i, rcvbuf).await?;
             let offset = subscribe(&mut c, &channel(i)).await?;
             anyhow::Ok((i, c, offset, started.elapsed()))
         }));
@@ -283,7 +309,13 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             payload,
             window,
             publish_url,
+            stalled_percent,
+            stalled_rcvbuf,
+            timeline,
         } => {
+            if !(0.0..100.0).contains(&stalled_percent) {
+                bail!("--stalled-percent must be in [0, 100)");
+            }
             let opts = fanout::Options {
                 subscribers,
                 channels: channels.max(1),
@@ -291,6 +323,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 payload: payload.max(40),
                 window: window.max(1),
                 publish_url,
+                stalled_percent,
+                stalled_rcvbuf,
+                timeline,
             };
             fanout::run(&common, opts).await
         }
@@ -333,6 +368,7 @@ async fn open_phase(c: &Common, n: usize, channels: usize) -> anyhow::Result<Ope
         n,
         c.concurrency,
         move |i| format!("{p}:{}", i % channels),
+        |_| None,
         &bar,
     )
     .await;

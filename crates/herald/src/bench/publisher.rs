@@ -42,6 +42,10 @@ pub struct Outcome {
     pub last_offsets: Vec<u64>,
     /// Publishing time.
     pub elapsed: Duration,
+    /// The server closed the publisher's connection before the plan's duration was over.
+    pub closed_early: bool,
+    /// The close code the server sent the publisher, if it closed it.
+    pub close_code: Option<u16>,
 }
 
 fn publication(id: u64, channel: &str, pad: &str) -> Vec<u8> {
@@ -82,12 +86,15 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
             reader_acked.fetch_add(1, Ordering::Relaxed);
             reader_window.add_permits(1);
         }
-        (last, errors, first_error)
+        // The connection is gone: a closed-loop publisher waiting for a window slot stops.
+        reader_window.close();
+        (last, errors, first_error, reader.close_code)
     });
     let pad = "x".repeat(plan.payload.saturating_sub(30));
     let started = Instant::now();
     let mut sent: u64 = 0;
     let mut batch = Vec::new();
+    let mut closed_early = false;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     'outer: while started.elapsed() < plan.duration {
@@ -101,7 +108,10 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
                 sent += 1;
             }
         } else {
-            let Ok(p) = window.acquire().await else { break };
+            let Ok(p) = window.acquire().await else {
+                closed_early = true;
+                break;
+            };
             p.forget();
             let mut n = 1;
             while n < 256 && window.try_acquire().map(|p| p.forget()).is_ok() {
@@ -113,7 +123,8 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
                 sent += 1;
             }
         }
-        if !batch.is_empty() && writer.write_all(&batch).await.is_err() {
+        if acks.is_finished() || (!batch.is_empty() && writer.write_all(&batch).await.is_err()) {
+            closed_early = true;
             break 'outer;
         }
         sent_counter.store(sent, Ordering::Relaxed);
@@ -126,9 +137,9 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
     }
     let _ = writer.shutdown().await;
     drop(writer);
-    let (last_offsets, errors, first_error) =
+    let (last_offsets, errors, first_error, close_code) =
         acks.await
-            .unwrap_or((vec![0; n_ch], 0, Some("ack reader failed".into())));
+            .unwrap_or((vec![0; n_ch], 0, Some("ack reader failed".into()), None));
     Outcome {
         sent,
         acked: acked.load(Ordering::Relaxed),
@@ -136,5 +147,7 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
         first_error,
         last_offsets,
         elapsed,
+        closed_early,
+        close_code,
     }
 }

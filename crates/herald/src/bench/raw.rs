@@ -16,6 +16,8 @@ pub struct RawReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The code of the server's close frame, once one was read.
+    pub close_code: Option<u16>,
 }
 
 /// One benchmark connection.
@@ -27,8 +29,21 @@ pub struct RawConn {
 enum Frame {
     Data(usize, usize),
     Ping(usize, usize),
-    Close,
+    Close(usize, usize),
     Other,
+}
+
+/// How a connection that was left unread ended, seen by reading it to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The server sent a close frame (with this code, if any).
+    CloseFrame(Option<u16>),
+    /// The server closed the TCP connection without a close frame (FIN).
+    Eof,
+    /// The connection was reset.
+    Reset,
+    /// Still open: nothing more arrived before the timeout.
+    Open,
 }
 
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -82,7 +97,13 @@ impl RawReader {
                     return Ok(Some(match op {
                         OpCode::Text | OpCode::Binary => Frame::Data(at, len),
                         OpCode::Ping => Frame::Ping(at, len),
-                        OpCode::Close => Frame::Close,
+                        OpCode::Close => {
+                            let p = &self.buf[at..at + len];
+                            if p.len() >= 2 {
+                                self.close_code = Some(u16::from_be_bytes([p[0], p[1]]));
+                            }
+                            Frame::Close(at, len)
+                        }
                         _ => Frame::Other,
                     }));
                 }
@@ -100,7 +121,7 @@ impl RawReader {
         loop {
             match self.frame().await? {
                 Some(Frame::Data(at, len)) => return Ok(Some(&self.buf[at..at + len])),
-                Some(Frame::Close) | None => return Ok(None),
+                Some(Frame::Close(..)) | None => return Ok(None),
                 Some(_) => {}
             }
         }
@@ -108,18 +129,24 @@ impl RawReader {
 }
 
 impl RawConn {
-    /// Connect from `local` (any port) to `addr`, upgrade on `path`, optionally with a token.
-    pub async fn connect(
+    /// Connect from `local` (any port) to `addr`, upgrade on `path`, optionally with a token,
+    /// and with `SO_RCVBUF` set to `recv_buffer` before connecting when given (a small receive
+    /// window makes a client that stops reading push back on the server at once).
+    pub async fn connect_with(
         addr: SocketAddr,
         local: Option<IpAddr>,
         path: &str,
         token: Option<&str>,
+        recv_buffer: Option<u32>,
     ) -> io::Result<RawConn> {
         let sock = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
+        if let Some(size) = recv_buffer {
+            sock.set_recv_buffer_size(size)?;
+        }
         if let Some(ip) = local {
             sock.bind(SocketAddr::new(ip, 0))?;
         }
@@ -140,6 +167,7 @@ impl RawConn {
             buf: vec![0; 16 * 1024],
             start: 0,
             end: 0,
+            close_code: None,
         };
         loop {
             if let Some(pos) = reader.buf[..reader.end]
@@ -181,8 +209,29 @@ impl RawConn {
                     let pong = masked(0xA, &self.reader.buf[at..at + len]);
                     self.write.write_all(&pong).await?;
                 }
-                Some(Frame::Close) | None => return Ok(None),
+                Some(Frame::Close(..)) | None => return Ok(None),
                 Some(Frame::Other) => {}
+            }
+        }
+    }
+}
+
+impl RawConn {
+    /// Read (and discard) everything the server still sends until it closes the connection, or
+    /// until nothing arrives for `idle`: how a connection that was left unread ended.
+    pub async fn read_to_end(mut self, idle: std::time::Duration) -> End {
+        loop {
+            match tokio::time::timeout(idle, self.reader.frame()).await {
+                Err(_) => return End::Open,
+                Ok(Ok(None)) => return End::Eof,
+                Ok(Ok(Some(Frame::Close(at, len)))) => {
+                    let p = &self.reader.buf[at..at + len];
+                    let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+                    return End::CloseFrame(code);
+                }
+                Ok(Ok(Some(_))) => {}
+                // Reset (or another read error: the connection is gone either way).
+                Ok(Err(_)) => return End::Reset,
             }
         }
     }

@@ -124,3 +124,70 @@ fn print_table(v: &Value, prefix: &str) {
 pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
+
+/// A `/metrics` snapshot: `name{labels}` → value (Prometheus text format).
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(pub std::collections::HashMap<String, f64>);
+
+impl Metrics {
+    /// The value of `key` (`name` or `name{label="v"}` exactly as rendered), 0 when absent.
+    pub fn get(&self, key: &str) -> f64 {
+        self.0.get(key).copied().unwrap_or(0.0)
+    }
+
+    /// Parse the Prometheus text format (comments skipped).
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = std::collections::HashMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ')
+                && let Ok(v) = v.trim().parse::<f64>()
+            {
+                m.insert(k.trim().to_owned(), v);
+            }
+        }
+        Metrics(m)
+    }
+}
+
+/// Fetch `GET /metrics` from `addr` over plain HTTP/1.0 (`None` when unavailable: not Herald,
+/// or metrics off).
+pub async fn scrape_metrics(addr: std::net::SocketAddr) -> Option<Metrics> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.")
+            .then_some(())
+            .filter(|_| head.split(' ').nth(1) == Some("200"))?;
+        Some(Metrics::parse(body))
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prometheus_text() {
+        let m = Metrics::parse(
+            "# TYPE herald_connections gauge\nherald_connections 12\n\
+             herald_close_codes_total{code=\"4003\"} 500\nherald_x_seconds{quantile=\"0.5\"} 0.25\n",
+        );
+        assert_eq!(m.get("herald_connections"), 12.0);
+        assert_eq!(m.get("herald_close_codes_total{code=\"4003\"}"), 500.0);
+        assert_eq!(m.get("herald_x_seconds{quantile=\"0.5\"}"), 0.25);
+        assert_eq!(m.get("absent"), 0.0);
+    }
+}

@@ -196,6 +196,10 @@ pub struct SessionConfig {
     /// `herald_journal_suppressed_total` but not kept. Connect/disconnect are always kept
     /// (0 = unlimited).
     pub events_per_connection: u32,
+    /// Dead letters and subscription events all connections of one client IP may add per second
+    /// together (burst: 60 × this), on top of the per-connection quotas: churning connections
+    /// cannot flush the journals either (0 = unlimited).
+    pub journal_per_ip_per_second: u32,
 }
 
 impl Default for SessionConfig {
@@ -215,6 +219,7 @@ impl Default for SessionConfig {
             dead_letter_size: 1000,
             dead_letters_per_connection: 10,
             events_per_connection: 120,
+            journal_per_ip_per_second: 2,
         }
     }
 }

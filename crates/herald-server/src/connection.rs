@@ -63,6 +63,7 @@ pub async fn serve(
     let _held = (held, user_slot);
     let mut session = app.node.new_session(format, identity);
     session.set_forwarded_headers(forwarded);
+    session.set_client_ip(remote);
     let started = Instant::now();
     let client = session.client_id().to_owned();
     let over_limit = app

@@ -533,3 +533,28 @@ async fn unknown_paths_and_methods_get_json_errors() {
     assert_eq!(status, 405, "{text}");
     assert!(text.contains("\"code\":\"bad_request\""), "{text}");
 }
+
+/// Regression (found by the second attack): the journal quotas were per connection only, so 100
+/// connections from one IP (within the connect limits) still flushed the dead-letter store.
+#[tokio::test]
+async fn connection_churn_from_one_ip_cannot_flush_the_dead_letters() {
+    let server = start_default().await;
+    let node = server.handle.node().clone();
+    let before = node.dead_letters().list(usize::MAX).len();
+    for _ in 0..30 {
+        let mut c = Client::connect(&server).await;
+        for i in 0..10 {
+            c.send(serde_json::json!({"type": "no_such_command", "id": i.to_string()}))
+                .await;
+        }
+        for _ in 0..10 {
+            c.next().await;
+        }
+    }
+    let kept = node.dead_letters().list(usize::MAX).len() - before;
+    let per_ip = herald_core::SessionConfig::default().journal_per_ip_per_second as usize;
+    assert!(
+        kept <= per_ip * 60 + 2 * per_ip * 10,
+        "dead letters kept: {kept} of 300"
+    );
+}

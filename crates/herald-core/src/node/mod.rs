@@ -47,6 +47,8 @@ pub struct Node {
     verifier: Arc<Verifier>,
     users: Mutex<HashMap<String, Vec<Registered>>>,
     publish_limiter: Option<KeyedLimiter<String>>,
+    /// Journal entries (dead letters, subscription events) per client IP.
+    journal_limiter: Option<KeyedLimiter<std::net::IpAddr>>,
     rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
     channel_proxy: std::sync::OnceLock<Arc<dyn crate::rpc::ChannelProxy>>,
     control: std::sync::OnceLock<Arc<dyn crate::cluster::ControlBus>>,
@@ -75,6 +77,10 @@ impl Node {
             verifier,
             users: Mutex::new(HashMap::new()),
             publish_limiter,
+            journal_limiter: KeyedLimiter::new(
+                config.session.journal_per_ip_per_second,
+                config.session.journal_per_ip_per_second.saturating_mul(60),
+            ),
             rpc: std::sync::OnceLock::new(),
             channel_proxy: std::sync::OnceLock::new(),
             control: std::sync::OnceLock::new(),
@@ -192,7 +198,18 @@ impl Node {
         if let Some(l) = &self.publish_limiter {
             l.retain_recent();
         }
+        if let Some(l) = &self.journal_limiter {
+            l.retain_recent();
+        }
         self.verifier.revocations().sweep();
+    }
+
+    /// Whether a connection from `ip` may add one more journal entry (per-IP share).
+    pub(crate) fn journal_allowed(&self, ip: Option<std::net::IpAddr>) -> bool {
+        match (&self.journal_limiter, ip) {
+            (Some(l), Some(ip)) => l.allow(&ip),
+            _ => true,
+        }
     }
 
     /// Start a session for a new connection.

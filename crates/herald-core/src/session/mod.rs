@@ -60,6 +60,8 @@ pub struct Session {
     limiter: Option<CommandLimiter>,
     /// What this connection may add to the node's journals (dead letters; subscribe-churn events).
     quota: Box<JournalQuota>,
+    /// The client's IP (for its per-IP share of the journals), when the transport knows it.
+    client_ip: Option<std::net::IpAddr>,
     resume_token: String,
     subs: HashMap<String, Arc<Subscriber>>,
     violations: u32,
@@ -167,6 +169,7 @@ impl Session {
             expiry,
             limiter,
             quota,
+            client_ip: None,
             resume_token: token(),
             subs: HashMap::new(),
             violations: 0,
@@ -197,6 +200,11 @@ impl Session {
     /// Keep these handshake headers for backend proxies (`rpc`, subscribe, publish, refresh).
     pub fn set_forwarded_headers(&mut self, headers: Option<Headers>) {
         self.forwarded = headers;
+    }
+
+    /// The client's IP: its connections share a per-IP quota of journal entries.
+    pub fn set_client_ip(&mut self, ip: std::net::IpAddr) {
+        self.client_ip = Some(ip);
     }
 
     /// The current resume token.
@@ -290,7 +298,7 @@ impl Session {
 
     /// Record a dead letter this connection caused, within its quota (always counted).
     fn dead_letter(&self, reason: &str, context: impl FnOnce() -> serde_json::Value) {
-        if self.quota.dead_letters.take() {
+        if self.quota.dead_letters.take() && self.node.journal_allowed(self.client_ip) {
             self.node.dead_letters().push(reason, context());
         } else {
             self.node.dead_letters().suppressed(reason);
@@ -350,7 +358,7 @@ impl Session {
     fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&str>) {
         // Session starts and ends are always kept; subscription churn is within the quota.
         let churn = !matches!(kind, EventKind::Connect | EventKind::Disconnect);
-        if churn && !self.quota.events.take() {
+        if churn && !(self.quota.events.take() && self.node.journal_allowed(self.client_ip)) {
             self.node.events().suppressed(kind);
             return;
         }

@@ -588,8 +588,13 @@ def cmd_summarize(a):
     rss_ok = final["rss_kb"] <= rss_limit
     rss_check = (f"RSS within {a.rss_tolerance_pct:g} % of the post-warm-up baseline", rss_ok,
                  f"{final['rss_kb'] / 1024:.1f} MiB (baseline {base['rss_kb'] / 1024:.1f}, fresh {fresh['rss_kb'] / 1024:.1f})")
+    fh, sh = first_half_rss or 0, second_half_rss or 0
+    growth_ok = sh <= fh * 1.05
+    growth_check = ("RSS steady: peak of the soak's second half ≤ first half's + 5 %", growth_ok,
+                    f"{fh / 1024:.1f} → {sh / 1024:.1f} MiB")
     if a.strict_rss:
         checks.append(rss_check)
+        checks.append(growth_check)
     summary = {
         "soak_seconds": a.seconds,
         "fresh": fresh, "baseline_after_warmup": base, "final": final,
@@ -609,6 +614,8 @@ def cmd_summarize(a):
         "abuse": abuse,
         "checks": [{"check": c, "ok": ok, "value": v} for c, ok, v in checks],
         "rss_check": {"check": rss_check[0], "ok": rss_ok, "value": rss_check[2], "fatal": bool(a.strict_rss)},
+        "rss_growth_check": {"check": growth_check[0], "ok": growth_ok, "value": growth_check[2],
+                             "fatal": bool(a.strict_rss)},
     }
     md = []
     md.append(f"Soak {a.seconds} s, run directory {d}\n")
@@ -655,8 +662,8 @@ def cmd_summarize(a):
     md.append("| --- | --- | --- |")
     for c in summary["checks"]:
         md.append(f"| {c['check']} | {'ok' if c['ok'] else 'FAILED'} | {c['value']} |")
-    rc = summary["rss_check"]
-    md.append(f"| {rc['check']}{'' if rc['fatal'] else ' (reported)'} | {'ok' if rc['ok'] else 'over'} | {rc['value']} |")
+    for rc in (summary["rss_check"], summary["rss_growth_check"]):
+        md.append(f"| {rc['check']}{'' if rc['fatal'] else ' (reported)'} | {'ok' if rc['ok'] else 'over'} | {rc['value']} |")
     text = "\n".join(md) + "\n"
     json.dump(summary, open(os.path.join(d, "summary.json"), "w"), indent=1)
     open(os.path.join(d, "summary.md"), "w").write(text)

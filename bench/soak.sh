@@ -13,8 +13,12 @@
 # A warm-up of SOAK_WARMUP_SECONDS with the same load comes first; after it and after the soak the
 # script waits for the resume grace (30 s) plus a margin, then compares: connections and waiting
 # sessions must be back to 0, fds to the post-warm-up baseline (± SOAK_FD_TOLERANCE), presence empty,
-# and the server alive; RSS is compared with the post-warm-up baseline (SOAK_RSS_TOLERANCE_PCT,
-# reported; fatal only with SOAK_STRICT_RSS=1, as glibc malloc keeps some freed memory).
+# churn/fanout without loss, and the server alive. RSS is compared with the post-warm-up baseline
+# (SOAK_RSS_TOLERANCE_PCT) and between the soak's two halves (the second half's peak within 5 % of
+# the first's): reported, fatal only with SOAK_STRICT_RSS=1. The bounded journals and the 5-minute
+# retention of idle streams take ~6 min of this load to fill, and glibc malloc keeps what it freed,
+# so RSS rises well above the 1-minute warm-up's and stays there; the steadiness check is the leak
+# signal, and it needs a run longer than ~12 min.
 #
 #   bench/soak.sh                      # 30 minutes
 #   SOAK_SECONDS=300 bench/soak.sh     # short mode: 5 minutes (about 8 minutes in all)
@@ -57,6 +61,8 @@ mkdir -p "$RUN"
 cat > "$RUN/herald.toml" <<'EOF'
 [server]
 max_connections = 100000
+# The load generator opens many handshakes from few addresses.
+max_http_connections_per_ip = 0
 
 [limits]
 publish_per_second_per_user = 0

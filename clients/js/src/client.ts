@@ -385,7 +385,13 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
           this.subs.set(channel, sub);
           this.emit('subscription', sub);
         }
-        sub._confirmed({ offset: Number(p.offset), epoch: String(p.epoch) }, p.recovered as boolean | undefined, false);
+        sub._confirmed(
+          { offset: Number(p.offset), epoch: String(p.epoch) },
+          p.recovered as boolean | undefined,
+          false,
+          Number(p.missed ?? 0),
+          p.slow_consumer !== undefined,
+        );
         break;
       }
       case 'unsubscribed': {
@@ -494,14 +500,20 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       // Confirmed synchronously: recovered and live messages may follow in the same chunk.
       await this.send('subscribe', payload, this.opts.requestTimeoutMs ?? 10_000, undefined, (r) => {
         if (this.subs.get(sub.channel) !== sub) return;
-        sub._confirmed({ offset: Number(r.offset), epoch: String(r.epoch) }, r.recovered as boolean | undefined, resubscribed);
+        sub._confirmed(
+          { offset: Number(r.offset), epoch: String(r.epoch) },
+          r.recovered as boolean | undefined,
+          resubscribed,
+          Number(r.missed ?? 0),
+          r.slow_consumer !== undefined,
+        );
       });
     } catch (e) {
       const err = e instanceof HeraldError ? e : new HeraldError('internal', String(e));
       if (this.subs.get(sub.channel) !== sub) return;
       if (err.code === 'disconnected') return; // retried after the reconnect
       if (err.code === 'already_subscribed') {
-        sub.state = 'subscribed';
+        sub._resumed(undefined); // the server holds it already: it stands as it is
         return;
       }
       sub._failed(err);

@@ -9,9 +9,12 @@ export type GapReason =
   /** Publications after the last one received are no longer in history (trimmed, or no history). */
   | 'trimmed'
   /**
-   * Offsets were skipped inside the epoch: the server dropped messages for this client (a
-   * `drop_oldest` or `latest` namespace while it read too slowly), or they were lost.
+   * Offsets were skipped inside the epoch of a namespace whose slow-consumer policy drops
+   * messages (`drop_oldest`, `latest`; the subscribe reply says so): this client read too slowly
+   * and the server dropped them, by policy.
    */
+  | 'dropped'
+  /** Offsets were skipped inside the epoch where nothing should be dropped: a loss. */
   | 'skipped';
 
 /** Publications were lost between `after` and the current stream position. */
@@ -20,7 +23,7 @@ export interface Gap {
   reason: GapReason;
   /** The last position this client held before the gap. */
   after: StreamPosition;
-  /** The stream position now (publications after it arrive live). */
+  /** Delivery continues after this position (replayed publications first, then live ones). */
   now: StreamPosition;
 }
 
@@ -69,6 +72,8 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   readonly byServer: boolean;
   /** A gap was just reported (trimmed): the skip the next message shows is that same gap. */
   private gapReported = false;
+  /** The namespace drops messages for slow readers: a skip is a drop by policy. */
+  private lossy = false;
   private waiters: { resolve: () => void; reject: (e: HeraldError) => void }[] = [];
 
   /** @internal */
@@ -106,14 +111,24 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   }
 
   /** @internal The server confirmed (or re-confirmed) the subscription. */
-  _confirmed(now: StreamPosition, recovered: boolean | undefined, resubscribed: boolean): void {
+  _confirmed(
+    now: StreamPosition,
+    recovered: boolean | undefined,
+    resubscribed: boolean,
+    missed = 0,
+    lossy = false,
+  ): void {
     const held = this.position;
+    this.lossy = lossy;
+    this.gapReported = false;
+    // The replayed publications (if any) are offsets now − missed + 1 … now.
+    const from = { offset: Math.max(0, now.offset - missed), epoch: now.epoch };
     if (held && held.epoch !== now.epoch) {
-      this.emit('gap', { channel: this.channel, reason: 'epoch_changed', after: held, now });
-      this.position = now;
+      this.emit('gap', { channel: this.channel, reason: 'epoch_changed', after: held, now: from });
+      this.position = from;
     } else if (held && recovered === false) {
-      this.emit('gap', { channel: this.channel, reason: 'trimmed', after: held, now });
-      this.gapReported = true;
+      this.emit('gap', { channel: this.channel, reason: 'trimmed', after: held, now: from });
+      this.position = from;
     } else if (!held) {
       this.position = now;
     }
@@ -137,15 +152,14 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   _message(m: Message<unknown>, onParseError: (e: unknown) => HeraldError): void {
     const held = this.position;
     if (held && held.epoch === m.epoch && m.offset <= held.offset) return;
-    // A jump inside the epoch is a loss the application must hear about (the Rust client reports
-    // it too), unless the subscribe or resume reply just reported it as trimmed.
-    if (held && held.epoch === m.epoch && m.offset > held.offset + 1 && !this.gapReported) {
-      this.emit('gap', {
-        channel: this.channel,
-        reason: 'skipped',
-        after: held,
-        now: { offset: m.offset - 1, epoch: m.epoch },
-      });
+    const now = { offset: Math.max(0, m.offset - 1), epoch: m.epoch };
+    if (held && held.epoch !== m.epoch) {
+      // The stream was reset under a live subscription.
+      this.emit('gap', { channel: this.channel, reason: 'epoch_changed', after: held, now });
+    } else if (held && m.offset > held.offset + 1 && !this.gapReported) {
+      // A jump inside the epoch: dropped by the namespace's policy, or lost; either way the
+      // application hears about it (unless a resume just reported it as trimmed).
+      this.emit('gap', { channel: this.channel, reason: this.lossy ? 'dropped' : 'skipped', after: held, now });
     }
     this.gapReported = false;
     let data: T;

@@ -8,9 +8,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ClientConfig;
-use crate::driver::{Cmd, Driver};
+use crate::driver::Driver;
 use crate::error::ClientError;
 use crate::event::Event;
+use crate::state::Cmd;
 
 /// A Herald client. Cheap to clone; every clone talks to the same connection. The connection
 /// closes when `close` is called or every clone is dropped.
@@ -81,7 +82,11 @@ impl Client {
     }
 
     /// Subscribe; the client resubscribes (recovering from the last offset) after reconnects.
-    /// Resolves with the server's reply once confirmed (waiting through reconnects).
+    /// Resolves with the server's reply once confirmed (waiting through reconnects). A retryable
+    /// refusal (`unavailable`, a timeout, …) is retried after a backoff delay while the call keeps
+    /// waiting (each failed attempt is an [`Event::SubscribeFailed`] with `retry_in`); a final one
+    /// (`permission_denied`, …) ends the subscription and is returned. Wrap the call in a timeout
+    /// to bound the wait.
     pub async fn subscribe(&self, channel: &str) -> Result<Value, ClientError> {
         let channel = channel.to_owned();
         self.call(|tx| Cmd::Subscribe { channel, tx }).await

@@ -37,6 +37,22 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A stable code: the server's error code, or the client-side one (`request_timeout`,
+    /// `disconnected`, `queue_full`, `queue_expired`, `closed`, `connect_failed`, `malformed`),
+    /// the same names as the TypeScript client's `HeraldError.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientError::Server { code, .. } => code.as_str(),
+            ClientError::Timeout => "request_timeout",
+            ClientError::Disconnected => "disconnected",
+            ClientError::QueueFull => "queue_full",
+            ClientError::Expired => "queue_expired",
+            ClientError::Closed(_) => "closed",
+            ClientError::Connect(_) => "connect_failed",
+            ClientError::Protocol(_) => "malformed",
+        }
+    }
+
     /// Whether the operation may succeed if retried later.
     pub fn retryable(&self) -> bool {
         match self {

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::error::ClientError;
+
 /// Connection state changes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
@@ -92,15 +94,56 @@ pub enum Event {
         /// Channel.
         channel: String,
     },
-    /// Publications of a channel were lost and could not be recovered (history trimmed, epoch
-    /// changed, or a `drop_oldest`/`latest` policy skipped offsets). Delivery continues from
-    /// `resumed_at`.
+    /// Publications of a channel were lost and could not be recovered (see [`GapReason`]).
+    /// Delivery continues after `resumed_at`.
     Gap {
         /// Channel.
         channel: String,
+        /// Why.
+        reason: GapReason,
         /// The last offset received before the gap.
         last_offset: u64,
-        /// The position delivery continues from (offset of the stream at resubscribe).
+        /// Delivery continues after this offset (replayed publications first, then live ones).
         resumed_at: u64,
     },
+    /// A subscribe attempt failed. With `retry_in` the error is retryable (e.g. `unavailable`,
+    /// a timeout) and the client tries again after that delay, the `subscribe` call still
+    /// waiting; without it the subscription is over and the call returns the error.
+    SubscribeFailed {
+        /// Channel.
+        channel: String,
+        /// What the server (or the client) said.
+        error: ClientError,
+        /// When the next attempt is made.
+        retry_in: Option<Duration>,
+    },
+}
+
+/// Why a channel has a gap (`docs/protocol.md` §4 `subscribe`, §5 `message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The channel's stream was reset (new epoch: engine restart, flush); what the old stream
+    /// held after `last_offset` is gone.
+    EpochChanged,
+    /// Publications after `last_offset` are no longer in history (trimmed by size or TTL, or the
+    /// namespace keeps none).
+    Trimmed,
+    /// Offsets were skipped inside the epoch in a namespace whose slow-consumer policy drops
+    /// messages (`drop_oldest`, `latest`): this client read too slowly and the server dropped
+    /// them, by policy.
+    Dropped,
+    /// Offsets were skipped inside the epoch where nothing should be dropped: a loss.
+    Skipped,
+}
+
+impl GapReason {
+    /// The name both clients use (`epoch_changed`, `trimmed`, `dropped`, `skipped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::EpochChanged => "epoch_changed",
+            GapReason::Trimmed => "trimmed",
+            GapReason::Dropped => "dropped",
+            GapReason::Skipped => "skipped",
+        }
+    }
 }

@@ -18,7 +18,11 @@
 //! - reconnects with exponential backoff and jitter ([`Backoff`]), honouring the server's
 //!   `disconnect` advisory (`reconnect: false` stops, `reconnect_after_ms` is waited);
 //! - resumes the session after a reconnect, or resubscribes every channel from its last offset
-//!   and recovers; unrecoverable loss is reported as [`Event::Gap`], duplicates are dropped;
+//!   and recovers; unrecoverable loss is reported as [`Event::Gap`] with a [`GapReason`],
+//!   duplicates are dropped;
+//! - every protocol decision lives in a synchronous state (no socket, unit-tested, and run
+//!   against the scenario suite shared with the TypeScript client: `clients/scenarios/`); a thin
+//!   driver task owns the socket, the clock and reconnects;
 //! - a heartbeat watchdog: silence longer than the server's ping interval + pong timeout + a
 //!   margin means the connection is dead (half-open) and it reconnects;
 //! - requests with timeouts; publishes with an idempotency key reused on retries, and a bounded
@@ -32,9 +36,10 @@ mod config;
 mod driver;
 mod error;
 mod event;
+mod state;
 
 pub use backoff::Backoff;
 pub use client::{Client, Events, HistoryQuery};
 pub use config::{Carrier, ClientConfig, TokenFuture, TokenSource};
 pub use error::ClientError;
-pub use event::{Event, Message, State};
+pub use event::{Event, GapReason, Message, State};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald_client::{
-    Backoff, Client, ClientConfig, ClientError, Event, Events, HistoryQuery, State,
+    Backoff, Client, ClientConfig, ClientError, Event, Events, GapReason, HistoryQuery, State,
 };
 use herald_core::memory::{MemoryBroker, MemoryPresence};
 use herald_core::{
@@ -580,6 +580,7 @@ async fn loss_beyond_the_history_window_is_reported_as_a_gap() {
         e,
         Event::Gap {
             channel: "busy".into(),
+            reason: GapReason::Trimmed,
             last_offset: 0,
             resumed_at: 50
         }

@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
                         std::hint::black_box(
                             herald_proto::encode(
                                 Format::Json,
-                                "message",
+                                herald_proto::ServerKind::Message,
                                 None,
                                 &p.out(Format::Json),
                             )

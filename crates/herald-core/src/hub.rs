@@ -130,8 +130,8 @@ impl crate::broker::BrokerHandler for Hub {
     fn on_event(&self, channel: &str, event: crate::broker::ChannelEvent) {
         use crate::broker::ChannelEvent;
         let (kind, info) = match &event {
-            ChannelEvent::Join(i) => ("join", i),
-            ChannelEvent::Leave(i) => ("leave", i),
+            ChannelEvent::Join(i) => (herald_proto::ServerKind::Join, i),
+            ChannelEvent::Leave(i) => (herald_proto::ServerKind::Leave, i),
         };
         #[derive(serde::Serialize)]
         struct Ev<'a> {

@@ -16,6 +16,7 @@ use crate::envelope::{
     Publish, Refresh, Request, Resume, Rpc, Subscribe,
 };
 use crate::frame::{self, OpCode};
+use crate::server::ServerKind;
 
 /// The negotiated wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -240,11 +241,15 @@ struct Envelope<'a, P> {
 /// Encode a server frame `{type, id?, payload}` as a complete WebSocket frame.
 pub fn encode<P: Serialize>(
     format: Format,
-    kind: &str,
+    kind: ServerKind,
     id: Option<&Id>,
     payload: &P,
 ) -> Result<Bytes, EncodeError> {
-    let env = Envelope { kind, id, payload };
+    let env = Envelope {
+        kind: kind.as_str(),
+        id,
+        payload,
+    };
     let mut buf = frame::start();
     match format {
         Format::Json => {
@@ -439,7 +444,7 @@ mod tests {
                 data: data_for(format, &data),
                 info: Some(&info),
             };
-            let frame = encode(format, "message", None, &out).expect("encode");
+            let frame = encode(format, ServerKind::Message, None, &out).expect("encode");
             let (payload, opcode) = frame::parse_unmasked(&frame).expect("frame");
             assert_eq!(opcode, format.opcode());
             let (kind, id, p) = decode_server_frame(format, payload).expect("decode");

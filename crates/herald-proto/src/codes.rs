@@ -120,6 +120,20 @@ impl ErrorCode {
     }
 }
 
+/// Whether a client reconnects after the server closed with `code` (and no `disconnect`
+/// advisory said otherwise): the table of `docs/protocol.md` §7, for every code including ones
+/// this version does not know. 4000–4499: yes; 4500–4999: no; 1000, 1002, 1003, 1007, 1008,
+/// 1009: no; anything else (1001, 1005, 1006, 1011, …): yes. Both clients follow it, checked by
+/// the shared scenario table `clients/scenarios/close-codes.json`.
+pub fn reconnect_after_close(code: u16) -> bool {
+    match code {
+        4000..=4499 => true,
+        4500..=4999 => false,
+        1000 | 1002 | 1003 | 1007 | 1008 | 1009 => false,
+        _ => true,
+    }
+}
+
 /// A WebSocket close code sent by the server, always preceded by a `disconnect` advisory when the
 /// socket is still writable.
 ///
@@ -196,19 +210,7 @@ impl CloseCode {
 
     /// Whether a client should reconnect (with backoff) after this close.
     pub fn reconnect(self) -> bool {
-        !matches!(
-            self,
-            CloseCode::ProtocolError
-                | CloseCode::PolicyViolation
-                | CloseCode::UnsupportedData
-                | CloseCode::InvalidPayload
-                | CloseCode::MessageTooBig
-                | CloseCode::ProtocolViolations
-                | CloseCode::ForceDisconnect
-                | CloseCode::AuthFailed
-                | CloseCode::TokenRevoked
-                | CloseCode::Normal
-        )
+        reconnect_after_close(self.code())
     }
 
     /// The short human reason sent in the close frame and the `disconnect` advisory.
@@ -277,6 +279,24 @@ mod tests {
             (CloseCode::InternalError, true),
         ] {
             assert_eq!(c.reconnect(), reconnect, "{c:?}");
+        }
+    }
+
+    /// The shared table both clients' scenario runners check their reconnect decision against.
+    #[test]
+    fn the_shared_close_code_table_is_this_one() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../clients/scenarios/close-codes.json"
+        );
+        let text = std::fs::read_to_string(path).expect("clients/scenarios/close-codes.json");
+        let table: serde_json::Value = serde_json::from_str(&text).expect("close-codes.json");
+        let rows = table["codes"].as_array().expect("codes");
+        assert!(rows.len() >= 25);
+        for row in rows {
+            let code = row["code"].as_u64().expect("code") as u16;
+            let reconnect = row["reconnect"].as_bool().expect("reconnect");
+            assert_eq!(reconnect_after_close(code), reconnect, "close code {code}");
         }
     }
 

@@ -327,6 +327,11 @@ pub struct Subscribed {
     /// Number of missed publications delivered as `message` pushes right after this reply.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub missed: Option<u64>,
+    /// Present when the namespace's slow-consumer policy drops messages for a client that
+    /// reads too slowly (`drop_oldest` or `latest`): an offset skip inside the epoch is then a
+    /// drop by policy, not a loss.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub slow_consumer: Option<String>,
 }
 
 /// Reply to `publish`.

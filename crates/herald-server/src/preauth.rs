@@ -16,7 +16,13 @@ use crate::app::AppState;
 use crate::reader::{Inbound, MessageReader, ReadError};
 
 fn error_frame(format: Format, id: Option<&Id>, code: ErrorCode, message: &str) -> Option<Bytes> {
-    herald_proto::encode(format, "error", id, &ErrorPayload::new(code, message)).ok()
+    herald_proto::encode(
+        format,
+        herald_proto::ServerKind::Error,
+        id,
+        &ErrorPayload::new(code, message),
+    )
+    .ok()
 }
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Bytes], timeout: Duration) -> bool {
@@ -102,8 +108,12 @@ where
         };
         match req.command {
             Command::Ping => {
-                let pong =
-                    herald_proto::encode(format, "pong", req.id.as_ref(), &serde_json::Map::new());
+                let pong = herald_proto::encode(
+                    format,
+                    herald_proto::ServerKind::Pong,
+                    req.id.as_ref(),
+                    &serde_json::Map::new(),
+                );
                 if !send(w, &pong.into_iter().collect::<Vec<_>>(), write_timeout).await {
                     return None;
                 }

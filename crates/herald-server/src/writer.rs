@@ -151,7 +151,7 @@ pub fn closing_frames(format: Format, code: CloseCode, jitter_max: Option<Durati
             _ => None,
         },
     };
-    if let Ok(b) = herald_proto::encode(format, "disconnect", None, &d) {
+    if let Ok(b) = herald_proto::encode(format, herald_proto::ServerKind::Disconnect, None, &d) {
         frames.push(b);
     }
     frames.push(frame::close(code.code(), code.reason()));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use herald_client::{Backoff, Client, ClientConfig, Event, Events, HistoryQuery, State};
+use herald_client::{Backoff, Client, ClientConfig, Event, Events, GapReason, HistoryQuery, State};
 use serde_json::{Value, json};
 
 /// How to reach the server.
@@ -139,19 +139,36 @@ pub async fn sub(
             }
             Event::Gap {
                 channel,
+                reason,
                 last_offset,
                 resumed_at,
             } => {
+                let why = match reason {
+                    GapReason::EpochChanged => "the stream was reset (new epoch)",
+                    GapReason::Trimmed => "no longer in history",
+                    GapReason::Dropped => "dropped by the namespace's slow-consumer policy",
+                    GapReason::Skipped => "lost",
+                };
                 eprintln!(
-                    "herald: {channel}: publications {}..={resumed_at} were lost (history window)",
-                    last_offset + 1
+                    "herald: {channel}: publications after #{last_offset} up to #{resumed_at} are missing: {why}"
                 );
                 if args.json {
                     print_json(
-                        &json!({"gap": {"channel": channel, "last_offset": last_offset, "resumed_at": resumed_at}}),
+                        &json!({"gap": {"channel": channel, "reason": reason.as_str(), "last_offset": last_offset, "resumed_at": resumed_at}}),
                     );
                 }
             }
+            Event::SubscribeFailed {
+                channel,
+                error,
+                retry_in,
+            } => match retry_in {
+                Some(d) => eprintln!(
+                    "herald: subscribing to {channel} failed ({error}); retrying in {:.1}s",
+                    d.as_secs_f64()
+                ),
+                None => bail!("subscribing to {channel} failed: {error}"),
+            },
             Event::State(State::Connected { resumed, .. }) => {
                 eprintln!(
                     "herald: connected to {}{}",

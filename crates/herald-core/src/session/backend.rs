@@ -93,7 +93,7 @@ impl Session {
                 Ok(data) => match &id {
                     Some(id) => herald_proto::encode(
                         outlet.format,
-                        "reply",
+                        herald_proto::ServerKind::Reply,
                         Some(id),
                         &serde_json::json!({ "data": data }),
                     )
@@ -102,7 +102,7 @@ impl Session {
                 },
                 Err(e) => herald_proto::encode(
                     outlet.format,
-                    "error",
+                    herald_proto::ServerKind::Error,
                     id.as_ref(),
                     &ErrorPayload::new(e.code, e.message),
                 )

@@ -54,7 +54,7 @@ impl Session {
             let p = herald_proto::envelope::RefreshInfo {
                 expires_in_ms: left,
             };
-            if let Some(b) = self.encode("refresh", None, &p) {
+            if let Some(b) = self.encode(ServerKind::Refresh, None, &p) {
                 self.outlet.push_reply(b);
             }
         }
@@ -73,7 +73,8 @@ impl Session {
         }
         let result = match command {
             Command::Ping => {
-                if let Some(b) = self.encode("pong", id.as_ref(), &serde_json::Map::new()) {
+                if let Some(b) = self.encode(ServerKind::Pong, id.as_ref(), &serde_json::Map::new())
+                {
                     self.outlet.push_reply(b);
                 }
                 Ok(())
@@ -145,7 +146,7 @@ impl Session {
                     self.leave(&channel).await;
                     self.forget_chan_info(&channel);
                     if let Some(b) = self.encode(
-                        "unsubscribed",
+                        ServerKind::Unsubscribed,
                         None,
                         &serde_json::json!({ "channel": channel }),
                     ) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::envelope::{ClientInfo, Connected, DecodeError, ErrorPayload};
-use herald_proto::{CloseCode, ErrorCode, Id};
+use herald_proto::{CloseCode, ErrorCode, Id, ServerKind};
 use serde::Serialize;
 
 use crate::auth::Identity;
@@ -230,7 +230,12 @@ impl Session {
         }
     }
 
-    fn encode<P: Serialize>(&self, kind: &str, id: Option<&Id>, payload: &P) -> Option<Bytes> {
+    fn encode<P: Serialize>(
+        &self,
+        kind: ServerKind,
+        id: Option<&Id>,
+        payload: &P,
+    ) -> Option<Bytes> {
         match herald_proto::encode(self.outlet.format, kind, id, payload) {
             Ok(b) => Some(b),
             Err(e) => {
@@ -242,7 +247,7 @@ impl Session {
 
     fn reply<P: Serialize>(&self, id: &Option<Id>, payload: &P) {
         if let Some(id) = id
-            && let Some(b) = self.encode("reply", Some(id), payload)
+            && let Some(b) = self.encode(ServerKind::Reply, Some(id), payload)
         {
             self.outlet.push_reply(b);
         }
@@ -251,7 +256,7 @@ impl Session {
     fn error(&self, id: &Option<Id>, code: ErrorCode, message: &str) {
         metrics::counter!("herald_protocol_errors_total", "code" => code.as_str()).increment(1);
         let p = ErrorPayload::new(code, message);
-        if let Some(b) = self.encode("error", id.as_ref(), &p) {
+        if let Some(b) = self.encode(ServerKind::Error, id.as_ref(), &p) {
             self.outlet.push_reply(b);
         }
     }
@@ -273,7 +278,7 @@ impl Session {
             user_id: self.identity.user_id.clone(),
             expires_in_ms: self.expires_in_ms(),
         };
-        if let Some(b) = self.encode("connected", reply_to, &c) {
+        if let Some(b) = self.encode(ServerKind::Connected, reply_to, &c) {
             self.outlet.push_reply(b);
         }
     }

@@ -63,7 +63,7 @@ impl Session {
         };
         if let Some(b) = id
             .as_ref()
-            .and_then(|id| self.encode("reply", Some(id), &reply))
+            .and_then(|id| self.encode(ServerKind::Reply, Some(id), &reply))
         {
             front.insert(0, Out::Reply(b));
         }

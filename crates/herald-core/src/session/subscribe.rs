@@ -8,7 +8,7 @@ use herald_proto::{CloseCode, ErrorCode, Id, StreamPosition};
 
 use crate::auth::permissions;
 use crate::broker::{BrokerError, ChannelEvent, HistoryQuery};
-use crate::config::NamespaceOptions;
+use crate::config::{NamespaceOptions, SlowConsumerPolicy};
 use crate::error::EngineError;
 use crate::hub::Subscriber;
 use crate::journal::EventKind;
@@ -117,15 +117,20 @@ impl Session {
                 return Err(e.into());
             }
         }
-        let (reply, pubs) = match self.fetch_recovery(&s, ns.history_enabled()).await {
+        let (mut reply, pubs) = match self.fetch_recovery(&s, ns.history_enabled()).await {
             Ok(r) => r,
             Err(e) => {
                 self.drop_sub(&s.channel).await;
                 return Err(e);
             }
         };
+        reply.slow_consumer = match ns.slow_consumer {
+            SlowConsumerPolicy::Disconnect => None,
+            SlowConsumerPolicy::DropOldest => Some("drop_oldest".into()),
+            SlowConsumerPolicy::Latest => Some("latest".into()),
+        };
         if server {
-            if let Some(b) = self.encode("subscribed", None, &reply) {
+            if let Some(b) = self.encode(ServerKind::Subscribed, None, &reply) {
                 self.outlet.push_reply(b);
             }
         } else {
@@ -277,5 +282,6 @@ pub(super) fn subscribed(
         epoch: epoch.to_owned(),
         recovered,
         missed,
+        slow_consumer: None,
     }
 }

@@ -9,7 +9,7 @@ use herald_proto::{Format, frame};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::config::{LimitsConfig, NamespaceOptions};
+use crate::config::{LimitsConfig, NamespaceOptions, SlowConsumerPolicy};
 use crate::outlet::Drained;
 use crate::testing::node_with;
 
@@ -309,4 +309,34 @@ async fn violations_and_the_rate_limit_end_the_connection_with_their_codes() {
         send(&mut b, json!({"type": "ping"})).await,
         Flow::Close(CloseCode::RateLimited)
     );
+}
+
+/// Issue 13: the subscribe reply tells the client when the namespace drops messages for slow
+/// readers, so a client can tell an offset skip by policy (`dropped`) from a loss (`skipped`).
+#[tokio::test]
+async fn the_subscribe_reply_names_a_lossy_slow_consumer_policy() {
+    let node = node_with(|c| {
+        for (ns, policy) in [
+            ("feed", SlowConsumerPolicy::Latest),
+            ("ticks", SlowConsumerPolicy::DropOldest),
+        ] {
+            c.namespaces.insert(
+                ns.into(),
+                NamespaceOptions {
+                    slow_consumer: policy,
+                    ..NamespaceOptions::dev()
+                },
+            );
+        }
+    });
+    let mut s = session(&node);
+    for (channel, want) in [
+        ("feed:a", json!("latest")),
+        ("ticks:a", json!("drop_oldest")),
+        ("news", Value::Null),
+    ] {
+        let r = call(&mut s, "subscribe", json!({ "channel": channel })).await;
+        assert_eq!(r["type"], "reply", "{r}");
+        assert_eq!(r["payload"]["slow_consumer"], want, "{channel}: {r}");
+    }
 }

@@ -1,0 +1,333 @@
+//! Server frames by name: [`ServerKind`] is the one place that knows the wire names of the
+//! server's frames (the server encodes with it), and [`ServerMessage`] is a whole server frame
+//! decoded into typed payloads (the Rust client and tests read frames with it).
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::Format;
+use crate::envelope::{
+    ClientInfo, Connected, Disconnect, ErrorPayload, Id, RefreshInfo, Subscribed,
+};
+
+/// The `type` of a server frame (`docs/protocol.md` §3–§5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerKind {
+    /// `connected`: the session is open (first frame after the upgrade or `auth`).
+    Connected,
+    /// `reply`: the answer to a command with an `id`.
+    Reply,
+    /// `error`: a command failed (with its `id`), or a connection-level error (without).
+    Error,
+    /// `pong`: the answer to a `ping` command.
+    Pong,
+    /// `message`: a publication.
+    Message,
+    /// `join`: a client joined a channel.
+    Join,
+    /// `leave`: a client left a channel.
+    Leave,
+    /// `subscribed`: the server subscribed this client (server API, connect proxy).
+    Subscribed,
+    /// `unsubscribed`: the server removed this client from a channel.
+    Unsubscribed,
+    /// `refresh`: the server asks for a fresh connection token.
+    Refresh,
+    /// `disconnect`: the advisory sent right before the server closes the socket.
+    Disconnect,
+}
+
+impl ServerKind {
+    /// Every kind, for tests and tables.
+    pub const ALL: [ServerKind; 11] = [
+        ServerKind::Connected,
+        ServerKind::Reply,
+        ServerKind::Error,
+        ServerKind::Pong,
+        ServerKind::Message,
+        ServerKind::Join,
+        ServerKind::Leave,
+        ServerKind::Subscribed,
+        ServerKind::Unsubscribed,
+        ServerKind::Refresh,
+        ServerKind::Disconnect,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerKind::Connected => "connected",
+            ServerKind::Reply => "reply",
+            ServerKind::Error => "error",
+            ServerKind::Pong => "pong",
+            ServerKind::Message => "message",
+            ServerKind::Join => "join",
+            ServerKind::Leave => "leave",
+            ServerKind::Subscribed => "subscribed",
+            ServerKind::Unsubscribed => "unsubscribed",
+            ServerKind::Refresh => "refresh",
+            ServerKind::Disconnect => "disconnect",
+        }
+    }
+
+    /// The kind of a wire name (`None` for names this version does not know).
+    pub fn parse(name: &str) -> Option<ServerKind> {
+        ServerKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A `message` push as a client reads it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct MessagePush {
+    /// Channel.
+    pub channel: String,
+    /// Offset in the channel stream.
+    pub offset: u64,
+    /// Stream epoch.
+    pub epoch: String,
+    /// Publish time, ms since the Unix epoch.
+    #[serde(default)]
+    pub time: u64,
+    /// Application data.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// The publisher, when it was a client.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
+}
+
+/// A `join`/`leave` push: the channel and who (`client_id`, `user_id`, `info`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresencePush {
+    /// Channel.
+    pub channel: String,
+    /// Who joined or left, as sent (`channel` included).
+    pub who: serde_json::Value,
+    /// The same, typed.
+    pub client: ClientInfo,
+}
+
+/// A server frame, decoded.
+#[derive(Debug, Clone)]
+pub enum ServerMessage {
+    /// `connected`.
+    Connected {
+        /// The id of the `auth` command it answers, if any.
+        id: Option<Id>,
+        /// The session.
+        info: Connected,
+    },
+    /// `reply` to the command `id`; the payload's shape depends on the command.
+    Reply {
+        /// The command's id.
+        id: Id,
+        /// The reply payload.
+        payload: serde_json::Value,
+    },
+    /// `error`, for the command `id` or (without an id) for the connection.
+    Error {
+        /// The command's id.
+        id: Option<Id>,
+        /// Code, message, retryability.
+        error: ErrorPayload,
+    },
+    /// `pong` for the `ping` command `id`.
+    Pong {
+        /// The command's id.
+        id: Option<Id>,
+    },
+    /// `message`.
+    Message(MessagePush),
+    /// `join`.
+    Join(PresencePush),
+    /// `leave`.
+    Leave(PresencePush),
+    /// `subscribed` (a server-side subscription).
+    Subscribed(Subscribed),
+    /// `unsubscribed`.
+    Unsubscribed {
+        /// The channel.
+        channel: String,
+    },
+    /// `refresh` (the server asks for a fresh token).
+    Refresh(Option<RefreshInfo>),
+    /// `disconnect` advisory.
+    Disconnect(Disconnect),
+    /// A frame type this version does not know (ignored by clients: forward compatibility).
+    Unknown {
+        /// Its `type`.
+        kind: String,
+    },
+}
+
+/// Why a server frame could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServerDecodeError {
+    /// Not a `{type, id?, payload}` envelope in the connection's format.
+    #[error("not a server frame: {0}")]
+    Envelope(String),
+    /// A known `type` whose payload lacks or mistypes a field.
+    #[error("bad {kind} payload: {message}")]
+    Payload {
+        /// The frame type.
+        kind: &'static str,
+        /// What serde said.
+        message: String,
+    },
+    /// A `reply` without an `id`.
+    #[error("a reply without an id")]
+    ReplyWithoutId,
+}
+
+impl ServerMessage {
+    /// Decode a whole server frame (the WebSocket message's payload).
+    pub fn decode(format: Format, input: &[u8]) -> Result<ServerMessage, ServerDecodeError> {
+        let (kind, id, payload) = crate::codec::decode_server_frame(format, input)
+            .map_err(ServerDecodeError::Envelope)?;
+        Self::from_parts(&kind, id, payload)
+    }
+
+    /// Build from an envelope already split into `type`, `id` and payload.
+    pub fn from_parts(
+        kind: &str,
+        id: Option<Id>,
+        payload: serde_json::Value,
+    ) -> Result<ServerMessage, ServerDecodeError> {
+        let Some(k) = ServerKind::parse(kind) else {
+            return Ok(ServerMessage::Unknown {
+                kind: kind.to_owned(),
+            });
+        };
+        Ok(match k {
+            ServerKind::Connected => ServerMessage::Connected {
+                id,
+                info: typed(k, payload)?,
+            },
+            ServerKind::Reply => ServerMessage::Reply {
+                id: id.ok_or(ServerDecodeError::ReplyWithoutId)?,
+                payload,
+            },
+            ServerKind::Error => ServerMessage::Error {
+                id,
+                error: typed(k, payload)?,
+            },
+            ServerKind::Pong => ServerMessage::Pong { id },
+            ServerKind::Message => ServerMessage::Message(typed(k, payload)?),
+            ServerKind::Join => ServerMessage::Join(presence(k, payload)?),
+            ServerKind::Leave => ServerMessage::Leave(presence(k, payload)?),
+            ServerKind::Subscribed => ServerMessage::Subscribed(typed(k, payload)?),
+            ServerKind::Unsubscribed => {
+                #[derive(Deserialize)]
+                struct C {
+                    channel: String,
+                }
+                let c: C = typed(k, payload)?;
+                ServerMessage::Unsubscribed { channel: c.channel }
+            }
+            ServerKind::Refresh => ServerMessage::Refresh(serde_json::from_value(payload).ok()),
+            ServerKind::Disconnect => ServerMessage::Disconnect(typed(k, payload)?),
+        })
+    }
+}
+
+fn typed<T: DeserializeOwned>(
+    kind: ServerKind,
+    payload: serde_json::Value,
+) -> Result<T, ServerDecodeError> {
+    serde_json::from_value(payload).map_err(|e| ServerDecodeError::Payload {
+        kind: kind.as_str(),
+        message: e.to_string(),
+    })
+}
+
+fn presence(
+    kind: ServerKind,
+    payload: serde_json::Value,
+) -> Result<PresencePush, ServerDecodeError> {
+    #[derive(Deserialize)]
+    struct C {
+        channel: String,
+    }
+    let c: C = typed(kind, payload.clone())?;
+    let client: ClientInfo = typed(kind, payload.clone())?;
+    Ok(PresencePush {
+        channel: c.channel,
+        who: payload,
+        client,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<ServerMessage, ServerDecodeError> {
+        ServerMessage::decode(Format::Json, s.as_bytes())
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in ServerKind::ALL {
+            assert_eq!(ServerKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(ServerKind::parse("subscribe"), None);
+    }
+
+    #[test]
+    fn decodes_pushes_into_typed_payloads() {
+        let m = decode(r#"{"type":"message","payload":{"channel":"a","offset":3,"epoch":"e","time":1,"data":{"x":1}}}"#)
+            .expect("decodes");
+        let ServerMessage::Message(m) = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(
+            (m.channel.as_str(), m.offset, m.epoch.as_str()),
+            ("a", 3, "e")
+        );
+        assert_eq!(m.data["x"], 1);
+        let j =
+            decode(r#"{"type":"join","payload":{"channel":"a","client_id":"c","user_id":"u"}}"#)
+                .expect("decodes");
+        let ServerMessage::Join(j) = j else {
+            panic!("{j:?}")
+        };
+        assert_eq!((j.channel.as_str(), j.client.user_id.as_str()), ("a", "u"));
+        let d = decode(
+            r#"{"type":"disconnect","payload":{"code":4001,"reason":"slow","reconnect":true}}"#,
+        )
+        .expect("decodes");
+        assert!(matches!(
+            d,
+            ServerMessage::Disconnect(Disconnect {
+                code: 4001,
+                reconnect: true,
+                ..
+            })
+        ));
+        let e = decode(r#"{"type":"error","id":7,"payload":{"code":"unavailable","message":"m","retryable":true}}"#)
+            .expect("decodes");
+        assert!(
+            matches!(e, ServerMessage::Error { id: Some(Id::Num(7)), error } if error.retryable)
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_kept_and_bad_payloads_are_typed_errors() {
+        assert!(matches!(
+            decode(r#"{"type":"fancy","payload":{}}"#),
+            Ok(ServerMessage::Unknown { kind }) if kind == "fancy"
+        ));
+        assert!(matches!(
+            decode(r#"{"type":"message","payload":{"channel":"a"}}"#),
+            Err(ServerDecodeError::Payload {
+                kind: "message",
+                ..
+            })
+        ));
+        assert_eq!(
+            decode(r#"{"type":"reply","payload":{}}"#).expect_err("an error"),
+            ServerDecodeError::ReplyWithoutId
+        );
+        assert!(matches!(decode("[1]"), Err(ServerDecodeError::Envelope(_))));
+    }
+}

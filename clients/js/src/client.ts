@@ -13,6 +13,7 @@ import {
   type PublishResult,
   type StreamPosition,
 } from './protocol.js';
+import { OfflineQueue, type QueuedPublish } from './queue.js';
 import { Subscription, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
@@ -111,15 +112,6 @@ interface Pending {
   onReply?: (payload: Record<string, unknown>) => void;
 }
 
-interface QueuedPublish {
-  channel: string;
-  data: unknown;
-  key: string;
-  resolve: (r: PublishResult) => void;
-  reject: (e: HeraldError) => void;
-  expiry: ReturnType<typeof setTimeout> | undefined;
-}
-
 const OPEN = 1;
 
 function randomKey(): string {
@@ -161,7 +153,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private advisory: { reconnect: boolean; afterMs: number } | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
-  private readonly queue: QueuedPublish[] = [];
+  private readonly queue: OfflineQueue;
   private readonly subs = new Map<string, Subscription<any>>();
   private readonly waitingForConnection = new Set<() => void>();
   private readonly detach: (() => void)[] = [];
@@ -173,6 +165,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   constructor(opts: ClientOptions) {
     super();
     this.opts = opts;
+    this.queue = new OfflineQueue(opts.offlineQueue?.maxSize ?? 100, opts.offlineQueue?.maxAgeMs ?? 60_000);
     this.codec = opts.codec ?? jsonCodec;
     const ctor = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
     if (!ctor) {
@@ -241,7 +234,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       }
       const p: QueuedPublish = { channel, data, key: opts.idempotencyKey ?? randomKey(), resolve, reject, expiry: undefined };
       if (this.state === 'connected') this.sendPublish(p);
-      else this.enqueue(p);
+      else this.queue.add(p);
     });
   }
 
@@ -606,7 +599,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     }
     const error = new HeraldError('closed', reason);
     this.failPending();
-    for (const p of this.queue.splice(0)) {
+    for (const p of this.queue.takeAll()) {
       clearTimeout(p.expiry);
       p.reject(error);
     }
@@ -755,31 +748,14 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       (r) => p.resolve(r as unknown as PublishResult),
       (e: HeraldError) => {
         // Lost with the connection: sent again (same key) after the reconnect.
-        if (e.code === 'disconnected' && this.state !== 'closed') this.enqueue(p, true);
+        if (e.code === 'disconnected' && this.state !== 'closed') this.queue.add(p, true);
         else p.reject(e);
       },
     );
   }
 
-  private enqueue(p: QueuedPublish, front = false): void {
-    const max = this.opts.offlineQueue?.maxSize ?? 100;
-    if (!front && this.queue.length >= max) {
-      p.reject(new HeraldError('queue_full', `offline queue full (${max} publishes)`, true));
-      return;
-    }
-    const age = this.opts.offlineQueue?.maxAgeMs ?? 60_000;
-    p.expiry = setTimeout(() => {
-      const i = this.queue.indexOf(p);
-      if (i >= 0) this.queue.splice(i, 1);
-      p.reject(new HeraldError('queue_expired', `not connected within ${age} ms`, true));
-    }, age);
-    if (front) this.queue.unshift(p);
-    else this.queue.push(p);
-  }
-
   private flushQueue(): void {
-    // Re-queued (front) publishes keep their original order relative to the rest.
-    for (const p of this.queue.splice(0)) this.sendPublish(p);
+    for (const p of this.queue.takeAll()) this.sendPublish(p);
   }
 
   private failPending(): void {
@@ -796,7 +772,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       return;
     }
     // Publishes in flight go back to the front of the queue, in their original order.
-    for (const p of lost.reverse()) this.enqueue(p, true);
+    for (const p of lost.reverse()) this.queue.add(p, true);
   }
 
   private whenConnected(timeoutMs: number): Promise<void> {

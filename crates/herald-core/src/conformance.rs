@@ -445,6 +445,123 @@ pub async fn presence(b: &dyn Backend) {
     assert_eq!(c2, &who("c2", "alice"));
 }
 
+/// Gap filling (`cursor`) over the engine's own history: a gap larger than one page is read in
+/// bounded pages and delivered in order; the live publication that revealed it and a duplicate
+/// racing it are delivered once; a position in another epoch moves to the stream's top; a gap
+/// partly trimmed from history delivers what is kept and counts the rest as lost.
+pub async fn gap_filling(b: &dyn Backend) {
+    use crate::cursor::{BrokerHistory, ChannelCursor, FILL_PAGE, Fill};
+    let (n, _) = node_with(b).await;
+    let ch = channel("gaps");
+    let total = 2 * FILL_PAGE as u64 + 100;
+    let mut epoch = None;
+    for i in 1..=total {
+        let o = n
+            .publish(&ch, req(i.into(), 2 * total as usize, MINUTE, None))
+            .await
+            .expect("publish");
+        epoch.get_or_insert(o.epoch);
+    }
+    let epoch = epoch.expect("published");
+    let mut history = BrokerHistory {
+        broker: &*n,
+        channel: &ch,
+        reads: 0,
+    };
+    let mut got = Vec::new();
+    let mut cursor = ChannelCursor::new(epoch.clone(), 0);
+    let fill = cursor
+        .catch_up(&mut history, &mut |p| got.push(p.offset))
+        .await;
+    assert_eq!(fill, Fill::Complete);
+    assert_run(&got, 1, total);
+    assert_eq!(history.reads, 3, "pages of at most {FILL_PAGE}");
+    // The live stream skipped 11..=total-1; then the publication arrives again.
+    let last = n
+        .history(
+            &ch,
+            HistoryQuery {
+                since: Some(StreamPosition {
+                    offset: total - 1,
+                    epoch: epoch.to_string(),
+                }),
+                limit: 1,
+                reverse: false,
+            },
+        )
+        .await
+        .expect("history")
+        .publications
+        .remove(0);
+    let mut cursor = ChannelCursor::new(epoch.clone(), 10);
+    got.clear();
+    for p in [last.clone(), last] {
+        cursor
+            .live(p, &mut history, &mut |p| got.push(p.offset))
+            .await;
+    }
+    assert_run(&got, 11, total);
+    // A position in an epoch the stream no longer has.
+    let mut cursor = ChannelCursor::new(Arc::from("not-this-epoch"), 5);
+    got.clear();
+    let fill = cursor
+        .catch_up(&mut history, &mut |p| got.push(p.offset))
+        .await;
+    assert_eq!(fill, Fill::EpochChanged);
+    assert!(got.is_empty());
+    assert_eq!(cursor.position(), (&epoch, total));
+    // History keeps 50: most of a gap from 10 is gone.
+    let ch = channel("trimmed");
+    for i in 1..=100u64 {
+        n.publish(&ch, req(i.into(), 50, MINUTE, None))
+            .await
+            .expect("publish");
+    }
+    let mut history = BrokerHistory {
+        broker: &*n,
+        channel: &ch,
+        reads: 0,
+    };
+    let mut cursor = ChannelCursor::new(epoch_of(&*n, &ch).await, 10);
+    got.clear();
+    let fill = cursor
+        .catch_up(&mut history, &mut |p| got.push(p.offset))
+        .await;
+    let Fill::Trimmed { lost } = fill else {
+        panic!("a trimmed gap: {fill:?}")
+    };
+    assert_eq!(got.last(), Some(&100));
+    assert_eq!(
+        lost + got.len() as u64,
+        90,
+        "every offset after 10 delivered or counted"
+    );
+    assert!(got.windows(2).all(|w| w[0] + 1 == w[1]), "{got:?}");
+}
+
+/// `got` is exactly `from..=to`.
+fn assert_run(got: &[u64], from: u64, to: u64) {
+    let want = to - from + 1;
+    assert_eq!(
+        (got.len() as u64, got.first(), got.last()),
+        (want, Some(&from), Some(&to)),
+        "delivered {} offsets from {:?} to {:?}",
+        got.len(),
+        got.first(),
+        got.last()
+    );
+    assert!(got.windows(2).all(|w| w[0] + 1 == w[1]), "out of order");
+}
+
+async fn epoch_of(n: &dyn Broker, ch: &str) -> Arc<str> {
+    let q = HistoryQuery {
+        since: None,
+        limit: 0,
+        reverse: false,
+    };
+    n.history(ch, q).await.expect("position").epoch
+}
+
 /// Run every check.
 pub async fn run_all(b: &dyn Backend) {
     offsets_and_epochs(b).await;
@@ -454,6 +571,7 @@ pub async fn run_all(b: &dyn Backend) {
     idempotency(b).await;
     events(b).await;
     presence(b).await;
+    gap_filling(b).await;
 }
 
 #[cfg(test)]

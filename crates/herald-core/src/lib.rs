@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod cursor;
 pub mod error;
 pub mod hub;
 pub mod journal;

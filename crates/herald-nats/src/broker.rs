@@ -23,6 +23,7 @@ use herald_core::broker::{
     Broker, BrokerError, BrokerHandler, ChannelEvent, HistoryPage, HistoryQuery, PublishOutcome,
     PublishRequest,
 };
+use herald_core::cursor::{ChannelCursor, PageReader};
 use herald_core::publication::{Publication, body_bytes, now_ms, parse_body};
 
 use crate::config::{NatsConfig, Storage};
@@ -371,15 +372,28 @@ impl Shared {
     }
 }
 
+/// One channel's history in the JetStream stream, read by the gap-filling cursor.
+struct StreamHistory<'a> {
+    shared: &'a Shared,
+    channel: &'a str,
+}
+
+impl PageReader for StreamHistory<'_> {
+    async fn read(&mut self, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        self.shared.history(self.channel, &q).await
+    }
+}
+
 /// Deliver one channel's publications and events to this node, filling skipped offsets.
 async fn deliver_channel(
     shared: Arc<Shared>,
     channel: String,
     mut out: async_nats::Subscriber,
     mut events: async_nats::Subscriber,
-    mut last: u64,
+    last: u64,
 ) {
     let ch: Arc<str> = Arc::from(channel.as_str());
+    let mut cursor = ChannelCursor::new(shared.epoch.clone(), last);
     loop {
         tokio::select! {
             m = out.next() => {
@@ -387,7 +401,7 @@ async fn deliver_channel(
                 let Some(h) = &m.headers else { continue };
                 let Some(offset) = header_u64(h, H_OFFSET) else { continue };
                 if h.get(H_MARKER).is_some() {
-                    last = last.max(offset);
+                    cursor.advance(offset);
                     continue;
                 }
                 let time = header_u64(h, H_TIME).unwrap_or(0);
@@ -396,32 +410,14 @@ async fn deliver_channel(
                     None => shared.epoch.clone(),
                 };
                 let Ok((data, info)) = parse_body(&m.payload) else { continue };
+                let p = Arc::new(Publication::new(ch.clone(), offset, epoch, time, data, info));
                 if shared.js.is_some() {
-                    if offset <= last {
-                        continue;
-                    }
-                    if offset > last + 1 {
-                        // Missed on core NATS: read them from the stream first.
-                        let q = HistoryQuery {
-                            since: Some(herald_proto::StreamPosition { offset: last, epoch: shared.epoch.to_string() }),
-                            limit: (offset - last - 1) as usize,
-                            reverse: false,
-                        };
-                        match shared.history(&channel, &q).await {
-                            Ok(page) => {
-                                for p in page.publications {
-                                    if p.offset < offset {
-                                        metrics::counter!("herald_broker_gap_filled_total").increment(1);
-                                        shared.deliver(p);
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::warn!(channel, error = %e, "cannot fill a gap from the stream"),
-                        }
-                    }
-                    last = offset;
+                    // Missed on core NATS: the cursor reads them from the stream first.
+                    let mut history = StreamHistory { shared: &shared, channel: &channel };
+                    cursor.live(p, &mut history, &mut |p| shared.deliver(p)).await;
+                } else {
+                    shared.deliver(p);
                 }
-                shared.deliver(Arc::new(Publication::new(ch.clone(), offset, epoch, time, data, info)));
             }
             e = events.next() => {
                 let Some(e) = e else { return };

@@ -19,7 +19,7 @@ use herald_core::broker::{
     Broker, BrokerError, BrokerHandler, ChannelEvent, HistoryPage, HistoryQuery, PublishOutcome,
     PublishRequest,
 };
-use herald_core::publication::Publication;
+use herald_core::cursor::{ChannelCursor, PageReader};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
@@ -28,8 +28,6 @@ use crate::wire;
 
 /// How long a stream's offset counter and epoch outlive its last publish (at least).
 const META_KEEP: Duration = Duration::from_secs(24 * 3600);
-/// Most publications read per history page when filling a gap.
-const FILL_PAGE: usize = 1000;
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(format!("redis: {e}"))
@@ -562,6 +560,20 @@ impl herald_core::cluster::ControlBus for RedisBroker {
     }
 }
 
+/// One channel's history on Redis, read by the gap-filling cursor.
+struct ShardHistory<'a> {
+    script: &'a redis::Script,
+    conn: ConnectionManager,
+    names: &'a Names,
+    channel: &'a str,
+}
+
+impl PageReader for ShardHistory<'_> {
+    async fn read(&mut self, q: HistoryQuery) -> Result<HistoryPage, BrokerError> {
+        read_history(self.script, &mut self.conn, self.names, self.channel, &q).await
+    }
+}
+
 /// One Pub/Sub connection and the channels it carries.
 struct Shard {
     index: usize,
@@ -573,8 +585,8 @@ struct Shard {
     control: Control,
     health: Arc<Health>,
     timeout: Duration,
-    /// Subscribed channels → the last (epoch, offset) delivered to this node.
-    channels: HashMap<String, Option<(Arc<str>, u64)>>,
+    /// Subscribed channels → what was last delivered to this node.
+    channels: HashMap<String, ChannelCursor>,
 }
 
 impl Shard {
@@ -633,7 +645,7 @@ impl Shard {
             // Publications missed while the connection was down come from history.
             let channels: Vec<String> = self.channels.keys().cloned().collect();
             for ch in channels {
-                self.catch_up(&ch, None).await;
+                self.catch_up(&ch).await;
             }
             loop {
                 tokio::select! {
@@ -645,8 +657,8 @@ impl Shard {
                         Some(ShardCmd::Subscribe(ch, ack)) => {
                             let r = sink.subscribe(self.names.topic(&ch)).await.map_err(unavailable);
                             let r = match r {
-                                Ok(()) => self.position(&ch).await.map(|p| {
-                                    self.channels.insert(ch, Some(p));
+                                Ok(()) => self.position(&ch).await.map(|(epoch, top)| {
+                                    self.channels.insert(ch, ChannelCursor::new(epoch, top));
                                 }),
                                 Err(e) => Err(e),
                             };
@@ -686,58 +698,32 @@ impl Shard {
         Ok((page.epoch, page.top))
     }
 
-    fn deliver(&self, p: Arc<Publication>) {
-        if let Some(h) = self.handler.get() {
-            h.on_publication(p);
+    /// This channel's history, for the cursor.
+    fn history<'a>(&'a self, channel: &'a str) -> ShardHistory<'a> {
+        ShardHistory {
+            script: &self.history,
+            conn: self.conn.clone(),
+            names: &self.names,
+            channel,
         }
     }
 
-    /// Deliver what history holds after the last delivered offset, up to (not including)
-    /// `before` when given.
-    async fn catch_up(&mut self, channel: &str, before: Option<u64>) {
-        let Some(Some((epoch, mut last))) = self.channels.get(channel).cloned() else {
+    /// Deliver what history holds after the last delivered offset (after the Pub/Sub
+    /// connection was down).
+    async fn catch_up(&mut self, channel: &str) {
+        let Some(mut cursor) = self.channels.get(channel).cloned() else {
             return;
         };
-        let mut conn = self.conn.clone();
-        loop {
-            let q = HistoryQuery {
-                since: Some(herald_proto::StreamPosition {
-                    offset: last,
-                    epoch: epoch.to_string(),
-                }),
-                limit: FILL_PAGE,
-                reverse: false,
-            };
-            let page = match read_history(&self.history, &mut conn, &self.names, channel, &q).await
-            {
-                Ok(p) => p,
-                Err(BrokerError::EpochMismatch) => {
-                    // The stream was reset (Redis flushed or expired): start over in the new epoch.
-                    if let Ok(p) = self.position(channel).await {
-                        self.channels.insert(channel.to_owned(), Some(p));
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(channel, error = %e, "cannot fill a gap from history");
-                    return;
-                }
-            };
-            let n = page.publications.len();
-            for p in page.publications {
-                if before.is_some_and(|b| p.offset >= b) {
-                    break;
-                }
-                last = p.offset;
-                metrics::counter!("herald_broker_gap_filled_total").increment(1);
-                self.deliver(p);
+        let handler = self.handler.get().cloned();
+        let mut deliver = |p| {
+            if let Some(h) = &handler {
+                h.on_publication(p);
             }
-            self.channels
-                .insert(channel.to_owned(), Some((epoch.clone(), last)));
-            if n < FILL_PAGE || before.is_some_and(|b| last + 1 >= b) {
-                return;
-            }
-        }
+        };
+        cursor
+            .catch_up(&mut self.history(channel), &mut deliver)
+            .await;
+        self.channels.insert(channel.to_owned(), cursor);
     }
 
     async fn on_message(&mut self, topic: &str, payload: &[u8]) {
@@ -750,14 +736,14 @@ impl Shard {
         let Some(channel) = self.names.channel_of(topic).map(str::to_owned) else {
             return;
         };
-        let Some(last) = self.channels.get(&channel).cloned() else {
+        let Some(mut cursor) = self.channels.get(&channel).cloned() else {
             return; // unsubscribed meanwhile
         };
         match wire::message(payload) {
             Ok(wire::Message::Publication { epoch, entry }) => {
                 let ch: Arc<str> = Arc::from(channel.as_str());
-                let ep: Arc<str> = match &last {
-                    Some((e, _)) if &**e == epoch => e.clone(),
+                let ep: Arc<str> = match cursor.position().0 {
+                    e if &**e == epoch => e.clone(),
                     _ => Arc::from(epoch),
                 };
                 let p = match wire::entry(&ch, &ep, entry) {
@@ -767,18 +753,16 @@ impl Shard {
                         return;
                     }
                 };
-                if let Some((e, off)) = &last
-                    && **e == *epoch
-                {
-                    if p.offset <= *off {
-                        return; // already delivered (catch-up raced the topic)
+                let handler = self.handler.get().cloned();
+                let mut deliver = |p| {
+                    if let Some(h) = &handler {
+                        h.on_publication(p);
                     }
-                    if p.offset > off + 1 {
-                        self.catch_up(&channel, Some(p.offset)).await;
-                    }
-                }
-                self.channels.insert(channel, Some((ep, p.offset)));
-                self.deliver(Arc::new(p));
+                };
+                cursor
+                    .live(Arc::new(p), &mut self.history(&channel), &mut deliver)
+                    .await;
+                self.channels.insert(channel, cursor);
             }
             Ok(wire::Message::Event(json)) => {
                 if let (Some(ev), Some(h)) = (ChannelEvent::from_json(json), self.handler.get()) {

@@ -1,13 +1,14 @@
 //! The client side of the wire: parsing server frames (`frame::parse_unmasked`, used by the
 //! `herald bench` load generator on bytes from the server) and decoding their envelopes
-//! (`codec::decode_server_frame`, used by the Rust client), plus the frame builders.
+//! (`codec::decode_server_frame`) into typed messages (`ServerMessage::decode`, used by the Rust
+//! client), plus the frame builders.
 //!
 //! Input: `[selector, bytes...]`. Invariants: no panic (overflow checks are on); a parsed frame's
 //! payload lies inside the input; building a frame around any payload and parsing it back gives
 //! the same payload and opcode; a close frame's payload is at most 125 bytes with a UTF-8 reason.
 #![no_main]
 
-use herald_proto::Format;
+use herald_proto::{Format, ServerMessage};
 use herald_proto::codec::decode_server_frame;
 use herald_proto::frame::{self, OpCode};
 use libfuzzer_sys::fuzz_target;
@@ -25,8 +26,10 @@ fuzz_target!(|input: &[u8]| {
     if let Some((payload, _op)) = frame::parse_unmasked(bytes) {
         assert!(payload.len() <= bytes.len());
         let _ = decode_server_frame(format, payload);
+        let _ = ServerMessage::decode(format, payload);
     }
     let _ = decode_server_frame(format, bytes);
+    let _ = ServerMessage::decode(format, bytes);
 
     let op = [
         OpCode::Text,

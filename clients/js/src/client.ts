@@ -120,6 +120,17 @@ function randomKey(): string {
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
 }
 
+/** Apply a subscribe reply or a `subscribed` push to its subscription. */
+function confirm(sub: Subscription<any>, r: Record<string, unknown>, resubscribed: boolean): void {
+  sub._confirmed(
+    { offset: Number(r.offset), epoch: String(r.epoch) },
+    r.recovered as boolean | undefined,
+    resubscribed,
+    Number(r.missed ?? 0),
+    r.slow_consumer !== undefined,
+  );
+}
+
 function errorOf(payload: Record<string, unknown> | undefined): HeraldError {
   return new HeraldError(
     String(payload?.code ?? 'internal'),
@@ -378,13 +389,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
           this.subs.set(channel, sub);
           this.emit('subscription', sub);
         }
-        sub._confirmed(
-          { offset: Number(p.offset), epoch: String(p.epoch) },
-          p.recovered as boolean | undefined,
-          false,
-          Number(p.missed ?? 0),
-          p.slow_consumer !== undefined,
-        );
+        confirm(sub, p, false);
         break;
       }
       case 'unsubscribed': {
@@ -493,13 +498,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       // Confirmed synchronously: recovered and live messages may follow in the same chunk.
       await this.send('subscribe', payload, this.opts.requestTimeoutMs ?? 10_000, undefined, (r) => {
         if (this.subs.get(sub.channel) !== sub) return;
-        sub._confirmed(
-          { offset: Number(r.offset), epoch: String(r.epoch) },
-          r.recovered as boolean | undefined,
-          resubscribed,
-          Number(r.missed ?? 0),
-          r.slow_consumer !== undefined,
-        );
+        confirm(sub, r, resubscribed);
       });
     } catch (e) {
       const err = e instanceof HeraldError ? e : new HeraldError('internal', String(e));

@@ -18,6 +18,10 @@ pub enum BrokerError {
     /// `since` names an epoch that is not the stream's current one.
     #[error("epoch mismatch")]
     EpochMismatch,
+    /// The engine, as configured, cannot do this (retrying will not help): e.g. keeping
+    /// revocations on NATS without JetStream, or a configuration it refuses.
+    #[error("not supported by the engine: {0}")]
+    Unsupported(String),
 }
 
 /// What a publish asks for.

@@ -3,6 +3,8 @@
 //! others over a [`ControlBus`] (the Redis engine's control topic); nodes announce themselves so
 //! `info` and `/metrics` can show the cluster. A single node has no bus and needs none.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -78,23 +80,61 @@ pub struct NodeInfo {
     pub updated_ms: u64,
 }
 
-/// Carries control messages and node announcements between nodes.
+/// Receives the control messages other nodes broadcast (the node; engines call it).
+pub trait ControlHandler: Send + Sync + 'static {
+    /// A control message from the bus (possibly this node's own: check `from`).
+    fn on_control(&self, env: ControlEnvelope);
+}
+
+/// Broadcast of control messages between the nodes of a cluster.
+///
+/// Guarantee: best effort, at most once, to the nodes connected to the engine at the time; a node
+/// that is down or reconnecting misses it (what must outlive that goes to a [`RevocationStore`]
+/// too). The sender receives its own message and ignores it.
 #[async_trait]
 pub trait ControlBus: Send + Sync + 'static {
-    /// Send to every node (the sender receives it too and ignores it).
-    async fn broadcast(&self, payload: Vec<u8>) -> Result<(), BrokerError>;
-    /// Record this node's current state (called periodically).
+    /// Install the receiver (once, before joining).
+    fn set_control_handler(&self, handler: Arc<dyn ControlHandler>);
+    /// Send to every node.
+    async fn broadcast(&self, env: &ControlEnvelope) -> Result<(), BrokerError>;
+}
+
+/// Who is in the cluster.
+///
+/// Guarantee: approximate — a node is listed while its last announcement is fresh (10 s); a node
+/// that died stays listed until then.
+#[async_trait]
+pub trait NodeRegistry: Send + Sync + 'static {
+    /// Record this node's current state (called every few seconds).
     async fn announce(&self, node: &NodeInfo) -> Result<(), BrokerError>;
-    /// Nodes that announced themselves recently.
+    /// Nodes that announced themselves recently, by id.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
-    /// Keep a control message until `until` (Unix seconds) for nodes that start later
-    /// (revocations).
-    async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError>;
+}
+
+/// Control messages kept for nodes that start later (revocations).
+///
+/// Guarantee: a kept message is returned by [`RevocationStore::kept`] on every node until
+/// `until` (Unix seconds), durably as far as the engine's storage is; an engine that cannot keep
+/// anything (NATS without JetStream) returns [`BrokerError::Unsupported`] instead of pretending.
+#[async_trait]
+pub trait RevocationStore: Send + Sync + 'static {
+    /// Keep `env` until `until`.
+    async fn keep(&self, env: &ControlEnvelope, until: u64) -> Result<(), BrokerError>;
     /// The kept messages that have not expired.
-    async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError>;
-    /// Count connection `conn` of `user` cluster-wide unless the user already has `max`; `false`
-    /// when over the limit. Held until [`ControlBus::release_connection`] (or, for a node that
-    /// died, until its lease runs out).
+    async fn kept(&self) -> Result<Vec<ControlEnvelope>, BrokerError>;
+}
+
+/// Connections per user, counted across the cluster (`max_connections_per_user`).
+///
+/// Guarantee, per engine: on Redis **atomic** (one script per acquire: never more than `max`
+/// connections of a user counted at once, however many nodes acquire concurrently; a dead node's
+/// entries expire with its lease); on NATS **approximate** (each node answers for its own
+/// connections: nodes admitting the same user at the same instant can together exceed `max` by
+/// one per racing node; a dead node's connections stop counting when it stops answering).
+#[async_trait]
+pub trait ConnectionLimiter: Send + Sync + 'static {
+    /// Count connection `conn` of `user` unless the user already has `max`; `false` when over the
+    /// limit.
     async fn acquire_connection(
         &self,
         user: &str,
@@ -104,3 +144,8 @@ pub trait ControlBus: Send + Sync + 'static {
     /// Stop counting a connection.
     async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError>;
 }
+
+/// Everything a cluster engine provides besides its [`Broker`](crate::broker::Broker).
+pub trait ControlPlane: ControlBus + NodeRegistry + RevocationStore + ConnectionLimiter {}
+
+impl<T: ControlBus + NodeRegistry + RevocationStore + ConnectionLimiter> ControlPlane for T {}

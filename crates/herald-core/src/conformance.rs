@@ -15,6 +15,7 @@ use herald_proto::envelope::{ClientInfo, StreamPosition};
 use crate::broker::{
     Broker, BrokerError, BrokerHandler, ChannelEvent, HistoryQuery, PublishRequest,
 };
+use crate::cluster::{ControlEnvelope, ControlHandler, ControlMessage, ControlPlane, NodeInfo};
 use crate::presence::PresenceStore;
 use crate::publication::Publication;
 
@@ -27,6 +28,10 @@ pub trait Backend: Send + Sync {
     async fn presence(&self) -> Arc<dyn PresenceStore>;
     /// Whether nodes share state (false: a single-node engine).
     fn shared(&self) -> bool;
+    /// The control plane of a new node on the shared store (`None`: the engine has none).
+    async fn control(&self) -> Option<Arc<dyn ControlPlane>> {
+        None
+    }
 }
 
 /// Records what a node receives.
@@ -562,6 +567,108 @@ async fn epoch_of(n: &dyn Broker, ch: &str) -> Arc<str> {
     n.history(ch, q).await.expect("position").epoch
 }
 
+/// Records control messages a node receives.
+#[derive(Default)]
+struct Controls {
+    got: Mutex<Vec<ControlEnvelope>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ControlHandler for Controls {
+    fn on_control(&self, env: ControlEnvelope) {
+        lock(&self.got).push(env);
+        self.notify.notify_waiters();
+    }
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The control-plane traits (`cluster`): a broadcast reaches the other node as sent; an
+/// announced node is listed by the others; a kept revocation is returned to a node that starts
+/// later and an expired one is not; the per-user connection count holds `max` across nodes and
+/// frees a slot on release.
+pub async fn control_plane(b: &dyn Backend) {
+    let (Some(a), Some(c)) = (b.control().await, b.control().await) else {
+        return;
+    };
+    let (ha, hc) = (Arc::new(Controls::default()), Arc::new(Controls::default()));
+    a.set_control_handler(ha.clone());
+    c.set_control_handler(hc.clone());
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let env = ControlEnvelope {
+        from: format!("node-a-{tag}"),
+        msg: ControlMessage::DisconnectUser {
+            user: format!("u-{tag}"),
+        },
+    };
+    // A broadcast right after subscribing may race the subscription on some engines: resend
+    // until it arrives (the bus is best effort), then check what arrived is what was sent.
+    eventually("a broadcast to reach the other node", || async {
+        a.broadcast(&env).await.expect("broadcast");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lock(&hc.got).contains(&env)
+    })
+    .await;
+    let node = NodeInfo {
+        id: format!("node-a-{tag}"),
+        address: "127.0.0.1:1".into(),
+        connections: 3,
+        uptime_ms: 1,
+        version: "test".into(),
+        updated_ms: crate::publication::now_ms(),
+    };
+    eventually("an announced node to be listed", || async {
+        a.announce(&node).await.expect("announce");
+        c.nodes().await.expect("nodes").contains(&node)
+    })
+    .await;
+    let now = crate::publication::now_ms() / 1000;
+    let revoke = |jti: &str, expires_at| ControlEnvelope {
+        from: format!("node-a-{tag}"),
+        msg: ControlMessage::RevokeToken {
+            jti: format!("{jti}-{tag}"),
+            expires_at,
+        },
+    };
+    let (live, gone) = (
+        revoke("live", now + 600),
+        revoke("gone", now.saturating_sub(5)),
+    );
+    a.keep(&live, now + 600).await.expect("keep");
+    a.keep(&gone, now.saturating_sub(5)).await.expect("keep");
+    let later = b.control().await.expect("a third node");
+    let kept = later.kept().await.expect("kept");
+    assert!(
+        kept.contains(&live),
+        "a kept revocation reaches a later node: {kept:?}"
+    );
+    assert!(!kept.contains(&gone), "an expired one does not");
+    let user = format!("user-{tag}");
+    assert!(a.acquire_connection(&user, "c1", 2).await.expect("acquire"));
+    assert!(c.acquire_connection(&user, "c2", 2).await.expect("acquire"));
+    assert!(
+        !a.acquire_connection(&user, "c3", 2).await.expect("acquire"),
+        "a third connection over max 2 across the nodes"
+    );
+    a.release_connection(&user, "c1").await.expect("release");
+    assert!(c.acquire_connection(&user, "c3", 2).await.expect("acquire"));
+    for (n, id) in [(&c, "c2"), (&c, "c3")] {
+        n.release_connection(&user, id).await.expect("release");
+    }
+}
+
 /// Run every check.
 pub async fn run_all(b: &dyn Backend) {
     offsets_and_epochs(b).await;
@@ -572,6 +679,7 @@ pub async fn run_all(b: &dyn Backend) {
     events(b).await;
     presence(b).await;
     gap_filling(b).await;
+    control_plane(b).await;
 }
 
 #[cfg(test)]
@@ -581,6 +689,7 @@ mod tests {
 
     struct Memory {
         presence: Arc<MemoryPresence>,
+        cluster: crate::memory_cluster::MemoryCluster,
     }
 
     #[async_trait]
@@ -594,12 +703,16 @@ mod tests {
         fn shared(&self) -> bool {
             false
         }
+        async fn control(&self) -> Option<Arc<dyn ControlPlane>> {
+            Some(Arc::new(self.cluster.node()))
+        }
     }
 
     #[tokio::test]
     async fn the_memory_engine_conforms() {
         run_all(&Memory {
             presence: Arc::new(MemoryPresence::new()),
+            cluster: crate::memory_cluster::MemoryCluster::new(),
         })
         .await;
     }

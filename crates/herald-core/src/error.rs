@@ -31,6 +31,7 @@ impl From<BrokerError> for EngineError {
                 EngineError::new(ErrorCode::EpochMismatch, "epoch mismatch")
             }
             BrokerError::Unavailable(m) => EngineError::new(ErrorCode::Unavailable, m),
+            BrokerError::Unsupported(m) => EngineError::new(ErrorCode::Internal, m),
         }
     }
 }

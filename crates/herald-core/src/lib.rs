@@ -23,11 +23,13 @@ pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod cursor;
+mod de;
 pub mod error;
 pub mod hub;
 pub mod journal;
 pub mod limits;
 pub mod memory;
+pub mod memory_cluster;
 pub mod node;
 pub mod outlet;
 pub mod presence;

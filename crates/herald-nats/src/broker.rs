@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
@@ -27,6 +26,7 @@ use herald_core::cursor::{ChannelCursor, PageReader};
 use herald_core::publication::{Publication, body_bytes, now_ms, parse_body};
 
 use crate::config::{NatsConfig, Storage};
+pub(crate) use crate::plumbing::{lock, sync, unavailable};
 use crate::subject::token;
 
 const H_OFFSET: &str = "Herald-Offset";
@@ -37,28 +37,6 @@ const H_TTL: &str = "Herald-Ttl";
 const H_MARKER: &str = "Herald-Marker";
 /// Publish attempts when other nodes keep winning the race for a channel's next offset.
 const PUBLISH_ATTEMPTS: usize = 64;
-
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(format!("nats: {e}"))
-}
-
-/// Wait until the server has processed everything this connection sent before (subscriptions
-/// included), so a publication from another connection right after reaches them. `flush` only
-/// writes the buffer out: under load the server could still handle another connection's publish
-/// first (seen: a core-NATS subscriber that got nothing). A request nobody answers comes back as
-/// "no responders" only after the server handled what this connection sent before it.
-pub(crate) async fn sync(client: &async_nats::Client, prefix: &str) -> Result<(), BrokerError> {
-    let subject = format!("{prefix}.sync.{}", client.new_inbox().replace('.', "-"));
-    match client.request(subject, bytes::Bytes::new()).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Err(e) => Err(unavailable(e)),
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn header_u64(h: &HeaderMap, name: &str) -> Option<u64> {
     h.get(name)?.as_str().parse().ok()
@@ -183,7 +161,7 @@ impl NatsBroker {
             epoch: Arc::from(epoch.as_str()),
             handler: OnceLock::new(),
         });
-        let cluster = crate::control::Cluster::start(shared.clone()).await?;
+        let cluster = crate::control::Cluster::start(&shared.cfg, shared.client.clone()).await?;
         Ok(NatsBroker {
             shared,
             subs: Mutex::new(HashMap::new()),
@@ -604,6 +582,3 @@ impl Drop for NatsBroker {
         }
     }
 }
-
-/// How long the lease of this node's presence answers and connection counts is.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);

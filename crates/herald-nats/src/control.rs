@@ -7,32 +7,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
-use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::broker::BrokerError;
-use herald_core::cluster::{ControlBus, NodeInfo};
-use herald_core::publication::now_ms;
+use herald_core::cluster::{ControlEnvelope, ControlHandler, NodeInfo};
 
-use crate::broker::{HEARTBEAT, NatsBroker, Shared, lock, unavailable};
+use crate::config::NatsConfig;
+use crate::plumbing::{HEARTBEAT, lock, unavailable};
 use crate::subject::token;
 
-/// Receives cluster control messages (the node).
-pub trait ControlHandler: Send + Sync + 'static {
-    /// A control message another node broadcast.
-    fn on_control(&self, payload: &[u8]);
-}
-
-impl ControlHandler for std::sync::Weak<herald_core::Node> {
-    fn on_control(&self, payload: &[u8]) {
-        if let Some(node) = self.upgrade() {
-            node.on_control(payload);
-        }
-    }
-}
-
 /// Nodes that have not announced themselves for this long are not listed.
-const NODE_STALE: Duration = Duration::from_secs(10);
+pub(crate) const NODE_STALE: Duration = Duration::from_secs(10);
 
 /// Live peers and scatter-gather requests to them.
 pub(crate) struct Peers {
@@ -104,7 +89,7 @@ impl Peers {
             .await
             .map_err(unavailable)?;
         // The server knows the subscription before this returns: a query right after is answered.
-        crate::broker::sync(&self.client, &self.prefix).await?;
+        crate::plumbing::sync(&self.client, &self.prefix).await?;
         let me = self.clone();
         Ok(tokio::spawn(async move {
             while let Some(m) = sub.next().await {
@@ -130,10 +115,10 @@ impl Peers {
 /// The cluster side of a [`NatsBroker`].
 pub(crate) struct Cluster {
     pub(crate) peers: Arc<Peers>,
-    control: Arc<OnceLock<Arc<dyn ControlHandler>>>,
-    nodes: Arc<Mutex<HashMap<String, NodeInfo>>>,
-    conns: Arc<Mutex<HashMap<String, HashSet<String>>>>,
-    kept: Option<(jetstream::Context, stream::Stream)>,
+    pub(crate) control: Arc<OnceLock<Arc<dyn ControlHandler>>>,
+    pub(crate) nodes: Arc<Mutex<HashMap<String, NodeInfo>>>,
+    pub(crate) conns: Arc<Mutex<HashMap<String, HashSet<String>>>>,
+    pub(crate) kept: Option<(jetstream::Context, stream::Stream)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -146,9 +131,10 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    pub(crate) async fn start(shared: Arc<Shared>) -> Result<Cluster, BrokerError> {
-        let cfg = &shared.cfg;
-        let client = shared.client.clone();
+    pub(crate) async fn start(
+        cfg: &NatsConfig,
+        client: async_nats::Client,
+    ) -> Result<Cluster, BrokerError> {
         let peers = Arc::new(Peers {
             id: format!("{:016x}", rand::random::<u64>()),
             client: client.clone(),
@@ -189,8 +175,15 @@ impl Cluster {
         let h = control.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(m) = sub.next().await {
-                if let Some(h) = h.get() {
-                    h.on_control(&m.payload);
+                match (
+                    h.get(),
+                    serde_json::from_slice::<ControlEnvelope>(&m.payload),
+                ) {
+                    (Some(h), Ok(env)) => h.on_control(env),
+                    (_, Err(e)) => {
+                        tracing::warn!(error = %e, "ignoring a malformed control message")
+                    }
+                    (None, Ok(_)) => {}
                 }
             }
         }));
@@ -251,126 +244,5 @@ impl Cluster {
             kept,
             tasks,
         })
-    }
-}
-
-impl NatsBroker {
-    /// Receive control messages that other nodes broadcast (once).
-    pub fn set_control_handler(&self, h: Arc<dyn ControlHandler>) {
-        let _ = self.cluster.control.set(h);
-    }
-}
-
-#[async_trait]
-impl ControlBus for NatsBroker {
-    async fn broadcast(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
-        let c = &self.shared.client;
-        c.publish(
-            format!("{}.control", self.shared.cfg.prefix),
-            payload.into(),
-        )
-        .await
-        .map_err(unavailable)?;
-        c.flush().await.map_err(unavailable)
-    }
-
-    async fn announce(&self, node: &NodeInfo) -> Result<(), BrokerError> {
-        let json = serde_json::to_vec(node).map_err(unavailable)?;
-        self.shared
-            .client
-            .publish(format!("{}.nodes", self.shared.cfg.prefix), json.into())
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
-        let fresh = now_ms().saturating_sub(NODE_STALE.as_millis() as u64);
-        let mut nodes = lock(&self.cluster.nodes);
-        nodes.retain(|_, n| n.updated_ms >= fresh);
-        let mut out: Vec<NodeInfo> = nodes.values().cloned().collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
-    }
-
-    async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError> {
-        let Some((ctx, _)) = &self.cluster.kept else {
-            tracing::warn!("without JetStream, revocations reach live nodes only");
-            return Ok(());
-        };
-        let p = jetstream::message::PublishMessage::build()
-            .payload(Bytes::copy_from_slice(payload))
-            .header("Herald-Until", until.to_string().as_str());
-        ctx.send_publish(format!("{}.kept", self.shared.cfg.prefix), p)
-            .await
-            .map_err(unavailable)?
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
-        let Some((_, s)) = &self.cluster.kept else {
-            return Ok(Vec::new());
-        };
-        let now = now_ms() / 1000;
-        let subject = format!("{}.kept", self.shared.cfg.prefix);
-        let mut out = Vec::new();
-        let mut seq = 1;
-        loop {
-            let m = s
-                .raw_message_builder()
-                .sequence(seq)
-                .next_by_subject(subject.clone())
-                .send()
-                .await;
-            match m {
-                Ok(m) => {
-                    seq = m.sequence + 1;
-                    let until = m
-                        .headers
-                        .get("Herald-Until")
-                        .and_then(|v| v.as_str().parse::<u64>().ok())
-                        .unwrap_or(0);
-                    if until >= now {
-                        out.push(m.payload.to_vec());
-                    }
-                }
-                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => {
-                    return Ok(out);
-                }
-                Err(e) => return Err(unavailable(e)),
-            }
-        }
-    }
-
-    async fn acquire_connection(
-        &self,
-        user: &str,
-        conn: &str,
-        max: usize,
-    ) -> Result<bool, BrokerError> {
-        let answers = self.cluster.peers.gather("conns", user).await?;
-        let others: usize = answers
-            .iter()
-            .filter_map(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok())
-            .sum();
-        let mut conns = lock(&self.cluster.conns);
-        let mine = conns.entry(user.to_owned()).or_default();
-        if mine.len() + others >= max {
-            return Ok(false);
-        }
-        mine.insert(conn.to_owned());
-        Ok(true)
-    }
-
-    async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError> {
-        let mut conns = lock(&self.cluster.conns);
-        if let Some(set) = conns.get_mut(user) {
-            set.remove(conn);
-            if set.is_empty() {
-                conns.remove(user);
-            }
-        }
-        Ok(())
     }
 }

@@ -15,10 +15,11 @@
 pub mod broker;
 pub mod config;
 pub mod control;
+mod plane;
+mod plumbing;
 pub mod presence;
 pub mod subject;
 
 pub use broker::NatsBroker;
 pub use config::NatsConfig;
-pub use control::ControlHandler;
 pub use presence::NatsPresence;

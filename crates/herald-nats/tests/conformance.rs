@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::broker::Broker;
+use herald_core::cluster::ControlPlane;
 use herald_core::conformance::{Backend, run_all};
 use herald_core::presence::PresenceStore;
 use herald_nats::{NatsBroker, NatsConfig, NatsPresence, config::Storage};
@@ -32,6 +33,13 @@ impl Backend for Nats {
     }
     fn shared(&self) -> bool {
         true
+    }
+    async fn control(&self) -> Option<Arc<dyn ControlPlane>> {
+        Some(Arc::new(
+            NatsBroker::connect(self.cfg.clone())
+                .await
+                .expect("connect"),
+        ))
     }
 }
 

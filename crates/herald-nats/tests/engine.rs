@@ -76,3 +76,29 @@ async fn core_nats_fans_out_across_nodes_without_history() {
         "nodes have epochs of their own: {other:?}"
     );
 }
+
+/// Issue 13: without JetStream nothing can be kept; `keep` used to answer `Ok` without storing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_nats_refuses_to_keep_revocations_instead_of_pretending() {
+    use herald_core::cluster::{ControlEnvelope, ControlMessage, RevocationStore};
+    let Some(url) = herald_testkit::nats_url() else {
+        return;
+    };
+    let cfg = NatsConfig {
+        url,
+        prefix: format!("herald-core-{}", herald_testkit::unique()),
+        jetstream: false,
+        ..Default::default()
+    };
+    let a = NatsBroker::connect(cfg).await.expect("a");
+    let env = ControlEnvelope {
+        from: "a".into(),
+        msg: ControlMessage::RevokeUser {
+            user: "u".into(),
+            expires_at: u64::MAX,
+        },
+    };
+    let r = a.keep(&env, u64::MAX).await;
+    assert!(matches!(r, Err(BrokerError::Unsupported(_))), "{r:?}");
+    assert!(a.kept().await.expect("kept").is_empty());
+}

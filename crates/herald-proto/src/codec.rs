@@ -16,7 +16,7 @@ use crate::envelope::{
     Publish, Refresh, Request, Resume, Rpc, Subscribe,
 };
 use crate::frame::{self, OpCode};
-use crate::server::ServerKind;
+use crate::kind::ServerKind;
 
 /// The negotiated wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

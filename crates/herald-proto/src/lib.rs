@@ -9,8 +9,8 @@
 //! - [`codes`]: error codes and WebSocket close codes (with reconnect advice).
 //! - [`channel`]: channel name validation and namespaces.
 //! - [`frame`]: building unmasked server-to-client WebSocket frames.
-//! - [`server`]: the names of server frames ([`ServerKind`]) and whole server frames decoded
-//!   into typed payloads ([`ServerMessage`]).
+//! - [`kind`]: the names of server frames ([`ServerKind`]).
+//! - [`server`]: whole server frames decoded into typed payloads ([`ServerMessage`]).
 #![deny(missing_docs)]
 
 pub mod channel;
@@ -19,10 +19,12 @@ pub mod codes;
 pub mod data;
 pub mod envelope;
 pub mod frame;
+pub mod kind;
 pub mod server;
 
 pub use codec::{Format, decode, encode};
 pub use codes::{CloseCode, ErrorCode};
 pub use data::{Data, Msgpack};
 pub use envelope::{Command, Id, Request, StreamPosition};
-pub use server::{ServerKind, ServerMessage};
+pub use kind::ServerKind;
+pub use server::ServerMessage;

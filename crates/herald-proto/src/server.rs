@@ -1,6 +1,5 @@
-//! Server frames by name: [`ServerKind`] is the one place that knows the wire names of the
-//! server's frames (the server encodes with it), and [`ServerMessage`] is a whole server frame
-//! decoded into typed payloads (the Rust client and tests read frames with it).
+//! Server frames decoded: [`ServerMessage`] is a whole server frame with typed payloads (the Rust
+//! client and tests read frames with it). The names of the frames are [`ServerKind`]'s.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -9,72 +8,7 @@ use crate::codec::Format;
 use crate::envelope::{
     ClientInfo, Connected, Disconnect, ErrorPayload, Id, RefreshInfo, Subscribed,
 };
-
-/// The `type` of a server frame (`docs/protocol.md` §3–§5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ServerKind {
-    /// `connected`: the session is open (first frame after the upgrade or `auth`).
-    Connected,
-    /// `reply`: the answer to a command with an `id`.
-    Reply,
-    /// `error`: a command failed (with its `id`), or a connection-level error (without).
-    Error,
-    /// `pong`: the answer to a `ping` command.
-    Pong,
-    /// `message`: a publication.
-    Message,
-    /// `join`: a client joined a channel.
-    Join,
-    /// `leave`: a client left a channel.
-    Leave,
-    /// `subscribed`: the server subscribed this client (server API, connect proxy).
-    Subscribed,
-    /// `unsubscribed`: the server removed this client from a channel.
-    Unsubscribed,
-    /// `refresh`: the server asks for a fresh connection token.
-    Refresh,
-    /// `disconnect`: the advisory sent right before the server closes the socket.
-    Disconnect,
-}
-
-impl ServerKind {
-    /// Every kind, for tests and tables.
-    pub const ALL: [ServerKind; 11] = [
-        ServerKind::Connected,
-        ServerKind::Reply,
-        ServerKind::Error,
-        ServerKind::Pong,
-        ServerKind::Message,
-        ServerKind::Join,
-        ServerKind::Leave,
-        ServerKind::Subscribed,
-        ServerKind::Unsubscribed,
-        ServerKind::Refresh,
-        ServerKind::Disconnect,
-    ];
-
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServerKind::Connected => "connected",
-            ServerKind::Reply => "reply",
-            ServerKind::Error => "error",
-            ServerKind::Pong => "pong",
-            ServerKind::Message => "message",
-            ServerKind::Join => "join",
-            ServerKind::Leave => "leave",
-            ServerKind::Subscribed => "subscribed",
-            ServerKind::Unsubscribed => "unsubscribed",
-            ServerKind::Refresh => "refresh",
-            ServerKind::Disconnect => "disconnect",
-        }
-    }
-
-    /// The kind of a wire name (`None` for names this version does not know).
-    pub fn parse(name: &str) -> Option<ServerKind> {
-        ServerKind::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-}
+pub use crate::kind::ServerKind;
 
 /// A `message` push as a client reads it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -19,6 +19,7 @@ use herald_core::broker::{
     Broker, BrokerError, BrokerHandler, ChannelEvent, HistoryPage, HistoryQuery, PublishOutcome,
     PublishRequest,
 };
+use herald_core::cluster::{ControlEnvelope, ControlHandler};
 use herald_core::cursor::{ChannelCursor, PageReader};
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
@@ -73,33 +74,27 @@ enum ShardCmd {
     Unsubscribe(String),
 }
 
-/// Receives cluster control messages (the node).
-pub trait ControlHandler: Send + Sync + 'static {
-    /// A control message another node broadcast.
-    fn on_control(&self, payload: &[u8]);
-}
-
 type Handler = Arc<OnceLock<Arc<dyn BrokerHandler>>>;
-type Control = Arc<OnceLock<Arc<dyn ControlHandler>>>;
+pub(crate) type Control = Arc<OnceLock<Arc<dyn ControlHandler>>>;
 
 /// The Redis broker. Cheap to share (`Arc`).
 pub struct RedisBroker {
     cfg: RedisConfig,
-    names: Names,
-    conn: ConnectionManager,
+    pub(crate) names: Names,
+    pub(crate) conn: ConnectionManager,
     publish: redis::Script,
     history: Arc<redis::Script>,
     shards: Vec<mpsc::Sender<ShardCmd>>,
     handler: Handler,
-    control: Control,
+    pub(crate) control: Control,
     health: Arc<Health>,
-    conns: Arc<Connections>,
+    pub(crate) conns: Arc<Connections>,
 }
 
 /// This node's connections counted against cluster-wide per-user limits, re-leased every quarter
 /// of `presence_lease`: (user, connection id) → max.
-struct Connections {
-    live: std::sync::Mutex<HashMap<(String, String), usize>>,
+pub(crate) struct Connections {
+    pub(crate) live: std::sync::Mutex<HashMap<(String, String), usize>>,
     script: redis::Script,
     lease_ms: u64,
     names: Names,
@@ -107,7 +102,12 @@ struct Connections {
 }
 
 impl Connections {
-    async fn acquire(&self, user: &str, id: &str, max: usize) -> redis::RedisResult<bool> {
+    pub(crate) async fn acquire(
+        &self,
+        user: &str,
+        id: &str,
+        max: usize,
+    ) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();
         let ok: i64 = self
             .script
@@ -121,7 +121,7 @@ impl Connections {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -212,13 +212,8 @@ impl RedisBroker {
             && self.health.commands_ok.load(Ordering::Relaxed)
     }
 
-    /// Receive control messages that other nodes broadcast (once).
-    pub fn set_control_handler(&self, h: Arc<dyn ControlHandler>) {
-        let _ = self.control.set(h);
-    }
-
     /// Send a control message to every node (this one included).
-    pub async fn broadcast_control(&self, payload: &[u8]) -> Result<(), BrokerError> {
+    pub(crate) async fn broadcast_control(&self, payload: &[u8]) -> Result<(), BrokerError> {
         let mut conn = self.conn.clone();
         let r: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(self.names.control())
@@ -244,7 +239,7 @@ impl RedisBroker {
         &self.shards[(h.finish() as usize) % self.shards.len()]
     }
 
-    fn checked<T>(&self, r: redis::RedisResult<T>) -> Result<T, BrokerError> {
+    pub(crate) fn checked<T>(&self, r: redis::RedisResult<T>) -> Result<T, BrokerError> {
         self.health.commands_ok.store(r.is_ok(), Ordering::Relaxed);
         r.map_err(unavailable)
     }
@@ -425,141 +420,6 @@ impl Broker for RedisBroker {
     }
 }
 
-/// Nodes that have not announced themselves for this long are not listed.
-const NODE_STALE: Duration = Duration::from_secs(10);
-
-impl ControlHandler for std::sync::Weak<herald_core::Node> {
-    fn on_control(&self, payload: &[u8]) {
-        if let Some(node) = self.upgrade() {
-            node.on_control(payload);
-        }
-    }
-}
-
-#[async_trait]
-impl herald_core::cluster::ControlBus for RedisBroker {
-    async fn broadcast(&self, payload: Vec<u8>) -> Result<(), BrokerError> {
-        self.broadcast_control(&payload).await
-    }
-
-    async fn announce(&self, node: &herald_core::cluster::NodeInfo) -> Result<(), BrokerError> {
-        let json = serde_json::to_string(node).map_err(unavailable)?;
-        let mut conn = self.conn.clone();
-        let key = format!("{}:nodes", self.names.prefix);
-        let r: redis::RedisResult<()> = redis::pipe()
-            .cmd("HSET")
-            .arg(&key)
-            .arg(&node.id)
-            .arg(json)
-            .ignore()
-            // Gone with the last node (stale entries are dropped by `nodes`).
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(NODE_STALE.as_millis() as u64 * 6)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        self.checked(r)
-    }
-
-    async fn keep(&self, payload: &[u8], until: u64) -> Result<(), BrokerError> {
-        let mut conn = self.conn.clone();
-        let key = format!("{}:kept", self.names.prefix);
-        let now = herald_core::publication::now_ms() / 1000;
-        let r: redis::RedisResult<()> = redis::pipe()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(until)
-            .arg(payload)
-            .ignore()
-            // The set lives as long as its longest entry.
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(until.saturating_sub(now).max(1))
-            .arg("GT")
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(until.saturating_sub(now).max(1))
-            .arg("NX")
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        self.checked(r)
-    }
-
-    async fn kept(&self) -> Result<Vec<Vec<u8>>, BrokerError> {
-        let key = format!("{}:kept", self.names.prefix);
-        let now = herald_core::publication::now_ms() / 1000;
-        let mut conn = self.conn.clone();
-        let _: redis::RedisResult<i64> = redis::cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(format!("({now}"))
-            .query_async(&mut conn)
-            .await;
-        let r: redis::RedisResult<Vec<Vec<u8>>> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&key)
-            .arg(now)
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await;
-        self.checked(r)
-    }
-
-    async fn acquire_connection(
-        &self,
-        user: &str,
-        conn: &str,
-        max: usize,
-    ) -> Result<bool, BrokerError> {
-        let r = self.conns.acquire(user, conn, max).await;
-        let ok = self.checked(r)?;
-        if ok {
-            lock(&self.conns.live).insert((user.to_owned(), conn.to_owned()), max);
-        }
-        Ok(ok)
-    }
-
-    async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError> {
-        lock(&self.conns.live).remove(&(user.to_owned(), conn.to_owned()));
-        let mut c = self.conn.clone();
-        let r: redis::RedisResult<i64> = redis::cmd("ZREM")
-            .arg(format!("{}:user:{{{user}}}:conns", self.names.prefix))
-            .arg(conn)
-            .query_async(&mut c)
-            .await;
-        self.checked(r).map(|_| ())
-    }
-
-    async fn nodes(&self) -> Result<Vec<herald_core::cluster::NodeInfo>, BrokerError> {
-        let key = format!("{}:nodes", self.names.prefix);
-        let mut conn = self.conn.clone();
-        let r: redis::RedisResult<HashMap<String, String>> =
-            redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await;
-        let all = self.checked(r)?;
-        let now = herald_core::publication::now_ms();
-        let fresh = now.saturating_sub(NODE_STALE.as_millis() as u64);
-        let mut nodes = Vec::new();
-        let mut gone = Vec::new();
-        for (id, json) in all {
-            match serde_json::from_str::<herald_core::cluster::NodeInfo>(&json) {
-                Ok(n) if n.updated_ms >= fresh => nodes.push(n),
-                _ => gone.push(id),
-            }
-        }
-        if !gone.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("HDEL")
-                .arg(&key)
-                .arg(gone)
-                .query_async(&mut conn)
-                .await;
-        }
-        nodes.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(nodes)
-    }
-}
-
 /// One channel's history on Redis, read by the gap-filling cursor.
 struct ShardHistory<'a> {
     script: &'a redis::Script,
@@ -728,8 +588,13 @@ impl Shard {
 
     async fn on_message(&mut self, topic: &str, payload: &[u8]) {
         if self.index == 0 && topic == self.names.control() {
-            if let Some(c) = self.control.get() {
-                c.on_control(payload);
+            match (
+                self.control.get(),
+                serde_json::from_slice::<ControlEnvelope>(payload),
+            ) {
+                (Some(c), Ok(env)) => c.on_control(env),
+                (_, Err(e)) => tracing::warn!(error = %e, "ignoring a malformed control message"),
+                (None, Ok(_)) => {}
             }
             return;
         }

@@ -13,10 +13,11 @@
 
 pub mod broker;
 pub mod config;
+mod control;
 pub mod presence;
 pub mod scripts;
 pub mod wire;
 
-pub use broker::{ControlHandler, RedisBroker};
+pub use broker::RedisBroker;
 pub use config::RedisConfig;
 pub use presence::RedisPresence;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use herald_core::broker::Broker;
+use herald_core::cluster::ControlPlane;
 use herald_core::conformance::{Backend, run_all};
 use herald_core::presence::PresenceStore;
 use herald_redis::{RedisBroker, RedisConfig, RedisPresence};
@@ -31,6 +32,13 @@ impl Backend for Redis {
     }
     fn shared(&self) -> bool {
         true
+    }
+    async fn control(&self) -> Option<Arc<dyn ControlPlane>> {
+        Some(Arc::new(
+            RedisBroker::connect(self.cfg.clone())
+                .await
+                .expect("connect"),
+        ))
     }
 }
 

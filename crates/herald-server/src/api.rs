@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use crate::app::{AppState, json_error};
+use crate::state::{AppState, json_error};
 
 /// Largest accepted API request body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -374,8 +374,11 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             "channels": node.hub().channels(),
             "waiting_sessions": node.waiting_sessions(),
             });
-            if let Some(bus) = node.control_bus() {
-                let nodes = bus.nodes().await.map_err(herald_core::EngineError::from)?;
+            if let Some(registry) = node.node_registry() {
+                let nodes = registry
+                    .nodes()
+                    .await
+                    .map_err(herald_core::EngineError::from)?;
                 info["cluster"] = json!(nodes);
             }
             Ok(info)

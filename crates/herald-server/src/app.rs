@@ -1,7 +1,7 @@
 //! The HTTP application: routes, the WebSocket upgrade, health and metrics, and the server's
 //! lifecycle (bind, run, graceful shutdown).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,79 +11,17 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use herald_core::Node;
 use herald_core::limits::KeyedLimiter;
-use herald_core::{Identity, Node};
 use herald_proto::{ErrorCode, Format};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ConnectionConfig, ServerConfig, TlsConfig};
 use crate::handshake;
-use crate::slots::{Slot, Slots};
-use crate::writer::WriterSettings;
-
-/// Shared state of the HTTP application.
-pub struct AppState {
-    /// The engine.
-    pub node: Arc<Node>,
-    /// `[server]` settings.
-    pub server: ServerConfig,
-    /// `[connection]` settings.
-    pub conn: ConnectionConfig,
-    /// Cancelled on shutdown.
-    pub shutdown: CancellationToken,
-    /// Tracks connection tasks, for the shutdown drain.
-    pub tracker: TaskTracker,
-    /// Open WebSocket connections.
-    pub connections: AtomicUsize,
-    /// New connections per client IP.
-    pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
-    /// Open connections per client IP.
-    pub ip_slots: Arc<Slots<IpAddr>>,
-    /// Open connections per user.
-    pub user_slots: Arc<Slots<String>>,
-    /// TLS, when configured.
-    pub tls: Option<Arc<crate::tls::Tls>>,
-    /// When the server was bound.
-    pub started: std::time::Instant,
-    /// The connect proxy, when configured.
-    pub connect_proxy: std::sync::OnceLock<Arc<crate::proxy::HttpConnectProxy>>,
-    /// Handshake headers kept for backend proxies (lower-case names).
-    pub forward_headers: std::sync::OnceLock<Vec<String>>,
-    /// The demo chat's token minter, when the demo is on.
-    pub demo: std::sync::OnceLock<crate::demo::TokenMinter>,
-    metrics: Option<PrometheusHandle>,
-}
-
-/// How a `/ws` connection authenticates.
-pub enum Handshake {
-    /// Authenticated (or admitted anonymously) at the handshake; channels to subscribe
-    /// server-side (from the connect proxy).
-    Done(Box<Identity>, Option<crate::slots::UserSlot>, Vec<String>),
-    /// No token at the handshake and anonymous connections are off: `auth` must come first.
-    FirstMessage,
-}
-
-/// Connection slots held for the lifetime of a connection.
-pub struct Held {
-    /// The client IP slot.
-    pub _ip: Option<Slot<IpAddr>>,
-    /// Handshake headers kept for backend proxies.
-    pub forwarded: Option<herald_core::rpc::Headers>,
-}
-
-impl AppState {
-    pub(crate) fn writer_settings(&self, advisory: bool) -> WriterSettings {
-        WriterSettings {
-            conn: self.conn.clone(),
-            shutdown_timeout: self.server.shutdown_timeout,
-            reconnect_jitter: self.server.shutdown_reconnect_jitter,
-            advisory,
-        }
-    }
-}
+use crate::state::json_error;
+pub use crate::state::{AppState, Handshake, Held, TokenMinter};
 
 /// Observe or stop a running server.
 #[derive(Clone)]
@@ -115,24 +53,6 @@ impl Handle {
         self.state.node.upkeep();
     }
 
-    /// Authenticate tokenless connections through this connect proxy (once).
-    pub fn set_connect_proxy(&self, proxy: Arc<crate::proxy::HttpConnectProxy>) -> bool {
-        self.state.connect_proxy.set(proxy).is_ok()
-    }
-
-    /// Keep these handshake headers of every connection for the backend proxies and `rpc`
-    /// (once; names are case-insensitive).
-    pub fn set_forward_headers(&self, names: &[String]) -> bool {
-        let names = names.iter().map(|n| n.to_ascii_lowercase()).collect();
-        self.state.forward_headers.set(names).is_ok()
-    }
-
-    /// Serve the demo chat at `/` with this token minter (once, before `run`; development only:
-    /// the minter hands out tokens for any user name).
-    pub fn set_demo(&self, mint: crate::demo::TokenMinter) -> bool {
-        self.state.demo.set(mint).is_ok()
-    }
-
     /// Re-read the TLS certificate and key now (SIGHUP). No-op without TLS.
     pub fn reload_tls(&self) -> std::io::Result<()> {
         match &self.state.tls {
@@ -155,12 +75,6 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-/// A JSON error body `{"code": ..., "message": ...}` with the protocol's error codes.
-pub(crate) fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body = serde_json::json!({ "code": code.as_str(), "message": message });
-    (status, axum::Json(body)).into_response()
 }
 
 fn too_many(message: &str) -> Response {
@@ -227,7 +141,7 @@ async fn ws_handler(
     };
     let auth = &app.node.config().auth;
     let token = handshake::token(req.headers(), req.uri(), &offer, auth);
-    let proxied = match (&token, app.connect_proxy.get()) {
+    let proxied = match (&token, app.connect_proxy.as_ref()) {
         (None, Some(p)) => match p.connect(ip, req.headers()).await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -286,11 +200,12 @@ async fn ws_handler(
     let format = offer.format.unwrap_or(Format::Json);
     let held = Held {
         _ip: Some(ip_slot),
-        forwarded: app
-            .forward_headers
-            .get()
-            .filter(|n| !n.is_empty())
-            .map(|n| Arc::new(crate::proxy::forwarded_headers(req.headers(), n))),
+        forwarded: (!app.forward_headers.is_empty()).then(|| {
+            Arc::new(crate::proxy::forwarded_headers(
+                req.headers(),
+                &app.forward_headers,
+            ))
+        }),
     };
     upgrade(&app, &mut req, protocol, move |ws, app| {
         crate::connection::serve(ws, format, app, ip, hs, held)
@@ -414,14 +329,49 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-impl Server {
+/// A server's settings and optional parts, all given before it binds (nothing is set later).
+pub struct ServerBuilder {
+    server: ServerConfig,
+    conn: ConnectionConfig,
+    tls: TlsConfig,
+    node: Arc<Node>,
+    connect_proxy: Option<Arc<crate::proxy::HttpConnectProxy>>,
+    forward_headers: Vec<String>,
+    demo: Option<TokenMinter>,
+}
+
+impl ServerBuilder {
+    /// Authenticate tokenless connections through this connect proxy.
+    pub fn connect_proxy(mut self, proxy: Arc<crate::proxy::HttpConnectProxy>) -> Self {
+        self.connect_proxy = Some(proxy);
+        self
+    }
+
+    /// Keep these handshake headers of every connection for the backend proxies and `rpc`
+    /// (names are case-insensitive).
+    pub fn forward_headers(mut self, names: &[String]) -> Self {
+        self.forward_headers = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Serve the demo chat at `/` with this token minter (development only: the minter hands
+    /// out tokens for any user name).
+    pub fn demo(mut self, mint: TokenMinter) -> Self {
+        self.demo = Some(mint);
+        self
+    }
+
     /// Bind the listener. Installs the Prometheus recorder on first use in the process.
-    pub async fn bind(
-        server: ServerConfig,
-        conn: ConnectionConfig,
-        tls: TlsConfig,
-        node: Arc<Node>,
-    ) -> std::io::Result<Server> {
+    pub async fn bind(self) -> std::io::Result<Server> {
+        let ServerBuilder {
+            server,
+            conn,
+            tls,
+            node,
+            connect_proxy,
+            forward_headers,
+            demo,
+        } = self;
         let tls = match (&tls.cert, &tls.key) {
             (Some(cert), Some(key)) => Some(Arc::new(crate::tls::Tls::load(cert, key)?)),
             _ => None,
@@ -435,9 +385,9 @@ impl Server {
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
             started: std::time::Instant::now(),
-            connect_proxy: std::sync::OnceLock::new(),
-            forward_headers: std::sync::OnceLock::new(),
-            demo: std::sync::OnceLock::new(),
+            connect_proxy,
+            forward_headers,
+            demo,
             tls,
             node,
             server,
@@ -448,6 +398,36 @@ impl Server {
             metrics: crate::metrics::install(),
         });
         Ok(Server { state, listener })
+    }
+}
+
+impl Server {
+    /// A server to configure, then bind.
+    pub fn builder(
+        server: ServerConfig,
+        conn: ConnectionConfig,
+        tls: TlsConfig,
+        node: Arc<Node>,
+    ) -> ServerBuilder {
+        ServerBuilder {
+            server,
+            conn,
+            tls,
+            node,
+            connect_proxy: None,
+            forward_headers: Vec::new(),
+            demo: None,
+        }
+    }
+
+    /// Bind with no connect proxy, forwarded headers or demo.
+    pub async fn bind(
+        server: ServerConfig,
+        conn: ConnectionConfig,
+        tls: TlsConfig,
+        node: Arc<Node>,
+    ) -> std::io::Result<Server> {
+        Server::builder(server, conn, tls, node).bind().await
     }
 
     /// The bound address (useful with port 0).
@@ -479,7 +459,7 @@ impl Server {
         if state.server.echo {
             router = router.route("/echo", get(echo_handler));
         }
-        if state.demo.get().is_some() {
+        if state.demo.is_some() {
             router = crate::demo::routes(router);
         }
         let router = router

@@ -10,8 +10,8 @@ use herald_proto::{CloseCode, Format};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
-use crate::app::{AppState, Handshake, Held};
 use crate::reader::{Inbound, MessageReader, ReadError};
+use crate::state::{AppState, Handshake, Held};
 use crate::writer::{ConnState, run_writer};
 
 /// Serve an upgraded `/ws` connection until it closes.

@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use herald_proto::ErrorCode;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Mints a connection token for a user name (the binary signs with the configured key).
-pub type TokenMinter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+pub use crate::state::TokenMinter;
 
 const INDEX: &str = include_str!("../assets/demo/index.html");
 const STYLE: &str = include_str!("../assets/demo/style.css");
@@ -76,11 +76,11 @@ async fn token(
     State(app): State<Arc<AppState>>,
     q: Result<Query<TokenQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(mint) = app.demo.get() else {
+    let Some(mint) = app.demo.as_ref() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let Some(Query(q)) = q.ok().filter(|q| valid_name(&q.user)) else {
-        return crate::app::json_error(
+        return crate::state::json_error(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
             "user must be 1-24 characters of A-Z a-z 0-9 _ -",
@@ -89,7 +89,7 @@ async fn token(
     match mint(&q.user) {
         Ok(t) => Json(serde_json::json!({ "token": t, "user": q.user })).into_response(),
         Err(e) => {
-            crate::app::json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, &e)
+            crate::state::json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, &e)
         }
     }
 }

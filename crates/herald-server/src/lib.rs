@@ -32,6 +32,7 @@ pub mod preauth;
 pub mod proxy;
 pub mod reader;
 pub mod slots;
+pub mod state;
 pub mod tls;
 pub mod webhook;
 pub mod writer;

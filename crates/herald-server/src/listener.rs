@@ -224,7 +224,7 @@ async fn serve_http<I>(
                         Ok(r) => r,
                         Err(_) => {
                             metrics::counter!("herald_http_request_timeouts_total").increment(1);
-                            Ok(crate::app::json_error(
+                            Ok(crate::state::json_error(
                                 axum::http::StatusCode::REQUEST_TIMEOUT,
                                 herald_proto::ErrorCode::BadRequest,
                                 "the request took longer than server.request_timeout",

@@ -12,8 +12,8 @@ use herald_proto::envelope::ErrorPayload;
 use herald_proto::{CloseCode, Command, ErrorCode, Format, Id};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::app::AppState;
 use crate::reader::{Inbound, MessageReader, ReadError};
+use crate::state::AppState;
 
 fn error_frame(format: Format, id: Option<&Id>, code: ErrorCode, message: &str) -> Option<Bytes> {
     herald_proto::encode(

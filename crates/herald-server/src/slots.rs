@@ -69,7 +69,7 @@ pub struct UserSlot {
 
 /// A connection counted in the cluster; released (in a task) when dropped.
 struct ClusterSlot {
-    bus: Arc<dyn herald_core::cluster::ControlBus>,
+    bus: Arc<dyn herald_core::cluster::ConnectionLimiter>,
     user: String,
     id: String,
 }
@@ -101,12 +101,12 @@ pub async fn acquire_user(
     max: usize,
 ) -> Option<UserSlot> {
     let slot = local.acquire(user.to_owned(), max)?;
-    let cluster = match node.control_bus() {
+    let cluster = match node.connection_limiter() {
         Some(bus) if max > 0 => {
             let id = uuid::Uuid::new_v4().simple().to_string();
             match bus.acquire_connection(user, &id, max).await {
                 Ok(true) => Some(Box::new(ClusterSlot {
-                    bus: bus.clone(),
+                    bus,
                     user: user.to_owned(),
                     id,
                 })),

@@ -62,11 +62,10 @@ fn proxy(url: String) -> Arc<HttpRpc> {
 #[tokio::test]
 async fn rpc_round_trips_through_the_backend_with_documented_errors() {
     let (addr, _) = backend().await;
-    let s = start_default().await;
+    let s = start_with(Setup::default(), |b| b.forward_headers(&["X-Team".into()])).await;
     s.handle
         .node()
         .set_rpc_handler(proxy(format!("http://{addr}/rpc")));
-    assert!(s.handle.set_forward_headers(&["X-Team".into()]));
     let mut c = Client::open_welcomed(with_headers(&s, &[("X-Team", "blue"), ("X-Private", "no")]))
         .await
         .expect("connect");
@@ -205,7 +204,7 @@ fn proxied_setup() -> Setup {
 #[tokio::test]
 async fn subscribe_and_publish_proxies_allow_deny_and_transform() {
     let b = channel_backend().await;
-    let s = start(proxied_setup()).await;
+    let s = start_with(proxied_setup(), |s| s.forward_headers(&["x-team".into()])).await;
     let proxy = herald_server::HttpChannelProxy::new(&herald_server::ChannelProxyConfig {
         subscribe_url: Some(format!("http://{b}/subscribe")),
         publish_url: Some(format!("http://{b}/publish")),
@@ -215,7 +214,6 @@ async fn subscribe_and_publish_proxies_allow_deny_and_transform() {
     })
     .expect("proxy");
     assert!(s.handle.node().set_channel_proxy(Arc::new(proxy)));
-    s.handle.set_forward_headers(&["x-team".into()]);
     let mut c = Client::open_welcomed(with_headers(&s, &[("X-Team", "red")]))
         .await
         .expect("connect");
@@ -365,11 +363,10 @@ fn with_headers(
 #[tokio::test]
 async fn the_connect_proxy_authenticates_and_subscribes_server_side() {
     let b = connect_backend().await;
-    let s = start_default().await;
-    assert!(
-        s.handle
-            .set_connect_proxy(connect_proxy(format!("http://{b}/connect")))
-    );
+    let s = start_with(Setup::default(), |s| {
+        s.connect_proxy(connect_proxy(format!("http://{b}/connect")))
+    })
+    .await;
     let mut c = Client::open_welcomed(with_headers(
         &s,
         &[("Cookie", "theme=x; session=good"), ("X-Secret", "no")],
@@ -399,9 +396,10 @@ async fn the_connect_proxy_authenticates_and_subscribes_server_side() {
 #[tokio::test]
 async fn a_connect_proxy_that_is_down_answers_503() {
     let port = closed_port();
-    let s = start_default().await;
-    s.handle
-        .set_connect_proxy(connect_proxy(format!("http://127.0.0.1:{port}/connect")));
+    let s = start_with(Setup::default(), |s| {
+        s.connect_proxy(connect_proxy(format!("http://127.0.0.1:{port}/connect")))
+    })
+    .await;
     let (status, body) = Client::open(ws_request(&s)).await.err().expect("refused");
     assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")));
     let letters = s.handle.node().dead_letters().list(10);
@@ -460,7 +458,6 @@ async fn the_refresh_proxy_extends_proxy_authenticated_connections() {
     let (b, mut refreshes) = refreshing_backend().await;
     let mut setup = Setup::default();
     setup.engine.auth.refresh_before = Duration::from_millis(500);
-    let s = start(setup).await;
     let cfg = herald_server::ChannelProxyConfig {
         connect_url: Some(format!("http://{b}/connect")),
         refresh_url: Some(format!("http://{b}/refresh")),
@@ -469,10 +466,12 @@ async fn the_refresh_proxy_extends_proxy_authenticated_connections() {
         retries: 0,
         ..Default::default()
     };
-    s.handle.set_connect_proxy(Arc::new(
-        herald_server::HttpConnectProxy::new(&cfg).expect("connect proxy"),
-    ));
-    s.handle.set_forward_headers(&cfg.forward_headers);
+    let connect = Arc::new(herald_server::HttpConnectProxy::new(&cfg).expect("connect proxy"));
+    let s = start_with(setup, |s| {
+        s.connect_proxy(connect)
+            .forward_headers(&cfg.forward_headers)
+    })
+    .await;
     s.handle.node().set_channel_proxy(Arc::new(
         herald_server::HttpChannelProxy::new(&cfg).expect("refresh proxy"),
     ));

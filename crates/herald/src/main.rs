@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use herald_core::memory::{MemoryBroker, MemoryPresence};
 use herald_core::{Heartbeat, Node, Verifier};
-use herald_core::{broker::Broker, presence::PresenceStore};
+use herald_core::{broker::Broker, cluster::ControlPlane, presence::PresenceStore};
 use herald_server::Server;
 
 /// Herald: a real-time messaging server.
@@ -219,7 +219,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     let node = Node::new(
         config.engine(),
         engine.broker(),
-        engine.presence.clone(),
+        engine.presence(),
         heartbeat,
         verifier,
     );
@@ -238,21 +238,16 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         node.set_channel_proxy(Arc::new(proxy));
     }
     let webhook_node = node.clone();
-    let (node_bus, node_id) = (node.control_bus().cloned(), node.id().to_owned());
-    let server = Server::bind(
+    let (node_bus, node_id) = (node.node_registry(), node.id().to_owned());
+    let mut builder = Server::builder(
         config.server.clone(),
         config.connection.clone(),
         config.tls.clone(),
         node,
     )
-    .await
-    .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let addr = server.local_addr()?;
-    server
-        .handle()
-        .set_forward_headers(&config.proxy.forward_headers);
+    .forward_headers(&config.proxy.forward_headers);
     if let Some(proxy) = herald_server::HttpConnectProxy::new(&config.proxy) {
-        server.handle().set_connect_proxy(Arc::new(proxy));
+        builder = builder.connect_proxy(Arc::new(proxy));
     }
     if config.debug.demo {
         anyhow::ensure!(
@@ -260,7 +255,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
             "debug.demo needs auth.hmac_secret to sign the demo's tokens"
         );
         let auth = config.auth.clone();
-        server.handle().set_demo(Arc::new(move |user: &str| {
+        builder = builder.demo(Arc::new(move |user: &str| {
             let mint = token::MintArgs {
                 user: user.to_owned(),
                 channels: vec!["*".into()],
@@ -274,6 +269,11 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
             token::mint(&auth, &mint).map_err(|e| e.to_string())
         }));
     }
+    let server = builder
+        .bind()
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = server.local_addr()?;
     let (http, ws) = if config.tls.enabled() {
         ("https", "wss")
     } else {
@@ -325,7 +325,10 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         tracing::info!("shutdown signal received: closing connections");
         token.cancel();
     });
-    let sweeper = engine.memory.clone();
+    let sweeper = match &engine {
+        Engine::Memory(m, _) => Some(m.clone()),
+        _ => None,
+    };
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
         loop {
@@ -344,23 +347,23 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The engine the configuration asks for.
-struct Engine {
-    memory: Option<Arc<MemoryBroker>>,
-    redis: Option<Arc<herald_redis::RedisBroker>>,
-    nats: Option<Arc<herald_nats::NatsBroker>>,
-    presence: Arc<dyn PresenceStore>,
+/// The engine the configuration asks for (exactly one; nothing falls back to another).
+enum Engine {
+    Memory(Arc<MemoryBroker>, Arc<MemoryPresence>),
+    Redis(
+        Arc<herald_redis::RedisBroker>,
+        Arc<herald_redis::RedisPresence>,
+    ),
+    Nats(Arc<herald_nats::NatsBroker>, Arc<herald_nats::NatsPresence>),
 }
 
 impl Engine {
     async fn start(config: &config::Config) -> anyhow::Result<Engine> {
         Ok(match config.backend.kind {
-            config::EngineKind::Memory => Engine {
-                memory: Some(Arc::new(MemoryBroker::new())),
-                redis: None,
-                nats: None,
-                presence: Arc::new(MemoryPresence::new()),
-            },
+            config::EngineKind::Memory => Engine::Memory(
+                Arc::new(MemoryBroker::new()),
+                Arc::new(MemoryPresence::new()),
+            ),
             config::EngineKind::Nats => {
                 let b = herald_nats::NatsBroker::connect(config.nats.clone())
                     .await
@@ -371,12 +374,7 @@ impl Engine {
                         .context("cannot set up presence over NATS")?,
                 );
                 tracing::info!(url = %config.nats.url, jetstream = b.has_history(), "engine: nats");
-                Engine {
-                    memory: None,
-                    redis: None,
-                    nats: Some(Arc::new(b)),
-                    presence,
-                }
+                Engine::Nats(Arc::new(b), presence)
             }
             config::EngineKind::Redis => {
                 let b = herald_redis::RedisBroker::connect(config.redis.clone())
@@ -386,38 +384,42 @@ impl Engine {
                     })?;
                 let presence = Arc::new(herald_redis::RedisPresence::new(&b));
                 tracing::info!(url = %redacted_url(&config.redis.url), "engine: redis");
-                Engine {
-                    memory: None,
-                    redis: Some(Arc::new(b)),
-                    nats: None,
-                    presence,
-                }
+                Engine::Redis(Arc::new(b), presence)
             }
         })
     }
 
     fn broker(&self) -> Arc<dyn Broker> {
-        if let Some(r) = &self.redis {
-            return r.clone();
+        match self {
+            Engine::Memory(b, _) => b.clone(),
+            Engine::Redis(b, _) => b.clone(),
+            Engine::Nats(b, _) => b.clone(),
         }
-        if let Some(n) = &self.nats {
-            return n.clone();
+    }
+
+    fn presence(&self) -> Arc<dyn PresenceStore> {
+        match self {
+            Engine::Memory(_, p) => p.clone(),
+            Engine::Redis(_, p) => p.clone(),
+            Engine::Nats(_, p) => p.clone(),
         }
-        match &self.memory {
-            Some(m) => m.clone(),
-            None => Arc::new(MemoryBroker::new()),
+    }
+
+    /// The engine's control plane (cluster commands, announcements, kept revocations, connection
+    /// counts); a single memory node has none.
+    fn control_plane(&self) -> Option<Arc<dyn ControlPlane>> {
+        match self {
+            Engine::Memory(..) => None,
+            Engine::Redis(b, _) => Some(b.clone()),
+            Engine::Nats(b, _) => Some(b.clone()),
         }
     }
 
     /// Cluster commands and announcements go through Redis or NATS.
     fn join_cluster(&self, node: &Arc<Node>) {
-        if let Some(r) = &self.redis {
-            r.set_control_handler(Arc::new(Arc::downgrade(node)));
-            node.set_control_bus(r.clone());
-        }
-        if let Some(n) = &self.nats {
-            n.set_control_handler(Arc::new(Arc::downgrade(node)));
-            node.set_control_bus(n.clone());
+        if let Some(plane) = self.control_plane() {
+            plane.set_control_handler(Arc::new(Arc::downgrade(node)));
+            node.set_control_bus(plane);
         }
     }
 }
@@ -431,7 +433,7 @@ fn redacted_url(url: &str) -> String {
 
 /// Announce this node to the cluster every 2 s (and count the cluster's nodes for `/metrics`).
 async fn announce(
-    bus: Arc<dyn herald_core::cluster::ControlBus>,
+    bus: Arc<dyn herald_core::cluster::NodeRegistry>,
     id: String,
     addr: SocketAddr,
     handle: herald_server::Handle,

@@ -15,7 +15,7 @@ pub struct AuthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hmac_secret: Option<String>,
     /// PEM files with public keys (RSA, EC P-256/P-384, Ed25519) for RS*/PS*/ES*/EdDSA tokens.
-    #[serde(deserialize_with = "crate::config::list")]
+    #[serde(deserialize_with = "crate::de::list")]
     pub public_keys: Vec<PathBuf>,
     /// A JWKS document (a file path or an `http(s)://` URL), re-read every `jwks_refresh`.
     /// Tokens name their key with the `kid` header. Only asymmetric keys are used from it.
@@ -25,7 +25,7 @@ pub struct AuthConfig {
     #[serde(with = "humantime_serde")]
     pub jwks_refresh: Duration,
     /// Accepted `alg` values (e.g. `["RS256"]`); empty = every algorithm of the configured keys.
-    #[serde(deserialize_with = "crate::config::list")]
+    #[serde(deserialize_with = "crate::de::list")]
     pub algorithms: Vec<String>,
     /// When set, tokens must carry this `aud`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,7 +60,7 @@ pub struct AuthConfig {
     #[serde(with = "humantime_serde")]
     pub refresh_before: Duration,
     /// Keys for the HTTP server API (`Authorization: apikey <key>`), compared in constant time.
-    #[serde(deserialize_with = "crate::config::list")]
+    #[serde(deserialize_with = "crate::de::list")]
     pub api_keys: Vec<String>,
 }
 

@@ -2,21 +2,38 @@
 
 use std::sync::Arc;
 
-use herald_proto::{CloseCode, ErrorCode};
+use herald_proto::CloseCode;
 
+use crate::cluster::{
+    ConnectionLimiter, ControlEnvelope, ControlHandler, ControlPlane, NodeRegistry,
+};
 use crate::error::EngineError;
 
 use super::*;
 
 impl Node {
     /// Join a cluster: server API commands are broadcast over `bus` (once).
-    pub fn set_control_bus(&self, bus: Arc<dyn crate::cluster::ControlBus>) -> bool {
+    pub fn set_control_bus(&self, bus: Arc<dyn ControlPlane>) -> bool {
         self.control.set(bus).is_ok()
     }
 
-    /// The cluster's control bus, when this node is part of one.
-    pub fn control_bus(&self) -> Option<&Arc<dyn crate::cluster::ControlBus>> {
+    /// The cluster's control plane, when this node is part of one.
+    pub fn control_bus(&self) -> Option<&Arc<dyn ControlPlane>> {
         self.control.get()
+    }
+
+    /// Who is in the cluster, when this node is part of one.
+    pub fn node_registry(&self) -> Option<Arc<dyn NodeRegistry>> {
+        self.control
+            .get()
+            .map(|c| c.clone() as Arc<dyn NodeRegistry>)
+    }
+
+    /// The cluster-wide per-user connection count, when this node is part of a cluster.
+    pub fn connection_limiter(&self) -> Option<Arc<dyn ConnectionLimiter>> {
+        self.control
+            .get()
+            .map(|c| c.clone() as Arc<dyn ConnectionLimiter>)
     }
 
     /// Apply a command here and broadcast it to the other nodes. Returns how many sessions it
@@ -28,13 +45,15 @@ impl Node {
                 from: self.node_id.clone(),
                 msg,
             };
-            let payload = serde_json::to_vec(&env)
-                .map_err(|e| EngineError::new(ErrorCode::Internal, e.to_string()))?;
             use crate::cluster::ControlMessage as M;
             if let M::RevokeUser { expires_at, .. } | M::RevokeToken { expires_at, .. } = &env.msg {
-                bus.keep(&payload, *expires_at).await?;
+                // Live nodes get it even when it cannot be kept; the caller hears why.
+                let kept = bus.keep(&env, *expires_at).await;
+                bus.broadcast(&env).await?;
+                kept?;
+            } else {
+                bus.broadcast(&env).await?;
             }
-            bus.broadcast(payload).await?;
         }
         Ok(here)
     }
@@ -46,26 +65,17 @@ impl Node {
             return Ok(0);
         };
         let kept = bus.kept().await?;
-        for payload in &kept {
-            match serde_json::from_slice::<crate::cluster::ControlEnvelope>(payload) {
-                Ok(env) => {
-                    self.apply_control(&env.msg);
-                }
-                Err(e) => tracing::warn!(error = %e, "ignoring a malformed kept control message"),
-            }
+        for env in &kept {
+            self.apply_control(&env.msg);
         }
         Ok(kept.len())
     }
 
     /// A control message from the bus: apply it unless this node sent it.
-    pub fn on_control(&self, payload: &[u8]) {
-        match serde_json::from_slice::<crate::cluster::ControlEnvelope>(payload) {
-            Ok(env) if env.from != self.node_id => {
-                let n = self.apply_control(&env.msg);
-                tracing::debug!(from = %env.from, sessions = n, "applied a cluster command");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "ignoring a malformed control message"),
+    pub fn on_control(&self, env: ControlEnvelope) {
+        if env.from != self.node_id {
+            let n = self.apply_control(&env.msg);
+            tracing::debug!(from = %env.from, sessions = n, "applied a cluster command");
         }
     }
 
@@ -86,6 +96,14 @@ impl Node {
                 user,
                 crate::session::ServerCommand::Unsubscribe(channel.clone()),
             ),
+        }
+    }
+}
+
+impl ControlHandler for std::sync::Weak<Node> {
+    fn on_control(&self, env: ControlEnvelope) {
+        if let Some(node) = self.upgrade() {
+            node.on_control(env);
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct Node {
     journal_limiter: Option<KeyedLimiter<std::net::IpAddr>>,
     rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
     channel_proxy: std::sync::OnceLock<Arc<dyn crate::rpc::ChannelProxy>>,
-    control: std::sync::OnceLock<Arc<dyn crate::cluster::ControlBus>>,
+    control: std::sync::OnceLock<Arc<dyn crate::cluster::ControlPlane>>,
     events: crate::journal::EventLog,
     dead_letters: crate::journal::DeadLetters,
     /// Heartbeat settings announced to clients.

@@ -51,6 +51,14 @@ impl Default for Setup {
 }
 
 pub async fn start(setup: Setup) -> TestServer {
+    start_with(setup, |b| b).await
+}
+
+/// Start with optional parts (connect proxy, forwarded headers) given to the builder.
+pub async fn start_with(
+    setup: Setup,
+    build: impl FnOnce(herald_server::app::ServerBuilder) -> herald_server::app::ServerBuilder,
+) -> TestServer {
     let hb = Heartbeat {
         ping_interval_ms: setup.conn.ping_interval.as_millis() as u64,
         pong_timeout_ms: setup.conn.pong_timeout.as_millis() as u64,
@@ -63,7 +71,8 @@ pub async fn start(setup: Setup) -> TestServer {
         hb,
         verifier,
     );
-    let server = Server::bind(setup.server, setup.conn, setup.tls, node)
+    let server = build(Server::builder(setup.server, setup.conn, setup.tls, node))
+        .bind()
         .await
         .expect("bind");
     let addr = server.local_addr().expect("addr");

@@ -1,0 +1,89 @@
+//! The HTTP application's shared state, complete before the router is built (`Server::builder`),
+//! and the JSON error body every route answers with.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_core::limits::KeyedLimiter;
+use herald_core::{Identity, Node};
+use herald_proto::ErrorCode;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConnectionConfig, ServerConfig};
+use crate::slots::{Slot, Slots};
+use crate::writer::WriterSettings;
+
+/// Mints a token for a user name (the demo chat's sign-in; development only).
+pub type TokenMinter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// Shared state of the HTTP application.
+pub struct AppState {
+    /// The engine.
+    pub node: Arc<Node>,
+    /// `[server]` settings.
+    pub server: ServerConfig,
+    /// `[connection]` settings.
+    pub conn: ConnectionConfig,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks, for the shutdown drain.
+    pub tracker: TaskTracker,
+    /// Open WebSocket connections.
+    pub connections: AtomicUsize,
+    /// New connections per client IP.
+    pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Open connections per client IP.
+    pub ip_slots: Arc<Slots<IpAddr>>,
+    /// Open connections per user.
+    pub user_slots: Arc<Slots<String>>,
+    /// TLS, when configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// When the server was bound.
+    pub started: std::time::Instant,
+    /// The connect proxy, when configured.
+    pub connect_proxy: Option<Arc<crate::proxy::HttpConnectProxy>>,
+    /// Handshake headers kept for backend proxies (lower-case names).
+    pub forward_headers: Vec<String>,
+    /// The demo chat's token minter, when the demo is on.
+    pub demo: Option<TokenMinter>,
+    pub(crate) metrics: Option<PrometheusHandle>,
+}
+
+/// How a `/ws` connection authenticates.
+pub enum Handshake {
+    /// Authenticated (or admitted anonymously) at the handshake; channels to subscribe
+    /// server-side (from the connect proxy).
+    Done(Box<Identity>, Option<crate::slots::UserSlot>, Vec<String>),
+    /// No token at the handshake and anonymous connections are off: `auth` must come first.
+    FirstMessage,
+}
+
+/// Connection slots held for the lifetime of a connection.
+pub struct Held {
+    /// The client IP slot.
+    pub _ip: Option<Slot<IpAddr>>,
+    /// Handshake headers kept for backend proxies.
+    pub forwarded: Option<herald_core::rpc::Headers>,
+}
+
+impl AppState {
+    pub(crate) fn writer_settings(&self, advisory: bool) -> WriterSettings {
+        WriterSettings {
+            conn: self.conn.clone(),
+            shutdown_timeout: self.server.shutdown_timeout,
+            reconnect_jitter: self.server.shutdown_reconnect_jitter,
+            advisory,
+        }
+    }
+}
+
+/// A JSON error body `{"code": ..., "message": ...}` with the protocol's error codes.
+pub(crate) fn json_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({ "code": code.as_str(), "message": message });
+    (status, axum::Json(body)).into_response()
+}

@@ -22,6 +22,9 @@ pub enum BrokerError {
     /// revocations on NATS without JetStream, or a configuration it refuses.
     #[error("not supported by the engine: {0}")]
     Unsupported(String),
+    /// The engine's configuration cannot work (found when connecting; not retryable).
+    #[error("engine configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// What a publish asks for.

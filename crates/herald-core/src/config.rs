@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::de::list;
 
+/// A configuration that cannot work: one line naming the key and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
 /// What to do when a subscriber's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,14 +263,18 @@ impl EngineConfig {
     }
 
     /// Check cross-field rules; returns a human message for the first problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        self.check().map_err(crate::config::ConfigError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         let s = &self.session;
         if s.queue_max_messages == 0 || s.queue_max_bytes < 1024 {
             return Err(
                 "session.queue_max_messages must be > 0 and queue_max_bytes >= 1024".into(),
             );
         }
-        self.auth.validate()?;
+        self.auth.check()?;
         if s.max_channels == 0 {
             return Err("session.max_channels must be > 0".into());
         }

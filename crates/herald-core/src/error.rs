@@ -32,6 +32,7 @@ impl From<BrokerError> for EngineError {
             }
             BrokerError::Unavailable(m) => EngineError::new(ErrorCode::Unavailable, m),
             BrokerError::Unsupported(m) => EngineError::new(ErrorCode::Internal, m),
+            BrokerError::Config(e) => EngineError::new(ErrorCode::Internal, e.to_string()),
         }
     }
 }

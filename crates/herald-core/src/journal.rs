@@ -151,6 +151,41 @@ impl EventLog {
     }
 }
 
+/// Why a dead letter was written (the `reason` of the letter and of `herald_dead_letters_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterKind {
+    /// A client frame could not be used: its error code (`malformed`, `unknown_type`,
+    /// `wrong_frame_type`, …).
+    Frame(herald_proto::ErrorCode),
+    /// A backend call (a proxy, `rpc`) failed after its retries.
+    BackendFailed,
+    /// A webhook delivery failed after its retries.
+    Webhook,
+    /// Lifecycle events left the event log before the webhook delivered them.
+    EventsDropped,
+    /// A publication could not be encoded for subscribers.
+    Encode,
+}
+
+impl DeadLetterKind {
+    /// The reason as written in the letter and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::Frame(code) => code.as_str(),
+            DeadLetterKind::BackendFailed => "backend_failed",
+            DeadLetterKind::Webhook => "webhook",
+            DeadLetterKind::EventsDropped => "events_dropped",
+            DeadLetterKind::Encode => "encode",
+        }
+    }
+}
+
+impl Serialize for DeadLetterKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One dead letter.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
@@ -159,7 +194,7 @@ pub struct DeadLetter {
     /// Milliseconds since the Unix epoch.
     pub time: u64,
     /// Why (also the `reason` label of `herald_dead_letters_total`).
-    pub reason: String,
+    pub reason: DeadLetterKind,
     /// What it was about (client, method, channel, error, ...).
     pub context: Value,
 }
@@ -180,8 +215,8 @@ impl DeadLetters {
     }
 
     /// Record one (and count it by reason).
-    pub fn push(&self, reason: &str, context: Value) {
-        metrics::counter!("herald_dead_letters_total", "reason" => reason.to_owned()).increment(1);
+    pub fn push(&self, reason: DeadLetterKind, context: Value) {
+        metrics::counter!("herald_dead_letters_total", "reason" => reason.as_str()).increment(1);
         let mut g = lock(&self.inner);
         if g.len() == self.capacity {
             g.pop_front();
@@ -189,16 +224,16 @@ impl DeadLetters {
         g.push_back(DeadLetter {
             id: uuid::Uuid::new_v4().simple().to_string(),
             time: now_ms(),
-            reason: reason.to_owned(),
+            reason,
             context,
         });
     }
 
     /// Count a dead letter that a connection's quota kept out of the store (still counted in
     /// `herald_dead_letters_total`, so the counter stays exact).
-    pub fn suppressed(&self, reason: &str) {
-        metrics::counter!("herald_dead_letters_total", "reason" => reason.to_owned()).increment(1);
-        metrics::counter!("herald_journal_suppressed_total", "journal" => "dead_letters", "reason" => reason.to_owned())
+    pub fn suppressed(&self, reason: DeadLetterKind) {
+        metrics::counter!("herald_dead_letters_total", "reason" => reason.as_str()).increment(1);
+        metrics::counter!("herald_journal_suppressed_total", "journal" => "dead_letters", "reason" => reason.as_str())
             .increment(1);
     }
 
@@ -236,7 +271,7 @@ mod tests {
     fn dead_letters_keep_the_newest() {
         let d = DeadLetters::new(2);
         for i in 0..3 {
-            d.push("test", serde_json::json!({"i": i}));
+            d.push(DeadLetterKind::Webhook, serde_json::json!({"i": i}));
         }
         let l = d.list(10);
         assert_eq!(l.len(), 2);

@@ -74,7 +74,7 @@ impl Publication {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(channel = %self.channel, error = %e, "cannot encode publication");
-                    metrics::counter!("herald_dead_letters_total", "reason" => "encode").increment(1);
+                    metrics::counter!("herald_dead_letters_total", "reason" => crate::journal::DeadLetterKind::Encode.as_str()).increment(1);
                     Bytes::new()
                 }
             })

@@ -108,7 +108,7 @@ pub struct NatsBroker {
 impl NatsBroker {
     /// Connect, create or update the stream (JetStream), and start the cluster subscriptions.
     pub async fn connect(cfg: NatsConfig) -> Result<NatsBroker, BrokerError> {
-        cfg.validate().map_err(BrokerError::Unavailable)?;
+        cfg.validate()?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(cfg.timeout)
             .request_timeout(Some(cfg.timeout))

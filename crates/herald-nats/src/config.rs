@@ -63,7 +63,11 @@ impl Default for NatsConfig {
 
 impl NatsConfig {
     /// Check the values.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), herald_core::config::ConfigError> {
+        self.check().map_err(herald_core::config::ConfigError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         let token = |s: &str| {
             !s.is_empty()
                 && s.bytes()

@@ -147,7 +147,7 @@ async fn renew_connections(c: std::sync::Weak<Connections>, every: Duration) {
 impl RedisBroker {
     /// Connect (fails when Redis cannot be reached now) and start the Pub/Sub shards.
     pub async fn connect(cfg: RedisConfig) -> Result<RedisBroker, BrokerError> {
-        cfg.validate().map_err(BrokerError::Unavailable)?;
+        cfg.validate()?;
         let client = redis::Client::open(cfg.url.as_str()).map_err(unavailable)?;
         let conn = connection_manager(&client, &cfg).await?;
         let names = Names {

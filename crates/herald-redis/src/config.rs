@@ -37,7 +37,11 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     /// Check the values.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), herald_core::config::ConfigError> {
+        self.check().map_err(herald_core::config::ConfigError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.pubsub_connections == 0 || self.pubsub_connections > 64 {
             return Err("redis.pubsub_connections must be 1-64".into());
         }

@@ -280,14 +280,109 @@ async fn publish(
 }
 
 /// Run one API method.
-pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiError> {
+/// The server API's methods (`POST /api/v1/{method}`, docs/openapi.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiMethod {
+    /// `publish`
+    Publish,
+    /// `broadcast`
+    Broadcast,
+    /// `presence`
+    Presence,
+    /// `presence_stats`
+    PresenceStats,
+    /// `history`
+    History,
+    /// `history_remove`
+    HistoryRemove,
+    /// `channels`
+    Channels,
+    /// `info`
+    Info,
+    /// `disconnect`
+    Disconnect,
+    /// `revoke`
+    Revoke,
+    /// `subscribe` (server-side)
+    Subscribe,
+    /// `unsubscribe` (server-side)
+    Unsubscribe,
+    /// `events`
+    Events,
+    /// `dead_letters`
+    DeadLetters,
+    /// `batch`
+    Batch,
+}
+
+impl ApiMethod {
+    /// Every method.
+    pub const ALL: [ApiMethod; 15] = [
+        ApiMethod::Publish,
+        ApiMethod::Broadcast,
+        ApiMethod::Presence,
+        ApiMethod::PresenceStats,
+        ApiMethod::History,
+        ApiMethod::HistoryRemove,
+        ApiMethod::Channels,
+        ApiMethod::Info,
+        ApiMethod::Disconnect,
+        ApiMethod::Revoke,
+        ApiMethod::Subscribe,
+        ApiMethod::Unsubscribe,
+        ApiMethod::Events,
+        ApiMethod::DeadLetters,
+        ApiMethod::Batch,
+    ];
+
+    /// The name in the URL (also the `method` label of `herald_api_requests_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiMethod::Publish => "publish",
+            ApiMethod::Broadcast => "broadcast",
+            ApiMethod::Presence => "presence",
+            ApiMethod::PresenceStats => "presence_stats",
+            ApiMethod::History => "history",
+            ApiMethod::HistoryRemove => "history_remove",
+            ApiMethod::Channels => "channels",
+            ApiMethod::Info => "info",
+            ApiMethod::Disconnect => "disconnect",
+            ApiMethod::Revoke => "revoke",
+            ApiMethod::Subscribe => "subscribe",
+            ApiMethod::Unsubscribe => "unsubscribe",
+            ApiMethod::Events => "events",
+            ApiMethod::DeadLetters => "dead_letters",
+            ApiMethod::Batch => "batch",
+        }
+    }
+
+    /// The method a URL names; an unknown one is `unknown_type` (404).
+    pub fn parse(name: &str) -> Result<ApiMethod, ApiError> {
+        ApiMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == name)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::UnknownType,
+                    format!(
+                        "unknown API method `{}`",
+                        name.chars().take(32).collect::<String>()
+                    ),
+                )
+            })
+    }
+}
+
+/// Run one API method.
+pub async fn call(app: &AppState, method: ApiMethod, p: Value) -> Result<Value, ApiError> {
     let node = &app.node;
     match method {
-        "publish" => {
+        ApiMethod::Publish => {
             let p: PublishParams = params(p)?;
             publish(app, &p.channel, &p.data, p.idempotency_key).await
         }
-        "broadcast" => {
+        ApiMethod::Broadcast => {
             let p: BroadcastParams = params(p)?;
             if p.channels.is_empty() || p.channels.len() > MAX_FANOUT {
                 return Err(ApiError::bad(format!("channels: 1 to {MAX_FANOUT}")));
@@ -311,16 +406,16 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             }
             Ok(json!({"results": results}))
         }
-        "presence" => {
+        ApiMethod::Presence => {
             let p: ChannelParams = params(p)?;
             Ok(json!({"clients": node.presence(&p.channel).await?}))
         }
-        "presence_stats" => {
+        ApiMethod::PresenceStats => {
             let p: ChannelParams = params(p)?;
             Ok(serde_json::to_value(node.presence_stats(&p.channel).await?)
                 .map_err(|e| ApiError::bad(e.to_string()))?)
         }
-        "history" => {
+        ApiMethod::History => {
             let p: HistoryParams = params(p)?;
             let limit = p.limit.unwrap_or(herald_proto::envelope::MAX_HISTORY_LIMIT);
             if limit > herald_proto::envelope::MAX_HISTORY_LIMIT {
@@ -346,12 +441,12 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 .collect();
             Ok(json!({"offset": page.top, "epoch": &*page.epoch, "publications": pubs}))
         }
-        "history_remove" => {
+        ApiMethod::HistoryRemove => {
             let p: ChannelParams = params(p)?;
             node.remove_history(&p.channel).await?;
             Ok(json!({}))
         }
-        "channels" => {
+        ApiMethod::Channels => {
             let p: ChannelsParams = params(p)?;
             let list = node.hub().channel_counts(|c| {
                 p.pattern
@@ -364,7 +459,7 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 .collect();
             Ok(json!({"channels": channels}))
         }
-        "info" => {
+        ApiMethod::Info => {
             params::<NoParams>(p)?;
             let mut info = json!({
             "node": node.id(),
@@ -383,7 +478,7 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             }
             Ok(info)
         }
-        "disconnect" => {
+        ApiMethod::Disconnect => {
             let p: DisconnectParams = params(p)?;
             let msg = match (p.user, p.client_id) {
                 (Some(user), None) if !user.is_empty() => ControlMessage::DisconnectUser { user },
@@ -394,7 +489,7 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             };
             Ok(json!({"disconnected": node.cluster(msg).await?}))
         }
-        "revoke" => {
+        ApiMethod::Revoke => {
             let req: RevokeRequest = params(p)?;
             let now = herald_core::publication::now_ms() / 1000;
             let expires_at = req.expires_at.unwrap_or(now + 24 * 3600);
@@ -409,21 +504,21 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             };
             Ok(json!({"closed": node.cluster(msg).await?}))
         }
-        "subscribe" | "unsubscribe" => {
+        ApiMethod::Subscribe | ApiMethod::Unsubscribe => {
             let p: UserChannelParams = params(p)?;
             if p.user.is_empty() {
                 return Err(ApiError::bad("user must not be empty"));
             }
             node.namespace(&p.channel)?;
             let (user, channel) = (p.user, p.channel);
-            let msg = if method == "subscribe" {
+            let msg = if method == ApiMethod::Subscribe {
                 ControlMessage::Subscribe { user, channel }
             } else {
                 ControlMessage::Unsubscribe { user, channel }
             };
             Ok(json!({"sessions": node.cluster(msg).await?}))
         }
-        "events" => {
+        ApiMethod::Events => {
             let p: EventsParams = params(p)?;
             let limit = p.limit.unwrap_or(100);
             if limit > 1000 {
@@ -436,7 +531,7 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                 "oldest_seq": oldest,
             }))
         }
-        "dead_letters" => {
+        ApiMethod::DeadLetters => {
             let p: LimitParams = params(p)?;
             let limit = p.limit.unwrap_or(100);
             if limit > 1000 {
@@ -444,7 +539,7 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             }
             Ok(json!({"dead_letters": node.dead_letters().list(limit)}))
         }
-        "batch" => {
+        ApiMethod::Batch => {
             let p: BatchParams = params(p)?;
             if p.commands.len() > MAX_FANOUT {
                 return Err(ApiError::bad(format!("at most {MAX_FANOUT} commands")));
@@ -456,10 +551,10 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
                     results.push(json!({"error": over_budget().json()}));
                     continue;
                 }
-                let r = if c.method == "batch" {
-                    Err(ApiError::bad("batches do not nest"))
-                } else {
-                    Box::pin(call(app, &c.method, Value::Object(c.params))).await
+                let r = match ApiMethod::parse(&c.method) {
+                    Ok(ApiMethod::Batch) => Err(ApiError::bad("batches do not nest")),
+                    Ok(m) => Box::pin(call(app, m, Value::Object(c.params))).await,
+                    Err(e) => Err(e),
                 };
                 let mut r = match r {
                     Ok(v) => json!({"result": v}),
@@ -473,14 +568,6 @@ pub async fn call(app: &AppState, method: &str, p: Value) -> Result<Value, ApiEr
             }
             Ok(json!({"results": results}))
         }
-        other => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UnknownType,
-            format!(
-                "unknown API method `{}`",
-                other.chars().take(32).collect::<String>()
-            ),
-        )),
     }
 }
 
@@ -500,7 +587,7 @@ pub async fn dead_letters_post(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    handle(&app, "dead_letters", &headers, body).await
+    handle(&app, ApiMethod::DeadLetters.as_str(), &headers, body).await
 }
 
 async fn handle(
@@ -526,9 +613,14 @@ async fn handle(
             Err(e) => return ApiError::bad(format!("body is not JSON: {e}")).into_response(),
         }
     };
-    metrics::counter!("herald_api_requests_total", "method" => api_metric_label(method))
-        .increment(1);
-    match call(app, method, p).await {
+    let method = ApiMethod::parse(method);
+    let label = method.as_ref().map_or("other", |m| m.as_str());
+    metrics::counter!("herald_api_requests_total", "method" => label).increment(1);
+    let result = match method {
+        Ok(m) => call(app, m, p).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
@@ -539,35 +631,8 @@ pub async fn dead_letters_get(State(app): State<Arc<AppState>>, headers: HeaderM
     if let Some(r) = key_rejection(&app, &headers) {
         return r;
     }
-    match call(&app, "dead_letters", json!({})).await {
+    match call(&app, ApiMethod::DeadLetters, json!({})).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-/// Known methods keep their name as a metric label; anything else is `other`.
-fn api_metric_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 16] = [
-        "subscribe",
-        "unsubscribe",
-        "events",
-        "dead_letters",
-        "publish",
-        "broadcast",
-        "presence",
-        "presence_stats",
-        "history",
-        "history_remove",
-        "channels",
-        "info",
-        "disconnect",
-        "revoke",
-        "batch",
-        "other",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == method)
-        .copied()
-        .unwrap_or("other")
 }

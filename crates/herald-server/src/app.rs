@@ -150,7 +150,7 @@ async fn ws_handler(
                     ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
                     _ => {
                         app.node.dead_letters().push(
-                            "backend_failed",
+                            herald_core::journal::DeadLetterKind::BackendFailed,
                             serde_json::json!({"proxy": "connect", "client_ip": ip.to_string(),
                                 "code": e.code, "error": e.message}),
                         );

@@ -127,7 +127,11 @@ impl ConnectionConfig {
     }
 
     /// Check the values; a human message for the first problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), herald_core::config::ConfigError> {
+        self.check().map_err(herald_core::config::ConfigError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.ping_interval.is_zero()
             || self.pong_timeout.is_zero()
             || self.write_timeout.is_zero()
@@ -163,7 +167,11 @@ impl TlsConfig {
     }
 
     /// Both files or neither.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), herald_core::config::ConfigError> {
+        self.check().map_err(herald_core::config::ConfigError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.cert.is_some() != self.key.is_some() {
             return Err("tls.cert and tls.key must be set together".into());
         }

@@ -59,10 +59,10 @@ fn unavailable(why: String) -> EngineError {
 }
 
 impl Backend {
-    /// POST `body`; `Ok(Ok(result))` for `{"result": ...}`, `Ok(Err(message))` for
-    /// `{"error": {"message": ...}}`; `Err` for timeouts (`timeout`), connection failures and
-    /// 5xx after the retries (`unavailable`), and other statuses (`rpc_error`).
-    pub async fn call(&self, body: &Value) -> Result<Result<Value, String>, EngineError> {
+    /// POST `body`; the result of `{"result": ...}`. Errors: `{"error": {"message": ...}}` is
+    /// the backend's refusal, with the code `refused` and its message; timeouts are `timeout`,
+    /// connection failures and 5xx after the retries `unavailable`, other statuses `rpc_error`.
+    pub async fn call(&self, body: &Value, refused: ErrorCode) -> Result<Value, EngineError> {
         let body = body.to_string();
         let mut last = String::new();
         for attempt in 0..=self.retries {
@@ -84,12 +84,10 @@ impl Backend {
                         EngineError::new(ErrorCode::Internal, "the backend answered non-JSON")
                     })?;
                     if let Some(e) = v.get("error") {
-                        return Ok(Err(e["message"]
-                            .as_str()
-                            .unwrap_or("refused by the backend")
-                            .to_owned()));
+                        let message = e["message"].as_str().unwrap_or("refused by the backend");
+                        return Err(EngineError::new(refused, message));
                     }
-                    return Ok(Ok(v.get("result").cloned().unwrap_or(Value::Null)));
+                    return Ok(v.get("result").cloned().unwrap_or(Value::Null));
                 }
                 Ok(r) if r.status >= 500 => last = format!("HTTP {}", r.status),
                 Ok(r) => {
@@ -98,13 +96,13 @@ impl Backend {
                         format!("the backend answered HTTP {}", r.status),
                     ));
                 }
-                Err(e) if e.ends_with("timed out") => {
+                Err(e) if e.kind == crate::http_client::HttpErrorKind::Timeout => {
                     return Err(EngineError::new(
                         ErrorCode::Timeout,
                         "the backend did not answer in time",
                     ));
                 }
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             metrics::counter!("herald_backend_failures_total").increment(1);
         }
@@ -168,9 +166,8 @@ impl RpcHandler for HttpRpc {
         body.insert("method".into(), json!(method));
         body.insert("data".into(), data);
         self.backend
-            .call(&Value::Object(body))
-            .await?
-            .map_err(|m| EngineError::new(ErrorCode::RpcError, m))
+            .call(&Value::Object(body), ErrorCode::RpcError)
+            .await
     }
 }
 
@@ -281,9 +278,8 @@ impl ChannelProxy for HttpChannelProxy {
         let mut body = who(ctx);
         body.insert("channel".into(), json!(channel));
         let mut result = b
-            .call(&Value::Object(body))
-            .await?
-            .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))?;
+            .call(&Value::Object(body), ErrorCode::PermissionDenied)
+            .await?;
         Ok(result
             .get_mut("info")
             .map(Value::take)
@@ -300,9 +296,8 @@ impl ChannelProxy for HttpChannelProxy {
             .as_ref()
             .ok_or_else(|| not_configured("refresh"))?;
         let r = b
-            .call(&Value::Object(who(ctx)))
-            .await?
-            .map_err(|m| EngineError::new(ErrorCode::Unauthorized, m))?;
+            .call(&Value::Object(who(ctx)), ErrorCode::Unauthorized)
+            .await?;
         let expire_at = r["expire_at"].as_u64().ok_or_else(|| {
             EngineError::new(
                 ErrorCode::Internal,
@@ -329,9 +324,8 @@ impl ChannelProxy for HttpChannelProxy {
         body.insert("channel".into(), json!(channel));
         body.insert("data".into(), data);
         let mut result = b
-            .call(&Value::Object(body))
-            .await?
-            .map_err(|m| EngineError::new(ErrorCode::PermissionDenied, m))?;
+            .call(&Value::Object(body), ErrorCode::PermissionDenied)
+            .await?;
         Ok(result.get_mut("data").map(Value::take))
     }
 }
@@ -374,11 +368,7 @@ impl HttpConnectProxy {
     ) -> Result<ProxyIdentity, EngineError> {
         let fwd = forwarded_headers(headers, &self.forward);
         let body = json!({"client_ip": client_ip.to_string(), "headers": fwd});
-        let r = self
-            .backend
-            .call(&body)
-            .await?
-            .map_err(|m| EngineError::new(ErrorCode::Unauthorized, m))?;
+        let r = self.backend.call(&body, ErrorCode::Unauthorized).await?;
         let bad = || {
             EngineError::new(
                 ErrorCode::Internal,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald_core::Node;
+use herald_core::journal::DeadLetterKind;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +82,7 @@ pub fn spawn(node: Arc<Node>, cfg: WebhookConfig, stop: CancellationToken) {
             let (mut events, oldest) = log.since(cursor, cfg.batch_size);
             if oldest > cursor + 1 {
                 node.dead_letters().push(
-                    "events_dropped",
+                    DeadLetterKind::EventsDropped,
                     json!({"from_seq": cursor + 1, "to_seq": oldest - 1,
                            "why": "the event log overflowed before delivery"}),
                 );
@@ -110,7 +111,7 @@ pub fn spawn(node: Arc<Node>, cfg: WebhookConfig, stop: CancellationToken) {
             let delivery = uuid::Uuid::new_v4().simple().to_string();
             if let Err(e) = deliver(&url, &cfg, &delivery, body, &stop).await {
                 node.dead_letters().push(
-                    "webhook",
+                    DeadLetterKind::Webhook,
                     json!({"delivery": delivery, "from_seq": first, "to_seq": last, "error": e}),
                 );
             }
@@ -154,7 +155,7 @@ async fn deliver(
                 return Ok(());
             }
             Ok(r) => last = format!("HTTP {}", r.status),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         metrics::counter!("herald_webhook_deliveries_total", "result" => "retry").increment(1);
         if attempt < cfg.max_attempts {

@@ -113,7 +113,7 @@ async fn a_backend_that_is_down_gives_a_retryable_error_quickly() {
     assert_eq!(e["payload"]["retryable"], true);
     let letters = s.handle.node().dead_letters().list(10);
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0].reason, "backend_failed");
+    assert_eq!(letters[0].reason.as_str(), "backend_failed");
     assert_eq!(
         (
             letters[0].context["proxy"].clone(),
@@ -306,7 +306,7 @@ async fn proxied_namespaces_fail_with_a_retryable_error_when_the_backend_is_down
     let letters = s.handle.node().dead_letters().list(10);
     let proxies: Vec<_> = letters
         .iter()
-        .filter(|l| l.reason == "backend_failed")
+        .filter(|l| l.reason.as_str() == "backend_failed")
         .map(|l| (l.context["proxy"].clone(), l.context["target"].clone()))
         .collect();
     assert_eq!(

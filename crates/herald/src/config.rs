@@ -296,14 +296,14 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
 }
 
 fn validate(c: &Config) -> anyhow::Result<()> {
-    c.connection.validate().map_err(anyhow::Error::msg)?;
-    c.tls.validate().map_err(anyhow::Error::msg)?;
-    c.engine().validate().map_err(anyhow::Error::msg)?;
+    c.connection.validate()?;
+    c.tls.validate()?;
+    c.engine().validate()?;
     if c.backend.kind == EngineKind::Redis {
-        c.redis.validate().map_err(anyhow::Error::msg)?;
+        c.redis.validate()?;
     }
     if c.backend.kind == EngineKind::Nats {
-        c.nats.validate().map_err(anyhow::Error::msg)?;
+        c.nats.validate()?;
         if !c.nats.jetstream {
             let engine = c.engine();
             let with_history: Vec<String> = engine

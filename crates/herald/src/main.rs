@@ -206,7 +206,6 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
             jwks_stop.clone(),
         )
         .await
-        .map_err(anyhow::Error::msg)
         .context("cannot load auth.jwks")?;
         tracing::info!(keys = n, "JWKS loaded");
     }

@@ -114,7 +114,11 @@ impl AuthConfig {
     }
 
     /// Check cross-field rules.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
+        self.check().map_err(crate::config::ConfigError)
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
         if let Some(s) = &self.hmac_secret
             && s.len() < 32
         {

@@ -129,7 +129,7 @@ pub(super) fn backend_failed(
         return;
     }
     node.dead_letters().push(
-        "backend_failed",
+        crate::journal::DeadLetterKind::BackendFailed,
         serde_json::json!({
             "proxy": kind,
             "target": target,

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::hub::Subscriber;
-use crate::journal::EventKind;
+use crate::journal::{DeadLetterKind, EventKind};
 use crate::limits::{CommandLimiter, Verdict};
 use crate::node::Node;
 use crate::outlet::Outlet;
@@ -302,7 +302,7 @@ impl Session {
     }
 
     /// Record a dead letter this connection caused, within its quota (always counted).
-    fn dead_letter(&self, reason: &str, context: impl FnOnce() -> serde_json::Value) {
+    fn dead_letter(&self, reason: DeadLetterKind, context: impl FnOnce() -> serde_json::Value) {
         if self.quota.dead_letters.take() && self.node.journal_allowed(self.client_ip) {
             self.node.dead_letters().push(reason, context());
         } else {
@@ -332,7 +332,7 @@ impl Session {
             return flow;
         }
         tracing::debug!(client = %self.client_id, code = e.code.as_str(), message = %e.message, "bad frame");
-        self.dead_letter(e.code.as_str(), || {
+        self.dead_letter(DeadLetterKind::Frame(e.code), || {
             serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id, "message": e.message})
         });
         self.error(&e.id, e.code, &e.message);
@@ -349,7 +349,7 @@ impl Session {
             return flow;
         }
         self.dead_letter(
-            "wrong_frame_type",
+            DeadLetterKind::Frame(ErrorCode::WrongFrameType),
             || serde_json::json!({"client_id": &*self.client_id, "user_id": self.identity.user_id}),
         );
         self.error(

@@ -7,6 +7,17 @@ use std::process::Command;
 
 const WHAT: &str = "a network namespace with nftables (`ip`, `nft`, root)";
 
+/// A command of the namespace setup failed: which, and what it printed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NetNsError(String);
+
+impl From<String> for NetNsError {
+    fn from(s: String) -> Self {
+        NetNsError(s)
+    }
+}
+
 /// A network namespace of the test's own, deleted on drop.
 pub struct NetNs {
     name: String,
@@ -108,15 +119,15 @@ impl NetNs {
     }
 
     /// Run a program inside it; its stdout, or what went wrong.
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, String> {
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<String, NetNsError> {
         let mut all = vec!["netns", "exec", self.name.as_str(), program];
         all.extend_from_slice(args);
-        output("ip", &all)
+        Ok(output("ip", &all)?)
     }
 
     /// Drop every TCP packet to or from `port` (both directions of every connection of a
     /// server listening there, and new SYNs to it).
-    pub fn drop_port(&self, port: u16) -> Result<(), String> {
+    pub fn drop_port(&self, port: u16) -> Result<(), NetNsError> {
         let p = port.to_string();
         self.exec(
             "nft",
@@ -134,7 +145,7 @@ impl NetNs {
     }
 
     /// Remove every drop rule.
-    pub fn clear_rules(&self) -> Result<(), String> {
+    pub fn clear_rules(&self) -> Result<(), NetNsError> {
         self.exec("nft", &["flush", "chain", "inet", "herald", "input"])
             .map(|_| ())
     }
@@ -142,7 +153,7 @@ impl NetNs {
     /// The rules now (`nft list table`), for failure messages.
     pub fn rules(&self) -> String {
         self.exec("nft", &["list", "table", "inet", "herald"])
-            .unwrap_or_else(|e| e)
+            .unwrap_or_else(|e| e.to_string())
     }
 
     /// Move the calling thread into the namespace: sockets it creates afterwards (and

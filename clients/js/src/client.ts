@@ -226,7 +226,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.subs.delete(channel);
     sub._ended(false);
     if (this.state === 'connected') {
-      this.request('unsubscribe', { channel }).catch(() => undefined);
+      this.request('unsubscribe', { channel }).catch((e: HeraldError) => {
+        // The connection died before the reply: a resumed session may still have the channel.
+        if (e.code === 'disconnected') this.leftWhileAway.add(channel);
+      });
     } else {
       this.leftWhileAway.add(channel);
     }
@@ -542,6 +545,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     if (this.state === 'closed') return;
     const advisory = this.advisory;
     this.advisory = undefined;
+    // Only a dropped socket or a 1011/4000/4003 close leaves the session resumable (§8).
+    if (![1005, 1006, 1011, 4000, 4003].includes(code)) this.resumeToken = undefined;
     const reconnect = advisory ? advisory.reconnect : shouldReconnect(code);
     this.emit('disconnected', { code, reason, reconnect });
     for (const sub of this.subs.values()) if (sub.state === 'subscribed') sub.state = 'pending';

@@ -153,10 +153,10 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
     const held = this.position;
     if (held && held.epoch === m.epoch && m.offset <= held.offset) return;
     const now = { offset: Math.max(0, m.offset - 1), epoch: m.epoch };
-    if (held && held.epoch !== m.epoch) {
-      // The stream was reset under a live subscription.
+    if (held && held.epoch !== m.epoch && !this.gapReported) {
+      // The stream was reset under a live subscription (unless a resume just reported it).
       this.emit('gap', { channel: this.channel, reason: 'epoch_changed', after: held, now });
-    } else if (held && m.offset > held.offset + 1 && !this.gapReported) {
+    } else if (held && held.epoch === m.epoch && m.offset > held.offset + 1 && !this.gapReported) {
       // A jump inside the epoch: dropped by the namespace's policy, or lost; either way the
       // application hears about it (unless a resume just reported it as trimmed).
       this.emit('gap', { channel: this.channel, reason: this.lossy ? 'dropped' : 'skipped', after: held, now });

@@ -107,8 +107,9 @@ pub enum Event {
         resumed_at: u64,
     },
     /// A subscribe attempt failed. With `retry_in` the error is retryable (e.g. `unavailable`,
-    /// a timeout) and the client tries again after that delay, the `subscribe` call still
-    /// waiting; without it the subscription is over and the call returns the error.
+    /// a timeout) and the client tries again after that delay (zero while disconnected: with the
+    /// next connection), the `subscribe` call still waiting; without it the subscription is over
+    /// and the call returns the error.
     SubscribeFailed {
         /// Channel.
         channel: String,

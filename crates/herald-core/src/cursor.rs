@@ -158,6 +158,7 @@ impl ChannelCursor {
         deliver: &mut impl FnMut(Arc<Publication>),
     ) -> Fill {
         let missing = |last: u64| before.map(|b| b.saturating_sub(last + 1));
+        let mut lost = 0;
         loop {
             let limit = missing(self.last).map_or(FILL_PAGE, |m| (m as usize).min(FILL_PAGE));
             if limit == 0 {
@@ -185,27 +186,33 @@ impl ChannelCursor {
             };
             let n = page.publications.len();
             let start = self.last;
-            let mut lost = 0;
+            let mut page_lost = 0;
+            let mut beyond = false;
             for p in page.publications {
                 if before.is_some_and(|b| p.offset >= b) {
+                    beyond = true;
                     break;
                 }
                 if p.offset <= self.last {
                     continue;
                 }
-                lost += p.offset - self.last - 1; // trimmed between pages (or before the first)
+                page_lost += p.offset - self.last - 1; // trimmed between pages (or before the first)
                 self.last = p.offset;
                 metrics::counter!("herald_broker_gap_filled_total").increment(1);
                 deliver(p);
             }
-            if n < limit {
-                // History has nothing more: the rest of the gap is gone.
-                lost += missing(self.last).unwrap_or(0);
+            if n < limit || beyond {
+                // History has nothing more before `before`: the rest of the gap is gone.
+                page_lost += missing(self.last).unwrap_or(0);
             }
-            if lost > 0 {
-                unfilled("trimmed", lost);
+            if page_lost > 0 {
+                unfilled("trimmed", page_lost);
+                lost += page_lost;
             }
-            if n == limit && self.last == start && missing(self.last) != Some(0) {
+            if beyond {
+                return Fill::Trimmed { lost };
+            }
+            if n >= limit && self.last == start && missing(self.last) != Some(0) {
                 // A full page that moved nothing forward: an engine bug, not a loop forever.
                 unfilled("read_failed", missing(self.last).unwrap_or(1));
                 return Fill::Failed;

@@ -199,6 +199,8 @@ describe('shared client scenarios', () => {
     it(`${file}: ${header.scenario}`, async () => {
       const r = new Runner(header.scenario, header);
       for (const s of rest) await r.step(s);
+      // Every event a scenario causes is one it expects.
+      expect(r.events, `scenario ${header.scenario}: events no step checked`).toEqual([]);
       r.client.close();
     });
   }

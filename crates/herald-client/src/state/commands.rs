@@ -38,9 +38,10 @@ impl ClientState {
             }
             Cmd::Subscribe { channel, tx } => {
                 self.left_while_away.remove(&channel);
+                let generation = self.id();
                 self.subs
                     .entry(channel)
-                    .or_insert_with(|| Sub::new(Vec::new()))
+                    .or_insert_with(|| Sub::new(Vec::new(), generation))
                     .waiters
                     .push(tx);
             }
@@ -85,7 +86,7 @@ impl ClientState {
             }
             Cmd::Subscribe { channel, tx } => {
                 if let Some(s) = self.subs.get_mut(&channel) {
-                    if s.waiters.is_empty() && s.positioned && s.retry_at.is_none() {
+                    if s.confirmed {
                         let _ = tx.send(Err(ClientError::Server {
                             code: ErrorCode::AlreadySubscribed,
                             message: "already subscribed".into(),
@@ -95,7 +96,9 @@ impl ClientState {
                     }
                     return;
                 }
-                self.subs.insert(channel.clone(), Sub::new(vec![tx]));
+                let generation = self.id();
+                self.subs
+                    .insert(channel.clone(), Sub::new(vec![tx], generation));
                 self.send_subscribe(&channel, now);
             }
             Cmd::Unsubscribe { channel, tx } => {
@@ -108,8 +111,9 @@ impl ClientState {
                 };
                 fail_waiters(s, &ClientError::Closed("unsubscribed".into()));
                 let id = self.id();
+                let pending = Pending::Unsubscribe(channel.clone(), tx);
                 self.pending
-                    .insert(id, (Pending::Plain(tx), now + self.cfg.request_timeout));
+                    .insert(id, (pending, now + self.cfg.request_timeout));
                 self.send("unsubscribe", Some(id), json!({ "channel": channel }));
             }
             Cmd::Close { tx } => drop(tx.send(())),
@@ -133,11 +137,12 @@ impl ClientState {
         if sub.positioned {
             payload["recover"] = json!({"offset": sub.offset, "epoch": sub.epoch});
         }
+        let generation = sub.generation;
         let id = self.id();
         self.pending.insert(
             id,
             (
-                Pending::Subscribe(channel.to_owned()),
+                Pending::Subscribe(channel.to_owned(), generation),
                 now + self.cfg.request_timeout,
             ),
         );

@@ -33,7 +33,9 @@ impl ClientState {
                 let channel = s.channel.clone();
                 let new = !self.subs.contains_key(&channel);
                 if new {
-                    self.subs.insert(channel.clone(), Sub::new(Vec::new()));
+                    let generation = self.id();
+                    self.subs
+                        .insert(channel.clone(), Sub::new(Vec::new(), generation));
                     self.emit(Event::Subscribed {
                         channel: channel.clone(),
                     });
@@ -88,8 +90,11 @@ impl ClientState {
         let mut gap = None;
         if sub.positioned {
             if sub.epoch != p.epoch {
-                // The stream was reset under a live subscription.
-                gap = Some(GapReason::EpochChanged);
+                // The stream was reset under a live subscription (unless a resume just reported
+                // this loss).
+                if !sub.gap_reported {
+                    gap = Some(GapReason::EpochChanged);
+                }
             } else if p.offset <= sub.offset {
                 tracing::debug!(channel = %p.channel, offset = p.offset, "duplicate message dropped");
                 return;
@@ -135,22 +140,41 @@ impl ClientState {
                     tracing::warn!(error = %e, "refresh rejected");
                 }
             }
-            Pending::Subscribe(channel) => match result {
-                Ok(v) => match serde_json::from_value::<Subscribed>(v.clone()) {
-                    Ok(s) => self.confirm(&channel, s, Some(v)),
-                    Err(e) => self.subscribe_failed(
-                        &channel,
-                        ClientError::Protocol(format!("bad subscribe reply: {e}")),
-                        now,
-                    ),
-                },
-                Err(ClientError::Server {
-                    code: ErrorCode::AlreadySubscribed,
-                    ..
-                }) => self.already_subscribed(&channel),
-                Err(e) => self.subscribe_failed(&channel, e, now),
-            },
+            Pending::Subscribe(channel, generation) => {
+                // A reply for an earlier subscription of this channel is not this one's.
+                if self
+                    .subs
+                    .get(&channel)
+                    .is_some_and(|s| s.generation == generation)
+                {
+                    self.on_subscribe_reply(&channel, result, now);
+                }
+            }
+            Pending::Unsubscribe(_, tx) => drop(tx.send(result)),
             Pending::Resume => self.on_resumed(id, result, now),
+        }
+    }
+
+    fn on_subscribe_reply(
+        &mut self,
+        channel: &str,
+        result: Result<Value, ClientError>,
+        now: Instant,
+    ) {
+        match result {
+            Ok(v) => match serde_json::from_value::<Subscribed>(v.clone()) {
+                Ok(s) => self.confirm(channel, s, Some(v)),
+                Err(e) => self.subscribe_failed(
+                    channel,
+                    ClientError::Protocol(format!("bad subscribe reply: {e}")),
+                    now,
+                ),
+            },
+            Err(ClientError::Server {
+                code: ErrorCode::AlreadySubscribed,
+                ..
+            }) => self.already_subscribed(channel),
+            Err(e) => self.subscribe_failed(channel, e, now),
         }
     }
 
@@ -162,6 +186,7 @@ impl ClientState {
         };
         sub.failures = 0;
         sub.retry_at = None;
+        sub.confirmed = true;
         sub.lossy = s.slow_consumer.is_some();
         let held = sub.offset;
         let mut gap = None;
@@ -203,6 +228,7 @@ impl ClientState {
     fn already_subscribed(&mut self, channel: &str) {
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.retry_at = None;
+            sub.confirmed = true;
             let v = json!({"channel": channel, "offset": sub.offset, "epoch": sub.epoch});
             for w in sub.waiters.drain(..) {
                 let _ = w.send(Ok(v.clone()));
@@ -250,11 +276,15 @@ impl ClientState {
                 if self.left_while_away.contains(&c.channel) {
                     self.send("unsubscribe", None, json!({ "channel": c.channel }));
                 } else {
-                    self.subs.insert(c.channel.clone(), Sub::new(Vec::new()));
+                    let mut adopted = Sub::new(Vec::new(), self.next_id);
+                    self.next_id += 1;
+                    adopted.confirmed = true;
+                    self.subs.insert(c.channel.clone(), adopted);
                     self.emit(Event::Subscribed { channel: c.channel });
                 }
                 continue;
             };
+            sub.confirmed = true;
             let v = json!({"channel": c.channel, "offset": sub.offset, "epoch": sub.epoch});
             for w in sub.waiters.drain(..) {
                 let _ = w.send(Ok(v.clone()));

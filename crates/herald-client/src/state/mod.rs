@@ -110,11 +110,18 @@ struct Sub {
     retry_at: Option<Instant>,
     /// Failed attempts in a row.
     failures: u32,
+    /// The server confirmed it on the current connection (reply, push, or a resume that kept it).
+    confirmed: bool,
+    /// Which subscription this is: a reply for an earlier one of the same channel (subscribed,
+    /// left, subscribed again) is not this one's.
+    generation: u64,
 }
 
 impl Sub {
-    fn new(waiters: Vec<Reply>) -> Sub {
+    fn new(waiters: Vec<Reply>, generation: u64) -> Sub {
         Sub {
+            confirmed: false,
+            generation,
             offset: 0,
             epoch: String::new(),
             positioned: false,
@@ -138,7 +145,11 @@ struct QueuedPublish {
 enum Pending {
     Plain(Reply),
     Publish(QueuedPublish),
-    Subscribe(String),
+    /// A subscribe of this channel's subscription `generation`.
+    Subscribe(String, u64),
+    /// An unsubscribe whose reply has not come: if the connection dies first, the channel is
+    /// left on a resumed session too.
+    Unsubscribe(String, Reply),
     Refresh,
     Resume,
 }
@@ -258,8 +269,13 @@ impl ClientState {
         }));
     }
 
-    /// The connection ended with a close frame (`code`, `reason`).
+    /// The connection ended with a close frame (`code`, `reason`). Only a 1011, 4000 or 4003
+    /// close leaves the session resumable (protocol §8); after any other, the next connection
+    /// subscribes again with `recover` instead of trying a `resume` that must fail.
     pub(crate) fn closed(&mut self, code: u16, reason: &str) -> Disconnected {
+        if !matches!(code, 1005 | 1006 | 1011 | 4000 | 4003) {
+            self.resume_token = None;
+        }
         let d = match self.advisory.take() {
             Some(a) => Disconnected {
                 code,
@@ -294,6 +310,9 @@ impl ClientState {
     /// (to be retried with the same idempotency key), other requests fail with `Disconnected`.
     fn down(&mut self) {
         self.link = Link::Down;
+        // Frames not written to the dead socket are not for the next one (its first command must
+        // be `resume`); what the next connection needs is rebuilt from the state.
+        self.out.retain(|o| matches!(o, Output::Event(_)));
         let mut inflight: Vec<(u64, Pending)> =
             self.pending.drain().map(|(id, (p, _))| (id, p)).collect();
         inflight.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
@@ -301,11 +320,16 @@ impl ClientState {
             match p {
                 Pending::Publish(q) => self.offline.push_front(q),
                 Pending::Plain(tx) => drop(tx.send(Err(ClientError::Disconnected))),
-                Pending::Subscribe(_) | Pending::Refresh | Pending::Resume => {}
+                Pending::Unsubscribe(channel, tx) => {
+                    self.left_while_away.insert(channel);
+                    let _ = tx.send(Ok(json!({})));
+                }
+                Pending::Subscribe(..) | Pending::Refresh | Pending::Resume => {}
             }
         }
         for s in self.subs.values_mut() {
             s.retry_at = None;
+            s.confirmed = false;
         }
     }
 
@@ -373,7 +397,16 @@ impl ClientState {
             match p {
                 Pending::Plain(tx) => drop(tx.send(Err(ClientError::Timeout))),
                 Pending::Publish(q) => drop(q.tx.send(Err(ClientError::Timeout))),
-                Pending::Subscribe(c) => self.subscribe_failed(&c, ClientError::Timeout, now),
+                Pending::Subscribe(c, generation) => {
+                    if self
+                        .subs
+                        .get(&c)
+                        .is_some_and(|s| s.generation == generation)
+                    {
+                        self.subscribe_failed(&c, ClientError::Timeout, now);
+                    }
+                }
+                Pending::Unsubscribe(_, tx) => drop(tx.send(Err(ClientError::Timeout))),
                 Pending::Refresh => tracing::warn!("refresh got no reply"),
                 Pending::Resume => {
                     self.out.push_back(Output::Drop("resume timed out".into()));
@@ -387,9 +420,9 @@ impl ClientState {
         let err = || Err(ClientError::Closed(reason.to_owned()));
         for (_, (p, _)) in self.pending.drain() {
             match p {
-                Pending::Plain(tx) => drop(tx.send(err())),
+                Pending::Plain(tx) | Pending::Unsubscribe(_, tx) => drop(tx.send(err())),
                 Pending::Publish(q) => drop(q.tx.send(err())),
-                Pending::Subscribe(_) | Pending::Refresh | Pending::Resume => {}
+                Pending::Subscribe(..) | Pending::Refresh | Pending::Resume => {}
             }
         }
         for q in self.offline.drain(..) {

@@ -304,6 +304,12 @@ fn the_shared_scenarios_pass() {
         for s in rest {
             r.step(s);
         }
+        // Every event a scenario causes is one it expects.
+        assert!(
+            r.events.is_empty(),
+            "scenario {name}: events no step checked: {}",
+            Value::Array(r.events.clone())
+        );
     }
 }
 

@@ -149,3 +149,28 @@ fn unreadable_frames_are_ignored() {
     }
     assert!(s.poll_output().is_none());
 }
+
+/// Review finding: frames queued for a socket that died (a failed write, a drop mid-flush) were
+/// sent first on the next connection, ahead of `resume`, so the server refused the resume.
+#[test]
+fn frames_for_a_dead_socket_are_not_sent_on_the_next_one() {
+    let now = Instant::now();
+    let mut s = state(10);
+    s.opened(connected(1), now);
+    let _ = sent(&mut s);
+    let (tx, _rx) = oneshot::channel();
+    s.command(
+        Cmd::Subscribe {
+            channel: "news".into(),
+            tx,
+        },
+        now,
+    );
+    let _queued = publish(&mut s, "k", now);
+    // The socket dies before the driver wrote them.
+    s.lost("gone", true);
+    s.opened(connected(2), now);
+    let frames = sent(&mut s);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["type"], "resume");
+}

@@ -193,3 +193,41 @@ async fn catch_up_reads_to_the_end_and_moves_to_a_new_epoch() {
     assert_eq!((&**c.position().0, c.position().1), ("e9", 3));
     assert!(got.is_empty());
 }
+
+#[tokio::test]
+async fn losses_add_up_across_pages_and_a_page_past_the_gap_is_a_trim() {
+    // History keeps 1..=100 and then (a hole) 400..=1000: the hole is found on the second page.
+    struct Holey(Script);
+    impl PageReader for Holey {
+        fn read(
+            &mut self,
+            q: HistoryQuery,
+        ) -> impl Future<Output = Result<HistoryPage, BrokerError>> + Send {
+            let after = q.since.as_ref().map_or(0, |s| s.offset);
+            let kept = (after + 1..=1000).filter(|o| *o <= 100 || *o >= 400);
+            let publications = kept.take(q.limit).map(|o| publication("e1", o)).collect();
+            self.0.reads.push(q);
+            std::future::ready(Ok(HistoryPage {
+                publications,
+                top: 1000,
+                epoch: Arc::from("e1"),
+                first_kept: 1,
+            }))
+        }
+    }
+    let mut h = Holey(Script::new("e1", 1, 1000));
+    let mut c = ChannelCursor::new(Arc::from("e1"), 0);
+    let mut got = Vec::new();
+    let fill = c.catch_up(&mut h, &mut |p| got.push(p)).await;
+    assert_eq!(fill, Fill::Trimmed { lost: 299 }, "101..=399");
+    assert_eq!(got.len(), 100 + 601);
+    // The next page starts past the live publication: everything up to it is gone.
+    let mut h = Script::new("e1", 500, 600);
+    let mut c = ChannelCursor::new(Arc::from("e1"), 10);
+    got.clear();
+    let fill = c
+        .live(publication("e1", 450), &mut h, &mut |p| got.push(p))
+        .await;
+    assert_eq!(fill, Some(Fill::Trimmed { lost: 439 }), "11..=449");
+    assert_eq!(offsets(&got), vec![450]);
+}

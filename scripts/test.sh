@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit + integration tests, the TypeScript client and the
-# demo chat in Chromium, WebSocket conformance, the server API against its OpenAPI document, and a
-# bounded coverage-guided fuzzing run of the parsers of untrusted input.
+# The whole test suite: formatting, lints, module cycles, unit + integration tests, the TypeScript
+# client and the demo chat in Chromium, WebSocket conformance, the server API against its OpenAPI
+# document, and a bounded coverage-guided fuzzing run of the parsers of untrusted input.
 # Installs what it needs (npm packages, Debian's chromium, kosoku into target/venv, schemathesis
 # into target/st-venv) when missing. Nothing is skipped.
 set -euo pipefail
@@ -11,6 +11,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "==> no module import cycles (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py
 echo "==> cargo test"
 cargo test --workspace
 echo "==> TypeScript client, demo chat and browser tests"

@@ -24,7 +24,7 @@ pub enum BrokerError {
     Unsupported(String),
     /// The engine's configuration cannot work (found when connecting; not retryable).
     #[error("engine configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::de::ConfigError),
 }
 
 /// What a publish asks for.

@@ -1,7 +1,12 @@
-//! Serde helpers for configuration values (shared by every config section, so no section depends
-//! on another for them).
+//! Serde helpers for configuration values and their error (shared by every config section and the
+//! engines, so none of them depends on another for these).
 
 use serde::Deserialize;
+
+/// A configuration that cannot work: one line naming the key and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// A list-valued key: a sequence (`["a", "b"]` in a file, `[a, b]` in a variable), or one plain
 /// value holding a comma-separated list (`HERALD_SERVER__ALLOWED_ORIGINS=https://a.example,https://b.example`).

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::publication::now_ms;
 use crate::sync::lock;
+use crate::sync::now_ms;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -114,8 +114,8 @@ impl AuthConfig {
     }
 
     /// Check cross-field rules.
-    pub fn validate(&self) -> Result<(), crate::config::ConfigError> {
-        self.check().map_err(crate::config::ConfigError)
+    pub fn validate(&self) -> Result<(), crate::de::ConfigError> {
+        self.check().map_err(crate::de::ConfigError)
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {

@@ -226,10 +226,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.subs.delete(channel);
     sub._ended(false);
     if (this.state === 'connected') {
-      this.request('unsubscribe', { channel }).catch((e: HeraldError) => {
-        // The connection died before the reply: a resumed session may still have the channel.
-        if (e.code === 'disconnected') this.leftWhileAway.add(channel);
-      });
+      // If the connection dies before the reply, a resumed session may still have the channel.
+      this.request('unsubscribe', { channel }).catch((e: HeraldError) => e.code === 'disconnected' && this.leftWhileAway.add(channel));
     } else {
       this.leftWhileAway.add(channel);
     }

@@ -122,13 +122,9 @@ function randomKey(): string {
 
 /** Apply a subscribe reply or a `subscribed` push to its subscription. */
 function confirm(sub: Subscription<any>, r: Record<string, unknown>, resubscribed: boolean): void {
-  sub._confirmed(
-    { offset: Number(r.offset), epoch: String(r.epoch) },
-    r.recovered as boolean | undefined,
-    resubscribed,
-    Number(r.missed ?? 0),
-    r.slow_consumer !== undefined,
-  );
+  const position = { offset: Number(r.offset), epoch: String(r.epoch) };
+  const recovered = r.recovered as boolean | undefined;
+  sub._confirmed(position, recovered, resubscribed, Number(r.missed ?? 0), r.slow_consumer !== undefined);
 }
 
 function errorOf(payload: Record<string, unknown> | undefined): HeraldError {
@@ -511,9 +507,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       }
       sub._failed(err);
       if (err.retryable) {
-        const delay = backoffDelay(2, this.opts.backoff, this.opts.random);
+        const delay = backoffDelay(sub._failures++, this.opts.backoff, this.opts.random); // grows per failure
+        const gen = this.generation; // a reconnect meanwhile subscribes anew: no stale retry
         setTimeout(() => {
-          if (this.subs.get(sub.channel) === sub && this.state === 'connected' && sub.state === 'pending') {
+          if (gen === this.generation && this.subs.get(sub.channel) === sub && sub.state === 'pending') {
             void this.sendSubscribe(sub, resubscribed);
           }
         }, delay);

@@ -74,6 +74,8 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   private gapReported = false;
   /** The namespace drops messages for slow readers: a skip is a drop by policy. */
   private lossy = false;
+  /** @internal Subscribe attempts that failed in a row (for the retry delay). */
+  _failures = 0;
   private waiters: { resolve: () => void; reject: (e: HeraldError) => void }[] = [];
 
   /** @internal */
@@ -120,6 +122,7 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   ): void {
     const held = this.position;
     this.lossy = lossy;
+    this._failures = 0;
     this.gapReported = false;
     // The replayed publications (if any) are offsets now − missed + 1 … now.
     const from = { offset: Math.max(0, now.offset - missed), epoch: now.epoch };

@@ -145,6 +145,47 @@ pub trait ConnectionLimiter: Send + Sync + 'static {
     async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError>;
 }
 
+/// The connections of each user counted on one node (for the [`ConnectionLimiter`]s that count
+/// in memory: the in-process cluster, and each NATS node for its own connections).
+#[derive(Debug, Default)]
+pub struct UserConnections {
+    by_user: std::collections::HashMap<String, std::collections::HashSet<String>>,
+}
+
+impl UserConnections {
+    /// The user's connections counted here.
+    pub fn count(&self, user: &str) -> usize {
+        self.by_user.get(user).map_or(0, |s| s.len())
+    }
+
+    /// Count `conn` unless `elsewhere` plus this node's connections of the user reach `max`
+    /// (a connection counted already stays counted).
+    pub fn admit(&mut self, user: &str, conn: &str, elsewhere: usize, max: usize) -> bool {
+        let set = self.by_user.entry(user.to_owned()).or_default();
+        if set.contains(conn) {
+            return true;
+        }
+        if set.len() + elsewhere >= max {
+            if set.is_empty() {
+                self.by_user.remove(user);
+            }
+            return false;
+        }
+        set.insert(conn.to_owned());
+        true
+    }
+
+    /// Stop counting `conn`.
+    pub fn release(&mut self, user: &str, conn: &str) {
+        if let Some(set) = self.by_user.get_mut(user) {
+            set.remove(conn);
+            if set.is_empty() {
+                self.by_user.remove(user);
+            }
+        }
+    }
+}
+
 /// Everything a cluster engine provides besides its [`Broker`](crate::broker::Broker).
 pub trait ControlPlane: ControlBus + NodeRegistry + RevocationStore + ConnectionLimiter {}
 

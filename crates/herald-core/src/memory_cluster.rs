@@ -3,7 +3,7 @@
 //! Redis and NATS) and a cluster for tests without a server. A `herald serve` on the memory engine
 //! is a single node and uses none.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use crate::broker::BrokerError;
 use crate::cluster::{
     ConnectionLimiter, ControlBus, ControlEnvelope, ControlHandler, NodeInfo, NodeRegistry,
-    RevocationStore,
+    RevocationStore, UserConnections,
 };
 use crate::publication::now_ms;
 use crate::sync::lock;
@@ -25,7 +25,7 @@ struct Shared {
     handlers: Mutex<Vec<Arc<dyn ControlHandler>>>,
     nodes: Mutex<BTreeMap<String, NodeInfo>>,
     kept: Mutex<Vec<(ControlEnvelope, u64)>>,
-    conns: Mutex<HashMap<String, HashSet<String>>>,
+    conns: Mutex<UserConnections>,
 }
 
 /// The state the nodes of one in-process cluster share.
@@ -108,23 +108,11 @@ impl ConnectionLimiter for MemoryControl {
         conn: &str,
         max: usize,
     ) -> Result<bool, BrokerError> {
-        let mut conns = lock(&self.shared.conns);
-        let set = conns.entry(user.to_owned()).or_default();
-        if set.len() >= max && !set.contains(conn) {
-            return Ok(false);
-        }
-        set.insert(conn.to_owned());
-        Ok(true)
+        Ok(lock(&self.shared.conns).admit(user, conn, 0, max))
     }
 
     async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError> {
-        let mut conns = lock(&self.shared.conns);
-        if let Some(set) = conns.get_mut(user) {
-            set.remove(conn);
-            if set.is_empty() {
-                conns.remove(user);
-            }
-        }
+        lock(&self.shared.conns).release(user, conn);
         Ok(())
     }
 }

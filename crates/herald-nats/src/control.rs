@@ -2,7 +2,7 @@
 //! subject, node announcements, kept revocations (a small JetStream stream), and per-user
 //! connection counts (each node answers for its own connections).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::broker::BrokerError;
-use herald_core::cluster::{ControlEnvelope, ControlHandler, NodeInfo};
+use herald_core::cluster::{ControlEnvelope, ControlHandler, NodeInfo, UserConnections};
 
 use crate::config::NatsConfig;
 use crate::plumbing::{HEARTBEAT, lock, unavailable};
@@ -117,7 +117,7 @@ pub(crate) struct Cluster {
     pub(crate) peers: Arc<Peers>,
     pub(crate) control: Arc<OnceLock<Arc<dyn ControlHandler>>>,
     pub(crate) nodes: Arc<Mutex<HashMap<String, NodeInfo>>>,
-    pub(crate) conns: Arc<Mutex<HashMap<String, HashSet<String>>>>,
+    pub(crate) conns: Arc<Mutex<UserConnections>>,
     pub(crate) kept: Option<(jetstream::Context, stream::Stream)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -202,12 +202,12 @@ impl Cluster {
             }
         }));
         // Connection counts: each node answers for its own.
-        let conns: Arc<Mutex<HashMap<String, HashSet<String>>>> = Arc::default();
+        let conns: Arc<Mutex<UserConnections>> = Arc::default();
         let c = conns.clone();
         tasks.push(
             peers
                 .serve("conns", move |user| {
-                    let n = lock(&c).get(&user).map(HashSet::len).unwrap_or(0);
+                    let n = lock(&c).count(&user);
                     Box::pin(async move { Bytes::from(n.to_string()) })
                 })
                 .await?,

@@ -136,23 +136,11 @@ impl ConnectionLimiter for NatsBroker {
             .iter()
             .filter_map(|a| std::str::from_utf8(a).ok()?.parse::<usize>().ok())
             .sum();
-        let mut conns = lock(&self.cluster.conns);
-        let mine = conns.entry(user.to_owned()).or_default();
-        if mine.len() + others >= max {
-            return Ok(false);
-        }
-        mine.insert(conn.to_owned());
-        Ok(true)
+        Ok(lock(&self.cluster.conns).admit(user, conn, others, max))
     }
 
     async fn release_connection(&self, user: &str, conn: &str) -> Result<(), BrokerError> {
-        let mut conns = lock(&self.cluster.conns);
-        if let Some(set) = conns.get_mut(user) {
-            set.remove(conn);
-            if set.is_empty() {
-                conns.remove(user);
-            }
-        }
+        lock(&self.cluster.conns).release(user, conn);
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fastwebsockets::WebSocket;
-use herald_core::Flow;
+use herald_core::{Flow, Session};
 use herald_proto::{CloseCode, Format};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -61,7 +61,7 @@ pub async fn serve(
     };
     let forwarded = held.forwarded.take();
     let _held = (held, user_slot);
-    let mut session = app.node.new_session(format, identity);
+    let mut session = Session::new(&app.node, format, identity);
     session.set_forwarded_headers(forwarded);
     session.set_client_ip(remote);
     let started = Instant::now();
@@ -179,7 +179,7 @@ pub async fn serve(
         "disconnected"
     );
     // Boxed: ending a session is a large future; an idle connection should not carry its space.
-    Box::pin(app.node.disconnected(session, clean)).await;
+    Box::pin(session.disconnected(clean)).await;
     // The server closed while the client may still be sending (the rest of an oversized message):
     // read it off before dropping the socket, so the client sees our close code, not a reset.
     if server_closed && !end.abort {

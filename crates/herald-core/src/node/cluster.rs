@@ -88,14 +88,12 @@ impl Node {
             }
             M::RevokeUser { user, expires_at } => self.revoke_user(user, *expires_at),
             M::RevokeToken { jti, expires_at } => self.revoke_token(jti, *expires_at),
-            M::Subscribe { user, channel } => self.command_user(
-                user,
-                crate::session::ServerCommand::Subscribe(channel.clone()),
-            ),
-            M::Unsubscribe { user, channel } => self.command_user(
-                user,
-                crate::session::ServerCommand::Unsubscribe(channel.clone()),
-            ),
+            M::Subscribe { user, channel } => {
+                self.command_user(user, super::ServerCommand::Subscribe(channel.clone()))
+            }
+            M::Unsubscribe { user, channel } => {
+                self.command_user(user, super::ServerCommand::Unsubscribe(channel.clone()))
+            }
         }
     }
 }

@@ -1,11 +1,12 @@
-//! The node: the façade for engine operations and the owner of sessions waiting for `resume`.
+//! The node: the façade for engine operations, the registry of live sessions and the owner of
+//! sessions waiting for `resume` (kept as [`Waiting`]: the node does not know the session type).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use herald_proto::envelope::ClientInfo;
-use herald_proto::{Data, ErrorCode, Format};
+use herald_proto::{Data, ErrorCode};
 
 use crate::auth::{Identity, TokenKind, Verifier};
 use crate::broker::{Broker, ChannelEvent, PublishOutcome, PublishRequest};
@@ -13,9 +14,7 @@ use crate::config::{EngineConfig, NamespaceOptions};
 use crate::error::EngineError;
 use crate::hub::Hub;
 use crate::limits::KeyedLimiter;
-use crate::outlet::{Outlet, QueueLimits};
 use crate::presence::PresenceStore;
-use crate::session::Session;
 
 mod cluster;
 mod parked;
@@ -23,7 +22,9 @@ mod registry;
 
 use crate::sync::lock;
 use parked::Parking;
+pub use parked::Waiting;
 use registry::Registered;
+pub use registry::ServerCommand;
 
 /// Heartbeat settings announced in the `connected` message.
 #[derive(Debug, Clone, Copy)]
@@ -212,19 +213,10 @@ impl Node {
         }
     }
 
-    /// Start a session for a new connection.
-    pub fn new_session(self: &Arc<Self>, format: Format, identity: Identity) -> Session {
+    /// A fresh client id for a new connection on this node (`<node id>-<n>`).
+    pub(crate) fn next_client_id(&self) -> Arc<str> {
         let n = self.next_client.fetch_add(1, Ordering::Relaxed);
-        let client_id: Arc<str> = Arc::from(format!("{}-{n}", self.node_id).as_str());
-        let s = &self.config.session;
-        let outlet = Outlet::new(
-            format,
-            QueueLimits {
-                max_messages: s.queue_max_messages,
-                max_bytes: s.queue_max_bytes,
-            },
-        );
-        Session::new(self.clone(), outlet, client_id, identity)
+        Arc::from(format!("{}-{n}", self.node_id).as_str())
     }
 
     /// Publish on behalf of a client or the application (history, idempotency and fan-out).

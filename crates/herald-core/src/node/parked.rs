@@ -1,15 +1,28 @@
 //! Sessions waiting for `resume` after an unexpected disconnect (bounded, oldest ended first).
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::session::Session;
-
 use super::*;
 
+/// A session parked while its client is away. The node keeps it, ends it when its grace period
+/// runs out (or when it is evicted, or at shutdown) and hands it back to a `resume` by the same
+/// user; only the session module knows the concrete type (`Session`).
+pub trait Waiting: Send + 'static {
+    /// The user it belongs to ("" = anonymous): a resume token alone must not switch users.
+    fn user_id(&self) -> &str;
+    /// End it: leave its channels and emit its `disconnect` event with `reason`.
+    fn end(self: Box<Self>, reason: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// For the session module to take its concrete type back.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
 pub(super) struct Parked {
-    session: Session,
+    session: Box<dyn Waiting>,
     generation: u64,
 }
 
@@ -38,20 +51,10 @@ impl Parking {
 }
 
 impl Node {
-    /// A connection ended. `clean` (close 1000, or an error that forbids resuming) ends the session
-    /// at once; otherwise it waits `resume_grace` for a `resume`.
-    pub async fn disconnected(self: &Arc<Self>, session: Session, clean: bool) {
+    /// Keep `session` for `resume_grace` under its resume `token`; when more than
+    /// `max_waiting_sessions` wait, the oldest is ended now.
+    pub(crate) async fn park(self: &Arc<Self>, token: String, session: Box<dyn Waiting>) {
         let grace = self.config.session.resume_grace;
-        if clean || grace.is_zero() || session.outlet().close_requested().is_some() {
-            let reason = match session.outlet().close_requested() {
-                Some(code) => code.reason(),
-                None if clean => "closed",
-                None => "connection lost (resume disabled)",
-            };
-            session.end(reason).await;
-            return;
-        }
-        let token = session.resume_token().to_owned();
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let max = self.config.session.max_waiting_sessions;
         let evicted = {
@@ -98,7 +101,7 @@ impl Node {
 
     /// Take a waiting session by its resume token, if it belongs to `user` (a resume token alone
     /// must not switch users).
-    pub(crate) fn take_parked(&self, token: &str, user: &str) -> Option<Session> {
+    pub(crate) fn take_parked(&self, token: &str, user: &str) -> Option<Box<dyn Waiting>> {
         let p = {
             let mut parked = lock(&self.parked);
             if parked.by_token.get(token)?.session.user_id() != user {

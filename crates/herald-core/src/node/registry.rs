@@ -8,12 +8,23 @@ use crate::outlet::Outlet;
 
 use super::*;
 
+/// A command from the server side (API, connect proxy) for a user's sessions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerCommand {
+    /// Subscribe to this channel (the client gets a `subscribed` push).
+    Subscribe(String),
+    /// Leave this channel (the client gets an `unsubscribed` push).
+    Unsubscribe(String),
+    /// The refresh proxy extended this (proxy-authenticated) connection.
+    Refreshed(crate::rpc::Refreshed),
+}
+
 /// A live session of a user, for revocation and per-user disconnects.
 pub(crate) struct Registered {
     client_id: Arc<str>,
     outlet: std::sync::Weak<Outlet>,
     jti: Option<String>,
-    commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
+    commands: Option<tokio::sync::mpsc::Sender<ServerCommand>>,
 }
 
 impl Node {
@@ -23,7 +34,7 @@ impl Node {
         client_id: &Arc<str>,
         outlet: &Arc<Outlet>,
         jti: Option<String>,
-        commands: Option<tokio::sync::mpsc::Sender<crate::session::ServerCommand>>,
+        commands: Option<tokio::sync::mpsc::Sender<ServerCommand>>,
     ) {
         if user.is_empty() {
             return;
@@ -92,7 +103,7 @@ impl Node {
 
     /// Send a server-side command to every session of `user` (live or waiting for resume).
     /// Returns the number of sessions it was queued for.
-    pub fn command_user(&self, user: &str, cmd: crate::session::ServerCommand) -> usize {
+    pub fn command_user(&self, user: &str, cmd: ServerCommand) -> usize {
         let users = lock(&self.users);
         users
             .get(user)

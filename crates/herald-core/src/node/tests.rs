@@ -6,6 +6,7 @@ use std::time::Duration;
 use herald_proto::{CloseCode, Format};
 
 use crate::auth::{Claims, Identity};
+use crate::session::Session;
 use crate::testing::node_with;
 
 fn user(name: &str, jti: &str) -> Identity {
@@ -19,9 +20,9 @@ fn user(name: &str, jti: &str) -> Identity {
 #[tokio::test]
 async fn revocation_and_disconnects_reach_exactly_the_sessions_they_name() {
     let node = node_with(|_| {});
-    let a1 = node.new_session(Format::Json, user("alice", "t1"));
-    let a2 = node.new_session(Format::Json, user("alice", "t2"));
-    let b = node.new_session(Format::Json, user("bob", "t3"));
+    let a1 = Session::new(&node, Format::Json, user("alice", "t1"));
+    let a2 = Session::new(&node, Format::Json, user("alice", "t2"));
+    let b = Session::new(&node, Format::Json, user("bob", "t3"));
     assert_eq!(node.revoke_token("t2", u64::MAX), 1);
     assert_eq!(a2.outlet().close_requested(), Some(CloseCode::TokenRevoked));
     assert_eq!(a1.outlet().close_requested(), None);
@@ -48,9 +49,13 @@ async fn waiting_sessions_are_bounded_and_expire_after_the_grace_period() {
     });
     let mut tokens = Vec::new();
     for i in 0..3 {
-        let s = node.new_session(Format::Json, user(&format!("u{i}"), &format!("j{i}")));
+        let s = Session::new(
+            &node,
+            Format::Json,
+            user(&format!("u{i}"), &format!("j{i}")),
+        );
         tokens.push(s.resume_token().to_owned());
-        node.disconnected(s, false).await;
+        s.disconnected(false).await;
     }
     assert_eq!(node.waiting_sessions(), 2, "the oldest was ended");
     assert!(node.take_parked(&tokens[0], "u0").is_none());
@@ -63,8 +68,8 @@ async fn waiting_sessions_are_bounded_and_expire_after_the_grace_period() {
         .expect("the newest waits");
     drop(s);
     // A clean close ends at once; the rest expire after the grace period.
-    let clean = node.new_session(Format::Json, Identity::anonymous());
-    node.disconnected(clean, true).await;
+    let clean = Session::new(&node, Format::Json, Identity::anonymous());
+    clean.disconnected(true).await;
     assert_eq!(node.waiting_sessions(), 1);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(node.waiting_sessions(), 0);

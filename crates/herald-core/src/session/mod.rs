@@ -7,16 +7,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use herald_proto::envelope::{ClientInfo, Connected, DecodeError, ErrorPayload};
-use herald_proto::{CloseCode, ErrorCode, Id, ServerKind};
+use herald_proto::{CloseCode, ErrorCode, Format, Id, ServerKind};
 use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::hub::Subscriber;
 use crate::journal::{DeadLetterKind, EventKind};
 use crate::limits::{CommandLimiter, Verdict};
-use crate::node::Node;
-use crate::outlet::Outlet;
-use crate::rpc::{Headers, Refreshed};
+use crate::node::{Node, ServerCommand};
+use crate::outlet::{Outlet, QueueLimits};
+use crate::rpc::Headers;
 
 mod backend;
 mod dispatch;
@@ -25,17 +25,6 @@ mod subscribe;
 
 /// Server-side commands queued per session.
 const SERVER_COMMANDS: usize = 64;
-
-/// A command from the server side (API, connect proxy) for a user's sessions.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ServerCommand {
-    /// Subscribe to this channel (the client gets a `subscribed` push).
-    Subscribe(String),
-    /// Leave this channel (the client gets an `unsubscribed` push).
-    Unsubscribe(String),
-    /// The refresh proxy extended this (proxy-authenticated) connection.
-    Refreshed(Refreshed),
-}
 
 /// How long recovery waits for the client to read a page before giving up.
 const RECOVERY_STALL: Duration = Duration::from_secs(10);
@@ -135,12 +124,18 @@ fn token() -> String {
 }
 
 impl Session {
-    pub(crate) fn new(
-        node: Arc<Node>,
-        outlet: Arc<Outlet>,
-        client_id: Arc<str>,
-        identity: Identity,
-    ) -> Self {
+    /// Start a session for a new connection on `node`, speaking `format`.
+    pub fn new(node: &Arc<Node>, format: Format, identity: Identity) -> Self {
+        let s = &node.config().session;
+        let outlet = Outlet::new(
+            format,
+            QueueLimits {
+                max_messages: s.queue_max_messages,
+                max_bytes: s.queue_max_bytes,
+            },
+        );
+        let client_id = node.next_client_id();
+        let node = node.clone();
         let jti = identity.claims.as_ref().and_then(|c| c.jti.clone());
         let server_cmds =
             (!identity.user_id.is_empty()).then(|| tokio::sync::mpsc::channel(SERVER_COMMANDS));

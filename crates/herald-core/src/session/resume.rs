@@ -18,12 +18,19 @@ impl Session {
                 "resume must come before any subscribe",
             ));
         }
-        let Some(mut old) = self.node.take_parked(&r.token, &self.identity.user_id) else {
+        let Some(parked) = self.node.take_parked(&r.token, &self.identity.user_id) else {
             return Err(EngineError::new(
                 ErrorCode::SessionNotFound,
                 "no session for this resume token",
             ));
         };
+        let Ok(old) = parked.into_any().downcast::<Session>() else {
+            return Err(EngineError::new(
+                ErrorCode::SessionNotFound,
+                "no session for this resume token",
+            ));
+        };
+        let mut old = *old;
         if old.outlet.close_requested().is_some() {
             old.end("session overflowed while disconnected").await;
             return Err(EngineError::new(
@@ -32,12 +39,8 @@ impl Session {
             ));
         }
         let fresh_outlet = self.outlet.clone();
+        old.adopt_connection(self);
         std::mem::swap(self, &mut old);
-        // The resumed session takes the new connection's (fresher) token and rate limiter.
-        std::mem::swap(&mut self.identity, &mut old.identity);
-        std::mem::swap(&mut self.expiry, &mut old.expiry);
-        std::mem::swap(&mut self.limiter, &mut old.limiter);
-        std::mem::swap(&mut self.forwarded, &mut old.forwarded);
         self.reregister();
         drop(old); // the fresh session has no subscriptions: nothing to clean up
         self.resume_token = token();
@@ -113,6 +116,59 @@ impl Session {
         }
     }
 
+    /// This (parked) session continues on `fresh`'s connection: it takes what belongs to the new
+    /// connection and keeps what belongs to the session. The pattern names every field, so a new
+    /// field does not compile until it is sorted into one of the two groups.
+    fn adopt_connection(&mut self, fresh: &mut Session) {
+        let Session {
+            // The session's own: its subscriptions, ids, queued frames and journal share.
+            node: _,
+            outlet: _,
+            id: _,
+            client_id: _,
+            quota: _,
+            subs: _,
+            rpc_slots: _,
+            announced: _,
+            server_cmds: _,
+            started: _,
+            chan_info: _,
+            resume_token: _,
+            // The new connection's: its (fresher) token, rate limiter, address and headers; and a
+            // clean slate of protocol violations.
+            identity,
+            expiry,
+            limiter,
+            client_ip,
+            forwarded,
+            violations,
+        } = fresh;
+        std::mem::swap(&mut self.identity, identity);
+        std::mem::swap(&mut self.expiry, expiry);
+        std::mem::swap(&mut self.limiter, limiter);
+        std::mem::swap(&mut self.client_ip, client_ip);
+        std::mem::swap(&mut self.forwarded, forwarded);
+        self.violations = *violations;
+    }
+
+    /// The connection ended. `clean` (close 1000, or an error that forbids resuming) ends the
+    /// session at once; otherwise the node keeps it `resume_grace` for a `resume`.
+    pub async fn disconnected(self, clean: bool) {
+        let grace = self.node.config().session.resume_grace;
+        if clean || grace.is_zero() || self.outlet.close_requested().is_some() {
+            let reason = match self.outlet.close_requested() {
+                Some(code) => code.reason(),
+                None if clean => "closed",
+                None => "connection lost (resume disabled)",
+            };
+            self.end(reason).await;
+            return;
+        }
+        let node = self.node.clone();
+        let token = self.resume_token.clone();
+        node.park(token, Box::new(self)).await;
+    }
+
     /// Update the node's registry entry after the identity or token changed (refresh, resume).
     pub(super) fn reregister(&self) {
         let jti = self.identity.claims.as_ref().and_then(|c| c.jti.clone());
@@ -123,5 +179,22 @@ impl Session {
             jti,
             self.server_cmds.as_ref().map(|(tx, _)| tx.clone()),
         );
+    }
+}
+
+impl crate::node::Waiting for Session {
+    fn user_id(&self) -> &str {
+        &self.identity.user_id
+    }
+
+    fn end(
+        self: Box<Self>,
+        reason: &'static str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin((*self).end(reason))
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
     }
 }

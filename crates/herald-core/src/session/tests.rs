@@ -18,7 +18,7 @@ fn node() -> Arc<Node> {
 }
 
 fn session(node: &Arc<Node>) -> Session {
-    node.new_session(Format::Json, Identity::anonymous())
+    Session::new(node, Format::Json, Identity::anonymous())
 }
 
 /// Everything queued on the session's outlet, as JSON messages.
@@ -244,7 +244,7 @@ async fn resume_inside_the_grace_period_keeps_subscriptions_and_buffers_after_it
     let mut a = session(&node);
     call(&mut a, "subscribe", json!({"channel": "room"})).await;
     let token = a.resume_token().to_owned();
-    node.disconnected(a, false).await;
+    a.disconnected(false).await;
     assert_eq!(node.waiting_sessions(), 1);
     publish(&node, "room", 2).await;
     let mut b = session(&node);
@@ -265,7 +265,7 @@ async fn resume_inside_the_grace_period_keeps_subscriptions_and_buffers_after_it
         .as_str()
         .expect("token")
         .to_owned();
-    node.disconnected(b, false).await;
+    b.disconnected(false).await;
     tokio::time::sleep(Duration::from_secs(31)).await;
     assert_eq!(node.waiting_sessions(), 0);
     let mut c = session(&node);
@@ -279,6 +279,58 @@ async fn resume_inside_the_grace_period_keeps_subscriptions_and_buffers_after_it
         code(&call(&mut c, "resume", json!({"token": "t"})).await),
         "resume_not_allowed"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resumed_session_keeps_its_ids_and_takes_the_new_connections_token() {
+    let node = node_with(|c| c.session.resume_grace = Duration::from_secs(30));
+    let alice = |jti: &str| {
+        Identity::from_claims(crate::auth::Claims {
+            sub: "alice".into(),
+            jti: Some(jti.into()),
+            ..Default::default()
+        })
+    };
+    let mut a = Session::new(&node, Format::Json, alice("old"));
+    call(&mut a, "subscribe", json!({"channel": "room"})).await;
+    let (client_id, token) = (a.client_id().to_owned(), a.resume_token().to_owned());
+    a.disconnected(false).await;
+    let mut b = Session::new(&node, Format::Json, alice("new"));
+    let r = call(&mut b, "resume", json!({"token": token})).await;
+    assert_eq!(r["payload"]["channels"][0]["channel"], "room", "{r}");
+    assert_eq!(b.client_id(), client_id, "the session keeps its client id");
+    assert_eq!(b.subscriptions(), 1);
+    // Another user cannot take it over with its resume token; its own user can.
+    let token = r["payload"]["resume_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    b.disconnected(false).await;
+    let mut mallory = Session::new(
+        &node,
+        Format::Json,
+        Identity::from_claims(crate::auth::Claims {
+            sub: "mallory".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(
+        code(&call(&mut mallory, "resume", json!({"token": token})).await),
+        "session_not_found"
+    );
+    assert_eq!(
+        node.waiting_sessions(),
+        1,
+        "the failed attempt left it waiting"
+    );
+    let mut c = Session::new(&node, Format::Json, alice("newer"));
+    call(&mut c, "resume", json!({"token": token})).await;
+    assert_eq!(c.client_id(), client_id);
+    // The registry knows the session by the latest connection's token only.
+    assert_eq!(node.revoke_token("old", u64::MAX), 0);
+    assert_eq!(node.revoke_token("new", u64::MAX), 0);
+    assert_eq!(node.revoke_token("newer", u64::MAX), 1);
+    assert_eq!(c.outlet().close_requested(), Some(CloseCode::TokenRevoked));
 }
 
 #[tokio::test]

@@ -8,7 +8,10 @@ use std::time::Duration;
 use crate::backoff::Backoff;
 
 /// A future yielding a fresh token (or an error message).
-pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<String, BoxError>> + Send>>;
+
+/// The token callback's failure (any error type).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Where tokens come from.
 #[derive(Clone, Default)]
@@ -101,10 +104,11 @@ impl ClientConfig {
     }
 
     /// Ask `f` for a token on every connect and refresh.
+    /// (Inside an `async` block, `?` turns any error into the [`BoxError`] it returns.)
     pub fn token_callback<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<String, String>> + Send + 'static,
+        Fut: Future<Output = Result<String, BoxError>> + Send + 'static,
     {
         self.token = TokenSource::Callback(Arc::new(move || Box::pin(f())));
         self

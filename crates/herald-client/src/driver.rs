@@ -142,7 +142,7 @@ impl Driver {
         let _ = self.events.send(e).await;
     }
 
-    async fn token(&self) -> Result<Option<String>, String> {
+    async fn token(&self) -> Result<Option<String>, crate::config::BoxError> {
         match &self.cfg.token {
             TokenSource::None => Ok(None),
             TokenSource::Static(t) => Ok(Some(t.clone())),

@@ -40,6 +40,6 @@ mod state;
 
 pub use backoff::Backoff;
 pub use client::{Client, Events, HistoryQuery};
-pub use config::{Carrier, ClientConfig, TokenFuture, TokenSource};
+pub use config::{BoxError, Carrier, ClientConfig, TokenFuture, TokenSource};
 pub use error::ClientError;
 pub use event::{Event, GapReason, Message, State};

@@ -302,7 +302,7 @@ pub fn data_for(format: Format, data: &Data) -> DataOut<'_> {
 pub fn decode_server_frame(
     format: Format,
     input: &[u8],
-) -> Result<(String, Option<Id>, serde_json::Value), String> {
+) -> Result<(String, Option<Id>, serde_json::Value), crate::server::ServerDecodeError> {
     #[derive(Deserialize)]
     struct Any {
         #[serde(rename = "type")]
@@ -313,14 +313,18 @@ pub fn decode_server_frame(
         payload: serde_json::Value,
     }
     let any: Any = match format {
-        Format::Json => serde_json::from_slice(input).map_err(|e| e.to_string())?,
+        Format::Json => serde_json::from_slice(input).map_err(envelope)?,
         Format::Msgpack => {
-            let v: rmpv::Value = rmp_serde::from_slice(input).map_err(|e| e.to_string())?;
-            let j = serde_json::to_value(&v).map_err(|e| e.to_string())?;
-            serde_json::from_value(j).map_err(|e| e.to_string())?
+            let v: rmpv::Value = rmp_serde::from_slice(input).map_err(envelope)?;
+            let j = serde_json::to_value(&v).map_err(envelope)?;
+            serde_json::from_value(j).map_err(envelope)?
         }
     };
     Ok((any.kind, any.id, any.payload))
+}
+
+fn envelope(e: impl std::fmt::Display) -> crate::server::ServerDecodeError {
+    crate::server::ServerDecodeError::Envelope(e.to_string())
 }
 
 #[cfg(test)]

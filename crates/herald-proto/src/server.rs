@@ -116,8 +116,7 @@ pub enum ServerDecodeError {
 impl ServerMessage {
     /// Decode a whole server frame (the WebSocket message's payload).
     pub fn decode(format: Format, input: &[u8]) -> Result<ServerMessage, ServerDecodeError> {
-        let (kind, id, payload) = crate::codec::decode_server_frame(format, input)
-            .map_err(ServerDecodeError::Envelope)?;
+        let (kind, id, payload) = crate::codec::decode_server_frame(format, input)?;
         Self::from_parts(&kind, id, payload)
     }
 

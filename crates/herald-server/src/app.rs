@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ConnectionConfig, ServerConfig, TlsConfig};
 use crate::handshake;
 use crate::state::json_error;
-pub use crate::state::{AppState, Handshake, Held, TokenMinter};
+pub use crate::state::{AppState, BoxError, Handshake, Held, TokenMinter};
 
 /// Observe or stop a running server.
 #[derive(Clone)]

@@ -88,9 +88,11 @@ async fn token(
     };
     match mint(&q.user) {
         Ok(t) => Json(serde_json::json!({ "token": t, "user": q.user })).into_response(),
-        Err(e) => {
-            crate::state::json_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, &e)
-        }
+        Err(e) => crate::state::json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            &e.to_string(),
+        ),
     }
 }
 

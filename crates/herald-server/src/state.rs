@@ -19,7 +19,10 @@ use crate::slots::{Slot, Slots};
 use crate::writer::WriterSettings;
 
 /// Mints a token for a user name (the demo chat's sign-in; development only).
-pub type TokenMinter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+pub type TokenMinter = Arc<dyn Fn(&str) -> Result<String, BoxError> + Send + Sync>;
+
+/// An application callback's failure (any error type).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Shared state of the HTTP application.
 pub struct AppState {

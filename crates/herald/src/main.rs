@@ -265,7 +265,7 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
                 key: None,
                 alg: None,
             };
-            token::mint(&auth, &mint).map_err(|e| e.to_string())
+            token::mint(&auth, &mint).map_err(Into::into)
         }));
     }
     let server = builder

@@ -291,12 +291,13 @@ impl Driver {
                     Some(Ok(WsMessage::Text(t))) => {
                         match ServerMessage::decode(Format::Json, t.as_bytes()) {
                             Ok(ServerMessage::Connected { info, .. }) => return Ok((ws, info)),
-                            Ok(ServerMessage::Error { error, .. }) => {
+                            Ok(ServerMessage::Error {
+                                error, code_name, ..
+                            }) => {
                                 return Err(ConnectFailure {
                                     message: format!(
                                         "authentication failed: {}: {}",
-                                        error.code.as_str(),
-                                        error.message
+                                        code_name, error.message
                                     ),
                                     terminal: matches!(self.cfg.token, TokenSource::Static(_)),
                                 });

@@ -64,6 +64,10 @@ pub enum ErrorCode {
     Timeout,
     /// The application backend answered an `rpc` with an error (its message is passed on).
     RpcError,
+    /// A code this version does not know (decoding only; a server never sends it): a newer
+    /// server's code. Clients act on the error's `retryable` flag and show its message.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -116,6 +120,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Timeout => "timeout",
             ErrorCode::RpcError => "rpc_error",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum ServerMessage {
         id: Option<Id>,
         /// Code, message, retryability.
         error: ErrorPayload,
+        /// The code as sent: its wire name, also for a newer server's code this version decodes
+        /// as [`crate::ErrorCode::Unknown`].
+        code_name: String,
     },
     /// `pong` for the `ping` command `id`.
     Pong {
@@ -142,6 +145,7 @@ impl ServerMessage {
             },
             ServerKind::Error => ServerMessage::Error {
                 id,
+                code_name: payload["code"].as_str().unwrap_or_default().to_owned(),
                 error: typed(k, payload)?,
             },
             ServerKind::Pong => ServerMessage::Pong { id },
@@ -240,8 +244,20 @@ mod tests {
         let e = decode(r#"{"type":"error","id":7,"payload":{"code":"unavailable","message":"m","retryable":true}}"#)
             .expect("decodes");
         assert!(
-            matches!(e, ServerMessage::Error { id: Some(Id::Num(7)), error } if error.retryable)
+            matches!(e, ServerMessage::Error { id: Some(Id::Num(7)), error, .. } if error.retryable)
         );
+        // A newer server's code: decoded, named as sent, its retryable flag kept.
+        let e = decode(r#"{"type":"error","id":8,"payload":{"code":"shard_moving","message":"m","retryable":true}}"#)
+            .expect("an unknown code still decodes");
+        let ServerMessage::Error {
+            error, code_name, ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(error.code, crate::ErrorCode::Unknown);
+        assert_eq!(code_name, "shard_moving");
+        assert!(error.retryable);
     }
 
     #[test]

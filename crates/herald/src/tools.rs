@@ -384,7 +384,7 @@ pub async fn send(args: &ConnectArgs, file: &PathBuf) -> anyhow::Result<()> {
         let payload = cmd.get("payload").cloned().unwrap_or(json!({}));
         let reply = match client.request(&kind, payload.clone()).await {
             Ok(r) => json!({"type": if kind == "ping" { "pong" } else { "reply" }, "payload": r}),
-            Err(herald_client::ClientError::Server { code, message }) => {
+            Err(herald_client::ClientError::Server { code, message, .. }) => {
                 failed += 1;
                 json!({"type": "error", "payload": {"code": code.as_str(), "message": message}})
             }

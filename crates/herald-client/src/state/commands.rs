@@ -87,10 +87,10 @@ impl ClientState {
             Cmd::Subscribe { channel, tx } => {
                 if let Some(s) = self.subs.get_mut(&channel) {
                     if s.confirmed {
-                        let _ = tx.send(Err(ClientError::Server {
-                            code: ErrorCode::AlreadySubscribed,
-                            message: "already subscribed".into(),
-                        }));
+                        let _ = tx.send(Err(ClientError::local(
+                            ErrorCode::AlreadySubscribed,
+                            "already subscribed",
+                        )));
                     } else {
                         s.waiters.push(tx);
                     }
@@ -103,10 +103,10 @@ impl ClientState {
             }
             Cmd::Unsubscribe { channel, tx } => {
                 let Some(s) = self.subs.remove(&channel) else {
-                    let _ = tx.send(Err(ClientError::Server {
-                        code: ErrorCode::NotSubscribed,
-                        message: "not subscribed".into(),
-                    }));
+                    let _ = tx.send(Err(ClientError::local(
+                        ErrorCode::NotSubscribed,
+                        "not subscribed",
+                    )));
                     return;
                 };
                 fail_waiters(s, &ClientError::Closed("unsubscribed".into()));

@@ -66,16 +66,12 @@ impl ClientState {
             ServerMessage::Error {
                 id: Some(Id::Num(n)),
                 error,
-            } => self.on_reply(
-                n,
-                Err(ClientError::Server {
-                    code: error.code,
-                    message: error.message,
-                }),
-                now,
-            ),
-            ServerMessage::Error { error, .. } => {
-                tracing::warn!(code = error.code.as_str(), message = %error.message, "server error");
+                code_name,
+            } => self.on_reply(n, Err(ClientError::server(error, code_name)), now),
+            ServerMessage::Error {
+                error, code_name, ..
+            } => {
+                tracing::warn!(code = %code_name, message = %error.message, "server error");
             }
             // `connected` is read by the driver; string ids are not this client's; unknown types
             // are ignored (forward compatibility).

@@ -1,6 +1,6 @@
 import { backoffDelay, type BackoffOptions } from './backoff.js';
 import { Emitter } from './emitter.js';
-import { CloseCodes, HeraldError, shouldReconnect } from './errors.js';
+import { CloseCodes, HeraldError, errorOf, shouldReconnect } from './errors.js';
 import {
   jsonCodec,
   type ClientInfo,
@@ -13,7 +13,7 @@ import {
   type PublishResult,
   type StreamPosition,
 } from './protocol.js';
-import { OfflineQueue, type QueuedPublish } from './queue.js';
+import { OfflineQueue, randomKey, type QueuedPublish } from './queue.js';
 import { Subscription, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
@@ -114,25 +114,11 @@ interface Pending {
 
 const OPEN = 1;
 
-function randomKey(): string {
-  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
-  if (c?.randomUUID) return c.randomUUID();
-  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-}
-
 /** Apply a subscribe reply or a `subscribed` push to its subscription. */
 function confirm(sub: Subscription<any>, r: Record<string, unknown>, resubscribed: boolean): void {
   const position = { offset: Number(r.offset), epoch: String(r.epoch) };
   const recovered = r.recovered as boolean | undefined;
   sub._confirmed(position, recovered, resubscribed, Number(r.missed ?? 0), r.slow_consumer !== undefined);
-}
-
-function errorOf(payload: Record<string, unknown> | undefined): HeraldError {
-  return new HeraldError(
-    String(payload?.code ?? 'internal'),
-    String(payload?.message ?? 'unknown error'),
-    payload?.retryable === true,
-  );
 }
 
 /**
@@ -420,8 +406,15 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.advisory = undefined;
     let resumed = false;
     if (this.resumeToken) {
-      resumed = await this.resume(this.resumeToken);
+      const r = await this.resume(this.resumeToken);
       if (gen !== this.generation) return;
+      if (r === 'no_reply') {
+        // The server may have resumed the session on this socket: subscribing anew here could
+        // double it. Give the socket up (4000 keeps the session) and resume on the next one.
+        this.dropSocket(CloseCodes.heartbeatTimeout, 'resume timed out');
+        return;
+      }
+      resumed = r === 'resumed';
     }
     this.resumeToken = this.info.resume_token;
     this.leftWhileAway.clear();
@@ -436,8 +429,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.emit('connected', { ...info, resumed });
   }
 
-  /** Resume the previous session; false when the server no longer has it. */
-  private async resume(token: string): Promise<boolean> {
+  /** Resume the previous session: `gone` when the server no longer has it. */
+  private async resume(token: string): Promise<'resumed' | 'gone' | 'no_reply'> {
     const positions: Record<string, StreamPosition> = {};
     for (const [channel, sub] of this.subs) {
       if (sub.position) positions[channel] = sub.position;
@@ -449,10 +442,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
         this.applyResume(r);
         resumed = true;
       });
-    } catch {
-      return false;
+    } catch (e) {
+      return e instanceof HeraldError && e.code === 'request_timeout' ? 'no_reply' : 'gone';
     }
-    return resumed;
+    return resumed ? 'resumed' : 'gone';
   }
 
   private applyResume(r: Record<string, unknown>): void {

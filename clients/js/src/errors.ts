@@ -53,6 +53,15 @@ export class HeraldError extends Error {
   }
 }
 
+/** The error of an `error` frame's payload: its code as sent (also one this client does not know) and the server's `retryable`. */
+export function errorOf(payload: Record<string, unknown> | undefined): HeraldError {
+  return new HeraldError(
+    String(payload?.code ?? 'internal'),
+    String(payload?.message ?? 'unknown error'),
+    payload?.retryable === true,
+  );
+}
+
 /** Close codes (docs/protocol.md §7). */
 export const CloseCodes = {
   normal: 1000,

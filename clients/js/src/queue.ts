@@ -43,3 +43,10 @@ export class OfflineQueue {
     return this.items.splice(0);
   }
 }
+
+/** A fresh idempotency key for a publish. */
+export function randomKey(): string {
+  const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
+  if (c?.randomUUID) return c.randomUUID();
+  return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}

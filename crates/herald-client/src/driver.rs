@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_proto::envelope::Connected;
-use herald_proto::{Format, ServerMessage};
+use herald_proto::{CloseCode, Format, ServerMessage};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +25,9 @@ use crate::event::{Event, State};
 use crate::state::{ClientState, Cmd, Disconnected, Output, Settings};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long giving a connection up waits for its close frame to be written.
+const GIVE_UP_CLOSE: Duration = Duration::from_millis(500);
 
 /// Why connecting failed.
 struct ConnectFailure {
@@ -357,7 +360,9 @@ impl Driver {
                         *refreshing = Some(f());
                     }
                 }
-                Output::Drop(why) => return Some(Ended::Link(self.state.lost(&why, true))),
+                Output::Drop(why) => {
+                    return Some(Ended::Link(give_up(ws, &mut self.state, &why).await));
+                }
             }
         }
         None
@@ -409,7 +414,7 @@ impl Driver {
                 },
                 _ = tokio::time::sleep_until(last_seen + window) => {
                     tracing::debug!("no frame from the server within {window:?}: reconnecting");
-                    return Ended::Link(self.state.lost("heartbeat watchdog: the server went silent", true));
+                    return Ended::Link(give_up(&mut ws, &mut self.state, "heartbeat watchdog: the server went silent").await);
                 }
                 _ = sleep_opt(self.state.next_deadline()) => self.state.tick(Instant::now()),
                 token = async { match refreshing.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
@@ -429,4 +434,15 @@ async fn sleep_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Give the connection up: close it with 4000 (the server keeps the session for a resume),
+/// waiting briefly only, since the peer may be gone.
+async fn give_up(ws: &mut Ws, state: &mut ClientState, why: &str) -> Disconnected {
+    let frame = CloseFrame {
+        code: WsCloseCode::from(CloseCode::HeartbeatTimeout.code()),
+        reason: why.chars().take(100).collect::<String>().into(),
+    };
+    let _ = tokio::time::timeout(GIVE_UP_CLOSE, ws.close(Some(frame))).await;
+    state.gave_up(why)
 }

@@ -295,6 +295,15 @@ impl ClientState {
     }
 
     /// The connection died without a close frame (1006), or could not be opened.
+    /// The client gave the connection up (no resume reply, a silent server): it closes it with
+    /// 4000, which keeps the session on the server for the next connection's `resume`.
+    pub(crate) fn gave_up(&mut self, why: &str) -> Disconnected {
+        Disconnected {
+            code: herald_proto::CloseCode::HeartbeatTimeout.code(),
+            ..self.lost(why, true)
+        }
+    }
+
     pub(crate) fn lost(&mut self, why: &str, reconnect: bool) -> Disconnected {
         self.advisory = None;
         self.down();

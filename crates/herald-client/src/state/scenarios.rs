@@ -118,7 +118,7 @@ impl Runner {
                     }
                 }
                 Output::Drop(why) => {
-                    let d = self.state.lost(&why, true);
+                    let d = self.state.gave_up(&why);
                     self.ended(d);
                 }
             }

@@ -90,6 +90,9 @@ pub(crate) struct Shared {
     js: Option<(jetstream::Context, stream::Stream)>,
     pub(crate) epoch: Arc<str>,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
+    /// Counts reconnects of the NATS client: what core NATS sent meanwhile is lost, so every
+    /// channel task catches up from the stream.
+    reconnects: tokio::sync::watch::Sender<u64>,
 }
 
 /// The NATS broker.
@@ -109,7 +112,15 @@ impl NatsBroker {
     /// Connect, create or update the stream (JetStream), and start the cluster subscriptions.
     pub async fn connect(cfg: NatsConfig) -> Result<NatsBroker, BrokerError> {
         cfg.validate()?;
+        let reconnects = tokio::sync::watch::Sender::new(0u64);
+        let on_event = reconnects.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    on_event.send_modify(|n| *n += 1);
+                }
+                std::future::ready(())
+            })
             .connection_timeout(cfg.timeout)
             .request_timeout(Some(cfg.timeout))
             .retry_on_initial_connect()
@@ -160,6 +171,7 @@ impl NatsBroker {
             js,
             epoch: Arc::from(epoch.as_str()),
             handler: OnceLock::new(),
+            reconnects,
         });
         let cluster = crate::control::Cluster::start(&shared.cfg, shared.client.clone()).await?;
         Ok(NatsBroker {
@@ -230,9 +242,16 @@ impl Shared {
         }
     }
 
-    /// Every stored message of a channel subject up to stream sequence `upto`, oldest first, read
-    /// with one ordered consumer (a request per batch, not per message).
-    async fn all(&self, subject: &str, upto: u64) -> Result<Vec<Stored>, BrokerError> {
+    /// The stored messages of a channel subject up to stream sequence `upto` that pass `keep`,
+    /// oldest first, read with one ordered consumer (a request per batch, not per message) until
+    /// `enough` says the caller has what it needs.
+    async fn read_kept(
+        &self,
+        subject: &str,
+        upto: u64,
+        keep: impl Fn(&Stored) -> bool,
+        enough: impl Fn(&[Stored]) -> bool,
+    ) -> Result<Vec<Stored>, BrokerError> {
         use jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let consumer = self
             .stream()?
@@ -258,10 +277,13 @@ impl Shared {
                 .headers
                 .as_ref()
                 .and_then(|h| Stored::parse(seq, h, &m.message.payload))
-                .filter(|s| !s.marker)
+                .filter(|s| !s.marker && keep(s))
                 && seq <= upto
             {
                 out.push(s);
+                if enough(&out) {
+                    break;
+                }
             }
             if seq >= upto || pending == 0 {
                 break;
@@ -303,11 +325,16 @@ impl Shared {
         let oldest = top.saturating_sub(last.keep);
         let wants = q.limit > 0 || last.keep > 0;
         let kept: Vec<Stored> = if wants && last.keep > 0 && last.ttl > 0 {
-            self.all(&subject, last.seq)
-                .await?
-                .into_iter()
-                .filter(|s| s.offset > oldest && s.time >= cutoff)
-                .collect()
+            // A forward page stops at its `limit`th publication after `since`, a position query
+            // at the first kept one (it names `first_kept`); only a reverse page reads to the top.
+            let after = q.since.as_ref().map_or(0, |p| p.offset);
+            let enough = |out: &[Stored]| match (q.limit, q.reverse) {
+                (0, _) => true,
+                (_, true) => false,
+                (n, false) => out.len() >= n && out[out.len() - n].offset > after,
+            };
+            let keep = |s: &Stored| s.offset > oldest && s.time >= cutoff;
+            self.read_kept(&subject, last.seq, keep, enough).await?
         } else {
             Vec::new()
         };
@@ -372,8 +399,18 @@ async fn deliver_channel(
 ) {
     let ch: Arc<str> = Arc::from(channel.as_str());
     let mut cursor = ChannelCursor::new(shared.epoch.clone(), last);
+    let mut reconnected = shared.reconnects.subscribe();
     loop {
         tokio::select! {
+            Ok(()) = reconnected.changed(), if shared.js.is_some() => {
+                // Once the server has our subscriptions again, read what the outage swallowed
+                // (live messages racing it are dropped by the cursor as already delivered).
+                if let Err(e) = sync(&shared.client, &shared.cfg.prefix).await {
+                    tracing::debug!(error = %e, "no round trip after a reconnect");
+                }
+                let mut history = StreamHistory { shared: &shared, channel: &channel };
+                cursor.catch_up(&mut history, &mut |p| shared.deliver(p)).await;
+            }
             m = out.next() => {
                 let Some(m) = m else { return };
                 let Some(h) = &m.headers else { continue };

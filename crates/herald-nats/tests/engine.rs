@@ -1,4 +1,4 @@
-//! NATS-specific behaviour: fan-out without JetStream.
+//! NATS-specific behaviour: fan-out without JetStream, kept revocations, catch-up after a reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,4 +101,71 @@ async fn core_nats_refuses_to_keep_revocations_instead_of_pretending() {
     let r = a.keep(&env, u64::MAX).await;
     assert!(matches!(r, Err(BrokerError::Unsupported(_))), "{r:?}");
     assert!(a.kept().await.expect("kept").is_empty());
+}
+
+/// Issue 13: a node whose NATS connection dropped missed what core NATS sent meanwhile, and got
+/// it only when the channel's next publication showed the gap; now it catches up on reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_node_catches_up_without_waiting_for_the_next_publication() {
+    use herald_testkit::faults::FaultProxy;
+    let Some(url) = herald_testkit::nats_url() else {
+        return;
+    };
+    let upstream = url
+        .trim_start_matches("nats://")
+        .parse()
+        .expect("a host:port NATS url");
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let faults = proxy.handle();
+    let id = herald_testkit::unique();
+    let cfg = NatsConfig {
+        url,
+        prefix: format!("herald-test-{id}"),
+        stream: format!("HERALD_TEST_{id}"),
+        storage: herald_nats::config::Storage::Memory,
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let publisher = NatsBroker::connect(cfg.clone()).await.expect("publisher");
+    let node = NatsBroker::connect(NatsConfig {
+        url: format!("nats://{}", proxy.addr()),
+        ..cfg.clone()
+    })
+    .await
+    .expect("node through the proxy");
+    let rec = Arc::new(Recorder::default());
+    node.set_handler(rec.clone());
+    let ch = channel("outage");
+    let kept = |n| PublishRequest {
+        history_size: 100,
+        history_ttl: Duration::from_secs(300),
+        ..req(n)
+    };
+    node.subscribe(&ch).await.expect("subscribe");
+    publisher.publish(&ch, kept(1)).await.expect("publish 1");
+    rec.until("the first publication", |r| r.offsets(&ch) == [1])
+        .await;
+
+    // The node's connection dies and it cannot get back while the publication is made.
+    faults.blackhole();
+    faults.reset();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while node.ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publisher.publish(&ch, kept(2)).await.expect("publish 2");
+    faults.lift_blackhole();
+    rec.until("the publication made during the outage", |r| {
+        r.offsets(&ch) == [1, 2]
+    })
+    .await;
+    if let Ok(c) = async_nats::connect(cfg.url.as_str()).await {
+        let _ = async_nats::jetstream::new(c)
+            .delete_stream(&cfg.stream)
+            .await;
+    }
 }

@@ -36,6 +36,7 @@ on_both_engines!(clients_of_a_crashed_node_recover_on_another_and_its_presence_e
 on_both_engines!(revocations_reach_every_node_including_later_ones);
 on_both_engines!(the_per_user_connection_limit_is_cluster_wide);
 on_both_engines!(bench_fanout_across_two_nodes_loses_nothing);
+on_both_engines!(a_subscriber_hopping_between_nodes_gets_each_publication_once);
 
 /// Subscribers on nodes 2 and 3 get what a client on node 1 publishes, in the same order;
 /// presence on any node lists everyone; the API of node 3 disconnects a user on node 1.
@@ -416,6 +417,75 @@ async fn bench_fanout_across_two_nodes_loses_nothing(engine: Engine) {
         r["server_cpu_seconds"].as_f64().is_some_and(|c| c > 0.0),
         "{r}"
     );
+}
+
+/// Issue 13, found from outside: a subscriber that recovers on another node while publications
+/// flow must get each offset exactly once, in order. Read on raw sockets: the clients drop
+/// duplicates, so only the wire shows whether the server sent the boundary publication twice.
+async fn a_subscriber_hopping_between_nodes_gets_each_publication_once(engine: Engine) {
+    const TOTAL: u64 = 300;
+    let nodes = Cluster::new(
+        &engine,
+        &[
+            ("HERALD_DEFAULT_NAMESPACE__HISTORY_SIZE", "1000"),
+            ("HERALD_LIMITS__PUBLISH_PER_SECOND_PER_USER", "10000"),
+            ("HERALD_LIMITS__PUBLISH_BURST_PER_USER", "10000"),
+            ("HERALD_LIMITS__COMMANDS_PER_SECOND", "10000"),
+            ("HERALD_LIMITS__COMMANDS_BURST", "10000"),
+        ],
+    )
+    .nodes(3);
+    let mut publisher = Ws::open(&nodes[0].addr, &token("pub")).await;
+    let feeder = tokio::spawn(async move {
+        for i in 1..=TOTAL {
+            publisher
+                .call("publish", json!({"channel": "feed:hop", "data": i}))
+                .await;
+            if i % 10 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        publisher
+    });
+    let (mut last, mut epoch, mut hops) = (0u64, Value::Null, 0usize);
+    let take = |m: &Value, last: &mut u64| {
+        let o = m["offset"].as_u64().expect("offset");
+        assert_eq!(
+            o,
+            *last + 1,
+            "after {last}: offset {o} (a duplicate or a skip): {m}"
+        );
+        assert_eq!(m["data"], json!(o));
+        *last = o;
+    };
+    while last < TOTAL {
+        let node = &nodes[hops % nodes.len()];
+        hops += 1;
+        let mut sub = Ws::open(&node.addr, &token("hopper")).await;
+        let mut cmd = json!({"channel": "feed:hop"});
+        if last > 0 {
+            cmd["recover"] = json!({"offset": last, "epoch": epoch});
+        }
+        let r = sub.call("subscribe", cmd).await;
+        if last > 0 {
+            assert_eq!(r["recovered"], true, "{r}");
+        }
+        epoch = r["epoch"].clone();
+        if last == 0 {
+            last = r["offset"].as_u64().expect("offset");
+        }
+        // A few messages on this node (or everything, once the feeder is done), then hop on.
+        let stay = last + 25;
+        while last < stay.min(TOTAL) {
+            let p = sub.push().await;
+            if p["type"] == "message" {
+                take(&p["payload"], &mut last);
+            }
+        }
+        let _ = futures_util::SinkExt::close(&mut sub.ws).await;
+    }
+    assert!(hops >= 3, "hopped {hops} times");
+    let _publisher = feeder.await.expect("feeder");
 }
 
 /// The HTTP status of a refused WebSocket handshake (101 when it succeeds).

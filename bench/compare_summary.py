@@ -1,34 +1,10 @@
 """The markdown table of a bench/compare.sh results file: each metric per run, the noise between
 two runs of the same binary, and the change between the binaries."""
-import json
 import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-by = {(r["server"], r["name"]): r for r in rows}
+from resultfile import METRICS, fmt, get, load
 
-
-def get(r, path):
-    for k in path.split("."):
-        if r is None:
-            return None
-        r = r.get(k)
-    return r
-
-
-METRICS = [
-    ("fanout-1x1000-100hz", "latency.p50_ms", "p50 latency (ms)", False),
-    ("fanout-1x1000-100hz", "latency.p99_ms", "p99 latency (ms)", False),
-    ("fanout-1x1000-100hz", "deliveries_per_server_cpu_second", "deliveries / server CPU s", True),
-    ("fanout-1x5000-max", "deliveries_per_second", "deliveries / s (wall)", True),
-    ("fanout-1x5000-max", "deliveries_per_server_cpu_second", "deliveries / server CPU s", True),
-    ("fanout-1000x10-2000hz", "latency.p99_ms", "p99 latency (ms)", False),
-    ("fanout-1000x10-2000hz", "deliveries_per_server_cpu_second", "deliveries / server CPU s", True),
-    ("idle-10000", "server_bytes_per_connection", "server bytes / idle connection", False),
-]
-
-
-def fmt(v):
-    return "" if v is None else (f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}")
+rows, by = load(sys.argv[1])
 
 
 def spread(a, b):

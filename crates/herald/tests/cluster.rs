@@ -435,6 +435,14 @@ async fn a_subscriber_hopping_between_nodes_gets_each_publication_once(engine: E
         ],
     )
     .nodes(3);
+    // The first subscription is in place before anything is published: every hop reads 25.
+    let mut first = Ws::open(&nodes[0].addr, &token("hopper")).await;
+    let r = first
+        .call("subscribe", json!({"channel": "feed:hop"}))
+        .await;
+    assert_eq!(r["offset"], 0, "{r}");
+    let (mut last, epoch, mut hops) = (0u64, r["epoch"].clone(), 0usize);
+    let mut first = Some(first);
     let mut publisher = Ws::open(&nodes[0].addr, &token("pub")).await;
     let feeder = tokio::spawn(async move {
         for i in 1..=TOTAL {
@@ -447,7 +455,6 @@ async fn a_subscriber_hopping_between_nodes_gets_each_publication_once(engine: E
         }
         publisher
     });
-    let (mut last, mut epoch, mut hops) = (0u64, Value::Null, 0usize);
     let take = |m: &Value, last: &mut u64| {
         let o = m["offset"].as_u64().expect("offset");
         assert_eq!(
@@ -461,19 +468,18 @@ async fn a_subscriber_hopping_between_nodes_gets_each_publication_once(engine: E
     while last < TOTAL {
         let node = &nodes[hops % nodes.len()];
         hops += 1;
-        let mut sub = Ws::open(&node.addr, &token("hopper")).await;
-        let mut cmd = json!({"channel": "feed:hop"});
-        if last > 0 {
-            cmd["recover"] = json!({"offset": last, "epoch": epoch});
-        }
-        let r = sub.call("subscribe", cmd).await;
-        if last > 0 {
-            assert_eq!(r["recovered"], true, "{r}");
-        }
-        epoch = r["epoch"].clone();
-        if last == 0 {
-            last = r["offset"].as_u64().expect("offset");
-        }
+        let mut sub = match first.take() {
+            Some(sub) => sub,
+            None => {
+                let mut sub = Ws::open(&node.addr, &token("hopper")).await;
+                let cmd =
+                    json!({"channel": "feed:hop", "recover": {"offset": last, "epoch": epoch}});
+                let r = sub.call("subscribe", cmd).await;
+                assert_eq!(r["recovered"], true, "{r}");
+                sub
+            }
+        };
+
         // A few messages on this node (or everything, once the feeder is done), then hop on.
         let stay = last + 25;
         while last < stay.min(TOTAL) {
@@ -484,7 +490,7 @@ async fn a_subscriber_hopping_between_nodes_gets_each_publication_once(engine: E
         }
         let _ = futures_util::SinkExt::close(&mut sub.ws).await;
     }
-    assert!(hops >= 3, "hopped {hops} times");
+    assert_eq!(hops, (TOTAL / 25) as usize, "25 messages per hop");
     let _publisher = feeder.await.expect("feeder");
 }
 

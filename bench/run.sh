@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce docs/benchmarks.md: Herald and the Node `ws` baseline, same scenarios, same session.
+# Reproduce docs/benchmarks.md: Herald and three baselines (Node `ws`, uWebSockets.js, a bare tokio
+# fan-out server: the limit), same scenarios, same session.
 # Each scenario gets a fresh server pinned to core 0; the load generator runs on core 1.
 #   bench/run.sh [OUT.jsonl]
 set -euo pipefail
@@ -7,8 +8,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:-bench/results/$(date -u +%Y-%m-%d).jsonl}
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
-cargo build --release -p herald >&2
+cargo build --release -p herald -p herald-bench-bare >&2
 (cd bench/node-ws && npm ci --no-audit --no-fund >&2)
+(cd bench/uws && npm ci --no-audit --no-fund >&2)
 HERALD=target/release/herald
 
 . bench/lib.sh
@@ -17,10 +19,12 @@ start() { # start SERVER -> prints pid
   case "$1" in
     herald) taskset -c 0 "$HERALD" serve --dev --config bench/herald.toml --listen 127.0.0.1:8200 >/dev/null 2>&1 & echo $! ;;
     node) PORT=8100 taskset -c 0 node bench/node-ws/server.js >/dev/null 2>&1 & echo $! ;;
+    uws) PORT=8300 taskset -c 0 node bench/uws/server.js >/dev/null 2>&1 & echo $! ;;
+    bare) PORT=8400 taskset -c 0 target/release/herald-bench-bare >/dev/null 2>&1 & echo $! ;;
   esac
 }
 
-port() { [ "$1" = herald ] && echo 8200 || echo 8100; }
+port() { case "$1" in herald) echo 8200 ;; node) echo 8100 ;; uws) echo 8300 ;; bare) echo 8400 ;; esac; }
 
 run() { # run SERVER NAME SCENARIO ARGS...
   local server=$1 name=$2; shift 2
@@ -34,7 +38,7 @@ run() { # run SERVER NAME SCENARIO ARGS...
     "$server" "$name" "$result" >> "$OUT"
 }
 
-for server in herald node; do
+for server in ${SERVERS:-herald node uws bare}; do
   run $server fanout-1x1000-100hz fanout --subscribers 1000 --channels 1 --rate 100 --duration 10s
   run $server fanout-1x5000-max fanout --subscribers 5000 --channels 1 --rate 0 --duration 10s
   run $server fanout-1000x10-2000hz fanout --subscribers 10000 --channels 1000 --rate 2000 --duration 10s

@@ -1,4 +1,5 @@
-"""Print the markdown table of docs/benchmarks.md from a bench/run.sh results file."""
+"""Print the markdown table of docs/benchmarks.md from a bench/run.sh results file: Herald, each
+baseline, and Herald relative to each (above 1× = Herald better)."""
 import sys
 
 from resultfile import METRICS, fmt, get, load
@@ -8,17 +9,24 @@ for r in rows:
     if r.get("server_cpu_seconds") is not None and r.get("scenario") == "connect" and r.get("connections"):
         r["server_cpu_us_per_connection"] = r["server_cpu_seconds"] * 1e6 / r["connections"]
 
-print("| scenario | metric | Herald | Node ws | Herald ÷ Node (better ×) |")
-print("| --- | --- | ---: | ---: | ---: |")
+PEERS = [("node", "Node ws"), ("uws", "uWS.js"), ("bare", "bare tokio")]
+
+
+def ratio(h, p, higher):
+    """Herald relative to a peer, > 1 when Herald is better."""
+    if h is None or p is None or not h or not p:
+        return ""
+    return f"{(h / p if higher else p / h):.2f}×"
+
+
+print("| scenario | metric | Herald | " + " | ".join(label for _, label in PEERS)
+      + " | Herald vs " + " | Herald vs ".join(label for _, label in PEERS) + " |")
+print("| --- | --- | ---: |" + " ---: |" * (2 * len(PEERS)))
 for name, path, label, higher in METRICS:
-    h, n = get(by.get(("herald", name)), path), get(by.get(("node", name)), path)
-    if h is None or n is None:
-        ratio = ""
-    elif higher:
-        ratio = f"{h / n:.1f}×" if n else ""
-    else:
-        ratio = f"{n / h:.1f}×" if h else ""
-    print(f"| {name} | {label} | {fmt(h)} | {fmt(n)} | {ratio} |")
+    h = get(by.get(("herald", name)), path)
+    peers = [get(by.get((s, name)), path) for s, _ in PEERS]
+    cells = [fmt(h)] + [fmt(p) for p in peers] + [ratio(h, p, higher) for p in peers]
+    print(f"| {name} | {label} | " + " | ".join(cells) + " |")
 
 for (server, name), r in sorted(by.items()):
     lost, dup = r.get("lost"), r.get("duplicates")

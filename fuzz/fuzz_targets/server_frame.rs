@@ -1,6 +1,6 @@
 //! The client side of the wire: parsing server frames (`frame::parse_unmasked`, used by the
 //! `herald bench` load generator on bytes from the server) and decoding their envelopes
-//! (`codec::decode_server_frame`) into typed messages (`ServerMessage::decode`, used by the Rust
+//! (`server::decode_server_frame`) into typed messages (`ServerMessage::decode`, used by the Rust
 //! client), plus the frame builders.
 //!
 //! Input: `[selector, bytes...]`. Invariants: no panic (overflow checks are on); a parsed frame's
@@ -9,7 +9,7 @@
 #![no_main]
 
 use herald_proto::{Format, ServerMessage};
-use herald_proto::codec::decode_server_frame;
+use herald_proto::server::decode_server_frame;
 use herald_proto::frame::{self, OpCode};
 use libfuzzer_sys::fuzz_target;
 

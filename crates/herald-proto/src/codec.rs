@@ -298,35 +298,6 @@ pub fn data_for(format: Format, data: &Data) -> DataOut<'_> {
     }
 }
 
-/// Decode a server frame's envelope (for clients and tests): `(type, id, payload as JSON value)`.
-pub fn decode_server_frame(
-    format: Format,
-    input: &[u8],
-) -> Result<(String, Option<Id>, serde_json::Value), crate::server::ServerDecodeError> {
-    #[derive(Deserialize)]
-    struct Any {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        id: Option<Id>,
-        #[serde(default)]
-        payload: serde_json::Value,
-    }
-    let any: Any = match format {
-        Format::Json => serde_json::from_slice(input).map_err(envelope)?,
-        Format::Msgpack => {
-            let v: rmpv::Value = rmp_serde::from_slice(input).map_err(envelope)?;
-            let j = serde_json::to_value(&v).map_err(envelope)?;
-            serde_json::from_value(j).map_err(envelope)?
-        }
-    };
-    Ok((any.kind, any.id, any.payload))
-}
-
-fn envelope(e: impl std::fmt::Display) -> crate::server::ServerDecodeError {
-    crate::server::ServerDecodeError::Envelope(e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,7 +422,8 @@ mod tests {
             let frame = encode(format, ServerKind::Message, None, &out).expect("encode");
             let (payload, opcode) = frame::parse_unmasked(&frame).expect("frame");
             assert_eq!(opcode, format.opcode());
-            let (kind, id, p) = decode_server_frame(format, payload).expect("decode");
+            let (kind, id, p) =
+                crate::server::decode_server_frame(format, payload).expect("decode");
             assert_eq!((kind.as_str(), id), ("message", None));
             assert_eq!(p["data"]["x"], 1);
             assert_eq!(p["offset"], 7);

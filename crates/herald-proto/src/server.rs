@@ -119,7 +119,7 @@ pub enum ServerDecodeError {
 impl ServerMessage {
     /// Decode a whole server frame (the WebSocket message's payload).
     pub fn decode(format: Format, input: &[u8]) -> Result<ServerMessage, ServerDecodeError> {
-        let (kind, id, payload) = crate::codec::decode_server_frame(format, input)?;
+        let (kind, id, payload) = decode_server_frame(format, input)?;
         Self::from_parts(&kind, id, payload)
     }
 
@@ -192,6 +192,35 @@ fn presence(
         who: payload,
         client,
     })
+}
+
+/// Decode a server frame's envelope (for clients and tests): `(type, id, payload as JSON value)`.
+pub fn decode_server_frame(
+    format: Format,
+    input: &[u8],
+) -> Result<(String, Option<Id>, serde_json::Value), ServerDecodeError> {
+    #[derive(Deserialize)]
+    struct Any {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        id: Option<Id>,
+        #[serde(default)]
+        payload: serde_json::Value,
+    }
+    let any: Any = match format {
+        Format::Json => serde_json::from_slice(input).map_err(envelope)?,
+        Format::Msgpack => {
+            let v: rmpv::Value = rmp_serde::from_slice(input).map_err(envelope)?;
+            let j = serde_json::to_value(&v).map_err(envelope)?;
+            serde_json::from_value(j).map_err(envelope)?
+        }
+    };
+    Ok((any.kind, any.id, any.payload))
+}
+
+fn envelope(e: impl std::fmt::Display) -> ServerDecodeError {
+    ServerDecodeError::Envelope(e.to_string())
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub async fn serve(
                 let auth_deadline = session.auth_deadline();
                 tokio::select! {
                     r = &mut read => break Some(r),
-                    _ = st.writer_done.cancelled() => break None,
+                    _ = st.writer_done.wait() => break None,
                     _ = sleep_until_opt(auth_deadline) => {
                         if let Flow::Close(code) = session.on_auth_timer() {
                             session.outlet().close(code);
@@ -160,7 +160,7 @@ pub async fn serve(
             session.outlet().close(code);
         }
     };
-    st.reader_done.cancel();
+    st.reader_done.signal();
     let end = writer.await.unwrap_or(crate::writer::WriterEnd {
         code: Some(CloseCode::InternalError),
         abort: true,
@@ -242,7 +242,7 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
     loop {
         let res = tokio::select! {
             r = reader.next(&mut control) => r,
-            _ = st.writer_done.cancelled() => break,
+            _ = st.writer_done.wait() => break,
         };
         for c in control.drain(..) {
             outlet.push_reply(c);
@@ -261,6 +261,6 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
             }
         }
     }
-    st.reader_done.cancel();
+    st.reader_done.signal();
     let _ = writer.await;
 }

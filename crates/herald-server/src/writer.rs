@@ -5,16 +5,18 @@
 //! exactly, so a burst to one subscriber costs one `writev`, not one `write` per frame.
 
 use std::io::{self, IoSlice};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use herald_core::outlet::{Drained, Outlet};
 use herald_proto::envelope::Disconnect;
 use herald_proto::frame::{self, OpCode};
 use herald_proto::{CloseCode, Format};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConnectionConfig;
@@ -22,14 +24,48 @@ use crate::config::ConnectionConfig;
 /// Frames taken from the queue per write.
 const MAX_BATCH: usize = 256;
 
+/// A one-way "done" signal kept inline in [`ConnState`] (a `CancellationToken` is a separate
+/// allocation of ~100 bytes; a connection needs two).
+#[derive(Default)]
+pub struct Done {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Done {
+    /// Signal it (wakes every waiter, now and later).
+    pub fn signal(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether it was signalled.
+    pub fn is_done(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// Wait until it is signalled.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// State shared by a connection's reader and writer.
 pub struct ConnState {
     started: Instant,
     last_seen_ms: AtomicU64,
-    /// Cancelled when the reader stopped (client closed, vanished or broke the protocol).
-    pub reader_done: CancellationToken,
-    /// Cancelled when the writer stopped.
-    pub writer_done: CancellationToken,
+    /// Signalled when the reader stopped (client closed, vanished or broke the protocol).
+    pub reader_done: Done,
+    /// Signalled when the writer stopped.
+    pub writer_done: Done,
     final_close: Mutex<Option<CloseCode>>,
 }
 
@@ -39,8 +75,8 @@ impl ConnState {
         Arc::new(ConnState {
             started: Instant::now(),
             last_seen_ms: AtomicU64::new(0),
-            reader_done: CancellationToken::new(),
-            writer_done: CancellationToken::new(),
+            reader_done: Done::default(),
+            writer_done: Done::default(),
             final_close: Mutex::new(None),
         })
     }
@@ -85,6 +121,26 @@ pub struct WriterEnd {
 impl WriterEnd {
     fn close(code: Option<CloseCode>) -> Self {
         WriterEnd { code, abort: false }
+    }
+}
+
+/// The writer's metric handles, registered once.
+struct WriterMetrics {
+    frames_out: metrics::Counter,
+    bytes_out: metrics::Counter,
+    writes: metrics::Counter,
+    publish_to_send: metrics::Histogram,
+}
+
+impl WriterMetrics {
+    fn get() -> &'static WriterMetrics {
+        static M: std::sync::OnceLock<WriterMetrics> = std::sync::OnceLock::new();
+        M.get_or_init(|| WriterMetrics {
+            frames_out: metrics::counter!("herald_frames_out_total"),
+            bytes_out: metrics::counter!("herald_bytes_out_total"),
+            writes: metrics::counter!("herald_writes_total"),
+            publish_to_send: metrics::histogram!("herald_publish_to_send_seconds"),
+        })
     }
 }
 
@@ -183,7 +239,7 @@ pub async fn run_writer<W: AsyncWrite + Unpin>(
             .increment(1);
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
-    st.writer_done.cancel();
+    st.writer_done.signal();
     end
 }
 
@@ -204,23 +260,28 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     // was a measurable share of the per-delivery cost.
     let timer = tokio::time::sleep_until(next_ping.into());
     tokio::pin!(timer);
-    let reader_gone = st.reader_done.cancelled();
+    // Fused: after it fired, the loop ends at its next `reader_done` check.
+    let reader_gone = st.reader_done.wait().fuse();
     tokio::pin!(reader_gone);
     let stopping = shutdown.cancelled();
     tokio::pin!(stopping);
-    // Handles resolved once per connection: the per-write path does no registry lookups.
-    let frames_out = metrics::counter!("herald_frames_out_total");
-    let bytes_out = metrics::counter!("herald_bytes_out_total");
-    let writes = metrics::counter!("herald_writes_total");
-    let publish_to_send = metrics::histogram!("herald_publish_to_send_seconds");
+    // Handles resolved once per process: the per-write path does no registry lookups, and a
+    // connection holds no handles of its own.
+    let WriterMetrics {
+        frames_out,
+        bytes_out,
+        writes,
+        publish_to_send,
+    } = WriterMetrics::get();
     loop {
         // Read before draining: the reader queues its last frames (a close echo) before it
         // signals, so a drain after this snapshot is guaranteed to include them.
-        let reader_done = st.reader_done.is_cancelled();
+        let reader_done = st.reader_done.is_done();
         batch.frames.clear();
         batch.oldest_pub = None;
         batch.close = None;
         outlet.drain(MAX_BATCH, &mut batch);
+        let full = batch.frames.len() == MAX_BATCH;
         if !batch.frames.is_empty() {
             close_written |= batch
                 .frames
@@ -228,20 +289,22 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
             let limit =
                 deadline.unwrap_or_else(|| tokio::time::Instant::now() + s.conn.write_timeout);
-            let write = tokio::time::timeout_at(limit, write_frames(w, &batch.frames));
-            tokio::pin!(write);
             // Whether a push's wake-up was taken here: its frames must be drained before the
             // writer waits again (the wake-up is gone).
             let mut pushed_meanwhile = false;
-            let result = loop {
-                tokio::select! {
-                    r = &mut write => break r,
-                    // A client that stopped reading can overflow its queue while a write is
-                    // stuck: drop the socket now instead of waiting for the write timeout.
-                    _ = outlet.notified() => {
-                        pushed_meanwhile = true;
-                        if outlet.close_requested() == Some(CloseCode::SlowConsumer) {
-                            return WriterEnd { code: Some(CloseCode::SlowConsumer), abort: true };
+            let result = {
+                let write = tokio::time::timeout_at(limit, write_frames(w, &batch.frames));
+                tokio::pin!(write);
+                loop {
+                    tokio::select! {
+                        r = &mut write => break r,
+                        // A client that stopped reading can overflow its queue while a write is
+                        // stuck: drop the socket now instead of waiting for the write timeout.
+                        _ = outlet.notified() => {
+                            pushed_meanwhile = true;
+                            if outlet.close_requested() == Some(CloseCode::SlowConsumer) {
+                                return WriterEnd { code: Some(CloseCode::SlowConsumer), abort: true };
+                            }
                         }
                     }
                 }
@@ -249,6 +312,8 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             match result {
                 Ok(Ok(bytes)) => {
                     frames_out.increment(batch.frames.len() as u64);
+                    // Written: an idle connection keeps no reference to its last frames.
+                    batch.frames.clear();
                     bytes_out.increment(bytes as u64);
                     writes.increment(1);
                     if let Some(t) = batch.oldest_pub {
@@ -283,7 +348,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if let Some(code) = batch.close {
             return WriterEnd::close(Some(code));
         }
-        if batch.frames.len() == MAX_BATCH {
+        if full {
             continue;
         }
         if reader_done {

@@ -58,9 +58,9 @@ impl Session {
             });
         }
         let reply = Resumed {
-            session_id: self.id.clone(),
+            session_id: self.id.to_string(),
             client_id: self.client_id.to_string(),
-            resume_token: self.resume_token.clone(),
+            resume_token: self.resume_token.to_string(),
             channels,
             buffered: self.outlet.len() as u64,
         };
@@ -165,7 +165,7 @@ impl Session {
             return;
         }
         let node = self.node.clone();
-        let token = self.resume_token.clone();
+        let token = self.resume_token.to_string();
         node.park(token, Box::new(self)).await;
     }
 

@@ -332,7 +332,9 @@ async fn serve(mut stream: TcpStream, hub: Arc<Hub>, id: u64) -> io::Result<()> 
                     break Err(e);
                 }
                 match read_ready(&stream, &hub, &me, &mut subs, &mut partial) {
-                    Ok(Read::More) => {}
+                    // Let the subscribers' tasks write before reading more: a publisher in a
+                    // closed loop would otherwise outrun them until their queues overflow.
+                    Ok(Read::More) => tokio::task::yield_now().await,
                     Ok(Read::Closed) => closing = true,
                     Err(e) => break Err(e),
                 }

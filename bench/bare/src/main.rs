@@ -186,7 +186,8 @@ fn command(hub: &Hub, me: &Arc<Conn>, subs: &mut Vec<String>, raw: &[u8]) {
     }
 }
 
-/// Write every frame with as few vectored writes as the socket allows.
+/// Write every frame with as few vectored writes as the socket allows (the same loop as
+/// herald-server's writer: the baseline shares no code with Herald on purpose).
 async fn write_all(stream: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
     let (mut idx, mut off) = (0, 0);
     let mut slices = Vec::with_capacity(frames.len());
@@ -360,7 +361,11 @@ async fn main() -> io::Result<()> {
         )
     });
     let listener = TcpListener::bind(&addr).await?;
-    println!("bare fan-out baseline listening on ws://{addr}/ws");
+    // The bound address (port 0 picks a free one): the first line of stdout.
+    println!(
+        "bare fan-out baseline listening on ws://{}/ws",
+        listener.local_addr()?
+    );
     let hub = Arc::new(Hub::default());
     let mut id = 0u64;
     loop {

@@ -124,7 +124,9 @@ impl WriterEnd {
     }
 }
 
-/// The writer's metric handles, registered once.
+/// The writer's metric handles, registered once per process. The recorder is installed when the
+/// server is built (`metrics::install` in `ServerBuilder::bind`), before any connection exists,
+/// so the first writer already resolves them against it.
 struct WriterMetrics {
     frames_out: metrics::Counter,
     bytes_out: metrics::Counter,

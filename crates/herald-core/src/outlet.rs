@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use herald_proto::{CloseCode, Format};
 use tokio::sync::Notify;
 
@@ -69,7 +70,9 @@ pub struct Outlet {
     pub format: Format,
     limits: QueueLimits,
     queue: Mutex<Queue>,
-    notify: Notify,
+    /// The writer's wake-up: a push takes the registered waker (one atomic swap), so pushes that
+    /// follow before the writer ran again cost nothing more.
+    writer: AtomicWaker,
     space: Notify,
 }
 
@@ -99,18 +102,19 @@ impl Outlet {
                 close: None,
                 redirect: None,
             }),
-            notify: Notify::new(),
+            writer: AtomicWaker::new(),
             space: Notify::new(),
         })
     }
 
-    /// Wait until something was pushed (or a close/redirect was requested).
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    /// Wake `waker` at the next push, close or redirect. Register before draining: a push that
+    /// lands between the drain and the registration would otherwise not wake the writer.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.writer.register(waker);
     }
 
     fn wake(&self) {
-        self.notify.notify_one();
+        self.writer.wake();
     }
 
     /// The queue limits.

@@ -380,7 +380,16 @@ impl ServerBuilder {
         let l = &node.config().limits;
         let connect_limiter =
             KeyedLimiter::new(l.connect_per_second_per_ip, l.connect_burst_per_ip);
+        let heartbeats = crate::heartbeat::Heartbeats::new(conn.ping_interval, conn.pong_timeout);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(crate::heartbeat::Heartbeats::run(
+            Arc::downgrade(&heartbeats),
+            shutdown.clone(),
+        ));
         let state = Arc::new(AppState {
+            ws_writes: AppState::writer_settings(&conn, &server, true),
+            echo_writes: AppState::writer_settings(&conn, &server, false),
+            heartbeats,
             connect_limiter,
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
@@ -392,7 +401,7 @@ impl ServerBuilder {
             node,
             server,
             conn,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             metrics: crate::metrics::install(),

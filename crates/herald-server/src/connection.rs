@@ -1,18 +1,28 @@
-//! One protocol connection on `/ws`: the read loop (decode, hand to the session) and its writer.
+//! One protocol connection on `/ws`: one task that reads (decode, hand to the session) and
+//! writes (the [`Link`]) the same socket; and the `/echo` loop.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use fastwebsockets::WebSocket;
-use herald_core::{Flow, Session};
+use herald_core::{Flow, ServerCommand, Session};
 use herald_proto::{CloseCode, Format};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::time::Sleep;
 
+use crate::link::{IoEvent, Link};
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::state::{AppState, Handshake, Held};
-use crate::writer::{ConnState, run_writer};
+
+/// What woke a connection's task.
+enum Event {
+    Io(IoEvent),
+    Command(ServerCommand),
+    AuthTimer,
+}
 
 /// Serve an upgraded `/ws` connection until it closes.
 pub async fn serve(
@@ -23,18 +33,12 @@ pub async fn serve(
     hs: Handshake,
     mut held: Held,
 ) {
-    let (r, mut w) = tokio::io::split(ws.into_inner());
-    let mut reader = MessageReader::with_limits(r, app.conn.read_limits());
+    let mut reader = MessageReader::with_limits(ws.into_inner(), app.conn.read_limits());
     let (identity, user_slot, over_user_limit, channels, auth_id) = match hs {
         Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels, None),
         Handshake::FirstMessage => {
-            let Some((identity, auth_id)) = Box::pin(crate::preauth::authenticate(
-                &mut reader,
-                &mut w,
-                format,
-                &app,
-            ))
-            .await
+            let Some((identity, auth_id)) =
+                Box::pin(crate::preauth::authenticate(&mut reader, format, &app)).await
             else {
                 reader
                     .linger(LINGER, linger_limit(app.conn.max_message_size))
@@ -72,58 +76,74 @@ pub async fn serve(
         >= app.server.max_connections;
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
+    let mut link = Link::new(
+        reader,
+        session.outlet().clone(),
+        &app.heartbeats,
+        &app.ws_writes,
+    );
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
         session.welcome(auth_id.as_ref());
         for channel in channels {
-            Box::pin(session.server_command(herald_core::ServerCommand::Subscribe(channel))).await;
+            link.drive(Box::pin(
+                session.server_command(ServerCommand::Subscribe(channel)),
+            ))
+            .await;
         }
     }
     tracing::info!(client = %client, remote = %remote, protocol = format.subprotocol(), "connected");
 
-    let st = ConnState::new();
-    let writer = tokio::spawn(run_writer(
-        w,
-        session.outlet().clone(),
-        st.clone(),
-        app.writer_settings(true),
-        app.shutdown.clone(),
-    ));
     let mut control = Vec::new();
     let mut reason = "client gone";
     let mut server_closed = false;
-    let clean = loop {
-        let res = {
-            // One read future lives across timer ticks: reads are not cancel-safe, so a tick must
-            // never drop a half-read frame.
-            let read = reader.next(&mut control);
-            tokio::pin!(read);
-            loop {
-                let auth_deadline = session.auth_deadline();
-                tokio::select! {
-                    r = &mut read => break Some(r),
-                    _ = st.writer_done.wait() => break None,
-                    _ = sleep_until_opt(auth_deadline) => {
-                        if let Flow::Close(code) = session.on_auth_timer() {
-                            session.outlet().close(code);
-                        }
-                    }
-                    cmd = session.next_server_command() => {
-                        Box::pin(session.server_command(cmd)).await;
+    // Only a session whose token expires has an auth timer.
+    let mut auth_timer: Option<(tokio::time::Instant, std::pin::Pin<Box<Sleep>>)> = None;
+    let (clean, end) = loop {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(e) = link.poll_io(cx, &mut control) {
+                return Poll::Ready(Event::Io(e));
+            }
+            if let Poll::Ready(cmd) = session.poll_server_command(cx) {
+                return Poll::Ready(Event::Command(cmd));
+            }
+            match session.auth_deadline() {
+                None => auth_timer = None,
+                Some(at) => {
+                    let timer = match &mut auth_timer {
+                        Some((armed, timer)) if *armed == at => timer,
+                        slot => &mut slot.insert((at, Box::pin(tokio::time::sleep_until(at)))).1,
+                    };
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::AuthTimer);
                     }
                 }
             }
-        };
-        let Some(res) = res else {
-            reason = "closed by server";
-            server_closed = true;
-            break false;
+            Poll::Pending
+        })
+        .await;
+        let res = match event {
+            Event::AuthTimer => {
+                if let Flow::Close(code) = session.on_auth_timer() {
+                    session.outlet().close(code);
+                }
+                continue;
+            }
+            Event::Command(cmd) => {
+                link.drive(Box::pin(session.server_command(cmd))).await;
+                continue;
+            }
+            Event::Io(IoEvent::Ended(end)) => {
+                reason = "closed by server";
+                server_closed = true;
+                break (false, end);
+            }
+            Event::Io(IoEvent::Inbound(res)) => res,
         };
         for c in control.drain(..) {
             session.outlet().push_reply(c);
         }
-        st.touch();
         let flow = match res {
             Ok(Inbound::Pong) => Flow::Continue,
             Ok(Inbound::Ping(pong)) => {
@@ -133,10 +153,12 @@ pub async fn serve(
             // Boxed: command futures (recovery, resume) are large, and an idle connection's task
             // should not carry their space while it waits for the next frame.
             Ok(Inbound::Text(b)) if format == Format::Json => {
-                Box::pin(dispatch(&mut session, format, &b)).await
+                link.drive(Box::pin(dispatch(&mut session, format, &b)))
+                    .await
             }
             Ok(Inbound::Binary(b)) if format == Format::Msgpack => {
-                Box::pin(dispatch(&mut session, format, &b)).await
+                link.drive(Box::pin(dispatch(&mut session, format, &b)))
+                    .await
             }
             Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
             Ok(Inbound::Close { clean }) => {
@@ -145,26 +167,25 @@ pub async fn serve(
                 } else {
                     "client closed abnormally"
                 };
-                break clean;
+                link.reader_finished(None);
+                break (clean, link.finish().await);
             }
             Err(ReadError::Protocol(code)) => {
                 metrics::counter!("herald_protocol_errors_total", "code" => code.code().to_string()).increment(1);
                 reason = "websocket protocol error";
-                st.set_final_close(code);
                 server_closed = true;
-                break true;
+                link.reader_finished(Some(code));
+                break (true, link.finish().await);
             }
-            Err(ReadError::Gone) => break false,
+            Err(ReadError::Gone) => {
+                link.reader_finished(None);
+                break (false, link.finish().await);
+            }
         };
         if let Flow::Close(code) = flow {
             session.outlet().close(code);
         }
     };
-    st.reader_done.signal();
-    let end = writer.await.unwrap_or(crate::writer::WriterEnd {
-        code: Some(CloseCode::InternalError),
-        abort: true,
-    });
     app.connections
         .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     metrics::gauge!("herald_connections").decrement(1.0);
@@ -183,7 +204,7 @@ pub async fn serve(
     // The server closed while the client may still be sending (the rest of an oversized message):
     // read it off before dropping the socket, so the client sees our close code, not a reset.
     if server_closed && !end.abort {
-        reader
+        link.into_reader()
             .linger(LINGER, linger_limit(app.conn.max_message_size))
             .await;
     }
@@ -195,13 +216,6 @@ pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 /// How many bytes a lingering close reads off at most.
 pub fn linger_limit(max_message_size: usize) -> usize {
     (2 * max_message_size).max(1 << 20)
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn dispatch(session: &mut herald_core::Session, format: Format, bytes: &[u8]) -> Flow {
@@ -220,9 +234,8 @@ async fn dispatch(session: &mut herald_core::Session, format: Format, bytes: &[u
 pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
     use herald_core::outlet::{Outlet, QueueLimits};
     use herald_proto::frame::{self, OpCode};
-    let (r, w) = tokio::io::split(ws.into_inner());
     let max = app.conn.max_message_size.max(16 << 20);
-    let mut reader = MessageReader::new(r, max);
+    let reader = MessageReader::new(ws.into_inner(), max);
     let outlet = Outlet::new(
         Format::Json,
         QueueLimits {
@@ -230,37 +243,31 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
             max_bytes: 4 * max,
         },
     );
-    let st = ConnState::new();
-    let writer = tokio::spawn(run_writer(
-        w,
-        outlet.clone(),
-        st.clone(),
-        app.writer_settings(false),
-        app.shutdown.clone(),
-    ));
+    let mut link = Link::new(reader, outlet.clone(), &app.heartbeats, &app.echo_writes);
     let mut control = Vec::new();
     loop {
-        let res = tokio::select! {
-            r = reader.next(&mut control) => r,
-            _ = st.writer_done.wait() => break,
+        let res = match link.next(&mut control).await {
+            IoEvent::Inbound(res) => res,
+            IoEvent::Ended(_) => return,
         };
         for c in control.drain(..) {
             outlet.push_reply(c);
         }
-        st.touch();
         match res {
             Ok(Inbound::Text(b)) => outlet.push_reply(frame::with_payload(OpCode::Text, &b)),
             Ok(Inbound::Binary(b)) => outlet.push_reply(frame::with_payload(OpCode::Binary, &b)),
             Ok(Inbound::Pong) => {}
             // Every ping answered (Autobahn 2.10 checks it); the queue bound still applies.
             Ok(Inbound::Ping(pong)) => outlet.push_reply(pong),
-            Ok(Inbound::Close { .. }) | Err(ReadError::Gone) => break,
+            Ok(Inbound::Close { .. }) | Err(ReadError::Gone) => {
+                link.reader_finished(None);
+                break;
+            }
             Err(ReadError::Protocol(code)) => {
-                st.set_final_close(code);
+                link.reader_finished(Some(code));
                 break;
             }
         }
     }
-    st.reader_done.signal();
-    let _ = writer.await;
+    link.finish().await;
 }

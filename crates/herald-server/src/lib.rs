@@ -2,9 +2,11 @@
 //!
 //! # Layout
 //! - [`app`]: routes (`/ws`, `/echo`, `/metrics`, `/healthz`, `/readyz`), upgrade and lifecycle.
-//! - [`connection`]: one `/ws` connection: read loop and session dispatch; the `/echo` loop.
+//! - [`connection`]: one `/ws` connection's task: session dispatch; the `/echo` loop.
+//! - [`link`]: a connection's socket, read and written by its one task (vectored writes, closing).
+//! - [`heartbeat`]: pings and pong deadlines for every connection from one timer wheel.
 //! - [`reader`]: whole messages from client frames (fragments, size bound, UTF-8).
-//! - [`writer`]: the corked writer (vectored writes), heartbeats and closing.
+//! - [`writer`]: how a connection ended, write settings, closing frames, write metrics.
 //! - [`handshake`]: checks before the upgrade (client IP, Origin, subprotocols, token carriers).
 //! - [`preauth`]: first-message authentication (`auth` before anything else).
 //! - [`api`]: the HTTP server API for backends (API keys).
@@ -24,8 +26,10 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod handshake;
+pub mod heartbeat;
 pub mod http_client;
 pub mod jwks;
+pub mod link;
 pub mod listener;
 pub mod metrics;
 pub mod preauth;

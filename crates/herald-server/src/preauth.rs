@@ -1,7 +1,7 @@
 //! First-message authentication: a connection that brought no token to the handshake (with
 //! `auth.anonymous = false`) must send `auth` within `auth_timeout`. Until then only `auth` and
-//! `ping` are accepted; replies are written straight to the socket, and no session, queue or
-//! writer task exists yet.
+//! `ping` are accepted; replies are written straight to the socket, and no session or queue
+//! exists yet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,30 +49,30 @@ async fn close<W: AsyncWrite + Unpin>(
 
 /// Wait for a successful `auth`: the identity and the command's `id` (the `connected` push
 /// answers it). `None` = the connection was closed (failure, timeout, gone).
-pub async fn authenticate<R, W>(
-    reader: &mut MessageReader<R>,
-    w: &mut W,
+pub async fn authenticate<S>(
+    reader: &mut MessageReader<S>,
     format: Format,
     app: &Arc<AppState>,
 ) -> Option<(Identity, Option<Id>)>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = tokio::time::Instant::now() + app.node.config().auth.auth_timeout;
     let write_timeout = app.conn.write_timeout;
     let mut control = Vec::new();
     loop {
         let res = tokio::select! {
-            r = reader.next(&mut control) => r,
-            _ = tokio::time::sleep_until(deadline) => {
-                close(w, format, Vec::new(), CloseCode::AuthTimeout).await;
-                return None;
-            }
+            r = reader.next(&mut control) => Some(r),
+            _ = tokio::time::sleep_until(deadline) => None,
             _ = app.shutdown.cancelled() => {
-                close(w, format, Vec::new(), CloseCode::GoingAway).await;
+                close(reader.get_mut(), format, Vec::new(), CloseCode::GoingAway).await;
                 return None;
             }
+        };
+        let w = reader.get_mut();
+        let Some(res) = res else {
+            close(w, format, Vec::new(), CloseCode::AuthTimeout).await;
+            return None;
         };
         if !control.is_empty() && !send(w, &std::mem::take(&mut control), write_timeout).await {
             return None;

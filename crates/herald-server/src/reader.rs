@@ -1,10 +1,10 @@
 //! Reading client messages: RFC 6455 frame parsing (masking, opcodes, control frames, close
 //! codes), fragment reassembly under a size bound, and UTF-8 validation as data arrives.
 //!
-//! The read buffer starts empty and grows only to the frame being read; once drained it is freed
-//! when it grew past [`KEEP`] bytes, so an idle connection holds at most a few hundred bytes here.
-//! Every `next` is cancel-safe: all state lives in the reader and the only await is a read into
-//! spare buffer capacity. Conformance is checked by the Autobahn suite (`scripts/autobahn.sh`).
+//! The read buffer starts empty and grows only to the frame being read; reads with nothing
+//! buffered land in a per-thread scratch buffer, and a connection waiting for its next frame with
+//! nothing buffered holds no read buffer at all. `poll_next` (and `next`) keep all state in the
+//! reader, so a `Pending` loses nothing. Conformance is checked by the Autobahn suite (`scripts/autobahn.sh`).
 //!
 //! Bounded by construction ([`ReadLimits`]): a message's size and its number of fragments, and the
 //! rate of frames of any kind (pings, pongs, empty continuations included) are limited; a ping is
@@ -17,12 +17,23 @@ use bytes::Bytes;
 use herald_core::limits::Allowance;
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 /// Buffer capacity kept after a message has been consumed.
 pub const KEEP: usize = 512;
 /// Smallest read.
 const MIN_READ: usize = 256;
+/// Size of each runtime thread's scratch buffer, which reads land in when a connection has
+/// nothing buffered (most reads: a whole small command).
+const SCRATCH_LEN: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+}
 
 /// A complete inbound message or event.
 #[derive(Debug)]
@@ -219,16 +230,42 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         let _ = tokio::time::timeout(timeout, drain).await;
     }
 
-    /// Read more bytes, making room for at least `want` more.
-    async fn fill(&mut self, want: usize) -> Result<(), ReadError> {
+    /// Read more bytes, making room for at least `want` more. With nothing buffered the read goes
+    /// into this thread's scratch buffer and only what arrived is kept; while the socket has
+    /// nothing to read and nothing is buffered, the connection holds no read buffer at all.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<(), ReadError>> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        self.buf.reserve(want.max(MIN_READ));
-        match self.io.read_buf(&mut self.buf).await {
-            Ok(0) | Err(_) => Err(ReadError::Gone),
-            Ok(_) => Ok(()),
+        let want = want.max(MIN_READ);
+        let res = if self.buf.is_empty() && self.buf.capacity() < want {
+            let io = &mut self.io;
+            let buf = &mut self.buf;
+            SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut rb = ReadBuf::new(&mut scratch[..]);
+                match Pin::new(io).poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(r) => {
+                        buf.extend_from_slice(rb.filled());
+                        Poll::Ready(r.map(|()| rb.filled().len()))
+                    }
+                }
+            })
+        } else {
+            self.buf.reserve(want);
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        };
+        match res {
+            Poll::Pending => {
+                if self.buf.is_empty() && self.buf.capacity() > 0 {
+                    self.buf = Vec::new();
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(ReadError::Gone)),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
         }
     }
 
@@ -247,23 +284,32 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// Read the next message. The close echo the protocol obliges us to send is appended to
     /// `control`, to be written by the writer; pongs come back as [`Inbound::Ping`].
     pub async fn next(&mut self, control: &mut Vec<Bytes>) -> Result<Inbound, ReadError> {
+        std::future::poll_fn(|cx| self.poll_next(cx, control)).await
+    }
+
+    /// [`MessageReader::next`] as a poll: `Pending` keeps every byte read so far in the reader.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        control: &mut Vec<Bytes>,
+    ) -> Poll<Result<Inbound, ReadError>> {
         loop {
             let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
             let limit = self.max.saturating_sub(in_message);
             let header = match parse_header(&self.buf[self.start..], limit)? {
                 Some(h) => h,
                 None => {
-                    self.fill(14).await?;
+                    ready!(self.poll_fill(cx, 14))?;
                     continue;
                 }
             };
             let have = self.buf.len() - self.start;
             if have < header.len + header.payload {
-                self.fill(header.len + header.payload - have).await?;
+                ready!(self.poll_fill(cx, header.len + header.payload - have))?;
                 continue;
             }
             if !self.budget.take() {
-                return Err(policy());
+                return Poll::Ready(Err(policy()));
             }
             let from = self.start + header.len;
             let payload = &mut self.buf[from..from + header.payload];
@@ -273,11 +319,15 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             self.start = from + header.payload;
             let result = self.frame(&header, from, control);
             self.consumed();
-            match result? {
-                Some(m) => return Ok(m),
-                None => continue,
+            if let Some(m) = result? {
+                return Poll::Ready(Ok(m));
             }
         }
+    }
+
+    /// The socket, for writing (the reader owns it: one task reads and writes).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.io
     }
 
     /// Act on one complete frame whose unmasked payload starts at `from`.
@@ -414,6 +464,11 @@ mod tests {
             "buffer kept small: {}",
             r.buf.capacity()
         );
+        // Waiting for the next frame with nothing buffered holds no buffer at all.
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(r.poll_next(&mut cx, &mut control).is_pending());
+        assert_eq!(r.buf.capacity(), 0, "an idle reader holds no buffer");
     }
 
     /// Regression (issue 12): 265 M empty continuation frames were reassembled without a bound.

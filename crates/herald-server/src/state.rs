@@ -55,6 +55,12 @@ pub struct AppState {
     /// The demo chat's token minter, when the demo is on.
     pub demo: Option<TokenMinter>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// Pings and pong deadlines of every connection.
+    pub(crate) heartbeats: Arc<crate::heartbeat::Heartbeats>,
+    /// How `/ws` connections write (with `disconnect` advisories).
+    pub(crate) ws_writes: WriterSettings,
+    /// How `/echo` connections write (no advisories).
+    pub(crate) echo_writes: WriterSettings,
 }
 
 /// How a `/ws` connection authenticates.
@@ -75,11 +81,15 @@ pub struct Held {
 }
 
 impl AppState {
-    pub(crate) fn writer_settings(&self, advisory: bool) -> WriterSettings {
+    pub(crate) fn writer_settings(
+        conn: &ConnectionConfig,
+        server: &ServerConfig,
+        advisory: bool,
+    ) -> WriterSettings {
         WriterSettings {
-            conn: self.conn.clone(),
-            shutdown_timeout: self.server.shutdown_timeout,
-            reconnect_jitter: self.server.shutdown_reconnect_jitter,
+            conn: conn.clone(),
+            shutdown_timeout: server.shutdown_timeout,
+            reconnect_jitter: server.shutdown_reconnect_jitter,
             advisory,
         }
     }

@@ -106,14 +106,18 @@ impl Session {
         }
     }
 
-    /// Wait for the next server-side command (never resolves for sessions without a user).
-    pub async fn next_server_command(&mut self) -> ServerCommand {
+    /// The next server-side command, if one is waiting (never ready for sessions without a
+    /// user). Polled by the connection task together with its socket.
+    pub fn poll_server_command(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<ServerCommand> {
         match &mut self.server_cmds {
-            Some((_, rx)) => match rx.recv().await {
-                Some(c) => c,
-                None => std::future::pending().await,
+            Some((_, rx)) => match rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(c)) => std::task::Poll::Ready(c),
+                _ => std::task::Poll::Pending,
             },
-            None => std::future::pending().await,
+            None => std::task::Poll::Pending,
         }
     }
 

@@ -1,0 +1,270 @@
+//! Heartbeats for every connection of a server from one task: a timer wheel instead of a timer
+//! in every connection.
+//!
+//! Each connection registers a small [`Beat`] in one of the wheel's buckets. The sweep task wakes
+//! every `tick` and visits one bucket for pings (each connection in it is pinged once per
+//! `ping_interval`) and one for pong deadlines (`pong_timeout` after that bucket's pings). A
+//! connection that sent nothing since its ping was stamped is told to close with 4000; the
+//! connection itself writes the ping and the close (it owns its socket). On shutdown the sweep
+//! tells every connection to stop. A connection's cost is its `Beat` (one small allocation) and a
+//! pointer in a bucket; buckets drop the pointers of closed connections when they are swept.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
+use tokio_util::sync::CancellationToken;
+
+/// Flag: write a ping.
+const PING: u8 = 1;
+/// Flag: no pong in time, close with 4000.
+const TIMED_OUT: u8 = 2;
+/// Flag: the server is shutting down.
+const STOP: u8 = 4;
+
+/// One connection's heartbeat state, shared with the sweep.
+#[derive(Default)]
+pub struct Beat {
+    /// Milliseconds on the wheel's clock when something last arrived from the client.
+    last_seen: AtomicU64,
+    /// When the outstanding ping was stamped (wheel clock + 1; 0 = none outstanding).
+    ping_at: AtomicU64,
+    flags: AtomicU8,
+    waker: AtomicWaker,
+}
+
+/// What the sweep asks of a connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Asked {
+    /// Write a ping.
+    pub ping: bool,
+    /// Close with 4000 (heartbeat timeout).
+    pub timed_out: bool,
+    /// Close with 1001 (shutdown).
+    pub stop: bool,
+}
+
+impl Beat {
+    /// Wake `waker` when the sweep asks something of this connection.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Take what the sweep asked since the last call (pings and timeouts once; stop stays).
+    pub fn take(&self) -> Asked {
+        let f = self.flags.fetch_and(STOP, Ordering::AcqRel);
+        Asked {
+            ping: f & PING != 0,
+            timed_out: f & TIMED_OUT != 0,
+            stop: f & STOP != 0,
+        }
+    }
+
+    fn ask(&self, flag: u8) {
+        if self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
+            self.waker.wake();
+        }
+    }
+
+    /// The client's ping was answered or anything else arrived: it is alive.
+    fn answered(&self) -> bool {
+        let ping_at = self.ping_at.load(Ordering::Acquire);
+        // Same millisecond counts: on loopback a pong often arrives within the millisecond its
+        // ping was stamped.
+        ping_at == 0 || self.last_seen.load(Ordering::Acquire) + 1 >= ping_at
+    }
+}
+
+/// The wheel and its clock.
+pub struct Heartbeats {
+    started: Instant,
+    tick: Duration,
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    buckets: Vec<Mutex<Vec<Weak<Beat>>>>,
+    next: AtomicU64,
+}
+
+impl Heartbeats {
+    /// A wheel that pings every connection every `ping_interval` and closes those that sent
+    /// nothing within `pong_timeout` of a ping. Start its sweep with [`Heartbeats::run`].
+    pub fn new(ping_interval: Duration, pong_timeout: Duration) -> Arc<Self> {
+        let finest = ping_interval.min(pong_timeout) / 8;
+        let tick = finest.clamp(Duration::from_millis(5), Duration::from_millis(500));
+        let n = ping_interval.as_nanos().div_ceil(tick.as_nanos()).max(1) as usize;
+        Arc::new(Heartbeats {
+            started: Instant::now(),
+            tick,
+            ping_interval,
+            pong_timeout,
+            buckets: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// The wheel's clock: milliseconds since it was made.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Register a new connection; it is first pinged within one `ping_interval`.
+    pub fn join(&self) -> Arc<Beat> {
+        let beat = Arc::new(Beat::default());
+        beat.last_seen.store(self.now(), Ordering::Relaxed);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.buckets.len();
+        if let Ok(mut b) = self.buckets[i].lock() {
+            b.push(Arc::downgrade(&beat));
+        }
+        beat
+    }
+
+    /// Record that something arrived from the client.
+    pub fn seen(&self, beat: &Beat) {
+        beat.last_seen.store(self.now(), Ordering::Release);
+    }
+
+    /// Visit one bucket: prune closed connections, close the silent, ping the rest.
+    fn sweep(&self, bucket: usize, ping: bool, stop: bool, now: u64) {
+        let pong = self.pong_timeout.as_millis() as u64;
+        let Ok(mut b) = self.buckets[bucket].lock() else {
+            return;
+        };
+        b.retain(|w| {
+            let Some(beat) = w.upgrade() else {
+                return false;
+            };
+            if stop {
+                beat.ask(STOP);
+                return true;
+            }
+            if beat.answered() {
+                if ping {
+                    beat.ping_at.store(now + 1, Ordering::Release);
+                    beat.ask(PING);
+                } else {
+                    beat.ping_at.store(0, Ordering::Release);
+                }
+            } else if now + 1 >= beat.ping_at.load(Ordering::Acquire) + pong {
+                metrics::counter!("herald_heartbeat_timeouts_total").increment(1);
+                beat.ping_at.store(0, Ordering::Release);
+                beat.ask(TIMED_OUT);
+            }
+            true
+        });
+    }
+
+    /// Sweep until the server stops and every connection is gone (or the server is dropped).
+    pub async fn run(wheel: Weak<Heartbeats>, shutdown: CancellationToken) {
+        let Some(tick) = wheel.upgrade().map(|w| w.tick) else {
+            return;
+        };
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut k: u64 = 0;
+        loop {
+            let stopping = tokio::select! {
+                _ = interval.tick() => shutdown.is_cancelled(),
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => true,
+            };
+            let Some(w) = wheel.upgrade() else {
+                return;
+            };
+            let n = w.buckets.len() as u64;
+            let now = w.now();
+            if stopping {
+                for i in 0..w.buckets.len() {
+                    w.sweep(i, false, true, now);
+                }
+                if w.buckets
+                    .iter()
+                    .all(|b| b.lock().map_or(true, |b| b.is_empty()))
+                {
+                    return;
+                }
+                continue;
+            }
+            w.sweep((k % n) as usize, true, false, now);
+            let pong_ticks = w.pong_timeout.as_nanos().div_ceil(w.tick.as_nanos()) as u64;
+            let late = (k + n - pong_ticks % n) % n;
+            if late != k % n {
+                w.sweep(late as usize, false, false, now);
+            }
+            k += 1;
+        }
+    }
+
+    /// The wheel's ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        self.ping_interval
+    }
+
+    #[cfg(test)]
+    pub(crate) fn buckets_len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Visit a bucket for pings now (tests drive the wheel by hand).
+    #[cfg(test)]
+    pub(crate) fn sweep_for_test(&self, bucket: usize) {
+        self.sweep(bucket, true, false, self.now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_connection_times_out_and_an_answering_one_is_pinged_again() {
+        let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
+        let quiet = wheel.join();
+        let alive = wheel.join();
+        let n = wheel.buckets.len();
+        let (bq, ba) = (0, 1 % n);
+        wheel.sweep(bq, true, false, 1000);
+        wheel.sweep(ba, true, false, 1000);
+        assert!(quiet.take().ping && alive.take().ping);
+        alive.last_seen.store(1010, Ordering::Release);
+        // Before the pong deadline nothing happens.
+        wheel.sweep(bq, false, false, 1020);
+        assert_eq!(quiet.take(), Asked::default());
+        // At the deadline the silent one is told to close; the answering one is not.
+        wheel.sweep(bq, false, false, 1050);
+        wheel.sweep(ba, false, false, 1050);
+        assert!(quiet.take().timed_out);
+        assert_eq!(alive.take(), Asked::default());
+        wheel.sweep(ba, true, false, 1100);
+        assert!(alive.take().ping, "pinged again at its next turn");
+    }
+
+    #[test]
+    fn a_pong_in_the_pings_millisecond_counts() {
+        let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
+        let beat = wheel.join();
+        wheel.sweep(0, true, false, 500);
+        beat.last_seen.store(500, Ordering::Release);
+        assert!(beat.answered());
+        beat.last_seen.store(499, Ordering::Release);
+        assert!(!beat.answered());
+    }
+
+    #[test]
+    fn closed_connections_leave_their_bucket_and_stop_reaches_everyone() {
+        let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
+        let kept = wheel.join();
+        drop(wheel.join());
+        for i in 0..wheel.buckets.len() {
+            wheel.sweep(i, false, true, 0);
+        }
+        let left: usize = wheel
+            .buckets
+            .iter()
+            .map(|b| b.lock().map_or(0, |b| b.len()))
+            .sum();
+        assert_eq!(left, 1);
+        assert!(kept.take().stop);
+        assert!(kept.take().stop, "stop stays");
+    }
+}

@@ -1,0 +1,502 @@
+//! One connection's socket, read and written by the connection's one task.
+//!
+//! The write side drains the connection's [`Outlet`] and writes everything queued with one
+//! vectored write (throughput follows frames per syscall almost exactly, so a burst to one
+//! subscriber costs one `writev`), writes the pings the heartbeat wheel asks for, and performs
+//! the closing handshake. It is a poll-driven state machine: a connection waiting for traffic is
+//! one task holding its socket, its reader state and this struct — no writer task, no timer
+//! (a timer exists only while a write is blocked), no read buffer (see [`MessageReader`]).
+//!
+//! The connection task polls [`Link::poll_io`] for the next inbound message and runs the
+//! session's commands under [`Link::drive`], which keeps writing while a command awaits (a
+//! recovery that waits for queue room needs the queue drained meanwhile).
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::outlet::{Drained, Outlet};
+use herald_proto::CloseCode;
+use herald_proto::frame::{self, OpCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+use crate::heartbeat::{Beat, Heartbeats};
+use crate::reader::{Inbound, MessageReader, ReadError};
+use crate::writer::{WriterEnd, WriterMetrics, WriterSettings, closing_frames};
+
+/// Frames taken from the queue per write.
+const MAX_BATCH: usize = 256;
+/// Buffers passed to one vectored write.
+const MAX_SLICES: usize = 64;
+/// How long the closing frames and the socket shutdown may take each.
+const CLOSING_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Writing what the outlet holds.
+    Open,
+    /// Writing the closing frames (`batch.frames`), then shut down.
+    Closing,
+    /// Shutting the socket's write side down.
+    Shutdown,
+    /// Finished: `end` says how.
+    Done,
+}
+
+/// A connection's socket and write state.
+pub struct Link<'a, S> {
+    reader: MessageReader<S>,
+    outlet: Arc<Outlet>,
+    beat: Arc<Beat>,
+    wheel: &'a Heartbeats,
+    settings: &'a WriterSettings,
+    batch: Drained,
+    /// Progress in `batch.frames`: the next frame and the bytes of it already written.
+    idx: usize,
+    off: usize,
+    phase: Phase,
+    end: WriterEnd,
+    /// Armed only while a write waits: the write timeout, the shutdown deadline, or the closing
+    /// timeout.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set on shutdown: writes must be done by then.
+    deadline: Option<Instant>,
+    close_written: bool,
+    ping_owed: bool,
+    reader_done: bool,
+    final_close: Option<CloseCode>,
+}
+
+/// What the socket produced.
+#[derive(Debug)]
+pub enum IoEvent {
+    /// A message or a read failure.
+    Inbound(Result<Inbound, ReadError>),
+    /// The write side finished: the connection is over.
+    Ended(WriterEnd),
+}
+
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Link<'a, S> {
+    /// Serve `reader`'s socket for `outlet`, with heartbeats from `wheel`.
+    pub fn new(
+        reader: MessageReader<S>,
+        outlet: Arc<Outlet>,
+        wheel: &'a Heartbeats,
+        settings: &'a WriterSettings,
+    ) -> Self {
+        Link {
+            reader,
+            outlet,
+            beat: wheel.join(),
+            wheel,
+            settings,
+            batch: Drained::default(),
+            idx: 0,
+            off: 0,
+            phase: Phase::Open,
+            end: WriterEnd::close(None),
+            timer: None,
+            deadline: None,
+            close_written: false,
+            ping_owed: false,
+            reader_done: false,
+            final_close: None,
+        }
+    }
+
+    /// The next inbound message, or the end of the connection. `control` receives the close
+    /// echo the protocol obliges us to send (queue it, then call [`Link::reader_finished`]).
+    pub fn poll_io(&mut self, cx: &mut Context<'_>, control: &mut Vec<Bytes>) -> Poll<IoEvent> {
+        if let Poll::Ready(end) = self.poll_write(cx) {
+            return Poll::Ready(IoEvent::Ended(end));
+        }
+        if self.reader_done {
+            return Poll::Pending;
+        }
+        match self.reader.poll_next(cx, control) {
+            Poll::Ready(r) => {
+                self.wheel.seen(&self.beat);
+                Poll::Ready(IoEvent::Inbound(r))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The next inbound message or the end (see [`Link::poll_io`]).
+    pub async fn next(&mut self, control: &mut Vec<Bytes>) -> IoEvent {
+        std::future::poll_fn(|cx| self.poll_io(cx, control)).await
+    }
+
+    /// Run `fut` (a command) while the socket keeps being written.
+    pub async fn drive<F: Future>(&mut self, fut: F) -> F::Output {
+        let mut fut = pin!(fut);
+        std::future::poll_fn(|cx| {
+            // A finished write side stays finished; `poll_io` reports it afterwards.
+            let _ = self.poll_write(cx);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Nothing more will be read: write what is queued, then close with `code` (or, without a
+    /// code, just end after the queue: a close echo or a vanished client).
+    pub fn reader_finished(&mut self, code: Option<CloseCode>) {
+        self.reader_done = true;
+        self.final_close = code;
+    }
+
+    /// Finish writing (after [`Link::reader_finished`]) and report how the connection ended.
+    pub async fn finish(&mut self) -> WriterEnd {
+        std::future::poll_fn(|cx| self.poll_write(cx)).await
+    }
+
+    /// The reader, for the lingering close after the write side finished.
+    pub fn into_reader(self) -> MessageReader<S> {
+        self.reader
+    }
+
+    fn start_closing(&mut self, code: CloseCode) {
+        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
+            .increment(1);
+        self.end = WriterEnd::close(Some(code));
+        self.batch.frames = if self.settings.advisory {
+            closing_frames(
+                self.outlet.format,
+                code,
+                Some(self.settings.reconnect_jitter),
+            )
+        } else {
+            vec![frame::close(code.code(), code.reason())]
+        };
+        self.idx = 0;
+        self.off = 0;
+        self.timer = None;
+        self.phase = Phase::Closing;
+    }
+
+    fn abort(&mut self, code: CloseCode) {
+        metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
+            .increment(1);
+        self.end = WriterEnd {
+            code: Some(code),
+            abort: true,
+        };
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        self.batch.frames.clear();
+        self.timer = None;
+        self.phase = Phase::Shutdown;
+    }
+
+    /// Whether `timer` (armed at `at` when unarmed) has fired.
+    fn timer_fired(&mut self, cx: &mut Context<'_>, at: Instant) -> bool {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Drive the write side; `Ready` once it is finished.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<WriterEnd> {
+        loop {
+            match self.phase {
+                Phase::Done => return Poll::Ready(self.end),
+                Phase::Shutdown => {
+                    let done = match Pin::new(self.reader.get_mut()).poll_shutdown(cx) {
+                        Poll::Ready(_) => true,
+                        Poll::Pending => self.timer_fired(cx, Instant::now() + CLOSING_TIMEOUT),
+                    };
+                    if !done {
+                        return Poll::Pending;
+                    }
+                    self.timer = None;
+                    self.phase = Phase::Done;
+                }
+                Phase::Closing => match self.poll_frames(cx) {
+                    Poll::Ready(Ok(())) => self.shut_down(),
+                    Poll::Ready(Err(())) => self.shut_down(),
+                    Poll::Pending => {
+                        if !self.timer_fired(cx, Instant::now() + CLOSING_TIMEOUT) {
+                            return Poll::Pending;
+                        }
+                        self.shut_down();
+                    }
+                },
+                Phase::Open => {
+                    if self.poll_open(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One step of the open phase; `Ready` when the phase changed.
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.beat.register(cx.waker());
+        let asked = self.beat.take();
+        if asked.timed_out {
+            self.start_closing(CloseCode::HeartbeatTimeout);
+            return Poll::Ready(());
+        }
+        self.ping_owed |= asked.ping;
+        if asked.stop && self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.settings.shutdown_timeout);
+            self.timer = None;
+            self.outlet.close(CloseCode::GoingAway);
+        }
+        loop {
+            if self.idx >= self.batch.frames.len() && !self.next_batch(cx) {
+                return if self.phase == Phase::Open {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                };
+            }
+            match self.poll_frames(cx) {
+                Poll::Ready(Ok(())) => {
+                    if self.close_written {
+                        self.shut_down();
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Ready(Err(())) => {
+                    self.end = WriterEnd::close(None);
+                    self.shut_down();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    // A client that stopped reading can overflow its queue while a write is
+                    // stuck: drop the socket now instead of waiting for the write timeout.
+                    self.outlet.register(cx.waker());
+                    if self.outlet.close_requested() == Some(CloseCode::SlowConsumer) {
+                        self.abort(CloseCode::SlowConsumer);
+                        return Poll::Ready(());
+                    }
+                    let at = self
+                        .deadline
+                        .unwrap_or_else(|| Instant::now() + self.settings.conn.write_timeout);
+                    if self.timer_fired(cx, at) {
+                        let code = if self.deadline.is_some() {
+                            CloseCode::GoingAway
+                        } else {
+                            CloseCode::WriteTimeout
+                        };
+                        self.abort(code);
+                        return Poll::Ready(());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Take the next batch from the outlet. False when there is nothing to write (then the phase
+    /// may have changed: a close was requested, or the reader finished).
+    fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if let Some(next) = self.batch.redirect.take() {
+                self.outlet = next;
+            }
+            if let Some(code) = self.batch.close.take() {
+                self.start_closing(code);
+                return false;
+            }
+            self.batch.frames.clear();
+            self.batch.oldest_pub = None;
+            self.idx = 0;
+            self.off = 0;
+            if std::mem::take(&mut self.ping_owed) {
+                self.batch
+                    .frames
+                    .push(frame::with_payload(OpCode::Ping, b""));
+            }
+            self.outlet.register(cx.waker());
+            self.outlet.drain(MAX_BATCH, &mut self.batch);
+            if !self.batch.frames.is_empty() {
+                self.close_written = self
+                    .batch
+                    .frames
+                    .iter()
+                    .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
+                return true;
+            }
+            if self.batch.redirect.is_some() || self.batch.close.is_some() {
+                continue;
+            }
+            if self.reader_done {
+                match self.final_close {
+                    Some(code) => self.start_closing(code),
+                    None => self.shut_down(),
+                }
+            }
+            return false;
+        }
+    }
+
+    /// Write `batch.frames` from the current position; `Ready(Ok)` once all are written.
+    fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        let frames = &self.batch.frames;
+        while self.idx < frames.len() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for (i, f) in frames[self.idx..].iter().take(MAX_SLICES).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &f[self.off..] } else { f });
+                n += 1;
+            }
+            let io = Pin::new(self.reader.get_mut());
+            let mut written = match io.poll_write_vectored(cx, &slices[..n]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(w)) => w,
+            };
+            self.timer = None;
+            while written > 0 && self.idx < frames.len() {
+                let left = frames[self.idx].len() - self.off;
+                if written >= left {
+                    written -= left;
+                    self.idx += 1;
+                    self.off = 0;
+                } else {
+                    self.off += written;
+                    written = 0;
+                }
+            }
+        }
+        if self.phase == Phase::Open && !frames.is_empty() {
+            let m = WriterMetrics::get();
+            m.frames_out.increment(frames.len() as u64);
+            m.bytes_out
+                .increment(frames.iter().map(Bytes::len).sum::<usize>() as u64);
+            m.writes.increment(1);
+            if let Some(t) = self.batch.oldest_pub.take() {
+                m.publish_to_send.record(t.elapsed().as_secs_f64());
+            }
+            // Written: an idle connection keeps no reference to its last frames.
+            self.batch.frames.clear();
+            self.idx = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConnectionConfig;
+    use herald_core::outlet::QueueLimits;
+    use herald_proto::Format;
+    use tokio::io::AsyncReadExt;
+
+    fn settings() -> WriterSettings {
+        WriterSettings {
+            conn: ConnectionConfig {
+                ping_interval: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            shutdown_timeout: Duration::from_secs(1),
+            reconnect_jitter: Duration::from_secs(1),
+            advisory: false,
+        }
+    }
+
+    /// Regression: a frame queued while a write was in progress woke the writer's
+    /// slow-consumer check instead of its idle wait, so it stayed queued until the next push or
+    /// the next heartbeat (25 s). Seen as publish replies that never came in a cluster, where
+    /// deliveries and replies are pushed from different tasks.
+    #[tokio::test]
+    async fn a_frame_queued_during_a_write_is_sent_without_another_push() {
+        let (client, server) = tokio::io::duplex(64);
+        let outlet = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 100,
+                max_bytes: 1 << 20,
+            },
+        );
+        let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+        let s = settings();
+        let o = outlet.clone();
+        let serve = async move {
+            let mut link = Link::new(MessageReader::new(server, 1 << 20), o, &wheel, &s);
+            let mut control = Vec::new();
+            link.next(&mut control).await
+        };
+        let serving = tokio::spawn(serve);
+        // Larger than the pipe: the write blocks until the test reads.
+        let big = Bytes::from(vec![b'a'; 4096]);
+        outlet.push_reply(big.clone());
+        let (mut rd, _keep) = tokio::io::split(client);
+        let mut buf = vec![0u8; 16];
+        rd.read_exact(&mut buf).await.expect("the write started");
+        // Queued while the first write is stuck.
+        outlet.push_reply(Bytes::from_static(b"second"));
+        let mut rest = vec![0u8; 4096 - 16 + 6];
+        tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut rest))
+            .await
+            .expect("the second frame follows without another push")
+            .expect("read");
+        assert_eq!(&rest[rest.len() - 6..], b"second");
+        serving.abort();
+    }
+
+    /// The write timeout still holds with no writer task: a client that reads nothing is closed
+    /// (abort, 4003) once a write waited `write_timeout`, and the wheel's ping is written first.
+    #[tokio::test]
+    async fn a_stuck_write_times_out_and_a_ping_is_written_when_asked() {
+        let (client, server) = tokio::io::duplex(256);
+        let outlet = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 100,
+                max_bytes: 1 << 20,
+            },
+        );
+        let wheel = Heartbeats::new(Duration::from_millis(40), Duration::from_secs(60));
+        let mut s = settings();
+        s.conn.write_timeout = Duration::from_millis(200);
+        let mut link = Link::new(
+            MessageReader::new(server, 1 << 20),
+            outlet.clone(),
+            &wheel,
+            &s,
+        );
+        let mut control = Vec::new();
+        // The wheel asks for a ping: the link writes it without anything queued.
+        for i in 0..wheel.buckets_len() {
+            wheel.sweep_for_test(i);
+        }
+        let (mut rd, _wr) = tokio::io::split(client);
+        let read_ping = async {
+            let mut ping = [0u8; 2];
+            rd.read_exact(&mut ping).await.expect("ping");
+            ping
+        };
+        let ping = tokio::select! {
+            p = read_ping => p,
+            e = link.next(&mut control) => panic!("ended early: {e:?}"),
+        };
+        assert_eq!(ping, [0x89, 0]);
+        // Now fill the pipe and stop reading: the write times out.
+        outlet.push_reply(Bytes::from(vec![b'a'; 4096]));
+        let started = std::time::Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(5), link.next(&mut control))
+            .await
+            .expect("the write timeout fires");
+        match end {
+            IoEvent::Ended(end) => {
+                assert_eq!(end.code, Some(CloseCode::WriteTimeout));
+                assert!(end.abort);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(190));
+    }
+}

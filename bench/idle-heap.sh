@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where an idle connection's bytes go (issue 14): a release build under heaptrack, N idle
-# connections (each subscribed to one of 100 channels, heartbeats on) held for a while, then the
-# heap's peak per allocation site divided by N. Needs Debian's heaptrack.
+# connections (each subscribed to one of 100 channels, heartbeats on); once all are connected and
+# subscribed the server is killed, so what heaptrack reports as "leaked" is exactly what the idle
+# connections held. Per-site bytes per connection: bench/heap_sites.py. Needs Debian's heaptrack.
 #   bench/idle-heap.sh [N]     # default 2000; a release build of HEAD first
 set -euo pipefail
 SELF=$(readlink -f "$0")
@@ -16,10 +17,19 @@ heaptrack -o "$OUT/heaptrack.herald" "$BIN" serve --dev --config bench/herald.to
 HT=$!
 wait_port 8310 || { sleep 5; wait_port 8310; }
 PID=$(pgrep -x herald | head -1)
-"$BIN" bench idle --connections "$N" --channels 100 --duration 6s --url ws://127.0.0.1:8310/ws --pid "$PID" --json | tail -1 > "$OUT/idle.json"
-kill -INT "$PID" || true
+"$BIN" bench idle --connections "$N" --channels 100 --duration 30s --url ws://127.0.0.1:8310/ws --pid "$PID" --json > "$OUT/idle.json" 2>&1 &
+BENCH=$!
+# Wait until every connection is subscribed (the subscriptions gauge), then a little longer for
+# the replies to be written, and kill the server while the connections are idle.
+for _ in $(seq 1 600); do
+  subs=$(curl -s http://127.0.0.1:8310/metrics | awk '/^herald_subscriptions /{print int($2)}')
+  [ "${subs:-0}" -ge "$N" ] && break
+  sleep 0.1
+done
+sleep 2
+kill -KILL "$PID"
 wait $HT || true
-python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("RSS per connection: %.0f B over %d connections" % (r["server_bytes_per_connection"], r["connections"]))' "$OUT/idle.json"
-heaptrack_print "$OUT/heaptrack.herald.zst" --print-peaks --peak-limit 40 --print-allocators 0 --print-leaks 0 --print-temporary 0 --print-histogram 0 --print-flamegraph 0 --print-massif 0 2>/dev/null > "$OUT/peaks.txt" || true
-grep -E "^peak heap memory|^[0-9.]+[KMG]?B? peak memory consumed" "$OUT/peaks.txt" | head -3 || true
-echo "per-site peaks: $OUT/peaks.txt (divide by $N)"
+kill "$BENCH" 2>/dev/null || true
+wait "$BENCH" 2>/dev/null || true
+heaptrack_print "$OUT/heaptrack.herald.zst" --print-peaks 0 --print-allocators 0 --print-leaks 1 --print-temporary 0 --print-histogram 0 --print-massif 0 2>/dev/null > "$OUT/live.txt" || true
+python3 bench/heap_sites.py "$OUT/live.txt" "$N"

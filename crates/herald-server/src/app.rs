@@ -1,6 +1,8 @@
 //! The HTTP application: routes, the WebSocket upgrade, health and metrics, and the server's
 //! lifecycle (bind, run, graceful shutdown).
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -230,12 +232,15 @@ where
         Err(_) => return bad_upgrade(handshake::BadUpgrade::NotWebSocket),
     };
     let app2 = app.clone();
-    app.tracker.spawn(async move {
-        match fut.await {
-            Ok(ws) => serve(ws, app2).await,
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    // `then`, not an `async` block: the task holds either the upgrade or the connection, never
+    // both, nor a copy of the closure's captures beside the connection.
+    app.tracker.spawn(fut.then(move |r| match r {
+        Ok(ws) => Either::Left(serve(ws, app2)),
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            Either::Right(std::future::ready(()))
         }
-    });
+    }));
     let (mut parts, _) = resp.into_parts();
     if let Some(p) = protocol {
         parts

@@ -1,10 +1,15 @@
 //! One protocol connection on `/ws`: one task that reads (decode, hand to the session) and
 //! writes (the [`Link`]) the same socket; and the `/echo` loop.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
+
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 
 use fastwebsockets::WebSocket;
 use herald_core::{Flow, ServerCommand, Session};
@@ -16,6 +21,7 @@ use tokio::time::Sleep;
 use crate::link::{IoEvent, Link};
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::state::{AppState, Handshake, Held};
+use crate::writer::WriterEnd;
 
 /// What woke a connection's task.
 enum Event {
@@ -24,52 +30,73 @@ enum Event {
     AuthTimer,
 }
 
+type Io = TokioIo<Upgraded>;
+
+/// A connection past its setup: what its task holds while it lives.
+struct Conn {
+    app: Arc<AppState>,
+    session: Session,
+    link: Link<Io>,
+    format: Format,
+    remote: IpAddr,
+    started: Instant,
+    _held: (Held, Option<crate::slots::UserSlot>),
+}
+
 /// Serve an upgraded `/ws` connection until it closes.
-pub async fn serve(
-    ws: WebSocket<TokioIo<Upgraded>>,
+///
+/// Setup (first-message auth, slots, the session) runs in its own boxed future, so the task that
+/// lives as long as the connection holds only [`Conn`] and the loop's few locals, not the
+/// handshake's leftovers: an idle connection's task is its largest allocation.
+pub fn serve(
+    ws: WebSocket<Io>,
+    format: Format,
+    app: Arc<AppState>,
+    remote: IpAddr,
+    hs: Handshake,
+    held: Held,
+) -> impl Future<Output = ()> + Send {
+    Box::pin(open(ws.into_inner(), format, app, remote, hs, held))
+        .then(|conn| OptionFuture::from(conn.map(Conn::run)))
+        .map(|_| ())
+}
+
+/// Authenticate (first message, when the handshake had no token) and make the session.
+async fn open(
+    io: Io,
     format: Format,
     app: Arc<AppState>,
     remote: IpAddr,
     hs: Handshake,
     mut held: Held,
-) {
-    let mut reader = MessageReader::with_limits(ws.into_inner(), app.conn.read_limits());
+) -> Option<Conn> {
+    let mut reader = MessageReader::with_limits(io, app.conn.read_limits());
     let (identity, user_slot, over_user_limit, channels, auth_id) = match hs {
         Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels, None),
         Handshake::FirstMessage => {
             let Some((identity, auth_id)) =
-                Box::pin(crate::preauth::authenticate(&mut reader, format, &app)).await
+                crate::preauth::authenticate(&mut reader, format, &app).await
             else {
                 reader
                     .linger(LINGER, linger_limit(app.conn.max_message_size))
                     .await;
-                return;
+                return None;
             };
             let max = app.node.config().limits.max_connections_per_user;
             let slot = match identity.user_id.as_str() {
                 "" => None,
-                // Boxed: this future would otherwise be part of every connection task.
-                user => Some(
-                    Box::pin(crate::slots::acquire_user(
-                        &app.user_slots,
-                        &app.node,
-                        user,
-                        max,
-                    ))
-                    .await,
-                ),
+                user => {
+                    Some(crate::slots::acquire_user(&app.user_slots, &app.node, user, max).await)
+                }
             };
             let over = matches!(slot, Some(None));
             (identity, slot.flatten(), over, Vec::new(), auth_id)
         }
     };
     let forwarded = held.forwarded.take();
-    let _held = (held, user_slot);
     let mut session = Session::new(&app.node, format, identity);
     session.set_forwarded_headers(forwarded);
     session.set_client_ip(remote);
-    let started = Instant::now();
-    let client = session.client_id().to_owned();
     let over_limit = app
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -79,134 +106,177 @@ pub async fn serve(
     let mut link = Link::new(
         reader,
         session.outlet().clone(),
-        &app.heartbeats,
-        &app.ws_writes,
+        app.heartbeats.clone(),
+        app.ws_writes.clone(),
     );
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
         session.welcome(auth_id.as_ref());
         for channel in channels {
-            link.drive(Box::pin(
-                session.server_command(ServerCommand::Subscribe(channel)),
-            ))
-            .await;
+            link.drive(session.server_command(ServerCommand::Subscribe(channel)))
+                .await;
         }
     }
-    tracing::info!(client = %client, remote = %remote, protocol = format.subprotocol(), "connected");
+    tracing::info!(client = %session.client_id(), remote = %remote, protocol = format.subprotocol(), "connected");
+    Some(Conn {
+        app,
+        session,
+        link,
+        format,
+        remote,
+        started: Instant::now(),
+        _held: (held, user_slot),
+    })
+}
 
-    let mut control = Vec::new();
-    let mut reason = "client gone";
-    let mut server_closed = false;
-    // Only a session whose token expires has an auth timer.
-    let mut auth_timer: Option<(tokio::time::Instant, std::pin::Pin<Box<Sleep>>)> = None;
-    let (clean, end) = loop {
-        let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(e) = link.poll_io(cx, &mut control) {
-                return Poll::Ready(Event::Io(e));
-            }
-            if let Poll::Ready(cmd) = session.poll_server_command(cx) {
-                return Poll::Ready(Event::Command(cmd));
-            }
-            match session.auth_deadline() {
-                None => auth_timer = None,
-                Some(at) => {
-                    let timer = match &mut auth_timer {
-                        Some((armed, timer)) if *armed == at => timer,
-                        slot => &mut slot.insert((at, Box::pin(tokio::time::sleep_until(at)))).1,
-                    };
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::AuthTimer);
+impl Conn {
+    /// The connection's life: inbound messages, server commands and the auth timer, until the
+    /// socket closes; then the session is handed back (ended or parked for `resume`).
+    ///
+    /// A plain `fn` around an `async move` block: an `async fn` would keep its `self` argument
+    /// twice in the task (the argument and the body's copy of it).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` stores `self` twice in the task"
+    )]
+    fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let Conn {
+                session,
+                link,
+                format,
+                ..
+            } = &mut self;
+            let format = *format;
+            let mut control = Vec::new();
+            let mut reason = "client gone";
+            let mut server_closed = false;
+            // Only a session whose token expires has an auth timer.
+            let mut auth_timer: Option<(tokio::time::Instant, Pin<Box<Sleep>>)> = None;
+            let (clean, end) = loop {
+                let event = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(e) = link.poll_io(cx, &mut control) {
+                        return Poll::Ready(Event::Io(e));
                     }
+                    if let Poll::Ready(cmd) = session.poll_server_command(cx) {
+                        return Poll::Ready(Event::Command(cmd));
+                    }
+                    match session.auth_deadline() {
+                        None => auth_timer = None,
+                        Some(at) => {
+                            let timer = match &mut auth_timer {
+                                Some((armed, timer)) if *armed == at => timer,
+                                slot => {
+                                    &mut slot.insert((at, Box::pin(tokio::time::sleep_until(at)))).1
+                                }
+                            };
+                            if timer.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Event::AuthTimer);
+                            }
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await;
+                let res = match event {
+                    Event::AuthTimer => {
+                        if let Flow::Close(code) = session.on_auth_timer() {
+                            session.outlet().close(code);
+                        }
+                        continue;
+                    }
+                    // Boxed, like every command below: command futures (recovery, resume) are
+                    // large, and an idle connection's task should not carry their space.
+                    Event::Command(cmd) => {
+                        link.drive(Box::pin(session.server_command(cmd))).await;
+                        continue;
+                    }
+                    Event::Io(IoEvent::Ended(end)) => {
+                        reason = "closed by server";
+                        server_closed = true;
+                        break (false, end);
+                    }
+                    Event::Io(IoEvent::Inbound(res)) => res,
+                };
+                for c in control.drain(..) {
+                    session.outlet().push_reply(c);
                 }
-            }
-            Poll::Pending
-        })
-        .await;
-        let res = match event {
-            Event::AuthTimer => {
-                if let Flow::Close(code) = session.on_auth_timer() {
+                let flow = match res {
+                    Ok(Inbound::Pong) => Flow::Continue,
+                    Ok(Inbound::Ping(pong)) => {
+                        session.outlet().push_pong(pong);
+                        Flow::Continue
+                    }
+                    Ok(Inbound::Text(b)) if format == Format::Json => {
+                        link.drive(Box::pin(dispatch(session, format, &b))).await
+                    }
+                    Ok(Inbound::Binary(b)) if format == Format::Msgpack => {
+                        link.drive(Box::pin(dispatch(session, format, &b))).await
+                    }
+                    Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
+                    Ok(Inbound::Close { clean }) => {
+                        reason = if clean {
+                            "client closed"
+                        } else {
+                            "client closed abnormally"
+                        };
+                        link.reader_finished(None);
+                        break (clean, link.finish().await);
+                    }
+                    Err(ReadError::Protocol(code)) => {
+                        metrics::counter!("herald_protocol_errors_total", "code" => code.code().to_string()).increment(1);
+                        reason = "websocket protocol error";
+                        server_closed = true;
+                        link.reader_finished(Some(code));
+                        break (true, link.finish().await);
+                    }
+                    Err(ReadError::Gone) => {
+                        link.reader_finished(None);
+                        break (false, link.finish().await);
+                    }
+                };
+                if let Flow::Close(code) = flow {
                     session.outlet().close(code);
                 }
-                continue;
-            }
-            Event::Command(cmd) => {
-                link.drive(Box::pin(session.server_command(cmd))).await;
-                continue;
-            }
-            Event::Io(IoEvent::Ended(end)) => {
-                reason = "closed by server";
-                server_closed = true;
-                break (false, end);
-            }
-            Event::Io(IoEvent::Inbound(res)) => res,
-        };
-        for c in control.drain(..) {
-            session.outlet().push_reply(c);
+            };
+            Box::pin(self.close(clean, end, reason, server_closed)).await;
         }
-        let flow = match res {
-            Ok(Inbound::Pong) => Flow::Continue,
-            Ok(Inbound::Ping(pong)) => {
-                session.outlet().push_pong(pong);
-                Flow::Continue
-            }
-            // Boxed: command futures (recovery, resume) are large, and an idle connection's task
-            // should not carry their space while it waits for the next frame.
-            Ok(Inbound::Text(b)) if format == Format::Json => {
-                link.drive(Box::pin(dispatch(&mut session, format, &b)))
-                    .await
-            }
-            Ok(Inbound::Binary(b)) if format == Format::Msgpack => {
-                link.drive(Box::pin(dispatch(&mut session, format, &b)))
-                    .await
-            }
-            Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
-            Ok(Inbound::Close { clean }) => {
-                reason = if clean {
-                    "client closed"
-                } else {
-                    "client closed abnormally"
-                };
-                link.reader_finished(None);
-                break (clean, link.finish().await);
-            }
-            Err(ReadError::Protocol(code)) => {
-                metrics::counter!("herald_protocol_errors_total", "code" => code.code().to_string()).increment(1);
-                reason = "websocket protocol error";
-                server_closed = true;
-                link.reader_finished(Some(code));
-                break (true, link.finish().await);
-            }
-            Err(ReadError::Gone) => {
-                link.reader_finished(None);
-                break (false, link.finish().await);
-            }
-        };
-        if let Flow::Close(code) = flow {
-            session.outlet().close(code);
+    }
+
+    /// After the socket's end: log, hand the session back, and read off what a client still
+    /// sends after a server-initiated close.
+    async fn close(self, clean: bool, end: WriterEnd, reason: &'static str, server_closed: bool) {
+        let Conn {
+            app,
+            session,
+            link,
+            remote,
+            started,
+            _held,
+            ..
+        } = self;
+        app.connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        metrics::gauge!("herald_connections").decrement(1.0);
+        tracing::info!(
+            client = %session.client_id(),
+            remote = %remote,
+            user = session.user_id(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            close_code = end.code.map(|c| c.code()),
+            reason,
+            "disconnected"
+        );
+        session.disconnected(clean).await;
+        // The server closed while the client may still be sending (the rest of an oversized
+        // message): read it off before dropping the socket, so the client sees our close code,
+        // not a reset.
+        if server_closed && !end.abort {
+            link.into_reader()
+                .linger(LINGER, linger_limit(app.conn.max_message_size))
+                .await;
         }
-    };
-    app.connections
-        .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    metrics::gauge!("herald_connections").decrement(1.0);
-    let code = end.code.map(|c| c.code());
-    tracing::info!(
-        client = %client,
-        remote = %remote,
-        user = session.user_id(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        close_code = code,
-        reason,
-        "disconnected"
-    );
-    // Boxed: ending a session is a large future; an idle connection should not carry its space.
-    Box::pin(session.disconnected(clean)).await;
-    // The server closed while the client may still be sending (the rest of an oversized message):
-    // read it off before dropping the socket, so the client sees our close code, not a reset.
-    if server_closed && !end.abort {
-        link.into_reader()
-            .linger(LINGER, linger_limit(app.conn.max_message_size))
-            .await;
     }
 }
 
@@ -243,7 +313,12 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
             max_bytes: 4 * max,
         },
     );
-    let mut link = Link::new(reader, outlet.clone(), &app.heartbeats, &app.echo_writes);
+    let mut link = Link::new(
+        reader,
+        outlet.clone(),
+        app.heartbeats.clone(),
+        app.echo_writes.clone(),
+    );
     let mut control = Vec::new();
     loop {
         let res = match link.next(&mut control).await {

@@ -49,12 +49,12 @@ enum Phase {
 }
 
 /// A connection's socket and write state.
-pub struct Link<'a, S> {
+pub struct Link<S> {
     reader: MessageReader<S>,
     outlet: Arc<Outlet>,
     beat: Arc<Beat>,
-    wheel: &'a Heartbeats,
-    settings: &'a WriterSettings,
+    wheel: Arc<Heartbeats>,
+    settings: Arc<WriterSettings>,
     batch: Drained,
     /// Progress in `batch.frames`: the next frame and the bytes of it already written.
     idx: usize,
@@ -81,13 +81,13 @@ pub enum IoEvent {
     Ended(WriterEnd),
 }
 
-impl<'a, S: AsyncRead + AsyncWrite + Unpin> Link<'a, S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Serve `reader`'s socket for `outlet`, with heartbeats from `wheel`.
     pub fn new(
         reader: MessageReader<S>,
         outlet: Arc<Outlet>,
-        wheel: &'a Heartbeats,
-        settings: &'a WriterSettings,
+        wheel: Arc<Heartbeats>,
+        settings: Arc<WriterSettings>,
     ) -> Self {
         Link {
             reader,
@@ -422,10 +422,10 @@ mod tests {
             },
         );
         let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
-        let s = settings();
+        let s = Arc::new(settings());
         let o = outlet.clone();
         let serve = async move {
-            let mut link = Link::new(MessageReader::new(server, 1 << 20), o, &wheel, &s);
+            let mut link = Link::new(MessageReader::new(server, 1 << 20), o, wheel, s);
             let mut control = Vec::new();
             link.next(&mut control).await
         };
@@ -465,8 +465,8 @@ mod tests {
         let mut link = Link::new(
             MessageReader::new(server, 1 << 20),
             outlet.clone(),
-            &wheel,
-            &s,
+            wheel.clone(),
+            Arc::new(s),
         );
         let mut control = Vec::new();
         // The wheel asks for a ping: the link writes it without anything queued.

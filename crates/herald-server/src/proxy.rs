@@ -396,7 +396,7 @@ impl HttpConnectProxy {
         Ok(ProxyIdentity {
             identity: herald_core::Identity {
                 user_id: user,
-                claims: Some(claims),
+                claims: Some(Box::new(claims)),
                 proxied: true,
             },
             channels,

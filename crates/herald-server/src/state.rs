@@ -58,9 +58,9 @@ pub struct AppState {
     /// Pings and pong deadlines of every connection.
     pub(crate) heartbeats: Arc<crate::heartbeat::Heartbeats>,
     /// How `/ws` connections write (with `disconnect` advisories).
-    pub(crate) ws_writes: WriterSettings,
+    pub(crate) ws_writes: Arc<WriterSettings>,
     /// How `/echo` connections write (no advisories).
-    pub(crate) echo_writes: WriterSettings,
+    pub(crate) echo_writes: Arc<WriterSettings>,
 }
 
 /// How a `/ws` connection authenticates.
@@ -85,13 +85,13 @@ impl AppState {
         conn: &ConnectionConfig,
         server: &ServerConfig,
         advisory: bool,
-    ) -> WriterSettings {
-        WriterSettings {
+    ) -> Arc<WriterSettings> {
+        Arc::new(WriterSettings {
             conn: conn.clone(),
             shutdown_timeout: server.shutdown_timeout,
             reconnect_jitter: server.shutdown_reconnect_jitter,
             advisory,
-        }
+        })
     }
 }
 

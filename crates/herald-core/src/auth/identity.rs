@@ -8,7 +8,7 @@ pub struct Identity {
     /// User id ("" = anonymous).
     pub user_id: String,
     /// Claims of the connection token (`None` = connected without a token).
-    pub claims: Option<Claims>,
+    pub claims: Option<Box<Claims>>,
     /// Authenticated by the connect proxy: the refresh proxy extends it before `exp`.
     pub proxied: bool,
 }
@@ -23,7 +23,7 @@ impl Identity {
     pub fn from_claims(claims: Claims) -> Identity {
         Identity {
             user_id: claims.sub.clone(),
-            claims: Some(claims),
+            claims: Some(Box::new(claims)),
             proxied: false,
         }
     }

@@ -11,6 +11,7 @@
 //! session's commands under [`Link::drive`], which keeps writing while a command awaits (a
 //! recovery that waits for queue room needs the queue drained meanwhile).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::{Pin, pin};
@@ -35,6 +36,33 @@ const MAX_BATCH: usize = 256;
 const MAX_SLICES: usize = 64;
 /// How long the closing frames and the socket shutdown may take each.
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Batch vectors kept per runtime thread for the next link that wakes.
+const POOLED: usize = 64;
+
+thread_local! {
+    /// Batch vectors of links whose batch was written in full: a link holds one only while it
+    /// has something to write, so an idle connection holds none.
+    static BATCHES: RefCell<Vec<Vec<Bytes>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn pooled_batch() -> Vec<Bytes> {
+    BATCHES
+        .with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(8))
+}
+
+fn return_batch(mut v: Vec<Bytes>) {
+    v.clear();
+    if v.capacity() == 0 || v.capacity() > MAX_BATCH {
+        return;
+    }
+    BATCHES.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOLED {
+            p.push(v);
+        }
+    });
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -310,6 +338,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 return false;
             }
             self.batch.frames.clear();
+            if self.batch.frames.capacity() == 0 {
+                self.batch.frames = pooled_batch();
+            }
             self.batch.oldest_pub = None;
             self.idx = 0;
             self.off = 0;
@@ -328,6 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
                 return true;
             }
+            return_batch(std::mem::take(&mut self.batch.frames));
             if self.batch.redirect.is_some() || self.batch.close.is_some() {
                 continue;
             }
@@ -379,8 +411,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             if let Some(t) = self.batch.oldest_pub.take() {
                 m.publish_to_send.record(t.elapsed().as_secs_f64());
             }
-            // Written: an idle connection keeps no reference to its last frames.
-            self.batch.frames.clear();
+            // Written: an idle connection keeps no reference to its last frames, nor the vector.
+            return_batch(std::mem::take(&mut self.batch.frames));
             self.idx = 0;
         }
         Poll::Ready(Ok(()))

@@ -102,7 +102,8 @@ pub struct MessageReader<R> {
     max: usize,
     max_fragments: u32,
     budget: Allowance,
-    partial: Option<Partial>,
+    /// A fragmented message being reassembled (boxed: rare, and every connection holds a reader).
+    partial: Option<Box<Partial>>,
 }
 
 /// Validate newly appended UTF-8, allowing an incomplete sequence at the end.
@@ -386,7 +387,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 if text {
                     check_utf8(&mut p, false)?;
                 }
-                self.partial = Some(p);
+                self.partial = Some(Box::new(p));
                 Ok(None)
             }
             _ => {
@@ -406,6 +407,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     return Ok(None);
                 }
                 Ok(self.partial.take().map(|p| {
+                    let p = *p;
                     if p.text {
                         Inbound::Text(p.buf)
                     } else {

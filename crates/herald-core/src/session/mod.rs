@@ -11,7 +11,6 @@ use herald_proto::{CloseCode, ErrorCode, Format, Id, ServerKind};
 use serde::Serialize;
 
 use crate::auth::Identity;
-use crate::hub::Subscriber;
 use crate::journal::{DeadLetterKind, EventKind};
 use crate::limits::{CommandLimiter, Verdict};
 use crate::node::{Node, ServerCommand};
@@ -21,6 +20,7 @@ use crate::rpc::Headers;
 mod backend;
 mod dispatch;
 mod resume;
+mod subs;
 mod subscribe;
 
 /// Server-side commands queued per session.
@@ -52,7 +52,7 @@ pub struct Session {
     /// The client's IP (for its per-IP share of the journals), when the transport knows it.
     client_ip: Option<std::net::IpAddr>,
     resume_token: Token,
-    subs: HashMap<String, Arc<Subscriber>>,
+    subs: subs::Subs,
     violations: u32,
     /// `rpc` calls in flight (created on the first call).
     rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -177,7 +177,7 @@ impl Session {
             quota,
             client_ip: None,
             resume_token: token(),
-            subs: HashMap::new(),
+            subs: subs::Subs::default(),
             violations: 0,
             rpc_slots: None,
             announced: false,

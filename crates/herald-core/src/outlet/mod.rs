@@ -8,7 +8,8 @@
 //! An outlet outlives its socket: while a session waits for `resume` its outlet keeps buffering
 //! (same bounds). A resumed connection's writer follows [`Outlet::redirect`] to the old outlet.
 
-use std::collections::VecDeque;
+mod items;
+
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -55,7 +56,7 @@ pub struct QueueLimits {
 
 #[derive(Debug)]
 struct Queue {
-    items: VecDeque<Out>,
+    items: items::Items,
     /// The pong owed to the client's newest ping (older ones are not answered: RFC 6455 §5.5.3).
     pong: Option<Bytes>,
     bytes: usize,
@@ -96,7 +97,7 @@ impl Outlet {
             format,
             limits,
             queue: Mutex::new(Queue {
-                items: VecDeque::new(),
+                items: items::Items::default(),
                 pong: None,
                 bytes: 0,
                 close: None,
@@ -206,12 +207,13 @@ impl Outlet {
             let len = item.len();
             if let Some(pos) = q
                 .items
-                .iter()
                 .rposition(|o| matches!(o, Out::Pub(old) if old.channel == channel))
             {
-                let old_len = q.items[pos].len();
-                q.items[pos] = item;
-                q.bytes = q.bytes + len - old_len;
+                if let Some(slot) = q.items.get_mut(pos) {
+                    let old_len = slot.len();
+                    *slot = item;
+                    q.bytes = q.bytes + len - old_len;
+                }
                 metrics::counter!("herald_queue_dropped_total", "reason" => "conflated")
                     .increment(1);
                 drop(q);
@@ -286,7 +288,7 @@ impl Outlet {
         }
         let n = q.items.len().min(max);
         let mut removed = 0;
-        for item in q.items.drain(..n) {
+        for item in std::iter::from_fn(|| q.items.pop_front()).take(n) {
             removed += item.len();
             match item {
                 Out::Reply(b) | Out::Event(b) => out.frames.push(b),

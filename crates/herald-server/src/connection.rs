@@ -23,13 +23,6 @@ use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::state::{AppState, Handshake, Held};
 use crate::writer::WriterEnd;
 
-/// What woke a connection's task.
-enum Event {
-    Io(IoEvent),
-    Command(ServerCommand),
-    AuthTimer,
-}
-
 type Io = TokioIo<Upgraded>;
 
 /// A connection past its setup: what its task holds while it lives.
@@ -38,7 +31,6 @@ struct Conn {
     session: Session,
     link: Link<Io>,
     format: Format,
-    remote: IpAddr,
     started: Instant,
     _held: (Held, Option<crate::slots::UserSlot>),
 }
@@ -114,8 +106,10 @@ async fn open(
     } else {
         session.welcome(auth_id.as_ref());
         for channel in channels {
-            link.drive(session.server_command(ServerCommand::Subscribe(channel)))
-                .await;
+            link.drive(Box::pin(
+                session.server_command(ServerCommand::Subscribe(channel)),
+            ))
+            .await;
         }
     }
     tracing::info!(client = %session.client_id(), remote = %remote, protocol = format.subprotocol(), "connected");
@@ -124,10 +118,28 @@ async fn open(
         session,
         link,
         format,
-        remote,
         started: Instant::now(),
         _held: (held, user_slot),
     })
+}
+
+/// What the connection's task must await next (everything else is handled as it is polled).
+enum Next {
+    /// A command message to decode and run.
+    Message(Vec<u8>),
+    /// A server-side command.
+    Command(ServerCommand),
+    /// The socket is done reading: finish the write side, then end.
+    Finish(Ending),
+    /// The write side finished by itself (the server closed).
+    Ended(WriterEnd),
+}
+
+/// How the connection ends.
+struct Ending {
+    clean: bool,
+    reason: &'static str,
+    server_closed: bool,
 }
 
 impl Conn {
@@ -135,133 +147,150 @@ impl Conn {
     /// socket closes; then the session is handed back (ended or parked for `resume`).
     ///
     /// A plain `fn` around an `async move` block: an `async fn` would keep its `self` argument
-    /// twice in the task (the argument and the body's copy of it).
+    /// twice in the task (the argument and the body's copy of it). The loop's only state across
+    /// an await is the message being dispatched: pings, pongs, wrong frames and the auth timer are
+    /// handled inside the poll ([`Conn::poll_next`]).
     #[expect(
         clippy::manual_async_fn,
         reason = "an `async fn` stores `self` twice in the task"
     )]
     fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
-            let Conn {
-                session,
-                link,
-                format,
-                ..
-            } = &mut self;
-            let format = *format;
+            let mut auth_timer = None;
+            let (ending, end) = loop {
+                let next = std::future::poll_fn(|cx| self.poll_next(cx, &mut auth_timer)).await;
+                let flow = match next {
+                    // Boxed: command futures (recovery, resume) are large, and an idle
+                    // connection's task should not carry their space.
+                    Next::Message(b) => {
+                        let format = self.format;
+                        self.link
+                            .drive(Box::pin(dispatch(&mut self.session, format, &b)))
+                            .await
+                    }
+                    Next::Command(cmd) => {
+                        self.link
+                            .drive(Box::pin(self.session.server_command(cmd)))
+                            .await;
+                        Flow::Continue
+                    }
+                    Next::Finish(ending) => break (ending, None),
+                    Next::Ended(end) => {
+                        let ending = Ending {
+                            clean: false,
+                            reason: "closed by server",
+                            server_closed: true,
+                        };
+                        break (ending, Some(end));
+                    }
+                };
+                if let Flow::Close(code) = flow {
+                    self.session.outlet().close(code);
+                }
+            };
+            Box::pin(self.close(ending, end)).await;
+        }
+    }
+
+    /// Poll the socket, the server commands and the auth timer until something needs an await.
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        auth_timer: &mut Option<(tokio::time::Instant, Pin<Box<Sleep>>)>,
+    ) -> Poll<Next> {
+        let session = &mut self.session;
+        loop {
             let mut control = Vec::new();
-            let mut reason = "client gone";
-            let mut server_closed = false;
-            // Only a session whose token expires has an auth timer.
-            let mut auth_timer: Option<(tokio::time::Instant, Pin<Box<Sleep>>)> = None;
-            let (clean, end) = loop {
-                let event = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(e) = link.poll_io(cx, &mut control) {
-                        return Poll::Ready(Event::Io(e));
+            if let Poll::Ready(e) = self.link.poll_io(cx, &mut control) {
+                let res = match e {
+                    IoEvent::Ended(end) => return Poll::Ready(Next::Ended(end)),
+                    IoEvent::Inbound(res) => res,
+                };
+                for c in control {
+                    session.outlet().push_reply(c);
+                }
+                let (clean, reason, code) = match res {
+                    Ok(Inbound::Pong) => continue,
+                    Ok(Inbound::Ping(pong)) => {
+                        session.outlet().push_pong(pong);
+                        continue;
                     }
-                    if let Poll::Ready(cmd) = session.poll_server_command(cx) {
-                        return Poll::Ready(Event::Command(cmd));
+                    Ok(Inbound::Text(b)) if self.format == Format::Json => {
+                        return Poll::Ready(Next::Message(b));
                     }
-                    match session.auth_deadline() {
-                        None => auth_timer = None,
-                        Some(at) => {
-                            let timer = match &mut auth_timer {
-                                Some((armed, timer)) if *armed == at => timer,
-                                slot => {
-                                    &mut slot.insert((at, Box::pin(tokio::time::sleep_until(at)))).1
-                                }
-                            };
-                            if timer.as_mut().poll(cx).is_ready() {
-                                return Poll::Ready(Event::AuthTimer);
-                            }
-                        }
+                    Ok(Inbound::Binary(b)) if self.format == Format::Msgpack => {
+                        return Poll::Ready(Next::Message(b));
                     }
-                    Poll::Pending
-                })
-                .await;
-                let res = match event {
-                    Event::AuthTimer => {
-                        if let Flow::Close(code) = session.on_auth_timer() {
+                    Ok(Inbound::Text(_) | Inbound::Binary(_)) => {
+                        if let Flow::Close(code) = session.wrong_frame_type() {
                             session.outlet().close(code);
                         }
                         continue;
                     }
-                    // Boxed, like every command below: command futures (recovery, resume) are
-                    // large, and an idle connection's task should not carry their space.
-                    Event::Command(cmd) => {
-                        link.drive(Box::pin(session.server_command(cmd))).await;
-                        continue;
-                    }
-                    Event::Io(IoEvent::Ended(end)) => {
-                        reason = "closed by server";
-                        server_closed = true;
-                        break (false, end);
-                    }
-                    Event::Io(IoEvent::Inbound(res)) => res,
-                };
-                for c in control.drain(..) {
-                    session.outlet().push_reply(c);
-                }
-                let flow = match res {
-                    Ok(Inbound::Pong) => Flow::Continue,
-                    Ok(Inbound::Ping(pong)) => {
-                        session.outlet().push_pong(pong);
-                        Flow::Continue
-                    }
-                    Ok(Inbound::Text(b)) if format == Format::Json => {
-                        link.drive(Box::pin(dispatch(session, format, &b))).await
-                    }
-                    Ok(Inbound::Binary(b)) if format == Format::Msgpack => {
-                        link.drive(Box::pin(dispatch(session, format, &b))).await
-                    }
-                    Ok(Inbound::Text(_) | Inbound::Binary(_)) => session.wrong_frame_type(),
-                    Ok(Inbound::Close { clean }) => {
-                        reason = if clean {
-                            "client closed"
-                        } else {
-                            "client closed abnormally"
-                        };
-                        link.reader_finished(None);
-                        break (clean, link.finish().await);
+                    Ok(Inbound::Close { clean: true }) => (true, "client closed", None),
+                    Ok(Inbound::Close { clean: false }) => {
+                        (false, "client closed abnormally", None)
                     }
                     Err(ReadError::Protocol(code)) => {
                         metrics::counter!("herald_protocol_errors_total", "code" => code.code().to_string()).increment(1);
-                        reason = "websocket protocol error";
-                        server_closed = true;
-                        link.reader_finished(Some(code));
-                        break (true, link.finish().await);
+                        (true, "websocket protocol error", Some(code))
                     }
-                    Err(ReadError::Gone) => {
-                        link.reader_finished(None);
-                        break (false, link.finish().await);
-                    }
+                    Err(ReadError::Gone) => (false, "client gone", None),
                 };
-                if let Flow::Close(code) = flow {
-                    session.outlet().close(code);
-                }
+                self.link.reader_finished(code);
+                return Poll::Ready(Next::Finish(Ending {
+                    clean,
+                    reason,
+                    server_closed: code.is_some(),
+                }));
+            }
+            if let Poll::Ready(cmd) = session.poll_server_command(cx) {
+                return Poll::Ready(Next::Command(cmd));
+            }
+            // Only a session whose token expires has an auth timer.
+            let Some(at) = session.auth_deadline() else {
+                *auth_timer = None;
+                return Poll::Pending;
             };
-            Box::pin(self.close(clean, end, reason, server_closed)).await;
+            let timer = match &mut *auth_timer {
+                Some((armed, timer)) if *armed == at => timer,
+                slot => &mut slot.insert((at, Box::pin(tokio::time::sleep_until(at)))).1,
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Flow::Close(code) = session.on_auth_timer() {
+                session.outlet().close(code);
+            }
         }
     }
 
     /// After the socket's end: log, hand the session back, and read off what a client still
     /// sends after a server-initiated close.
-    async fn close(self, clean: bool, end: WriterEnd, reason: &'static str, server_closed: bool) {
+    async fn close(self, ending: Ending, end: Option<WriterEnd>) {
         let Conn {
             app,
             session,
-            link,
-            remote,
+            mut link,
             started,
             _held,
             ..
         } = self;
+        let end = match end {
+            Some(end) => end,
+            None => link.finish().await,
+        };
+        let Ending {
+            clean,
+            reason,
+            server_closed,
+        } = ending;
         app.connections
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         metrics::gauge!("herald_connections").decrement(1.0);
         tracing::info!(
             client = %session.client_id(),
-            remote = %remote,
+            remote = session.client_ip().map(tracing::field::display),
             user = session.user_id(),
             duration_ms = started.elapsed().as_millis() as u64,
             close_code = end.code.map(|c| c.code()),

@@ -14,7 +14,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io::IoSlice;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,6 +100,23 @@ pub struct Link<S> {
     final_close: Option<CloseCode>,
 }
 
+/// A command running beside the link's write side ([`Link::drive`]).
+pub struct Drive<'a, S, F> {
+    link: &'a mut Link<S>,
+    fut: F,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin, F: Future + Unpin> Future for Drive<'_, S, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        // A finished write side stays finished; `poll_io` reports it afterwards.
+        let _ = this.link.poll_write(cx);
+        Pin::new(&mut this.fut).poll(cx)
+    }
+}
+
 /// What the socket produced.
 #[derive(Debug)]
 pub enum IoEvent {
@@ -160,15 +177,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         std::future::poll_fn(|cx| self.poll_io(cx, control)).await
     }
 
-    /// Run `fut` (a command) while the socket keeps being written.
-    pub async fn drive<F: Future>(&mut self, fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        std::future::poll_fn(|cx| {
-            // A finished write side stays finished; `poll_io` reports it afterwards.
-            let _ = self.poll_write(cx);
-            fut.as_mut().poll(cx)
-        })
-        .await
+    /// Run `fut` (a command) while the socket keeps being written. `fut` should be boxed when it
+    /// is large: the returned future holds it inline beside a reference to the link.
+    pub fn drive<F: Future + Unpin>(&mut self, fut: F) -> Drive<'_, S, F> {
+        Drive { link: self, fut }
     }
 
     /// Nothing more will be read: write what is queued, then close with `code` (or, without a

@@ -62,6 +62,9 @@ struct Queue {
     bytes: usize,
     close: Option<CloseCode>,
     redirect: Option<Arc<Outlet>>,
+    /// Tasks in [`Outlet::wait_for_room`]: a drain wakes them only when there are any (waking
+    /// takes the `Notify`'s lock, and a drain happens for every write).
+    room_waiters: u32,
 }
 
 /// A connection's (or a waiting session's) outbound queue.
@@ -102,6 +105,7 @@ impl Outlet {
                 bytes: 0,
                 close: None,
                 redirect: None,
+                room_waiters: 0,
             }),
             writer: AtomicWaker::new(),
             space: Notify::new(),
@@ -165,21 +169,33 @@ impl Outlet {
     /// Wait until `n` more frames fit under the limits (or the queue is empty). False on timeout
     /// or when the outlet is closing.
     pub async fn wait_for_room(&self, n: usize, timeout: std::time::Duration) -> bool {
+        /// Counts this waiter in `room_waiters` until it returns (or is dropped).
+        struct Waiting<'a>(&'a Outlet);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                let mut q = lock(&self.0.queue);
+                q.room_waiters = q.room_waiters.saturating_sub(1);
+            }
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let q = lock(&self.queue);
+            let waiting = {
+                let mut q = lock(&self.queue);
                 if q.close.is_some() {
                     return false;
                 }
                 if q.items.is_empty() || q.items.len() + n <= self.limits.max_messages {
                     return true;
                 }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                q.room_waiters += 1;
+                Waiting(self)
+            };
+            let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
+            drop(waiting);
+            if timed_out {
                 return false;
             }
         }
@@ -306,8 +322,11 @@ impl Outlet {
             out.close = q.close;
             out.redirect = q.redirect.clone();
         }
+        let room_wanted = q.room_waiters > 0;
         drop(q);
-        self.space.notify_waiters();
+        if room_wanted {
+            self.space.notify_waiters();
+        }
     }
 
     /// Number of queued frames.

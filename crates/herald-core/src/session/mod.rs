@@ -48,7 +48,7 @@ pub struct Session {
     expiry: Option<Expiry>,
     limiter: Option<CommandLimiter>,
     /// What this connection may add to the node's journals (dead letters; subscribe-churn events).
-    quota: Box<JournalQuota>,
+    quota: JournalQuota,
     /// The client's IP (for its per-IP share of the journals), when the transport knows it.
     client_ip: Option<std::net::IpAddr>,
     resume_token: Token,
@@ -165,7 +165,7 @@ impl Session {
             l.rate_limited_close_after,
         );
         let expiry = expiry(&identity, cfg.auth.refresh_before);
-        let quota = Box::new(JournalQuota::new(&cfg.session));
+        let quota = JournalQuota::new(&cfg.session);
         Session {
             node,
             outlet,
@@ -211,6 +211,11 @@ impl Session {
     /// The client's IP: its connections share a per-IP quota of journal entries.
     pub fn set_client_ip(&mut self, ip: std::net::IpAddr) {
         self.client_ip = Some(ip);
+    }
+
+    /// The client's IP, when the transport told it.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.client_ip
     }
 
     /// The current resume token.

@@ -85,6 +85,8 @@ pub struct Heartbeats {
     pong_timeout: Duration,
     buckets: Vec<Mutex<Vec<Weak<Beat>>>>,
     next: AtomicU64,
+    /// When the server began to shut down.
+    stopped_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl Heartbeats {
@@ -101,6 +103,7 @@ impl Heartbeats {
             pong_timeout,
             buckets: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             next: AtomicU64::new(0),
+            stopped_at: std::sync::OnceLock::new(),
         })
     }
 
@@ -174,6 +177,7 @@ impl Heartbeats {
             let n = w.buckets.len() as u64;
             let now = w.now();
             if stopping {
+                w.stopped_at.get_or_init(tokio::time::Instant::now);
                 for i in 0..w.buckets.len() {
                     w.sweep(i, false, true, now);
                 }
@@ -193,6 +197,16 @@ impl Heartbeats {
             }
             k += 1;
         }
+    }
+
+    /// When writes must be done after the server began to shut down (`grace` after it began;
+    /// `grace` from now if it has not).
+    pub fn stop_deadline(&self, grace: Duration) -> tokio::time::Instant {
+        *self
+            .stopped_at
+            .get()
+            .unwrap_or(&tokio::time::Instant::now())
+            + grace
     }
 
     /// The wheel's ping interval.

@@ -84,16 +84,15 @@ pub struct Link<S> {
     wheel: Arc<Heartbeats>,
     settings: Arc<WriterSettings>,
     batch: Drained,
-    /// Progress in `batch.frames`: the next frame and the bytes of it already written.
-    idx: usize,
+    /// Bytes of `batch.frames[0]` already written (written frames are removed from the front).
     off: usize,
     phase: Phase,
     end: WriterEnd,
     /// Armed only while a write waits: the write timeout, the shutdown deadline, or the closing
     /// timeout.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Set on shutdown: writes must be done by then.
-    deadline: Option<Instant>,
+    /// The server is shutting down: writes must be done by the wheel's stop deadline.
+    stopping: bool,
     close_written: bool,
     ping_owed: bool,
     reader_done: bool,
@@ -141,12 +140,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             wheel,
             settings,
             batch: Drained::default(),
-            idx: 0,
             off: 0,
             phase: Phase::Open,
             end: WriterEnd::close(None),
             timer: None,
-            deadline: None,
+            stopping: false,
             close_written: false,
             ping_owed: false,
             reader_done: false,
@@ -213,7 +211,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         } else {
             vec![frame::close(code.code(), code.reason())]
         };
-        self.idx = 0;
         self.off = 0;
         self.timer = None;
         self.phase = Phase::Closing;
@@ -287,13 +284,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return Poll::Ready(());
         }
         self.ping_owed |= asked.ping;
-        if asked.stop && self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.settings.shutdown_timeout);
+        if asked.stop && !self.stopping {
+            self.stopping = true;
             self.timer = None;
             self.outlet.close(CloseCode::GoingAway);
         }
         loop {
-            if self.idx >= self.batch.frames.len() && !self.next_batch(cx) {
+            if self.batch.frames.is_empty() && !self.next_batch(cx) {
                 return if self.phase == Phase::Open {
                     Poll::Pending
                 } else {
@@ -320,11 +317,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                         self.abort(CloseCode::SlowConsumer);
                         return Poll::Ready(());
                     }
-                    let at = self
-                        .deadline
-                        .unwrap_or_else(|| Instant::now() + self.settings.conn.write_timeout);
+                    let at = if self.stopping {
+                        self.wheel.stop_deadline(self.settings.shutdown_timeout)
+                    } else {
+                        Instant::now() + self.settings.conn.write_timeout
+                    };
                     if self.timer_fired(cx, at) {
-                        let code = if self.deadline.is_some() {
+                        let code = if self.stopping {
                             CloseCode::GoingAway
                         } else {
                             CloseCode::WriteTimeout
@@ -354,7 +353,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 self.batch.frames = pooled_batch();
             }
             self.batch.oldest_pub = None;
-            self.idx = 0;
             self.off = 0;
             if std::mem::take(&mut self.ping_owed) {
                 self.batch
@@ -385,49 +383,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
     }
 
-    /// Write `batch.frames` from the current position; `Ready(Ok)` once all are written.
+    /// Write `batch.frames` from the current position; `Ready(Ok)` once all are written (in the
+    /// open phase the vector then goes back to the pool; in the closing phase it is left empty).
     fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        let frames = &self.batch.frames;
-        while self.idx < frames.len() {
+        let mut total = 0usize;
+        let mut count = 0usize;
+        while !self.batch.frames.is_empty() {
+            let frames = &self.batch.frames;
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
-            for (i, f) in frames[self.idx..].iter().take(MAX_SLICES).enumerate() {
+            for (i, f) in frames.iter().take(MAX_SLICES).enumerate() {
                 slices[i] = IoSlice::new(if i == 0 { &f[self.off..] } else { f });
                 n += 1;
             }
             let io = Pin::new(self.reader.get_mut());
             let mut written = match io.poll_write_vectored(cx, &slices[..n]) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.count_written(count, total);
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(())),
                 Poll::Ready(Ok(w)) => w,
             };
             self.timer = None;
-            while written > 0 && self.idx < frames.len() {
-                let left = frames[self.idx].len() - self.off;
-                if written >= left {
-                    written -= left;
-                    self.idx += 1;
-                    self.off = 0;
-                } else {
+            total += written;
+            // Whole frames written: drop them from the front (all of them, usually).
+            let mut done = 0;
+            for f in frames {
+                let left = f.len() - self.off;
+                if written < left {
                     self.off += written;
-                    written = 0;
+                    break;
                 }
+                written -= left;
+                self.off = 0;
+                done += 1;
+            }
+            count += done;
+            if done == self.batch.frames.len() {
+                self.batch.frames.clear();
+            } else {
+                self.batch.frames.drain(..done);
             }
         }
-        if self.phase == Phase::Open && !frames.is_empty() {
-            let m = WriterMetrics::get();
-            m.frames_out.increment(frames.len() as u64);
-            m.bytes_out
-                .increment(frames.iter().map(Bytes::len).sum::<usize>() as u64);
-            m.writes.increment(1);
+        self.count_written(count, total);
+        if self.phase == Phase::Open {
             if let Some(t) = self.batch.oldest_pub.take() {
-                m.publish_to_send.record(t.elapsed().as_secs_f64());
+                WriterMetrics::get()
+                    .publish_to_send
+                    .record(t.elapsed().as_secs_f64());
             }
             // Written: an idle connection keeps no reference to its last frames, nor the vector.
             return_batch(std::mem::take(&mut self.batch.frames));
-            self.idx = 0;
         }
         Poll::Ready(Ok(()))
+    }
+
+    fn count_written(&self, frames: usize, bytes: usize) {
+        if self.phase != Phase::Open || bytes == 0 {
+            return;
+        }
+        let m = WriterMetrics::get();
+        m.frames_out.increment(frames as u64);
+        m.bytes_out.increment(bytes as u64);
+        m.writes.increment(1);
     }
 }
 

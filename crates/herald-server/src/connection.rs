@@ -31,6 +31,8 @@ struct Conn {
     session: Session,
     link: Link<Io>,
     format: Format,
+    /// The last poll of the session's server commands was `Pending` (its waker is registered).
+    cmds_armed: bool,
     started: Instant,
     _held: (Held, Option<crate::slots::UserSlot>),
 }
@@ -118,6 +120,7 @@ async fn open(
         session,
         link,
         format,
+        cmds_armed: false,
         started: Instant::now(),
         _held: (held, user_slot),
     })
@@ -215,10 +218,14 @@ impl Conn {
                         session.outlet().push_pong(pong);
                         continue;
                     }
+                    // A command can change the session's server-command channel (`resume`):
+                    // poll it again afterwards.
                     Ok(Inbound::Text(b)) if self.format == Format::Json => {
+                        self.cmds_armed = false;
                         return Poll::Ready(Next::Message(b));
                     }
                     Ok(Inbound::Binary(b)) if self.format == Format::Msgpack => {
+                        self.cmds_armed = false;
                         return Poll::Ready(Next::Message(b));
                     }
                     Ok(Inbound::Text(_) | Inbound::Binary(_)) => {
@@ -244,8 +251,14 @@ impl Conn {
                     server_closed: code.is_some(),
                 }));
             }
-            if let Poll::Ready(cmd) = session.poll_server_command(cx) {
-                return Poll::Ready(Next::Command(cmd));
+            if !self.cmds_armed || session.server_command_waiting() {
+                match session.poll_server_command(cx) {
+                    Poll::Ready(cmd) => {
+                        self.cmds_armed = false;
+                        return Poll::Ready(Next::Command(cmd));
+                    }
+                    Poll::Pending => self.cmds_armed = true,
+                }
             }
             // Only a session whose token expires has an auth timer.
             let Some(at) = session.auth_deadline() else {

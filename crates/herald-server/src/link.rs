@@ -26,7 +26,7 @@ use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::heartbeat::{Beat, Heartbeats};
+use crate::heartbeat::{Asked, Beat, Heartbeats};
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::writer::{WriterEnd, WriterMetrics, WriterSettings, closing_frames};
 
@@ -94,6 +94,8 @@ pub struct Link<S> {
     /// The server is shutting down: writes must be done by the wheel's stop deadline.
     stopping: bool,
     close_written: bool,
+    /// The wheel holds this task's waker (see `poll_open`).
+    beat_armed: bool,
     ping_owed: bool,
     reader_done: bool,
     final_close: Option<CloseCode>,
@@ -146,6 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             timer: None,
             stopping: false,
             close_written: false,
+            beat_armed: false,
             ping_owed: false,
             reader_done: false,
             final_close: None,
@@ -277,8 +280,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 
     /// One step of the open phase; `Ready` when the phase changed.
     fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.beat.register(cx.waker());
+        // The wheel's waker stays registered until the wheel asks something (it sets a flag,
+        // then takes the waker): register again only after a request, not on every poll. After
+        // one, register now (a later request must wake this task) and again at the next poll
+        // (the request's own wake-up may yet take this registration).
+        if !self.beat_armed {
+            self.beat.register(cx.waker());
+            self.beat_armed = true;
+        }
         let asked = self.beat.take();
+        if asked != Asked::default() {
+            self.beat.register(cx.waker());
+            self.beat_armed = false;
+        }
         if asked.timed_out {
             self.start_closing(CloseCode::HeartbeatTimeout);
             return Poll::Ready(());

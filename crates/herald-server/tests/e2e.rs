@@ -395,6 +395,41 @@ async fn half_open_connections_are_detected() {
     .await;
 }
 
+/// Heartbeats come from one wheel per server, not a timer per connection: a client that answers
+/// keeps getting pings, interval after interval (a lost wake-up would stop them silently), and
+/// is never closed.
+#[tokio::test]
+async fn answered_pings_keep_coming_and_the_connection_stays_open() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut setup = Setup::default();
+    setup.conn.ping_interval = Duration::from_millis(100);
+    setup.conn.pong_timeout = Duration::from_millis(300);
+    let s = start(setup).await;
+    let mut raw = raw_client(s.addr, None).await;
+    let (mut pings, mut buf, mut chunk) = (0, Vec::new(), vec![0u8; 4096]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while pings < 6 {
+        let n = tokio::time::timeout_at(deadline, raw.read(&mut chunk))
+            .await
+            .expect("pings keep coming")
+            .expect("read");
+        assert!(n > 0, "the server closed an answering connection");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((payload, op)) = herald_proto::frame::parse_unmasked(&buf) {
+            let total = payload.as_ptr() as usize - buf.as_ptr() as usize + payload.len();
+            assert_ne!(op as u8, 0x8, "closed: {:?}", payload);
+            if op as u8 == 0x9 {
+                pings += 1;
+                raw.write_all(&[0x8a, 0x80, 1, 2, 3, 4])
+                    .await
+                    .expect("pong");
+            }
+            buf.drain(..total);
+        }
+    }
+    assert_eq!(s.handle.connections(), 1);
+}
+
 #[tokio::test]
 async fn app_level_ping_is_answered() {
     let s = start_default().await;

@@ -121,6 +121,15 @@ impl Session {
         }
     }
 
+    /// Whether a server-side command is waiting. A connection that saw `Pending` from
+    /// [`Session::poll_server_command`] may skip polling while this is false: its waker stays
+    /// registered until a command arrives (and polling registers it again, which costs).
+    pub fn server_command_waiting(&self) -> bool {
+        self.server_cmds
+            .as_ref()
+            .is_some_and(|(_, rx)| !rx.is_empty())
+    }
+
     /// Apply a server-side command (from the server API or a connect proxy): subscribe or
     /// unsubscribe without permission checks, telling the client with a push.
     pub async fn server_command(&mut self, cmd: ServerCommand) {

@@ -1,10 +1,10 @@
-//! Rate limiters (token buckets from `governor`): per connection for commands, keyed by user
-//! for publishes and by IP for new connections. A limit of 0 disables the limiter.
+//! Rate limiters: per connection for commands and frames (a small token bucket, [`Allowance`]),
+//! keyed by user for publishes and by IP for new connections (`governor`). A limit of 0 disables the limiter.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
 
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 fn quota(per_second: u32, burst: u32) -> Option<Quota> {
     let rate = NonZeroU32::new(per_second)?;
@@ -87,9 +87,10 @@ pub enum Verdict {
     Close,
 }
 
-/// A connection's command limiter with its streak of rejected commands.
+/// A connection's command limiter with its streak of rejected commands: an [`Allowance`] (every
+/// connection holds one, so 32 bytes rather than a `governor` limiter's 80).
 pub struct CommandLimiter {
-    bucket: DefaultDirectRateLimiter,
+    bucket: Allowance,
     streak: u32,
     close_after: u32,
 }
@@ -97,8 +98,8 @@ pub struct CommandLimiter {
 impl CommandLimiter {
     /// `None` when `per_second` is 0.
     pub fn new(per_second: u32, burst: u32, close_after: u32) -> Option<CommandLimiter> {
-        Some(CommandLimiter {
-            bucket: RateLimiter::direct(quota(per_second, burst)?),
+        (per_second > 0).then(|| CommandLimiter {
+            bucket: Allowance::new(per_second, std::time::Duration::from_secs(1), burst),
             streak: 0,
             close_after,
         })
@@ -106,7 +107,7 @@ impl CommandLimiter {
 
     /// Account for one command.
     pub fn check(&mut self) -> Verdict {
-        if self.bucket.check().is_ok() {
+        if self.bucket.take() {
             self.streak = 0;
             return Verdict::Allow;
         }

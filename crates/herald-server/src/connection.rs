@@ -34,7 +34,8 @@ struct Conn {
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
     started: Instant,
-    _held: (Held, Option<crate::slots::UserSlot>),
+    /// Slots held while the connection lives (the user's boxed: 40 bytes most connections lack).
+    _held: (Held, Option<Box<crate::slots::UserSlot>>),
 }
 
 /// Serve an upgraded `/ws` connection until it closes.
@@ -122,7 +123,7 @@ async fn open(
         format,
         cmds_armed: false,
         started: Instant::now(),
-        _held: (held, user_slot),
+        _held: (held, user_slot.map(Box::new)),
     })
 }
 

@@ -68,7 +68,7 @@ fn return_batch(mut v: Vec<Bytes>) {
 enum Phase {
     /// Writing what the outlet holds.
     Open,
-    /// Writing the closing frames (`batch.frames`), then shut down.
+    /// Writing the closing frames (`frames`), then shut down.
     Closing,
     /// Shutting the socket's write side down.
     Shutdown,
@@ -83,8 +83,13 @@ pub struct Link<S> {
     beat: Arc<Beat>,
     wheel: Arc<Heartbeats>,
     settings: Arc<WriterSettings>,
-    batch: Drained,
-    /// Bytes of `batch.frames[0]` already written (written frames are removed from the front).
+    /// The batch being written (borrowed from the per-thread pool; empty while idle).
+    frames: Vec<Bytes>,
+    /// The outlet asked for a close after the batch.
+    close: Option<CloseCode>,
+    /// The outlet sent this link on to another outlet (after `resume`), after the batch.
+    redirect: Option<Arc<Outlet>>,
+    /// Bytes of `frames[0]` already written (written frames are removed from the front).
     off: usize,
     phase: Phase,
     end: WriterEnd,
@@ -141,7 +146,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             beat: wheel.join(),
             wheel,
             settings,
-            batch: Drained::default(),
+            frames: Vec::new(),
+            close: None,
+            redirect: None,
             off: 0,
             phase: Phase::Open,
             end: WriterEnd::close(None),
@@ -205,7 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
             .increment(1);
         self.end = WriterEnd::close(Some(code));
-        self.batch.frames = if self.settings.advisory {
+        self.frames = if self.settings.advisory {
             closing_frames(
                 self.outlet.format,
                 code,
@@ -230,7 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 
     fn shut_down(&mut self) {
-        self.batch.frames.clear();
+        self.frames.clear();
         self.timer = None;
         self.phase = Phase::Shutdown;
     }
@@ -304,7 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             self.outlet.close(CloseCode::GoingAway);
         }
         loop {
-            if self.batch.frames.is_empty() && !self.next_batch(cx) {
+            if self.frames.is_empty() && !self.next_batch(cx) {
                 return if self.phase == Phase::Open {
                     Poll::Pending
                 } else {
@@ -355,36 +362,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// may have changed: a close was requested, or the reader finished).
     fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            if let Some(next) = self.batch.redirect.take() {
+            if let Some(next) = self.redirect.take() {
                 self.outlet = next;
             }
-            if let Some(code) = self.batch.close.take() {
+            if let Some(code) = self.close.take() {
                 self.start_closing(code);
                 return false;
             }
-            self.batch.frames.clear();
-            if self.batch.frames.capacity() == 0 {
-                self.batch.frames = pooled_batch();
-            }
-            self.batch.oldest_pub = None;
             self.off = 0;
+            let mut d = Drained {
+                frames: std::mem::take(&mut self.frames),
+                ..Drained::default()
+            };
+            d.frames.clear();
+            if d.frames.capacity() == 0 {
+                d.frames = pooled_batch();
+            }
             if std::mem::take(&mut self.ping_owed) {
-                self.batch
-                    .frames
-                    .push(frame::with_payload(OpCode::Ping, b""));
+                d.frames.push(frame::with_payload(OpCode::Ping, b""));
             }
             self.outlet.register(cx.waker());
-            self.outlet.drain(MAX_BATCH, &mut self.batch);
-            if !self.batch.frames.is_empty() {
+            self.outlet.drain(MAX_BATCH, &mut d);
+            if let Some(t) = d.oldest_pub {
+                WriterMetrics::get()
+                    .publish_to_send
+                    .record(t.elapsed().as_secs_f64());
+            }
+            self.frames = d.frames;
+            self.close = d.close;
+            self.redirect = d.redirect;
+            if !self.frames.is_empty() {
                 self.close_written = self
-                    .batch
                     .frames
                     .iter()
                     .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
                 return true;
             }
-            return_batch(std::mem::take(&mut self.batch.frames));
-            if self.batch.redirect.is_some() || self.batch.close.is_some() {
+            return_batch(std::mem::take(&mut self.frames));
+            if self.redirect.is_some() || self.close.is_some() {
                 continue;
             }
             if self.reader_done {
@@ -397,13 +412,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
     }
 
-    /// Write `batch.frames` from the current position; `Ready(Ok)` once all are written (in the
+    /// Write `frames` from the current position; `Ready(Ok)` once all are written (in the
     /// open phase the vector then goes back to the pool; in the closing phase it is left empty).
     fn poll_frames(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         let mut total = 0usize;
         let mut count = 0usize;
-        while !self.batch.frames.is_empty() {
-            let frames = &self.batch.frames;
+        while !self.frames.is_empty() {
+            let frames = &self.frames;
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
             for (i, f) in frames.iter().take(MAX_SLICES).enumerate() {
@@ -434,21 +449,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 done += 1;
             }
             count += done;
-            if done == self.batch.frames.len() {
-                self.batch.frames.clear();
+            if done == self.frames.len() {
+                self.frames.clear();
             } else {
-                self.batch.frames.drain(..done);
+                self.frames.drain(..done);
             }
         }
         self.count_written(count, total);
         if self.phase == Phase::Open {
-            if let Some(t) = self.batch.oldest_pub.take() {
-                WriterMetrics::get()
-                    .publish_to_send
-                    .record(t.elapsed().as_secs_f64());
-            }
             // Written: an idle connection keeps no reference to its last frames, nor the vector.
-            return_batch(std::mem::take(&mut self.batch.frames));
+            return_batch(std::mem::take(&mut self.frames));
         }
         Poll::Ready(Ok(()))
     }

@@ -81,7 +81,6 @@ impl Beat {
 pub struct Heartbeats {
     started: Instant,
     tick: Duration,
-    ping_interval: Duration,
     pong_timeout: Duration,
     buckets: Vec<Mutex<Vec<Weak<Beat>>>>,
     next: AtomicU64,
@@ -99,7 +98,6 @@ impl Heartbeats {
         Arc::new(Heartbeats {
             started: Instant::now(),
             tick,
-            ping_interval,
             pong_timeout,
             buckets: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             next: AtomicU64::new(0),
@@ -160,7 +158,12 @@ impl Heartbeats {
 
     /// Sweep until the server stops and every connection is gone (or the server is dropped).
     pub async fn run(wheel: Weak<Heartbeats>, shutdown: CancellationToken) {
-        let Some(tick) = wheel.upgrade().map(|w| w.tick) else {
+        let Some((tick, pong_ticks)) = wheel.upgrade().map(|w| {
+            (
+                w.tick,
+                w.pong_timeout.as_nanos().div_ceil(w.tick.as_nanos()) as u64,
+            )
+        }) else {
             return;
         };
         let mut interval = tokio::time::interval(tick);
@@ -190,7 +193,6 @@ impl Heartbeats {
                 continue;
             }
             w.sweep((k % n) as usize, true, false, now);
-            let pong_ticks = w.pong_timeout.as_nanos().div_ceil(w.tick.as_nanos()) as u64;
             let late = (k + n - pong_ticks % n) % n;
             if late != k % n {
                 w.sweep(late as usize, false, false, now);
@@ -207,11 +209,6 @@ impl Heartbeats {
             .get()
             .unwrap_or(&tokio::time::Instant::now())
             + grace
-    }
-
-    /// The wheel's ping interval.
-    pub fn ping_interval(&self) -> Duration {
-        self.ping_interval
     }
 
     #[cfg(test)]

@@ -494,6 +494,16 @@ mod tests {
         }
     }
 
+    fn outlet() -> Arc<Outlet> {
+        Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 100,
+                max_bytes: 1 << 20,
+            },
+        )
+    }
+
     /// Regression: a frame queued while a write was in progress woke the writer's
     /// slow-consumer check instead of its idle wait, so it stayed queued until the next push or
     /// the next heartbeat (25 s). Seen as publish replies that never came in a cluster, where
@@ -501,13 +511,7 @@ mod tests {
     #[tokio::test]
     async fn a_frame_queued_during_a_write_is_sent_without_another_push() {
         let (client, server) = tokio::io::duplex(64);
-        let outlet = Outlet::new(
-            Format::Json,
-            QueueLimits {
-                max_messages: 100,
-                max_bytes: 1 << 20,
-            },
-        );
+        let outlet = outlet();
         let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
         let s = Arc::new(settings());
         let o = outlet.clone();
@@ -539,13 +543,7 @@ mod tests {
     #[tokio::test]
     async fn a_stuck_write_times_out_and_a_ping_is_written_when_asked() {
         let (client, server) = tokio::io::duplex(256);
-        let outlet = Outlet::new(
-            Format::Json,
-            QueueLimits {
-                max_messages: 100,
-                max_bytes: 1 << 20,
-            },
-        );
+        let outlet = outlet();
         let wheel = Heartbeats::new(Duration::from_millis(40), Duration::from_secs(60));
         let mut s = settings();
         s.conn.write_timeout = Duration::from_millis(200);

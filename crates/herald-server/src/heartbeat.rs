@@ -83,7 +83,10 @@ pub struct Heartbeats {
     tick: Duration,
     pong_timeout: Duration,
     buckets: Vec<Mutex<Vec<Weak<Beat>>>>,
-    next: AtomicU64,
+    /// Pong deadlines are checked this many ticks after a bucket's pings.
+    pong_ticks: u64,
+    /// The next tick to run: tick `k` pings bucket `k % buckets`.
+    turn: AtomicU64,
     /// When the server began to shut down.
     stopped_at: std::sync::OnceLock<tokio::time::Instant>,
 }
@@ -100,7 +103,8 @@ impl Heartbeats {
             tick,
             pong_timeout,
             buckets: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
-            next: AtomicU64::new(0),
+            pong_ticks: pong_timeout.as_nanos().div_ceil(tick.as_nanos()) as u64,
+            turn: AtomicU64::new(0),
             stopped_at: std::sync::OnceLock::new(),
         })
     }
@@ -110,12 +114,14 @@ impl Heartbeats {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Register a new connection; it is first pinged within one `ping_interval`.
+    /// Register a new connection. It joins the bucket swept last, so its first ping comes one
+    /// `ping_interval` after it joined (less at most one tick), like every later one.
     pub fn join(&self) -> Arc<Beat> {
         let beat = Arc::new(Beat::default());
         beat.last_seen.store(self.now(), Ordering::Relaxed);
-        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.buckets.len();
-        if let Ok(mut b) = self.buckets[i].lock() {
+        let n = self.buckets.len() as u64;
+        let i = (self.turn.load(Ordering::Acquire) + n - 1) % n;
+        if let Ok(mut b) = self.buckets[i as usize].lock() {
             b.push(Arc::downgrade(&beat));
         }
         beat
@@ -156,19 +162,26 @@ impl Heartbeats {
         });
     }
 
+    /// One tick: ping one bucket, check the pong deadlines of the bucket pinged `pong_timeout`
+    /// ago, and move on.
+    fn tick(&self, now: u64) {
+        let n = self.buckets.len() as u64;
+        let k = self.turn.load(Ordering::Acquire);
+        self.sweep((k % n) as usize, true, false, now);
+        let late = (k + n - self.pong_ticks % n) % n;
+        if late != k % n {
+            self.sweep(late as usize, false, false, now);
+        }
+        self.turn.store(k + 1, Ordering::Release);
+    }
+
     /// Sweep until the server stops and every connection is gone (or the server is dropped).
     pub async fn run(wheel: Weak<Heartbeats>, shutdown: CancellationToken) {
-        let Some((tick, pong_ticks)) = wheel.upgrade().map(|w| {
-            (
-                w.tick,
-                w.pong_timeout.as_nanos().div_ceil(w.tick.as_nanos()) as u64,
-            )
-        }) else {
+        let Some(tick) = wheel.upgrade().map(|w| w.tick) else {
             return;
         };
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut k: u64 = 0;
         loop {
             let stopping = tokio::select! {
                 _ = interval.tick() => shutdown.is_cancelled(),
@@ -177,27 +190,21 @@ impl Heartbeats {
             let Some(w) = wheel.upgrade() else {
                 return;
             };
-            let n = w.buckets.len() as u64;
             let now = w.now();
-            if stopping {
-                w.stopped_at.get_or_init(tokio::time::Instant::now);
-                for i in 0..w.buckets.len() {
-                    w.sweep(i, false, true, now);
-                }
-                if w.buckets
-                    .iter()
-                    .all(|b| b.lock().map_or(true, |b| b.is_empty()))
-                {
-                    return;
-                }
+            if !stopping {
+                w.tick(now);
                 continue;
             }
-            w.sweep((k % n) as usize, true, false, now);
-            let late = (k + n - pong_ticks % n) % n;
-            if late != k % n {
-                w.sweep(late as usize, false, false, now);
+            w.stopped_at.get_or_init(tokio::time::Instant::now);
+            for i in 0..w.buckets.len() {
+                w.sweep(i, false, true, now);
             }
-            k += 1;
+            if w.buckets
+                .iter()
+                .all(|b| b.lock().map_or(true, |b| b.is_empty()))
+            {
+                return;
+            }
         }
     }
 
@@ -227,13 +234,23 @@ impl Heartbeats {
 mod tests {
     use super::*;
 
+    /// The bucket a beat is in.
+    fn bucket_of(wheel: &Heartbeats, beat: &Arc<Beat>) -> usize {
+        let found = wheel.buckets.iter().position(|b| {
+            b.lock().is_ok_and(|b| {
+                b.iter()
+                    .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(beat)))
+            })
+        });
+        found.expect("the beat is in a bucket")
+    }
+
     #[test]
     fn a_silent_connection_times_out_and_an_answering_one_is_pinged_again() {
         let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
         let quiet = wheel.join();
         let alive = wheel.join();
-        let n = wheel.buckets.len();
-        let (bq, ba) = (0, 1 % n);
+        let (bq, ba) = (bucket_of(&wheel, &quiet), bucket_of(&wheel, &alive));
         wheel.sweep(bq, true, false, 1000);
         wheel.sweep(ba, true, false, 1000);
         assert!(quiet.take().ping && alive.take().ping);
@@ -250,11 +267,29 @@ mod tests {
         assert!(alive.take().ping, "pinged again at its next turn");
     }
 
+    /// Regression: a connection joined whatever bucket came next, so its first ping could come
+    /// at once (Autobahn 5.19 saw a ping in the middle of its one-second pause on `/echo`).
+    #[test]
+    fn a_new_connection_is_first_pinged_a_whole_interval_after_it_joined() {
+        let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
+        let n = wheel.buckets.len();
+        for _ in 0..3 {
+            wheel.tick(0);
+        }
+        let beat = wheel.join();
+        for t in 1..n {
+            wheel.tick(0);
+            assert!(!beat.take().ping, "pinged {t} ticks after joining, of {n}");
+        }
+        wheel.tick(0);
+        assert!(beat.take().ping, "pinged one interval after joining");
+    }
+
     #[test]
     fn a_pong_in_the_pings_millisecond_counts() {
         let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
         let beat = wheel.join();
-        wheel.sweep(0, true, false, 500);
+        wheel.sweep(bucket_of(&wheel, &beat), true, false, 500);
         beat.last_seen.store(500, Ordering::Release);
         assert!(beat.answered());
         beat.last_seen.store(499, Ordering::Release);

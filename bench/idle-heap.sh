@@ -31,5 +31,5 @@ kill -KILL "$PID"
 wait $HT || true
 kill "$BENCH" 2>/dev/null || true
 wait "$BENCH" 2>/dev/null || true
-heaptrack_print "$OUT/heaptrack.herald.zst" --print-peaks 0 --print-allocators 0 --print-leaks 1 --print-temporary 0 --print-histogram 0 2>/dev/null > "$OUT/live.txt" || true
+heaptrack_print "$OUT/heaptrack.herald.zst" --print-peaks 0 --print-allocators 0 --print-leaks 1 --print-temporary 0 2>/dev/null > "$OUT/live.txt" || true
 python3 bench/heap_sites.py "$OUT/live.txt" "$N"

@@ -72,6 +72,18 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     with_payload(OpCode::Close, &payload)
 }
 
+/// Where the payload of a frame built by this module starts (its header length: 2, 4 or 10), or
+/// `None` when `frame` is too short to hold a header. Transports that carry messages without
+/// WebSocket framing (HTTP streaming, SSE, long-polling) slice the shared frame there.
+pub fn payload_offset(frame: &[u8]) -> Option<usize> {
+    let start = match frame.get(1)? & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (frame.len() >= start).then_some(start)
+}
+
 /// Parse one complete unmasked frame produced by this module: `(payload, opcode)`.
 /// Intended for tests and for checking frames; returns `None` on anything else.
 pub fn parse_unmasked(frame: &[u8]) -> Option<(&[u8], OpCode)> {
@@ -112,6 +124,18 @@ mod tests {
         f.extend_from_slice(&u64::MAX.to_be_bytes());
         f.extend_from_slice(b"abc");
         assert_eq!(parse_unmasked(&f), None);
+    }
+
+    #[test]
+    fn payload_offset_skips_each_header_length() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let payload = vec![7u8; len];
+            let f = with_payload(OpCode::Text, &payload);
+            let at = payload_offset(&f).expect("header");
+            assert_eq!(&f[at..], &payload[..]);
+        }
+        assert_eq!(payload_offset(&[0x81]), None);
+        assert_eq!(payload_offset(&[0x81, 127, 0]), None);
     }
 
     #[test]

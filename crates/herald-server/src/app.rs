@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionConfig, ServerConfig, TlsConfig};
+use crate::admit::{Admitted, admit, rejected};
+use crate::config::{ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
 use crate::handshake;
 use crate::state::json_error;
 pub use crate::state::{AppState, BoxError, Handshake, Held, TokenMinter};
@@ -79,21 +80,6 @@ fn plain(status: StatusCode, body: &'static str) -> Response {
         .into_response()
 }
 
-fn too_many(message: &str) -> Response {
-    let mut r = json_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::RateLimited,
-        message,
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
-}
-
-fn rejected(reason: &'static str) {
-    metrics::counter!("herald_handshake_rejected_total", "reason" => reason).increment(1);
-}
-
 async fn ws_handler(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -109,26 +95,6 @@ async fn ws_handler(
     if let Err(bad) = handshake::check_upgrade(req.version(), req.headers()) {
         return bad_upgrade(bad);
     }
-    let limits = &app.node.config().limits;
-    let ip = handshake::client_ip(peer, req.headers(), &app.server.trusted_proxies);
-    if let Some(l) = &app.connect_limiter
-        && !l.allow(&ip)
-    {
-        rejected("connect_rate");
-        return too_many("too many new connections from this address");
-    }
-    if !handshake::origin_allowed(
-        req.headers(),
-        &app.server.allowed_origins,
-        app.server.allow_missing_origin,
-    ) {
-        rejected("origin");
-        return json_error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::PermissionDenied,
-            "origin not allowed",
-        );
-    }
     let offer = handshake::offer(req.headers());
     if offer.offered && offer.format.is_none() {
         return json_error(
@@ -137,78 +103,14 @@ async fn ws_handler(
             "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack",
         );
     }
-    let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
-        rejected("ip_connections");
-        return too_many("too many open connections from this address");
+    let admitted = match admit(&app, peer, req.headers(), req.uri(), &offer).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
     };
-    let auth = &app.node.config().auth;
-    let token = handshake::token(req.headers(), req.uri(), &offer, auth);
-    let proxied = match (&token, app.connect_proxy.as_ref()) {
-        (None, Some(p)) => match p.connect(ip, req.headers()).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                rejected("auth");
-                let status = match e.code {
-                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-                    _ => {
-                        app.node.dead_letters().push(
-                            herald_core::journal::DeadLetterKind::BackendFailed,
-                            serde_json::json!({"proxy": "connect", "client_ip": ip.to_string(),
-                                "code": e.code, "error": e.message}),
-                        );
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                };
-                return json_error(status, e.code, &e.message);
-            }
-        },
-        _ => None,
-    };
-    let (authenticated, channels) = match proxied {
-        Some(p) => (Some(Ok(p.identity)), p.channels),
-        None => (None, Vec::new()),
-    };
-    let hs = match token {
-        None if authenticated.is_none() && !auth.anonymous => Handshake::FirstMessage,
-        token => match authenticated.unwrap_or_else(|| app.node.authenticate(token.as_deref())) {
-            Ok(identity) => {
-                let slot = match identity.user_id.as_str() {
-                    "" => None,
-                    user => match crate::slots::acquire_user(
-                        &app.user_slots,
-                        &app.node,
-                        user,
-                        limits.max_connections_per_user,
-                    )
-                    .await
-                    {
-                        Some(s) => Some(s),
-                        None => {
-                            rejected("user_connections");
-                            return too_many("too many open connections for this user");
-                        }
-                    },
-                };
-                Handshake::Done(Box::new(identity), slot, channels)
-            }
-            Err(e) => {
-                rejected("auth");
-                return json_error(StatusCode::UNAUTHORIZED, e.code, &e.message);
-            }
-        },
-    };
+    let Admitted { ip, hs, held } = admitted;
     // The server answers with the format only, never echoing a token entry.
     let protocol = offer.format.map(Format::subprotocol);
     let format = offer.format.unwrap_or(Format::Json);
-    let held = Held {
-        _ip: Some(ip_slot),
-        forwarded: (!app.forward_headers.is_empty()).then(|| {
-            Arc::new(crate::proxy::forwarded_headers(
-                req.headers(),
-                &app.forward_headers,
-            ))
-        }),
-    };
     upgrade(&app, &mut req, protocol, move |ws, app| {
         crate::connection::serve(ws, format, app, ip, hs, held)
     })
@@ -340,12 +242,19 @@ pub struct ServerBuilder {
     conn: ConnectionConfig,
     tls: TlsConfig,
     node: Arc<Node>,
+    http: HttpConfig,
     connect_proxy: Option<Arc<crate::proxy::HttpConnectProxy>>,
     forward_headers: Vec<String>,
     demo: Option<TokenMinter>,
 }
 
 impl ServerBuilder {
+    /// Settings of the HTTP transports (`[http]`; on by default).
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Authenticate tokenless connections through this connect proxy.
     pub fn connect_proxy(mut self, proxy: Arc<crate::proxy::HttpConnectProxy>) -> Self {
         self.connect_proxy = Some(proxy);
@@ -373,6 +282,7 @@ impl ServerBuilder {
             conn,
             tls,
             node,
+            http,
             connect_proxy,
             forward_headers,
             demo,
@@ -406,6 +316,8 @@ impl ServerBuilder {
             node,
             server,
             conn,
+            http,
+            http_sessions: Default::default(),
             shutdown,
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
@@ -428,6 +340,7 @@ impl Server {
             conn,
             tls,
             node,
+            http: HttpConfig::default(),
             connect_proxy: None,
             forward_headers: Vec::new(),
             demo: None,
@@ -475,6 +388,9 @@ impl Server {
         }
         if state.demo.is_some() {
             router = crate::demo::routes(router);
+        }
+        if state.http.enabled {
+            router = crate::http::routes(router, &state);
         }
         let router = router
             .route("/api/openapi.json", get(openapi))

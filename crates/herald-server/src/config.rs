@@ -178,3 +178,55 @@ impl TlsConfig {
         Ok(())
     }
 }
+
+/// `[http]`: the HTTP transports (SSE, HTTP streaming, long-polling) for clients whose network
+/// blocks WebSockets (docs/protocol.md §10). Their sessions count against the same connection
+/// limits as WebSockets and follow the same auth, Origin, rate and size rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve `/http/*`. Off = those paths answer 404.
+    pub enabled: bool,
+    /// How long a long-poll waits for something to send before answering with an empty batch.
+    /// Must be shorter than `server.request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
+    /// A long-polling session with no poll open for this long has lost its client: it is
+    /// disconnected (and kept for `resume` like a dropped WebSocket).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Requests (polls and command POSTs) one session may make per second, sustained; beyond
+    /// `requests_burst` they are answered 429.
+    pub requests_per_second: u32,
+    /// Requests allowed in a burst above `requests_per_second`.
+    pub requests_burst: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            poll_timeout: Duration::from_secs(25),
+            session_timeout: Duration::from_secs(10),
+            requests_per_second: 20,
+            requests_burst: 40,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Check the values against the server's request timeout.
+    pub fn validate(&self, server: &ServerConfig) -> Result<(), herald_core::config::ConfigError> {
+        let err = |m: &str| Err(herald_core::config::ConfigError(m.to_owned()));
+        if self.poll_timeout.is_zero() || self.session_timeout.is_zero() {
+            return err("http.poll_timeout and http.session_timeout must be > 0");
+        }
+        if self.poll_timeout >= server.request_timeout {
+            return err("http.poll_timeout must be shorter than server.request_timeout");
+        }
+        if self.requests_per_second == 0 {
+            return err("http.requests_per_second must be > 0");
+        }
+        Ok(())
+    }
+}

@@ -331,7 +331,11 @@ pub fn linger_limit(max_message_size: usize) -> usize {
     (2 * max_message_size).max(1 << 20)
 }
 
-async fn dispatch(session: &mut herald_core::Session, format: Format, bytes: &[u8]) -> Flow {
+pub(crate) async fn dispatch(
+    session: &mut herald_core::Session,
+    format: Format,
+    bytes: &[u8],
+) -> Flow {
     metrics::counter!("herald_bytes_in_total").increment(bytes.len() as u64);
     match herald_proto::decode(format, bytes) {
         Ok(req) => {

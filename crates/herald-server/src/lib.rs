@@ -9,6 +9,7 @@
 //! - [`writer`]: how a connection ended, write settings, closing frames, write metrics.
 //! - [`handshake`]: checks before the upgrade (client IP, Origin, subprotocols, token carriers).
 //! - [`preauth`]: first-message authentication (`auth` before anything else).
+//! - [`http`]: the HTTP transports (SSE, HTTP streaming, long-polling) on the same sessions.
 //! - [`api`]: the HTTP server API for backends (API keys).
 //! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
@@ -20,6 +21,7 @@
 //! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
 //! - [`metrics`]: the Prometheus recorder.
 
+mod admit;
 pub mod api;
 pub mod app;
 pub mod config;
@@ -27,6 +29,7 @@ pub mod connection;
 pub mod demo;
 pub mod handshake;
 pub mod heartbeat;
+pub mod http;
 pub mod http_client;
 pub mod jwks;
 pub mod link;
@@ -42,7 +45,7 @@ pub mod webhook;
 pub mod writer;
 
 pub use app::{Handle, Server};
-pub use config::{ConnectionConfig, ServerConfig, TlsConfig};
+pub use config::{ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
 pub use proxy::{
     ChannelProxyConfig, HttpChannelProxy, HttpConnectProxy, HttpRpc, ProxyIdentity, RpcProxyConfig,
 };

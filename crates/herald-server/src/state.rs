@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionConfig, ServerConfig};
+use crate::config::{ConnectionConfig, HttpConfig, ServerConfig};
 use crate::slots::{Slot, Slots};
 use crate::writer::WriterSettings;
 
@@ -32,6 +32,10 @@ pub struct AppState {
     pub server: ServerConfig,
     /// `[connection]` settings.
     pub conn: ConnectionConfig,
+    /// `[http]` settings.
+    pub http: HttpConfig,
+    /// The HTTP transport sessions on this node.
+    pub(crate) http_sessions: crate::http::session::Registry,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, for the shutdown drain.

@@ -10,7 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
 use herald_server::{
-    ChannelProxyConfig, ConnectionConfig, RpcProxyConfig, ServerConfig, TlsConfig, WebhookConfig,
+    ChannelProxyConfig, ConnectionConfig, HttpConfig, RpcProxyConfig, ServerConfig, TlsConfig,
+    WebhookConfig,
 };
 
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[tls]`.
     pub tls: TlsConfig,
+    /// `[http]`.
+    pub http: HttpConfig,
     /// `[rpc]`.
     pub rpc: RpcProxyConfig,
     /// `[webhook]`.
@@ -106,6 +109,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
+            http: HttpConfig::default(),
             rpc: RpcProxyConfig::default(),
             webhook: WebhookConfig::default(),
             proxy: ChannelProxyConfig::default(),
@@ -298,6 +302,7 @@ pub fn load(src: &Sources<'_>) -> anyhow::Result<Config> {
 fn validate(c: &Config) -> anyhow::Result<()> {
     c.connection.validate()?;
     c.tls.validate()?;
+    c.http.validate(&c.server)?;
     c.engine().validate()?;
     if c.backend.kind == EngineKind::Redis {
         c.redis.validate()?;

@@ -244,7 +244,8 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         config.tls.clone(),
         node,
     )
-    .forward_headers(&config.proxy.forward_headers);
+    .forward_headers(&config.proxy.forward_headers)
+    .http(config.http.clone());
     if let Some(proxy) = herald_server::HttpConnectProxy::new(&config.proxy) {
         builder = builder.connect_proxy(Arc::new(proxy));
     }

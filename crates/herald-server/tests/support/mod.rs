@@ -1,6 +1,8 @@
 //! Test support: start a real server on 127.0.0.1:0 and talk to it with real WebSocket clients.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ pub struct Setup {
     pub server: ServerConfig,
     pub conn: ConnectionConfig,
     pub tls: TlsConfig,
+    pub http: herald_server::HttpConfig,
 }
 
 impl Default for Setup {
@@ -46,6 +49,7 @@ impl Default for Setup {
             server,
             conn: ConnectionConfig::default(),
             tls: TlsConfig::default(),
+            http: herald_server::HttpConfig::default(),
         }
     }
 }
@@ -71,7 +75,7 @@ pub async fn start_with(
         hb,
         verifier,
     );
-    let server = build(Server::builder(setup.server, setup.conn, setup.tls, node))
+    let server = build(Server::builder(setup.server, setup.conn, setup.tls, node).http(setup.http))
         .bind()
         .await
         .expect("bind");

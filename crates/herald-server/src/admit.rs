@@ -1,0 +1,147 @@
+//! Admission of a new connection, whatever carries it (a WebSocket upgrade or an HTTP transport
+//! session): shutdown, the per-IP connect rate, the `Origin` allowlist, the per-IP connection
+//! slot, the handshake token (or the connect proxy) and the per-user connection slot.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::Response;
+use herald_proto::ErrorCode;
+
+use crate::handshake::{self, Offer};
+use crate::state::{AppState, Handshake, Held, json_error};
+
+/// A connection that passed admission.
+pub(crate) struct Admitted {
+    /// The client IP (behind trusted proxies).
+    pub ip: IpAddr,
+    /// How it authenticates.
+    pub hs: Handshake,
+    /// Slots and forwarded headers held while it lives.
+    pub held: Held,
+}
+
+/// `429` with `Retry-After: 1`.
+pub(crate) fn too_many(message: &str) -> Response {
+    let mut r = json_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        message,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// Count a refused handshake by reason.
+pub(crate) fn rejected(reason: &'static str) {
+    metrics::counter!("herald_handshake_rejected_total", "reason" => reason).increment(1);
+}
+
+/// Run the checks; the error is the HTTP answer to give instead.
+pub(crate) async fn admit(
+    app: &Arc<AppState>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+    offer: &Offer,
+) -> Result<Admitted, Response> {
+    if app.shutdown.is_cancelled() {
+        return Err(json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "shutting down",
+        ));
+    }
+    let limits = &app.node.config().limits;
+    let ip = handshake::client_ip(peer, headers, &app.server.trusted_proxies);
+    if let Some(l) = &app.connect_limiter
+        && !l.allow(&ip)
+    {
+        rejected("connect_rate");
+        return Err(too_many("too many new connections from this address"));
+    }
+    if !handshake::origin_allowed(
+        headers,
+        &app.server.allowed_origins,
+        app.server.allow_missing_origin,
+    ) {
+        rejected("origin");
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            "origin not allowed",
+        ));
+    }
+    let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
+        rejected("ip_connections");
+        return Err(too_many("too many open connections from this address"));
+    };
+    let auth = &app.node.config().auth;
+    let token = handshake::token(headers, uri, offer, auth);
+    let proxied = match (&token, app.connect_proxy.as_ref()) {
+        (None, Some(p)) => match p.connect(ip, headers).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                rejected("auth");
+                let status = match e.code {
+                    ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+                    _ => {
+                        app.node.dead_letters().push(
+                            herald_core::journal::DeadLetterKind::BackendFailed,
+                            serde_json::json!({"proxy": "connect", "client_ip": ip.to_string(),
+                                "code": e.code, "error": e.message}),
+                        );
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                };
+                return Err(json_error(status, e.code, &e.message));
+            }
+        },
+        _ => None,
+    };
+    let (authenticated, channels) = match proxied {
+        Some(p) => (Some(Ok(p.identity)), p.channels),
+        None => (None, Vec::new()),
+    };
+    let hs = match token {
+        None if authenticated.is_none() && !auth.anonymous => Handshake::FirstMessage,
+        token => match authenticated.unwrap_or_else(|| app.node.authenticate(token.as_deref())) {
+            Ok(identity) => {
+                let slot = match identity.user_id.as_str() {
+                    "" => None,
+                    user => match crate::slots::acquire_user(
+                        &app.user_slots,
+                        &app.node,
+                        user,
+                        limits.max_connections_per_user,
+                    )
+                    .await
+                    {
+                        Some(s) => Some(s),
+                        None => {
+                            rejected("user_connections");
+                            return Err(too_many("too many open connections for this user"));
+                        }
+                    },
+                };
+                Handshake::Done(Box::new(identity), slot, channels)
+            }
+            Err(e) => {
+                rejected("auth");
+                return Err(json_error(StatusCode::UNAUTHORIZED, e.code, &e.message));
+            }
+        },
+    };
+    let held = Held {
+        _ip: Some(ip_slot),
+        forwarded: (!app.forward_headers.is_empty()).then(|| {
+            Arc::new(crate::proxy::forwarded_headers(
+                headers,
+                &app.forward_headers,
+            ))
+        }),
+    };
+    Ok(Admitted { ip, hs, held })
+}

@@ -52,6 +52,21 @@ pub enum ControlMessage {
         /// Channel.
         channel: String,
     },
+    /// A message for the transport layer of one node (an HTTP transport request routed to the
+    /// node that holds its session, or the answer routed back); other nodes ignore it.
+    Relay {
+        /// The node it is for.
+        to: String,
+        /// Opaque to the engine (the transport's own JSON).
+        payload: String,
+    },
+}
+
+/// Receives [`ControlMessage::Relay`] payloads addressed to this node (the transport layer
+/// installs one with [`crate::Node::set_relay_handler`]).
+pub trait RelayHandler: Send + Sync + 'static {
+    /// A payload from node `from`.
+    fn on_relay(&self, from: &str, payload: &str);
 }
 
 /// A control message with the node it came from.

@@ -318,11 +318,13 @@ impl ServerBuilder {
             conn,
             http,
             http_sessions: Default::default(),
+            relay_waits: Default::default(),
             shutdown,
             tracker: TaskTracker::new(),
             connections: AtomicUsize::new(0),
             metrics: crate::metrics::install(),
         });
+        crate::http::relay::install(&state);
         Ok(Server { state, listener })
     }
 }

@@ -10,6 +10,7 @@
 //! - [`handshake`]: checks before the upgrade (client IP, Origin, subprotocols, token carriers).
 //! - [`preauth`]: first-message authentication (`auth` before anything else).
 //! - [`http`]: the HTTP transports (SSE, HTTP streaming, long-polling) on the same sessions.
+//! - [`http_sessions`]: the HTTP transport sessions a node holds, and relayed requests.
 //! - [`api`]: the HTTP server API for backends (API keys).
 //! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
@@ -31,6 +32,7 @@ pub mod handshake;
 pub mod heartbeat;
 pub mod http;
 pub mod http_client;
+pub mod http_sessions;
 pub mod jwks;
 pub mod link;
 pub mod listener;

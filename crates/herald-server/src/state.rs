@@ -35,7 +35,9 @@ pub struct AppState {
     /// `[http]` settings.
     pub http: HttpConfig,
     /// The HTTP transport sessions on this node.
-    pub(crate) http_sessions: crate::http::session::Registry,
+    pub(crate) http_sessions: crate::http_sessions::Registry,
+    /// HTTP transport requests this node relayed to others, waiting for answers.
+    pub(crate) relay_waits: crate::http_sessions::RelayWaits,
     /// Cancelled on shutdown.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks, for the shutdown drain.

@@ -2,6 +2,9 @@
 //! presence and server API commands; a node crash with clients moving to another node and
 //! recovering; Redis outages. Each engine-independent test runs on both engines.
 
+#[allow(dead_code)] // shared with herald-server's tests
+#[path = "../../herald-server/tests/support/http.rs"]
+mod http;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -37,6 +40,7 @@ on_both_engines!(revocations_reach_every_node_including_later_ones);
 on_both_engines!(the_per_user_connection_limit_is_cluster_wide);
 on_both_engines!(bench_fanout_across_two_nodes_loses_nothing);
 on_both_engines!(a_subscriber_hopping_between_nodes_gets_each_publication_once);
+on_both_engines!(http_sessions_work_behind_a_round_robin_balancer);
 
 /// Subscribers on nodes 2 and 3 get what a client on node 1 publishes, in the same order;
 /// presence on any node lists everyone; the API of node 3 disconnects a user on node 1.
@@ -159,6 +163,139 @@ async fn balancer(backends: Vec<String>) -> String {
         }
     });
     addr
+}
+
+/// A TCP load balancer with no stickiness: each new connection goes to the next backend.
+async fn round_robin(backends: Vec<String>) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        while let Ok((mut inbound, _)) = l.accept().await {
+            let b = backends[next % backends.len()].clone();
+            next += 1;
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(b).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Behind a round-robin balancer every request of an HTTP session may reach either node: a
+/// long-polling session and a streamed one subscribe, publish and receive everything once, in
+/// order, through commands and polls relayed to the node that holds them.
+async fn http_sessions_work_behind_a_round_robin_balancer(engine: Engine) {
+    let nodes = Cluster::new(&engine, &[]).nodes(2);
+    // Relays travel on the control bus: each node must be subscribed to it (ready) first.
+    for n in &nodes {
+        wait_ready(&n.addr, 200).await;
+    }
+    let lb = round_robin(nodes.iter().map(|n| n.addr.clone()).collect()).await;
+    let auth = format!("Bearer {}", token("polly"));
+    let h = [("authorization", auth.as_str())];
+    let sub = json!([{"type": "subscribe", "id": "s", "payload": {"channel": "chat:rr"}}]);
+    let mut st = http::post(lb, "/http/stream", &h, &sub).await;
+    assert_eq!(st.status, 200);
+    let stream_session = st.session();
+    st.until_line("reply").await;
+    let first = http::post(lb, "/http/poll", &h, &sub).await;
+    assert_eq!(first.status, 200);
+    let session = first.session();
+    let mut ack = first.header("herald-seq").expect("seq").to_owned();
+    let mut got: Vec<Value> = first.json().await.as_array().expect("batch").clone();
+    let poll_h = |ack: &str| {
+        [
+            ("herald-session", session.clone()),
+            ("herald-ack", ack.to_owned()),
+        ]
+    };
+    // The subscription is in place once its reply comes (it may follow `connected`).
+    while !got.iter().any(|m| m["id"] == "s") {
+        let h = poll_h(&ack);
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = http::post(lb, "/http/poll", &h, &Value::Null).await;
+        if let Some(seq) = r.header("herald-seq") {
+            ack = seq.to_owned();
+        }
+        got.extend(r.json().await.as_array().expect("batch").clone());
+    }
+    // Each send and poll opens a new connection: they alternate between the nodes, so about
+    // half of them reach the node that does not hold their session.
+    for i in 1..=10 {
+        let (s, id) = if i <= 5 {
+            (&stream_session, format!("q{i}"))
+        } else {
+            (&session, format!("p{i}"))
+        };
+        let cmd =
+            json!({"type": "publish", "id": id, "payload": {"channel": "chat:rr", "data": i}});
+        assert_eq!(http::send(lb, s, &cmd).await, 204, "send {i}");
+    }
+    let offsets = |msgs: &[Value]| -> Vec<u64> {
+        msgs.iter()
+            .filter(|m| m["type"] == "message")
+            .map(|m| m["payload"]["offset"].as_u64().expect("offset"))
+            .collect()
+    };
+    let mut polls = 0;
+    let acks_of = |msgs: &[Value], prefix: char| {
+        msgs.iter()
+            .filter(|m| {
+                m["type"] == "reply" && m["id"].as_str().is_some_and(|i| i.starts_with(prefix))
+            })
+            .count()
+    };
+    // A publish's own message may come before its ack: wait for both.
+    while offsets(&got).len() < 10 || acks_of(&got, 'p') < 5 {
+        let r = http::post(
+            lb,
+            "/http/poll",
+            &[("herald-session", &session), ("herald-ack", &ack)],
+            &Value::Null,
+        )
+        .await;
+        assert_eq!(r.status, 200, "poll {polls}");
+        if let Some(seq) = r.header("herald-seq") {
+            ack = seq.to_owned();
+        }
+        got.extend(r.json().await.as_array().expect("batch").clone());
+        polls += 1;
+    }
+    let mut relayed = 0;
+    for n in &nodes {
+        let (_, text) = http_get(&n.addr, "/metrics").await;
+        relayed += text
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_http_relayed_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert!(
+        relayed >= 3,
+        "requests reached the node without the session: {relayed} relayed"
+    );
+    assert_eq!(offsets(&got), (1..=10).collect::<Vec<u64>>());
+    let acks = got
+        .iter()
+        .filter(|m| m["type"] == "reply" && m["id"].as_str().is_some_and(|i| i.starts_with('p')))
+        .count();
+    assert_eq!(acks, 5, "{got:?}");
+    let mut streamed = Vec::new();
+    while offsets(&streamed).len() < 10 || acks_of(&streamed, 'q') < 5 {
+        streamed.push(st.line().await.expect("stream message"));
+    }
+    assert_eq!(offsets(&streamed), (1..=10).collect::<Vec<u64>>());
+    let acks = streamed
+        .iter()
+        .filter(|m| m["type"] == "reply" && m["id"].as_str().is_some_and(|i| i.starts_with('q')))
+        .count();
+    assert_eq!(acks, 5, "{streamed:?}");
+    let _ = polls;
 }
 
 async fn presence_clients(addr: &str, channel: &str) -> Vec<String> {

@@ -58,6 +58,32 @@ impl Node {
         Ok(here)
     }
 
+    /// Install the receiver of [`ControlMessage::Relay`](crate::cluster::ControlMessage::Relay)
+    /// payloads addressed to this node (once).
+    pub fn set_relay_handler(&self, handler: Arc<dyn crate::cluster::RelayHandler>) -> bool {
+        self.relay.set(handler).is_ok()
+    }
+
+    /// Send a transport payload to node `to` over the control bus (best effort, at most once:
+    /// the caller times out). `Unavailable` when this node is not in a cluster.
+    pub async fn relay(&self, to: &str, payload: String) -> Result<(), EngineError> {
+        let Some(bus) = self.control.get() else {
+            return Err(EngineError::new(
+                herald_proto::ErrorCode::Unavailable,
+                "not in a cluster: no other node to reach",
+            ));
+        };
+        let env = ControlEnvelope {
+            from: self.node_id.clone(),
+            msg: crate::cluster::ControlMessage::Relay {
+                to: to.to_owned(),
+                payload,
+            },
+        };
+        bus.broadcast(&env).await?;
+        Ok(())
+    }
+
     /// Apply the kept cluster commands (revocations) that are still in force: call once when
     /// joining a cluster, before serving. Returns how many were applied.
     pub async fn replay_kept(&self) -> Result<usize, EngineError> {
@@ -73,6 +99,14 @@ impl Node {
 
     /// A control message from the bus: apply it unless this node sent it.
     pub fn on_control(&self, env: ControlEnvelope) {
+        if let crate::cluster::ControlMessage::Relay { to, payload } = &env.msg {
+            if *to == self.node_id
+                && let Some(h) = self.relay.get()
+            {
+                h.on_relay(&env.from, payload);
+            }
+            return;
+        }
         if env.from != self.node_id {
             let n = self.apply_control(&env.msg);
             tracing::debug!(from = %env.from, sessions = n, "applied a cluster command");
@@ -94,6 +128,7 @@ impl Node {
             M::Unsubscribe { user, channel } => {
                 self.command_user(user, super::ServerCommand::Unsubscribe(channel.clone()))
             }
+            M::Relay { .. } => 0,
         }
     }
 }

@@ -53,6 +53,7 @@ pub struct Node {
     rpc: std::sync::OnceLock<Arc<dyn crate::rpc::RpcHandler>>,
     channel_proxy: std::sync::OnceLock<Arc<dyn crate::rpc::ChannelProxy>>,
     control: std::sync::OnceLock<Arc<dyn crate::cluster::ControlPlane>>,
+    relay: std::sync::OnceLock<Arc<dyn crate::cluster::RelayHandler>>,
     events: crate::journal::EventLog,
     dead_letters: crate::journal::DeadLetters,
     /// Heartbeat settings announced to clients.
@@ -85,6 +86,7 @@ impl Node {
             rpc: std::sync::OnceLock::new(),
             channel_proxy: std::sync::OnceLock::new(),
             control: std::sync::OnceLock::new(),
+            relay: std::sync::OnceLock::new(),
             events: crate::journal::EventLog::new(&node_id, config.session.event_log_size),
             dead_letters: crate::journal::DeadLetters::new(config.session.dead_letter_size),
             config,

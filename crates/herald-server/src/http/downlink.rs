@@ -16,7 +16,7 @@ use herald_proto::{CloseCode, Format};
 use tokio::time::Sleep;
 
 use super::framing::{self, Style};
-use super::session::Entry;
+use crate::http_sessions::Entry;
 use crate::writer::{WriterMetrics, closing_frames};
 
 /// Most queued messages taken per chunk or batch.

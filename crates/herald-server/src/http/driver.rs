@@ -11,7 +11,7 @@ use herald_core::{Flow, ServerCommand, Session};
 use herald_proto::CloseCode;
 use tokio::sync::mpsc;
 
-use super::session::{Entry, Transport};
+use crate::http_sessions::{Entry, Transport};
 use crate::state::{AppState, Held};
 
 /// Everything the driver owns.

@@ -2,15 +2,15 @@
 //! protocol messages and session semantics, carried down by SSE (`/http/sse`), a streamed
 //! response (`/http/stream`) or long-polls (`/http/poll`), and up by `POST /http/send`.
 //!
-//! - [`session`]: the sessions a node holds and what their requests share.
 //! - [`driver`]: the task that owns one session.
 //! - [`downlink`]: streamed bodies and long-poll answers.
 //! - [`framing`]: messages in HTTP bodies, both directions.
+//! - [`relay`]: requests for sessions held by another node, over the control bus.
 
 pub mod downlink;
 pub mod driver;
 pub mod framing;
-pub mod session;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +27,10 @@ use herald_proto::{Command, ErrorCode, Format};
 
 use crate::admit::{Admitted, admit, rejected, too_many};
 use crate::handshake::{self, Offer};
+use crate::http_sessions::{Entry, Transport, parse_session_id};
 use crate::state::{AppState, Handshake, json_error};
 use downlink::Downlink;
 use framing::Style;
-use session::{Entry, Transport, parse_session_id};
 
 /// The session a request is for.
 pub const SESSION_HEADER: &str = "herald-session";
@@ -396,14 +396,19 @@ fn session_gone() -> Response {
     )
 }
 
-/// The session named by `Herald-Session`, charged one request.
-fn lookup(app: &AppState, headers: &HeaderMap) -> Result<Arc<Entry>, Refused> {
+/// The session named by `Herald-Session`: its key and node.
+fn session_key(headers: &HeaderMap) -> Result<(u128, String), Refused> {
     let Some(id) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()) else {
         return Err(Box::new(bad_request("missing Herald-Session")));
     };
-    let Some((key, _node)) = parse_session_id(id.trim()) else {
+    let Some((key, node)) = parse_session_id(id.trim()) else {
         return Err(Box::new(bad_request("malformed Herald-Session")));
     };
+    Ok((key, node.to_owned()))
+}
+
+/// The session `key` held here, charged one request.
+fn lookup(app: &AppState, key: u128) -> Result<Arc<Entry>, Refused> {
     let Some(entry) = app.http_sessions.get(key) else {
         return Err(Box::new(session_gone()));
     };
@@ -413,14 +418,21 @@ fn lookup(app: &AppState, headers: &HeaderMap) -> Result<Arc<Entry>, Refused> {
     Ok(entry)
 }
 
+/// Whether a request for a session of `node` that is not held here goes to that node.
+fn elsewhere(app: &AppState, key: u128, node: &str) -> bool {
+    node != app.node.id()
+        && app.node.control_bus().is_some()
+        && app.http_sessions.get(key).is_none()
+}
+
+/// How long a relayed command POST waits for the holding node's answer.
+const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn poll_again(app: Arc<AppState>, req: Request<Body>) -> Response {
-    let entry = match lookup(&app, req.headers()) {
-        Ok(e) => e,
+    let (key, node) = match session_key(req.headers()) {
+        Ok(k) => k,
         Err(r) => return *r,
     };
-    if entry.transport != Transport::Poll {
-        return bad_request("not a long-polling session");
-    }
     let ack = match req.headers().get(ACK_HEADER).map(|v| v.to_str()) {
         None => 0,
         Some(Ok(v)) => match v.trim().parse::<u64>() {
@@ -429,22 +441,50 @@ async fn poll_again(app: Arc<AppState>, req: Request<Body>) -> Response {
         },
         Some(Err(_)) => return bad_request("Herald-Ack must be a batch number"),
     };
+    if elsewhere(&app, key, &node) {
+        let wait = app.http.poll_timeout + RELAY_TIMEOUT;
+        return relay::forward(&app, &node, key, relay::Request::Poll(ack), wait).await;
+    }
+    poll_on(&app, key, ack).await
+}
+
+/// A long-poll for session `key`, held here.
+pub(crate) async fn poll_on(app: &AppState, key: u128, ack: u64) -> Response {
+    let entry = match lookup(app, key) {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    if entry.transport != Transport::Poll {
+        return bad_request("not a long-polling session");
+    }
     entry.touch();
-    poll_answer(&app, &entry, ack).await
+    poll_answer(app, &entry, ack).await
 }
 
 async fn send(State(app): State<Arc<AppState>>, req: Request<Body>) -> Response {
-    let entry = match lookup(&app, req.headers()) {
+    let (key, node) = match session_key(req.headers()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let raw = match body(&app, req.into_body()).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if elsewhere(&app, key, &node) {
+        return relay::forward(&app, &node, key, relay::Request::Send(raw), RELAY_TIMEOUT).await;
+    }
+    send_to(&app, key, raw).await
+}
+
+/// Commands for session `key`, held here.
+pub(crate) async fn send_to(app: &AppState, key: u128, raw: Bytes) -> Response {
+    let entry = match lookup(app, key) {
         Ok(e) => e,
         Err(r) => return *r,
     };
     if entry.ended() {
         return session_gone();
     }
-    let raw = match body(&app, req.into_body()).await {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
     let cmds = match commands(entry.format, &raw) {
         Ok(c) => c,
         Err(r) => return *r,

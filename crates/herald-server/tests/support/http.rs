@@ -11,7 +11,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-use super::WAIT;
+/// How long a test waits for an answer or body data.
+pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An answer whose body is read as it arrives.
 pub struct Reply {

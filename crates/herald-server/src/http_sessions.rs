@@ -1,6 +1,7 @@
-//! The HTTP transport sessions a node holds: each an [`Entry`] shared by its driver task (which
-//! owns the protocol `Session`) and the requests that reach it (the stream or poll that carries
-//! messages down, the POSTs that carry commands up).
+//! The HTTP transport sessions a node holds (the `http` module): each an [`Entry`] shared by
+//! its driver task (which owns the protocol `Session`) and the requests that reach it (the
+//! stream or poll that carries messages down, the POSTs that carry commands up); and the
+//! requests this node relayed to other nodes, waiting for their answers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -315,6 +316,40 @@ impl Registry {
     /// Whether none are held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Requests relayed to other nodes, waiting for their answers (see `http::relay`).
+#[derive(Default)]
+pub struct RelayWaits {
+    next: std::sync::atomic::AtomicU64,
+    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<axum::response::Response>>>,
+}
+
+impl RelayWaits {
+    /// A new request number and where its answer will arrive.
+    pub fn wait(
+        &self,
+    ) -> (
+        u64,
+        tokio::sync::oneshot::Receiver<axum::response::Response>,
+    ) {
+        let req = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.waiting).insert(req, tx);
+        (req, rx)
+    }
+
+    /// Stop waiting for `req`.
+    pub fn forget(&self, req: u64) {
+        lock(&self.waiting).remove(&req);
+    }
+
+    /// The answer to `req` arrived.
+    pub fn answered(&self, req: u64, resp: axum::response::Response) {
+        if let Some(tx) = lock(&self.waiting).remove(&req) {
+            let _ = tx.send(resp);
+        }
     }
 }
 

@@ -539,3 +539,44 @@ async fn shutdown_ends_http_sessions_with_the_going_away_advisory() {
         .expect("join")
         .expect("run");
 }
+
+#[tokio::test]
+async fn a_stream_that_is_not_read_meets_the_slow_consumer_policy() {
+    use tokio::io::AsyncWriteExt;
+    let mut setup = Setup::default();
+    setup.engine.session.queue_max_messages = 64;
+    setup.conn.write_timeout = Duration::from_millis(500);
+    let s = start(setup).await;
+    // A client with a tiny receive buffer that never reads its stream.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut tcp = sock.connect(s.addr).await.expect("connect");
+    let body = json!([sub("1", "flood")]).to_string();
+    let req = format!(
+        "POST /http/stream HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    until("the session", || s.handle.connections() == 1).await;
+    let mut ws = Client::connect(&s).await;
+    // Far more than the queue (64) and the socket buffers hold.
+    let big = "x".repeat(16 * 1024);
+    for _ in 0..600 {
+        ws.publish("flood", json!(big)).await;
+    }
+    // The queue overflowed (disconnect policy): the session ends — not kept for `resume`, as a
+    // lost client's would be — once the stuck write times out; the publisher is unharmed.
+    until("the slow session to end", || s.handle.connections() == 1).await;
+    assert_eq!(
+        s.handle.node().waiting_sessions(),
+        0,
+        "ended as a slow consumer"
+    );
+    assert_eq!(ws.call("ping", json!({})).await.0["type"], "pong");
+    assert_eq!(
+        s.handle.node().waiting_sessions(),
+        0,
+        "a slow consumer is not resumable"
+    );
+}

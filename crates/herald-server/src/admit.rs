@@ -39,6 +39,28 @@ pub(crate) fn rejected(reason: &'static str) {
     metrics::counter!("herald_handshake_rejected_total", "reason" => reason).increment(1);
 }
 
+/// The per-user connection slot of `identity` (none for anonymous users); `Err` when the user
+/// already has `limits.max_connections_per_user` connections (across the cluster).
+pub(crate) async fn user_slot(
+    app: &AppState,
+    identity: &herald_core::Identity,
+) -> Result<Option<crate::slots::UserSlot>, ()> {
+    let max = app.node.config().limits.max_connections_per_user;
+    match identity.user_id.as_str() {
+        "" => Ok(None),
+        user => crate::slots::acquire_user(&app.user_slots, &app.node, user, max)
+            .await
+            .map(Some)
+            .ok_or(()),
+    }
+}
+
+/// The answer to a connection over the per-user cap (counted as a refused handshake).
+pub(crate) fn user_limit() -> Response {
+    rejected("user_connections");
+    too_many("too many open connections for this user")
+}
+
 /// Run the checks; the error is the HTTP answer to give instead.
 pub(crate) async fn admit(
     app: &Arc<AppState>,
@@ -109,22 +131,8 @@ pub(crate) async fn admit(
         None if authenticated.is_none() && !auth.anonymous => Handshake::FirstMessage,
         token => match authenticated.unwrap_or_else(|| app.node.authenticate(token.as_deref())) {
             Ok(identity) => {
-                let slot = match identity.user_id.as_str() {
-                    "" => None,
-                    user => match crate::slots::acquire_user(
-                        &app.user_slots,
-                        &app.node,
-                        user,
-                        limits.max_connections_per_user,
-                    )
-                    .await
-                    {
-                        Some(s) => Some(s),
-                        None => {
-                            rejected("user_connections");
-                            return Err(too_many("too many open connections for this user"));
-                        }
-                    },
+                let Ok(slot) = user_slot(app, &identity).await else {
+                    return Err(user_limit());
                 };
                 Handshake::Done(Box::new(identity), slot, channels)
             }

@@ -85,13 +85,6 @@ async fn ws_handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response {
-    if app.shutdown.is_cancelled() {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "shutting down",
-        );
-    }
     if let Err(bad) = handshake::check_upgrade(req.version(), req.headers()) {
         return bad_upgrade(bad);
     }

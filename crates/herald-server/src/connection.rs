@@ -77,15 +77,9 @@ async fn open(
                     .await;
                 return None;
             };
-            let max = app.node.config().limits.max_connections_per_user;
-            let slot = match identity.user_id.as_str() {
-                "" => None,
-                user => {
-                    Some(crate::slots::acquire_user(&app.user_slots, &app.node, user, max).await)
-                }
-            };
-            let over = matches!(slot, Some(None));
-            (identity, slot.flatten(), over, Vec::new(), auth_id)
+            let slot = crate::admit::user_slot(&app, &identity).await;
+            let over = slot.is_err();
+            (identity, slot.ok().flatten(), over, Vec::new(), auth_id)
         }
     };
     let forwarded = held.forwarded.take();

@@ -19,7 +19,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Commands queued per session between the POSTs and its driver.
+/// Commands queued per session between the POSTs and its driver; also the most one request body
+/// may carry, so that a new session's opening body always fits.
 pub const COMMAND_QUEUE: usize = 64;
 
 /// Which HTTP transport carries a session's messages down.
@@ -278,10 +279,7 @@ impl Entry {
         let mut s = lock(&self.state);
         let seq = s.next_seq;
         s.next_seq += 1;
-        s.batch = Some(Batch {
-            seq,
-            messages: messages.clone(),
-        });
+        s.batch = Some(Batch { seq, messages });
         seq
     }
 }
@@ -306,16 +304,6 @@ impl Registry {
     /// Forget a session.
     pub fn remove(&self, key: u128) {
         lock(&self.sessions).remove(&key);
-    }
-
-    /// Sessions held.
-    pub fn len(&self) -> usize {
-        lock(&self.sessions).len()
-    }
-
-    /// Whether none are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

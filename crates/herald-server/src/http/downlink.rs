@@ -226,11 +226,11 @@ pub async fn poll(entry: &Arc<Entry>, ack: u64, timeout: Duration, jitter: Durat
     });
     match tokio::time::timeout(timeout, wait).await {
         Ok(Some((messages, closed))) => {
-            let seq = entry.keep(messages.clone());
+            let body = framing::batch(format, &messages);
+            let seq = entry.keep(messages);
             if closed {
                 entry.finish();
             }
-            let body = framing::batch(format, &messages);
             WriterMetrics::get().bytes_out.increment(body.len() as u64);
             WriterMetrics::get().writes.increment(1);
             PollAnswer {

@@ -5,8 +5,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_proto::Format;
 
-/// Most commands one request body may carry.
-pub const MAX_COMMANDS_PER_REQUEST: usize = 64;
+/// Most commands one request body may carry (the session's command queue holds them all).
+pub const MAX_COMMANDS_PER_REQUEST: usize = crate::http_sessions::COMMAND_QUEUE;
 
 /// The framing of a server → client body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use herald_core::limits::Allowance;
 use herald_core::{Identity, Session};
 use herald_proto::{Command, ErrorCode, Format};
 
-use crate::admit::{Admitted, admit, rejected, too_many};
+use crate::admit::{Admitted, admit, rejected, too_many, user_limit, user_slot};
 use crate::handshake::{self, Offer};
 use crate::http_sessions::{Entry, Transport, parse_session_id};
 use crate::state::{AppState, Handshake, json_error};
@@ -276,18 +276,8 @@ async fn open(
                 Ok(x) => x,
                 Err(r) => return *r,
             };
-            let max = app.node.config().limits.max_connections_per_user;
-            let slot = match identity.user_id.as_str() {
-                "" => None,
-                user => {
-                    match crate::slots::acquire_user(&app.user_slots, &app.node, user, max).await {
-                        Some(s) => Some(s),
-                        None => {
-                            rejected("user_connections");
-                            return too_many("too many open connections for this user");
-                        }
-                    }
-                }
+            let Ok(slot) = user_slot(&app, &identity).await else {
+                return user_limit();
             };
             (identity, slot, Vec::new(), auth_id)
         }

@@ -74,6 +74,21 @@ struct Held {
     _ip: Option<Slot<IpAddr>>,
 }
 
+/// An HTTP connection's slots, as an extension of each of its requests. A handler whose answer
+/// holds the connection for a whole session (an HTTP transport stream) releases them: from then
+/// on the session counts as a connection (`max_connections`, the per-IP and per-user caps), like
+/// an upgraded WebSocket. Such answers carry `Connection: close`, so nothing follows on the
+/// released connection.
+#[derive(Clone)]
+pub struct HttpSlot(Arc<std::sync::Mutex<Option<Held>>>);
+
+impl HttpSlot {
+    /// Stop counting this connection as an HTTP connection.
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 impl Accepting {
     fn admit(&self, ip: IpAddr) -> Option<Held> {
         let node = self
@@ -164,17 +179,17 @@ pub async fn serve(
             tls.clone(),
             acc.limits.clone(),
         );
+        let held = HttpSlot(Arc::new(std::sync::Mutex::new(Some(held))));
         tracker.spawn(async move {
             match tls {
-                None => serve_http(tcp, peer, router, &limits, stop).await,
+                None => serve_http(tcp, peer, held, router, &limits, stop).await,
                 Some(tls) => {
                     let Some(s) = handshake(&tls, tcp, peer).await else {
                         return;
                     };
-                    serve_http(s, peer, router, &limits, stop).await
+                    serve_http(s, peer, held, router, &limits, stop).await
                 }
             }
-            drop(held);
         });
     }
     tracker.close();
@@ -205,6 +220,7 @@ async fn handshake(
 async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
+    slot: HttpSlot,
     router: Router,
     limits: &HttpLimits,
     stop: CancellationToken,
@@ -215,6 +231,7 @@ async fn serve_http<I>(
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(slot.clone());
             let mut router = router.clone();
             async move {
                 let res: Result<_, Infallible> =

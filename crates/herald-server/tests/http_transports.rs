@@ -580,3 +580,25 @@ async fn a_stream_that_is_not_read_meets_the_slow_consumer_policy() {
         "a slow consumer is not resumable"
     );
 }
+
+#[tokio::test]
+async fn streams_count_as_connections_not_as_pending_http_connections() {
+    let mut setup = Setup::default();
+    setup.server.max_http_connections_per_ip = 2;
+    setup.engine.limits.max_connections_per_ip = 5;
+    let s = start(setup).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut st = post(s.addr, "/http/stream", &[], &json!(null)).await;
+        assert_eq!(st.status, 200);
+        assert_eq!(st.line().await.expect("connected")["type"], "connected");
+        streams.push(st);
+    }
+    // The HTTP cap still leaves room for requests; the per-IP connection cap applies.
+    let r = post(s.addr, "/http/stream", &[], &json!(null)).await;
+    assert_eq!(
+        (r.status, r.json().await["code"].clone()),
+        (429, json!("rate_limited"))
+    );
+    assert_eq!(s.handle.connections(), 5);
+}

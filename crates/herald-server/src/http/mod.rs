@@ -343,6 +343,11 @@ async fn open(
                 Bytes::from(format!("event: session\ndata: {event}\n\n"))
             });
             let down = Downlink::new(entry.clone(), style, head, app.conn.ping_interval, jitter);
+            // The stream holds its HTTP connection for the session's life: it counts as a
+            // connection now (like an upgraded WebSocket), not as a pending HTTP connection.
+            if let Some(slot) = parts.extensions.get::<crate::listener::HttpSlot>() {
+                slot.release();
+            }
             let mut resp = Body::from_stream(down).into_response();
             transport_headers(&mut resp, style.content_type(), &entry.id);
             // The response holds the connection until the session ends; nothing follows it.

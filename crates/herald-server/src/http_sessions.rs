@@ -32,6 +32,8 @@ pub enum Transport {
     Stream,
     /// Long-polling: one response per batch.
     Poll,
+    /// The one-way SSE feed of publications (`/http/subscribe`): no commands after opening.
+    Feed,
 }
 
 impl Transport {
@@ -41,6 +43,7 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Stream => "stream",
             Transport::Poll => "poll",
+            Transport::Feed => "feed",
         }
     }
 }

@@ -602,3 +602,139 @@ async fn streams_count_as_connections_not_as_pending_http_connections() {
     );
     assert_eq!(s.handle.connections(), 5);
 }
+
+/// Read feed events until `n` `message` events came: (all events, the messages' data).
+async fn feed_messages(st: &mut http::Reply, n: usize) -> (Vec<(String, String)>, Vec<Value>) {
+    let (mut all, mut msgs) = (Vec::new(), Vec::new());
+    while msgs.len() < n {
+        let (event, data) = st.event().await.expect("feed event");
+        if event == "message" {
+            msgs.push(serde_json::from_str::<Value>(&data).expect("json")["payload"].clone());
+        }
+        all.push((event, data));
+    }
+    (all, msgs)
+}
+
+#[tokio::test]
+async fn the_one_way_feed_recovers_exactly_what_a_cut_missed_from_last_event_id() {
+    let s = start_default().await;
+    let path = "/http/subscribe?channel=news&channel=sport";
+    let mut st = request(s.addr, "GET", path, &[("accept", "text/event-stream")], "").await;
+    assert_eq!(st.status, 200);
+    assert_eq!(
+        st.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    for _ in 0..2 {
+        let (event, data) = st.event().await.expect("subscribed");
+        assert_eq!(event, "subscribed", "{data}");
+    }
+    let mut ws = Client::connect(&s).await;
+    ws.publish("news", json!("n1")).await;
+    ws.publish("sport", json!("s1")).await;
+    let (_, msgs) = feed_messages(&mut st, 2).await;
+    assert_eq!(
+        (msgs[0]["data"].clone(), msgs[1]["data"].clone()),
+        (json!("n1"), json!("s1"))
+    );
+    // The raw event carries the position in both channels.
+    let last_id = {
+        ws.publish("news", json!("n2")).await;
+        let raw = loop {
+            let (event, data) = st.event_with_id().await.expect("event");
+            if event == "message" {
+                break data;
+            }
+        };
+        raw.0
+    };
+    let epochs: Vec<&str> = last_id
+        .split(',')
+        .map(|p| p.rsplit_once(':').expect("pos").0)
+        .collect();
+    assert_eq!(last_id, format!("{}:2,{}:1", epochs[0], epochs[1]));
+    drop(st);
+    until("the feed to end", || s.handle.connections() == 1).await;
+    for d in ["n3", "n4"] {
+        ws.publish("news", json!(d)).await;
+    }
+    ws.publish("sport", json!("s2")).await;
+    let mut st = request(s.addr, "GET", path, &[("last-event-id", &last_id)], "").await;
+    assert_eq!(st.status, 200);
+    let (all, msgs) = feed_messages(&mut st, 3).await;
+    let got: Vec<(Value, Value)> = msgs
+        .iter()
+        .map(|m| (m["channel"].clone(), m["data"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (json!("news"), json!("n3")),
+            (json!("news"), json!("n4")),
+            (json!("sport"), json!("s2"))
+        ]
+    );
+    assert!(all.iter().all(|(e, _)| e != "gap"), "{all:?}");
+    assert_eq!(
+        all.iter()
+            .filter(|(e, d)| e == "subscribed" && d.contains(r#""recovered":true"#))
+            .count(),
+        2,
+        "{all:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_feed_reports_a_gap_history_cannot_fill_and_refuses_what_it_may_not_follow() {
+    let mut setup = Setup::default();
+    let mut ns = herald_core::NamespaceOptions::dev();
+    ns.history_size = 2;
+    setup.engine.namespaces.insert("short".into(), ns);
+    let mut private = herald_core::NamespaceOptions::dev();
+    private.allow_subscribe = false;
+    setup.engine.namespaces.insert("closed".into(), private);
+    let s = start(setup).await;
+    let mut ws = Client::connect(&s).await;
+    let r = ws.publish("short:x", json!(1)).await;
+    let epoch = r["epoch"].as_str().expect("epoch").to_owned();
+    for i in 2..=6 {
+        ws.publish("short:x", json!(i)).await;
+    }
+    let id = format!("{epoch}:1");
+    let mut st = request(
+        s.addr,
+        "GET",
+        "/http/subscribe?channel=short:x",
+        &[("last-event-id", &id)],
+        "",
+    )
+    .await;
+    assert_eq!(st.status, 200);
+    let (event, data) = st.event().await.expect("gap");
+    assert_eq!(
+        (event.as_str(), data.as_str()),
+        ("gap", r#"{"channel":"short:x"}"#)
+    );
+    let (event, _) = st.event().await.expect("subscribed");
+    assert_eq!(event, "subscribed");
+    for (path, want) in [
+        ("/http/subscribe?channel=closed:x", 403),
+        ("/http/subscribe?channel=a%20b", 400),
+        ("/http/subscribe", 400),
+        ("/http/subscribe?channel=a&channel=a", 400),
+    ] {
+        let r = request(s.addr, "GET", path, &[], "").await;
+        assert_eq!(r.status, want, "{path}");
+    }
+    let r = request(
+        s.addr,
+        "GET",
+        "/http/subscribe?channel=a",
+        &[("last-event-id", "x:1,y:2")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(s.handle.connections(), 2);
+}

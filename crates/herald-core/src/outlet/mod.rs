@@ -298,35 +298,62 @@ impl Outlet {
 
     /// Take up to `max` queued frames.
     pub fn drain(&self, max: usize, out: &mut Drained) {
+        let format = self.format;
+        let frames = &mut out.frames;
+        let oldest = &mut out.oldest_pub;
+        let (close, redirect) = self.take(max, frames, |item| match item {
+            Out::Reply(b) | Out::Event(b) => b,
+            Out::Pub(p) => {
+                if oldest.is_none() {
+                    *oldest = Some(p.received);
+                }
+                p.frame(format)
+            }
+        });
+        out.close = close;
+        out.redirect = redirect;
+    }
+
+    /// Take up to `max` queued items as they are (for transports that need a publication's
+    /// channel and offset, not only its frame). Returns the close and redirect, as
+    /// [`Outlet::drain`] sets them, once the queue is empty.
+    pub fn drain_items(
+        &self,
+        max: usize,
+        items: &mut Vec<Out>,
+    ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
+        self.take(max, items, |item| item)
+    }
+
+    /// The pong (as a frame), then up to `max` items, each through `f`, into `out`.
+    fn take<T>(
+        &self,
+        max: usize,
+        out: &mut Vec<T>,
+        mut f: impl FnMut(Out) -> T,
+    ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
         let mut q = lock(&self.queue);
         if let Some(pong) = q.pong.take() {
-            out.frames.push(pong);
+            out.push(f(Out::Reply(pong)));
         }
         let n = q.items.len().min(max);
         let mut removed = 0;
         for item in std::iter::from_fn(|| q.items.pop_front()).take(n) {
             removed += item.len();
-            match item {
-                Out::Reply(b) | Out::Event(b) => out.frames.push(b),
-                Out::Pub(p) => {
-                    if out.oldest_pub.is_none() {
-                        out.oldest_pub = Some(p.received);
-                    }
-                    out.frames.push(p.frame(self.format));
-                }
-            }
+            out.push(f(item));
         }
         q.bytes = q.bytes.saturating_sub(removed);
+        let mut ends = (None, None);
         if q.items.is_empty() {
             q.bytes = 0;
-            out.close = q.close;
-            out.redirect = q.redirect.clone();
+            ends = (q.close, q.redirect.clone());
         }
         let room_wanted = q.room_waiters > 0;
         drop(q);
         if room_wanted {
             self.space.notify_waiters();
         }
+        ends
     }
 
     /// Number of queued frames.

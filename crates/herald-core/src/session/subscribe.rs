@@ -51,6 +51,24 @@ impl Session {
         r
     }
 
+    /// Whether this session may subscribe to `channel` as far as the server decides alone: a
+    /// valid channel of a configured namespace, and the permission rules (or, in a namespace
+    /// with a subscribe proxy, permission to ask the backend, which decides at `subscribe`).
+    pub fn may_subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        let ns = self.node.namespace(channel)?;
+        if ns.subscribe_proxy {
+            permissions::may_ask_backend(&self.identity, channel, ns.rules())
+        } else {
+            permissions::may_subscribe(
+                &self.identity,
+                self.node.verifier(),
+                channel,
+                ns.rules(),
+                None,
+            )
+        }
+    }
+
     /// Permission to subscribe; the subscribe proxy may grant channel info.
     pub(super) async fn check_subscribe(
         &self,

@@ -44,6 +44,8 @@ enum End {
     Closed,
     /// The client is gone (the session waits for `resume`).
     Lost(&'static str),
+    /// A one-way feed's client is gone (the session ends).
+    Gone,
 }
 
 /// Run the session until it closes or its client is lost.
@@ -77,6 +79,13 @@ pub async fn run(d: Driven) {
                 (false, Some(at)) => Some(at + session_timeout),
                 _ => None,
             },
+            Transport::Feed => {
+                // Its client comes back with `Last-Event-ID`, not `resume`: it just ends.
+                if !seen.attached && seen.detached_at.is_some() {
+                    break End::Gone;
+                }
+                None
+            }
             Transport::Sse | Transport::Stream => {
                 if !seen.attached && seen.detached_at.is_some() {
                     break End::Lost("stream ended");
@@ -142,6 +151,7 @@ pub async fn run(d: Driven) {
     let (clean, reason) = match end {
         End::Closed => (false, "closed by server"),
         End::Lost(why) => (false, why),
+        End::Gone => (true, "feed closed"),
     };
     tracing::info!(
         client = %session.client_id(),

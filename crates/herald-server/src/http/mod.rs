@@ -4,11 +4,13 @@
 //!
 //! - [`driver`]: the task that owns one session.
 //! - [`downlink`]: streamed bodies and long-poll answers.
+//! - [`feed`]: the one-way SSE feed (`/http/subscribe`) with `Last-Event-ID` recovery.
 //! - [`framing`]: messages in HTTP bodies, both directions.
 //! - [`relay`]: requests for sessions held by another node, over the control bus.
 
 pub mod downlink;
 pub mod driver;
+pub mod feed;
 pub mod framing;
 pub mod relay;
 
@@ -50,6 +52,7 @@ pub fn routes(router: Router<Arc<AppState>>, app: &Arc<AppState>) -> Router<Arc<
         .route("/http/stream", post(stream).options(preflight))
         .route("/http/poll", post(poll).options(preflight))
         .route("/http/send", post(send).options(preflight))
+        .route("/http/subscribe", get(feed::subscribe).options(preflight))
         .layer(axum::middleware::from_fn_with_state(app.clone(), cors));
     router.merge(http)
 }
@@ -260,28 +263,105 @@ async fn open(
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let mut cmds = match commands(format, &raw) {
+    let cmds = match commands(format, &raw) {
         Ok(c) => c,
         Err(r) => return *r,
     };
+    let opening = Opening {
+        peer,
+        parts: &parts,
+        transport,
+        format,
+        cmds,
+    };
+    let entry = match start(&app, opening, |_| Ok(())).await {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    match transport {
+        Transport::Sse | Transport::Stream => {
+            let style = if transport == Transport::Sse {
+                Style::Sse
+            } else {
+                Style::stream(format)
+            };
+            let head = (transport == Transport::Sse).then(|| {
+                let event = serde_json::json!({ "session": entry.id });
+                Bytes::from(format!("event: session\ndata: {event}\n\n"))
+            });
+            let jitter = app.server.shutdown_reconnect_jitter;
+            let down = Downlink::new(entry.clone(), style, head, app.conn.ping_interval, jitter);
+            streamed(
+                &parts,
+                Body::from_stream(down),
+                style.content_type(),
+                &entry.id,
+            )
+        }
+        Transport::Poll => poll_answer(&app, &entry, 0).await,
+        Transport::Feed => bad_request("not an opening transport"),
+    }
+}
+
+/// A streamed answer that holds its connection for the session's life.
+fn streamed(
+    parts: &axum::http::request::Parts,
+    body: Body,
+    content_type: &'static str,
+    session: &str,
+) -> Response {
+    // It counts as a connection now (like an upgraded WebSocket), not as a pending HTTP
+    // connection; nothing follows it on its connection.
+    if let Some(slot) = parts.extensions.get::<crate::listener::HttpSlot>() {
+        slot.release();
+    }
+    let mut resp = body.into_response();
+    transport_headers(&mut resp, content_type, session);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// What an opening request brings.
+pub(crate) struct Opening<'a> {
+    pub peer: SocketAddr,
+    pub parts: &'a axum::http::request::Parts,
+    pub transport: Transport,
+    pub format: Format,
+    /// Commands for the new session (the opening body).
+    pub cmds: Vec<Vec<u8>>,
+}
+
+/// Admit, authenticate and start a session: its entry, with its driver running. `check` may
+/// refuse the session before anything runs (the one-way feed's permission checks).
+pub(crate) async fn start(
+    app: &Arc<AppState>,
+    o: Opening<'_>,
+    check: impl FnOnce(&Session) -> Result<(), Refused>,
+) -> Result<Arc<Entry>, Refused> {
+    let Opening {
+        peer,
+        parts,
+        transport,
+        format,
+        mut cmds,
+    } = o;
     let Admitted { ip, hs, mut held } =
-        match admit(&app, peer, &parts.headers, &parts.uri, &Offer::default()).await {
-            Ok(a) => a,
-            Err(r) => return r,
-        };
+        admit(app, peer, &parts.headers, &parts.uri, &Offer::default())
+            .await
+            .map_err(Box::new)?;
     let (identity, user_slot, channels, auth_id) = match hs {
         Handshake::Done(identity, slot, channels) => (*identity, slot, channels, None),
         Handshake::FirstMessage => {
-            let (identity, auth_id) = match first_message_auth(&app, format, &mut cmds) {
-                Ok(x) => x,
-                Err(r) => return *r,
-            };
-            let Ok(slot) = user_slot(&app, &identity).await else {
-                return user_limit();
+            let (identity, auth_id) = first_message_auth(app, format, &mut cmds)?;
+            let Ok(slot) = user_slot(app, &identity).await else {
+                return Err(Box::new(user_limit()));
             };
             (identity, slot, Vec::new(), auth_id)
         }
     };
+    let mut session = Session::new(&app.node, format, identity);
+    check(&session)?;
     if app
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -290,16 +370,15 @@ async fn open(
         app.connections
             .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         rejected("connections");
-        return json_error(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             "connection limit reached",
-        );
+        ));
     }
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
     metrics::gauge!("herald_http_sessions", "transport" => transport.name()).increment(1.0);
-    let mut session = Session::new(&app.node, format, identity);
     session.set_forwarded_headers(held.forwarded.take());
     session.set_client_ip(ip);
     session.welcome(auth_id.as_ref());
@@ -330,33 +409,7 @@ async fn open(
         channels,
         held: (held, user_slot),
     }));
-    let jitter = app.server.shutdown_reconnect_jitter;
-    match transport {
-        Transport::Sse | Transport::Stream => {
-            let style = if transport == Transport::Sse {
-                Style::Sse
-            } else {
-                Style::stream(format)
-            };
-            let head = (transport == Transport::Sse).then(|| {
-                let event = serde_json::json!({ "session": entry.id });
-                Bytes::from(format!("event: session\ndata: {event}\n\n"))
-            });
-            let down = Downlink::new(entry.clone(), style, head, app.conn.ping_interval, jitter);
-            // The stream holds its HTTP connection for the session's life: it counts as a
-            // connection now (like an upgraded WebSocket), not as a pending HTTP connection.
-            if let Some(slot) = parts.extensions.get::<crate::listener::HttpSlot>() {
-                slot.release();
-            }
-            let mut resp = Body::from_stream(down).into_response();
-            transport_headers(&mut resp, style.content_type(), &entry.id);
-            // The response holds the connection until the session ends; nothing follows it.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            resp
-        }
-        Transport::Poll => poll_answer(&app, &entry, 0).await,
-    }
+    Ok(entry)
 }
 
 async fn poll_answer(app: &AppState, entry: &Arc<Entry>, ack: u64) -> Response {

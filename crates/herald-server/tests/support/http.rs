@@ -129,14 +129,22 @@ impl Reply {
 
     /// The next SSE event as `(event name, data)` (comments skipped); `None` at the end.
     pub async fn event(&mut self) -> Option<(String, String)> {
+        self.event_with_id().await.map(|(e, (_, d))| (e, d))
+    }
+
+    /// The next SSE event as `(event name, (id, data))`.
+    pub async fn event_with_id(&mut self) -> Option<(String, (String, String))> {
         loop {
             if let Some(at) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let block: Vec<u8> = self.buf.drain(..at + 2).collect();
                 let text = String::from_utf8(block).expect("utf-8");
-                let (mut event, mut data) = ("message".to_owned(), Vec::new());
+                let (mut event, mut data, mut id) =
+                    ("message".to_owned(), Vec::new(), String::new());
                 for line in text.lines() {
                     if let Some(v) = line.strip_prefix("event: ") {
                         event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.to_owned();
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         data.push(v.to_owned());
                     }
@@ -144,7 +152,7 @@ impl Reply {
                 if data.is_empty() {
                     continue;
                 }
-                return Some((event, data.join("\n")));
+                return Some((event, (id, data.join("\n"))));
             }
             if !self.fill().await {
                 return None;

@@ -112,6 +112,8 @@ struct State {
     finished: bool,
     /// The session ended: only a lost final batch can still be fetched.
     ended: bool,
+    /// The client ended the session (`POST /http/close`).
+    client_closed: bool,
 }
 
 /// How the driver sees its session's requests.
@@ -125,6 +127,8 @@ pub struct Seen {
     pub active_at: Instant,
     /// The server's close went down.
     pub finished: bool,
+    /// The client ended the session.
+    pub client_closed: bool,
 }
 
 impl Entry {
@@ -156,6 +160,7 @@ impl Entry {
                 kill: None,
                 finished: false,
                 ended: false,
+                client_closed: false,
             }),
             driver: Notify::new(),
             downlink: AtomicWaker::new(),
@@ -227,6 +232,16 @@ impl Entry {
         self.driver.notify_one();
     }
 
+    /// The client ended the session: its downlink ends (without an advisory) and so does it.
+    pub fn close_by_client(&self) {
+        let mut s = lock(&self.state);
+        s.client_closed = true;
+        s.kill.get_or_insert(CloseCode::Normal);
+        drop(s);
+        self.downlink.wake();
+        self.driver.notify_one();
+    }
+
     /// End the attached downlink with a `disconnect` advisory for `code`.
     pub fn kill(&self, code: CloseCode) {
         lock(&self.state).kill.get_or_insert(code);
@@ -255,6 +270,7 @@ impl Entry {
             detached_at: s.detached_at,
             active_at: s.active_at,
             finished: s.finished,
+            client_closed: s.client_closed,
         }
     }
 

@@ -738,3 +738,38 @@ async fn the_feed_reports_a_gap_history_cannot_fill_and_refuses_what_it_may_not_
     assert_eq!(r.status, 400);
     assert_eq!(s.handle.connections(), 2);
 }
+
+#[tokio::test]
+async fn a_client_close_ends_the_session_at_once_with_leave_not_resume() {
+    let s = start_default().await;
+    let mut watcher = Client::connect(&s).await;
+    watcher.subscribe("room").await;
+    let mut st = post(s.addr, "/http/stream", &[], &json!([sub("1", "room")])).await;
+    let session = st.session();
+    st.until_line("reply").await;
+    let join = watcher.next().await;
+    assert_eq!(join["type"], "join", "{join}");
+    let r = post(
+        s.addr,
+        "/http/close",
+        &[("herald-session", &session)],
+        &json!(null),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(
+        st.line().await.is_none(),
+        "the stream ends without an advisory"
+    );
+    let leave = watcher.next().await;
+    assert_eq!(leave["type"], "leave", "{leave}");
+    assert_eq!(s.handle.node().waiting_sessions(), 0);
+    let r = post(
+        s.addr,
+        "/http/close",
+        &[("herald-session", &session)],
+        &json!(null),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}

@@ -46,6 +46,8 @@ enum End {
     Lost(&'static str),
     /// A one-way feed's client is gone (the session ends).
     Gone,
+    /// The client ended the session (like a WebSocket close 1000).
+    ClientClosed,
 }
 
 /// Run the session until it closes or its client is lost.
@@ -72,6 +74,9 @@ pub async fn run(d: Driven) {
         let now = Instant::now();
         if seen.finished {
             break End::Closed;
+        }
+        if seen.client_closed {
+            break End::ClientClosed;
         }
         let deadline = match entry.transport {
             Transport::Poll => match (seen.attached, seen.detached_at) {
@@ -152,6 +157,7 @@ pub async fn run(d: Driven) {
         End::Closed => (false, "closed by server"),
         End::Lost(why) => (false, why),
         End::Gone => (true, "feed closed"),
+        End::ClientClosed => (true, "client closed"),
     };
     tracing::info!(
         client = %session.client_id(),

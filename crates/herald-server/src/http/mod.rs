@@ -52,6 +52,7 @@ pub fn routes(router: Router<Arc<AppState>>, app: &Arc<AppState>) -> Router<Arc<
         .route("/http/stream", post(stream).options(preflight))
         .route("/http/poll", post(poll).options(preflight))
         .route("/http/send", post(send).options(preflight))
+        .route("/http/close", post(close).options(preflight))
         .route("/http/subscribe", get(feed::subscribe).options(preflight))
         .layer(axum::middleware::from_fn_with_state(app.clone(), cors));
     router.merge(http)
@@ -546,5 +547,29 @@ pub(crate) async fn send_to(app: &AppState, key: u128, raw: Bytes) -> Response {
             return too_many("the session's command queue is full");
         }
     }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn close(State(app): State<Arc<AppState>>, req: Request<Body>) -> Response {
+    let (key, node) = match session_key(req.headers()) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    if elsewhere(&app, key, &node) {
+        return relay::forward(&app, &node, key, relay::Request::Close, RELAY_TIMEOUT).await;
+    }
+    close_on(&app, key)
+}
+
+/// End session `key`, held here, at its client's request.
+pub(crate) fn close_on(app: &AppState, key: u128) -> Response {
+    let entry = match lookup(app, key) {
+        Ok(e) => e,
+        Err(r) => return *r,
+    };
+    if entry.ended() {
+        return session_gone();
+    }
+    entry.close_by_client();
     StatusCode::NO_CONTENT.into_response()
 }

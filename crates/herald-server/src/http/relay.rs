@@ -1,4 +1,4 @@
-//! No sticky sessions: a command POST or a long-poll that reaches a node which does not hold its
+//! No sticky sessions: a command POST, a long-poll or a close that reaches a node which does not hold its
 //! session is relayed over the engine's control bus to the node named in the session id, served
 //! there exactly as if it had arrived directly, and its answer relayed back.
 //!
@@ -28,6 +28,8 @@ enum Relayed {
     Send { req: u64, key: String, body: String },
     /// `POST /http/poll` for a session held by the receiving node.
     Poll { req: u64, key: String, ack: u64 },
+    /// `POST /http/close` for a session held by the receiving node.
+    Close { req: u64, key: String },
     /// The answer to request `req`.
     Answer {
         req: u64,
@@ -45,6 +47,8 @@ pub enum Request {
     Send(Bytes),
     /// A long-poll with its acknowledgement.
     Poll(u64),
+    /// Ending the session.
+    Close,
 }
 
 /// Serves the requests other nodes relay here (the node's relay handler).
@@ -85,6 +89,7 @@ pub async fn forward(
             body: B64.encode(&body),
         },
         Request::Poll(ack) => Relayed::Poll { req, key, ack },
+        Request::Close => Relayed::Close { req, key },
     };
     let Ok(payload) = serde_json::to_string(&msg) else {
         return unavailable();
@@ -130,6 +135,13 @@ async fn serve(app: Arc<AppState>, from: String, msg: Relayed) {
         Relayed::Poll { req, key, ack } => {
             let resp = match u128::from_str_radix(&key, 16) {
                 Ok(key) => super::poll_on(&app, key, ack).await,
+                Err(_) => StatusCode::BAD_REQUEST.into_response(),
+            };
+            (req, resp)
+        }
+        Relayed::Close { req, key } => {
+            let resp = match u128::from_str_radix(&key, 16) {
+                Ok(key) => super::close_on(&app, key),
                 Err(_) => StatusCode::BAD_REQUEST.into_response(),
             };
             (req, resp)

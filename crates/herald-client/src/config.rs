@@ -48,6 +48,17 @@ pub enum Carrier {
     FirstMessage,
 }
 
+/// How the client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// A WebSocket to `url`.
+    #[default]
+    WebSocket,
+    /// An HTTP transport beside it (`…/ws` → `…/http/stream` or `…/http/sse`), for networks that
+    /// block WebSockets (docs/protocol.md §10). The `Subprotocol` carrier becomes the header.
+    Http(crate::http::HttpStyle),
+}
+
 /// Client settings; `ClientConfig::new(url)` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -57,6 +68,8 @@ pub struct ClientConfig {
     pub token: TokenSource,
     /// Token carrier.
     pub carrier: Carrier,
+    /// WebSocket (default) or an HTTP transport.
+    pub transport: Transport,
     /// Extra request headers (e.g. `Origin`).
     pub headers: Vec<(String, String)>,
     /// Reconnect backoff.
@@ -85,6 +98,7 @@ impl ClientConfig {
             url: url.into(),
             token: TokenSource::None,
             carrier: Carrier::Header,
+            transport: Transport::WebSocket,
             headers: Vec::new(),
             backoff: Backoff::default(),
             request_timeout: Duration::from_secs(10),

@@ -51,6 +51,104 @@ pub(crate) struct Driver {
     connector: Connector,
 }
 
+/// The open connection: a WebSocket or an HTTP transport session.
+enum Link {
+    Ws(Box<Ws>),
+    Http(Box<crate::http::HttpLink>, Option<u16>),
+}
+
+/// What the link produced next.
+enum LinkEvent {
+    Text(String),
+    /// Something arrived (a ping, a keepalive): the server is alive.
+    Alive,
+    /// The server closed (code, reason).
+    Closed(u16, String),
+    /// The connection failed.
+    Lost(String),
+}
+
+impl Link {
+    async fn next(&mut self) -> LinkEvent {
+        match self {
+            Link::Ws(ws) => match ws.next().await {
+                Some(Ok(WsMessage::Text(t))) => LinkEvent::Text(t.to_string()),
+                Some(Ok(WsMessage::Close(c))) => {
+                    let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
+                    LinkEvent::Closed(code, c.map(|c| c.reason.to_string()).unwrap_or_default())
+                }
+                Some(Ok(_)) => LinkEvent::Alive,
+                Some(Err(e)) => LinkEvent::Lost(format!("connection lost: {e}")),
+                None => LinkEvent::Lost("connection lost".into()),
+            },
+            Link::Http(h, advised) => match h.next().await {
+                crate::http::Down::Message(t) => {
+                    // The `disconnect` advisory stands for the close frame: the stream ends next.
+                    if t.contains(r#""disconnect""#)
+                        && let Ok(ServerMessage::Disconnect(d)) =
+                            ServerMessage::decode(Format::Json, t.as_bytes())
+                    {
+                        *advised = Some(d.code);
+                    }
+                    LinkEvent::Text(t)
+                }
+                crate::http::Down::Alive => LinkEvent::Alive,
+                crate::http::Down::Ended(why) => match advised {
+                    Some(code) => LinkEvent::Closed(*code, String::new()),
+                    None => LinkEvent::Lost(why),
+                },
+            },
+        }
+    }
+
+    async fn send(&mut self, texts: Vec<String>) -> bool {
+        match self {
+            Link::Ws(ws) => {
+                for t in texts {
+                    if ws.send(WsMessage::Text(t.into())).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+            Link::Http(h, _) => match h.send(&texts).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sending over HTTP failed");
+                    false
+                }
+            },
+        }
+    }
+
+    /// The application closed the client: close cleanly.
+    async fn close(&mut self) {
+        match self {
+            Link::Ws(ws) => {
+                let frame = CloseFrame {
+                    code: WsCloseCode::Normal,
+                    reason: "client closed".into(),
+                };
+                let _ = Ws::close(ws, Some(frame)).await;
+                // Wait briefly for the server's close so the close is clean.
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            Link::Http(h, _) => h.close().await,
+        }
+    }
+
+    /// When an HTTP session must send a `ping` to stay alive (never for a WebSocket).
+    fn ping_at(&self, interval: Duration) -> Option<Instant> {
+        match self {
+            Link::Ws(_) => None,
+            Link::Http(h, _) => Some(h.ping_at(interval)),
+        }
+    }
+}
+
 fn connector(extra_roots: &[Vec<u8>]) -> Connector {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -159,9 +257,9 @@ impl Driver {
         let reason = loop {
             self.emit(Event::State(State::Connecting { attempt })).await;
             let ended = match self.connect().await {
-                Ok((ws, info)) => {
+                Ok((link, info)) => {
                     attempt = 0;
-                    self.connected(ws, info).await
+                    self.connected(link, info).await
                 }
                 Err(f) => Ended::Link(self.state.lost(&f.message, !f.terminal)),
             };
@@ -233,11 +331,21 @@ impl Driver {
         }
     }
 
-    async fn connect(&mut self) -> Result<(Ws, Connected), ConnectFailure> {
+    async fn connect(&mut self) -> Result<(Link, Connected), ConnectFailure> {
         let token = self.token().await.map_err(|e| ConnectFailure {
             message: format!("token callback failed: {e}"),
             terminal: false,
         })?;
+        if let crate::config::Transport::Http(style) = self.cfg.transport {
+            let timeout = self.cfg.connect_timeout;
+            return match tokio::time::timeout(timeout, self.connect_http(style, token)).await {
+                Ok(r) => r,
+                Err(_) => Err(ConnectFailure {
+                    message: format!("connect timed out after {timeout:?}"),
+                    terminal: false,
+                }),
+            };
+        }
         let mut req = self
             .cfg
             .url
@@ -293,7 +401,9 @@ impl Driver {
                 match ws.next().await {
                     Some(Ok(WsMessage::Text(t))) => {
                         match ServerMessage::decode(Format::Json, t.as_bytes()) {
-                            Ok(ServerMessage::Connected { info, .. }) => return Ok((ws, info)),
+                            Ok(ServerMessage::Connected { info, .. }) => {
+                                return Ok((Link::Ws(Box::new(ws)), info));
+                            }
                             Ok(ServerMessage::Error {
                                 error, code_name, ..
                             }) => {
@@ -345,15 +455,80 @@ impl Driver {
         }
     }
 
-    /// Carry out what the state asked for. Returns how the connection ended, if it did.
-    async fn flush(&mut self, ws: &mut Ws, refreshing: &mut Option<TokenFuture>) -> Option<Ended> {
-        while let Some(o) = self.state.poll_output() {
-            match o {
-                Output::Send(text) => {
-                    if ws.send(WsMessage::Text(text.into())).await.is_err() {
-                        return Some(Ended::Link(self.state.lost("send failed", true)));
+    /// Open an HTTP transport session and read its `connected`.
+    async fn connect_http(
+        &self,
+        style: crate::http::HttpStyle,
+        token: Option<String>,
+    ) -> Result<(Link, Connected), ConnectFailure> {
+        let base =
+            crate::http::Base::from_ws_url(&self.cfg.url).map_err(|message| ConnectFailure {
+                message,
+                terminal: true,
+            })?;
+        let mut headers = self.cfg.headers.clone();
+        let mut commands = Vec::new();
+        if let Some(t) = &token {
+            match &self.cfg.carrier {
+                Carrier::Header | Carrier::Subprotocol => {
+                    headers.push(("authorization".into(), format!("Bearer {t}")));
+                }
+                Carrier::Cookie(name) => headers.push(("cookie".into(), format!("{name}={t}"))),
+                Carrier::FirstMessage => {}
+            }
+        }
+        if self.cfg.carrier == Carrier::FirstMessage {
+            commands
+                .push(json!({"type": "auth", "id": 0, "payload": {"token": token}}).to_string());
+        }
+        let tls = match &self.connector {
+            Connector::Rustls(cfg) => Some(cfg.clone()),
+            _ => None,
+        };
+        let mut link = crate::http::HttpLink::open(base, tls, headers, style, commands)
+            .await
+            .map_err(|f| ConnectFailure {
+                terminal: f.auth && matches!(self.cfg.token, TokenSource::Static(_)),
+                message: f.message,
+            })?;
+        loop {
+            match link.next().await {
+                crate::http::Down::Message(t) => {
+                    match ServerMessage::decode(Format::Json, t.as_bytes()) {
+                        Ok(ServerMessage::Connected { info, .. }) => {
+                            return Ok((Link::Http(Box::new(link), None), info));
+                        }
+                        Ok(_) => continue,
+                        Err(e) => {
+                            return Err(ConnectFailure {
+                                message: format!("bad first message: {e}"),
+                                terminal: false,
+                            });
+                        }
                     }
                 }
+                crate::http::Down::Alive => continue,
+                crate::http::Down::Ended(why) => {
+                    return Err(ConnectFailure {
+                        message: format!("closed during connect: {why}"),
+                        terminal: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Carry out what the state asked for. Returns how the connection ended, if it did.
+    async fn flush(
+        &mut self,
+        link: &mut Link,
+        refreshing: &mut Option<TokenFuture>,
+    ) -> Option<Ended> {
+        // Commands go up in one batch (one POST on HTTP), in order.
+        let mut batch = Vec::new();
+        while let Some(o) = self.state.poll_output() {
+            match o {
+                Output::Send(text) => batch.push(text),
                 Output::Event(e) => self.emit(e).await,
                 Output::FetchToken => {
                     if let TokenSource::Callback(f) = &self.cfg.token {
@@ -361,60 +536,65 @@ impl Driver {
                     }
                 }
                 Output::Drop(why) => {
-                    return Some(Ended::Link(give_up(ws, &mut self.state, &why).await));
+                    if !batch.is_empty() && !link.send(std::mem::take(&mut batch)).await {
+                        return Some(Ended::Link(self.state.lost("send failed", true)));
+                    }
+                    return Some(Ended::Link(give_up(link, &mut self.state, &why).await));
                 }
             }
+        }
+        if !batch.is_empty() && !link.send(batch).await {
+            return Some(Ended::Link(self.state.lost("send failed", true)));
         }
         None
     }
 
     /// Serve one connection until it ends.
-    async fn connected(&mut self, mut ws: Ws, info: Connected) -> Ended {
+    async fn connected(&mut self, mut link: Link, info: Connected) -> Ended {
         let window = Duration::from_millis(info.ping_interval_ms + info.pong_timeout_ms)
             + self.cfg.watchdog_margin;
+        let ping_interval = Duration::from_millis(info.ping_interval_ms);
         let mut refreshing: Option<TokenFuture> = None;
         self.state.opened(info, Instant::now());
         let mut last_seen = Instant::now();
         loop {
-            if let Some(end) = self.flush(&mut ws, &mut refreshing).await {
+            if let Some(end) = self.flush(&mut link, &mut refreshing).await {
                 return end;
             }
             let accepting = self.state.accepts_commands();
+            let ping_at = link.ping_at(ping_interval);
             tokio::select! {
-                frame = ws.next() => {
+                event = link.next() => {
                     last_seen = Instant::now();
-                    match frame {
-                        Some(Ok(WsMessage::Text(t))) => self.state.frame(t.as_bytes(), last_seen),
-                        Some(Ok(WsMessage::Close(c))) => {
-                            let code = c.as_ref().map(|c| u16::from(c.code)).unwrap_or(1005);
-                            let reason = c.map(|c| c.reason.to_string()).unwrap_or_default();
+                    match event {
+                        LinkEvent::Text(t) => self.state.frame(t.as_bytes(), last_seen),
+                        LinkEvent::Closed(code, reason) => {
                             return Ended::Link(self.state.closed(code, &reason));
                         }
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => {
-                            return Ended::Link(self.state.lost(&format!("connection lost: {e}"), true));
-                        }
-                        None => return Ended::Link(self.state.lost("connection lost", true)),
+                        LinkEvent::Alive => {}
+                        LinkEvent::Lost(why) => return Ended::Link(self.state.lost(&why, true)),
                     }
                 }
                 cmd = self.cmds.recv(), if accepting => match cmd {
                     None => {
-                        let _ = ws.close(None).await;
+                        link.close().await;
                         return Ended::Closed(None);
                     }
                     Some(Cmd::Close { tx }) => {
-                        let _ = ws.close(Some(CloseFrame { code: WsCloseCode::Normal, reason: "client closed".into() })).await;
-                        // Wait briefly for the server's close so the close is clean.
-                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while let Some(Ok(_)) = ws.next().await {}
-                        }).await;
+                        link.close().await;
                         return Ended::Closed(Some(tx));
                     }
                     Some(cmd) => self.state.command(cmd, Instant::now()),
                 },
                 _ = tokio::time::sleep_until(last_seen + window) => {
                     tracing::debug!("no frame from the server within {window:?}: reconnecting");
-                    return Ended::Link(give_up(&mut ws, &mut self.state, "heartbeat watchdog: the server went silent").await);
+                    return Ended::Link(give_up(&mut link, &mut self.state, "heartbeat watchdog: the server went silent").await);
+                }
+                _ = sleep_opt(ping_at) => {
+                    // An HTTP session shows it is alive (the server ends silent ones with 4000).
+                    if !link.send(vec![json!({"type": "ping"}).to_string()]).await {
+                        return Ended::Link(self.state.lost("send failed", true));
+                    }
                 }
                 _ = sleep_opt(self.state.next_deadline()) => self.state.tick(Instant::now()),
                 token = async { match refreshing.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
@@ -437,12 +617,15 @@ async fn sleep_opt(at: Option<Instant>) {
 }
 
 /// Give the connection up: close it with 4000 (the server keeps the session for a resume),
-/// waiting briefly only, since the peer may be gone.
-async fn give_up(ws: &mut Ws, state: &mut ClientState, why: &str) -> Disconnected {
-    let frame = CloseFrame {
-        code: WsCloseCode::from(CloseCode::HeartbeatTimeout.code()),
-        reason: why.chars().take(100).collect::<String>().into(),
-    };
-    let _ = tokio::time::timeout(GIVE_UP_CLOSE, ws.close(Some(frame))).await;
+/// waiting briefly only, since the peer may be gone. An HTTP stream is just dropped: its end is
+/// the same signal to the server.
+async fn give_up(link: &mut Link, state: &mut ClientState, why: &str) -> Disconnected {
+    if let Link::Ws(ws) = link {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(CloseCode::HeartbeatTimeout.code()),
+            reason: why.chars().take(100).collect::<String>().into(),
+        };
+        let _ = tokio::time::timeout(GIVE_UP_CLOSE, Ws::close(ws, Some(frame))).await;
+    }
     state.gave_up(why)
 }

@@ -27,7 +27,8 @@
 //!   margin means the connection is dead (half-open) and it reconnects;
 //! - requests with timeouts; publishes with an idempotency key reused on retries, and a bounded
 //!   offline queue for publishes made while disconnected;
-//! - tokens from a callback, asked again on every reconnect and on the server's `refresh` push.
+//! - tokens from a callback, asked again on every reconnect and on the server's `refresh` push;
+//! - where WebSockets are blocked, the same over HTTP streaming or SSE ([`Transport::Http`]).
 #![deny(missing_docs)]
 
 mod backoff;
@@ -36,10 +37,12 @@ mod config;
 mod driver;
 mod error;
 mod event;
+mod http;
 mod state;
 
 pub use backoff::Backoff;
 pub use client::{Client, Events, HistoryQuery};
-pub use config::{BoxError, Carrier, ClientConfig, TokenFuture, TokenSource};
+pub use config::{BoxError, Carrier, ClientConfig, TokenFuture, TokenSource, Transport};
 pub use error::ClientError;
 pub use event::{Event, GapReason, Message, State};
+pub use http::HttpStyle;

@@ -634,3 +634,109 @@ async fn server_side_subscriptions_deliver_messages() {
         ("inbox", json!("mail"))
     );
 }
+
+fn http_config(addr: SocketAddr, style: herald_client::HttpStyle) -> ClientConfig {
+    let mut c = config(addr);
+    c.transport = herald_client::Transport::Http(style);
+    c
+}
+
+/// Over HTTP streaming and SSE (protocol §10), with a token in the header: subscribe, publish,
+/// receive, history, and a clean close that ends the session on the server at once.
+#[tokio::test]
+async fn over_http_the_client_subscribes_publishes_and_closes_cleanly() {
+    for style in [
+        herald_client::HttpStyle::Stream,
+        herald_client::HttpStyle::Sse,
+    ] {
+        let (addr, srv) = serve(node(), "127.0.0.1:0".parse().expect("addr")).await;
+        let (c, mut ev) = Client::connect(http_config(addr, style).token(token("alice", 3600)));
+        until_event(&mut ev, "connected", is_connected).await;
+        c.subscribe("news").await.expect("subscribe");
+        let ack = c.publish("news", json!({"n": 1})).await.expect("publish");
+        assert_eq!(ack["offset"], 1, "{style:?}");
+        let Event::Message(m) =
+            until_event(&mut ev, "message", |e| matches!(e, Event::Message(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (m.channel.as_str(), m.data.clone()),
+            ("news", json!({"n": 1}))
+        );
+        let h = c
+            .history("news", HistoryQuery::default())
+            .await
+            .expect("history");
+        assert_eq!(h["publications"].as_array().map(Vec::len), Some(1));
+        assert_eq!(srv.handle.connections(), 1);
+        c.close().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while srv.handle.connections() != 0 || srv.handle.node().waiting_sessions() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{style:?}: the session did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop(srv).await;
+    }
+}
+
+/// An idle HTTP session stays up (the client pings; the server's keepalives feed the watchdog)
+/// and a server restart is recovered without a gap or a duplicate, as over a WebSocket.
+#[tokio::test]
+async fn over_http_an_idle_session_lives_and_a_restart_is_recovered() {
+    let node = node();
+    let (addr, srv) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (c, mut ev) = Client::connect(http_config(addr, herald_client::HttpStyle::Stream));
+    c.subscribe("feed").await.expect("subscribe");
+    // Three heartbeat windows (500 ms + 500 ms) without a command: no disconnect.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), async {
+        until_event(&mut ev, "a disconnect", |e| {
+            matches!(e, Event::State(State::Disconnected { .. }))
+        })
+        .await
+    })
+    .await;
+    assert!(
+        quiet.is_err(),
+        "an idle HTTP session was dropped: {quiet:?}"
+    );
+    let publish = |i: u64| {
+        let node = node.clone();
+        async move {
+            node.publish(
+                "feed",
+                Data::json(&i.to_string()).expect("data"),
+                None,
+                None,
+            )
+            .await
+            .expect("publish");
+        }
+    };
+    for i in 1..=10 {
+        publish(i).await;
+    }
+    assert_eq!(
+        collect(&mut ev, "feed", 10).await,
+        (1..=10).collect::<Vec<_>>()
+    );
+    stop(srv).await;
+    until_event(&mut ev, "disconnect", |e| {
+        matches!(e, Event::State(State::Disconnected { .. }))
+    })
+    .await;
+    for i in 11..=20 {
+        publish(i).await;
+    }
+    let (_, srv2) = serve(node.clone(), addr).await;
+    until_event(&mut ev, "reconnected", is_connected).await;
+    assert_eq!(
+        collect(&mut ev, "feed", 10).await,
+        (11..=20).collect::<Vec<_>>()
+    );
+    c.close().await;
+    stop(srv2).await;
+}

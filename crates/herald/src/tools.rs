@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use herald_client::{Backoff, Client, ClientConfig, Event, Events, GapReason, HistoryQuery, State};
+use herald_client::{
+    Backoff, Client, ClientConfig, Event, Events, GapReason, HistoryQuery, HttpStyle, State,
+    Transport,
+};
 use serde_json::{Value, json};
 
 /// How to reach the server.
@@ -27,6 +30,10 @@ pub struct ConnectArgs {
     /// Request timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// `ws` (WebSocket), or an HTTP transport for networks that block WebSockets: `stream`
+    /// (HTTP streaming) or `sse` (server-sent events); same URL (`…/ws` → `…/http/…`).
+    #[arg(long, default_value = "ws", value_parser = ["ws", "stream", "sse"])]
+    pub transport: String,
 }
 
 impl ConnectArgs {
@@ -43,6 +50,11 @@ impl ConnectArgs {
         }
         c.request_timeout = self.timeout;
         c.connect_timeout = self.timeout;
+        c.transport = match self.transport.as_str() {
+            "stream" => Transport::Http(HttpStyle::Stream),
+            "sse" => Transport::Http(HttpStyle::Sse),
+            _ => Transport::WebSocket,
+        };
         if !persistent {
             c.backoff = Backoff {
                 max_attempts: Some(1),

@@ -568,3 +568,73 @@ fn environment_variables_warn_when_unknown_take_plain_lists_and_beat_dev() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--transport sse` / `stream`: the client tools over the HTTP transports (protocol §10).
+#[tokio::test]
+async fn sub_and_pub_over_the_http_transports() {
+    let s = serve(&["--dev"], &[]);
+    let addr = s.addr.clone();
+    let url = format!("ws://{addr}/ws");
+    let mut sub = Command::new(BIN)
+        .args([
+            "sub",
+            "news",
+            "--count",
+            "2",
+            "--json",
+            "--transport",
+            "sse",
+            "--url",
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sub");
+    let mut err = BufReader::new(sub.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while !line.contains("subscribed to news") {
+        line.clear();
+        assert!(
+            err.read_line(&mut line).expect("stderr") > 0,
+            "sub exited early"
+        );
+    }
+    for data in [r#"{"n":1}"#, r#"{"n":2}"#] {
+        let out = stdout(&client_cmd(
+            &addr,
+            &["pub", "news", data, "--transport", "stream"],
+        ));
+        assert!(out.contains("published to news"), "{out}");
+    }
+    let done = sub.wait_with_output().expect("sub output");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&done.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let got: Vec<_> = lines.iter().map(|l| l["data"]["n"].clone()).collect();
+    assert_eq!(
+        got,
+        vec![serde_json::json!(1), serde_json::json!(2)],
+        "{lines:?}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "presence",
+            "news",
+            "--transport",
+            "stream",
+            "--token",
+            "not-a-token",
+            "--url",
+            &url,
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") && err.contains("token_invalid"),
+        "{err}"
+    );
+}

@@ -56,6 +56,12 @@ function watch(c: HeraldClient): void {
     else if (s === 'offline') showState(s, 'offline');
     else if (s === 'closed') showState(s, 'disconnected');
   });
+  c.on('transport', (t) => {
+    const el = $('transport');
+    el.hidden = false;
+    el.textContent = t === 'websocket' ? 'WebSocket' : 'HTTP streaming';
+    el.dataset.transport = t;
+  });
   c.on('reconnecting', ({ at }) => {
     clearInterval(countdown);
     const tick = () => {

@@ -3,6 +3,7 @@
  * Each scenario saves screenshots to e2e/artifacts/.
  */
 import { existsSync, mkdirSync } from 'node:fs';
+import { createServer, request as httpRequest } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -37,16 +38,56 @@ afterAll(async () => {
 });
 afterEach(runCleanup);
 
-async function context(): Promise<BrowserContext> {
+async function context(opts: { noWebSocket?: boolean } = {}): Promise<BrowserContext> {
   const c = await browser.newContext({ viewport: { width: 1100, height: 700 } });
   cleanup.push(() => c.close());
+  if (opts.noWebSocket) {
+    // A browser (or extension, or policy) without WebSockets.
+    await c.addInitScript(() => {
+      delete (window as { WebSocket?: unknown }).WebSocket;
+    });
+  }
   return c;
 }
 
+/**
+ * An HTTP proxy in front of Herald that forwards plain requests (streaming answers through) and
+ * refuses every WebSocket upgrade, like a corporate proxy. Its URL.
+ */
+async function upgradeRefusingProxy(target: number): Promise<{ url: string; upgrades: () => number }> {
+  let upgrades = 0;
+  const proxy = createServer((req, res) => {
+    const up = httpRequest(
+      { host: '127.0.0.1', port: target, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+    res.on('close', () => up.destroy());
+  });
+  proxy.on('upgrade', (_req, socket) => {
+    upgrades++;
+    socket.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  });
+  const port = await freePort();
+  await new Promise<void>((r) => proxy.listen(port, '127.0.0.1', r));
+  cleanup.push(() => new Promise<void>((r) => { proxy.closeAllConnections(); proxy.close(() => r()); }));
+  return { url: `http://127.0.0.1:${port}`, upgrades: () => upgrades };
+}
+
+async function transport(page: Page): Promise<string> {
+  await page.waitForFunction(() => !(document.getElementById('transport') as HTMLElement | null)?.hidden);
+  return (await page.textContent('#transport')) ?? '';
+}
+
 /** Open the chat as `user` and wait until it is connected. */
-async function open(ctx: BrowserContext, h: Herald, user: string, room = 'lobby'): Promise<Page> {
+async function open(ctx: BrowserContext, h: Herald | string, user: string, room = 'lobby'): Promise<Page> {
   const page = await ctx.newPage();
-  await page.goto(`${h.httpUrl}/?user=${user}&room=${room}`);
+  const base = typeof h === 'string' ? h : h.httpUrl;
+  await page.goto(`${base}/?user=${user}&room=${room}`);
   await waitState(page, /^connected$/);
   return page;
 }
@@ -161,5 +202,76 @@ describe('demo chat in Chromium', () => {
     expect(await alice.locator('#messages li.msg.pending').count()).toBe(0);
     await presence(bob, ['alice', 'bob']);
     await shot(alice, 'offline-delivered');
+  });
+
+  it('works without WebSockets: a page that has none chats over HTTP streaming, recovers a restart', async () => {
+    const port = await freePort();
+    let h = await server(port);
+    const alice = await open(await context({ noWebSocket: true }), h, 'alice');
+    const bob = await open(await context(), h, 'bob');
+    expect(await transport(alice)).toBe('HTTP streaming');
+    expect(await transport(bob)).toBe('WebSocket');
+    await presence(alice, ['alice', 'bob']);
+    await presence(bob, ['alice', 'bob']);
+    await say(alice, 'hi over http');
+    await waitMessages(bob, ['hi over http']);
+    await say(bob, 'hi over ws');
+    await waitMessages(alice, ['hi over http', 'hi over ws']);
+    await shot(alice, 'http-chat');
+    // History on join over HTTP.
+    const carol = await open(await context({ noWebSocket: true }), h, 'carol');
+    await waitMessages(carol, ['hi over http', 'hi over ws']);
+    // A restart: reconnecting, then what was published meanwhile, once.
+    await h.kill();
+    await waitState(alice, /^reconnecting in \d+ s$/);
+    h = await server(port);
+    const bot = new HeraldClient({ url: h.wsUrl, WebSocket: WebSocket as unknown as WebSocketCtor });
+    cleanup.push(() => bot.close());
+    bot.connect();
+    for (const text of ['one', 'two']) await bot.publish('chat:lobby', { user: 'bot', text, local: `bot-${text}` });
+    await waitState(alice, /^connected$/);
+    await waitMessages(alice, ['hi over http', 'hi over ws', 'one', 'two']);
+    await shot(alice, 'http-restart-recovered');
+  });
+
+  it('falls back to HTTP streaming behind a proxy that refuses the WebSocket upgrade', async () => {
+    const h = await server();
+    const proxy = await upgradeRefusingProxy(h.port);
+    const base = proxy.url;
+    const alice = await open(await context(), base, 'alice');
+    expect(await transport(alice)).toBe('HTTP streaming');
+    const bob = await open(await context(), h, 'bob');
+    await presence(alice, ['alice', 'bob']);
+    await say(bob, 'through the proxy');
+    await waitMessages(alice, ['through the proxy']);
+    await say(alice, 'and back');
+    await waitMessages(bob, ['through the proxy', 'and back']);
+    // What worked is remembered for the page session: the next page load goes straight to HTTP.
+    const refused = proxy.upgrades();
+    expect(refused).toBeGreaterThanOrEqual(1);
+    await alice.goto(`${base}/?user=alice&room=lobby`);
+    await waitState(alice, /^connected$/);
+    expect(proxy.upgrades()).toBe(refused);
+    expect(await transport(alice)).toBe('HTTP streaming');
+    expect(await alice.evaluate(() => sessionStorage.getItem('herald.transport'))).toBe('http-stream');
+    await shot(alice, 'proxy-fallback');
+  });
+
+  it('over HTTP streaming too, messages written offline are delivered once the network is back', async () => {
+    const h = await server();
+    const aliceCtx = await context({ noWebSocket: true });
+    const alice = await open(aliceCtx, h, 'alice');
+    expect(await transport(alice)).toBe('HTTP streaming');
+    const bob = await open(await context(), h, 'bob');
+    await presence(bob, ['alice', 'bob']);
+    await aliceCtx.setOffline(true);
+    await waitState(alice, /^offline$/);
+    await say(alice, 'offline over http');
+    await aliceCtx.setOffline(false);
+    await waitState(alice, /^connected$/);
+    await waitMessages(bob, ['offline over http']);
+    await waitMessages(alice, ['offline over http']);
+    await presence(bob, ['alice', 'bob']);
+    await shot(alice, 'http-offline-delivered');
   });
 });

@@ -15,6 +15,7 @@ import {
 } from './protocol.js';
 import { OfflineQueue, randomKey, type QueuedPublish } from './queue.js';
 import { Subscription, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
+import { HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
 export interface WebSocketLike {
@@ -30,6 +31,14 @@ export interface WebSocketLike {
 
 /** A WebSocket constructor. */
 export type WebSocketCtor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+/**
+ * How the client reaches the server: a WebSocket, or HTTP streaming (docs/protocol.md §10) where
+ * WebSockets are blocked.
+ */
+export type Transport = 'websocket' | 'http-stream';
+
+const TRANSPORT_KEY = 'herald.transport';
 
 /** Connection states. */
 export type State =
@@ -59,6 +68,8 @@ export interface ClientEvents {
   error: HeraldError;
   /** The server subscribed this client to a channel (server API or connect proxy). */
   subscription: Subscription<unknown>;
+  /** The transport of the connection just established. */
+  transport: Transport;
 }
 
 /** Client options. */
@@ -78,6 +89,14 @@ export interface ClientOptions {
   tokenCarrier?: 'subprotocol' | 'message';
   /** WebSocket constructor; defaults to `globalThis.WebSocket` (pass npm `ws` on Node 20). */
   WebSocket?: WebSocketCtor;
+  /**
+   * Transports to try, in order (default in browsers `['websocket', 'http-stream']`, elsewhere
+   * `['websocket']`; those this runtime has). A connection attempt that fails before `connected` moves to the next one; what worked
+   * is remembered for the page session (`sessionStorage`) and tried first next time. Pass
+   * `['http-stream']` to force HTTP, `['websocket']` to exclude it. HTTP carries JSON only, and
+   * the token travels in an `Authorization` header there (or a cookie).
+   */
+  transports?: Transport[];
   /** Frame codec: {@link jsonCodec} (default) or `msgpackCodec(...)`. */
   codec?: Codec;
   /** Reconnect delays. */
@@ -114,6 +133,27 @@ interface Pending {
 
 const OPEN = 1;
 
+function storage(): { getItem(k: string): string | null; setItem(k: string, v: string): void } | undefined {
+  try {
+    return (globalThis as { sessionStorage?: Storage }).sessionStorage;
+  } catch {
+    return undefined; // storage blocked
+  }
+}
+
+function rememberedTransport(): Transport | undefined {
+  const t = storage()?.getItem(TRANSPORT_KEY);
+  return t === 'websocket' || t === 'http-stream' ? t : undefined;
+}
+
+function rememberTransport(t: Transport): void {
+  try {
+    storage()?.setItem(TRANSPORT_KEY, t);
+  } catch {
+    // storage full or blocked: nothing to remember
+  }
+}
+
 /** Apply a subscribe reply or a `subscribed` push to its subscription. */
 function confirm(sub: Subscription<any>, r: Record<string, unknown>, resubscribed: boolean): void {
   const position = { offset: Number(r.offset), epoch: String(r.epoch) };
@@ -130,10 +170,16 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   state: State = 'idle';
   /** What the server said at the last `connected`. */
   info: ConnectedInfo | undefined;
+  /** The transport of the current (or last) connection attempt. */
+  transport: Transport | undefined;
 
   private readonly opts: ClientOptions;
   private readonly codec: Codec;
-  private readonly Ws: WebSocketCtor;
+  private readonly Ws: WebSocketCtor | undefined;
+  private readonly transports: Transport[];
+  private transportIndex = 0;
+  /** The current attempt reached `connected`. */
+  private reached = false;
   private ws: WebSocketLike | null = null;
   /** Bumped per socket, so late events of an old socket are ignored. */
   private generation = 0;
@@ -161,11 +207,19 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.queue = new OfflineQueue(opts.offlineQueue?.maxSize ?? 100, opts.offlineQueue?.maxAgeMs ?? 60_000);
     this.codec = opts.codec ?? jsonCodec;
     const ctor = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
-    if (!ctor) {
-      throw new HeraldError('bad_request', 'no WebSocket implementation: pass `WebSocket` (e.g. npm `ws`)');
-    }
     this.Ws = ctor;
+    const available = (t: Transport) =>
+      t === 'websocket' ? ctor !== undefined : canStreamHttp() && this.codec.subprotocol === 'herald.v1.json';
     const browser = typeof window !== 'undefined' && typeof window.addEventListener === 'function';
+    this.transports = (opts.transports ?? (browser ? ['websocket', 'http-stream'] : ['websocket'])).filter(available);
+    if (this.transports.length === 0) {
+      throw new HeraldError(
+        'bad_request',
+        'no usable transport: pass `WebSocket` (e.g. npm `ws`), or allow `http-stream` (JSON, fetch streams)',
+      );
+    }
+    const remembered = rememberedTransport();
+    if (remembered && this.transports.includes(remembered)) this.transportIndex = this.transports.indexOf(remembered);
     if (opts.browserEvents ?? browser) this.followBrowser();
   }
 
@@ -291,12 +345,19 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       return;
     }
     if (gen !== this.generation) return;
-    const carrier = this.opts.tokenCarrier ?? 'subprotocol';
+    const transport = this.transports[this.transportIndex % this.transports.length] ?? 'websocket';
+    this.transport = transport;
+    this.reached = false;
+    const http = transport === 'http-stream';
+    // Over HTTP the token must come with the opening request (an `Authorization` header).
+    const carrier = http ? 'subprotocol' : (this.opts.tokenCarrier ?? 'subprotocol');
     const protocols = [this.codec.subprotocol];
     if (token && carrier === 'subprotocol') protocols.push(`herald.auth.${token}`);
+    const Ctor = http ? HttpStreamSocketCtor : this.Ws;
     let ws: WebSocketLike;
     try {
-      ws = new this.Ws(this.opts.url, protocols);
+      if (!Ctor) throw new Error('no WebSocket implementation');
+      ws = new Ctor(this.opts.url, protocols);
     } catch (e) {
       this.emit('error', new HeraldError('bad_request', `cannot open ${this.opts.url}: ${String(e)}`));
       this.scheduleReconnect();
@@ -402,6 +463,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private async onConnected(info: ConnectedInfo): Promise<void> {
     const gen = this.generation;
     clearTimeout(this.connectTimer);
+    this.reached = true;
+    if (this.transport) {
+      rememberTransport(this.transport);
+      this.emit('transport', this.transport);
+    }
     this.info = info;
     this.advisory = undefined;
     let resumed = false;
@@ -527,6 +593,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private onClose(code: number, reason: string): void {
     this.ws = null;
     this.generation++;
+    // An attempt that failed before `connected` (a refused upgrade, a proxy, a timeout): the
+    // next one tries the next transport.
+    if (!this.reached && this.transports.length > 1) this.transportIndex = (this.transportIndex + 1) % this.transports.length;
     clearTimeout(this.connectTimer);
     clearTimeout(this.watchdog);
     this.failPending();

@@ -1,5 +1,6 @@
 export { HeraldClient } from './client.js';
-export type { ClientEvents, ClientOptions, State, WebSocketCtor, WebSocketLike } from './client.js';
+export type { ClientEvents, ClientOptions, State, Transport, WebSocketCtor, WebSocketLike } from './client.js';
+export { httpBase } from './http-socket.js';
 export { Subscription } from './subscription.js';
 export type { Gap, GapReason, SubscribeOptions, SubscriptionEvents } from './subscription.js';
 export { HeraldError, CloseCodes, shouldReconnect } from './errors.js';

@@ -1,0 +1,180 @@
+/**
+ * A WebSocket-shaped connection over the HTTP transports (docs/protocol.md §10), for networks that
+ * block WebSockets: messages come down a streamed `fetch` answer (`POST /http/stream`, one JSON
+ * message per line), commands go up as `POST /http/send` batches (one POST at a time, in order),
+ * and the socket sends a `ping` when it has sent nothing for the server's ping interval (the
+ * server ends silent sessions). The client drives it exactly like a WebSocket.
+ */
+import type { WebSocketCtor, WebSocketLike } from './client.js';
+
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 3;
+
+/** `ws://h/p/ws` → `http://h/p/http/` (and `wss` → `https`). */
+export function httpBase(wsUrl: string): string {
+  const u = new URL(wsUrl);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : u.protocol === 'ws:' ? 'http:' : u.protocol;
+  u.pathname = u.pathname.replace(/\/?ws\/?$/, '') + '/http/';
+  u.search = '';
+  u.hash = '';
+  return u.toString();
+}
+
+/** Whether this runtime can stream `fetch` answers. */
+export function canStreamHttp(): boolean {
+  return typeof fetch === 'function' && typeof ReadableStream === 'function' && typeof TextDecoder === 'function';
+}
+
+class HttpStreamSocket implements WebSocketLike {
+  readyState = CONNECTING;
+  binaryType = 'arraybuffer';
+  onopen: ((ev: any) => void) | null = null;
+  onmessage: ((ev: any) => void) | null = null;
+  onclose: ((ev: any) => void) | null = null;
+  onerror: ((ev: any) => void) | null = null;
+
+  private readonly base: string;
+  private readonly headers: Record<string, string> = { 'content-type': 'application/json' };
+  private readonly abort = new AbortController();
+  private session = '';
+  private outbox: string[] = [];
+  private posting = false;
+  private sentAt = Date.now();
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+  private pingIntervalMs = 25_000;
+  /** The code of the `disconnect` advisory, which stands for the close frame. */
+  private advised: { code: number; reason: string } | undefined;
+
+  constructor(url: string, protocols?: string | string[]) {
+    this.base = httpBase(url);
+    for (const p of ([] as string[]).concat(protocols ?? [])) {
+      if (p.startsWith('herald.auth.')) this.headers.authorization = `Bearer ${p.slice('herald.auth.'.length)}`;
+      else if (p !== 'herald.v1.json') throw new Error(`the HTTP transport carries JSON only, not ${p}`);
+    }
+    void this.run();
+  }
+
+  private async run(): Promise<void> {
+    let reader: ReadableStreamDefaultReader<Uint8Array>;
+    try {
+      const r = await fetch(this.base + 'stream', {
+        method: 'POST',
+        headers: this.headers,
+        body: '[]',
+        credentials: 'include',
+        cache: 'no-store',
+        signal: this.abort.signal,
+      });
+      if (r.status !== 200 || !r.body) {
+        await r.text().catch(() => '');
+        this.finish(1006, `HTTP ${r.status}`);
+        return;
+      }
+      this.session = r.headers.get('herald-session') ?? '';
+      reader = r.body.getReader();
+    } catch {
+      this.finish(1006, 'HTTP transport unreachable');
+      return;
+    }
+    this.readyState = OPEN;
+    this.onopen?.({});
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.sentAt >= this.pingIntervalMs) this.send('{"type":"ping"}');
+    }, 1_000);
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          // Empty lines are keepalives (for proxies); the client's watchdog pings when it needs to.
+          if (line !== '') this.deliver(line);
+        }
+      }
+    } catch {
+      // aborted or cut
+    }
+    const a = this.advised;
+    this.finish(a?.code ?? 1006, a?.reason ?? 'the stream ended');
+  }
+
+  private deliver(line: string): void {
+    if (line.includes('"connected"') || line.includes('"disconnect"')) {
+      try {
+        const m = JSON.parse(line) as { type?: string; payload?: Record<string, unknown> };
+        if (m.type === 'connected' && typeof m.payload?.ping_interval_ms === 'number') {
+          this.pingIntervalMs = Math.max(1_000, m.payload.ping_interval_ms);
+        } else if (m.type === 'disconnect') {
+          this.advised = { code: Number(m.payload?.code ?? 1006), reason: String(m.payload?.reason ?? '') };
+        }
+      } catch {
+        // the client reports undecodable messages
+      }
+    }
+    this.onmessage?.({ data: line });
+  }
+
+  send(data: string | Uint8Array): void {
+    if (this.readyState !== OPEN) return;
+    this.outbox.push(typeof data === 'string' ? data : new TextDecoder().decode(data));
+    void this.flush();
+  }
+
+  /** One POST at a time keeps the order; what queued meanwhile goes in the next one. */
+  private async flush(): Promise<void> {
+    if (this.posting || this.outbox.length === 0) return;
+    this.posting = true;
+    const batch = this.outbox;
+    this.outbox = [];
+    this.sentAt = Date.now();
+    try {
+      const r = await fetch(this.base + 'send', {
+        method: 'POST',
+        headers: { ...this.headers, 'herald-session': this.session },
+        body: `[${batch.join(',')}]`,
+        credentials: 'include',
+        cache: 'no-store',
+      });
+      if (r.status !== 204) throw new Error(`send answered ${r.status}`);
+    } catch {
+      // The session is gone or unreachable: end the stream; the client reconnects and resumes.
+      this.posting = false;
+      this.close(4000, 'send failed');
+      return;
+    }
+    this.posting = false;
+    void this.flush();
+  }
+
+  close(code?: number, reason?: string): void {
+    if (this.readyState === CLOSED) return;
+    if (this.readyState === OPEN && (code === 1000 || code === 1001) && this.session) {
+      // A clean close ends the session on the server (no resume, others see `leave`).
+      void fetch(this.base + 'close', {
+        method: 'POST',
+        headers: { ...this.headers, 'herald-session': this.session },
+        credentials: 'include',
+        keepalive: true,
+      }).catch(() => undefined);
+    }
+    this.abort.abort();
+    this.finish(code ?? 1000, reason ?? '');
+  }
+
+  private finish(code: number, reason: string): void {
+    if (this.readyState === CLOSED) return;
+    this.readyState = CLOSED;
+    clearInterval(this.pingTimer);
+    this.abort.abort();
+    this.onclose?.({ code, reason });
+  }
+}
+
+/** The HTTP streaming transport, as a WebSocket constructor. */
+export const HttpStreamSocketCtor: WebSocketCtor = HttpStreamSocket;

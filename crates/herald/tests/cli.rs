@@ -494,6 +494,48 @@ async fn bench_scenarios_run_and_report_no_loss() {
     );
     assert_eq!(r["ok"], true, "{r}");
     assert!(r["connections_cut"].as_u64().is_some_and(|c| c > 0), "{r}");
+    // Subscribers on the one-way SSE feed: every publication once, and their memory.
+    let r = bench(
+        &s.addr,
+        &[
+            "fanout",
+            "--transport",
+            "sse",
+            "--subscribers",
+            "50",
+            "--channels",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert_eq!(
+        (r["lost"].clone(), r["duplicates"].clone()),
+        (json!(0), json!(0)),
+        "{r}"
+    );
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert!(r["deliveries"].as_u64().is_some_and(|d| d >= 50), "{r}");
+    let r = bench(
+        &s.addr,
+        &[
+            "idle",
+            "--transport",
+            "sse",
+            "--connections",
+            "100",
+            "--duration",
+            "1s",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r["connections"], 100, "{r}");
+    assert!(r["server_bytes_per_connection"].is_number(), "{r}");
 }
 
 /// Regressions: an unrelated `HERALD_BIN` (a deploy script's) made `herald serve` refuse to start

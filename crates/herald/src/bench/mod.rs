@@ -49,6 +49,10 @@ pub struct Common {
     /// Channel name prefix (a random one by default, so runs never see old history).
     #[arg(long)]
     pub prefix: Option<String>,
+    /// How subscribers connect: `ws` (WebSocket), or `sse` (the one-way SSE feed
+    /// `/http/subscribe` beside `--url`, docs/protocol.md §10.6). Publishers always use `ws`.
+    #[arg(long, default_value = "ws", value_parser = ["ws", "sse"])]
+    pub transport: String,
 }
 
 /// The scenarios.
@@ -136,6 +140,8 @@ pub struct Target {
     pub path: String,
     pub token: Option<String>,
     sources: Vec<IpAddr>,
+    /// Subscribers read SSE feeds instead of WebSockets.
+    sse: bool,
 }
 
 impl Target {
@@ -171,6 +177,7 @@ impl Target {
             path,
             token: c.token.clone(),
             sources,
+            sse: c.transport == "sse",
         })
     }
 
@@ -199,6 +206,46 @@ impl Target {
             Some(m) => bail!("unexpected first frame: {}", String::from_utf8_lossy(m)),
             None => bail!("closed before `connected`"),
         }
+    }
+}
+
+impl Target {
+    /// Open connection `i` subscribed to `channel` — a WebSocket and a `subscribe`, or an SSE
+    /// feed of the channel — and return it with the stream offset at subscribe time.
+    async fn subscriber(
+        &self,
+        i: usize,
+        channel: &str,
+        recv_buffer: Option<u32>,
+    ) -> anyhow::Result<(RawConn, u64)> {
+        if !self.sse {
+            let mut c = self.open_with(i, recv_buffer).await?;
+            let offset = subscribe(&mut c, channel).await?;
+            return Ok((c, offset));
+        }
+        let base = self.path.strip_suffix("ws").unwrap_or(&self.path);
+        let path = format!("{base}http/subscribe?channel={channel}");
+        let mut c = RawConn::connect_sse(
+            self.addr,
+            self.source(i),
+            &path,
+            self.token.as_deref(),
+            recv_buffer,
+        )
+        .await?;
+        let offset = loop {
+            match c.event().await? {
+                Some((b"subscribed", data)) => {
+                    break raw::number_after(data, b"\"offset\":").unwrap_or(0);
+                }
+                Some((b"error", data)) => {
+                    bail!("subscribe refused: {}", String::from_utf8_lossy(data))
+                }
+                Some(_) => {}
+                None => bail!("the SSE feed ended before `subscribed`"),
+            }
+        };
+        Ok((c, offset))
     }
 }
 
@@ -273,8 +320,7 @@ async fn open_many(
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
             let started = Instant::now();
-            let mut c = t.open_with(i, rcvbuf).await?;
-            let offset = subscribe(&mut c, &channel(i)).await?;
+            let (c, offset) = t.subscriber(i, &channel(i), rcvbuf).await?;
             anyhow::Ok((i, c, offset, started.elapsed()))
         }));
     }

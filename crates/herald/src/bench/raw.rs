@@ -1,6 +1,8 @@
 //! A minimal WebSocket client for load generation: one socket, one read buffer, frames parsed in
 //! place. It does only what the benchmark needs (masked text frames out, unmasked frames in,
-//! pong replies), so one load-generator core can drive thousands of connections.
+//! pong replies), so one load-generator core can drive thousands of connections. The same
+//! connection can instead read a one-way SSE feed (`/http/subscribe`, docs/protocol.md §10.6):
+//! a chunked `text/event-stream` answer whose `message` events it returns.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +20,27 @@ pub struct RawReader {
     end: usize,
     /// The code of the server's close frame, once one was read.
     pub close_code: Option<u16>,
+    /// Reading an SSE feed instead of WebSocket frames.
+    sse: Option<Sse>,
+}
+
+/// The state of a chunked SSE answer: events decoded out of the HTTP chunks.
+struct Sse {
+    chunk: Chunk,
+    events: Vec<u8>,
+    at: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data are still to come.
+    Data(usize),
+    /// The CRLF after a chunk's data.
+    End,
+    /// The last (empty) chunk was read.
+    Done,
 }
 
 /// One benchmark connection.
@@ -116,8 +139,113 @@ impl RawReader {
         }
     }
 
-    /// The next text/binary payload (pings and pongs skipped). `None` on close/EOF.
+    /// Decode what is buffered out of the HTTP chunks into `events`; false when more bytes are
+    /// needed, or the body ended (`Chunk::Done`).
+    fn dechunk(&mut self) -> bool {
+        let Some(sse) = self.sse.as_mut() else {
+            return false;
+        };
+        let mut progressed = false;
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            match sse.chunk {
+                Chunk::Done => return progressed,
+                Chunk::Size => {
+                    let Some(nl) = memchr::memmem::find(avail, b"\r\n") else {
+                        return progressed;
+                    };
+                    let line = std::str::from_utf8(&avail[..nl]).unwrap_or("");
+                    let hex = line.split(';').next().unwrap_or("").trim();
+                    let n = usize::from_str_radix(hex, 16).unwrap_or(0);
+                    self.start += nl + 2;
+                    sse.chunk = if n == 0 { Chunk::Done } else { Chunk::Data(n) };
+                }
+                Chunk::Data(left) => {
+                    if avail.is_empty() {
+                        return progressed;
+                    }
+                    let take = left.min(avail.len());
+                    sse.events.extend_from_slice(&avail[..take]);
+                    self.start += take;
+                    progressed = true;
+                    sse.chunk = if take == left {
+                        Chunk::End
+                    } else {
+                        Chunk::Data(left - take)
+                    };
+                }
+                Chunk::End => {
+                    if avail.len() < 2 {
+                        return progressed;
+                    }
+                    self.start += 2;
+                    sse.chunk = Chunk::Size;
+                }
+            }
+        }
+    }
+
+    /// Where the next SSE event's name and data are in the decoded events; `None` at the end.
+    async fn event_at(
+        &mut self,
+    ) -> io::Result<Option<(std::ops::Range<usize>, std::ops::Range<usize>)>> {
+        loop {
+            let found = self.sse.as_mut().and_then(|sse| {
+                if sse.at > 64 * 1024 {
+                    sse.events.drain(..sse.at);
+                    sse.at = 0;
+                }
+                let pos = memchr::memmem::find(&sse.events[sse.at..], b"\n\n")?;
+                let block = sse.at..sse.at + pos;
+                sse.at += pos + 2;
+                Some((block, &sse.events))
+            });
+            if let Some((block, events)) = found {
+                let (mut name, mut data) = (0..0, 0..0);
+                let mut line_start = block.start;
+                for line in events[block.clone()].split(|&b| b == b'\n') {
+                    let at = line_start;
+                    line_start += line.len() + 1;
+                    if line.starts_with(b"event: ") {
+                        name = at + 7..at + line.len();
+                    } else if line.starts_with(b"data: ") {
+                        data = at + 6..at + line.len();
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a comment (keepalive)
+                }
+                return Ok(Some((name, data)));
+            }
+            if self.dechunk() {
+                continue;
+            }
+            if matches!(self.sse.as_ref().map(|s| s.chunk), Some(Chunk::Done)) {
+                return Ok(None);
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next SSE event as (name, data; an empty name is `message`); `None` at the end.
+    pub async fn event(&mut self) -> io::Result<Option<(&[u8], &[u8])>> {
+        let Some((name, data)) = self.event_at().await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .sse
+            .as_ref()
+            .map(|s| (&s.events[name], &s.events[data])))
+    }
+
+    /// The next text/binary payload (pings and pongs skipped), or on an SSE feed the data of
+    /// the next `message` event. `None` on close/EOF.
     pub async fn next(&mut self) -> io::Result<Option<&[u8]>> {
+        if self.sse.is_some() {
+            return self.next_message().await;
+        }
         loop {
             match self.frame().await? {
                 Some(Frame::Data(at, len)) => return Ok(Some(&self.buf[at..at + len])),
@@ -128,7 +256,105 @@ impl RawReader {
     }
 }
 
+impl RawReader {
+    /// The data of the next `message` event of an SSE feed (`None` at a `disconnect` or the end).
+    async fn next_message(&mut self) -> io::Result<Option<&[u8]>> {
+        loop {
+            let Some((name, data)) = self.event_at().await? else {
+                return Ok(None);
+            };
+            let Some(sse) = self.sse.as_ref() else {
+                return Ok(None);
+            };
+            match &sse.events[name] {
+                b"" | b"message" => return Ok(self.sse.as_ref().map(|s| &s.events[data])),
+                b"disconnect" => {
+                    self.close_code =
+                        number_after(&sse.events[data], b"\"code\":").map(|c| c as u16);
+                    return Ok(None);
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+async fn tcp(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+) -> io::Result<tokio::net::TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(size) = recv_buffer {
+        sock.set_recv_buffer_size(size)?;
+    }
+    if let Some(ip) = local {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = sock.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 impl RawConn {
+    /// Open a one-way SSE feed: `GET path` (e.g. `/http/subscribe?channel=c`), optionally with a
+    /// token, expecting `200` and a chunked `text/event-stream`.
+    pub async fn connect_sse(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        path: &str,
+        token: Option<&str>,
+        recv_buffer: Option<u32>,
+    ) -> io::Result<RawConn> {
+        let stream = tcp(addr, local, recv_buffer).await?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{auth}\r\n"
+        );
+        let (read, mut write) = stream.into_split();
+        write.write_all(req.as_bytes()).await?;
+        let mut reader = RawReader {
+            read,
+            buf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+            close_code: None,
+            sse: None,
+        };
+        loop {
+            if let Some(pos) = memchr::memmem::find(&reader.buf[..reader.end], b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&reader.buf[..pos]).to_ascii_lowercase();
+                if !head.starts_with("http/1.1 200") || !head.contains("transfer-encoding: chunked")
+                {
+                    let first = head.lines().next().unwrap_or("").to_owned();
+                    return Err(io::Error::other(format!("SSE feed refused: {first}")));
+                }
+                reader.start = pos + 4;
+                break;
+            }
+            if !reader.fill().await? {
+                return Err(io::Error::other("closed during the SSE request"));
+            }
+        }
+        reader.sse = Some(Sse {
+            chunk: Chunk::Size,
+            events: Vec::new(),
+            at: 0,
+        });
+        Ok(RawConn { reader, write })
+    }
+
+    /// The next SSE event of a feed as (name, data).
+    pub async fn event(&mut self) -> io::Result<Option<(&[u8], &[u8])>> {
+        self.reader.event().await
+    }
+
     /// Connect from `local` (any port) to `addr`, upgrade on `path`, optionally with a token,
     /// and with `SO_RCVBUF` set to `recv_buffer` before connecting when given (a small receive
     /// window makes a client that stops reading push back on the server at once).
@@ -139,19 +365,7 @@ impl RawConn {
         token: Option<&str>,
         recv_buffer: Option<u32>,
     ) -> io::Result<RawConn> {
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(size) = recv_buffer {
-            sock.set_recv_buffer_size(size)?;
-        }
-        if let Some(ip) = local {
-            sock.bind(SocketAddr::new(ip, 0))?;
-        }
-        let stream = sock.connect(addr).await?;
-        stream.set_nodelay(true)?;
+        let stream = tcp(addr, local, recv_buffer).await?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
@@ -168,6 +382,7 @@ impl RawConn {
             start: 0,
             end: 0,
             close_code: None,
+            sse: None,
         };
         loop {
             if let Some(pos) = reader.buf[..reader.end]
@@ -200,8 +415,12 @@ impl RawConn {
         self.write.write_all(&masked(1, text)).await
     }
 
-    /// The next text/binary payload (pings are answered, pongs skipped). `None` on close/EOF.
+    /// The next text/binary payload (pings are answered, pongs skipped), or on an SSE feed the
+    /// data of the next `message` event. `None` on close/EOF.
     pub async fn next(&mut self) -> io::Result<Option<&[u8]>> {
+        if self.reader.sse.is_some() {
+            return self.reader.next_message().await;
+        }
         loop {
             match self.reader.frame().await? {
                 Some(Frame::Data(at, len)) => return Ok(Some(&self.reader.buf[at..at + len])),
@@ -220,6 +439,21 @@ impl RawConn {
     /// Read (and discard) everything the server still sends until it closes the connection, or
     /// until nothing arrives for `idle`: how a connection that was left unread ended.
     pub async fn read_to_end(mut self, idle: std::time::Duration) -> End {
+        if self.reader.sse.is_some() {
+            loop {
+                match tokio::time::timeout(idle, self.reader.next_message()).await {
+                    Err(_) => return End::Open,
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Ok(None)) => {
+                        return match self.reader.close_code {
+                            Some(code) => End::CloseFrame(Some(code)),
+                            None => End::Eof,
+                        };
+                    }
+                    Ok(Err(_)) => return End::Reset,
+                }
+            }
+        }
         loop {
             match tokio::time::timeout(idle, self.reader.frame()).await {
                 Err(_) => return End::Open,

@@ -59,7 +59,7 @@ function watch(c: HeraldClient): void {
   c.on('transport', (t) => {
     const el = $('transport');
     el.hidden = false;
-    el.textContent = t === 'websocket' ? 'WebSocket' : 'HTTP streaming';
+    el.textContent = t === 'websocket' ? 'WebSocket' : t === 'http-stream' ? 'HTTP streaming' : 'long-polling';
     el.dataset.transport = t;
   });
   c.on('reconnecting', ({ at }) => {

@@ -54,14 +54,30 @@ async function context(opts: { noWebSocket?: boolean } = {}): Promise<BrowserCon
  * An HTTP proxy in front of Herald that forwards plain requests (streaming answers through) and
  * refuses every WebSocket upgrade, like a corporate proxy. Its URL.
  */
-async function upgradeRefusingProxy(target: number): Promise<{ url: string; upgrades: () => number }> {
+async function upgradeRefusingProxy(
+  target: number,
+  opts: { buffer?: boolean } = {},
+): Promise<{ url: string; upgrades: () => number }> {
   let upgrades = 0;
   const proxy = createServer((req, res) => {
     const up = httpRequest(
       { host: '127.0.0.1', port: target, method: req.method, path: req.url, headers: req.headers },
       (answer) => {
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
+        if (!opts.buffer) {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+          return;
+        }
+        // A buffering proxy: nothing goes out before the whole answer is in.
+        const parts: Buffer[] = [];
+        answer.on('data', (d: Buffer) => parts.push(d));
+        answer.on('end', () => {
+          const body = Buffer.concat(parts);
+          const headers = { ...answer.headers, 'content-length': String(body.length) };
+          delete headers['transfer-encoding'];
+          res.writeHead(answer.statusCode ?? 502, headers);
+          res.end(body);
+        });
       },
     );
     up.on('error', () => res.destroy());
@@ -273,5 +289,19 @@ describe('demo chat in Chromium', () => {
     await waitMessages(alice, ['offline over http']);
     await presence(bob, ['alice', 'bob']);
     await shot(alice, 'http-offline-delivered');
+  });
+
+  it('long-polls behind a proxy that refuses upgrades and buffers streamed answers', async () => {
+    const h = await server();
+    const proxy = await upgradeRefusingProxy(h.port, { buffer: true });
+    const alice = await open(await context(), proxy.url, 'alice');
+    expect(await transport(alice)).toBe('long-polling');
+    const bob = await open(await context(), h, 'bob');
+    await presence(alice, ['alice', 'bob']);
+    await say(bob, 'to a long-poller');
+    await waitMessages(alice, ['to a long-poller']);
+    await say(alice, 'from a long-poller');
+    await waitMessages(bob, ['to a long-poller', 'from a long-poller']);
+    await shot(alice, 'long-polling');
   });
 });

@@ -15,7 +15,7 @@ import {
 } from './protocol.js';
 import { OfflineQueue, randomKey, type QueuedPublish } from './queue.js';
 import { Subscription, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
-import { HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
+import { HttpPollSocketCtor, HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
 export interface WebSocketLike {
@@ -33,10 +33,10 @@ export interface WebSocketLike {
 export type WebSocketCtor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
 /**
- * How the client reaches the server: a WebSocket, or HTTP streaming (docs/protocol.md §10) where
- * WebSockets are blocked.
+ * How the client reaches the server: a WebSocket, or where WebSockets are blocked HTTP streaming
+ * or, behind proxies that buffer streamed answers, long-polling (docs/protocol.md §10).
  */
-export type Transport = 'websocket' | 'http-stream';
+export type Transport = 'websocket' | 'http-stream' | 'http-poll';
 
 const TRANSPORT_KEY = 'herald.transport';
 
@@ -90,8 +90,8 @@ export interface ClientOptions {
   /** WebSocket constructor; defaults to `globalThis.WebSocket` (pass npm `ws` on Node 20). */
   WebSocket?: WebSocketCtor;
   /**
-   * Transports to try, in order (default in browsers `['websocket', 'http-stream']`, elsewhere
-   * `['websocket']`; those this runtime has). A connection attempt that fails before `connected` moves to the next one; what worked
+   * Transports to try, in order (default in browsers `['websocket', 'http-stream', 'http-poll']`,
+   * elsewhere `['websocket']`; those this runtime has). A connection attempt that fails before `connected` moves to the next one; what worked
    * is remembered for the page session (`sessionStorage`) and tried first next time. Pass
    * `['http-stream']` to force HTTP, `['websocket']` to exclude it. HTTP carries JSON only, and
    * the token travels in an `Authorization` header there (or a cookie).
@@ -143,7 +143,7 @@ function storage(): { getItem(k: string): string | null; setItem(k: string, v: s
 
 function rememberedTransport(): Transport | undefined {
   const t = storage()?.getItem(TRANSPORT_KEY);
-  return t === 'websocket' || t === 'http-stream' ? t : undefined;
+  return t === 'websocket' || t === 'http-stream' || t === 'http-poll' ? t : undefined;
 }
 
 function rememberTransport(t: Transport): void {
@@ -208,10 +208,14 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.codec = opts.codec ?? jsonCodec;
     const ctor = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
     this.Ws = ctor;
+    const json = this.codec.subprotocol === 'herald.v1.json';
     const available = (t: Transport) =>
-      t === 'websocket' ? ctor !== undefined : canStreamHttp() && this.codec.subprotocol === 'herald.v1.json';
+      t === 'websocket'
+        ? ctor !== undefined
+        : json && (t === 'http-poll' ? typeof fetch === 'function' : canStreamHttp());
     const browser = typeof window !== 'undefined' && typeof window.addEventListener === 'function';
-    this.transports = (opts.transports ?? (browser ? ['websocket', 'http-stream'] : ['websocket'])).filter(available);
+    const defaults: Transport[] = browser ? ['websocket', 'http-stream', 'http-poll'] : ['websocket'];
+    this.transports = (opts.transports ?? defaults).filter(available);
     if (this.transports.length === 0) {
       throw new HeraldError(
         'bad_request',
@@ -348,12 +352,12 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     const transport = this.transports[this.transportIndex % this.transports.length] ?? 'websocket';
     this.transport = transport;
     this.reached = false;
-    const http = transport === 'http-stream';
+    const http = transport !== 'websocket';
     // Over HTTP the token must come with the opening request (an `Authorization` header).
     const carrier = http ? 'subprotocol' : (this.opts.tokenCarrier ?? 'subprotocol');
     const protocols = [this.codec.subprotocol];
     if (token && carrier === 'subprotocol') protocols.push(`herald.auth.${token}`);
-    const Ctor = http ? HttpStreamSocketCtor : this.Ws;
+    const Ctor = transport === 'http-stream' ? HttpStreamSocketCtor : transport === 'http-poll' ? HttpPollSocketCtor : this.Ws;
     let ws: WebSocketLike;
     try {
       if (!Ctor) throw new Error('no WebSocket implementation');

@@ -26,7 +26,7 @@ export function canStreamHttp(): boolean {
   return typeof fetch === 'function' && typeof ReadableStream === 'function' && typeof TextDecoder === 'function';
 }
 
-class HttpStreamSocket implements WebSocketLike {
+abstract class HttpSocket implements WebSocketLike {
   readyState = CONNECTING;
   binaryType = 'arraybuffer';
   onopen: ((ev: any) => void) | null = null;
@@ -34,17 +34,16 @@ class HttpStreamSocket implements WebSocketLike {
   onclose: ((ev: any) => void) | null = null;
   onerror: ((ev: any) => void) | null = null;
 
-  private readonly base: string;
-  private readonly headers: Record<string, string> = { 'content-type': 'application/json' };
-  private readonly abort = new AbortController();
-  private session = '';
+  protected readonly base: string;
+  protected readonly headers: Record<string, string> = { 'content-type': 'application/json' };
+  protected readonly abort = new AbortController();
+  protected session = '';
   private outbox: string[] = [];
   private posting = false;
-  private sentAt = Date.now();
-  private pingTimer: ReturnType<typeof setInterval> | undefined;
-  private pingIntervalMs = 25_000;
+  protected sentAt = Date.now();
+  protected pingIntervalMs = 25_000;
   /** The code of the `disconnect` advisory, which stands for the close frame. */
-  private advised: { code: number; reason: string } | undefined;
+  protected advised: { code: number; reason: string } | undefined;
 
   constructor(url: string, protocols?: string | string[]) {
     this.base = httpBase(url);
@@ -52,59 +51,19 @@ class HttpStreamSocket implements WebSocketLike {
       if (p.startsWith('herald.auth.')) this.headers.authorization = `Bearer ${p.slice('herald.auth.'.length)}`;
       else if (p !== 'herald.v1.json') throw new Error(`the HTTP transport carries JSON only, not ${p}`);
     }
-    void this.run();
+    // After the subclass's fields are set.
+    queueMicrotask(() => void this.run());
   }
 
-  private async run(): Promise<void> {
-    let reader: ReadableStreamDefaultReader<Uint8Array>;
-    try {
-      const r = await fetch(this.base + 'stream', {
-        method: 'POST',
-        headers: this.headers,
-        body: '[]',
-        credentials: 'include',
-        cache: 'no-store',
-        signal: this.abort.signal,
-      });
-      if (r.status !== 200 || !r.body) {
-        await r.text().catch(() => '');
-        this.finish(1006, `HTTP ${r.status}`);
-        return;
-      }
-      this.session = r.headers.get('herald-session') ?? '';
-      reader = r.body.getReader();
-    } catch {
-      this.finish(1006, 'HTTP transport unreachable');
-      return;
-    }
+  protected abstract run(): Promise<void>;
+
+  protected opened(session: string): void {
+    this.session = session;
     this.readyState = OPEN;
     this.onopen?.({});
-    this.pingTimer = setInterval(() => {
-      if (Date.now() - this.sentAt >= this.pingIntervalMs) this.send('{"type":"ping"}');
-    }, 1_000);
-    const decoder = new TextDecoder();
-    let buf = '';
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += decoder.decode(value, { stream: true });
-        let nl: number;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl).trim();
-          buf = buf.slice(nl + 1);
-          // Empty lines are keepalives (for proxies); the client's watchdog pings when it needs to.
-          if (line !== '') this.deliver(line);
-        }
-      }
-    } catch {
-      // aborted or cut
-    }
-    const a = this.advised;
-    this.finish(a?.code ?? 1006, a?.reason ?? 'the stream ended');
   }
 
-  private deliver(line: string): void {
+  protected deliver(line: string): void {
     if (line.includes('"connected"') || line.includes('"disconnect"')) {
       try {
         const m = JSON.parse(line) as { type?: string; payload?: Record<string, unknown> };
@@ -167,14 +126,139 @@ class HttpStreamSocket implements WebSocketLike {
     this.finish(code ?? 1000, reason ?? '');
   }
 
-  private finish(code: number, reason: string): void {
+  protected finish(code: number, reason: string): void {
     if (this.readyState === CLOSED) return;
     this.readyState = CLOSED;
-    clearInterval(this.pingTimer);
+    this.stopped();
     this.abort.abort();
-    this.onclose?.({ code, reason });
+    // Later, as a WebSocket's `close` event comes (the caller of `close()` may handle the end
+    // itself first).
+    setTimeout(() => this.onclose?.({ code, reason }), 0);
+  }
+
+  /** Stop the subclass's timers. */
+  protected stopped(): void {}
+}
+
+/** HTTP streaming: `POST /http/stream`, one JSON message per line. */
+class HttpStreamSocket extends HttpSocket {
+  private pingTimer: ReturnType<typeof setInterval> | undefined;
+
+  protected override stopped(): void {
+    clearInterval(this.pingTimer);
+  }
+
+  protected async run(): Promise<void> {
+    let reader: ReadableStreamDefaultReader<Uint8Array>;
+    try {
+      const r = await fetch(this.base + 'stream', {
+        method: 'POST',
+        headers: this.headers,
+        body: '[]',
+        credentials: 'include',
+        cache: 'no-store',
+        signal: this.abort.signal,
+      });
+      if (r.status !== 200 || !r.body) {
+        await r.text().catch(() => '');
+        this.finish(1006, `HTTP ${r.status}`);
+        return;
+      }
+      reader = r.body.getReader();
+      this.opened(r.headers.get('herald-session') ?? '');
+    } catch {
+      this.finish(1006, 'HTTP transport unreachable');
+      return;
+    }
+    this.pingTimer = setInterval(() => {
+      if (Date.now() - this.sentAt >= this.pingIntervalMs) this.send('{"type":"ping"}');
+    }, 1_000);
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          // Empty lines are keepalives (for proxies); the client's watchdog pings when it needs to.
+          if (line !== '') this.deliver(line);
+        }
+      }
+    } catch {
+      // aborted or cut
+    }
+    const a = this.advised;
+    this.finish(a?.code ?? 1006, a?.reason ?? 'the stream ended');
+  }
+
+}
+
+/**
+ * Long-polling: `POST /http/poll` answers one batch (a JSON array) at a time, acknowledged by the
+ * next poll's `Herald-Ack`; for proxies that buffer streamed answers. Polls keep the session
+ * alive on the server; the client's watchdog pings when nothing comes.
+ */
+class HttpPollSocket extends HttpSocket {
+  protected async run(): Promise<void> {
+    let ack = 0;
+    let first = true;
+    for (;;) {
+      let r: Response;
+      try {
+        const headers: Record<string, string> = { ...this.headers };
+        if (!first) {
+          headers['herald-session'] = this.session;
+          headers['herald-ack'] = String(ack);
+        }
+        r = await fetch(this.base + 'poll', {
+          method: 'POST',
+          headers,
+          body: first ? '[]' : '',
+          credentials: 'include',
+          cache: 'no-store',
+          signal: this.abort.signal,
+        });
+      } catch {
+        this.finish(this.advised?.code ?? 1006, this.advised?.reason ?? 'poll failed');
+        return;
+      }
+      if (r.status !== 200) {
+        await r.text().catch(() => '');
+        this.finish(this.advised?.code ?? 1006, `HTTP ${r.status}`);
+        return;
+      }
+      let batch: unknown[];
+      try {
+        batch = (await r.json()) as unknown[];
+      } catch {
+        this.finish(1006, 'bad poll answer');
+        return;
+      }
+      if (first) {
+        first = false;
+        this.opened(r.headers.get('herald-session') ?? '');
+      }
+      const seq = r.headers.get('herald-seq');
+      if (seq !== null) ack = Number(seq);
+      for (const m of batch) {
+        if (this.readyState === CLOSED) return;
+        this.deliver(JSON.stringify(m));
+      }
+      if (this.advised) {
+        // The session ended with this batch.
+        this.finish(this.advised.code, this.advised.reason);
+        return;
+      }
+      if (this.readyState === CLOSED) return;
+    }
   }
 }
 
 /** The HTTP streaming transport, as a WebSocket constructor. */
 export const HttpStreamSocketCtor: WebSocketCtor = HttpStreamSocket;
+/** The long-polling transport, as a WebSocket constructor. */
+export const HttpPollSocketCtor: WebSocketCtor = HttpPollSocket;

@@ -75,4 +75,20 @@ describe('the HTTP transport', () => {
     await until('the message', () => got.length === 1);
     c.close();
   });
+
+  it('long-polls when forced: subscribe, publish, receive, a server-side close ends it', async () => {
+    const h = await server();
+    const c = client(h.wsUrl, { token: () => token('dave'), transports: ['http-poll'] });
+    await connected(c);
+    expect(c.transport).toBe('http-poll');
+    const sub = c.subscribe<number>('feed');
+    await sub.ready();
+    const got: number[] = [];
+    sub.on('message', (m) => got.push(m.data));
+    for (let i = 1; i <= 5; i++) await c.publish('feed', i);
+    await until('five messages', () => got.length === 5);
+    expect(got).toEqual([1, 2, 3, 4, 5]);
+    expect((await sub.history()).publications.length).toBe(5);
+    c.close();
+  });
 });

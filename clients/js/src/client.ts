@@ -116,6 +116,11 @@ export interface ClientOptions {
   browserEvents?: boolean;
   /** Randomness for backoff jitter (tests). */
   random?: () => number;
+  /**
+   * Connected over HTTP, try a WebSocket this often (ms; default 60 000, 0 = never): when its
+   * upgrade goes through, the client moves to it — the session is resumed there, nothing lost.
+   */
+  upgradeProbeMs?: number;
 }
 
 interface Pending {
@@ -196,6 +201,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private readonly subs = new Map<string, Subscription<any>>();
   private readonly waitingForConnection = new Set<() => void>();
   private readonly detach: (() => void)[] = [];
+  private probeTimer: ReturnType<typeof setTimeout> | undefined;
   /** The browser said `offline` (and not `online` since). */
   private offline = false;
   /** Channels left while disconnected: a resumed session still has them. */
@@ -497,6 +503,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.flushQueue();
     for (const w of [...this.waitingForConnection]) w();
     this.emit('connected', { ...info, resumed });
+    this.scheduleProbe();
   }
 
   /** Resume the previous session: `gone` when the server no longer has it. */
@@ -602,6 +609,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     if (!this.reached && this.transports.length > 1) this.transportIndex = (this.transportIndex + 1) % this.transports.length;
     clearTimeout(this.connectTimer);
     clearTimeout(this.watchdog);
+    clearTimeout(this.probeTimer);
     this.failPending();
     if (this.state === 'closed') return;
     const advisory = this.advisory;
@@ -655,6 +663,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.generation++;
     clearTimeout(this.connectTimer);
     clearTimeout(this.watchdog);
+    clearTimeout(this.probeTimer);
     if (ws) {
       try {
         ws.close(CloseCodes.normal, reason.slice(0, 100));
@@ -671,6 +680,51 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     for (const w of [...this.waitingForConnection]) w();
     this.resumeToken = undefined;
     this.emit('closed', { code, reason, error });
+  }
+
+  // ---- back to a WebSocket ---------------------------------------------------------------------
+
+  /** Connected over HTTP with WebSockets allowed: try one again later. */
+  private scheduleProbe(): void {
+    clearTimeout(this.probeTimer);
+    const every = this.opts.upgradeProbeMs ?? 60_000;
+    const ws = this.transports.indexOf('websocket');
+    if (every <= 0 || ws < 0 || !this.Ws || this.transport === 'websocket') return;
+    this.probeTimer = setTimeout(() => this.probe(ws), every);
+  }
+
+  /**
+   * Open a WebSocket upgrade only (no session is made: the probe closes as soon as it opens).
+   * When it goes through, give the HTTP connection up with 4000 — its session stays resumable —
+   * and reconnect over the WebSocket, which resumes it.
+   */
+  private probe(index: number): void {
+    const gen = this.generation;
+    const Ctor = this.Ws;
+    if (!Ctor || this.state !== 'connected') return;
+    let probe: WebSocketLike;
+    try {
+      probe = new Ctor(this.opts.url, [this.codec.subprotocol]);
+    } catch {
+      this.scheduleProbe();
+      return;
+    }
+    probe.onopen = () => {
+      try {
+        probe.close(CloseCodes.normal, 'probe');
+      } catch {
+        // already closing
+      }
+      if (gen !== this.generation || this.state !== 'connected') return;
+      this.transportIndex = index;
+      rememberTransport('websocket');
+      this.dropSocket(CloseCodes.heartbeatTimeout, 'moving to a WebSocket');
+    };
+    probe.onclose = () => {
+      if (gen === this.generation && this.state === 'connected') this.scheduleProbe();
+    };
+    probe.onmessage = () => undefined;
+    probe.onerror = () => undefined;
   }
 
   // ---- heartbeats and browser events ---------------------------------------------------------

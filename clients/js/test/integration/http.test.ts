@@ -91,4 +91,38 @@ describe('the HTTP transport', () => {
     expect((await sub.history()).publications.length).toBe(5);
     c.close();
   });
+
+  it('moves back to a WebSocket once upgrades go through again, resuming without loss', async () => {
+    const h = await server();
+    let allow = false;
+    class Switchable {
+      constructor(url: string, protocols?: string | string[]) {
+        return allow ? new WebSocket(url, protocols) : new RefusedWebSocket();
+      }
+    }
+    const c = client(h.wsUrl, {
+      token: () => token('erin'),
+      WebSocket: Switchable as unknown as WebSocketCtor,
+      transports: ['websocket', 'http-stream'],
+      upgradeProbeMs: 200,
+    });
+    const resumed: boolean[] = [];
+    c.on('connected', (e) => resumed.push(e.resumed));
+    await connected(c);
+    expect(c.transport).toBe('http-stream');
+    const sub = c.subscribe<number>('moving');
+    await sub.ready();
+    const got: number[] = [];
+    sub.on('message', (m) => got.push(m.data));
+    const pub = client(h.wsUrl, { token: () => token('pub') });
+    await connected(pub);
+    for (let i = 1; i <= 40; i++) {
+      await pub.publish('moving', i);
+      if (i === 10) allow = true;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await until('the move and every message', () => c.transport === 'websocket' && got.length >= 40);
+    expect(got).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+    expect(resumed).toEqual([false, true]);
+  });
 });

@@ -4,12 +4,38 @@
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
+import { connect as tcpConnect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { HeraldClient, type WebSocketCtor } from '../src/index.js';
-import { cleanup, freePort, runCleanup, server, type Herald } from '../test/integration/herald.js';
+import { cleanup, freePort, runCleanup, server, startHerald, type Herald } from '../test/integration/herald.js';
+
+/** `$HERALD_TEST_REDIS_URL`, else the local Redis, when it answers PING (under CI it must). */
+async function redisUrl(): Promise<string | undefined> {
+  const url = process.env.HERALD_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+  const u = new URL(url);
+  const ok = await new Promise<boolean>((resolve) => {
+    const s = tcpConnect(Number(u.port || 6379), u.hostname);
+    s.setTimeout(2_000, () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', () => resolve(false));
+    s.once('connect', () => s.write('PING\r\n'));
+    s.once('data', (d) => {
+      s.destroy();
+      resolve(d.toString().startsWith('+PONG'));
+    });
+  });
+  if (ok) return url;
+  if (process.env.CI === 'true') throw new Error(`Redis is not reachable at ${url} (CI needs it)`);
+  console.log(`skipping: Redis is not reachable at ${url}`);
+  return undefined;
+}
+
+
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const FLAGS = [
@@ -54,14 +80,18 @@ async function context(opts: { noWebSocket?: boolean } = {}): Promise<BrowserCon
  * An HTTP proxy in front of Herald that forwards plain requests (streaming answers through) and
  * refuses every WebSocket upgrade, like a corporate proxy. Its URL.
  */
-async function upgradeRefusingProxy(
-  target: number,
+async function httpProxy(
+  target: number | number[],
   opts: { buffer?: boolean } = {},
 ): Promise<{ url: string; upgrades: () => number }> {
   let upgrades = 0;
+  const targets = ([] as number[]).concat(target);
+  let next = 0;
   const proxy = createServer((req, res) => {
+    // Several targets: each request goes to the next one (a round-robin HTTP balancer).
+    const port = targets[next++ % targets.length];
     const up = httpRequest(
-      { host: '127.0.0.1', port: target, method: req.method, path: req.url, headers: req.headers },
+      { host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers },
       (answer) => {
         if (!opts.buffer) {
           res.writeHead(answer.statusCode ?? 502, answer.headers);
@@ -252,7 +282,7 @@ describe('demo chat in Chromium', () => {
 
   it('falls back to HTTP streaming behind a proxy that refuses the WebSocket upgrade', async () => {
     const h = await server();
-    const proxy = await upgradeRefusingProxy(h.port);
+    const proxy = await httpProxy(h.port);
     const base = proxy.url;
     const alice = await open(await context(), base, 'alice');
     expect(await transport(alice)).toBe('HTTP streaming');
@@ -293,7 +323,7 @@ describe('demo chat in Chromium', () => {
 
   it('long-polls behind a proxy that refuses upgrades and buffers streamed answers', async () => {
     const h = await server();
-    const proxy = await upgradeRefusingProxy(h.port, { buffer: true });
+    const proxy = await httpProxy(h.port, { buffer: true });
     const alice = await open(await context(), proxy.url, 'alice');
     expect(await transport(alice)).toBe('long-polling');
     const bob = await open(await context(), h, 'bob');
@@ -303,5 +333,45 @@ describe('demo chat in Chromium', () => {
     await say(alice, 'from a long-poller');
     await waitMessages(bob, ['to a long-poller', 'from a long-poller']);
     await shot(alice, 'long-polling');
+  });
+
+  it('two nodes on Redis behind a round-robin balancer, no stickiness: a page without WebSockets chats', async () => {
+    const redis = await redisUrl();
+    if (!redis) return;
+    const env = {
+      HERALD_ENGINE__TYPE: 'redis',
+      HERALD_REDIS__URL: redis,
+      HERALD_REDIS__PREFIX: `herald-e2e-${Math.random().toString(16).slice(2, 10)}`,
+    };
+    const nodes = [await startHerald({ env }), await startHerald({ env })];
+    for (const n of nodes) cleanup.push(() => n.kill());
+    // Each node is subscribed to the control bus once it is ready.
+    for (const n of nodes) {
+      for (let i = 0; ; i++) {
+        const r = await fetch(`${n.httpUrl}/readyz`).catch(() => undefined);
+        if (r?.status === 200) break;
+        if (i > 100) throw new Error('a node did not become ready');
+        await new Promise((res) => setTimeout(res, 50));
+      }
+    }
+    // A round-robin HTTP balancer: every request (each command POST) goes to the next node.
+    const lb = (await httpProxy(nodes.map((n) => n.port))).url;
+    const alice = await open(await context({ noWebSocket: true }), lb, 'alice');
+    expect(await transport(alice)).toBe('HTTP streaming');
+    const bob = await open(await context(), nodes[1] as Herald, 'bob');
+    await presence(alice, ['alice', 'bob']);
+    await presence(bob, ['alice', 'bob']);
+    // Alice's commands (one connection per POST here) reach both nodes.
+    for (const text of ['one', 'two', 'three', 'four']) await say(alice, text);
+    await waitMessages(bob, ['one', 'two', 'three', 'four']);
+    await say(bob, 'across nodes');
+    await waitMessages(alice, ['one', 'two', 'three', 'four', 'across nodes']);
+    let relayed = 0;
+    for (const n of nodes) {
+      const text = await (await fetch(`${n.httpUrl}/metrics`)).text();
+      relayed += Number(/^herald_http_relayed_total (\d+)/m.exec(text)?.[1] ?? 0);
+    }
+    expect(relayed).toBeGreaterThan(0);
+    await shot(alice, 'http-two-nodes');
   });
 });

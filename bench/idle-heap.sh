@@ -4,6 +4,7 @@
 # subscribed the server is killed, so what heaptrack reports as "leaked" is exactly what the idle
 # connections held. Per-site bytes per connection: bench/heap_sites.py. Needs Debian's heaptrack.
 #   bench/idle-heap.sh [N]     # default 2000; a release build of HEAD first
+#   TRANSPORT=sse bench/idle-heap.sh   # the same for one-way SSE feeds
 set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
@@ -17,7 +18,7 @@ heaptrack -o "$OUT/heaptrack.herald" "$BIN" serve --dev --config bench/herald.to
 HT=$!
 wait_port 8310 || { sleep 5; wait_port 8310; }
 PID=$(pgrep -x herald | head -1)
-"$BIN" bench idle --connections "$N" --channels 100 --duration 30s --url ws://127.0.0.1:8310/ws --pid "$PID" --json > "$OUT/idle.json" 2>&1 &
+"$BIN" bench idle --transport "${TRANSPORT:-ws}" --connections "$N" --channels 100 --duration 30s --url ws://127.0.0.1:8310/ws --pid "$PID" --json > "$OUT/idle.json" 2>&1 &
 BENCH=$!
 # Wait until every connection is subscribed (the subscriptions gauge), then a little longer for
 # the replies to be written, and kill the server while the connections are idle.

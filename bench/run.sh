@@ -46,4 +46,10 @@ for server in ${SERVERS:-herald node uws bare}; do
   run $server idle-10000 idle --connections 10000 --channels 100 --duration 3s
 done
 run herald churn-200 churn --clients 200 --channels 10 --rate 200 --duration 10s
+# Herald's subscribers on the one-way SSE feed instead of WebSockets (publishers stay on ws).
+if [[ " ${SERVERS:-herald node uws bare} " == *" herald "* ]]; then
+  run herald sse-fanout-1x1000-100hz fanout --transport sse --subscribers 1000 --channels 1 --rate 100 --duration 10s
+  run herald sse-fanout-1000x10-2000hz fanout --transport sse --subscribers 10000 --channels 1000 --rate 2000 --duration 10s
+  run herald sse-idle-10000 idle --transport sse --connections 10000 --channels 100 --duration 3s
+fi
 python3 bench/summarize.py "$OUT"

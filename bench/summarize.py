@@ -28,6 +28,15 @@ for name, path, label, higher in METRICS:
     cells = [fmt(h)] + [fmt(p) for p in peers] + [ratio(h, p, higher) for p in peers]
     print(f"| {name} | {label} | " + " | ".join(cells) + " |")
 
+SSE = [(n, path, label, higher) for n, path, label, higher in METRICS if ("herald", "sse-" + n) in by]
+if SSE:
+    print("\n| scenario | metric | Herald, WebSocket subscribers | Herald, SSE feed subscribers | SSE vs WebSocket |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, path, label, higher in SSE:
+        w = get(by.get(("herald", name)), path)
+        e = get(by.get(("herald", "sse-" + name)), path)
+        print(f"| {name} | {label} | {fmt(w)} | {fmt(e)} | {ratio(e, w, higher)} |")
+
 for (server, name), r in sorted(by.items()):
     lost, dup = r.get("lost"), r.get("duplicates")
     if lost is not None:

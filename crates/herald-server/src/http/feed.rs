@@ -34,7 +34,7 @@ pub const MAX_FEED_CHANNELS: usize = 16;
 struct Position {
     channel: String,
     /// `(epoch, offset)` of the last publication sent, or of the stream when subscribed.
-    at: Option<(String, u64)>,
+    at: Option<(Arc<str>, u64)>,
 }
 
 /// Parse `Last-Event-ID`: one `epoch:offset` (or `-`) per channel, in the URL's order.
@@ -137,7 +137,7 @@ pub async fn subscribe(
         .zip(last)
         .map(|(channel, p)| Position {
             channel,
-            at: p.map(|p| (p.epoch, p.offset)),
+            at: p.map(|p| (Arc::from(p.epoch), p.offset)),
         })
         .collect();
     let feed = Feed {
@@ -171,21 +171,20 @@ struct Feed {
 }
 
 impl Feed {
-    /// The current `id`: every channel's position.
-    fn id(&self) -> String {
-        let mut id = String::new();
+    /// Write the current `id`: every channel's position.
+    fn write_id(&self, buf: &mut BytesMut) {
         for (i, p) in self.positions.iter().enumerate() {
             if i > 0 {
-                id.push(',');
+                buf.put_u8(b',');
             }
             match &p.at {
                 Some((epoch, offset)) => {
-                    let _ = write!(id, "{epoch}:{offset}");
+                    buf.put_slice(epoch.as_bytes());
+                    let _ = write!(buf, ":{offset}");
                 }
-                None => id.push('-'),
+                None => buf.put_u8(b'-'),
             }
         }
-        id
     }
 
     fn event(&self, buf: &mut BytesMut, name: Option<&str>, id: bool, data: &[u8]) {
@@ -196,7 +195,7 @@ impl Feed {
         }
         if id {
             buf.put_slice(b"id: ");
-            buf.put_slice(self.id().as_bytes());
+            self.write_id(buf);
             buf.put_u8(b'\n');
         }
         Style::Sse.push(buf, data);
@@ -226,7 +225,7 @@ impl Feed {
                     && recovered != Some(true)
                 {
                     // Not recovering (or not all of it): the feed continues from here.
-                    pos.at = Some((epoch.to_owned(), offset));
+                    pos.at = Some((Arc::from(epoch), offset));
                 }
                 if recovered == Some(false) {
                     let gap = serde_json::json!({"channel": channel}).to_string();
@@ -271,7 +270,7 @@ impl futures_util::Stream for Feed {
         if this.done {
             return Poll::Ready(None);
         }
-        let mut buf = BytesMut::new();
+        let mut buf = BytesMut::with_capacity(512);
         this.entry.register(cx.waker());
         if let Err(code) = this.entry.attached(this.generation) {
             match code.filter(|c| *c != CloseCode::Normal) {
@@ -294,7 +293,10 @@ impl futures_util::Stream for Feed {
                     else {
                         continue;
                     };
-                    pos.at = Some((p.epoch.to_string(), p.offset));
+                    match &mut pos.at {
+                        Some((epoch, offset)) if Arc::ptr_eq(epoch, &p.epoch) => *offset = p.offset,
+                        at => *at = Some((p.epoch.clone(), p.offset)),
+                    }
                     m.publish_to_send.record(p.received.elapsed().as_secs_f64());
                     m.frames_out.increment(1);
                     let msg = framing::payload(&p.frame(Format::Json));

@@ -89,6 +89,9 @@ pub async fn subscribe(
     if channels.is_empty() || channels.len() > MAX_FEED_CHANNELS {
         return bad_request("name 1 to 16 channels: ?channel=a&channel=b");
     }
+    if channels.len() > app.node.config().session.max_channels {
+        return bad_request("more channels than session.max_channels");
+    }
     if (1..channels.len()).any(|i| channels[..i].contains(&channels[i])) {
         return bad_request("a channel is named twice");
     }

@@ -50,6 +50,12 @@ pub struct ServerConfig {
     pub max_http_connections: usize,
     /// The same per client IP (the TCP peer; `trusted_proxies` are exempt) (0 = unlimited).
     pub max_http_connections_per_ip: usize,
+    /// Give free memory back to the operating system after floods of connections or sessions
+    /// ended (glibc `malloc_trim`; the `herald` binary does it): at most once per interval, only
+    /// after at least 256 connections + waiting sessions, and a quarter of the peak, went away.
+    /// 0 = never.
+    #[serde(with = "humantime_serde")]
+    pub memory_trim_interval: Duration,
     /// Serve `/echo`, a plain WebSocket echo endpoint for conformance tests (Autobahn). Set from
     /// the configuration file's `[debug] echo`, not from `[server]`.
     #[serde(skip)]
@@ -71,6 +77,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             max_http_connections: 4096,
             max_http_connections_per_ip: 64,
+            memory_trim_interval: Duration::from_secs(10),
             echo: false,
         }
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod memory;
 mod token;
 mod tools;
 
@@ -339,6 +340,11 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
             handle.upkeep();
         }
     });
+    tokio::spawn(memory::watch(
+        server.handle(),
+        config.server.memory_trim_interval,
+        server.shutdown_token(),
+    ));
     if let Some(bus) = node_bus {
         tokio::spawn(announce(bus, node_id, addr, announce_handle));
     }

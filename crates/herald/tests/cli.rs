@@ -680,3 +680,52 @@ async fn sub_and_pub_over_the_http_transports() {
         "{err}"
     );
 }
+
+/// The value of an unlabelled counter in `/metrics` (0 when not yet recorded).
+async fn counter(addr: &str, name: &str) -> u64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Issue 15: after a flood of connections ended, the server gives the freed memory back to the
+/// operating system (`server.memory_trim_interval`) instead of staying near the flood's peak; at
+/// `0s` it never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_returned_after_a_flood_of_connections_ended() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/herald.toml");
+    let off = serve(
+        &["--dev", "--config", cfg],
+        &[
+            ("HERALD_SERVER__MEMORY_TRIM_INTERVAL", "0s"),
+            ("HERALD_SESSION__RESUME_GRACE", "1s"),
+        ],
+    );
+    let on = serve(
+        &["--dev", "--config", cfg],
+        &[
+            ("HERALD_SERVER__MEMORY_TRIM_INTERVAL", "1s"),
+            ("HERALD_SESSION__RESUME_GRACE", "1s"),
+        ],
+    );
+    // 400 subscribed connections, held for a second, then all closed: above the 256 that must
+    // end (their sessions wait 1 s for a resume) before a trim is worth an arena walk. The server that must not trim goes first, so it
+    // has had longer than the other once that one has trimmed.
+    for s in [&off, &on] {
+        let r = bench(
+            &s.addr,
+            &["idle", "--connections", "400", "--duration", "1s"],
+        );
+        assert_eq!(r["connections"], 400, "{r}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while counter(&on.addr, "herald_memory_trims_total").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trim within 30 s of 400 connections ending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counter(&off.addr, "herald_memory_trims_total").await, 0);
+}

@@ -371,7 +371,7 @@ impl Session {
         self.violation()
     }
 
-    fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&str>) {
+    fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&'static str>) {
         // Session starts and ends are always kept; subscription churn is within the quota.
         let churn = !matches!(kind, EventKind::Connect | EventKind::Disconnect);
         if churn && !(self.quota.events.take() && self.node.journal_allowed(self.client_ip)) {
@@ -391,7 +391,7 @@ impl Session {
 
     /// End the session: leave every channel (presence, `leave` pushes, node unsubscribe) and
     /// emit the `disconnect` event with `reason`.
-    pub async fn end(mut self, reason: &str) {
+    pub async fn end(mut self, reason: &'static str) {
         let subs: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
         for channel in subs {
             self.leave(&channel).await;

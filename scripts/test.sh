@@ -3,7 +3,8 @@
 # client and the demo chat in Chromium, WebSocket conformance, the server API against its OpenAPI
 # document, and a bounded coverage-guided fuzzing run of the parsers of untrusted input.
 # Installs what it needs (npm packages, Debian's chromium, kosoku into target/venv, schemathesis
-# into target/st-venv) when missing. Nothing is skipped.
+# into target/st-venv; promtool, systemd-analyze and hadolint for the deploy/ checks through
+# scripts/install-ops-tools.sh) when missing. Nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -14,6 +14,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> no module import cycles (scripts/module-cycles.py)"
 python3 scripts/module-cycles.py
+echo "==> tools the deploy/ checks use (promtool, systemd-analyze, hadolint)"
+scripts/install-ops-tools.sh
 echo "==> cargo test"
 cargo test --workspace
 echo "==> TypeScript client, demo chat and browser tests"

@@ -614,8 +614,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     if (this.state === 'closed') return;
     const advisory = this.advisory;
     this.advisory = undefined;
-    // Only a dropped socket or a 1011/4000/4003 close leaves the session resumable (§8).
-    if (![1005, 1006, 1011, 4000, 4003].includes(code)) this.resumeToken = undefined;
+    // Only a dropped socket or a 1011/4000/4003/4005 close leaves the session resumable (§8).
+    if (![1005, 1006, 1011, 4000, 4003, CloseCodes.rotated].includes(code)) this.resumeToken = undefined;
     const reconnect = advisory ? advisory.reconnect : shouldReconnect(code);
     this.emit('disconnected', { code, reason, reconnect });
     for (const sub of this.subs.values()) if (sub.state === 'subscribed') sub.state = 'pending';
@@ -623,19 +623,23 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       this.terminate(code, reason || 'closed by the server');
     } else if (this.browserOffline()) {
       this.goOffline();
+    } else if (code === CloseCodes.rotated) {
+      // Rotation (connection.max_lifetime): a new connection now, which resumes the session.
+      this.attempt = 0;
+      this.scheduleReconnect(0, true);
     } else {
       this.scheduleReconnect(advisory?.afterMs ?? 0);
     }
   }
 
-  private scheduleReconnect(minDelayMs = 0): void {
+  private scheduleReconnect(minDelayMs = 0, now = false): void {
     this.attempt++;
     const max = this.opts.maxAttempts;
     if (max !== undefined && this.attempt > max) {
       this.terminate(CloseCodes.abnormal, `gave up after ${max} attempts`);
       return;
     }
-    const delayMs = Math.max(minDelayMs, backoffDelay(this.attempt - 1, this.opts.backoff, this.opts.random));
+    const delayMs = now ? 0 : Math.max(minDelayMs, backoffDelay(this.attempt - 1, this.opts.backoff, this.opts.random));
     this.setState('reconnecting');
     this.emit('reconnecting', { attempt: this.attempt, delayMs, at: Date.now() + delayMs });
     clearTimeout(this.reconnectTimer);

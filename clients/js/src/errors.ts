@@ -78,6 +78,7 @@ export const CloseCodes = {
   connectionLimit: 4002,
   writeTimeout: 4003,
   rateLimited: 4004,
+  rotated: 4005,
   tokenExpired: 4010,
   authTimeout: 4011,
   tooManyViolations: 4500,

@@ -287,6 +287,10 @@ impl Driver {
                 break format!("gave up after {attempt} attempts: {}", d.reason);
             }
             let mut delay = self.cfg.backoff.delay(attempt - 1, &mut rand::rng());
+            // Rotation (4005): the server asks for a new connection now; the session waits.
+            if d.code == herald_proto::CloseCode::Rotate.code() {
+                delay = Duration::ZERO;
+            }
             if let Some(after) = d.after {
                 delay = delay.max(after);
             }

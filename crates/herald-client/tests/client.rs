@@ -740,3 +740,96 @@ async fn over_http_an_idle_session_lives_and_a_restart_is_recovered() {
     c.close().await;
     stop(srv2).await;
 }
+
+/// Issue 16: connections rotated every ~second (`connection.max_lifetime`): the client resumes
+/// each time at once, its application gets every publication exactly once and in order, and a
+/// watcher on the channel sees no leave/join of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_connections_lose_nothing_repeat_nothing_and_do_not_flap_presence() {
+    let node = node();
+    let conn = ConnectionConfig {
+        max_lifetime: Duration::from_millis(1_000),
+        ping_interval: Duration::from_millis(100),
+        ..conn_config()
+    };
+    let server = ServerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        ..Default::default()
+    };
+    let s = Server::bind(server, conn, TlsConfig::default(), node.clone())
+        .await
+        .expect("bind");
+    let addr = s.local_addr().expect("addr");
+    let handle = s.handle();
+    tokio::spawn(s.run());
+    let (watcher, mut wev) = Client::connect(config(addr));
+    until_event(&mut wev, "watcher connected", is_connected).await;
+    watcher.subscribe("room").await.expect("watcher subscribe");
+    let (sub, mut ev) = Client::connect(config(addr));
+    until_event(&mut ev, "connected", is_connected).await;
+    sub.subscribe("room").await.expect("subscribe");
+    let Event::Join { who, .. } =
+        until_event(&mut wev, "the join", |e| matches!(e, Event::Join { .. })).await
+    else {
+        unreachable!()
+    };
+    let sub_id = who["client_id"].clone();
+    // Publish for ~4 s (four rotations of each connection) from the server side.
+    const N: u64 = 200;
+    let publisher = tokio::spawn(async move {
+        for n in 1..=N {
+            let data = Data::json(&n.to_string()).expect("json");
+            node.publish("room", data, None, None)
+                .await
+                .expect("publish");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let mut resumed = 0;
+    while got.len() < N as usize {
+        match until_event(&mut ev, "the next message", |e| {
+            matches!(
+                e,
+                Event::Message(_)
+                    | Event::Gap { .. }
+                    | Event::State(State::Connected { .. } | State::Disconnected { .. })
+            )
+        })
+        .await
+        {
+            Event::Message(m) => got.push(m.data.as_u64().expect("n")),
+            Event::State(State::Connected { resumed: r, .. }) => {
+                assert!(r, "a rotation must resume the session");
+                resumed += 1;
+            }
+            Event::State(State::Disconnected { code, .. }) => {
+                assert_eq!(code, 4005, "only rotations end connections here")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publisher.await.expect("publisher");
+    assert_eq!(
+        got,
+        (1..=N).collect::<Vec<_>>(),
+        "every publication once, in order"
+    );
+    assert!(
+        resumed >= 2,
+        "only {resumed} rotations in 4 s of 1 s lifetimes"
+    );
+    // The watcher (rotated too) saw the subscriber neither leave nor join again.
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::ZERO, wev.next()).await {
+        if let Event::Join { who, .. } | Event::Leave { who, .. } = &e {
+            assert_ne!(who["client_id"], sub_id, "presence flapped: {e:?}");
+        }
+    }
+    let presence = watcher.presence("room").await.expect("presence");
+    assert_eq!(
+        presence["clients"].as_array().map(Vec::len),
+        Some(2),
+        "{presence}"
+    );
+    handle.shutdown();
+}

@@ -172,6 +172,9 @@ pub enum CloseCode {
     WriteTimeout,
     /// 4004: the connection kept exceeding its command rate limit.
     RateLimited,
+    /// 4005: the connection reached `connection.max_lifetime`: reconnect at once and `resume`
+    /// (the session waits, as after a dropped socket).
+    Rotate,
     /// 4010: the connection token expired without a `refresh`; reconnect with a fresh token.
     TokenExpired,
     /// 4011: no successful `auth` within `auth_timeout` after the upgrade.
@@ -204,6 +207,7 @@ impl CloseCode {
             CloseCode::ConnectionLimit => 4002,
             CloseCode::WriteTimeout => 4003,
             CloseCode::RateLimited => 4004,
+            CloseCode::Rotate => 4005,
             CloseCode::TokenExpired => 4010,
             CloseCode::AuthTimeout => 4011,
             CloseCode::AuthFailed => 4502,
@@ -234,6 +238,7 @@ impl CloseCode {
             CloseCode::ConnectionLimit => "connection limit reached",
             CloseCode::WriteTimeout => "write timeout",
             CloseCode::RateLimited => "rate limit exceeded",
+            CloseCode::Rotate => "connection rotated: resume now",
             CloseCode::TokenExpired => "token expired",
             CloseCode::AuthTimeout => "authentication timeout",
             CloseCode::AuthFailed => "authentication failed",
@@ -256,6 +261,7 @@ mod tests {
             CloseCode::ConnectionLimit,
             CloseCode::WriteTimeout,
             CloseCode::RateLimited,
+            CloseCode::Rotate,
             CloseCode::TokenExpired,
             CloseCode::AuthTimeout,
             CloseCode::AuthFailed,

@@ -87,6 +87,14 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionConfig {
+    /// Rotate connections that lived this long (0 = never): each gets a lifetime up to 10 %
+    /// shorter (jitter, so connections made together do not all rotate together), then the
+    /// `disconnect` advisory and close 4005; its session waits for `resume` like after a dropped
+    /// socket, so the client resumes on a new connection with nothing lost or repeated and no
+    /// `leave`/`join`. Checked when the heartbeat wheel visits the connection (up to one
+    /// `ping_interval` late). WebSocket connections only.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
     /// Interval of server WebSocket pings.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -111,6 +119,7 @@ pub struct ConnectionConfig {
 impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
+            max_lifetime: Duration::ZERO,
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),

@@ -23,6 +23,8 @@ const PING: u8 = 1;
 const TIMED_OUT: u8 = 2;
 /// Flag: the server is shutting down.
 const STOP: u8 = 4;
+/// Flag: the connection reached its lifetime, close with 4005.
+const ROTATE: u8 = 8;
 
 /// One connection's heartbeat state, shared with the sweep.
 #[derive(Default)]
@@ -31,6 +33,8 @@ pub struct Beat {
     last_seen: AtomicU64,
     /// When the outstanding ping was stamped (wheel clock + 1; 0 = none outstanding).
     ping_at: AtomicU64,
+    /// When the connection is rotated (wheel clock; 0 = never, or done).
+    rotate_at: AtomicU64,
     flags: AtomicU8,
     waker: AtomicWaker,
 }
@@ -44,6 +48,8 @@ pub struct Asked {
     pub timed_out: bool,
     /// Close with 1001 (shutdown).
     pub stop: bool,
+    /// Close with 4005: the connection reached `max_lifetime`.
+    pub rotate: bool,
 }
 
 impl Beat {
@@ -59,6 +65,7 @@ impl Beat {
             ping: f & PING != 0,
             timed_out: f & TIMED_OUT != 0,
             stop: f & STOP != 0,
+            rotate: f & ROTATE != 0,
         }
     }
 
@@ -115,10 +122,18 @@ impl Heartbeats {
     }
 
     /// Register a new connection. It joins the bucket swept last, so its first ping comes one
-    /// `ping_interval` after it joined (less at most one tick), like every later one.
-    pub fn join(&self) -> Arc<Beat> {
+    /// `ping_interval` after it joined (less at most one tick), like every later one. With a
+    /// `lifetime` (not zero) it is asked to rotate once a random 90–100 % of it has passed.
+    pub fn join(&self, lifetime: Duration) -> Arc<Beat> {
         let beat = Arc::new(Beat::default());
-        beat.last_seen.store(self.now(), Ordering::Relaxed);
+        let now = self.now();
+        beat.last_seen.store(now, Ordering::Relaxed);
+        if !lifetime.is_zero() {
+            let ms = lifetime.as_millis() as u64;
+            let jitter = rand::random::<u64>() % (ms / 10 + 1);
+            beat.rotate_at
+                .store(now + (ms - jitter).max(1), Ordering::Relaxed);
+        }
         let n = self.buckets.len() as u64;
         let i = (self.turn.load(Ordering::Acquire) + n - 1) % n;
         if let Ok(mut b) = self.buckets[i as usize].lock() {
@@ -145,6 +160,11 @@ impl Heartbeats {
             if stop {
                 beat.ask(STOP);
                 return true;
+            }
+            let rotate_at = beat.rotate_at.load(Ordering::Relaxed);
+            if rotate_at != 0 && now >= rotate_at {
+                beat.rotate_at.store(0, Ordering::Relaxed);
+                beat.ask(ROTATE);
             }
             if beat.answered() {
                 if ping {
@@ -248,8 +268,8 @@ mod tests {
     #[test]
     fn a_silent_connection_times_out_and_an_answering_one_is_pinged_again() {
         let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
-        let quiet = wheel.join();
-        let alive = wheel.join();
+        let quiet = wheel.join(Duration::ZERO);
+        let alive = wheel.join(Duration::ZERO);
         let (bq, ba) = (bucket_of(&wheel, &quiet), bucket_of(&wheel, &alive));
         wheel.sweep(bq, true, false, 1000);
         wheel.sweep(ba, true, false, 1000);
@@ -276,7 +296,7 @@ mod tests {
         for _ in 0..3 {
             wheel.tick(0);
         }
-        let beat = wheel.join();
+        let beat = wheel.join(Duration::ZERO);
         for t in 1..n {
             wheel.tick(0);
             assert!(!beat.take().ping, "pinged {t} ticks after joining, of {n}");
@@ -285,10 +305,34 @@ mod tests {
         assert!(beat.take().ping, "pinged one interval after joining");
     }
 
+    /// Issue 16: `max_lifetime` asks a connection to rotate once, within 90–100 % of it, and a
+    /// connection without one never.
+    #[test]
+    fn a_connection_is_rotated_once_within_its_jittered_lifetime() {
+        let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
+        for _ in 0..50 {
+            let joined = wheel.now();
+            let beat = wheel.join(Duration::from_millis(10_000));
+            let forever = wheel.join(Duration::ZERO);
+            let (b, f) = (bucket_of(&wheel, &beat), bucket_of(&wheel, &forever));
+            // Keep both answering so that only rotation can be asked.
+            beat.last_seen.store(u64::MAX / 2, Ordering::Release);
+            forever.last_seen.store(u64::MAX / 2, Ordering::Release);
+            wheel.sweep(b, false, false, joined + 8_999);
+            assert!(!beat.take().rotate, "rotated before 90 % of its lifetime");
+            wheel.sweep(b, false, false, joined + 10_001);
+            assert!(beat.take().rotate, "not rotated after its lifetime");
+            wheel.sweep(b, false, false, joined + 20_000);
+            wheel.sweep(f, false, false, joined + 20_000);
+            assert!(!beat.take().rotate, "rotated twice");
+            assert!(!forever.take().rotate, "rotated without a lifetime");
+        }
+    }
+
     #[test]
     fn a_pong_in_the_pings_millisecond_counts() {
         let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
-        let beat = wheel.join();
+        let beat = wheel.join(Duration::ZERO);
         wheel.sweep(bucket_of(&wheel, &beat), true, false, 500);
         beat.last_seen.store(500, Ordering::Release);
         assert!(beat.answered());
@@ -299,8 +343,8 @@ mod tests {
     #[test]
     fn closed_connections_leave_their_bucket_and_stop_reaches_everyone() {
         let wheel = Heartbeats::new(Duration::from_millis(100), Duration::from_millis(50));
-        let kept = wheel.join();
-        drop(wheel.join());
+        let kept = wheel.join(Duration::ZERO);
+        drop(wheel.join(Duration::ZERO));
         for i in 0..wheel.buckets.len() {
             wheel.sweep(i, false, true, 0);
         }

@@ -143,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         Link {
             reader,
             outlet,
-            beat: wheel.join(),
+            beat: wheel.join(settings.conn.max_lifetime),
             wheel,
             settings,
             frames: Vec::new(),
@@ -305,6 +305,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return Poll::Ready(());
         }
         self.ping_owed |= asked.ping;
+        // Rotation: close 4005 once the batch being written is done (the next batch is not
+        // taken, so what is queued stays with the session for its `resume`).
+        if asked.rotate && !self.stopping && self.close.is_none() {
+            self.close = Some(CloseCode::Rotate);
+        }
         if asked.stop && !self.stopping {
             self.stopping = true;
             self.timer = None;

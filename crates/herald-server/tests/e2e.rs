@@ -617,3 +617,69 @@ async fn connections_over_the_node_limit_are_closed_with_4002() {
     })
     .await;
 }
+
+/// Issue 16: with `connection.max_lifetime` a connection is rotated (advisory + close 4005)
+/// within 90–100 % of its lifetime; its session waits, so a `resume` on a new connection gets
+/// what was published meanwhile, once, and the session never ended (no `disconnect` or
+/// `unsubscribe` event, hence no `leave`; the Rust client's test watches for leave/join).
+#[tokio::test]
+async fn a_rotated_connection_resumes_with_nothing_lost_and_no_leave() {
+    let s = start(Setup {
+        conn: herald_server::ConnectionConfig {
+            max_lifetime: Duration::from_millis(1_000),
+            ping_interval: Duration::from_millis(100),
+            ..herald_server::ConnectionConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let node = s.handle.node().clone();
+    let publish = |n: u32| {
+        let node = node.clone();
+        async move {
+            let data = herald_proto::Data::json(&n.to_string()).expect("json");
+            node.publish("chat:lobby", data, None, None)
+                .await
+                .expect("publish");
+        }
+    };
+    let mut a = Client::connect(&s).await;
+    let opened = std::time::Instant::now();
+    a.subscribe("chat:lobby").await;
+    let a_id = a.welcome["client_id"].clone();
+    let token = a.welcome["resume_token"].clone();
+    publish(1).await;
+    assert_eq!(a.next_message().await["data"], 1);
+    let (advisory, _) = a.closed_with(4005).await;
+    let lived = opened.elapsed();
+    assert_eq!(advisory["reconnect"], true, "{advisory}");
+    assert!(
+        lived >= Duration::from_millis(850),
+        "rotated after {lived:?}, before 90 % of the lifetime"
+    );
+    until("session to wait for resume", || {
+        s.handle.node().waiting_sessions() == 1
+    })
+    .await;
+    publish(2).await;
+    let mut a = Client::connect(&s).await;
+    let (r, _) = a.call("resume", json!({"token": token})).await;
+    assert_eq!(r["payload"]["client_id"], a_id, "{r}");
+    assert_eq!(r["payload"]["buffered"], 1, "{r}");
+    assert_eq!(a.next_message().await["data"], 2);
+    publish(3).await;
+    assert_eq!(a.next_message().await["data"], 3);
+    let (events, _) = s.handle.node().events().since(0, 1000);
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e.client_id.as_deref() == a_id.as_str())
+        .filter(|e| {
+            matches!(
+                e.kind,
+                herald_core::journal::EventKind::Disconnect
+                    | herald_core::journal::EventKind::Unsubscribe
+            )
+        })
+        .collect();
+    assert!(ended.is_empty(), "the rotated session ended: {ended:?}");
+}

@@ -6,9 +6,11 @@ mod support;
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A masked client frame (`first` = FIN/RSV/opcode byte).
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
@@ -395,15 +397,25 @@ async fn held_open_handshakes_are_capped_per_ip_with_503() {
 #[tokio::test]
 async fn unknown_commands_are_rate_limited_and_cannot_flood_the_dead_letters() {
     let mut setup = Setup::default();
-    setup.engine.limits = herald_core::LimitsConfig::default();
+    // The default burst and close-after, with a refill slow enough that a busy machine cannot
+    // break the run of rate-limited commands (at 100/s, one command every 10 ms is allowed
+    // again and the run of `rate_limited_close_after` starts over: CI saw no close in 10 s).
+    setup.engine.limits = herald_core::LimitsConfig {
+        commands_per_second: 1,
+        ..herald_core::LimitsConfig::default()
+    };
     let server = start(setup).await;
     let node = server.handle.node().clone();
     let before = node.dead_letters().list(usize::MAX).len();
     let mut c = Client::connect(&server).await;
+    // All in one write, so that they arrive together.
     for i in 0..400 {
-        c.send(serde_json::json!({"type": "no_such_command", "id": i.to_string()}))
-            .await;
+        let m = serde_json::json!({"type": "no_such_command", "id": i.to_string()});
+        c.ws.feed(Message::Text(m.to_string().into()))
+            .await
+            .expect("feed");
     }
+    c.ws.flush().await.expect("flush");
     let (frames, code) = c.until_close().await;
     assert_eq!(code, Some(4004), "closed for its rate: {:?}", frames.last());
     let errors = |code: &str| {

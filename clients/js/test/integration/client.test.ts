@@ -2,7 +2,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import * as msgpack from '@msgpack/msgpack';
 import { HeraldError, msgpackCodec, type Message } from '../../src/index.js';
-import { cleanup, client, connected, freePort, runCleanup, server, token, until } from './herald.js';
+import { cleanup, client, connected, freePort, runCleanup, server, startHerald, token, until } from './herald.js';
 
 afterEach(runCleanup);
 
@@ -148,5 +148,57 @@ describe('against a real herald server', () => {
     await sub.ready();
     expect(c.state).toBe('connected');
     expect(asked).toBe(2);
+  });
+});
+
+describe('connection rotation (connection.max_lifetime)', () => {
+  it('reconnects at once after 4005 and resumes: every message once, in order, no presence flap', async () => {
+    const h = await startHerald({
+      env: { HERALD_CONNECTION__MAX_LIFETIME: '1s', HERALD_CONNECTION__PING_INTERVAL: '100ms' },
+    });
+    cleanup.push(() => h.kill());
+    const watcher = client(h.wsUrl, { token: () => token('watcher') });
+    await connected(watcher);
+    const wsub = watcher.subscribe<number>('rot:room');
+    await wsub.ready();
+    const flaps: [string, unknown][] = [];
+    wsub.on('join', (j) => flaps.push(['join', j]));
+    wsub.on('leave', (l) => flaps.push(['leave', l]));
+    const reader = client(h.wsUrl, { token: () => token('reader') }, { minDelayMs: 2_000, maxDelayMs: 3_000 });
+    await connected(reader);
+    const sub = reader.subscribe<number>('rot:room');
+    await sub.ready();
+    await until("the reader's join", () => flaps.length === 1);
+    const got: number[] = [];
+    const gaps: unknown[] = [];
+    sub.on('message', (m: Message<number>) => got.push(m.data));
+    sub.on('gap', (g) => gaps.push(g));
+    const downs: number[] = [];
+    const ups: { resumed: boolean; after: number }[] = [];
+    let downAt = 0;
+    reader.on('disconnected', (d) => {
+      downs.push(d.code);
+      downAt = Date.now();
+    });
+    reader.on('connected', (i) => ups.push({ resumed: i.resumed, after: Date.now() - downAt }));
+    const writer = client(h.wsUrl);
+    await connected(writer);
+    for (let i = 1; i <= 120; i++) {
+      await writer.publish('rot:room', i);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    await until('120 messages', () => got.length >= 120);
+    expect(got).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
+    expect(gaps).toEqual([]);
+    expect(downs.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(downs)).toEqual(new Set([4005]));
+    // Resumed every time, and at once: the reader's backoff (2–3 s) was not waited.
+    expect(ups.length).toBe(downs.length);
+    for (const u of ups) {
+      expect(u.resumed).toBe(true);
+      expect(u.after).toBeLessThan(1_500);
+    }
+    // Only the first join: no leave, no join again, through every rotation of both.
+    expect(flaps.map(([kind]) => kind)).toEqual(['join']);
   });
 });

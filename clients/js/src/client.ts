@@ -606,7 +606,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.generation++;
     // An attempt that failed before `connected` (a refused upgrade, a proxy, a timeout): the
     // next one tries the next transport.
-    if (!this.reached && this.transports.length > 1) this.transportIndex = (this.transportIndex + 1) % this.transports.length;
+    // A 1013 refusal (the node is busy: reconnect storm control) is no sign of a blocked
+    // transport: the same one is tried again after the hint.
+    if (!this.reached && this.transports.length > 1 && code !== CloseCodes.tryAgainLater) {
+      this.transportIndex = (this.transportIndex + 1) % this.transports.length;
+    }
     clearTimeout(this.connectTimer);
     clearTimeout(this.watchdog);
     clearTimeout(this.probeTimer);
@@ -614,8 +618,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     if (this.state === 'closed') return;
     const advisory = this.advisory;
     this.advisory = undefined;
-    // Only a dropped socket or a 1011/4000/4003/4005 close leaves the session resumable (§8).
-    if (![1005, 1006, 1011, 4000, 4003, CloseCodes.rotated].includes(code)) this.resumeToken = undefined;
+    // Only a dropped socket or a 1011/4000/4003/4005 close leaves the session resumable, and a
+    // 1013 refusal does not touch it (§8).
+    if (![1005, 1006, 1011, CloseCodes.tryAgainLater, 4000, 4003, CloseCodes.rotated].includes(code)) this.resumeToken = undefined;
     const reconnect = advisory ? advisory.reconnect : shouldReconnect(code);
     this.emit('disconnected', { code, reason, reconnect });
     for (const sub of this.subs.values()) if (sub.state === 'subscribed') sub.state = 'pending';

@@ -73,6 +73,7 @@ export const CloseCodes = {
   policyViolation: 1008,
   messageTooBig: 1009,
   internalError: 1011,
+  tryAgainLater: 1013,
   heartbeatTimeout: 4000,
   slowConsumer: 4001,
   connectionLimit: 4002,

@@ -30,9 +30,14 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const GIVE_UP_CLOSE: Duration = Duration::from_millis(500);
 
 /// Why connecting failed.
+#[derive(Default)]
 struct ConnectFailure {
     message: String,
     terminal: bool,
+    /// The close code, when the server closed the connection before `connected`.
+    code: Option<u16>,
+    /// The `reconnect_after_ms` of its `disconnect` advisory (1013: the node is busy).
+    after: Option<Duration>,
 }
 
 /// How one connection ended.
@@ -194,23 +199,28 @@ fn describe(e: &WsError) -> ConnectFailure {
             ConnectFailure {
                 message: format!("HTTP {status} {what}{detail}"),
                 terminal: matches!(status, 400 | 403),
+                ..Default::default()
             }
         }
         WsError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => ConnectFailure {
             message: "connection refused (is the server running?)".into(),
             terminal: false,
+            ..Default::default()
         },
         WsError::Tls(t) => ConnectFailure {
             message: format!("TLS: {t}"),
             terminal: false,
+            ..Default::default()
         },
         WsError::Url(u) => ConnectFailure {
             message: format!("bad URL: {u}"),
             terminal: true,
+            ..Default::default()
         },
         other => ConnectFailure {
             message: other.to_string(),
             terminal: false,
+            ..Default::default()
         },
     }
 }
@@ -261,7 +271,13 @@ impl Driver {
                     attempt = 0;
                     self.connected(link, info).await
                 }
-                Err(f) => Ended::Link(self.state.lost(&f.message, !f.terminal)),
+                Err(f) => {
+                    let mut d = self.state.lost(&f.message, !f.terminal);
+                    // Closed before `connected` (1013: the node is busy): its code and hint.
+                    d.code = f.code.unwrap_or(d.code);
+                    d.after = f.after;
+                    Ended::Link(d)
+                }
             };
             let d = match ended {
                 Ended::Closed(done) => {
@@ -339,6 +355,7 @@ impl Driver {
         let token = self.token().await.map_err(|e| ConnectFailure {
             message: format!("token callback failed: {e}"),
             terminal: false,
+            ..Default::default()
         })?;
         if let crate::config::Transport::Http(style) = self.cfg.transport {
             let timeout = self.cfg.connect_timeout;
@@ -347,6 +364,7 @@ impl Driver {
                 Err(_) => Err(ConnectFailure {
                     message: format!("connect timed out after {timeout:?}"),
                     terminal: false,
+                    ..Default::default()
                 }),
             };
         }
@@ -362,6 +380,7 @@ impl Driver {
             v.parse().map_err(|_| ConnectFailure {
                 message: "a header value has invalid characters".into(),
                 terminal: true,
+                ..Default::default()
             })
         };
         if let Some(t) = &token {
@@ -382,6 +401,7 @@ impl Driver {
                 k.parse().map_err(|_| ConnectFailure {
                     message: format!("bad header name {k:?}"),
                     terminal: true,
+                    ..Default::default()
                 })?;
             h.insert(name, header(v.clone())?);
         }
@@ -401,12 +421,16 @@ impl Driver {
                     .await
                     .map_err(|e| describe(&e))?;
             }
+            let mut hint = None;
             loop {
                 match ws.next().await {
                     Some(Ok(WsMessage::Text(t))) => {
                         match ServerMessage::decode(Format::Json, t.as_bytes()) {
                             Ok(ServerMessage::Connected { info, .. }) => {
                                 return Ok((Link::Ws(Box::new(ws)), info));
+                            }
+                            Ok(ServerMessage::Disconnect(d)) => {
+                                hint = d.reconnect_after_ms.map(Duration::from_millis);
                             }
                             Ok(ServerMessage::Error {
                                 error, code_name, ..
@@ -417,6 +441,7 @@ impl Driver {
                                         code_name, error.message
                                     ),
                                     terminal: matches!(self.cfg.token, TokenSource::Static(_)),
+                                    ..Default::default()
                                 });
                             }
                             Ok(_) => continue,
@@ -424,6 +449,7 @@ impl Driver {
                                 return Err(ConnectFailure {
                                     message: format!("bad first frame: {e}"),
                                     terminal: false,
+                                    ..Default::default()
                                 });
                             }
                         }
@@ -437,6 +463,8 @@ impl Driver {
                                     .unwrap_or_default()
                             ),
                             terminal: !herald_proto::codes::reconnect_after_close(code),
+                            code: Some(code),
+                            after: hint,
                         });
                     }
                     Some(Ok(_)) => continue,
@@ -445,6 +473,7 @@ impl Driver {
                         return Err(ConnectFailure {
                             message: "connection closed during connect".into(),
                             terminal: false,
+                            ..Default::default()
                         });
                     }
                 }
@@ -455,6 +484,7 @@ impl Driver {
             Err(_) => Err(ConnectFailure {
                 message: format!("connect timed out after {timeout:?}"),
                 terminal: false,
+                ..Default::default()
             }),
         }
     }
@@ -469,6 +499,7 @@ impl Driver {
             crate::http::Base::from_ws_url(&self.cfg.url).map_err(|message| ConnectFailure {
                 message,
                 terminal: true,
+                ..Default::default()
             })?;
         let mut headers = self.cfg.headers.clone();
         let mut commands = Vec::new();
@@ -494,6 +525,7 @@ impl Driver {
             .map_err(|f| ConnectFailure {
                 terminal: f.auth && matches!(self.cfg.token, TokenSource::Static(_)),
                 message: f.message,
+                ..Default::default()
             })?;
         loop {
             match link.next().await {
@@ -507,6 +539,7 @@ impl Driver {
                             return Err(ConnectFailure {
                                 message: format!("bad first message: {e}"),
                                 terminal: false,
+                                ..Default::default()
                             });
                         }
                     }
@@ -516,6 +549,7 @@ impl Driver {
                     return Err(ConnectFailure {
                         message: format!("closed during connect: {why}"),
                         terminal: false,
+                        ..Default::default()
                     });
                 }
             }

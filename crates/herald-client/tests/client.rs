@@ -833,3 +833,69 @@ async fn rotated_connections_lose_nothing_repeat_nothing_and_do_not_flap_presenc
     );
     handle.shutdown();
 }
+
+/// Issue 16, reconnect storms: clients cut at once come back against `limits.connect_per_second`;
+/// the excess is refused with 1013 and a retry hint, which the client waits (its own backoff
+/// here is 20–200 ms), keeping its session: every one resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_admitted_at_the_node_rate_and_every_client_resumes() {
+    const N: usize = 4;
+    let engine = EngineConfig {
+        default_namespace: Some(NamespaceOptions::dev()),
+        limits: LimitsConfig {
+            connect_per_second: 1,
+            connect_burst: N as u32,
+            connect_retry_jitter: Duration::from_secs(2),
+            ..LimitsConfig::unlimited()
+        },
+        ..Default::default()
+    };
+    let verifier = Arc::new(Verifier::from_config(&engine.auth).expect("auth"));
+    let node = Node::new(
+        engine,
+        Arc::new(MemoryBroker::new()),
+        Arc::new(MemoryPresence::new()),
+        Heartbeat {
+            ping_interval_ms: 500,
+            pong_timeout_ms: 500,
+        },
+        verifier,
+    );
+    let (addr, _srv) = serve(node, "127.0.0.1:0".parse().expect("addr")).await;
+    let proxy = Proxy::start(addr).await;
+    let mut clients = Vec::new();
+    for i in 0..N {
+        let (c, mut ev) = Client::connect(config(proxy.addr));
+        until_event(&mut ev, "connected", is_connected).await;
+        c.subscribe(&format!("storm:{i}")).await.expect("subscribe");
+        clients.push((c, ev));
+    }
+    proxy.freeze_down.store(true, Ordering::SeqCst);
+    proxy.freeze_up.store(true, Ordering::SeqCst);
+    proxy.cut();
+    let mut refused = 0;
+    for (_, ev) in &mut clients {
+        loop {
+            match until_event(ev, "the client back", |e| matches!(e, Event::State(_))).await {
+                Event::State(State::Connected { resumed, .. }) => {
+                    assert!(resumed, "the session was not resumed");
+                    break;
+                }
+                Event::State(State::Disconnected { code: 1013, .. }) => {
+                    refused += 1;
+                    let Event::State(State::Reconnecting { delay, .. }) =
+                        until_event(ev, "the retry", |e| matches!(e, Event::State(_))).await
+                    else {
+                        panic!("no retry after a refusal");
+                    };
+                    assert!(
+                        delay >= Duration::from_secs(1),
+                        "the hint was not waited: {delay:?}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(refused > 0, "{N} clients at 1/s were all admitted at once");
+}

@@ -195,6 +195,18 @@ pub struct LimitsConfig {
     pub connect_per_second_per_ip: u32,
     /// Burst of new connections per client IP.
     pub connect_burst_per_ip: u32,
+    /// New connections per second on this node, whoever makes them (0 = unlimited): reconnect
+    /// storm control. Beyond it a WebSocket is upgraded and closed at once with 1013 and a
+    /// `disconnect` advisory whose `reconnect_after_ms` is random in 1 s ..
+    /// `connect_retry_jitter`; an HTTP transport gets 503 with `Retry-After`. No token is
+    /// checked and no session made for it.
+    pub connect_per_second: u32,
+    /// Burst of the above (at least `connect_per_second`).
+    pub connect_burst: u32,
+    /// Upper bound of the random retry hint given to connections refused by
+    /// `connect_per_second` (at least 1 s).
+    #[serde(with = "humantime_serde")]
+    pub connect_retry_jitter: std::time::Duration,
     /// Open connections per client IP (HTTP 429 beyond).
     pub max_connections_per_ip: usize,
     /// Open connections per user (HTTP 429 at the handshake, or close 4002 after `auth`).
@@ -211,6 +223,9 @@ impl Default for LimitsConfig {
             publish_burst_per_user: 100,
             connect_per_second_per_ip: 20,
             connect_burst_per_ip: 100,
+            connect_per_second: 0,
+            connect_burst: 0,
+            connect_retry_jitter: std::time::Duration::from_secs(10),
             max_connections_per_ip: 1000,
             max_connections_per_user: 100,
         }
@@ -228,6 +243,9 @@ impl LimitsConfig {
             publish_burst_per_user: 0,
             connect_per_second_per_ip: 0,
             connect_burst_per_ip: 0,
+            connect_per_second: 0,
+            connect_burst: 0,
+            connect_retry_jitter: std::time::Duration::from_secs(10),
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
         }

@@ -162,6 +162,9 @@ pub enum CloseCode {
     MessageTooBig,
     /// 1011: unexpected server error.
     InternalError,
+    /// 1013: try again later: the node admits no more new connections right now
+    /// (`limits.connect_per_second`); reconnect after the advisory's `reconnect_after_ms`.
+    TryAgainLater,
     /// 4000: the connection missed its heartbeat (no pong within `pong_timeout`).
     HeartbeatTimeout,
     /// 4001: the client could not keep up; its outbound queue overflowed.
@@ -202,6 +205,7 @@ impl CloseCode {
             CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
+            CloseCode::TryAgainLater => 1013,
             CloseCode::HeartbeatTimeout => 4000,
             CloseCode::SlowConsumer => 4001,
             CloseCode::ConnectionLimit => 4002,
@@ -233,6 +237,7 @@ impl CloseCode {
             CloseCode::PolicyViolation => "policy violation",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
+            CloseCode::TryAgainLater => "server busy: try again later",
             CloseCode::HeartbeatTimeout => "heartbeat timeout",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::ConnectionLimit => "connection limit reached",
@@ -288,6 +293,7 @@ mod tests {
             (CloseCode::PolicyViolation, false),
             (CloseCode::MessageTooBig, false),
             (CloseCode::InternalError, true),
+            (CloseCode::TryAgainLater, true),
         ] {
             assert_eq!(c.reconnect(), reconnect, "{c:?}");
         }

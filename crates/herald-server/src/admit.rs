@@ -22,6 +22,49 @@ pub(crate) struct Admitted {
     pub held: Held,
 }
 
+/// Why a connection was not admitted.
+pub(crate) enum Refusal {
+    /// The node admits no more new connections this instant (`limits.connect_per_second`):
+    /// come back after this long (random, so refused clients spread out).
+    Busy(std::time::Duration),
+    /// Any other refusal: the HTTP answer.
+    Answer(Response),
+}
+
+impl From<Response> for Refusal {
+    fn from(r: Response) -> Self {
+        Refusal::Answer(r)
+    }
+}
+
+impl Refusal {
+    /// As an HTTP answer: `Busy` is `503 unavailable` with `Retry-After` (whole seconds).
+    pub(crate) fn into_response(self) -> Response {
+        match self {
+            Refusal::Answer(r) => r,
+            Refusal::Busy(after) => {
+                let mut r = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "too many new connections on this node: retry later",
+                );
+                let secs = after.as_millis().div_ceil(1000).max(1).to_string();
+                if let Ok(v) = HeaderValue::from_str(&secs) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                r
+            }
+        }
+    }
+}
+
+/// A random retry hint in 1 s ..= `max` (at least 1 s).
+pub(crate) fn retry_hint(max: std::time::Duration) -> std::time::Duration {
+    let lo = 1_000u64;
+    let hi = (max.as_millis() as u64).max(lo);
+    std::time::Duration::from_millis(lo + rand::random::<u64>() % (hi - lo + 1))
+}
+
 /// `429` with `Retry-After: 1`.
 pub(crate) fn too_many(message: &str) -> Response {
     let mut r = json_error(
@@ -68,13 +111,13 @@ pub(crate) async fn admit(
     headers: &HeaderMap,
     uri: &Uri,
     offer: &Offer,
-) -> Result<Admitted, Response> {
+) -> Result<Admitted, Refusal> {
     if app.shutdown.is_cancelled() {
-        return Err(json_error(
+        return Err(Refusal::Answer(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
             "shutting down",
-        ));
+        )));
     }
     let limits = &app.node.config().limits;
     let ip = handshake::client_ip(peer, headers, &app.server.trusted_proxies);
@@ -82,7 +125,12 @@ pub(crate) async fn admit(
         && !l.allow(&ip)
     {
         rejected("connect_rate");
-        return Err(too_many("too many new connections from this address"));
+        return Err(too_many("too many new connections from this address").into());
+    }
+    // After the per-IP rate, so that one address's excess does not use the node's budget.
+    if !app.accepts.take() {
+        rejected("node_connect_rate");
+        return Err(Refusal::Busy(retry_hint(limits.connect_retry_jitter)));
     }
     if !handshake::origin_allowed(
         headers,
@@ -94,11 +142,12 @@ pub(crate) async fn admit(
             StatusCode::FORBIDDEN,
             ErrorCode::PermissionDenied,
             "origin not allowed",
-        ));
+        )
+        .into());
     }
     let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
         rejected("ip_connections");
-        return Err(too_many("too many open connections from this address"));
+        return Err(too_many("too many open connections from this address").into());
     };
     let auth = &app.node.config().auth;
     let token = handshake::token(headers, uri, offer, auth);
@@ -118,7 +167,7 @@ pub(crate) async fn admit(
                         StatusCode::SERVICE_UNAVAILABLE
                     }
                 };
-                return Err(json_error(status, e.code, &e.message));
+                return Err(json_error(status, e.code, &e.message).into());
             }
         },
         _ => None,
@@ -132,13 +181,13 @@ pub(crate) async fn admit(
         token => match authenticated.unwrap_or_else(|| app.node.authenticate(token.as_deref())) {
             Ok(identity) => {
                 let Ok(slot) = user_slot(app, &identity).await else {
-                    return Err(user_limit());
+                    return Err(user_limit().into());
                 };
                 Handshake::Done(Box::new(identity), slot, channels)
             }
             Err(e) => {
                 rejected("auth");
-                return Err(json_error(StatusCode::UNAUTHORIZED, e.code, &e.message));
+                return Err(json_error(StatusCode::UNAUTHORIZED, e.code, &e.message).into());
             }
         },
     };

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admit::{Admitted, admit, rejected};
+use crate::admit::{Admitted, Refusal, admit, rejected};
 use crate::config::{ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
 use crate::handshake;
 use crate::state::json_error;
@@ -96,14 +96,21 @@ async fn ws_handler(
             "unsupported subprotocol: use herald.v1.json or herald.v1.msgpack",
         );
     }
-    let admitted = match admit(&app, peer, req.headers(), req.uri(), &offer).await {
-        Ok(a) => a,
-        Err(resp) => return resp,
-    };
-    let Admitted { ip, hs, held } = admitted;
     // The server answers with the format only, never echoing a token entry.
     let protocol = offer.format.map(Format::subprotocol);
     let format = offer.format.unwrap_or(Format::Json);
+    let admitted = match admit(&app, peer, req.headers(), req.uri(), &offer).await {
+        Ok(a) => a,
+        // Refused for the node's connect rate: upgraded and closed with 1013 and a retry hint,
+        // which browsers can read (a refused upgrade shows them nothing but 1006).
+        Err(Refusal::Busy(after)) => {
+            return upgrade(&app, &mut req, protocol, move |ws, app| {
+                crate::connection::serve_busy(ws, format, app, after)
+            });
+        }
+        Err(Refusal::Answer(resp)) => return resp,
+    };
+    let Admitted { ip, hs, held } = admitted;
     upgrade(&app, &mut req, protocol, move |ws, app| {
         crate::connection::serve(ws, format, app, ip, hs, held)
     })
@@ -299,6 +306,11 @@ impl ServerBuilder {
             echo_writes: AppState::writer_settings(&conn, &server, false),
             heartbeats,
             connect_limiter,
+            accepts: herald_core::limits::Allowance::new(
+                l.connect_per_second,
+                std::time::Duration::from_secs(1),
+                l.connect_burst,
+            ),
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
             started: std::time::Instant::now(),

@@ -25,6 +25,27 @@ use crate::writer::WriterEnd;
 
 type Io = TokioIo<Upgraded>;
 
+/// Refuse an upgraded `/ws` connection the node has no room for this instant
+/// (`limits.connect_per_second`): the `disconnect` advisory with the retry hint `after` and close
+/// 1013, then read off what the client still sends (its first commands), so that it sees the
+/// close code rather than a reset. No token is checked and no session made.
+pub async fn serve_busy(
+    ws: WebSocket<Io>,
+    format: Format,
+    app: Arc<AppState>,
+    after: std::time::Duration,
+) {
+    let mut reader = MessageReader::with_limits(ws.into_inner(), app.conn.read_limits());
+    let code = CloseCode::TryAgainLater;
+    metrics::counter!("herald_close_codes_total", "code" => code.code().to_string()).increment(1);
+    let frames = crate::writer::closing_frames_after(format, code, Some(after.as_millis() as u64));
+    if crate::preauth::send(reader.get_mut(), &frames, app.conn.write_timeout).await {
+        reader
+            .linger(LINGER, linger_limit(app.conn.max_message_size))
+            .await;
+    }
+}
+
 /// A connection past its setup: what its task holds while it lives.
 struct Conn {
     app: Arc<AppState>,

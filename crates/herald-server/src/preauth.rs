@@ -25,7 +25,11 @@ fn error_frame(format: Format, id: Option<&Id>, code: ErrorCode, message: &str) 
     .ok()
 }
 
-async fn send<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Bytes], timeout: Duration) -> bool {
+pub(crate) async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frames: &[Bytes],
+    timeout: Duration,
+) -> bool {
     let write = async {
         for f in frames {
             w.write_all(f).await?;

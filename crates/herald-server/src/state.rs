@@ -46,6 +46,8 @@ pub struct AppState {
     pub connections: AtomicUsize,
     /// New connections per client IP.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// New connections on this node (`limits.connect_per_second`; allows all when 0).
+    pub(crate) accepts: herald_core::limits::Allowance,
     /// Open connections per client IP.
     pub ip_slots: Arc<Slots<IpAddr>>,
     /// Open connections per user.

@@ -73,15 +73,21 @@ fn jitter(max: Duration) -> u64 {
 /// The `disconnect` advisory and the close frame for a server-initiated close. `jitter` bounds
 /// the random `reconnect_after_ms` hint sent with 1001.
 pub fn closing_frames(format: Format, code: CloseCode, jitter_max: Option<Duration>) -> Vec<Bytes> {
+    let after = match (code, jitter_max) {
+        (CloseCode::GoingAway, Some(max)) => Some(jitter(max)),
+        _ => None,
+    };
+    closing_frames_after(format, code, after)
+}
+
+/// The `disconnect` advisory (with `reconnect_after_ms` when given) and the close frame.
+pub fn closing_frames_after(format: Format, code: CloseCode, after_ms: Option<u64>) -> Vec<Bytes> {
     let mut frames = Vec::with_capacity(2);
     let d = Disconnect {
         code: code.code(),
         reason: code.reason().to_owned(),
         reconnect: code.reconnect(),
-        reconnect_after_ms: match (code, jitter_max) {
-            (CloseCode::GoingAway, Some(max)) => Some(jitter(max)),
-            _ => None,
-        },
+        reconnect_after_ms: after_ms,
     };
     if let Ok(b) = herald_proto::encode(format, herald_proto::ServerKind::Disconnect, None, &d) {
         frames.push(b);

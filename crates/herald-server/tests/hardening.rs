@@ -570,3 +570,95 @@ async fn connection_churn_from_one_ip_cannot_flush_the_dead_letters() {
         "dead letters kept: {kept} of 300"
     );
 }
+
+/// Issue 16, reconnect storms: beyond `limits.connect_per_second` (node-wide) a WebSocket is
+/// upgraded and closed with 1013 and an advisory whose `reconnect_after_ms` lies in 1 s ..
+/// `connect_retry_jitter` (no session is made), and an HTTP transport session gets 503 with
+/// `Retry-After`; once the bucket refills, connections are admitted again.
+#[tokio::test]
+async fn the_node_connect_rate_refuses_the_excess_with_a_retry_hint() {
+    let mut setup = Setup::default();
+    setup.engine.limits.connect_per_second = 1;
+    setup.engine.limits.connect_burst = 2;
+    setup.engine.limits.connect_retry_jitter = Duration::from_secs(4);
+    let server = start(setup).await;
+    let mut admitted = Vec::new();
+    let mut hints = Vec::new();
+    // Connections in a row: the first two take the burst, then refusals (the bucket refills one
+    // per second, so on a slow machine an attempt may be admitted in between: it is kept).
+    while hints.len() < 2 {
+        assert!(
+            admitted.len() < 10,
+            "no refusal after {} admissions",
+            admitted.len()
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(ws_request(&server))
+            .await
+            .expect("upgraded even when refused");
+        let mut c = Client::from_stream(ws);
+        let (frames, code) = c.until_close_or_welcome().await;
+        match code {
+            None => admitted.push(c),
+            Some(code) => {
+                assert_eq!(code, 1013, "{frames:?}");
+                let advisory = frames
+                    .iter()
+                    .find(|f| f["type"] == "disconnect")
+                    .expect("advisory");
+                assert_eq!(advisory["payload"]["code"], 1013, "{advisory}");
+                assert_eq!(advisory["payload"]["reconnect"], true, "{advisory}");
+                hints.push(
+                    advisory["payload"]["reconnect_after_ms"]
+                        .as_u64()
+                        .expect("hint"),
+                );
+            }
+        }
+    }
+    assert!(admitted.len() >= 2, "the burst admits two");
+    assert!(
+        hints.iter().all(|h| (1_000..=4_000).contains(h)),
+        "hints {hints:?}"
+    );
+    assert_eq!(
+        server.handle.connections(),
+        admitted.len(),
+        "sessions for refusals"
+    );
+    let body = b"[]";
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let head = format!(
+        "POST /http/poll HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    tcp.write_all(body).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    let retry: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Retry-After");
+    assert!((1..=4).contains(&retry), "Retry-After {retry}");
+    assert!(text.contains("\"unavailable\""), "{text}");
+    // A second later the bucket has a token again.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_request(&server))
+            .await
+            .expect("upgrade");
+        let mut c = Client::from_stream(ws);
+        let f = c.next().await;
+        if f["type"] == "connected" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never admitted again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,7 +1,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import * as msgpack from '@msgpack/msgpack';
-import { HeraldError, msgpackCodec, type Message } from '../../src/index.js';
+import { HeraldError, msgpackCodec, type HeraldClient, type Message } from '../../src/index.js';
 import { cleanup, client, connected, freePort, runCleanup, server, startHerald, token, until } from './herald.js';
 
 afterEach(runCleanup);
@@ -200,5 +200,44 @@ describe('connection rotation (connection.max_lifetime)', () => {
     }
     // Only the first join: no leave, no join again, through every rotation of both.
     expect(flaps.map(([kind]) => kind)).toEqual(['join']);
+  });
+});
+
+describe('reconnect storm control (limits.connect_per_second)', () => {
+  it('a client refused with 1013 waits the hint, stays on WebSocket and connects', async () => {
+    const h = await startHerald({
+      env: {
+        HERALD_LIMITS__CONNECT_PER_SECOND: '1',
+        HERALD_LIMITS__CONNECT_BURST: '1',
+        HERALD_LIMITS__CONNECT_RETRY_JITTER: '2s',
+      },
+    });
+    cleanup.push(() => h.kill());
+    const first = client(h.wsUrl, { token: () => token('first') });
+    await connected(first);
+    // Clients in a row until one is refused (the bucket refills one per second: on a slow
+    // machine one may be admitted in between).
+    let refused: HeraldClient | undefined;
+    const downs: number[] = [];
+    const delays: number[] = [];
+    for (let i = 0; i < 5 && !refused; i++) {
+      const c = client(h.wsUrl, { token: () => token(`c${i}`) });
+      const outcome = new Promise<'connected' | 'refused'>((res) => {
+        c.once('connected', () => res('connected'));
+        c.once('disconnected', (d) => {
+          downs.push(d.code);
+          res('refused');
+        });
+      });
+      c.once('reconnecting', (r) => delays.push(r.delayMs));
+      c.connect();
+      if ((await outcome) === 'refused') refused = c;
+    }
+    expect(refused).toBeDefined();
+    const second = refused as HeraldClient;
+    await until('the refused client to connect', () => second.state === 'connected');
+    expect(downs).toEqual([1013]);
+    expect(delays[0]).toBeGreaterThanOrEqual(1_000);
+    expect(second.transport).toBe('websocket');
   });
 });

@@ -270,10 +270,11 @@ impl ClientState {
     }
 
     /// The connection ended with a close frame (`code`, `reason`). Only a 1011, 4000, 4003 or
-    /// 4005 (rotation) close leaves the session resumable (protocol §8); after any other, the next
-    /// connection subscribes again with `recover` instead of trying a `resume` that must fail.
+    /// 4005 (rotation) close leaves the session resumable, and a 1013 refusal does not touch it
+    /// (protocol §8); after any other, the next connection subscribes again with `recover`
+    /// instead of trying a `resume` that must fail.
     pub(crate) fn closed(&mut self, code: u16, reason: &str) -> Disconnected {
-        if !matches!(code, 1005 | 1006 | 1011 | 4000 | 4003 | 4005) {
+        if !matches!(code, 1005 | 1006 | 1011 | 1013 | 4000 | 4003 | 4005) {
             self.resume_token = None;
         }
         let d = match self.advisory.take() {

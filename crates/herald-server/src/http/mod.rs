@@ -350,7 +350,7 @@ pub(crate) async fn start(
     let Admitted { ip, hs, mut held } =
         admit(app, peer, &parts.headers, &parts.uri, &Offer::default())
             .await
-            .map_err(Box::new)?;
+            .map_err(|r| Box::new(r.into_response()))?;
     let (identity, user_slot, channels, auth_id) = match hs {
         Handshake::Done(identity, slot, channels) => (*identity, slot, channels, None),
         Handshake::FirstMessage => {

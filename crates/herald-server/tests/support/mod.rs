@@ -249,6 +249,30 @@ impl Client {
         }
     }
 
+    /// Read until the `connected` welcome (then `None`: the connection was admitted) or the
+    /// close frame (its code); returns the frames read.
+    pub async fn until_close_or_welcome(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut frames = Vec::new();
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for the welcome or a close");
+            match m {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    let welcome = v["type"] == "connected";
+                    frames.push(v);
+                    if welcome {
+                        return (frames, None);
+                    }
+                }
+                Some(Ok(Message::Close(c))) => return (frames, c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => panic!("connection ended without a close frame: {frames:?}"),
+            }
+        }
+    }
+
     /// Read until the close frame, check its code, and return the payload of the `disconnect`
     /// advisory that must precede it (with the same code). Also returns the frames before it.
     pub async fn closed_with(&mut self, code: u16) -> (Value, Vec<Value>) {

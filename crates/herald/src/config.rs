@@ -10,8 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
 use herald_server::{
-    ChannelProxyConfig, ConnectionConfig, HttpConfig, RpcProxyConfig, ServerConfig, TlsConfig,
-    WebhookConfig,
+    AdminConfig, ChannelProxyConfig, ConnectionConfig, HttpConfig, RpcProxyConfig, ServerConfig,
+    TlsConfig, WebhookConfig,
 };
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,8 @@ pub struct Config {
     pub proxy: ChannelProxyConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
     /// `[engine]`.
     #[serde(rename = "engine")]
     pub backend: EngineSection,
@@ -114,6 +116,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             proxy: ChannelProxyConfig::default(),
             debug: DebugConfig::default(),
+            admin: AdminConfig::default(),
             backend: EngineSection::default(),
             redis: herald_redis::RedisConfig::default(),
             nats: herald_nats::NatsConfig::default(),
@@ -145,6 +148,9 @@ impl Config {
             shown.auth.hmac_secret = Some(redacted());
         }
         shown.auth.api_keys.iter_mut().for_each(|k| *k = redacted());
+        if shown.admin.secret.is_some() {
+            shown.admin.secret = Some(redacted());
+        }
         if shown.webhook.secret.is_some() {
             shown.webhook.secret = Some(redacted());
         }
@@ -303,6 +309,7 @@ fn validate(c: &Config) -> anyhow::Result<()> {
     c.connection.validate()?;
     c.tls.validate()?;
     c.http.validate(&c.server)?;
+    c.admin.validate()?;
     c.engine().validate()?;
     if c.backend.kind == EngineKind::Redis {
         c.redis.validate()?;

@@ -467,4 +467,32 @@ mod tests {
                 .is_some_and(|n| n.allow_publish && n.history_size == 100)
         );
     }
+
+    #[test]
+    fn admin_is_off_even_with_dev_and_on_with_a_secret() {
+        let dev = load(&Sources {
+            dev: true,
+            ..Default::default()
+        })
+        .expect("dev");
+        assert!(!dev.admin.enabled());
+        let on = file("[admin]\nsecret = \"admin-secret-0123456789\"\nmax_sessions = 4\n");
+        let c = load(&Sources {
+            file: Some(&on.0),
+            ..Default::default()
+        })
+        .expect("load");
+        assert!(c.admin.enabled());
+        assert_eq!(c.admin.max_sessions, 4);
+        let shown = c.to_toml().expect("toml");
+        assert!(!shown.contains("admin-secret-0123456789"), "{shown}");
+        assert!(!format!("{:?}", c.admin).contains("admin-secret"));
+        let short = file("[admin]\nsecret = \"short\"\n");
+        let e = load(&Sources {
+            file: Some(&short.0),
+            ..Default::default()
+        })
+        .expect_err("short secret");
+        assert!(format!("{e:#}").contains("admin.secret"), "{e:#}");
+    }
 }

@@ -219,7 +219,8 @@ function drawChart(id: string, series: { key: keyof Point; label: string }[], un
   }
   values.forEach((v, i) => {
     const pl = document.createElementNS(SVG, 'polyline');
-    pl.setAttribute('points', polyline(v, max, W, H, KEEP));
+    // Fill the width from the first minute on, then slide over the last 5 minutes.
+    pl.setAttribute('points', polyline(v, max, W, H, Math.min(KEEP, Math.max(60, pts.length))));
     pl.setAttribute('class', `s${i}`);
     svg.append(pl);
   });
@@ -267,13 +268,18 @@ function channelLink(name: string): HTMLAnchorElement {
   return a;
 }
 
+let searchSeq = 0;
+
 async function searchChannels(ev?: Event): Promise<void> {
   ev?.preventDefault();
   const prefix = $<HTMLInputElement>('channel-prefix').value;
+  const seq = ++searchSeq;
   try {
     const r = await api<{ channels: ChannelRow[]; total: number }>(
       `/admin/api/channels?prefix=${encodeURIComponent(prefix)}&limit=200`,
     );
+    // An older search answered late: keep the newer one's results.
+    if (seq !== searchSeq) return;
     rows($('channels-body'), r.channels.map((c) => [channelLink(c.channel), String(c.subscribers)]), 'no channels');
     say('channels-status', `${r.total} channel${r.total === 1 ? '' : 's'}${r.total > r.channels.length ? `, first ${r.channels.length} shown` : ''}`);
   } catch (e) {

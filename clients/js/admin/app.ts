@@ -90,6 +90,8 @@ function fail(id: string, e: unknown): void {
 
 function showLogin(message = ''): void {
   stopPolling();
+  if (channelTimer) clearInterval(channelTimer);
+  channelTimer = undefined;
   $('app').hidden = true;
   $('login').hidden = false;
   say('login-status', message, message ? 'bad' : '');
@@ -143,6 +145,13 @@ function route(): void {
   }
   if (view === 'overview') startPolling();
   else stopPolling();
+  if (channelTimer) clearInterval(channelTimer);
+  channelTimer = undefined;
+  if (view === 'channel' && arg) {
+    channelTimer = setInterval(() => {
+      if ($<HTMLInputElement>('channel-live').checked) void openChannel(decodeURIComponent(arg));
+    }, 2_000);
+  }
   if (view === 'channels') void searchChannels();
   if (view === 'channel' && arg) void openChannel(decodeURIComponent(arg));
   if (view === 'dead-letters') void loadDeadLetters();
@@ -293,6 +302,9 @@ interface ChannelDetail {
   presence_stats: { clients?: number; users?: number; error?: ApiErrorBody };
   history: { publications?: { offset: number; time?: number; data: unknown }[]; error?: ApiErrorBody };
 }
+
+/** Re-reads the open channel every 2 s while "Live" is checked (the live tail). */
+let channelTimer: ReturnType<typeof setInterval> | undefined;
 
 async function openChannel(name: string): Promise<void> {
   $('channel-title').textContent = name;

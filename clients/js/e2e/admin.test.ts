@@ -153,6 +153,9 @@ describe('admin UI in Chromium', () => {
     });
     await p.click('#channels-body a:text-is("room:ops")');
     await p.waitForSelector('#presence-body td:text-is("carol")');
+    // Live tail: a publication shows up in the history table without a click.
+    await carol.publish('room:ops', { n: 1 });
+    await p.waitForSelector('#history-body code:text-is(\'{"n":1}\')', { timeout: 10_000 });
     await shot(p, 'channel');
 
     // Connections: from the presence row to carol's session, then disconnect with confirmation.

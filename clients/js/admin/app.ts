@@ -349,6 +349,18 @@ interface SessionRow {
   user: string;
   client_id: string;
   live: boolean;
+  format?: string;
+  channels: string[];
+}
+
+function channelList(names: string[]): HTMLElement {
+  const span = el('span');
+  names.forEach((n, i) => {
+    if (i) span.append(', ');
+    span.append(channelLink(n));
+  });
+  if (!names.length) span.textContent = '–';
+  return span;
 }
 
 async function findConnections(ev?: Event): Promise<void> {
@@ -364,7 +376,13 @@ async function findConnections(ev?: Event): Promise<void> {
     const r = await api<{ node: string; sessions: SessionRow[] }>(`/admin/api/connections?${q}`);
     rows(
       $('conn-body'),
-      r.sessions.map((s) => [s.user, s.client_id, s.live ? 'connected' : 'waiting for resume', disconnectButton(s)]),
+      r.sessions.map((s) => [
+        s.user,
+        s.client_id,
+        s.live ? `connected (${(s.format ?? '').replace('herald.v1.', '')})` : 'waiting for resume',
+        channelList(s.channels),
+        disconnectButton(s),
+      ]),
       'no session on this node',
     );
     say('conn-status', `${r.sessions.length} session${r.sessions.length === 1 ? '' : 's'} on node ${r.node}`);

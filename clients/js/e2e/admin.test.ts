@@ -161,6 +161,7 @@ describe('admin UI in Chromium', () => {
     // Connections: from the presence row to carol's session, then disconnect with confirmation.
     await p.click('#presence-body button.link');
     await p.waitForSelector('#conn-body td:text-is("carol")');
+    expect(await p.textContent('#conn-body')).toContain('room:ops');
     await p.click('#conn-body button.danger');
     await p.waitForSelector('#confirm[open]');
     await shot(p, 'confirm-disconnect');

@@ -233,11 +233,16 @@ async fn disconnect_closes_the_client_with_4501() {
     let s = admin_server().await;
     let cookie = login(&s).await;
     let mut carol = connect_user(&s, "carol").await;
+    carol.subscribe("ops").await;
+    carol.subscribe("alerts").await;
     let a = get(&s, &cookie, "/admin/api/connections?user=carol").await;
     assert_eq!(a.status, 200, "{}", a.body);
     let sessions = a.body["sessions"].as_array().expect("sessions").clone();
     assert_eq!(sessions.len(), 1, "{}", a.body);
     assert_eq!(sessions[0]["user"], "carol");
+    assert_eq!(sessions[0]["live"], true);
+    assert_eq!(sessions[0]["format"], "herald.v1.json");
+    assert_eq!(sessions[0]["channels"], json!(["alerts", "ops"]));
     let client_id = sessions[0]["client_id"]
         .as_str()
         .expect("client id")

@@ -143,6 +143,9 @@ pub struct SessionInfo {
     pub client_id: String,
     /// Whether a connection is attached now (false: waiting for `resume`).
     pub live: bool,
+    /// The wire format (`herald.v1.json` or `herald.v1.msgpack`), while attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<&'static str>,
 }
 
 impl Node {
@@ -164,10 +167,14 @@ impl Node {
             .flat_map(|(u, list)| list.iter().map(move |r| (u, r)))
             .filter(|(_, r)| client_id.is_none_or(|c| &*r.client_id == c))
             .take(max)
-            .map(|(u, r)| SessionInfo {
-                user: u.clone(),
-                client_id: r.client_id.to_string(),
-                live: r.outlet.strong_count() > 0,
+            .map(|(u, r)| {
+                let outlet = r.outlet.upgrade();
+                SessionInfo {
+                    user: u.clone(),
+                    client_id: r.client_id.to_string(),
+                    live: outlet.is_some(),
+                    format: outlet.map(|o| o.format.subprotocol()),
+                }
             })
             .collect()
     }

@@ -154,7 +154,8 @@ pub struct ConnectionsQuery {
     client_id: Option<String>,
 }
 
-/// `GET /admin/api/connections`: this node's sessions of a user, or the one with a client id.
+/// `GET /admin/api/connections`: this node's sessions of a user, or the one with a client id,
+/// with their wire format and the channels they are subscribed to here.
 pub async fn connections(
     State(app): State<Arc<AppState>>,
     q: Result<Query<ConnectionsQuery>, QueryRejection>,
@@ -169,6 +170,17 @@ pub async fn connections(
         return bad("give `user` or `client_id`");
     }
     let sessions = app.node.sessions(user, client, MAX_SESSIONS);
+    let ids: Vec<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
+    let channels = app.node.hub().channels_of(&ids, MAX_CHANNELS);
+    let sessions: Vec<Value> = sessions
+        .iter()
+        .zip(channels)
+        .map(|(s, ch)| {
+            let mut v = json!(s);
+            v["channels"] = json!(ch);
+            v
+        })
+        .collect();
     Json(json!({"node": app.node.id(), "sessions": sessions})).into_response()
 }
 

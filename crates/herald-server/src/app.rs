@@ -313,7 +313,7 @@ impl ServerBuilder {
             connect_proxy,
             forward_headers,
             demo,
-            admin: crate::admin::Admin::new(admin, tls.is_some()),
+            admin: crate::admin_sessions::Admin::new(admin, tls.is_some()),
             tls,
             node,
             server,

@@ -13,6 +13,7 @@
 //! - [`http_sessions`]: the HTTP transport sessions a node holds, and relayed requests.
 //! - [`api`]: the HTTP server API for backends (API keys).
 //! - [`admin`]: the admin web UI and its API at `/admin` (`[admin]`).
+//! - [`admin_sessions`]: admin sessions and failed logins.
 //! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
 //! - [`proxy`]: the RPC proxy to the application backend.
@@ -24,6 +25,7 @@
 //! - [`metrics`]: the Prometheus recorder.
 
 pub mod admin;
+pub mod admin_sessions;
 mod admit;
 pub mod api;
 pub mod app;

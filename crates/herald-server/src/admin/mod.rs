@@ -1,7 +1,7 @@
 //! The admin web UI and its API at `/admin` (`[admin]`; off unless `admin.secret` is set).
 //!
 //! - [`auth`]: login, logout, the session cookie, the session and CSRF checks.
-//! - [`sessions`]: admin sessions (bounded, expiring) and failed logins per IP.
+//! - [`crate::admin_sessions`]: admin sessions (bounded, expiring) and failed logins per IP.
 //! - [`data`]: the admin API, running the server API's own functions.
 //! - [`stats`]: the overview's numbers from the Prometheus recorder.
 //! - [`assets`]: the page, built from `clients/js/admin`.
@@ -9,7 +9,6 @@
 pub mod assets;
 pub mod auth;
 pub mod data;
-pub mod sessions;
 pub mod stats;
 
 use std::sync::Arc;
@@ -17,37 +16,12 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-use crate::config::AdminConfig;
 use crate::state::AppState;
 
 /// Largest admin request body (the server API's limit).
 pub const MAX_BODY: usize = crate::api::MAX_BODY;
 
-/// The admin surface's state.
-pub struct Admin {
-    /// `[admin]`.
-    pub config: AdminConfig,
-    /// Logged-in sessions.
-    pub sessions: sessions::Sessions,
-    /// Failed logins per client IP.
-    pub failed: sessions::FailedLogins,
-    /// Whether cookies get `Secure` (TLS on).
-    pub secure: bool,
-}
-
-impl Admin {
-    /// `None` when `[admin]` is off.
-    pub fn new(config: AdminConfig, secure: bool) -> Option<Arc<Admin>> {
-        config.enabled().then(|| {
-            Arc::new(Admin {
-                sessions: sessions::Sessions::new(config.session_ttl, config.max_sessions),
-                failed: sessions::FailedLogins::new(config.max_failed_logins, config.login_window),
-                config,
-                secure,
-            })
-        })
-    }
-}
+pub use crate::admin_sessions::Admin;
 
 /// Every admin API route: method and path (documented in docs/openapi.json).
 pub const API_ROUTES: [(&str, &str); 8] = [

@@ -1,4 +1,5 @@
-//! Admin sessions kept server-side (bounded, with an expiry) and failed logins per client IP.
+//! The admin UI's state (`[admin]`): sessions kept server-side (bounded, with an expiry) and
+//! failed logins per client IP. The routes are in the `admin` module.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -6,6 +7,34 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+
+use crate::config::AdminConfig;
+
+/// The admin surface's state, when `[admin]` is on.
+pub struct Admin {
+    /// `[admin]`.
+    pub config: AdminConfig,
+    /// Logged-in sessions.
+    pub sessions: Sessions,
+    /// Failed logins per client IP.
+    pub failed: FailedLogins,
+    /// Whether cookies get `Secure` (TLS on).
+    pub secure: bool,
+}
+
+impl Admin {
+    /// `None` when `[admin]` is off.
+    pub fn new(config: AdminConfig, secure: bool) -> Option<std::sync::Arc<Admin>> {
+        config.enabled().then(|| {
+            std::sync::Arc::new(Admin {
+                sessions: Sessions::new(config.session_ttl, config.max_sessions),
+                failed: FailedLogins::new(config.max_failed_logins, config.login_window),
+                config,
+                secure,
+            })
+        })
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

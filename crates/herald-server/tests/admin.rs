@@ -390,3 +390,16 @@ async fn state_changing_requests_need_the_csrf_header_and_a_same_origin() {
     // The session survived the refused logout.
     assert_eq!(get(&s, &cookie, "/admin/api/overview").await.status, 200);
 }
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let s = admin_server().await;
+    let big_login = json!({"secret": "x".repeat(2048)}).to_string();
+    let a = send(&s, "POST", "/admin/login", &[CSRF], &big_login).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    let cookie = login(&s).await;
+    let big = json!({"channel": "news", "data": "x".repeat(70 * 1024)});
+    let a = post(&s, &cookie, "/admin/api/publish", big).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.body["code"], "too_large");
+}

@@ -381,7 +381,7 @@ async function findConnections(ev?: Event): Promise<void> {
         s.client_id,
         s.live ? `connected (${(s.format ?? '').replace('herald.v1.', '')})` : 'waiting for resume',
         channelList(s.channels),
-        disconnectButton(s),
+        actions(s),
       ]),
       'no session on this node',
     );
@@ -391,23 +391,49 @@ async function findConnections(ev?: Event): Promise<void> {
   }
 }
 
-function disconnectButton(s: SessionRow): HTMLButtonElement {
-  const b = el('button', 'Disconnect', 'danger');
-  b.type = 'button';
-  b.setAttribute('aria-label', `Disconnect ${s.client_id}`);
-  b.addEventListener('click', () => confirmDisconnect(s));
-  return b;
+function actions(s: SessionRow): HTMLElement {
+  const box = el('div', undefined, 'row');
+  const d = el('button', 'Disconnect', 'danger');
+  d.type = 'button';
+  d.setAttribute('aria-label', `Disconnect ${s.client_id}`);
+  d.addEventListener('click', () =>
+    confirmAction(
+      'Disconnect',
+      `Disconnect client ${s.client_id} of user ${s.user}? It is closed with code 4501 and told not to reconnect.`,
+      async () => {
+        const r = await api<{ disconnected: number }>('/admin/api/disconnect', { client_id: s.client_id });
+        return `Disconnected ${r.disconnected} session${r.disconnected === 1 ? '' : 's'}.`;
+      },
+    ),
+  );
+  const v = el('button', 'Revoke user', 'danger secondary-danger');
+  v.type = 'button';
+  v.setAttribute('aria-label', `Revoke every token of ${s.user}`);
+  v.addEventListener('click', () =>
+    confirmAction(
+      'Revoke',
+      `Revoke every token of user ${s.user} issued up to now (for 24 hours)? All their sessions are closed with code 4503 and those tokens are refused.`,
+      async () => {
+        const r = await api<{ closed: number }>('/admin/api/revoke', { user: s.user });
+        return `Revoked ${s.user}: closed ${r.closed} session${r.closed === 1 ? '' : 's'}.`;
+      },
+    ),
+  );
+  box.append(d, v);
+  return box;
 }
 
-function confirmDisconnect(s: SessionRow): void {
+/** Ask in a modal dialog; run `act` on confirmation and show what it returns. */
+function confirmAction(verb: string, text: string, act: () => Promise<string>): void {
   const dialog = $<HTMLDialogElement>('confirm');
-  $('confirm-text').textContent = `Disconnect client ${s.client_id} of user ${s.user}? It is closed with code 4501 and told not to reconnect.`;
+  $('confirm-title').textContent = `${verb}?`;
+  $('confirm-text').textContent = text;
+  $('confirm-yes').textContent = verb;
   dialog.returnValue = '';
   dialog.onclose = async () => {
     if (dialog.returnValue !== 'yes') return;
     try {
-      const r = await api<{ disconnected: number }>('/admin/api/disconnect', { client_id: s.client_id });
-      say('conn-status', `Disconnected ${r.disconnected} session${r.disconnected === 1 ? '' : 's'}.`, 'ok');
+      say('conn-status', await act(), 'ok');
     } catch (e) {
       fail('conn-status', e);
     }

@@ -139,6 +139,8 @@ describe('admin UI in Chromium', () => {
     daveSub.on('message', (m) => got.push(m.data));
     const closes: number[] = [];
     carol.on('disconnected', (d) => closes.push(d.code));
+    const daveCloses: number[] = [];
+    dave.on('disconnected', (d) => daveCloses.push(d.code));
 
     const p = await page(h);
     await loggedIn(p);
@@ -162,7 +164,7 @@ describe('admin UI in Chromium', () => {
     await p.click('#presence-body button.link');
     await p.waitForSelector('#conn-body td:text-is("carol")');
     expect(await p.textContent('#conn-body')).toContain('room:ops');
-    await p.click('#conn-body button.danger');
+    await p.click('#conn-body button:text-is("Disconnect")');
     await p.waitForSelector('#confirm[open]');
     await shot(p, 'confirm-disconnect');
     await p.click('#confirm-yes');
@@ -182,6 +184,19 @@ describe('admin UI in Chromium', () => {
     await until('dave gets the message', () => got.length > 0);
     expect(got[0]).toEqual({ text: 'from the admin' });
     await shot(p, 'publish');
+
+    // Revoke dave (with confirmation): his client sees 4503.
+    await p.click('nav a[href="#connections"]');
+    await p.fill('#conn-client', '');
+    await p.fill('#conn-user', 'dave');
+    await p.press('#conn-user', 'Enter');
+    await p.waitForSelector('#conn-body td:text-is("dave")');
+    await p.click('#conn-body button:text-is("Revoke user")');
+    await p.waitForSelector('#confirm[open]');
+    await p.click('#confirm-yes');
+    await p.waitForFunction(() => document.getElementById('conn-status')?.textContent === 'Revoked dave: closed 1 session.');
+    await until('dave sees the close code', () => daveCloses.length > 0);
+    expect(daveCloses[0]).toBe(4503);
 
     // Events and dead letters render.
     await p.click('nav a[href="#events"]');

@@ -138,6 +138,7 @@ async fn every_api_route_needs_a_session() {
             "/admin/api/channel",
             "/admin/api/connections",
             "/admin/api/disconnect",
+            "/admin/api/revoke",
             "/admin/api/publish",
             "/admin/api/dead_letters",
             "/admin/api/events",
@@ -402,4 +403,25 @@ async fn oversized_bodies_are_refused_with_413() {
     let a = post(&s, &cookie, "/admin/api/publish", big).await;
     assert_eq!(a.status, 413, "{}", a.body);
     assert_eq!(a.body["code"], "too_large");
+}
+
+#[tokio::test]
+async fn revoke_closes_the_users_sessions_with_4503_and_refuses_the_token() {
+    let s = admin_server().await;
+    let cookie = login(&s).await;
+    let mut erin = connect_user(&s, "erin").await;
+    let a = post(&s, &cookie, "/admin/api/revoke", json!({"user": "erin"})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["closed"], 1);
+    erin.closed_with(4503).await;
+    let a = get(&s, &cookie, "/admin/api/connections?user=erin").await;
+    assert_eq!(a.body["sessions"], json!([]), "{}", a.body);
+    let a = post(
+        &s,
+        &cookie,
+        "/admin/api/revoke",
+        json!({"user": "erin", "token_id": "x"}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
 }

@@ -211,6 +211,15 @@ pub async fn disconnect(
     action(&app, ApiMethod::Disconnect, body).await
 }
 
+/// `POST /admin/api/revoke` `{"user"}` or `{"token_id"}` (optional `expires_at`): the server
+/// API's `revoke` (tokens refused from now on, live sessions closed with 4503).
+pub async fn revoke(
+    State(app): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    action(&app, ApiMethod::Revoke, body).await
+}
+
 /// `POST /admin/api/publish` `{"channel", "data"}`: the server API's `publish`.
 pub async fn publish(
     State(app): State<Arc<AppState>>,

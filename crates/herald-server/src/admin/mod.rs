@@ -24,12 +24,13 @@ pub const MAX_BODY: usize = crate::api::MAX_BODY;
 pub use crate::admin_sessions::Admin;
 
 /// Every admin API route: method and path (documented in docs/openapi.json).
-pub const API_ROUTES: [(&str, &str); 8] = [
+pub const API_ROUTES: [(&str, &str); 9] = [
     ("GET", "/admin/api/overview"),
     ("GET", "/admin/api/channels"),
     ("GET", "/admin/api/channel"),
     ("GET", "/admin/api/connections"),
     ("POST", "/admin/api/disconnect"),
+    ("POST", "/admin/api/revoke"),
     ("POST", "/admin/api/publish"),
     ("GET", "/admin/api/dead_letters"),
     ("GET", "/admin/api/events"),
@@ -46,6 +47,7 @@ pub fn routes(
         .route("/channel", get(data::channel))
         .route("/connections", get(data::connections))
         .route("/disconnect", post(data::disconnect))
+        .route("/revoke", post(data::revoke))
         .route("/publish", post(data::publish))
         .route("/dead_letters", get(data::dead_letters))
         .route("/events", get(data::events))

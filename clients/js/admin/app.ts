@@ -161,9 +161,18 @@ function route(): void {
 
 // ---------------------------------------------------------------- overview
 
+/** A live node of the cluster (`info.cluster`, Redis/NATS engines). */
+interface ClusterNode {
+  id: string;
+  address: string;
+  connections: number;
+  uptime_ms: number;
+  version: string;
+}
+
 interface Overview {
   time_ms: number;
-  info: { node: string; version: string; uptime_ms: number; connections: number; channels: number; cluster?: unknown[] };
+  info: { node: string; version: string; uptime_ms: number; connections: number; channels: number; cluster?: ClusterNode[] };
   stats: Stats | null;
 }
 
@@ -259,9 +268,19 @@ function renderOverview(o: Overview, p: Point | undefined): void {
   for (const c of CHARTS) drawChart(c.id, c.series, c.unit);
   const errors = Object.entries(o.stats?.errors ?? {}).sort((a, b) => b[1] - a[1]);
   rows($('errors-body'), errors.map(([code, n]) => [code, String(n)]), 'no errors');
-  const cluster = (o.info.cluster ?? []) as Record<string, unknown>[];
+  const cluster = o.info.cluster ?? [];
   $('cluster').hidden = cluster.length === 0;
-  rows($('cluster-body'), cluster.map((n) => [JSON.stringify(n)]), 'single node');
+  rows(
+    $('cluster-body'),
+    cluster.map((n) => [
+      n.id === o.info.node ? `${n.id} (this node)` : n.id,
+      n.address,
+      String(n.connections),
+      `${Math.round(n.uptime_ms / 1000)} s`,
+      n.version,
+    ]),
+    'single node',
+  );
 }
 
 // ---------------------------------------------------------------- channels

@@ -4,6 +4,7 @@
  * e2e/artifacts/ (admin-*.png).
  */
 import { existsSync, mkdirSync } from 'node:fs';
+import { connect as tcpConnect } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -29,9 +30,32 @@ afterAll(async () => {
 });
 afterEach(runCleanup);
 
+/** `$HERALD_TEST_REDIS_URL`, else the local Redis, when it answers PING (under CI it must). */
+async function redisUrl(): Promise<string | undefined> {
+  const url = process.env.HERALD_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+  const u = new URL(url);
+  const ok = await new Promise<boolean>((resolve) => {
+    const s = tcpConnect(Number(u.port || 6379), u.hostname);
+    s.setTimeout(2_000, () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', () => resolve(false));
+    s.once('connect', () => s.write('PING\r\n'));
+    s.once('data', (d) => {
+      s.destroy();
+      resolve(d.toString().startsWith('+PONG'));
+    });
+  });
+  if (ok) return url;
+  if (process.env.CI === 'true') throw new Error(`Redis is not reachable at ${url} (CI needs it)`);
+  console.log(`skipping: Redis is not reachable at ${url}`);
+  return undefined;
+}
+
 /** `herald serve --dev` with the admin UI on (it is off under `--dev` alone). */
-async function adminServer(): Promise<Herald> {
-  const h = await startHerald({ env: { HERALD_ADMIN__SECRET: ADMIN_SECRET } });
+async function adminServer(env: Record<string, string> = {}): Promise<Herald> {
+  const h = await startHerald({ env: { HERALD_ADMIN__SECRET: ADMIN_SECRET, ...env } });
   cleanup.push(() => h.kill());
   return h;
 }
@@ -222,5 +246,25 @@ describe('admin UI in Chromium', () => {
     );
     expect(unlabeled).toEqual([]);
     await shot(p, 'phone');
+  });
+
+  it('on Redis, the overview lists every node of the cluster', async () => {
+    const redis = await redisUrl();
+    if (!redis) return;
+    const env = {
+      HERALD_ENGINE__TYPE: 'redis',
+      HERALD_REDIS__URL: redis,
+      HERALD_REDIS__PREFIX: `herald-admin-e2e-${Math.random().toString(16).slice(2, 10)}`,
+    };
+    const a = await adminServer(env);
+    await adminServer(env);
+    const p = await page(a);
+    await loggedIn(p);
+    await p.waitForFunction(() => document.querySelectorAll('#cluster-body tr').length === 2, undefined, {
+      timeout: 30_000,
+    });
+    expect(await p.isVisible('#cluster')).toBe(true);
+    expect(await p.textContent('#cluster-body')).toContain('(this node)');
+    await shot(p, 'cluster');
   });
 });

@@ -10,5 +10,6 @@ cargo build -p herald
 cd clients/js
 npm ci --no-audit --no-fund --loglevel=error
 node demo/build.mjs --check
+node admin/build.mjs --check
 npm test
 npm run test:e2e

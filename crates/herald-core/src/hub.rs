@@ -266,6 +266,27 @@ impl Hub {
         all.sort();
         all
     }
+
+    /// The channels each of `client_ids` is subscribed to on this node, by name, at most `max`
+    /// each. One pass over every subscription: for admin lookups of a few clients, not for the
+    /// hot path.
+    pub fn channels_of(&self, client_ids: &[&str], max: usize) -> Vec<Vec<String>> {
+        let mut out = vec![Vec::new(); client_ids.len()];
+        for shard in &self.shards {
+            for (channel, subs) in read(shard).iter() {
+                for s in subs {
+                    if let Some(i) = client_ids.iter().position(|c| *c == &*s.client_id)
+                        && let Some(list) = out.get_mut(i)
+                        && list.len() < max
+                    {
+                        list.push(channel.to_string());
+                    }
+                }
+            }
+        }
+        out.iter_mut().for_each(|l| l.sort());
+        out
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admit::{Admitted, Refusal, admit, rejected};
-use crate::config::{ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
+use crate::config::{AdminConfig, ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
 use crate::handshake;
 use crate::state::json_error;
 pub use crate::state::{AppState, BoxError, Handshake, Held, TokenMinter};
@@ -246,9 +246,16 @@ pub struct ServerBuilder {
     connect_proxy: Option<Arc<crate::proxy::HttpConnectProxy>>,
     forward_headers: Vec<String>,
     demo: Option<TokenMinter>,
+    admin: AdminConfig,
 }
 
 impl ServerBuilder {
+    /// Serve the admin UI at `/admin` (`[admin]`; off unless `admin.secret` is set).
+    pub fn admin(mut self, admin: AdminConfig) -> Self {
+        self.admin = admin;
+        self
+    }
+
     /// Settings of the HTTP transports (`[http]`; on by default).
     pub fn http(mut self, http: HttpConfig) -> Self {
         self.http = http;
@@ -286,6 +293,7 @@ impl ServerBuilder {
             connect_proxy,
             forward_headers,
             demo,
+            admin,
         } = self;
         let tls = match (&tls.cert, &tls.key) {
             (Some(cert), Some(key)) => Some(Arc::new(crate::tls::Tls::load(cert, key)?)),
@@ -317,6 +325,7 @@ impl ServerBuilder {
             connect_proxy,
             forward_headers,
             demo,
+            admin: crate::admin_sessions::Admin::new(admin, tls.is_some()),
             tls,
             node,
             server,
@@ -351,6 +360,7 @@ impl Server {
             connect_proxy: None,
             forward_headers: Vec::new(),
             demo: None,
+            admin: AdminConfig::default(),
         }
     }
 
@@ -395,6 +405,9 @@ impl Server {
         }
         if state.demo.is_some() {
             router = crate::demo::routes(router);
+        }
+        if state.admin.is_some() {
+            router = crate::admin::routes(router, &state);
         }
         if state.http.enabled {
             router = crate::http::routes(router, &state);

@@ -246,3 +246,70 @@ impl HttpConfig {
         Ok(())
     }
 }
+
+/// `[admin]`: the admin web UI and its API at `/admin` (docs/operations.md). Off unless `secret`
+/// is set; `--dev` does not turn it on.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The secret an operator logs in with (at least 16 bytes). Unset = no `/admin` (404).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// How long a login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Most admin sessions at once; a login beyond it ends the oldest session.
+    pub max_sessions: usize,
+    /// Failed logins one client IP may make per `login_window`; beyond, every login from that
+    /// IP is answered 429 until the window ends.
+    pub max_failed_logins: u32,
+    /// The window of `max_failed_logins`.
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("session_ttl", &self.session_ttl)
+            .field("max_sessions", &self.max_sessions)
+            .field("max_failed_logins", &self.max_failed_logins)
+            .field("login_window", &self.login_window)
+            .finish()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            secret: None,
+            session_ttl: Duration::from_secs(8 * 3600),
+            max_sessions: 32,
+            max_failed_logins: 5,
+            login_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Whether `/admin` is served.
+    pub fn enabled(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Check the values.
+    pub fn validate(&self) -> Result<(), herald_core::config::ConfigError> {
+        let err = |m: &str| Err(herald_core::config::ConfigError(m.to_owned()));
+        if self.secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return err("admin.secret must be at least 16 bytes");
+        }
+        if self.session_ttl.is_zero() || self.login_window.is_zero() {
+            return err("admin.session_ttl and admin.login_window must be > 0");
+        }
+        if self.max_sessions == 0 || self.max_failed_logins == 0 {
+            return err("admin.max_sessions and admin.max_failed_logins must be > 0");
+        }
+        Ok(())
+    }
+}

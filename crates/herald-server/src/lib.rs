@@ -12,6 +12,8 @@
 //! - [`http`]: the HTTP transports (SSE, HTTP streaming, long-polling) on the same sessions.
 //! - [`http_sessions`]: the HTTP transport sessions a node holds, and relayed requests.
 //! - [`api`]: the HTTP server API for backends (API keys).
+//! - [`admin`]: the admin web UI and its API at `/admin` (`[admin]`).
+//! - [`admin_sessions`]: admin sessions and failed logins.
 //! - [`http_client`]: a small outbound HTTP client (JWKS, CLI API calls).
 //! - [`jwks`]: loading and refreshing the JWKS document (file or URL).
 //! - [`proxy`]: the RPC proxy to the application backend.
@@ -22,6 +24,8 @@
 //! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
 //! - [`metrics`]: the Prometheus recorder.
 
+pub mod admin;
+pub mod admin_sessions;
 mod admit;
 pub mod api;
 pub mod app;
@@ -47,7 +51,7 @@ pub mod webhook;
 pub mod writer;
 
 pub use app::{Handle, Server};
-pub use config::{ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
+pub use config::{AdminConfig, ConnectionConfig, HttpConfig, ServerConfig, TlsConfig};
 pub use proxy::{
     ChannelProxyConfig, HttpChannelProxy, HttpConnectProxy, HttpRpc, ProxyIdentity, RpcProxyConfig,
 };

@@ -62,6 +62,8 @@ pub struct AppState {
     pub forward_headers: Vec<String>,
     /// The demo chat's token minter, when the demo is on.
     pub demo: Option<TokenMinter>,
+    /// The admin UI, when `[admin]` is on.
+    pub admin: Option<Arc<crate::admin_sessions::Admin>>,
     pub(crate) metrics: Option<PrometheusHandle>,
     /// Pings and pong deadlines of every connection.
     pub(crate) heartbeats: Arc<crate::heartbeat::Heartbeats>,

@@ -10,8 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use herald_core::{AuthConfig, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig};
 use herald_server::{
-    ChannelProxyConfig, ConnectionConfig, HttpConfig, RpcProxyConfig, ServerConfig, TlsConfig,
-    WebhookConfig,
+    AdminConfig, ChannelProxyConfig, ConnectionConfig, HttpConfig, RpcProxyConfig, ServerConfig,
+    TlsConfig, WebhookConfig,
 };
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +89,8 @@ pub struct Config {
     pub proxy: ChannelProxyConfig,
     /// `[debug]`.
     pub debug: DebugConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
     /// `[engine]`.
     #[serde(rename = "engine")]
     pub backend: EngineSection,
@@ -114,6 +116,7 @@ impl Default for Config {
             webhook: WebhookConfig::default(),
             proxy: ChannelProxyConfig::default(),
             debug: DebugConfig::default(),
+            admin: AdminConfig::default(),
             backend: EngineSection::default(),
             redis: herald_redis::RedisConfig::default(),
             nats: herald_nats::NatsConfig::default(),
@@ -145,6 +148,9 @@ impl Config {
             shown.auth.hmac_secret = Some(redacted());
         }
         shown.auth.api_keys.iter_mut().for_each(|k| *k = redacted());
+        if shown.admin.secret.is_some() {
+            shown.admin.secret = Some(redacted());
+        }
         if shown.webhook.secret.is_some() {
             shown.webhook.secret = Some(redacted());
         }
@@ -303,6 +309,7 @@ fn validate(c: &Config) -> anyhow::Result<()> {
     c.connection.validate()?;
     c.tls.validate()?;
     c.http.validate(&c.server)?;
+    c.admin.validate()?;
     c.engine().validate()?;
     if c.backend.kind == EngineKind::Redis {
         c.redis.validate()?;
@@ -459,5 +466,33 @@ mod tests {
                 .default_namespace
                 .is_some_and(|n| n.allow_publish && n.history_size == 100)
         );
+    }
+
+    #[test]
+    fn admin_is_off_even_with_dev_and_on_with_a_secret() {
+        let dev = load(&Sources {
+            dev: true,
+            ..Default::default()
+        })
+        .expect("dev");
+        assert!(!dev.admin.enabled());
+        let on = file("[admin]\nsecret = \"admin-secret-0123456789\"\nmax_sessions = 4\n");
+        let c = load(&Sources {
+            file: Some(&on.0),
+            ..Default::default()
+        })
+        .expect("load");
+        assert!(c.admin.enabled());
+        assert_eq!(c.admin.max_sessions, 4);
+        let shown = c.to_toml().expect("toml");
+        assert!(!shown.contains("admin-secret-0123456789"), "{shown}");
+        assert!(!format!("{:?}", c.admin).contains("admin-secret"));
+        let short = file("[admin]\nsecret = \"short\"\n");
+        let e = load(&Sources {
+            file: Some(&short.0),
+            ..Default::default()
+        })
+        .expect_err("short secret");
+        assert!(format!("{e:#}").contains("admin.secret"), "{e:#}");
     }
 }

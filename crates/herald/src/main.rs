@@ -246,7 +246,8 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
         node,
     )
     .forward_headers(&config.proxy.forward_headers)
-    .http(config.http.clone());
+    .http(config.http.clone())
+    .admin(config.admin.clone());
     if let Some(proxy) = herald_server::HttpConnectProxy::new(&config.proxy) {
         builder = builder.connect_proxy(Arc::new(proxy));
     }
@@ -290,6 +291,9 @@ async fn serve(args: ConfigArgs) -> anyhow::Result<()> {
     }
     if config.debug.demo {
         banner.push_str(&format!("demo chat: {http}://{addr}/\n"));
+    }
+    if config.admin.enabled() {
+        banner.push_str(&format!("admin UI: {http}://{addr}/admin\n"));
     }
     {
         use std::io::Write;

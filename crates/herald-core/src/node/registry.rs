@@ -133,3 +133,49 @@ impl Node {
         false
     }
 }
+
+/// A session of an authenticated user on this node, as the admin UI lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    /// The user (token `sub`).
+    pub user: String,
+    /// The session's client id.
+    pub client_id: String,
+    /// Whether a connection is attached now (false: waiting for `resume`).
+    pub live: bool,
+    /// The wire format (`herald.v1.json` or `herald.v1.msgpack`), while attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<&'static str>,
+}
+
+impl Node {
+    /// Up to `max` sessions of `user` (or every user's when `None`), only the one with
+    /// `client_id` when given. Anonymous connections are not registered, so not listed.
+    pub fn sessions(
+        &self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+        max: usize,
+    ) -> Vec<SessionInfo> {
+        let users = lock(&self.users);
+        let lists: Vec<(&String, &Vec<Registered>)> = match user {
+            Some(u) => users.get_key_value(u).into_iter().collect(),
+            None => users.iter().collect(),
+        };
+        lists
+            .into_iter()
+            .flat_map(|(u, list)| list.iter().map(move |r| (u, r)))
+            .filter(|(_, r)| client_id.is_none_or(|c| &*r.client_id == c))
+            .take(max)
+            .map(|(u, r)| {
+                let outlet = r.outlet.upgrade();
+                SessionInfo {
+                    user: u.clone(),
+                    client_id: r.client_id.to_string(),
+                    live: outlet.is_some(),
+                    format: outlet.map(|o| o.format.subprotocol()),
+                }
+            })
+            .collect()
+    }
+}

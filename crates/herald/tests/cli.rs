@@ -729,3 +729,41 @@ async fn memory_is_returned_after_a_flood_of_connections_ended() {
     }
     assert_eq!(counter(&off.addr, "herald_memory_trims_total").await, 0);
 }
+
+/// Issue 16: `herald bench storm` cuts every client at once; against a node admitting 20 new
+/// connections a second, the excess is refused with 1013, waits its hint, and every client is
+/// back with its session resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_storm_reports_refusals_and_every_client_resumes() {
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/herald.toml");
+    let s = serve(
+        &["--dev", "--config", cfg],
+        &[
+            ("HERALD_LIMITS__CONNECT_PER_SECOND", "20"),
+            ("HERALD_LIMITS__CONNECT_BURST", "20"),
+            ("HERALD_LIMITS__CONNECT_RETRY_JITTER", "2s"),
+        ],
+    );
+    let pid = s.child.id().to_string();
+    // The clients connect at the node's rate first (their own backoff covers the refusals).
+    let r = bench(
+        &s.addr,
+        &[
+            "storm",
+            "--clients",
+            "60",
+            "--timeout",
+            "60s",
+            "--pid",
+            &pid,
+        ],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        (r["back"].clone(), r["resumed"].clone()),
+        (json!(60), json!(60)),
+        "{r}"
+    );
+    assert!(r["refused_1013"].as_u64().is_some_and(|n| n > 0), "{r}");
+    assert!(r["server_rss_peak"].as_u64().is_some_and(|n| n > 0), "{r}");
+}

@@ -2,7 +2,6 @@
 //! connections are cut at random while a publisher runs; every client must end with every
 //! publication of its channel exactly once (resume or recovery within the history window).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,9 +9,9 @@ use std::time::{Duration, Instant};
 use herald_client::{Backoff, Client, ClientConfig, Event, State};
 use rand::Rng;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
 
 use super::publisher::{self, Plan};
+use super::relay::relay;
 use super::stats;
 use super::{Common, Target, prefix, progress, raise_fd_limit};
 
@@ -23,37 +22,6 @@ struct Tally {
     gaps: u64,
     reconnects: u64,
     last: u64,
-}
-
-type Relays = Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>>;
-
-/// A relay on 127.0.0.1: every accepted connection is piped to `target`; `cut` kills one.
-async fn relay(target: std::net::SocketAddr) -> anyhow::Result<(std::net::SocketAddr, Relays)> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    let relays: Relays = Arc::default();
-    let r = relays.clone();
-    tokio::spawn(async move {
-        let next = AtomicU64::new(0);
-        while let Ok((mut inbound, _)) = l.accept().await {
-            let id = next.fetch_add(1, Ordering::Relaxed);
-            let r2 = r.clone();
-            let task = tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(target).await {
-                    let _ = outbound.set_nodelay(true);
-                    let _ = inbound.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-                if let Ok(mut m) = r2.lock() {
-                    m.remove(&id);
-                }
-            });
-            if let Ok(mut m) = r.lock() {
-                m.insert(id, task.abort_handle());
-            }
-        }
-    });
-    Ok((addr, relays))
 }
 
 /// Run the scenario.

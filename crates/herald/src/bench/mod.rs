@@ -1,4 +1,4 @@
-//! `herald bench`: the load simulator. Scenarios: `fanout`, `idle`, `connect`, `churn`.
+//! `herald bench`: the load simulator. Scenarios: `fanout`, `idle`, `connect`, `churn`, `storm`.
 //!
 //! Every scenario is bounded (by `--duration` and by counts) and stops by itself. Connections are
 //! opened with bounded concurrency from several 127.0.0.x source addresses (so the ephemeral port
@@ -8,7 +8,9 @@ mod churn;
 mod fanout;
 mod publisher;
 mod raw;
+mod relay;
 mod stats;
+mod storm;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -130,6 +132,19 @@ pub enum Scenario {
         /// Cut one random client's connection this often.
         #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
         cut_every: Duration,
+    },
+    /// A reconnect storm: real clients (herald-client, default backoff) all cut at once; reports
+    /// the time until every one is back, refused (1013) and failed attempts, resumed sessions,
+    /// and the server's CPU and peak RSS during the storm.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        /// Clients.
+        #[arg(long, default_value_t = 5000)]
+        clients: usize,
+        /// Give up when not every client is back after this long.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -391,6 +406,11 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             rate,
             cut_every,
         } => churn::run(&common, clients, channels.max(1), rate, cut_every).await,
+        Scenario::Storm {
+            common,
+            clients,
+            timeout,
+        } => storm::run(&common, clients, timeout).await,
     }
 }
 

@@ -29,6 +29,8 @@
 //!   offline queue for publishes made while disconnected;
 //! - tokens from a callback, asked again on every reconnect and on the server's `refresh` push;
 //! - where WebSockets are blocked, the same over HTTP streaming or SSE ([`Transport::Http`]).
+
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod backoff;

@@ -14,6 +14,8 @@
 //! - [`limits`]: per-connection and per-user rate limits.
 //! - [`config`]: namespaces, session limits, auth and rate limits.
 //! - [`error`]: the client-visible [`EngineError`].
+
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod auth;

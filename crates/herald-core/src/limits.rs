@@ -120,6 +120,27 @@ impl CommandLimiter {
     }
 }
 
+/// One token bucket shared by every thread of the node (`governor`'s GCRA: exact under
+/// contention, no credit beyond the burst after an idle spell) — unlike [`Allowance`], which is
+/// made for a single owner.
+pub struct SharedLimiter {
+    inner: governor::DefaultDirectRateLimiter,
+}
+
+impl SharedLimiter {
+    /// `None` when `per_second` is 0.
+    pub fn new(per_second: u32, burst: u32) -> Option<SharedLimiter> {
+        Some(SharedLimiter {
+            inner: RateLimiter::direct(quota(per_second, burst)?),
+        })
+    }
+
+    /// Whether one more may go now (consumes a token when it may).
+    pub fn allow(&self) -> bool {
+        self.inner.check().is_ok()
+    }
+}
+
 /// A limiter keyed by user, IP, ...
 pub struct KeyedLimiter<K: Hash + Eq + Clone> {
     inner: DefaultKeyedRateLimiter<K>,

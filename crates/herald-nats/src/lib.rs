@@ -12,6 +12,8 @@
 //!
 //! Channel names become subject tokens with `~XX` escapes ([`subject`]).
 
+#![forbid(unsafe_code)]
+
 pub mod broker;
 pub mod config;
 pub mod control;

@@ -11,6 +11,8 @@
 //! - [`frame`]: building unmasked server-to-client WebSocket frames.
 //! - [`kind`]: the names of server frames ([`ServerKind`]).
 //! - [`server`]: whole server frames decoded into typed payloads ([`ServerMessage`]).
+
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod channel;

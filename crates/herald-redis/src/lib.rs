@@ -11,6 +11,8 @@
 //! Keys: `PREFIX:{CHANNEL}:meta|hist|idem:KEY|pres|pinfo|puser|pcount` (the hash tag keeps a
 //! channel in one Redis Cluster slot); topics `PREFIX:ch:CHANNEL` and `PREFIX:control`.
 
+#![forbid(unsafe_code)]
+
 pub mod broker;
 pub mod config;
 mod control;

@@ -58,6 +58,32 @@ impl Refusal {
     }
 }
 
+/// Most connections refused with 1013 at once (upgraded, advised, lingering up to 2 s for the
+/// client's close); beyond it the refusal is a plain `503` that holds nothing.
+pub(crate) const MAX_BUSY: usize = 1024;
+
+/// One of the [`MAX_BUSY`] refused sockets, given back when dropped.
+pub(crate) struct BusyGuard(Arc<AppState>);
+
+impl BusyGuard {
+    pub(crate) fn take(app: &Arc<AppState>) -> Option<BusyGuard> {
+        use std::sync::atomic::Ordering;
+        if app.busy.fetch_add(1, Ordering::AcqRel) >= MAX_BUSY {
+            app.busy.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(BusyGuard(app.clone()))
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// A random retry hint in 1 s ..= `max` (at least 1 s).
 pub(crate) fn retry_hint(max: std::time::Duration) -> std::time::Duration {
     let lo = 1_000u64;
@@ -127,11 +153,6 @@ pub(crate) async fn admit(
         rejected("connect_rate");
         return Err(too_many("too many new connections from this address").into());
     }
-    // After the per-IP rate, so that one address's excess does not use the node's budget.
-    if !app.accepts.take() {
-        rejected("node_connect_rate");
-        return Err(Refusal::Busy(retry_hint(limits.connect_retry_jitter)));
-    }
     if !handshake::origin_allowed(
         headers,
         &app.server.allowed_origins,
@@ -144,6 +165,12 @@ pub(crate) async fn admit(
             "origin not allowed",
         )
         .into());
+    }
+    // After the per-IP rate and the Origin check, so that one address's excess or a foreign
+    // page does not use the node's budget (and gets its own answer).
+    if app.accepts.as_ref().is_some_and(|a| !a.allow()) {
+        rejected("node_connect_rate");
+        return Err(Refusal::Busy(retry_hint(limits.connect_retry_jitter)));
     }
     let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
         rejected("ip_connections");

@@ -104,8 +104,13 @@ async fn ws_handler(
         // Refused for the node's connect rate: upgraded and closed with 1013 and a retry hint,
         // which browsers can read (a refused upgrade shows them nothing but 1006).
         Err(Refusal::Busy(after)) => {
+            // At most `MAX_BUSY` refused sockets at once (each lingers up to 2 s): beyond, a
+            // plain 503 that holds nothing.
+            let Some(guard) = crate::admit::BusyGuard::take(&app) else {
+                return Refusal::Busy(after).into_response();
+            };
             return upgrade(&app, &mut req, protocol, move |ws, app| {
-                crate::connection::serve_busy(ws, format, app, after)
+                crate::connection::serve_busy(ws, format, app, after, guard)
             });
         }
         Err(Refusal::Answer(resp)) => return resp,
@@ -314,11 +319,8 @@ impl ServerBuilder {
             echo_writes: AppState::writer_settings(&conn, &server, false),
             heartbeats,
             connect_limiter,
-            accepts: herald_core::limits::Allowance::new(
-                l.connect_per_second,
-                std::time::Duration::from_secs(1),
-                l.connect_burst,
-            ),
+            accepts: herald_core::limits::SharedLimiter::new(l.connect_per_second, l.connect_burst),
+            busy: AtomicUsize::new(0),
             ip_slots: Arc::default(),
             user_slots: Arc::default(),
             started: std::time::Instant::now(),

@@ -29,11 +29,12 @@ type Io = TokioIo<Upgraded>;
 /// (`limits.connect_per_second`): the `disconnect` advisory with the retry hint `after` and close
 /// 1013, then read off what the client still sends (its first commands), so that it sees the
 /// close code rather than a reset. No token is checked and no session made.
-pub async fn serve_busy(
+pub(crate) async fn serve_busy(
     ws: WebSocket<Io>,
     format: Format,
     app: Arc<AppState>,
     after: std::time::Duration,
+    _slot: crate::admit::BusyGuard,
 ) {
     let mut reader = MessageReader::with_limits(ws.into_inner(), app.conn.read_limits());
     let code = CloseCode::TryAgainLater;
@@ -326,6 +327,9 @@ impl Conn {
             reason,
             "disconnected"
         );
+        // The slots go now, before the session is handed back and the linger: a client told to
+        // come back at once (4005) must not find its old connection still counted.
+        drop(_held);
         session.disconnected(clean).await;
         // The server closed while the client may still be sending (the rest of an oversized
         // message): read it off before dropping the socket, so the client sees our close code,

@@ -69,6 +69,12 @@ impl Beat {
         }
     }
 
+    /// Ask this connection to rotate now (tests of the link).
+    #[cfg(test)]
+    pub(crate) fn ask_rotate_for_test(&self) {
+        self.ask(ROTATE);
+    }
+
     fn ask(&self, flag: u8) {
         if self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
             self.waker.wake();

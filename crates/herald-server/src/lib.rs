@@ -24,6 +24,8 @@
 //! - [`config`]: `[server]`, `[connection]` and `[tls]` settings.
 //! - [`metrics`]: the Prometheus recorder.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod admin_sessions;
 mod admit;

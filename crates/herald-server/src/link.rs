@@ -143,7 +143,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         Link {
             reader,
             outlet,
-            beat: wheel.join(settings.conn.max_lifetime),
+            // `/echo` (no advisories) is never rotated: conformance runs must not see 4005.
+            beat: wheel.join(if settings.advisory {
+                settings.conn.max_lifetime
+            } else {
+                std::time::Duration::ZERO
+            }),
             wheel,
             settings,
             frames: Vec::new(),
@@ -305,15 +310,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             return Poll::Ready(());
         }
         self.ping_owed |= asked.ping;
-        // Rotation: close 4005 once the batch being written is done (the next batch is not
-        // taken, so what is queued stays with the session for its `resume`).
-        if asked.rotate && !self.stopping && self.close.is_none() {
-            self.close = Some(CloseCode::Rotate);
-        }
         if asked.stop && !self.stopping {
             self.stopping = true;
             self.timer = None;
             self.outlet.close(CloseCode::GoingAway);
+        }
+        // Rotation: close 4005 once the batch being written is done (the next batch is not
+        // taken, so what is queued stays with the session for its `resume`) — unless the
+        // connection is ending anyway: shutting down, the client closing, or a close the server
+        // already asked for (4001, 4501, 4503, …), which must reach the client as it is.
+        if asked.rotate
+            && !self.stopping
+            && !self.reader_done
+            && self.close.is_none()
+            && self.outlet.close_requested().is_none()
+        {
+            self.close = Some(CloseCode::Rotate);
         }
         loop {
             if self.frames.is_empty() && !self.next_batch(cx) {
@@ -371,8 +383,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 self.outlet = next;
             }
             if let Some(code) = self.close.take() {
-                self.start_closing(code);
-                return false;
+                // A rotation asked for while a batch was being written gives way to a close
+                // the outlet got meanwhile (drained and sent as usual).
+                if code != CloseCode::Rotate || self.outlet.close_requested().is_none() {
+                    self.start_closing(code);
+                    return false;
+                }
             }
             self.off = 0;
             let mut d = Drained {
@@ -507,6 +523,44 @@ mod tests {
                 max_bytes: 1 << 20,
             },
         )
+    }
+
+    /// Review finding (issue 16): a rotation asked while a batch was being written replaced a
+    /// close the server had already requested (here 4501): the client was told to come back at
+    /// once and resume a session that was ending.
+    #[tokio::test]
+    async fn a_rotation_does_not_replace_a_requested_close() {
+        let (client, server) = tokio::io::duplex(64);
+        let outlet = outlet();
+        let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+        let s = Arc::new(WriterSettings {
+            advisory: true,
+            ..settings()
+        });
+        let mut link = Link::new(
+            MessageReader::new(server, 1 << 20),
+            outlet.clone(),
+            wheel,
+            s,
+        );
+        let beat = link.beat.clone();
+        let serving = tokio::spawn(async move {
+            let mut control = Vec::new();
+            link.next(&mut control).await
+        });
+        // A write in progress (larger than the pipe), then the close and the rotation.
+        outlet.push_reply(Bytes::from(vec![b'a'; 4096]));
+        let (mut rd, _keep) = tokio::io::split(client);
+        let mut buf = vec![0u8; 16];
+        rd.read_exact(&mut buf).await.expect("the write started");
+        outlet.close(CloseCode::ForceDisconnect);
+        beat.ask_rotate_for_test();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut rest)).await;
+        let text = String::from_utf8_lossy(&rest);
+        assert!(text.contains("\"code\":4501"), "no 4501 advisory: {text}");
+        assert!(!text.contains("4005"), "rotated instead: {text}");
+        serving.abort();
     }
 
     /// Regression: a frame queued while a write was in progress woke the writer's

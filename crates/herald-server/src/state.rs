@@ -46,8 +46,10 @@ pub struct AppState {
     pub connections: AtomicUsize,
     /// New connections per client IP.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
-    /// New connections on this node (`limits.connect_per_second`; allows all when 0).
-    pub(crate) accepts: herald_core::limits::Allowance,
+    /// New connections on this node (`limits.connect_per_second`).
+    pub(crate) accepts: Option<herald_core::limits::SharedLimiter>,
+    /// Connections being refused with 1013 right now (bounded by `admit::MAX_BUSY`).
+    pub(crate) busy: AtomicUsize,
     /// Open connections per client IP.
     pub ip_slots: Arc<Slots<IpAddr>>,
     /// Open connections per user.

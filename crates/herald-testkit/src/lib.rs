@@ -2,6 +2,8 @@
 //! starting private ones on free ports. Under `CI=true` a missing server fails the test; elsewhere
 //! the test is skipped with a printed reason.
 
+#![forbid(unsafe_code)]
+
 pub mod faults;
 
 use std::process::{Child, Command, Stdio};

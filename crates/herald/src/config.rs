@@ -341,6 +341,11 @@ fn validate(c: &Config) -> anyhow::Result<()> {
     if c.server.max_connections == 0 {
         bail!("server.max_connections must be > 0");
     }
+    if !c.connection.max_lifetime.is_zero() && c.session.resume_grace.is_zero() {
+        bail!(
+            "connection.max_lifetime rotates connections that resume their session, but session.resume_grace = 0 keeps no session to resume (every rotation would end it): set a grace period or turn rotation off"
+        );
+    }
     Ok(())
 }
 

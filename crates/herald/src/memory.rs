@@ -90,12 +90,16 @@ pub async fn watch(handle: Handle, interval: Duration, stop: CancellationToken) 
     }
 }
 
-/// The process's resident set in bytes (`/proc/self/statm`; 0 where unreadable).
+/// The process's resident set in bytes (`VmRSS` of `/proc/self/status`, whatever the page
+/// size; 0 where unreadable).
 pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096)
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// Whether this build can return free memory (glibc on Linux).

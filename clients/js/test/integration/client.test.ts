@@ -188,6 +188,8 @@ describe('connection rotation (connection.max_lifetime)', () => {
       await new Promise((r) => setTimeout(r, 25));
     }
     await until('120 messages', () => got.length >= 120);
+    // A rotation may be under way: let it finish before counting.
+    await until('the reader connected', () => reader.state === 'connected');
     expect(got).toEqual(Array.from({ length: 120 }, (_, i) => i + 1));
     expect(gaps).toEqual([]);
     expect(downs.length).toBeGreaterThanOrEqual(2);

@@ -442,6 +442,11 @@ async fn slow_consumer_case(policy: SlowConsumerPolicy) -> (TestServer, tokio::n
     let mut setup = Setup::default();
     setup.engine.session.queue_max_messages = 256;
     setup.engine.session.queue_max_bytes = 1024 * 1024;
+    // Only the namespace's policy may act on the client that never reads: on a busy machine
+    // the 10 000 publications can outlast the write timeout (4003) and the heartbeat (4000),
+    // which closed the `drop_oldest` client in a CI run.
+    setup.conn.write_timeout = Duration::from_secs(600);
+    setup.conn.ping_interval = Duration::from_secs(3600);
     let mut ns = NamespaceOptions::dev();
     ns.history_size = 0;
     ns.slow_consumer = policy;

@@ -369,7 +369,23 @@ interface SessionRow {
   client_id: string;
   live: boolean;
   format?: string;
+  /** `websocket`, `sse`, `stream`, `poll` or `feed`; null when waiting or not answered in time. */
+  transport: string | null;
+  age_ms: number | null;
+  address: string | null;
   channels: string[];
+}
+
+/** A duration as the largest two units: `45 s`, `3 min 12 s`, `2 h 5 min`, `3 d 4 h`. */
+function age(ms: number | null): string {
+  if (ms === null) return 'unknown';
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${s % 60} s`;
+  const h = Math.floor(m / 60);
+  if (h < 24) return `${h} h ${m % 60} min`;
+  return `${Math.floor(h / 24)} d ${h % 24} h`;
 }
 
 function channelList(names: string[]): HTMLElement {
@@ -399,6 +415,9 @@ async function findConnections(ev?: Event): Promise<void> {
         s.user,
         s.client_id,
         s.live ? `connected (${(s.format ?? '').replace('herald.v1.', '')})` : 'waiting for resume',
+        s.live ? (s.transport ?? 'unknown') : 'waiting',
+        age(s.age_ms),
+        s.address ?? 'unknown',
         channelList(s.channels),
         actions(s),
       ]),

@@ -45,6 +45,6 @@ mod testing;
 pub use auth::{AuthConfig, Claims, Identity, Verifier};
 pub use config::{EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
 pub use error::EngineError;
-pub use node::ServerCommand;
+pub use node::{DescribeReply, ServerCommand, SessionDetails};
 pub use node::{Heartbeat, Node};
 pub use session::{Flow, Session};

@@ -270,6 +270,12 @@ impl Conn {
             }
             if !self.cmds_armed || session.server_command_waiting() {
                 match session.poll_server_command(cx) {
+                    // Answered here, where the transport is known (the session does not keep it).
+                    Poll::Ready(ServerCommand::Describe(reply)) => {
+                        self.cmds_armed = false;
+                        reply.answer(session.details(Some("websocket")));
+                        continue;
+                    }
                     Poll::Ready(cmd) => {
                         self.cmds_armed = false;
                         return Poll::Ready(Next::Command(cmd));

@@ -86,19 +86,23 @@ async fn post(s: &TestServer, cookie: &str, path: &str, body: Value) -> Answer {
     .await
 }
 
-async fn connect_user(s: &TestServer, user: &str) -> Client {
+fn user_token(user: &str) -> String {
     use jsonwebtoken::{EncodingKey, Header};
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
         + 600;
-    let token = jsonwebtoken::encode(
+    jsonwebtoken::encode(
         &Header::default(),
         &json!({"sub": user, "exp": exp}),
         &EncodingKey::from_secret(HMAC.as_bytes()),
     )
-    .expect("sign");
+    .expect("sign")
+}
+
+async fn connect_user(s: &TestServer, user: &str) -> Client {
+    let token = user_token(user);
     let mut req = ws_request(s);
     req.headers_mut().insert(
         "Authorization",
@@ -424,4 +428,118 @@ async fn revoke_closes_the_users_sessions_with_4503_and_refuses_the_token() {
     )
     .await;
     assert_eq!(a.status, 400);
+}
+
+/// The session with this client id in a `connections` answer.
+fn session_of<'a>(a: &'a Answer, client_id: &Value) -> &'a Value {
+    a.body["sessions"]
+        .as_array()
+        .and_then(|l| l.iter().find(|x| x["client_id"] == *client_id))
+        .unwrap_or_else(|| panic!("no session {client_id} in {}", a.body))
+}
+
+#[tokio::test]
+async fn connections_show_transport_age_and_address_and_waiting_sessions() {
+    let s = admin_server().await;
+    let cookie = login(&s).await;
+    let ws = connect_user(&s, "dave").await;
+    let ws_id = ws.welcome["client_id"].clone();
+    let bearer = format!("Bearer {}", user_token("dave"));
+    let mut st = http::post(
+        s.addr,
+        "/http/stream",
+        &[("authorization", bearer.as_str())],
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(st.status, 200);
+    let welcome = st.line().await.expect("connected");
+    assert_eq!(welcome["type"], "connected", "{welcome}");
+    let st_id = welcome["payload"]["client_id"].clone();
+    // A long-poll session lives between its polls.
+    let poll = http::post(
+        s.addr,
+        "/http/poll",
+        &[("authorization", bearer.as_str())],
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(poll.status, 200);
+    let batch = poll.json().await;
+    assert_eq!(batch[0]["type"], "connected", "{batch}");
+    let poll_id = batch[0]["payload"]["client_id"].clone();
+
+    let a = get(&s, &cookie, "/admin/api/connections?user=dave").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body["sessions"].as_array().map(Vec::len),
+        Some(3),
+        "{}",
+        a.body
+    );
+    for (id, transport) in [
+        (&ws_id, "websocket"),
+        (&st_id, "stream"),
+        (&poll_id, "poll"),
+    ] {
+        let x = session_of(&a, id);
+        assert_eq!(x["live"], true, "{x}");
+        assert_eq!(x["transport"], transport, "{x}");
+        assert_eq!(x["address"], "127.0.0.1", "{x}");
+        assert!(x["age_ms"].as_u64().is_some(), "{x}");
+    }
+    let age = |a: &Answer, id: &Value| session_of(a, id)["age_ms"].as_u64().expect("age");
+    let (ws_age, st_age) = (age(&a, &ws_id), age(&a, &st_id));
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    let b = get(
+        &s,
+        &cookie,
+        &format!(
+            "/admin/api/connections?client_id={}",
+            ws_id.as_str().expect("id")
+        ),
+    )
+    .await;
+    assert_eq!(
+        b.body["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        b.body
+    );
+    assert!(
+        age(&b, &ws_id) >= ws_age + 100,
+        "{} then {}",
+        a.body,
+        b.body
+    );
+    let c = get(&s, &cookie, "/admin/api/connections?user=dave").await;
+    assert!(
+        age(&c, &st_id) >= st_age + 100,
+        "{} then {}",
+        a.body,
+        c.body
+    );
+
+    // Cut without a close frame: the session waits for `resume`, with its age and last address.
+    drop(ws);
+    let mut waiting = Value::Null;
+    for _ in 0..100 {
+        let a = get(&s, &cookie, "/admin/api/connections?user=dave").await;
+        let x = session_of(&a, &ws_id).clone();
+        if x["live"] == false {
+            waiting = x;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(waiting["live"], false, "still live: {waiting}");
+    assert_eq!(waiting["transport"], Value::Null, "{waiting}");
+    assert_eq!(waiting["address"], "127.0.0.1", "{waiting}");
+    assert!(
+        waiting["age_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms >= ws_age + 100),
+        "{waiting}"
+    );
+    drop(st);
 }

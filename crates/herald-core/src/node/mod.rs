@@ -24,7 +24,7 @@ use crate::sync::lock;
 use parked::Parking;
 pub use parked::Waiting;
 use registry::Registered;
-pub use registry::{ServerCommand, SessionInfo};
+pub use registry::{DescribeReply, ServerCommand, SessionDetails, SessionInfo};
 
 /// Heartbeat settings announced in the `connected` message.
 #[derive(Debug, Clone, Copy)]

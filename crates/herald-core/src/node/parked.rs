@@ -15,6 +15,10 @@ use super::*;
 pub trait Waiting: Send + 'static {
     /// The user it belongs to ("" = anonymous): a resume token alone must not switch users.
     fn user_id(&self) -> &str;
+    /// Its client id.
+    fn client_id(&self) -> &str;
+    /// Its age and last address (no transport: it has none while it waits).
+    fn details(&self) -> super::SessionDetails;
     /// End it: leave its channels and emit its `disconnect` event with `reason`.
     fn end(self: Box<Self>, reason: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send>>;
     /// For the session module to take its concrete type back.
@@ -124,6 +128,24 @@ impl Node {
             metrics::gauge!("herald_sessions_waiting").decrement(1.0);
             p.session.end("server shutdown").await;
         }
+    }
+
+    /// The details of the waiting sessions among `client_ids`, by client id (one pass over the
+    /// waiting sessions, which are bounded by `max_waiting_sessions`).
+    pub(super) fn waiting_details(
+        &self,
+        client_ids: &std::collections::HashSet<&str>,
+    ) -> HashMap<String, super::SessionDetails> {
+        if client_ids.is_empty() {
+            return HashMap::new();
+        }
+        let parked = lock(&self.parked);
+        parked
+            .by_token
+            .values()
+            .filter(|p| client_ids.contains(p.session.client_id()))
+            .map(|p| (p.session.client_id().to_owned(), p.session.details()))
+            .collect()
     }
 
     /// Sessions currently waiting for `resume`.

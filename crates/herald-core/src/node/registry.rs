@@ -1,6 +1,9 @@
 //! Live sessions by user, for revocation, per-user disconnects and server-side commands.
 
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald_proto::CloseCode;
 
@@ -17,6 +20,40 @@ pub enum ServerCommand {
     Unsubscribe(String),
     /// The refresh proxy extended this (proxy-authenticated) connection.
     Refreshed(crate::rpc::Refreshed),
+    /// Say what the session is (its transport, age and address), for the admin UI. Answered by
+    /// the task that owns the session, which knows its transport: nothing per connection keeps it.
+    Describe(DescribeReply),
+}
+
+/// What a live session says about itself when asked ([`ServerCommand::Describe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDetails {
+    /// The session's client id.
+    pub client_id: String,
+    /// `websocket`, or the HTTP transport (`sse`, `stream`, `poll`, `feed`); `None` when parked.
+    pub transport: Option<&'static str>,
+    /// Time since the session started (a resumed session continues the old one's age).
+    pub age: Duration,
+    /// The client's IP (the last connection's, for a session waiting for `resume`).
+    pub address: Option<IpAddr>,
+}
+
+/// Where a session sends its [`SessionDetails`]; answering never waits (an asker that gave up
+/// or is full is not answered).
+#[derive(Debug, Clone)]
+pub struct DescribeReply(tokio::sync::mpsc::Sender<SessionDetails>);
+
+impl DescribeReply {
+    /// Answer the asker.
+    pub fn answer(&self, details: SessionDetails) {
+        let _ = self.0.try_send(details);
+    }
+}
+
+impl PartialEq for DescribeReply {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.same_channel(&other.0)
+    }
 }
 
 /// A live session of a user, for revocation and per-user disconnects.
@@ -146,36 +183,122 @@ pub struct SessionInfo {
     /// The wire format (`herald.v1.json` or `herald.v1.msgpack`), while attached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<&'static str>,
+    /// `websocket`, `sse`, `stream`, `poll` or `feed`, while attached; `None` when waiting for
+    /// `resume` or when the session did not answer in time.
+    pub transport: Option<&'static str>,
+    /// Milliseconds since the session started; `None` when it did not answer in time.
+    pub age_ms: Option<u64>,
+    /// The client's IP (for a waiting session, its last connection's); `None` when unknown.
+    pub address: Option<IpAddr>,
+}
+
+/// A listed session and, while it is live, how to ask it for its details.
+type Found = (
+    SessionInfo,
+    Option<tokio::sync::mpsc::Sender<ServerCommand>>,
+);
+
+impl SessionInfo {
+    fn fill(&mut self, d: SessionDetails) {
+        self.transport = d.transport;
+        self.age_ms = Some(d.age.as_millis() as u64);
+        self.address = d.address;
+    }
 }
 
 impl Node {
     /// Up to `max` sessions of `user` (or every user's when `None`), only the one with
-    /// `client_id` when given. Anonymous connections are not registered, so not listed.
+    /// `client_id` when given, without asking them for details (transport, age, address: see
+    /// [`Node::describe_sessions`]). Anonymous connections are not registered, so not listed.
     pub fn sessions(
         &self,
         user: Option<&str>,
         client_id: Option<&str>,
         max: usize,
     ) -> Vec<SessionInfo> {
-        let users = lock(&self.users);
-        let lists: Vec<(&String, &Vec<Registered>)> = match user {
-            Some(u) => users.get_key_value(u).into_iter().collect(),
-            None => users.iter().collect(),
-        };
-        lists
+        self.found(user, client_id, max)
             .into_iter()
-            .flat_map(|(u, list)| list.iter().map(move |r| (u, r)))
-            .filter(|(_, r)| client_id.is_none_or(|c| &*r.client_id == c))
-            .take(max)
-            .map(|(u, r)| {
-                let outlet = r.outlet.upgrade();
-                SessionInfo {
-                    user: u.clone(),
-                    client_id: r.client_id.to_string(),
-                    live: outlet.is_some(),
-                    format: outlet.map(|o| o.format.subprotocol()),
-                }
-            })
+            .map(|(info, _)| info)
             .collect()
+    }
+
+    /// Like [`Node::sessions`], with each session's transport, age and address: a waiting session
+    /// is described by the node; a live one is asked ([`ServerCommand::Describe`]) and has
+    /// `timeout` to answer (left without details if it does not).
+    pub async fn describe_sessions(
+        &self,
+        user: Option<&str>,
+        client_id: Option<&str>,
+        max: usize,
+        timeout: Duration,
+    ) -> Vec<SessionInfo> {
+        let found = self.found(user, client_id, max);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(found.len().max(1));
+        let reply = DescribeReply(tx);
+        let mut asked: HashMap<String, usize> = HashMap::new();
+        let mut infos = Vec::with_capacity(found.len());
+        for (i, (info, commands)) in found.into_iter().enumerate() {
+            if let Some(c) = commands
+                && c.try_send(ServerCommand::Describe(reply.clone())).is_ok()
+            {
+                asked.insert(info.client_id.clone(), i);
+            }
+            infos.push(info);
+        }
+        drop(reply);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !asked.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(d)) => {
+                    if let Some(i) = asked.remove(&d.client_id) {
+                        infos[i].fill(d);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        infos
+    }
+
+    /// The matching sessions, each with its command channel when it is live (a waiting
+    /// session's details are filled in from the parking: it has no task to answer).
+    fn found(&self, user: Option<&str>, client_id: Option<&str>, max: usize) -> Vec<Found> {
+        let mut found: Vec<Found> = {
+            let users = lock(&self.users);
+            let lists: Vec<(&String, &Vec<Registered>)> = match user {
+                Some(u) => users.get_key_value(u).into_iter().collect(),
+                None => users.iter().collect(),
+            };
+            lists
+                .into_iter()
+                .flat_map(|(u, list)| list.iter().map(move |r| (u, r)))
+                .filter(|(_, r)| client_id.is_none_or(|c| &*r.client_id == c))
+                .take(max)
+                .map(|(u, r)| {
+                    let outlet = r.outlet.upgrade();
+                    let info = SessionInfo {
+                        user: u.clone(),
+                        client_id: r.client_id.to_string(),
+                        live: outlet.is_some(),
+                        format: outlet.map(|o| o.format.subprotocol()),
+                        transport: None,
+                        age_ms: None,
+                        address: None,
+                    };
+                    (info, r.commands.clone())
+                })
+                .collect()
+        };
+        let ids: HashSet<&str> = found.iter().map(|(i, _)| i.client_id.as_str()).collect();
+        let mut waiting = self.waiting_details(&ids);
+        for (info, commands) in &mut found {
+            if let Some(d) = waiting.remove(info.client_id.as_str()) {
+                info.live = false;
+                info.format = None;
+                info.fill(d);
+                *commands = None;
+            }
+        }
+        found
     }
 }

@@ -178,6 +178,9 @@ impl Session {
                 self.expiry = expiry(&self.identity, self.node.config().auth.refresh_before);
                 metrics::counter!("herald_proxy_refreshes_total").increment(1);
             }
+            // The transport answers it with its name (see `Session::details`); this is the
+            // answer of a caller that does not know it.
+            ServerCommand::Describe(reply) => reply.answer(self.details(None)),
         }
     }
 

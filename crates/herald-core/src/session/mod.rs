@@ -218,6 +218,17 @@ impl Session {
         self.client_ip
     }
 
+    /// What the session is, for the admin UI: its age and address, with the `transport` the
+    /// caller (the task that owns it) knows.
+    pub fn details(&self, transport: Option<&'static str>) -> crate::node::SessionDetails {
+        crate::node::SessionDetails {
+            client_id: self.client_id.to_string(),
+            transport,
+            age: self.started.elapsed(),
+            address: self.client_ip,
+        }
+    }
+
     /// The current resume token.
     pub fn resume_token(&self) -> String {
         self.resume_token.to_string()

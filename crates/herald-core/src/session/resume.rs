@@ -187,6 +187,14 @@ impl crate::node::Waiting for Session {
         &self.identity.user_id
     }
 
+    fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    fn details(&self) -> crate::node::SessionDetails {
+        self.details(None)
+    }
+
     fn end(
         self: Box<Self>,
         reason: &'static str,

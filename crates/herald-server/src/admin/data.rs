@@ -20,6 +20,9 @@ use crate::state::{AppState, json_error};
 pub const MAX_CHANNELS: usize = 1000;
 /// Most sessions one `connections` answer lists.
 pub const MAX_SESSIONS: usize = 100;
+/// How long a live session has to say what it is (transport, age, address) in a `connections`
+/// answer; one that does not answer in time is listed without them.
+pub const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 /// History entries the channel page shows.
 pub const CHANNEL_HISTORY: usize = 20;
 
@@ -155,7 +158,7 @@ pub struct ConnectionsQuery {
 }
 
 /// `GET /admin/api/connections`: this node's sessions of a user, or the one with a client id,
-/// with their wire format and the channels they are subscribed to here.
+/// with their wire format, transport, age, address and the channels they are subscribed to here.
 pub async fn connections(
     State(app): State<Arc<AppState>>,
     q: Result<Query<ConnectionsQuery>, QueryRejection>,
@@ -169,7 +172,10 @@ pub async fn connections(
     if user.is_none() && client.is_none() {
         return bad("give `user` or `client_id`");
     }
-    let sessions = app.node.sessions(user, client, MAX_SESSIONS);
+    let sessions = app
+        .node
+        .describe_sessions(user, client, MAX_SESSIONS, DESCRIBE_TIMEOUT)
+        .await;
     let ids: Vec<&str> = sessions.iter().map(|s| s.client_id.as_str()).collect();
     let channels = app.node.hub().channels_of(&ids, MAX_CHANNELS);
     let sessions: Vec<Value> = sessions

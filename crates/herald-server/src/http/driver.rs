@@ -133,6 +133,11 @@ pub async fn run(d: Driven) {
             Event::Command(bytes) => {
                 crate::connection::dispatch(&mut session, entry.format, &bytes).await
             }
+            // Answered here, where the transport is known (the session does not keep it).
+            Event::Server(ServerCommand::Describe(reply)) => {
+                reply.answer(session.details(Some(entry.transport.name())));
+                Flow::Continue
+            }
             Event::Server(cmd) => {
                 session.server_command(cmd).await;
                 Flow::Continue

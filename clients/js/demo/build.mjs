@@ -1,31 +1,5 @@
 // Bundles the demo chat (and the client it uses) into the file the server embeds.
 // `--check`: build in memory and fail if the embedded file is not what the sources give.
-import { build } from 'esbuild';
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { bundle } from '../scripts/bundle.mjs';
 
-const check = process.argv.includes('--check');
-
-const out = fileURLToPath(new URL('../../../crates/herald-server/assets/demo/app.js', import.meta.url));
-const result = await build({
-  entryPoints: [fileURLToPath(new URL('./app.ts', import.meta.url))],
-  bundle: true,
-  format: 'esm',
-  target: 'es2020',
-  minify: true,
-  legalComments: 'none',
-  banner: { js: '// Built from clients/js/demo/app.ts by `npm run build:demo`; do not edit.' },
-  outfile: out,
-  write: !check,
-  logLevel: 'warning',
-});
-if (check) {
-  const built = result.outputFiles?.[0]?.text ?? '';
-  if (built !== readFileSync(out, 'utf8')) {
-    console.error(`${out} is stale: run \`npm run build:demo\` in clients/js and commit the result`);
-    process.exit(1);
-  }
-  console.log('demo bundle is up to date');
-} else {
-  console.log(`demo bundle written to ${out}`);
-}
+await bundle('demo');

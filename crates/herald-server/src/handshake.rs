@@ -245,6 +245,19 @@ pub fn offer(headers: &HeaderMap) -> Offer {
     o
 }
 
+/// The value of the first cookie called `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, val) = pair.trim().split_once('=')?;
+            (k == name).then_some(val)
+        })
+}
+
 /// The handshake token from the enabled carriers, in order: `Authorization: Bearer`, the
 /// subprotocol entry, the cookie, the query parameter.
 pub fn token(headers: &HeaderMap, uri: &Uri, offer: &Offer, cfg: &AuthConfig) -> Option<String> {
@@ -264,17 +277,10 @@ pub fn token(headers: &HeaderMap, uri: &Uri, offer: &Offer, cfg: &AuthConfig) ->
     {
         return Some(t.clone());
     }
-    if let Some(name) = &cfg.cookie {
-        for v in headers.get_all(header::COOKIE) {
-            let Ok(v) = v.to_str() else { continue };
-            for pair in v.split(';') {
-                if let Some((k, val)) = pair.trim().split_once('=')
-                    && k == name
-                {
-                    return Some(val.trim_matches('"').to_owned());
-                }
-            }
-        }
+    if let Some(name) = &cfg.cookie
+        && let Some(val) = cookie(headers, name)
+    {
+        return Some(val.trim_matches('"').to_owned());
     }
     if let Some(name) = &cfg.query_param {
         for pair in uri.query().unwrap_or("").split('&') {

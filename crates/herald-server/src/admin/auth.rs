@@ -31,13 +31,7 @@ pub fn cleared_cookie(secure: bool) -> String {
 
 /// The session id in the request's cookies.
 pub fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .filter(|id| !id.is_empty())
+    crate::handshake::cookie(headers, COOKIE).filter(|id| !id.is_empty())
 }
 
 /// Whether a state-changing request passes the CSRF checks: the custom header is `1`, and an

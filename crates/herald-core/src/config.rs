@@ -21,6 +21,18 @@ pub enum SlowConsumerPolicy {
     Latest,
 }
 
+/// How a namespace's subscriptions are delivered (`docs/protocol.md` §8a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Each publication is written once per socket; a client recovers losses by offset.
+    #[default]
+    AtMostOnce,
+    /// Each subscription acknowledges what it processed; unacknowledged publications are sent
+    /// again, and at most `ack_window` are in flight.
+    AtLeastOnce,
+}
+
 /// Options of one namespace (the part of a channel name before `:`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +65,20 @@ pub struct NamespaceOptions {
     pub max_subscribers: usize,
     /// Slow consumer policy.
     pub slow_consumer: SlowConsumerPolicy,
+    /// `at_most_once` (default) or `at_least_once` (acknowledged, redelivered; needs history and
+    /// `slow_consumer = "disconnect"`).
+    pub delivery: Delivery,
+    /// At-least-once: how long the oldest unacknowledged publication waits before the
+    /// subscription's unacknowledged publications are sent again (doubling per attempt, ×16 at
+    /// most).
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// At-least-once: most unacknowledged publications in flight per subscription (the rest are
+    /// held back in history until acks make room).
+    pub ack_window: u32,
+    /// At-least-once: sends of one publication (the first included) before it is given up as a
+    /// dead letter and the client gets a `gap`.
+    pub ack_max_attempts: u32,
 }
 
 impl Default for NamespaceOptions {
@@ -70,6 +96,10 @@ impl Default for NamespaceOptions {
             publish_proxy: false,
             max_subscribers: 0,
             slow_consumer: SlowConsumerPolicy::Disconnect,
+            delivery: Delivery::AtMostOnce,
+            ack_timeout: Duration::from_secs(5),
+            ack_window: 128,
+            ack_max_attempts: 5,
         }
     }
 }
@@ -90,6 +120,10 @@ impl NamespaceOptions {
             publish_proxy: false,
             max_subscribers: 0,
             slow_consumer: SlowConsumerPolicy::Disconnect,
+            delivery: Delivery::AtMostOnce,
+            ack_timeout: Duration::from_secs(5),
+            ack_window: 128,
+            ack_max_attempts: 5,
         }
     }
 
@@ -106,6 +140,45 @@ impl NamespaceOptions {
     /// Whether history is kept.
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+
+    /// The at-least-once settings, when this namespace acknowledges deliveries.
+    pub fn acks(&self) -> Option<crate::delivery::AckSettings> {
+        (self.delivery == Delivery::AtLeastOnce).then(|| crate::delivery::AckSettings {
+            timeout: self.ack_timeout,
+            window: self.ack_window as usize,
+            max_attempts: self.ack_max_attempts,
+        })
+    }
+
+    fn check(&self, name: &str, session: &SessionConfig) -> Result<(), String> {
+        if self.history_size > 0 && self.history_ttl.is_zero() {
+            return Err(format!("{name}: history_size > 0 needs history_ttl > 0"));
+        }
+        if self.delivery == Delivery::AtLeastOnce {
+            if !self.history_enabled() {
+                return Err(format!(
+                    "{name}: delivery = \"at_least_once\" needs history (history_size and history_ttl)"
+                ));
+            }
+            if self.slow_consumer != SlowConsumerPolicy::Disconnect {
+                return Err(format!(
+                    "{name}: delivery = \"at_least_once\" needs slow_consumer = \"disconnect\" (a publication in flight is never dropped)"
+                ));
+            }
+            if self.ack_window == 0 || self.ack_window as usize > session.queue_max_messages {
+                return Err(format!(
+                    "{name}: ack_window must be 1..=session.queue_max_messages"
+                ));
+            }
+            if self.ack_timeout < Duration::from_millis(50) {
+                return Err(format!("{name}: ack_timeout must be at least 50ms"));
+            }
+            if !(1..=100).contains(&self.ack_max_attempts) {
+                return Err(format!("{name}: ack_max_attempts must be 1..=100"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -298,17 +371,10 @@ impl EngineConfig {
             {
                 return Err(format!("namespace name {name:?} is invalid"));
             }
-            if ns.history_size > 0 && ns.history_ttl.is_zero() {
-                return Err(format!(
-                    "namespaces.{name}: history_size > 0 needs history_ttl > 0"
-                ));
-            }
+            ns.check(&format!("namespaces.{name}"), s)?;
         }
-        if let Some(ns) = &self.default_namespace
-            && ns.history_size > 0
-            && ns.history_ttl.is_zero()
-        {
-            return Err("default_namespace: history_size > 0 needs history_ttl > 0".into());
+        if let Some(ns) = &self.default_namespace {
+            ns.check("default_namespace", s)?;
         }
         Ok(())
     }

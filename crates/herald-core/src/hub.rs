@@ -37,6 +37,8 @@ pub struct Subscriber {
     last_offset: AtomicU64,
     /// `epoch_tag` of the epoch `last_offset` belongs to.
     last_epoch: AtomicU64,
+    /// At-least-once delivery state (namespaces with `delivery = "at_least_once"`).
+    tracker: Option<Box<crate::delivery::Tracker>>,
 }
 
 impl Subscriber {
@@ -47,6 +49,32 @@ impl Subscriber {
         policy: SlowConsumerPolicy,
         join_leave: bool,
     ) -> Arc<Self> {
+        Self::build(outlet, client_id, policy, join_leave, None)
+    }
+
+    /// An at-least-once subscriber: what it is sent stays in flight in `tracker` until acked.
+    pub(crate) fn acknowledged(
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        join_leave: bool,
+        tracker: crate::delivery::Tracker,
+    ) -> Arc<Self> {
+        Self::build(
+            outlet,
+            client_id,
+            SlowConsumerPolicy::Disconnect,
+            join_leave,
+            Some(Box::new(tracker)),
+        )
+    }
+
+    fn build(
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        policy: SlowConsumerPolicy,
+        join_leave: bool,
+        tracker: Option<Box<crate::delivery::Tracker>>,
+    ) -> Arc<Self> {
         Arc::new(Subscriber {
             outlet,
             client_id,
@@ -56,7 +84,38 @@ impl Subscriber {
             buffer: Mutex::new(Vec::new()),
             last_offset: AtomicU64::new(0),
             last_epoch: AtomicU64::new(0),
+            tracker,
         })
+    }
+
+    /// The at-least-once state, when the namespace acknowledges deliveries.
+    pub fn tracker(&self) -> Option<&crate::delivery::Tracker> {
+        self.tracker.as_deref()
+    }
+
+    /// `p` was queued for this subscriber (by its tracker).
+    pub(crate) fn mark_sent(&self, p: &Publication) {
+        self.last_offset.store(p.offset, Ordering::Relaxed);
+        self.last_epoch.store(p.epoch_tag, Ordering::Relaxed);
+    }
+
+    /// The subscriber's position moved to `offset` of `epoch` without a publication (a gap).
+    pub(crate) fn mark_offset(&self, offset: u64, epoch: &str) {
+        self.last_offset.store(offset, Ordering::Relaxed);
+        self.last_epoch
+            .store(crate::publication::epoch_tag(epoch), Ordering::Relaxed);
+    }
+
+    /// Queue a publication that is not a duplicate: through the tracker (at-least-once), or
+    /// under the slow consumer policy.
+    fn enqueue(&self, p: &Arc<Publication>) {
+        match &self.tracker {
+            Some(t) => t.offer(self, p),
+            None => {
+                self.mark_sent(p);
+                self.outlet.push(Out::Pub(p.clone()), self.policy);
+            }
+        }
     }
 
     fn deliver(&self, p: &Arc<Publication>) {
@@ -80,9 +139,7 @@ impl Subscriber {
             metrics::counter!("herald_duplicates_dropped_total").increment(1);
             return;
         }
-        self.last_offset.store(p.offset, Ordering::Relaxed);
-        self.last_epoch.store(p.epoch_tag, Ordering::Relaxed);
-        self.outlet.push(Out::Pub(p.clone()), self.policy);
+        self.enqueue(p);
     }
 
     fn is_duplicate(&self, p: &Publication) -> bool {
@@ -101,9 +158,7 @@ impl Subscriber {
             .store(crate::publication::epoch_tag(epoch), Ordering::Relaxed);
         for p in buf.drain(..) {
             if !self.is_duplicate(&p) {
-                self.last_offset.store(p.offset, Ordering::Relaxed);
-                self.last_epoch.store(p.epoch_tag, Ordering::Relaxed);
-                self.outlet.push(Out::Pub(p), self.policy);
+                self.enqueue(&p);
             }
         }
         self.buffering.store(false, Ordering::Release);
@@ -193,7 +248,10 @@ impl Hub {
         let mut shard = write(self.shard(channel));
         let list = shard.get_mut(channel)?;
         let pos = list.iter().position(|s| &*s.client_id == client_id)?;
-        list.swap_remove(pos);
+        let gone = list.swap_remove(pos);
+        if let Some(t) = gone.tracker() {
+            t.close();
+        }
         let last = list.is_empty();
         if last {
             shard.remove(channel);

@@ -27,6 +27,9 @@ pub enum EventKind {
     ChannelOccupied,
     /// A channel lost its last subscriber on this node.
     ChannelVacated,
+    /// An at-least-once subscription gave up publications (`reason`: `ack_attempts_exhausted`
+    /// or `trimmed`; the dead letter of reason `undelivered` names the offsets).
+    Undelivered,
 }
 
 /// One lifecycle event.
@@ -158,6 +161,7 @@ impl EventLog {
             EventKind::Unsubscribe => "unsubscribe",
             EventKind::ChannelOccupied => "channel_occupied",
             EventKind::ChannelVacated => "channel_vacated",
+            EventKind::Undelivered => "undelivered",
         };
         metrics::counter!("herald_journal_suppressed_total", "journal" => "events", "reason" => kind)
             .increment(1);
@@ -202,6 +206,9 @@ pub enum DeadLetterKind {
     EventsDropped,
     /// A publication could not be encoded for subscribers.
     Encode,
+    /// An at-least-once subscription gave publications up (never acknowledged, or trimmed from
+    /// history while the window held them back).
+    Undelivered,
 }
 
 impl DeadLetterKind {
@@ -213,6 +220,7 @@ impl DeadLetterKind {
             DeadLetterKind::Webhook => "webhook",
             DeadLetterKind::EventsDropped => "events_dropped",
             DeadLetterKind::Encode => "encode",
+            DeadLetterKind::Undelivered => "undelivered",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - [`node`]: the façade (publish, namespaces, sessions waiting for resume).
 //! - [`session`]: the per-connection protocol state machine.
 //! - [`hub`]: local subscription index and fan-out.
+//! - [`delivery`]: at-least-once subscriptions: in-flight window, acks, redelivery.
 //! - [`outlet`]: bounded outbound queue per connection, slow consumer policies.
 //! - [`publication`]: publications with their once-per-format encoded frames.
 //! - [`broker`] / [`presence`]: the engine traits and their contracts.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod conformance;
 pub mod cursor;
 mod de;
+pub mod delivery;
 pub mod error;
 pub mod hub;
 pub mod journal;
@@ -43,7 +45,7 @@ mod sync;
 mod testing;
 
 pub use auth::{AuthConfig, Claims, Identity, Verifier};
-pub use config::{EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
+pub use config::{Delivery, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
 pub use error::EngineError;
 pub use node::{DescribeReply, ServerCommand, SessionDetails};
 pub use node::{Heartbeat, Node};

@@ -13,7 +13,7 @@ use crate::codes::ErrorCode;
 use crate::data::{Data, DataOut};
 use crate::envelope::{
     Auth, ChannelOnly, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN,
-    Publish, Refresh, Request, Resume, Rpc, Subscribe,
+    Ack, Publish, Refresh, Request, Resume, Rpc, Subscribe,
 };
 use crate::frame::{self, OpCode};
 use crate::kind::ServerKind;
@@ -217,6 +217,7 @@ fn finish(
         "auth" => Command::Auth(payload.typed::<Auth>(&id)?),
         "refresh" => Command::Refresh(payload.typed::<Refresh>(&id)?),
         "rpc" => Command::Rpc(payload.typed::<Rpc>(&id)?),
+        "ack" => Command::Ack(payload.typed::<Ack>(&id)?),
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(bad(

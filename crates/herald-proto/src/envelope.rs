@@ -160,6 +160,15 @@ pub struct Resume {
     pub positions: std::collections::HashMap<String, StreamPosition>,
 }
 
+/// `ack` payload: everything of `channel` up to `offset` (current epoch) was processed.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Ack {
+    /// The channel (an at-least-once subscription of this connection).
+    pub channel: String,
+    /// The offset acknowledged, cumulatively.
+    pub offset: u64,
+}
+
 /// A decoded client command.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -185,6 +194,8 @@ pub enum Command {
     Refresh(Refresh),
     /// Call the application backend.
     Rpc(Rpc),
+    /// Acknowledge processed publications of an at-least-once subscription.
+    Ack(Ack),
 }
 
 impl Command {
@@ -202,6 +213,7 @@ impl Command {
             Command::Auth(_) => "auth",
             Command::Refresh(_) => "refresh",
             Command::Rpc(_) => "rpc",
+            Command::Ack(_) => "ack",
         }
     }
 }
@@ -332,6 +344,32 @@ pub struct Subscribed {
     /// drop by policy, not a loss.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub slow_consumer: Option<String>,
+    /// `at_least_once` when the namespace acknowledges deliveries (`docs/protocol.md` §8a):
+    /// the client must `ack` what it processes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delivery: Option<String>,
+    /// At-least-once: most unacknowledged publications in flight.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ack_window: Option<u32>,
+    /// At-least-once: how long the server waits for an ack before sending again.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ack_timeout_ms: Option<u64>,
+}
+
+/// `gap` push: publications `from..=to` of `epoch` will not be delivered on this at-least-once
+/// subscription (`docs/protocol.md` §5).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GapPush {
+    /// The channel.
+    pub channel: String,
+    /// The stream epoch of the offsets.
+    pub epoch: String,
+    /// First offset given up.
+    pub from: u64,
+    /// Last offset given up; the subscription continues after it.
+    pub to: u64,
+    /// `unacknowledged` or `trimmed`.
+    pub reason: String,
 }
 
 /// Reply to `publish`.

@@ -26,11 +26,13 @@ pub enum ServerKind {
     Refresh,
     /// `disconnect`: the advisory sent right before the server closes the socket.
     Disconnect,
+    /// `gap`: the server gave up delivering publications of an at-least-once subscription.
+    Gap,
 }
 
 impl ServerKind {
     /// Every kind, for tests and tables.
-    pub const ALL: [ServerKind; 11] = [
+    pub const ALL: [ServerKind; 12] = [
         ServerKind::Connected,
         ServerKind::Reply,
         ServerKind::Error,
@@ -42,6 +44,7 @@ impl ServerKind {
         ServerKind::Unsubscribed,
         ServerKind::Refresh,
         ServerKind::Disconnect,
+        ServerKind::Gap,
     ];
 
     /// The wire name.
@@ -58,6 +61,7 @@ impl ServerKind {
             ServerKind::Unsubscribed => "unsubscribed",
             ServerKind::Refresh => "refresh",
             ServerKind::Disconnect => "disconnect",
+            ServerKind::Gap => "gap",
         }
     }
 

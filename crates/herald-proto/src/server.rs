@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::Format;
 use crate::envelope::{
-    ClientInfo, Connected, Disconnect, ErrorPayload, Id, RefreshInfo, Subscribed,
+    ClientInfo, Connected, Disconnect, ErrorPayload, GapPush, Id, RefreshInfo, Subscribed,
 };
 pub use crate::kind::ServerKind;
 
@@ -90,6 +90,8 @@ pub enum ServerMessage {
     Refresh(Option<RefreshInfo>),
     /// `disconnect` advisory.
     Disconnect(Disconnect),
+    /// `gap`: publications an at-least-once subscription will not get.
+    Gap(GapPush),
     /// A frame type this version does not know (ignored by clients: forward compatibility).
     Unknown {
         /// Its `type`.
@@ -163,6 +165,7 @@ impl ServerMessage {
             }
             ServerKind::Refresh => ServerMessage::Refresh(serde_json::from_value(payload).ok()),
             ServerKind::Disconnect => ServerMessage::Disconnect(typed(k, payload)?),
+            ServerKind::Gap => ServerMessage::Gap(typed(k, payload)?),
         })
     }
 }

@@ -56,6 +56,7 @@ pub struct Node {
     relay: std::sync::OnceLock<Arc<dyn crate::cluster::RelayHandler>>,
     events: crate::journal::EventLog,
     dead_letters: crate::journal::DeadLetters,
+    sweeper: crate::delivery::Sweeper,
     /// Heartbeat settings announced to clients.
     pub heartbeat: Heartbeat,
 }
@@ -89,6 +90,7 @@ impl Node {
             relay: std::sync::OnceLock::new(),
             events: crate::journal::EventLog::new(&node_id, config.session.event_log_size),
             dead_letters: crate::journal::DeadLetters::new(config.session.dead_letter_size),
+            sweeper: crate::delivery::Sweeper::default(),
             config,
             broker,
             presence,
@@ -142,6 +144,11 @@ impl Node {
     /// Dead letters.
     pub fn dead_letters(&self) -> &crate::journal::DeadLetters {
         &self.dead_letters
+    }
+
+    /// The at-least-once subscriptions' redelivery clock.
+    pub fn sweeper(&self) -> &crate::delivery::Sweeper {
+        &self.sweeper
     }
 
     /// Register the handler of `rpc` commands (once; later calls return false).

@@ -88,6 +88,7 @@ impl Session {
             Command::Resume(r) => self.resume(&id, r).await,
             Command::Refresh(r) => self.refresh(&id, &r.token),
             Command::Rpc(r) => self.rpc(&id, r),
+            Command::Ack(a) => self.ack(&id, a),
             Command::Auth(_) => Err(EngineError::new(
                 ErrorCode::BadRequest,
                 "already authenticated: use `refresh` to replace the token",
@@ -182,6 +183,40 @@ impl Session {
             // answer of a caller that does not know it.
             ServerCommand::Describe(reply) => reply.answer(self.details(None)),
         }
+    }
+
+    /// `ack`: the client processed everything of a channel up to an offset (at-least-once).
+    pub(super) fn ack(
+        &mut self,
+        id: &Option<Id>,
+        a: herald_proto::envelope::Ack,
+    ) -> Result<(), EngineError> {
+        let Some(sub) = self.subs.get(&a.channel) else {
+            return Err(EngineError::new(ErrorCode::NotSubscribed, "not subscribed"));
+        };
+        let Some(t) = sub.tracker() else {
+            return Err(EngineError::new(
+                ErrorCode::BadRequest,
+                "the subscription is not at-least-once: nothing to acknowledge",
+            ));
+        };
+        match t.ack(a.offset) {
+            Err(e) => {
+                return Err(EngineError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "ack of offset {} beyond the last one sent ({})",
+                        a.offset, e.sent
+                    ),
+                ));
+            }
+            Ok(true) => {
+                tokio::spawn(crate::delivery::catch_up(self.node.clone(), sub.clone()));
+            }
+            Ok(false) => {}
+        }
+        self.reply(id, &serde_json::Map::new());
+        Ok(())
     }
 
     pub(super) async fn unsubscribe(

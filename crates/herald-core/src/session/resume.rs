@@ -48,7 +48,23 @@ impl Session {
         let mut channels = Vec::with_capacity(self.subs.len());
         let mut front: Vec<Out> = Vec::new();
         for (channel, sub) in &self.subs {
-            let recovered = match r.positions.get(channel) {
+            let position = r.positions.get(channel);
+            if let Some(t) = sub.tracker() {
+                // At-least-once: the position acks; what was in flight after it is sent again
+                // from memory.
+                let queued = self.outlet.queued_offsets(channel);
+                let (resend, catch) = t.resume(position, &queued);
+                front.extend(resend.into_iter().map(Out::Pub));
+                if catch {
+                    tokio::spawn(crate::delivery::catch_up(self.node.clone(), sub.clone()));
+                }
+                channels.push(ResumedChannel {
+                    channel: channel.clone(),
+                    recovered: position.map(|p| p.offset >= t.acked()),
+                });
+                continue;
+            }
+            let recovered = match position {
                 None => None,
                 Some(pos) => Some(self.fill_gap(channel, sub, pos, &mut front).await),
             };
@@ -163,6 +179,11 @@ impl Session {
             };
             self.end(reason).await;
             return;
+        }
+        for (_, sub) in &self.subs {
+            if let Some(t) = sub.tracker() {
+                t.pause();
+            }
         }
         let node = self.node.clone();
         let token = self.resume_token.to_string();

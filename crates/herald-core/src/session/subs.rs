@@ -23,6 +23,10 @@ impl Subs {
         self.0.is_empty()
     }
 
+    pub(super) fn get(&self, channel: &str) -> Option<&Arc<Subscriber>> {
+        self.find(channel).ok().map(|i| &self.0[i].1)
+    }
+
     pub(super) fn contains_key(&self, channel: &str) -> bool {
         self.find(channel).is_ok()
     }

@@ -118,12 +118,27 @@ impl Session {
                 "max_channels reached",
             ));
         }
-        let sub = Subscriber::new(
-            self.outlet.clone(),
-            self.client_id.clone(),
-            ns.slow_consumer,
-            ns.join_leave,
-        );
+        let acks = ns.acks();
+        let sub = match acks {
+            Some(settings) => {
+                let owner = crate::delivery::Owner {
+                    user_id: self.identity.user_id.clone(),
+                    client_ip: self.client_ip,
+                };
+                Subscriber::acknowledged(
+                    self.outlet.clone(),
+                    self.client_id.clone(),
+                    ns.join_leave,
+                    crate::delivery::Tracker::new(settings, &s.channel, owner),
+                )
+            }
+            None => Subscriber::new(
+                self.outlet.clone(),
+                self.client_id.clone(),
+                ns.slow_consumer,
+                ns.join_leave,
+            ),
+        };
         let (first, _) = node
             .hub()
             .add(&s.channel, sub.clone(), ns.max_subscribers)
@@ -147,6 +162,18 @@ impl Session {
             SlowConsumerPolicy::DropOldest => Some("drop_oldest".into()),
             SlowConsumerPolicy::Latest => Some("latest".into()),
         };
+        let mut pubs = pubs;
+        if let (Some(a), Some(t)) = (acks, sub.tracker()) {
+            reply.delivery = Some("at_least_once".into());
+            reply.ack_window = Some(a.window as u32);
+            reply.ack_timeout_ms = Some(a.timeout.as_millis() as u64);
+            let base = pubs.first().map_or(reply.offset, |p| p.offset - 1);
+            t.begin(&Arc::from(reply.epoch.as_str()), base);
+            // The window's worth follows the reply; the rest waits in history for acks.
+            let n = t.recovered(&sub, &pubs);
+            pubs.truncate(n);
+            node.sweeper().watch(&node, &sub);
+        }
         if server {
             if let Some(b) = self.encode(ServerKind::Subscribed, None, &reply) {
                 self.outlet.push_reply(b);
@@ -301,5 +328,8 @@ pub(super) fn subscribed(
         recovered,
         missed,
         slow_consumer: None,
+        delivery: None,
+        ack_window: None,
+        ack_timeout_ms: None,
     }
 }

@@ -1,0 +1,553 @@
+//! At-least-once delivery (`docs/protocol.md` §8a): per subscription, what was sent and not yet
+//! acknowledged, redelivery after `ack_timeout`, the in-flight window, and dead letters.
+//!
+//! A [`Tracker`] belongs to one subscription of an at-least-once namespace (it sits in the hub's
+//! [`Subscriber`]). The fan-out offers it each publication: within the window it is queued and
+//! kept *in flight*; beyond it the subscription is *behind* and the publication is left in
+//! history. Acks (the session's `ack` command, or a `resume`'s positions) free the window; a
+//! catch-up task ([`catch_up`]) then reads what was held back from history, in order. The node's
+//! [`Sweeper`] (one task per node, no timer per subscription) redelivers what waited too long and
+//! gives up what was sent `ack_max_attempts` times: a `gap` push, a dead letter and an
+//! `undelivered` event.
+//!
+//! Locks: the tracker's mutex is taken by the fan-out, the session and the sweeper, never across
+//! an await; the outlet's lock is taken inside it (outlet pushes), never the other way round.
+
+mod sweeper;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald_proto::envelope::GapPush;
+use herald_proto::{ServerKind, StreamPosition};
+
+use crate::broker::{BrokerError, HistoryQuery};
+use crate::config::SlowConsumerPolicy;
+use crate::hub::Subscriber;
+use crate::journal::{DeadLetterKind, EventKind};
+use crate::node::Node;
+use crate::outlet::Out;
+use crate::publication::Publication;
+use crate::sync::lock;
+
+pub use sweeper::Sweeper;
+
+/// A namespace's at-least-once settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckSettings {
+    /// Wait before the first redelivery (doubling per attempt, ×16 at most).
+    pub timeout: Duration,
+    /// Most publications in flight per subscription.
+    pub window: usize,
+    /// Sends of one publication before it is given up.
+    pub max_attempts: u32,
+}
+
+impl AckSettings {
+    /// The wait after the `attempts`-th send.
+    fn wait(&self, attempts: u32) -> Duration {
+        self.timeout * (1u32 << attempts.saturating_sub(1).min(4))
+    }
+}
+
+/// One publication sent and not acknowledged.
+#[derive(Debug)]
+struct Flight {
+    p: Arc<Publication>,
+    first_sent: Instant,
+    due: Instant,
+    attempts: u32,
+}
+
+/// Why publications were given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GiveUp {
+    /// Sent `ack_max_attempts` times without an ack.
+    Unacknowledged,
+    /// Left history while held back by the window.
+    Trimmed,
+}
+
+impl GiveUp {
+    fn as_str(self) -> &'static str {
+        match self {
+            GiveUp::Unacknowledged => "unacknowledged",
+            GiveUp::Trimmed => "trimmed",
+        }
+    }
+}
+
+/// Publications `from..=to` given up on a subscription (reported outside the tracker's lock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GivenUp {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) epoch: Arc<str>,
+    pub(crate) why: GiveUp,
+    pub(crate) attempts: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    epoch_tag: u64,
+    epoch: Option<Arc<str>>,
+    /// Cumulative ack (or give-up) position.
+    acked: u64,
+    /// Offset of the last publication queued.
+    sent: u64,
+    inflight: VecDeque<Flight>,
+    /// Publications after `sent` were held back (window full): history has them.
+    behind: bool,
+    /// Newest offset the live stream offered while behind.
+    seen: u64,
+    /// A catch-up task is running.
+    catching_up: bool,
+    /// The session waits for `resume`: no redelivery, no attempts.
+    paused: bool,
+    /// The subscription ended: nothing more is queued.
+    closed: bool,
+}
+
+/// Who the subscription belongs to (for dead letters and events).
+#[derive(Debug, Clone)]
+pub(crate) struct Owner {
+    pub(crate) user_id: String,
+    pub(crate) client_ip: Option<std::net::IpAddr>,
+}
+
+/// One at-least-once subscription's delivery state.
+#[derive(Debug)]
+pub struct Tracker {
+    settings: AckSettings,
+    channel: Arc<str>,
+    owner: Owner,
+    state: Mutex<State>,
+}
+
+/// A rejected `ack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AckBeyondSent {
+    pub(crate) sent: u64,
+}
+
+impl Tracker {
+    pub(crate) fn new(settings: AckSettings, channel: &str, owner: Owner) -> Tracker {
+        Tracker {
+            settings,
+            channel: Arc::from(channel),
+            owner,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> AckSettings {
+        self.settings
+    }
+
+    /// Publications in flight (sent, not acknowledged).
+    pub fn in_flight(&self) -> usize {
+        lock(&self.state).inflight.len()
+    }
+
+    /// The cumulative ack position.
+    pub fn acked(&self) -> u64 {
+        lock(&self.state).acked
+    }
+
+    /// Start at `(epoch, base)`: everything up to `base` counts as acknowledged (the client's
+    /// recovery position, or the stream top for a fresh subscription).
+    pub(crate) fn begin(&self, epoch: &Arc<str>, base: u64) {
+        let mut s = lock(&self.state);
+        s.epoch_tag = crate::publication::epoch_tag(epoch);
+        s.epoch = Some(epoch.clone());
+        s.acked = base;
+        s.sent = base;
+        s.seen = base;
+    }
+
+    /// Publications the recovery queues itself (it pushes them; the tracker keeps them in flight).
+    /// Returns how many of `pubs` fit in the window: the rest are held back (read again from
+    /// history as acks make room).
+    pub(crate) fn recovered(&self, sub: &Subscriber, pubs: &[Arc<Publication>]) -> usize {
+        let mut s = lock(&self.state);
+        let room = self.settings.window.saturating_sub(s.inflight.len());
+        let n = pubs.len().min(room);
+        let now = Instant::now();
+        for p in &pubs[..n] {
+            self.track(&mut s, sub, p, now);
+        }
+        if let Some(last) = pubs.get(n..).and_then(<[_]>::last) {
+            s.behind = true;
+            s.seen = s.seen.max(last.offset);
+        }
+        n
+    }
+
+    /// A publication for this subscription (fan-out, or the end of setup): queued within the
+    /// window, else held back.
+    pub(crate) fn offer(&self, sub: &Subscriber, p: &Arc<Publication>) {
+        let mut s = lock(&self.state);
+        if s.closed {
+            return;
+        }
+        if s.epoch_tag != p.epoch_tag {
+            // A new stream: what was in flight cannot be read again; start over in it.
+            self.reset(&mut s, p);
+        }
+        if s.behind || s.inflight.len() >= self.settings.window {
+            s.behind = true;
+            s.seen = s.seen.max(p.offset);
+            return;
+        }
+        self.send(&mut s, sub, p);
+    }
+
+    fn reset(&self, s: &mut State, p: &Publication) {
+        let dropped = s.inflight.len();
+        s.inflight.clear();
+        gauge(-(dropped as f64));
+        s.epoch_tag = p.epoch_tag;
+        s.epoch = Some(p.epoch.clone());
+        s.acked = p.offset.saturating_sub(1);
+        s.sent = s.acked;
+        s.seen = s.acked;
+        s.behind = false;
+    }
+
+    fn track(&self, s: &mut State, sub: &Subscriber, p: &Arc<Publication>, now: Instant) {
+        s.inflight.push_back(Flight {
+            p: p.clone(),
+            first_sent: now,
+            due: now + self.settings.wait(1),
+            attempts: 1,
+        });
+        s.sent = p.offset;
+        sub.mark_sent(p);
+        gauge(1.0);
+    }
+
+    fn send(&self, s: &mut State, sub: &Subscriber, p: &Arc<Publication>) {
+        self.track(s, sub, p, Instant::now());
+        sub.outlet
+            .push(Out::Pub(p.clone()), SlowConsumerPolicy::Disconnect);
+    }
+
+    /// The client processed everything up to `offset`. `Ok(true)`: the window has room and
+    /// publications were held back — run [`catch_up`].
+    pub(crate) fn ack(&self, offset: u64) -> Result<bool, AckBeyondSent> {
+        let mut s = lock(&self.state);
+        if offset > s.sent {
+            return Err(AckBeyondSent { sent: s.sent });
+        }
+        self.ack_locked(&mut s, offset);
+        Ok(self.wants_catch_up(&mut s))
+    }
+
+    fn ack_locked(&self, s: &mut State, offset: u64) {
+        if offset <= s.acked {
+            return;
+        }
+        s.acked = offset;
+        let now = Instant::now();
+        let mut n = 0;
+        while s.inflight.front().is_some_and(|f| f.p.offset <= offset) {
+            if let Some(f) = s.inflight.pop_front() {
+                metrics::histogram!("herald_ack_latency_seconds")
+                    .record(now.duration_since(f.first_sent).as_secs_f64());
+                n += 1;
+            }
+        }
+        gauge(-(n as f64));
+    }
+
+    /// Whether a catch-up should start now (and mark it started).
+    fn wants_catch_up(&self, s: &mut State) -> bool {
+        let go = s.behind
+            && !s.catching_up
+            && !s.closed
+            && !s.paused
+            && s.inflight.len() < self.settings.window;
+        if go {
+            s.catching_up = true;
+        }
+        go
+    }
+
+    /// The session went away to wait for `resume`: stop redelivering.
+    pub(crate) fn pause(&self) {
+        lock(&self.state).paused = true;
+    }
+
+    /// The subscription ended.
+    pub(crate) fn close(&self) {
+        let mut s = lock(&self.state);
+        s.closed = true;
+        let n = s.inflight.len();
+        s.inflight.clear();
+        gauge(-(n as f64));
+    }
+
+    /// The session resumed on a new socket whose client holds `position` (its last processed
+    /// offset, when it said so and in this epoch): ack it, and return, in order, the in-flight
+    /// publications after it that the old socket may have lost (`queued` are still in the
+    /// outlet and will be written anyway). Their waits start over. `Ok(true)` in the second
+    /// field: run [`catch_up`].
+    pub(crate) fn resume(
+        &self,
+        position: Option<&StreamPosition>,
+        queued: &[u64],
+    ) -> (Vec<Arc<Publication>>, bool) {
+        let mut s = lock(&self.state);
+        s.paused = false;
+        if let Some(pos) = position
+            && s.epoch.as_deref() == Some(pos.epoch.as_str())
+        {
+            let upto = pos.offset.min(s.sent);
+            self.ack_locked(&mut s, upto);
+        }
+        let now = Instant::now();
+        let wait = self.settings.wait(1);
+        let mut resend = Vec::new();
+        for f in s.inflight.iter_mut() {
+            f.due = now + wait;
+            if !queued.contains(&f.p.offset) {
+                resend.push(f.p.clone());
+            }
+        }
+        let catch = self.wants_catch_up(&mut s);
+        (resend, catch)
+    }
+
+    /// Sweeper: redeliver what waited too long, give up what was sent too often. Returns what was
+    /// given up and whether a catch-up should start.
+    pub(crate) fn sweep(&self, sub: &Subscriber, now: Instant) -> (Option<GivenUp>, bool) {
+        let mut s = lock(&self.state);
+        if s.paused || s.closed {
+            return (None, false);
+        }
+        let mut given_up = None;
+        if let Some(front) = s.inflight.front()
+            && front.due <= now
+        {
+            if front.attempts >= self.settings.max_attempts {
+                let attempts = front.attempts;
+                let offset = front.p.offset;
+                let epoch = front.p.epoch.clone();
+                s.acked = offset;
+                s.inflight.pop_front();
+                gauge(-1.0);
+                for f in s.inflight.iter_mut() {
+                    f.attempts = 0;
+                }
+                given_up = Some(GivenUp {
+                    from: offset,
+                    to: offset,
+                    epoch,
+                    why: GiveUp::Unacknowledged,
+                    attempts,
+                });
+                self.push_gap(sub, given_up.as_ref());
+                self.redeliver(&mut s, sub, now);
+            } else {
+                self.redeliver(&mut s, sub, now);
+            }
+        }
+        let catch = self.wants_catch_up(&mut s);
+        (given_up, catch)
+    }
+
+    /// Send again every in-flight publication not still queued; each one's attempt count grows.
+    fn redeliver(&self, s: &mut State, sub: &Subscriber, now: Instant) {
+        if s.inflight.is_empty() {
+            return;
+        }
+        let queued = sub.outlet.queued_offsets(&self.channel);
+        let mut n = 0;
+        for f in s.inflight.iter_mut() {
+            f.attempts += 1;
+            f.due = now + self.settings.wait(f.attempts);
+            if !queued.contains(&f.p.offset) {
+                n += 1;
+                if !sub
+                    .outlet
+                    .push(Out::Pub(f.p.clone()), SlowConsumerPolicy::Disconnect)
+                {
+                    break;
+                }
+            }
+        }
+        metrics::counter!("herald_redeliveries_total").increment(n);
+    }
+
+    fn push_gap(&self, sub: &Subscriber, g: Option<&GivenUp>) {
+        let Some(g) = g else { return };
+        let push = GapPush {
+            channel: self.channel.to_string(),
+            epoch: g.epoch.to_string(),
+            from: g.from,
+            to: g.to,
+            reason: g.why.as_str().to_owned(),
+        };
+        match herald_proto::encode(sub.outlet.format, ServerKind::Gap, None, &push) {
+            Ok(frame) => sub.outlet.push_reply(frame),
+            Err(e) => tracing::error!(error = %e, "cannot encode a gap push"),
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        let n = lock(&self.state).inflight.len();
+        gauge(-(n as f64));
+    }
+}
+
+fn gauge(delta: f64) {
+    if delta != 0.0 {
+        metrics::gauge!("herald_ack_inflight").increment(delta);
+    }
+}
+
+/// Record what was given up: a dead letter, an `undelivered` event, the counter.
+pub(crate) fn report(node: &Node, sub: &Subscriber, t: &Tracker, g: &GivenUp) {
+    let lost = g.to - g.from + 1;
+    metrics::counter!("herald_undelivered_total", "reason" => g.why.as_str()).increment(lost);
+    if !node.journal_allowed(t.owner.client_ip) {
+        node.dead_letters().suppressed(DeadLetterKind::Undelivered);
+        node.events().suppressed(EventKind::Undelivered);
+        return;
+    }
+    node.dead_letters().push(
+        DeadLetterKind::Undelivered,
+        serde_json::json!({
+            "client_id": &*sub.client_id,
+            "user_id": t.owner.user_id,
+            "channel": &*t.channel,
+            "epoch": &*g.epoch,
+            "from": g.from,
+            "to": g.to,
+            "why": g.why.as_str(),
+            "attempts": g.attempts,
+        }),
+    );
+    let reason = match g.why {
+        GiveUp::Unacknowledged => "ack_attempts_exhausted",
+        GiveUp::Trimmed => "trimmed",
+    };
+    node.events().push(
+        EventKind::Undelivered,
+        Some(&sub.client_id),
+        Some(&t.owner.user_id),
+        Some(&t.channel),
+        Some(reason),
+        None,
+    );
+}
+
+/// History pages read per catch-up step (at most the window's free room).
+const CATCH_UP_PAGE: usize = 100;
+/// Reads in a row that brought nothing new before a catch-up pauses (the live stream raced
+/// ahead of history; the sweeper starts it again).
+const CATCH_UP_IDLE_READS: u32 = 20;
+
+/// Send, in order, what the window held back, as far as the window allows (a task: it reads
+/// history). Ends when caught up with the live stream, when the window is full again, or when
+/// the subscription ends.
+pub(crate) async fn catch_up(node: Arc<Node>, sub: Arc<Subscriber>) {
+    let Some(t) = sub.tracker() else { return };
+    let mut idle = 0;
+    loop {
+        let (since, room, epoch) = {
+            let mut s = lock(&t.state);
+            let room = t.settings.window.saturating_sub(s.inflight.len());
+            if !s.behind || s.closed || s.paused || room == 0 || idle >= CATCH_UP_IDLE_READS {
+                s.catching_up = false;
+                return;
+            }
+            let Some(epoch) = s.epoch.clone() else {
+                s.catching_up = false;
+                return;
+            };
+            (s.sent, room, epoch)
+        };
+        let q = HistoryQuery {
+            since: Some(StreamPosition {
+                offset: since,
+                epoch: epoch.to_string(),
+            }),
+            limit: room.min(CATCH_UP_PAGE),
+            reverse: false,
+        };
+        let page = match node.broker.history(&t.channel, q.clone()).await {
+            Ok(p) if p.epoch == epoch => p,
+            Ok(_) | Err(BrokerError::EpochMismatch) => {
+                // The stream was reset: the live stream's next publication starts the new epoch.
+                let mut s = lock(&t.state);
+                s.behind = false;
+                s.catching_up = false;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(channel = %t.channel, error = %e, "at-least-once catch-up cannot read history");
+                lock(&t.state).catching_up = false;
+                return;
+            }
+        };
+        let mut given_up = None;
+        {
+            let mut s = lock(&t.state);
+            if s.closed || s.sent != since {
+                s.catching_up = false;
+                return;
+            }
+            let before = s.sent;
+            // What history no longer holds after `sent` was lost while held back.
+            let first = page
+                .publications
+                .first()
+                .map_or(page.top + 1, |p| p.offset)
+                .min(page.top + 1);
+            if first > s.sent + 1 && page.first_kept > s.sent + 1 {
+                let g = GivenUp {
+                    from: s.sent + 1,
+                    to: first - 1,
+                    epoch: epoch.clone(),
+                    why: GiveUp::Trimmed,
+                    attempts: 0,
+                };
+                s.sent = g.to;
+                if s.inflight.is_empty() {
+                    s.acked = g.to;
+                }
+                t.push_gap(&sub, Some(&g));
+                sub.mark_offset(g.to, &epoch);
+                given_up = Some(g);
+            }
+            let mut left = room;
+            for p in &page.publications {
+                if p.offset <= s.sent {
+                    continue;
+                }
+                if left == 0 {
+                    break;
+                }
+                t.send(&mut s, &sub, p);
+                left -= 1;
+            }
+            if s.sent >= s.seen.max(page.top) {
+                s.behind = false;
+            }
+            idle = if s.sent == before { idle + 1 } else { 0 };
+        }
+        if let Some(g) = given_up {
+            report(&node, &sub, t, &g);
+        }
+        if idle > 0 {
+            tokio::time::sleep(Duration::from_millis(10 * u64::from(idle))).await;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_proto::{Data, Format, StreamPosition};
+
+use super::*;
+use crate::outlet::{Drained, Outlet, QueueLimits};
+
+fn setup(window: usize, max_attempts: u32) -> (Arc<Outlet>, Arc<Subscriber>) {
+    let outlet = Outlet::new(
+        Format::Json,
+        QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        },
+    );
+    let settings = AckSettings {
+        timeout: Duration::from_secs(1),
+        window,
+        max_attempts,
+    };
+    let owner = Owner {
+        user_id: "u".into(),
+        client_ip: None,
+    };
+    let sub = Subscriber::acknowledged(
+        outlet.clone(),
+        Arc::from("c1"),
+        false,
+        Tracker::new(settings, "orders", owner),
+    );
+    let t = sub.tracker().expect("tracker");
+    t.begin(&Arc::from("e"), 0);
+    (outlet, sub)
+}
+
+fn publication(offset: u64) -> Arc<Publication> {
+    Arc::new(Publication::new(
+        Arc::from("orders"),
+        offset,
+        Arc::from("e"),
+        0,
+        Data::json("1").expect("json"),
+        None,
+    ))
+}
+
+/// What the outlet holds: `m<offset>` for messages, `gap<from>-<to>` for gap pushes.
+fn written(outlet: &Outlet) -> Vec<String> {
+    let mut d = Drained::default();
+    outlet.drain(1000, &mut d);
+    d.frames
+        .iter()
+        .map(|f| {
+            let (payload, _) = herald_proto::frame::parse_unmasked(f).expect("frame");
+            let v: serde_json::Value = serde_json::from_slice(payload).expect("json");
+            match v["type"].as_str() {
+                Some("message") => format!("m{}", v["payload"]["offset"]),
+                Some("gap") => format!("gap{}-{}", v["payload"]["from"], v["payload"]["to"]),
+                other => format!("{other:?}"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn the_window_holds_back_what_does_not_fit_and_acks_make_room() {
+    let (outlet, sub) = setup(3, 5);
+    let t = sub.tracker().expect("tracker");
+    for o in 1..=5 {
+        t.offer(&sub, &publication(o));
+    }
+    assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
+    assert_eq!(t.in_flight(), 3);
+    assert_eq!(t.ack(7), Err(AckBeyondSent { sent: 3 }), "4 and 5 were not sent");
+    assert_eq!(t.ack(2), Ok(true), "room, and publications held back: catch up");
+    assert_eq!((t.in_flight(), t.acked()), (1, 2));
+    assert_eq!(t.ack(1), Ok(false), "an older ack changes nothing");
+    assert_eq!(t.acked(), 2);
+}
+
+#[test]
+fn unacknowledged_publications_are_sent_again_with_backoff_then_given_up() {
+    let (outlet, sub) = setup(10, 3);
+    let t = sub.tracker().expect("tracker");
+    let start = Instant::now();
+    for o in 1..=3 {
+        t.offer(&sub, &publication(o));
+    }
+    assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
+    assert_eq!(t.ack(1), Ok(false));
+    // Not due yet.
+    assert_eq!(t.sweep(&sub, start + Duration::from_millis(500)), (None, false));
+    assert!(written(&outlet).is_empty());
+    // Due after 1 s: 2 and 3 again (attempt 2), next wait 2 s.
+    let at = start + Duration::from_millis(1100);
+    assert_eq!(t.sweep(&sub, at), (None, false));
+    assert_eq!(written(&outlet), ["m2", "m3"]);
+    assert_eq!(t.sweep(&sub, at + Duration::from_millis(1500)), (None, false));
+    assert!(written(&outlet).is_empty(), "the second wait is twice as long");
+    // A copy still queued is not queued twice.
+    let at = at + Duration::from_millis(2100);
+    t.offer(&sub, &publication(4));
+    assert_eq!(t.sweep(&sub, at), (None, false));
+    assert_eq!(written(&outlet), ["m4", "m2", "m3"]);
+    // Attempt 3 was the last: 2 is given up; the rest goes again at once, attempts anew.
+    let (given_up, _) = t.sweep(&sub, at + Duration::from_secs(5));
+    let g = given_up.expect("given up");
+    assert_eq!((g.from, g.to, g.why, g.attempts), (2, 2, GiveUp::Unacknowledged, 3));
+    assert_eq!(written(&outlet), ["gap2-2", "m3", "m4"]);
+    assert_eq!(t.acked(), 2);
+    assert_eq!(t.in_flight(), 2);
+}
+
+#[test]
+fn nothing_is_redelivered_while_paused_and_resume_sends_what_the_socket_lost() {
+    let (outlet, sub) = setup(10, 2);
+    let t = sub.tracker().expect("tracker");
+    for o in 1..=4 {
+        t.offer(&sub, &publication(o));
+    }
+    // 1..3 were written to the dead socket; 4 is still queued.
+    let mut d = Drained::default();
+    outlet.drain(3, &mut d);
+    t.pause();
+    let later = Instant::now() + Duration::from_secs(60);
+    assert_eq!(t.sweep(&sub, later), (None, false));
+    assert_eq!(outlet.queued_offsets("orders"), [4]);
+    let pos = StreamPosition {
+        offset: 1,
+        epoch: "e".into(),
+    };
+    let (resend, catch) = t.resume(Some(&pos), &outlet.queued_offsets("orders"));
+    let offsets: Vec<u64> = resend.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [2, 3], "1 is acked by the position; 4 is still queued");
+    assert!(!catch);
+    assert_eq!((t.acked(), t.in_flight()), (1, 3));
+}
+
+#[test]
+fn a_new_epoch_ends_what_was_in_flight() {
+    let (outlet, sub) = setup(2, 2);
+    let t = sub.tracker().expect("tracker");
+    t.offer(&sub, &publication(1));
+    t.offer(&sub, &publication(2));
+    t.offer(&sub, &publication(3));
+    assert_eq!(written(&outlet), ["m1", "m2"]);
+    let p = Arc::new(Publication::new(
+        Arc::from("orders"),
+        1,
+        Arc::from("f"),
+        0,
+        Data::json("1").expect("json"),
+        None,
+    ));
+    t.offer(&sub, &p);
+    assert_eq!(written(&outlet), ["m1"]);
+    assert_eq!((t.acked(), t.in_flight()), (0, 1));
+}

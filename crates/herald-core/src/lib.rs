@@ -45,7 +45,9 @@ mod sync;
 mod testing;
 
 pub use auth::{AuthConfig, Claims, Identity, Verifier};
-pub use config::{Delivery, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy};
+pub use config::{
+    Delivery, EngineConfig, LimitsConfig, NamespaceOptions, SessionConfig, SlowConsumerPolicy,
+};
 pub use error::EngineError;
 pub use node::{DescribeReply, ServerCommand, SessionDetails};
 pub use node::{Heartbeat, Node};

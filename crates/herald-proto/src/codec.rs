@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 use crate::codes::ErrorCode;
 use crate::data::{Data, DataOut};
 use crate::envelope::{
-    Auth, ChannelOnly, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN,
-    Ack, Publish, Refresh, Request, Resume, Rpc, Subscribe,
+    Ack, Auth, ChannelOnly, ClientInfo, Command, DecodeError, History, Id, MAX_IDEMPOTENCY_KEY_LEN,
+    Publish, Refresh, Request, Resume, Rpc, Subscribe,
 };
 use crate::frame::{self, OpCode};
 use crate::kind::ServerKind;

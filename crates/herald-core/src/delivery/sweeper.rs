@@ -19,10 +19,7 @@ impl Sweeper {
     /// Sweep `sub` from now on (starting the node's sweeper task on the first one).
     pub(crate) fn watch(&self, node: &Arc<Node>, sub: &Arc<Subscriber>) {
         lock(&self.subs).push(Arc::downgrade(sub));
-        if !self
-            .started
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
             let tick = tick(node);
             tokio::spawn(run(Arc::downgrade(node), tick));
         }

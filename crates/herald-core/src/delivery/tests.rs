@@ -72,8 +72,16 @@ fn the_window_holds_back_what_does_not_fit_and_acks_make_room() {
     }
     assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
     assert_eq!(t.in_flight(), 3);
-    assert_eq!(t.ack(7), Err(AckBeyondSent { sent: 3 }), "4 and 5 were not sent");
-    assert_eq!(t.ack(2), Ok(true), "room, and publications held back: catch up");
+    assert_eq!(
+        t.ack(7),
+        Err(AckBeyondSent { sent: 3 }),
+        "4 and 5 were not sent"
+    );
+    assert_eq!(
+        t.ack(2),
+        Ok(true),
+        "room, and publications held back: catch up"
+    );
     assert_eq!((t.in_flight(), t.acked()), (1, 2));
     assert_eq!(t.ack(1), Ok(false), "an older ack changes nothing");
     assert_eq!(t.acked(), 2);
@@ -90,14 +98,23 @@ fn unacknowledged_publications_are_sent_again_with_backoff_then_given_up() {
     assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
     assert_eq!(t.ack(1), Ok(false));
     // Not due yet.
-    assert_eq!(t.sweep(&sub, start + Duration::from_millis(500)), (None, false));
+    assert_eq!(
+        t.sweep(&sub, start + Duration::from_millis(500)),
+        (None, false)
+    );
     assert!(written(&outlet).is_empty());
     // Due after 1 s: 2 and 3 again (attempt 2), next wait 2 s.
     let at = start + Duration::from_millis(1100);
     assert_eq!(t.sweep(&sub, at), (None, false));
     assert_eq!(written(&outlet), ["m2", "m3"]);
-    assert_eq!(t.sweep(&sub, at + Duration::from_millis(1500)), (None, false));
-    assert!(written(&outlet).is_empty(), "the second wait is twice as long");
+    assert_eq!(
+        t.sweep(&sub, at + Duration::from_millis(1500)),
+        (None, false)
+    );
+    assert!(
+        written(&outlet).is_empty(),
+        "the second wait is twice as long"
+    );
     // A copy still queued is not queued twice.
     let at = at + Duration::from_millis(2100);
     t.offer(&sub, &publication(4));
@@ -106,7 +123,10 @@ fn unacknowledged_publications_are_sent_again_with_backoff_then_given_up() {
     // Attempt 3 was the last: 2 is given up; the rest goes again at once, attempts anew.
     let (given_up, _) = t.sweep(&sub, at + Duration::from_secs(5));
     let g = given_up.expect("given up");
-    assert_eq!((g.from, g.to, g.why, g.attempts), (2, 2, GiveUp::Unacknowledged, 3));
+    assert_eq!(
+        (g.from, g.to, g.why, g.attempts),
+        (2, 2, GiveUp::Unacknowledged, 3)
+    );
     assert_eq!(written(&outlet), ["gap2-2", "m3", "m4"]);
     assert_eq!(t.acked(), 2);
     assert_eq!(t.in_flight(), 2);
@@ -132,7 +152,11 @@ fn nothing_is_redelivered_while_paused_and_resume_sends_what_the_socket_lost() {
     };
     let (resend, catch) = t.resume(Some(&pos), &outlet.queued_offsets("orders"));
     let offsets: Vec<u64> = resend.iter().map(|p| p.offset).collect();
-    assert_eq!(offsets, [2, 3], "1 is acked by the position; 4 is still queued");
+    assert_eq!(
+        offsets,
+        [2, 3],
+        "1 is acked by the position; 4 is still queued"
+    );
     assert!(!catch);
     assert_eq!((t.acked(), t.in_flight()), (1, 3));
 }

@@ -1,6 +1,8 @@
 //! The application's handle: typed requests over the driver task.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,25 +21,71 @@ use crate::state::Cmd;
 pub struct Client {
     cmds: mpsc::Sender<Cmd>,
     request_timeout: Duration,
+    acks: Arc<AckBoard>,
+}
+
+/// Processed positions of at-least-once channels, waiting for the driver (one entry per channel,
+/// the highest offset: bounded by the subscriptions, never blocks the application).
+#[derive(Default)]
+pub(crate) struct AckBoard {
+    pending: Mutex<BTreeMap<String, u64>>,
+    pub(crate) notify: tokio::sync::Notify,
+}
+
+impl AckBoard {
+    fn put(&self, channel: &str, offset: u64) {
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match p.get_mut(channel) {
+                Some(o) => *o = (*o).max(offset),
+                None => {
+                    p.insert(channel.to_owned(), offset);
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Everything put since the last call.
+    pub(crate) fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// The ordered stream of [`Event`]s. Read it: when its buffer is full the client stops reading
 /// the socket (so nothing is dropped), and the server's slow-consumer policy takes over.
+///
+/// With [`AckMode::Auto`](crate::AckMode) (the default), asking for the next event acknowledges
+/// the previous message of an at-least-once subscription: the application is done with it.
 pub struct Events {
     rx: mpsc::Receiver<Event>,
+    acks: Option<Arc<AckBoard>>,
+    /// The last message handed out (auto mode), acknowledged at the next call.
+    last: Option<(String, u64)>,
 }
 
 impl Events {
     /// The next event; `None` after the client reached `State::Closed`.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        if let (Some(board), Some((channel, offset))) = (&self.acks, self.last.take()) {
+            board.put(&channel, offset);
+        }
+        let e = self.rx.poll_recv(cx);
+        if let (Some(_), Poll::Ready(Some(Event::Message(m)))) = (&self.acks, &e) {
+            self.last = Some((m.channel.clone(), m.offset));
+        }
+        e
     }
 }
 
 impl futures_util::Stream for Events {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        self.poll(cx)
     }
 }
 
@@ -58,13 +106,20 @@ impl Client {
         let (tx, rx) = mpsc::channel(1024);
         let (etx, erx) = mpsc::channel(cfg.event_buffer.max(16));
         let request_timeout = cfg.request_timeout;
-        tokio::spawn(Driver::new(cfg, rx, etx).run());
+        let acks = Arc::new(AckBoard::default());
+        let auto = cfg.ack == crate::config::AckMode::Auto;
+        tokio::spawn(Driver::new(cfg, rx, etx, acks.clone()).run());
         (
             Client {
                 cmds: tx,
                 request_timeout,
+                acks: acks.clone(),
             },
-            Events { rx: erx },
+            Events {
+                rx: erx,
+                acks: auto.then_some(acks),
+                last: None,
+            },
         )
     }
 
@@ -90,6 +145,14 @@ impl Client {
     pub async fn subscribe(&self, channel: &str) -> Result<Value, ClientError> {
         let channel = channel.to_owned();
         self.call(|tx| Cmd::Subscribe { channel, tx }).await
+    }
+
+    /// Acknowledge that the application processed `channel` up to `offset` (cumulative) on an
+    /// at-least-once subscription ([`AckMode::Manual`](crate::AckMode); in automatic mode
+    /// [`Events`] does it). Never blocks; acks are batched (`docs/protocol.md` §4 `ack`).
+    /// Ignored for other subscriptions.
+    pub fn ack(&self, channel: &str, offset: u64) {
+        self.acks.put(channel, offset);
     }
 
     /// Unsubscribe.

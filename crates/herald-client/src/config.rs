@@ -89,6 +89,20 @@ pub struct ClientConfig {
     pub event_buffer: usize,
     /// Extra trusted root certificates (DER), e.g. a private CA; the Mozilla roots are always in.
     pub extra_roots: Vec<Vec<u8>>,
+    /// At-least-once subscriptions: who acknowledges (`docs/protocol.md` §8a).
+    pub ack: AckMode,
+}
+
+/// Who acknowledges the messages of at-least-once subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// A message counts as processed when the application asks [`crate::Events`] for the next
+    /// event (it finished with this one).
+    #[default]
+    Auto,
+    /// The application calls [`crate::Client::ack`] when it has processed a message (for
+    /// example after committing it to its own store).
+    Manual,
 }
 
 impl ClientConfig {
@@ -108,6 +122,7 @@ impl ClientConfig {
             watchdog_margin: Duration::from_secs(5),
             event_buffer: 4096,
             extra_roots: Vec::new(),
+            ack: AckMode::Auto,
         }
     }
 

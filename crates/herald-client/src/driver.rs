@@ -54,6 +54,7 @@ pub(crate) struct Driver {
     events: mpsc::Sender<Event>,
     state: ClientState,
     connector: Connector,
+    acks: Arc<crate::client::AckBoard>,
 }
 
 /// The open connection: a WebSocket or an HTTP transport session.
@@ -230,6 +231,7 @@ impl Driver {
         cfg: ClientConfig,
         cmds: mpsc::Receiver<Cmd>,
         events: mpsc::Sender<Event>,
+        acks: Arc<crate::client::AckBoard>,
     ) -> Driver {
         let connector = connector(&cfg.extra_roots);
         let state = ClientState::new(Settings {
@@ -245,6 +247,7 @@ impl Driver {
             events,
             state,
             connector,
+            acks,
         }
     }
 
@@ -635,6 +638,12 @@ impl Driver {
                     }
                 }
                 _ = sleep_opt(self.state.next_deadline()) => self.state.tick(Instant::now()),
+                _ = self.acks.notify.notified() => {
+                    let now = Instant::now();
+                    for (channel, offset) in self.acks.take() {
+                        self.state.processed(&channel, offset, now);
+                    }
+                }
                 token = async { match refreshing.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                     refreshing = None;
                     match token {

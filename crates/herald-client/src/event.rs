@@ -135,6 +135,9 @@ pub enum GapReason {
     Dropped,
     /// Offsets were skipped inside the epoch where nothing should be dropped: a loss.
     Skipped,
+    /// At-least-once: the server sent these offsets `ack_max_attempts` times without an ack and
+    /// gave them up (a `gap` push; the backend has a dead letter).
+    Unacknowledged,
 }
 
 impl GapReason {
@@ -145,6 +148,7 @@ impl GapReason {
             GapReason::Trimmed => "trimmed",
             GapReason::Dropped => "dropped",
             GapReason::Skipped => "skipped",
+            GapReason::Unacknowledged => "unacknowledged",
         }
     }
 }

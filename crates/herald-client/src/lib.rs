@@ -44,7 +44,7 @@ mod state;
 
 pub use backoff::Backoff;
 pub use client::{Client, Events, HistoryQuery};
-pub use config::{BoxError, Carrier, ClientConfig, TokenFuture, TokenSource, Transport};
+pub use config::{AckMode, BoxError, Carrier, ClientConfig, TokenFuture, TokenSource, Transport};
 pub use error::ClientError;
 pub use event::{Event, GapReason, Message, State};
 pub use http::HttpStyle;

@@ -144,7 +144,7 @@ impl NamespaceOptions {
 
     /// The at-least-once settings, when this namespace acknowledges deliveries.
     pub fn acks(&self) -> Option<crate::delivery::AckSettings> {
-        (self.delivery == Delivery::AtLeastOnce).then(|| crate::delivery::AckSettings {
+        (self.delivery == Delivery::AtLeastOnce).then_some(crate::delivery::AckSettings {
             timeout: self.ack_timeout,
             window: self.ack_window as usize,
             max_attempts: self.ack_max_attempts,

@@ -53,6 +53,7 @@ impl ClientState {
                 self.emit(Event::Unsubscribed { channel });
             }
             ServerMessage::Disconnect(d) => self.advisory = Some(d),
+            ServerMessage::Gap(g) => self.on_gap(g),
             ServerMessage::Refresh(_) if self.cfg.refreshable => {
                 self.out.push_back(Output::FetchToken);
             }
@@ -184,6 +185,7 @@ impl ClientState {
         sub.retry_at = None;
         sub.confirmed = true;
         sub.lossy = s.slow_consumer.is_some();
+        let at_least_once = s.delivery.as_deref() == Some("at_least_once");
         let held = sub.offset;
         let mut gap = None;
         if sub.positioned && sub.epoch != s.epoch {
@@ -204,6 +206,9 @@ impl ClientState {
         sub.positioned = true;
         sub.gap_reported = false;
         let resumed_at = sub.offset;
+        // Acks start over from the confirmed position (the server's starts there too).
+        sub.acks =
+            at_least_once.then(|| super::acks::Acks::new(s.ack_window.unwrap_or(1), sub.offset));
         let raw = raw
             .unwrap_or_else(|| json!({"channel": channel, "offset": s.offset, "epoch": s.epoch}));
         for w in sub.waiters.drain(..) {

@@ -9,6 +9,7 @@
 //! Replies to the application travel on the oneshot senders inside the commands; sending on one
 //! never blocks.
 
+mod acks;
 mod commands;
 mod inbound;
 #[cfg(test)]
@@ -115,6 +116,8 @@ struct Sub {
     /// Which subscription this is: a reply for an earlier one of the same channel (subscribed,
     /// left, subscribed again) is not this one's.
     generation: u64,
+    /// At-least-once: what the application processed and what was acknowledged.
+    acks: Option<acks::Acks>,
 }
 
 impl Sub {
@@ -130,6 +133,7 @@ impl Sub {
             waiters,
             retry_at: None,
             failures: 0,
+            acks: None,
         }
     }
 }
@@ -340,6 +344,9 @@ impl ClientState {
         for s in self.subs.values_mut() {
             s.retry_at = None;
             s.confirmed = false;
+            if let Some(a) = &mut s.acks {
+                a.connection_ended();
+            }
         }
     }
 
@@ -359,13 +366,18 @@ impl ClientState {
         let pending = self.pending.values().map(|(_, d)| *d);
         let offline = self.offline.iter().map(|q| q.deadline);
         let retries = self.subs.values().filter_map(|s| s.retry_at);
-        pending.chain(offline).chain(retries).min()
+        let acks = self
+            .subs
+            .values()
+            .filter_map(|s| s.acks.as_ref().and_then(acks::Acks::due));
+        pending.chain(offline).chain(retries).chain(acks).min()
     }
 
     /// Time passed: expire requests and queued publishes, retry subscriptions.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.expire_offline(now);
         self.expire_pending(now);
+        self.send_due_acks(now);
         let due: Vec<String> = self
             .subs
             .iter()

@@ -210,6 +210,10 @@ impl Runner {
                     key,
                     tx,
                 });
+            } else if let Some(p) = app.get("processed") {
+                let channel = p["channel"].as_str().unwrap_or("");
+                let offset = p["offset"].as_u64().unwrap_or(0);
+                self.state.processed(channel, offset, self.now);
             } else {
                 self.fail(step, "unknown app action".into());
             }

@@ -43,11 +43,15 @@ export function deliveryOf(r: Record<string, unknown>): DeliveryInfo | undefined
  * `ack` on this connection, a `resume`/`recover` position, a subscribe reply or a `gap`); `done`
  * the highest offset the application processed. An ack of `done` goes out at once when
  * `done − sent ≥ max(1, ⌊ack_window/2⌋)`, else 100 ms after the first unsent processed offset.
+ * Never above `limit`, the last offset the server sent on its subscription (above it the server
+ * answers with a violation, §4 `ack`): after a resubscription the server sends again what the
+ * application may already have processed.
  */
 export class AckTracker {
   private epoch: string | undefined;
   private sent = 0;
   private done = 0;
+  private limit = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -62,11 +66,25 @@ export class AckTracker {
       this.epoch = p.epoch;
       this.sent = p.offset;
       this.done = p.offset;
+      this.limit = p.offset;
     } else {
       this.sent = Math.max(this.sent, p.offset);
       this.done = Math.max(this.done, this.sent);
+      this.limit = Math.max(this.limit, this.sent);
     }
     if (this.done <= this.sent) this.cancel();
+  }
+
+  /** A new subscription on the server (a subscribe reply): it has sent nothing above `sent` yet. */
+  subscribed(): void {
+    this.limit = this.sent;
+  }
+
+  /** The server sent `p` (also a duplicate): acks up to it are allowed. */
+  received(p: StreamPosition): void {
+    if (this.epoch !== p.epoch || p.offset <= this.limit) return;
+    this.limit = p.offset;
+    if (this.done > this.sent) this.schedule();
   }
 
   /** Whether the server holds `p` as acknowledged (it will not send it again). */
@@ -100,7 +118,8 @@ export class AckTracker {
 
   private flush(): void {
     this.cancel();
-    if (this.done > this.sent && this.send(this.done)) this.sent = this.done;
+    const upTo = Math.min(this.done, this.limit);
+    if (upTo > this.sent && this.send(upTo)) this.sent = upTo;
   }
 }
 

@@ -224,6 +224,7 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
       this.acks?.covered(now);
     }
     this.state = 'subscribed';
+    this.acks?.subscribed();
     this.acks?.reconnected();
     this.emit('subscribed', { position: now, recovered, resubscribed });
     for (const w of this.waiters.splice(0)) w.resolve();
@@ -245,6 +246,7 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   _message(m: Message<unknown>, onParseError: (e: unknown) => HeraldError): void {
     const held = this.position;
     const sameEpoch = held !== undefined && held.epoch === m.epoch;
+    this.acks?.received(m);
     if (held && sameEpoch && m.offset <= held.offset) return;
     if (this.acks) {
       // Waiting for a message that was not processed: what follows it comes again after it.
@@ -269,7 +271,10 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
       const reason = this.lossy ? 'dropped' : 'skipped';
       this.inOrder(() => this.emit('gap', { channel: this.channel, reason, after: held, now }));
     }
-    if (held && !sameEpoch) this.acks?.covered(now); // what was in flight in the old epoch is over
+    if (held && !sameEpoch) {
+      this.acks?.covered(now); // what was in flight in the old epoch is over
+      this.acks?.received(m);
+    }
     this.gapReported = false;
     const position = { offset: m.offset, epoch: m.epoch };
     let data: T;

@@ -209,6 +209,57 @@ describe('at-least-once, automatic acks', () => {
   });
 });
 
+describe('at-least-once, acks never run ahead of the server', () => {
+  it('on a new session, what was processed meanwhile is acked only once the server sent it again', async () => {
+    const { s, sub } = await setup();
+    const finish: (() => void)[] = [];
+    sub.on('message', () => new Promise<void>((resolve) => finish.push(resolve)));
+    push(s, 1, 2);
+    await settle();
+    s.drop(1006);
+    await vi.advanceTimersByTimeAsync(1000);
+    const s2 = FakeSocket.last();
+    s2.accept();
+    await settle();
+    s2.fail('resume', 'session_not_found');
+    await settle();
+    expect(s2.lastSent('subscribe').payload).toEqual({ channel: 'orders', recover: { offset: 0, epoch: 'e1' } });
+    finish.shift()!(); // 1 and 2 finish before the new subscription is confirmed
+    await settle();
+    finish.shift()!();
+    await settle();
+    s2.reply('subscribe', { channel: 'orders', offset: 2, epoch: 'e1', recovered: true, missed: 2, delivery: 'at_least_once', ack_window: 8, ack_timeout_ms: 5000 });
+    await vi.advanceTimersByTimeAsync(200);
+    expect(acks(s2)).toEqual([]); // the new subscription has sent nothing yet
+    push(s2, 1); // replayed from history: a duplicate here, but now ackable
+    await vi.advanceTimersByTimeAsync(100);
+    expect(acks(s2)).toEqual([{ channel: 'orders', offset: 1 }]);
+    push(s2, 2);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(acks(s2)).toEqual([
+      { channel: 'orders', offset: 1 },
+      { channel: 'orders', offset: 2 },
+    ]);
+    expect(acks(s)).toEqual([]);
+  });
+
+  it('starts over after an epoch change', async () => {
+    const { s, sub } = await setup();
+    const gaps: Gap[] = [];
+    sub.on('gap', (g) => gaps.push(g));
+    sub.on('message', () => undefined);
+    push(s, 1, 2);
+    await vi.advanceTimersByTimeAsync(100);
+    s.push({ type: 'message', payload: msg(1, 'e2') });
+    expect(gaps.map((g) => g.reason)).toEqual(['epoch_changed']);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(acks(s)).toEqual([
+      { channel: 'orders', offset: 2 },
+      { channel: 'orders', offset: 1 },
+    ]);
+  });
+});
+
 describe('at-least-once, manual acks', () => {
   it('acks what the application says, cumulatively, and nothing on its own', async () => {
     const { s, sub } = await setup({ ack: 'manual' }, 4);

@@ -1,3 +1,4 @@
+import { deliveryOf } from './acks.js';
 import { backoffDelay, type BackoffOptions } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { CloseCodes, HeraldError, errorOf, shouldReconnect } from './errors.js';
@@ -14,7 +15,7 @@ import {
   type StreamPosition,
 } from './protocol.js';
 import { OfflineQueue, randomKey, type QueuedPublish } from './queue.js';
-import { Subscription, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
+import { Subscription, type GapReason, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
 import { HttpPollSocketCtor, HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
@@ -163,7 +164,8 @@ function rememberTransport(t: Transport): void {
 function confirm(sub: Subscription<any>, r: Record<string, unknown>, resubscribed: boolean): void {
   const position = { offset: Number(r.offset), epoch: String(r.epoch) };
   const recovered = r.recovered as boolean | undefined;
-  sub._confirmed(position, recovered, resubscribed, Number(r.missed ?? 0), r.slow_consumer !== undefined);
+  const lossy = r.slow_consumer !== undefined;
+  sub._confirmed(position, recovered, resubscribed, Number(r.missed ?? 0), lossy, deliveryOf(r));
 }
 
 /**
@@ -322,6 +324,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     return r.data as R;
   }
 
+  /** @internal An at-least-once `ack` (no id, no reply); false when not connected. */
+  sendAck(channel: string, offset: number): boolean {
+    return this.sendRaw({ type: 'ack', payload: { channel, offset } });
+  }
+
   /**
    * Send a command and wait for its reply (waits for the connection first, within the request
    * timeout). Rejects with a {@link HeraldError}.
@@ -446,6 +453,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
         confirm(sub, p, false);
         break;
       }
+      case 'gap': {
+        const reason = (typeof p.reason === 'string' ? p.reason : 'unacknowledged') as GapReason;
+        this.subs.get(String(p.channel))?._gapPush(String(p.epoch), Number(p.to), reason);
+        break;
+      }
       case 'unsubscribed': {
         const channel = String(p.channel);
         const sub = this.subs.get(channel);
@@ -510,7 +522,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private async resume(token: string): Promise<'resumed' | 'gone' | 'no_reply'> {
     const positions: Record<string, StreamPosition> = {};
     for (const [channel, sub] of this.subs) {
-      if (sub.position) positions[channel] = sub.position;
+      const p = sub._recoveryPosition();
+      if (p) positions[channel] = p;
     }
     let resumed = false;
     try {
@@ -558,7 +571,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
 
   private async sendSubscribe(sub: Subscription<any>, resubscribed: boolean): Promise<void> {
     const payload: Record<string, unknown> = { channel: sub.channel };
-    if (sub.position) payload.recover = sub.position;
+    const recover = sub._recoveryPosition();
+    if (recover) payload.recover = recover;
     try {
       const t = sub.options.token;
       if (t !== undefined) payload.token = typeof t === 'function' ? await t() : t;
@@ -623,7 +637,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     if (![1005, 1006, 1011, CloseCodes.tryAgainLater, 4000, 4003, CloseCodes.rotated].includes(code)) this.resumeToken = undefined;
     const reconnect = advisory ? advisory.reconnect : shouldReconnect(code);
     this.emit('disconnected', { code, reason, reconnect });
-    for (const sub of this.subs.values()) if (sub.state === 'subscribed') sub.state = 'pending';
+    for (const sub of this.subs.values()) {
+      sub._connectionLost();
+      if (sub.state === 'subscribed') sub.state = 'pending';
+    }
     if (!reconnect) {
       this.terminate(code, reason || 'closed by the server');
     } else if (this.browserOffline()) {
@@ -681,6 +698,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       }
     }
     const error = new HeraldError('closed', reason);
+    for (const sub of this.subs.values()) sub._connectionLost();
     this.failPending();
     for (const p of this.queue.takeAll()) {
       clearTimeout(p.expiry);

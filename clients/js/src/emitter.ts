@@ -27,6 +27,11 @@ export class Emitter<Events extends { [K in keyof Events]: unknown }> {
     this.handlers[event]?.delete(handler);
   }
 
+  /** The handlers of `event` now, in the order they were added. */
+  protected listeners<K extends keyof Events>(event: K): ((payload: Events[K]) => void)[] {
+    return [...(this.handlers[event] ?? [])];
+  }
+
   /** Call the handlers of `event`; a throwing handler does not stop the others. */
   protected emit<K extends keyof Events>(event: K, payload: Events[K]): void {
     const set = this.handlers[event];

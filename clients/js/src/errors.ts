@@ -36,7 +36,12 @@ export type ErrorCode =
   /** A queued publish waited longer than `offlineQueue.maxAgeMs`. */
   | 'queue_expired'
   /** The connection dropped before the reply; safe to retry. */
-  | 'disconnected';
+  | 'disconnected'
+  /**
+   * A `message` handler of an at-least-once subscription threw (or its promise rejected): the
+   * message was not acknowledged, the server sends it again.
+   */
+  | 'handler_failed';
 
 /** An error reported by the server or by the client itself. */
 export class HeraldError extends Error {

@@ -98,7 +98,8 @@ class Runner {
     } else if ('app' in step) {
       const a = step.app;
       if (typeof a.subscribe === 'string') {
-        const sub = this.client.subscribe(a.subscribe);
+        // The runner plays the application: at-least-once acks are its `processed` steps.
+        const sub = this.client.subscribe(a.subscribe, { ack: 'manual' });
         this.watch(sub);
         sub.ready().then(
           () => this.results.push({ subscribe: a.subscribe, ok: true }),
@@ -112,6 +113,10 @@ class Runner {
           () => this.results.push({ publish: p.key, ok: true }),
           (e: HeraldError) => this.results.push({ publish: p.key, error: e.code }),
         );
+      } else if (a.processed) {
+        const sub = this.client.subscription(a.processed.channel);
+        if (!sub) this.fail(step, 'no such subscription');
+        sub.ack(a.processed.offset);
       } else {
         this.fail(step, 'unknown app action');
       }

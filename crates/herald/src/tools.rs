@@ -160,6 +160,7 @@ pub async fn sub(
                     GapReason::Trimmed => "no longer in history",
                     GapReason::Dropped => "dropped by the namespace's slow-consumer policy",
                     GapReason::Skipped => "lost",
+                    GapReason::Unacknowledged => "given up unacknowledged by the server",
                 };
                 eprintln!(
                     "herald: {channel}: publications after #{last_offset} up to #{resumed_at} are missing: {why}"

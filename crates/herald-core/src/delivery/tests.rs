@@ -181,3 +181,66 @@ fn a_new_epoch_ends_what_was_in_flight() {
     assert_eq!(written(&outlet), ["m1"]);
     assert_eq!((t.acked(), t.in_flight()), (0, 1));
 }
+
+#[test]
+fn the_configuration_refuses_what_cannot_be_at_least_once() {
+    use crate::config::{Delivery, EngineConfig, NamespaceOptions, SlowConsumerPolicy};
+    let with = |ns: NamespaceOptions| {
+        let mut cfg = EngineConfig::default();
+        cfg.namespaces.insert("orders".into(), ns);
+        cfg.validate().map_err(|e| e.to_string())
+    };
+    let good = NamespaceOptions {
+        delivery: Delivery::AtLeastOnce,
+        ..NamespaceOptions::dev()
+    };
+    assert_eq!(with(good.clone()), Ok(()));
+    for (bad, why) in [
+        (
+            NamespaceOptions {
+                history_size: 0,
+                ..good.clone()
+            },
+            "needs history",
+        ),
+        (
+            NamespaceOptions {
+                slow_consumer: SlowConsumerPolicy::DropOldest,
+                ..good.clone()
+            },
+            "disconnect",
+        ),
+        (
+            NamespaceOptions {
+                ack_window: 5000,
+                ..good.clone()
+            },
+            "ack_window",
+        ),
+        (
+            NamespaceOptions {
+                ack_timeout: Duration::from_millis(10),
+                ..good.clone()
+            },
+            "ack_timeout",
+        ),
+        (
+            NamespaceOptions {
+                ack_max_attempts: 0,
+                ..good.clone()
+            },
+            "ack_max_attempts",
+        ),
+    ] {
+        let e = with(bad).expect_err(why);
+        assert!(e.contains(why), "{e}");
+    }
+    // At most once, the ack keys are not checked.
+    assert_eq!(
+        with(NamespaceOptions {
+            ack_window: 0,
+            ..NamespaceOptions::dev()
+        }),
+        Ok(())
+    );
+}

@@ -37,7 +37,12 @@ fn conn_config() -> ConnectionConfig {
 }
 
 fn node() -> Arc<Node> {
-    let engine = EngineConfig {
+    node_with(|_| {})
+}
+
+/// A node whose engine configuration `f` adjusts.
+fn node_with(f: impl FnOnce(&mut EngineConfig)) -> Arc<Node> {
+    let mut engine = EngineConfig {
         default_namespace: Some(NamespaceOptions::dev()),
         limits: LimitsConfig::unlimited(),
         auth: AuthConfig {
@@ -46,6 +51,7 @@ fn node() -> Arc<Node> {
         },
         ..Default::default()
     };
+    f(&mut engine);
     let verifier = Arc::new(Verifier::from_config(&engine.auth).expect("auth"));
     let c = conn_config();
     Node::new(
@@ -900,4 +906,107 @@ async fn a_reconnect_storm_is_admitted_at_the_node_rate_and_every_client_resumes
         }
     }
     assert!(refused > 0, "{N} clients at 1/s were all admitted at once");
+}
+
+/// An at-least-once namespace `orders` with a small window.
+fn orders(window: u32, ack_timeout: Duration) -> Arc<Node> {
+    node_with(|e| {
+        e.namespaces.insert(
+            "orders".into(),
+            NamespaceOptions {
+                delivery: herald_core::Delivery::AtLeastOnce,
+                ack_window: window,
+                ack_timeout,
+                ..NamespaceOptions::dev()
+            },
+        );
+    })
+}
+
+/// Issue 16: automatic acks. An application slower than the publisher gets every message of an
+/// at-least-once channel once, in order: the window (4) holds the rest back in history and the
+/// client's acks, sent as the application asks for the next event, bring them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_application_gets_every_at_least_once_message_once_paced_by_acks() {
+    let node = orders(4, Duration::from_secs(30));
+    let (addr, running) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let (client, mut events) = Client::connect(config(addr));
+    let r = client.subscribe("orders:eu").await.expect("subscribe");
+    assert_eq!(
+        (r["delivery"].as_str(), r["ack_window"].as_u64()),
+        (Some("at_least_once"), Some(4))
+    );
+    for n in 1..=40u64 {
+        node.publish(
+            "orders:eu",
+            Data::json(&n.to_string()).expect("json"),
+            None,
+            None,
+        )
+        .await
+        .expect("publish");
+    }
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        match tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("an event")
+        {
+            Some(Event::Message(m)) => {
+                assert_eq!(m.data, json!(m.offset));
+                got.push(m.offset);
+                if m.offset % 5 == 0 {
+                    // The application is busy; acks wait for it.
+                    tokio::task::yield_now().await;
+                }
+            }
+            Some(Event::Gap { .. }) => panic!("no gap expected"),
+            Some(_) => {}
+            None => panic!("client closed"),
+        }
+    }
+    assert_eq!(got, (1..=40).collect::<Vec<_>>());
+    client.close().await;
+    stop(running).await;
+}
+
+/// Manual acks: the application acknowledges when it is done; without acks the window (3) is all
+/// it gets, and redeliveries of what it holds are dropped as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_acks_drive_the_window_and_redeliveries_are_not_seen_twice() {
+    let node = orders(3, Duration::from_millis(100));
+    let (addr, running) = serve(node.clone(), "127.0.0.1:0".parse().expect("addr")).await;
+    let mut cfg = config(addr);
+    cfg.ack = herald_client::AckMode::Manual;
+    let (client, mut events) = Client::connect(cfg);
+    client.subscribe("orders:eu").await.expect("subscribe");
+    for n in 1..=9u64 {
+        node.publish(
+            "orders:eu",
+            Data::json(&n.to_string()).expect("json"),
+            None,
+            None,
+        )
+        .await
+        .expect("publish");
+    }
+    let mut got = Vec::new();
+    for batch in 1..=3u64 {
+        while got.len() < (batch * 3) as usize {
+            match tokio::time::timeout(WAIT, events.next())
+                .await
+                .expect("an event")
+            {
+                Some(Event::Message(m)) => got.push(m.offset),
+                Some(Event::Gap { .. }) => panic!("no gap expected"),
+                Some(_) => {}
+                None => panic!("client closed"),
+            }
+        }
+        // Done with this batch: the server sends the next one only now.
+        client.ack("orders:eu", batch * 3);
+    }
+    assert_eq!(got, (1..=9).collect::<Vec<_>>(), "each once, in order");
+    client.close().await;
+    stop(running).await;
 }

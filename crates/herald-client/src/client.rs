@@ -1,14 +1,14 @@
 //! The application's handle: typed requests over the driver task.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::acks::AckBoard;
 use crate::config::ClientConfig;
 use crate::driver::Driver;
 use crate::error::ClientError;
@@ -22,34 +22,6 @@ pub struct Client {
     cmds: mpsc::Sender<Cmd>,
     request_timeout: Duration,
     acks: Arc<AckBoard>,
-}
-
-/// Processed positions of at-least-once channels, waiting for the driver (one entry per channel,
-/// the highest offset: bounded by the subscriptions, never blocks the application).
-#[derive(Default)]
-pub(crate) struct AckBoard {
-    pending: Mutex<BTreeMap<String, u64>>,
-    pub(crate) notify: tokio::sync::Notify,
-}
-
-impl AckBoard {
-    fn put(&self, channel: &str, offset: u64) {
-        {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            match p.get_mut(channel) {
-                Some(o) => *o = (*o).max(offset),
-                None => {
-                    p.insert(channel.to_owned(), offset);
-                }
-            }
-        }
-        self.notify.notify_one();
-    }
-
-    /// Everything put since the last call.
-    pub(crate) fn take(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
-    }
 }
 
 /// The ordered stream of [`Event`]s. Read it: when its buffer is full the client stops reading

@@ -54,7 +54,7 @@ pub(crate) struct Driver {
     events: mpsc::Sender<Event>,
     state: ClientState,
     connector: Connector,
-    acks: Arc<crate::client::AckBoard>,
+    acks: Arc<crate::acks::AckBoard>,
 }
 
 /// The open connection: a WebSocket or an HTTP transport session.
@@ -200,6 +200,8 @@ fn describe(e: &WsError) -> ConnectFailure {
             ConnectFailure {
                 message: format!("HTTP {status} {what}{detail}"),
                 terminal: matches!(status, 400 | 403),
+                // A busy node (503) or a rate limit (429) may say when to come back.
+                after: crate::http::retry_after(resp.headers()),
                 ..Default::default()
             }
         }
@@ -231,7 +233,7 @@ impl Driver {
         cfg: ClientConfig,
         cmds: mpsc::Receiver<Cmd>,
         events: mpsc::Sender<Event>,
-        acks: Arc<crate::client::AckBoard>,
+        acks: Arc<crate::acks::AckBoard>,
     ) -> Driver {
         let connector = connector(&cfg.extra_roots);
         let state = ClientState::new(Settings {
@@ -399,6 +401,13 @@ impl Driver {
             }
         }
         h.insert("sec-websocket-protocol", header(protocols)?);
+        if token.is_none()
+            && let Some(r) = self.state.resume_token()
+        {
+            // Without a token of its own (a connect proxy reads its cookies), a resuming client
+            // is admitted by its resume token: the backend is not asked again (protocol §8).
+            h.insert("herald-resume", header(r.to_owned())?);
+        }
         for (k, v) in &self.cfg.headers {
             let name: tokio_tungstenite::tungstenite::http::HeaderName =
                 k.parse().map_err(|_| ConnectFailure {
@@ -505,6 +514,11 @@ impl Driver {
                 ..Default::default()
             })?;
         let mut headers = self.cfg.headers.clone();
+        if token.is_none()
+            && let Some(r) = self.state.resume_token()
+        {
+            headers.push(("herald-resume".into(), r.to_owned()));
+        }
         let mut commands = Vec::new();
         if let Some(t) = &token {
             match &self.cfg.carrier {
@@ -528,6 +542,7 @@ impl Driver {
             .map_err(|f| ConnectFailure {
                 terminal: f.auth && matches!(self.cfg.token, TokenSource::Static(_)),
                 message: f.message,
+                after: f.retry_after,
                 ..Default::default()
             })?;
         loop {

@@ -176,6 +176,21 @@ fn request(
 pub(crate) struct OpenFailure {
     pub(crate) message: String,
     pub(crate) auth: bool,
+    /// The answer's `Retry-After` (a 503 from a busy node, a 429).
+    pub(crate) retry_after: Option<std::time::Duration>,
+}
+
+/// A `Retry-After` given in seconds (Herald sends seconds; an HTTP date is ignored).
+pub(crate) fn retry_after(headers: &hyper::HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // A hint, not a command to wait for hours: at most ten minutes.
+    Some(std::time::Duration::from_secs(secs.min(600)))
 }
 
 impl HttpLink {
@@ -190,6 +205,7 @@ impl HttpLink {
         let fail = |message: String| OpenFailure {
             message,
             auth: false,
+            retry_after: None,
         };
         let mut conn = connection(&base, tls.as_ref()).await.map_err(fail)?;
         let endpoint = match style {
@@ -203,6 +219,7 @@ impl HttpLink {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let status = resp.status();
+        let retry = retry_after(resp.headers());
         let session = resp
             .headers()
             .get("herald-session")
@@ -218,6 +235,7 @@ impl HttpLink {
             return Err(OpenFailure {
                 message: format!("HTTP {status}: {text}"),
                 auth: status == hyper::StatusCode::UNAUTHORIZED,
+                retry_after: retry,
             });
         }
         let Some(session) = session else {

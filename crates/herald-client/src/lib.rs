@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod acks;
 mod backoff;
 mod client;
 mod config;

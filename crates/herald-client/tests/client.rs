@@ -1010,3 +1010,49 @@ async fn manual_acks_drive_the_window_and_redeliveries_are_not_seen_twice() {
     client.close().await;
     stop(running).await;
 }
+
+/// Issue 16: a node that refuses a new connection with 503 and `Retry-After` (reconnect-storm
+/// control, before the upgrade) is not asked again before that — over a WebSocket and over an
+/// HTTP transport.
+#[tokio::test]
+async fn a_503_with_retry_after_delays_the_next_attempt() {
+    for http in [false, true] {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let body = r#"{"code":"unavailable","message":"busy","retryable":true}"#;
+                    let answer = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let cfg = if http {
+            http_config(addr, herald_client::HttpStyle::Stream)
+        } else {
+            config(addr)
+        };
+        let (client, mut events) = Client::connect(cfg);
+        let delay = loop {
+            match tokio::time::timeout(WAIT, events.next())
+                .await
+                .expect("an event")
+            {
+                Some(Event::State(State::Reconnecting { delay, .. })) => break delay,
+                Some(_) => {}
+                None => panic!("client closed"),
+            }
+        };
+        assert!(
+            delay >= Duration::from_secs(7),
+            "http={http}: the next attempt comes after {delay:?}, before Retry-After"
+        );
+        drop(client);
+    }
+}

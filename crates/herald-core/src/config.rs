@@ -33,6 +33,24 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
+/// A namespace's at-least-once settings (`NamespaceOptions::acks`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckSettings {
+    /// Wait before the first redelivery (doubling per attempt, ×16 at most).
+    pub timeout: Duration,
+    /// Most publications in flight per subscription.
+    pub window: usize,
+    /// Sends of one publication before it is given up.
+    pub max_attempts: u32,
+}
+
+impl AckSettings {
+    /// The wait after the `attempts`-th send.
+    pub(crate) fn wait(&self, attempts: u32) -> Duration {
+        self.timeout * (1u32 << attempts.saturating_sub(1).min(4))
+    }
+}
+
 /// Options of one namespace (the part of a channel name before `:`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -143,8 +161,8 @@ impl NamespaceOptions {
     }
 
     /// The at-least-once settings, when this namespace acknowledges deliveries.
-    pub fn acks(&self) -> Option<crate::delivery::AckSettings> {
-        (self.delivery == Delivery::AtLeastOnce).then_some(crate::delivery::AckSettings {
+    pub fn acks(&self) -> Option<AckSettings> {
+        (self.delivery == Delivery::AtLeastOnce).then_some(AckSettings {
             timeout: self.ack_timeout,
             window: self.ack_window as usize,
             max_attempts: self.ack_max_attempts,

@@ -99,13 +99,6 @@ impl Subscriber {
         self.last_epoch.store(p.epoch_tag, Ordering::Relaxed);
     }
 
-    /// The subscriber's position moved to `offset` of `epoch` without a publication (a gap).
-    pub(crate) fn mark_offset(&self, offset: u64, epoch: &str) {
-        self.last_offset.store(offset, Ordering::Relaxed);
-        self.last_epoch
-            .store(crate::publication::epoch_tag(epoch), Ordering::Relaxed);
-    }
-
     /// Queue a publication that is not a duplicate: through the tracker (at-least-once), or
     /// under the slow consumer policy.
     fn enqueue(&self, p: &Arc<Publication>) {
@@ -172,6 +165,22 @@ impl Subscriber {
     /// Publications buffered while setting up (for limits).
     pub fn buffered(&self) -> usize {
         lock(&self.buffer).len()
+    }
+}
+
+impl crate::delivery::Sink for Subscriber {
+    fn outlet(&self) -> &Outlet {
+        &self.outlet
+    }
+
+    fn mark_sent(&self, p: &Publication) {
+        Subscriber::mark_sent(self, p);
+    }
+
+    fn mark_offset(&self, offset: u64, epoch: &str) {
+        self.last_offset.store(offset, Ordering::Relaxed);
+        self.last_epoch
+            .store(crate::publication::epoch_tag(epoch), Ordering::Relaxed);
     }
 }
 

@@ -178,7 +178,18 @@ pub(crate) async fn admit(
     };
     let auth = &app.node.config().auth;
     let token = handshake::token(headers, uri, offer, auth);
+    // A session waiting for `resume` that the proxy already vouched for: its resume token at the
+    // handshake stands for the proxy's answer (a reconnect storm costs the backend nothing).
+    let resuming = match (&token, app.connect_proxy.as_ref()) {
+        (None, Some(_)) => handshake::resume_token(headers, uri).and_then(|t| {
+            let identity = app.node.resume_identity(&t)?;
+            metrics::counter!("herald_proxy_skipped_total").increment(1);
+            Some((identity, t))
+        }),
+        _ => None,
+    };
     let proxied = match (&token, app.connect_proxy.as_ref()) {
+        (None, Some(_)) if resuming.is_some() => None,
         (None, Some(p)) => match p.connect(ip, headers).await {
             Ok(p) => Some(p),
             Err(e) => {
@@ -199,9 +210,10 @@ pub(crate) async fn admit(
         },
         _ => None,
     };
-    let (authenticated, channels) = match proxied {
-        Some(p) => (Some(Ok(p.identity)), p.channels),
-        None => (None, Vec::new()),
+    let (authenticated, channels, resume_only) = match (proxied, resuming) {
+        (_, Some((identity, t))) => (Some(Ok(identity)), Vec::new(), Some(t)),
+        (Some(p), None) => (Some(Ok(p.identity)), p.channels, None),
+        (None, None) => (None, Vec::new(), None),
     };
     let hs = match token {
         None if authenticated.is_none() && !auth.anonymous => Handshake::FirstMessage,
@@ -210,7 +222,7 @@ pub(crate) async fn admit(
                 let Ok(slot) = user_slot(app, &identity).await else {
                     return Err(user_limit().into());
                 };
-                Handshake::Done(Box::new(identity), slot, channels)
+                Handshake::Done(Box::new(identity), slot, channels, resume_only)
             }
             Err(e) => {
                 rejected("auth");

@@ -88,8 +88,10 @@ async fn open(
     mut held: Held,
 ) -> Option<Conn> {
     let mut reader = MessageReader::with_limits(io, app.conn.read_limits());
-    let (identity, user_slot, over_user_limit, channels, auth_id) = match hs {
-        Handshake::Done(identity, slot, channels) => (*identity, slot, false, channels, None),
+    let (identity, user_slot, over_user_limit, channels, auth_id, resume_only) = match hs {
+        Handshake::Done(identity, slot, channels, resume_only) => {
+            (*identity, slot, false, channels, None, resume_only)
+        }
         Handshake::FirstMessage => {
             let Some((identity, auth_id)) =
                 crate::preauth::authenticate(&mut reader, format, &app).await
@@ -101,11 +103,21 @@ async fn open(
             };
             let slot = crate::admit::user_slot(&app, &identity).await;
             let over = slot.is_err();
-            (identity, slot.ok().flatten(), over, Vec::new(), auth_id)
+            (
+                identity,
+                slot.ok().flatten(),
+                over,
+                Vec::new(),
+                auth_id,
+                None,
+            )
         }
     };
     let forwarded = held.forwarded.take();
     let mut session = Session::new(&app.node, format, identity);
+    if let Some(t) = &resume_only {
+        session.require_resume(t);
+    }
     session.set_forwarded_headers(forwarded);
     session.set_client_ip(remote);
     let over_limit = app

@@ -260,6 +260,21 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The handshake token from the enabled carriers, in order: `Authorization: Bearer`, the
 /// subprotocol entry, the cookie, the query parameter.
+/// A resume token presented at the handshake: the `Herald-Resume` header, or the `resume` query
+/// parameter (browsers cannot set headers on a WebSocket). Only used to skip the connect proxy
+/// for a session waiting for `resume` (protocol §8).
+pub fn resume_token(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    if let Some(t) = headers.get("herald-resume").and_then(|v| v.to_str().ok()) {
+        return Some(t.trim().to_owned());
+    }
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("resume="))
+        .filter(|t| !t.is_empty() && t.len() <= 64)
+        .map(str::to_owned)
+}
+
 pub fn token(headers: &HeaderMap, uri: &Uri, offer: &Offer, cfg: &AuthConfig) -> Option<String> {
     if cfg.header
         && let Some(t) = headers

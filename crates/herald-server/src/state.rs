@@ -78,8 +78,14 @@ pub struct AppState {
 /// How a `/ws` connection authenticates.
 pub enum Handshake {
     /// Authenticated (or admitted anonymously) at the handshake; channels to subscribe
-    /// server-side (from the connect proxy).
-    Done(Box<Identity>, Option<crate::slots::UserSlot>, Vec<String>),
+    /// server-side (from the connect proxy); the resume token that admitted it instead of the
+    /// connect proxy (its first command must be that `resume`).
+    Done(
+        Box<Identity>,
+        Option<crate::slots::UserSlot>,
+        Vec<String>,
+        Option<String>,
+    ),
     /// No token at the handshake and anonymous connections are off: `auth` must come first.
     FirstMessage,
 }

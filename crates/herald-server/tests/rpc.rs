@@ -15,6 +15,7 @@ use herald_core::rpc::{RpcContext, RpcHandler};
 use herald_server::{HttpRpc, RpcProxyConfig};
 use serde_json::{Value, json};
 use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// A backend on 127.0.0.1: `echo`, `fail`, `slow`, `flaky` (500 on the first attempt).
 async fn backend() -> (std::net::SocketAddr, Arc<AtomicU32>) {
@@ -509,4 +510,92 @@ async fn the_refresh_proxy_extends_proxy_authenticated_connections() {
     let (pong, pushes) = frank.call("ping", json!({})).await;
     assert_eq!(pong["type"], "pong");
     assert!(pushes.iter().all(|f| f["type"] != "refresh"), "{pushes:?}");
+}
+
+/// Issue 16: a resuming client is cheap. Its resume token at the handshake (`Herald-Resume`
+/// header or `resume` query parameter) admits it as the waiting session's user without a
+/// connect-proxy call; the first command must then be that `resume` (else 4502). An unknown
+/// token changes nothing: the proxy decides.
+#[tokio::test]
+async fn a_resume_token_at_the_handshake_skips_the_connect_proxy() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/connect",
+        post(move |Json(req): Json<Value>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if req["headers"]["cookie"].as_str() == Some("session=good") {
+                    Json(json!({"result": {"user": "frank"}}))
+                } else {
+                    Json(json!({"error": {"message": "bad session"}}))
+                }
+            }
+        }),
+    );
+    let b = serve_backend(app).await;
+    let s = start_with(Setup::default(), |s| {
+        s.connect_proxy(connect_proxy(format!("http://{b}/connect")))
+    })
+    .await;
+    let mut c = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=good")]))
+        .await
+        .expect("connect");
+    c.subscribe("news").await;
+    let id = c.welcome["client_id"].clone();
+    let token = c.welcome["resume_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    cut(&s, c).await;
+    // Header: no cookie needed, no proxy call.
+    let mut req = ws_request(&s);
+    req.headers_mut()
+        .insert("Herald-Resume", token.parse().expect("hdr"));
+    let mut c = Client::open_welcomed(req)
+        .await
+        .expect("admitted by the token");
+    assert_eq!(c.welcome["user_id"], "frank");
+    let r = c.ok("resume", json!({ "token": token })).await;
+    assert_eq!(r["client_id"], id, "{r}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the proxy was not asked");
+    let token = r["resume_token"].as_str().expect("token").to_owned();
+    cut(&s, c).await;
+    // Query parameter (browsers), but a first command that is not the resume: 4502.
+    let url = format!("ws://{}/ws?resume={token}", s.addr);
+    let mut c = Client::open_welcomed(url.into_client_request().expect("req"))
+        .await
+        .expect("admitted by the token");
+    c.send(json!({"type": "subscribe", "id": 1, "payload": {"channel": "other"}}))
+        .await;
+    let (frames, code) = c.until_close().await;
+    assert_eq!(code, Some(4502), "{frames:?}");
+    // The session still waits; a token nobody holds goes to the proxy, which refuses.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let url = format!("ws://{}/ws?resume=0123456789abcdef", s.addr);
+    let (status, _) = Client::open(url.into_client_request().expect("req"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!((status, calls.load(Ordering::SeqCst)), (401, 2));
+    let mut req = ws_request(&s);
+    req.headers_mut()
+        .insert("Herald-Resume", token.parse().expect("hdr"));
+    let mut c = Client::open_welcomed(req)
+        .await
+        .expect("admitted by the token");
+    let r = c.ok("resume", json!({ "token": token })).await;
+    assert_eq!(r["client_id"], id, "{r}");
+}
+
+/// Drop the socket without a close frame and wait until its session waits for `resume`.
+async fn cut(s: &TestServer, c: Client) {
+    let waiting = s.handle.node().waiting_sessions();
+    drop(c);
+    until("the session to wait", || {
+        s.handle.node().waiting_sessions() == waiting + 1
+    })
+    .await;
 }

@@ -200,6 +200,11 @@ impl ClientState {
         self.out.pop_front()
     }
 
+    /// The token the next connection will `resume` with, if any.
+    pub(crate) fn resume_token(&self) -> Option<&str> {
+        self.resume_token.as_deref()
+    }
+
     /// Whether application commands are taken now (not while a resume is in flight: the
     /// resume must be the first command on the new connection).
     pub(crate) fn accepts_commands(&self) -> bool {

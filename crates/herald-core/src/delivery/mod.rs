@@ -2,55 +2,44 @@
 //! acknowledged, redelivery after `ack_timeout`, the in-flight window, and dead letters.
 //!
 //! A [`Tracker`] belongs to one subscription of an at-least-once namespace (it sits in the hub's
-//! [`Subscriber`]). The fan-out offers it each publication: within the window it is queued and
+//! `Subscriber`). The fan-out offers it each publication: within the window it is queued and
 //! kept *in flight*; beyond it the subscription is *behind* and the publication is left in
 //! history. Acks (the session's `ack` command, or a `resume`'s positions) free the window; a
-//! catch-up task ([`catch_up`]) then reads what was held back from history, in order. The node's
-//! [`Sweeper`] (one task per node, no timer per subscription) redelivers what waited too long and
+//! catch-up task (`node::redelivery`) then reads what was held back from history, in order. The node's
+//! `Sweeper` (one task per node, no timer per subscription) redelivers what waited too long and
 //! gives up what was sent `ack_max_attempts` times: a `gap` push, a dead letter and an
 //! `undelivered` event.
+//!
+//! The tracker knows its subscription only as a [`Sink`]; the tasks that read history and the
+//! node's clock live in `node::redelivery`.
 //!
 //! Locks: the tracker's mutex is taken by the fan-out, the session and the sweeper, never across
 //! an await; the outlet's lock is taken inside it (outlet pushes), never the other way round.
 
-mod sweeper;
 #[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use herald_proto::envelope::GapPush;
 use herald_proto::{ServerKind, StreamPosition};
 
-use crate::broker::{BrokerError, HistoryQuery};
-use crate::config::SlowConsumerPolicy;
-use crate::hub::Subscriber;
-use crate::journal::{DeadLetterKind, EventKind};
-use crate::node::Node;
-use crate::outlet::Out;
+use crate::broker::HistoryPage;
+use crate::config::{AckSettings, SlowConsumerPolicy};
+use crate::outlet::{Out, Outlet};
 use crate::publication::Publication;
 use crate::sync::lock;
 
-pub use sweeper::Sweeper;
-
-/// A namespace's at-least-once settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckSettings {
-    /// Wait before the first redelivery (doubling per attempt, ×16 at most).
-    pub timeout: Duration,
-    /// Most publications in flight per subscription.
-    pub window: usize,
-    /// Sends of one publication before it is given up.
-    pub max_attempts: u32,
-}
-
-impl AckSettings {
-    /// The wait after the `attempts`-th send.
-    fn wait(&self, attempts: u32) -> Duration {
-        self.timeout * (1u32 << attempts.saturating_sub(1).min(4))
-    }
+/// The subscription a [`Tracker`] belongs to, as the tracker needs it (the hub's subscriber).
+pub trait Sink {
+    /// Where its frames go.
+    fn outlet(&self) -> &Outlet;
+    /// `p` was queued for it.
+    fn mark_sent(&self, p: &Publication);
+    /// Its position moved to `offset` of `epoch` without a publication (a gap).
+    fn mark_offset(&self, offset: u64, epoch: &str);
 }
 
 /// One publication sent and not acknowledged.
@@ -172,7 +161,7 @@ impl Tracker {
     /// Publications the recovery queues itself (it pushes them; the tracker keeps them in flight).
     /// Returns how many of `pubs` fit in the window: the rest are held back (read again from
     /// history as acks make room).
-    pub(crate) fn recovered(&self, sub: &Subscriber, pubs: &[Arc<Publication>]) -> usize {
+    pub(crate) fn recovered(&self, sub: &impl Sink, pubs: &[Arc<Publication>]) -> usize {
         let mut s = lock(&self.state);
         let room = self.settings.window.saturating_sub(s.inflight.len());
         let n = pubs.len().min(room);
@@ -189,7 +178,7 @@ impl Tracker {
 
     /// A publication for this subscription (fan-out, or the end of setup): queued within the
     /// window, else held back.
-    pub(crate) fn offer(&self, sub: &Subscriber, p: &Arc<Publication>) {
+    pub(crate) fn offer(&self, sub: &impl Sink, p: &Arc<Publication>) {
         let mut s = lock(&self.state);
         if s.closed {
             return;
@@ -218,7 +207,7 @@ impl Tracker {
         s.behind = false;
     }
 
-    fn track(&self, s: &mut State, sub: &Subscriber, p: &Arc<Publication>, now: Instant) {
+    fn track(&self, s: &mut State, sub: &impl Sink, p: &Arc<Publication>, now: Instant) {
         s.inflight.push_back(Flight {
             p: p.clone(),
             first_sent: now,
@@ -230,14 +219,14 @@ impl Tracker {
         gauge(1.0);
     }
 
-    fn send(&self, s: &mut State, sub: &Subscriber, p: &Arc<Publication>) {
+    fn send(&self, s: &mut State, sub: &impl Sink, p: &Arc<Publication>) {
         self.track(s, sub, p, Instant::now());
-        sub.outlet
+        sub.outlet()
             .push(Out::Pub(p.clone()), SlowConsumerPolicy::Disconnect);
     }
 
     /// The client processed everything up to `offset`. `Ok(true)`: the window has room and
-    /// publications were held back — run [`catch_up`].
+    /// publications were held back — run a catch-up.
     pub(crate) fn ack(&self, offset: u64) -> Result<bool, AckBeyondSent> {
         let mut s = lock(&self.state);
         if offset > s.sent {
@@ -295,7 +284,7 @@ impl Tracker {
     /// offset, when it said so and in this epoch): ack it, and return, in order, the in-flight
     /// publications after it that the old socket may have lost (`queued` are still in the
     /// outlet and will be written anyway). Their waits start over. `Ok(true)` in the second
-    /// field: run [`catch_up`].
+    /// field: run a catch-up.
     pub(crate) fn resume(
         &self,
         position: Option<&StreamPosition>,
@@ -324,7 +313,7 @@ impl Tracker {
 
     /// Sweeper: redeliver what waited too long, give up what was sent too often. Returns what was
     /// given up and whether a catch-up should start.
-    pub(crate) fn sweep(&self, sub: &Subscriber, now: Instant) -> (Option<GivenUp>, bool) {
+    pub(crate) fn sweep(&self, sub: &impl Sink, now: Instant) -> (Option<GivenUp>, bool) {
         let mut s = lock(&self.state);
         if s.paused || s.closed {
             return (None, false);
@@ -361,11 +350,11 @@ impl Tracker {
     }
 
     /// Send again every in-flight publication not still queued; each one's attempt count grows.
-    fn redeliver(&self, s: &mut State, sub: &Subscriber, now: Instant) {
+    fn redeliver(&self, s: &mut State, sub: &impl Sink, now: Instant) {
         if s.inflight.is_empty() {
             return;
         }
-        let queued = sub.outlet.queued_offsets(&self.channel);
+        let queued = sub.outlet().queued_offsets(&self.channel);
         let mut n = 0;
         for f in s.inflight.iter_mut() {
             f.attempts += 1;
@@ -373,7 +362,7 @@ impl Tracker {
             if !queued.contains(&f.p.offset) {
                 n += 1;
                 if !sub
-                    .outlet
+                    .outlet()
                     .push(Out::Pub(f.p.clone()), SlowConsumerPolicy::Disconnect)
                 {
                     break;
@@ -383,7 +372,7 @@ impl Tracker {
         metrics::counter!("herald_redeliveries_total").increment(n);
     }
 
-    fn push_gap(&self, sub: &Subscriber, g: Option<&GivenUp>) {
+    fn push_gap(&self, sub: &impl Sink, g: Option<&GivenUp>) {
         let Some(g) = g else { return };
         let push = GapPush {
             channel: self.channel.to_string(),
@@ -392,8 +381,8 @@ impl Tracker {
             to: g.to,
             reason: g.why.as_str().to_owned(),
         };
-        match herald_proto::encode(sub.outlet.format, ServerKind::Gap, None, &push) {
-            Ok(frame) => sub.outlet.push_reply(frame),
+        match herald_proto::encode(sub.outlet().format, ServerKind::Gap, None, &push) {
+            Ok(frame) => sub.outlet().push_reply(frame),
             Err(e) => tracing::error!(error = %e, "cannot encode a gap push"),
         }
     }
@@ -412,142 +401,119 @@ fn gauge(delta: f64) {
     }
 }
 
-/// Record what was given up: a dead letter, an `undelivered` event, the counter.
-pub(crate) fn report(node: &Node, sub: &Subscriber, t: &Tracker, g: &GivenUp) {
-    let lost = g.to - g.from + 1;
-    metrics::counter!("herald_undelivered_total", "reason" => g.why.as_str()).increment(lost);
-    if !node.journal_allowed(t.owner.client_ip) {
-        node.dead_letters().suppressed(DeadLetterKind::Undelivered);
-        node.events().suppressed(EventKind::Undelivered);
-        return;
-    }
-    node.dead_letters().push(
-        DeadLetterKind::Undelivered,
-        serde_json::json!({
-            "client_id": &*sub.client_id,
-            "user_id": t.owner.user_id,
-            "channel": &*t.channel,
-            "epoch": &*g.epoch,
-            "from": g.from,
-            "to": g.to,
-            "why": g.why.as_str(),
-            "attempts": g.attempts,
-        }),
-    );
-    let reason = match g.why {
-        GiveUp::Unacknowledged => "ack_attempts_exhausted",
-        GiveUp::Trimmed => "trimmed",
-    };
-    node.events().push(
-        EventKind::Undelivered,
-        Some(&sub.client_id),
-        Some(&t.owner.user_id),
-        Some(&t.channel),
-        Some(reason),
-        None,
-    );
+/// Where a catch-up read starts: after `since` of `epoch`, at most `room` publications.
+#[derive(Debug, Clone)]
+pub(crate) struct CatchUpRead {
+    pub(crate) since: u64,
+    pub(crate) epoch: Arc<str>,
+    pub(crate) room: usize,
 }
 
-/// History pages read per catch-up step (at most the window's free room).
-const CATCH_UP_PAGE: usize = 100;
-/// Reads in a row that brought nothing new before a catch-up pauses (the live stream raced
-/// ahead of history; the sweeper starts it again).
-const CATCH_UP_IDLE_READS: u32 = 20;
+/// What one page of a catch-up did.
+#[derive(Debug, Default)]
+pub(crate) struct CatchUpStep {
+    /// Stop: caught up, window full, subscription gone, or the read is stale.
+    pub(crate) done: bool,
+    /// The page sent nothing new (history lags behind the live stream).
+    pub(crate) idle: bool,
+    /// Held-back publications history no longer had.
+    pub(crate) given_up: Option<GivenUp>,
+}
 
-/// Send, in order, what the window held back, as far as the window allows (a task: it reads
-/// history). Ends when caught up with the live stream, when the window is full again, or when
-/// the subscription ends.
-pub(crate) async fn catch_up(node: Arc<Node>, sub: Arc<Subscriber>) {
-    let Some(t) = sub.tracker() else { return };
-    let mut idle = 0;
-    loop {
-        let (since, room, epoch) = {
-            let mut s = lock(&t.state);
-            let room = t.settings.window.saturating_sub(s.inflight.len());
-            if !s.behind || s.closed || s.paused || room == 0 || idle >= CATCH_UP_IDLE_READS {
-                s.catching_up = false;
-                return;
-            }
-            let Some(epoch) = s.epoch.clone() else {
-                s.catching_up = false;
-                return;
-            };
-            (s.sent, room, epoch)
-        };
-        let q = HistoryQuery {
-            since: Some(StreamPosition {
-                offset: since,
-                epoch: epoch.to_string(),
+impl Tracker {
+    /// The channel.
+    pub(crate) fn channel(&self) -> &Arc<str> {
+        &self.channel
+    }
+
+    /// The user and address it belongs to.
+    pub(crate) fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// The next history read of a catch-up, or `None` (and the catch-up is over) when there is
+    /// nothing to read or no room.
+    pub(crate) fn catch_up_read(&self) -> Option<CatchUpRead> {
+        let mut s = lock(&self.state);
+        let room = self.settings.window.saturating_sub(s.inflight.len());
+        let epoch = s.epoch.clone();
+        match epoch {
+            Some(epoch) if s.behind && !s.closed && !s.paused && room > 0 => Some(CatchUpRead {
+                since: s.sent,
+                epoch,
+                room,
             }),
-            limit: room.min(CATCH_UP_PAGE),
-            reverse: false,
-        };
-        let page = match node.broker.history(&t.channel, q.clone()).await {
-            Ok(p) if p.epoch == epoch => p,
-            Ok(_) | Err(BrokerError::EpochMismatch) => {
-                // The stream was reset: the live stream's next publication starts the new epoch.
-                let mut s = lock(&t.state);
-                s.behind = false;
+            _ => {
                 s.catching_up = false;
-                return;
+                None
             }
-            Err(e) => {
-                tracing::warn!(channel = %t.channel, error = %e, "at-least-once catch-up cannot read history");
-                lock(&t.state).catching_up = false;
-                return;
-            }
-        };
-        let mut given_up = None;
-        {
-            let mut s = lock(&t.state);
-            if s.closed || s.sent != since {
-                s.catching_up = false;
-                return;
-            }
-            let before = s.sent;
-            // What history no longer holds after `sent` was lost while held back.
-            let first = page
-                .publications
-                .first()
-                .map_or(page.top + 1, |p| p.offset)
-                .min(page.top + 1);
-            if first > s.sent + 1 && page.first_kept > s.sent + 1 {
-                let g = GivenUp {
-                    from: s.sent + 1,
-                    to: first - 1,
-                    epoch: epoch.clone(),
-                    why: GiveUp::Trimmed,
-                    attempts: 0,
-                };
-                s.sent = g.to;
-                if s.inflight.is_empty() {
-                    s.acked = g.to;
-                }
-                t.push_gap(&sub, Some(&g));
-                sub.mark_offset(g.to, &epoch);
-                given_up = Some(g);
-            }
-            let mut left = room;
-            for p in &page.publications {
-                if p.offset <= s.sent {
-                    continue;
-                }
-                if left == 0 {
-                    break;
-                }
-                t.send(&mut s, &sub, p);
-                left -= 1;
-            }
-            if s.sent >= s.seen.max(page.top) {
-                s.behind = false;
-            }
-            idle = if s.sent == before { idle + 1 } else { 0 };
         }
-        if let Some(g) = given_up {
-            report(&node, &sub, t, &g);
+    }
+
+    /// The catch-up ends without a page (history unreadable, or another epoch).
+    pub(crate) fn catch_up_failed(&self, epoch_changed: bool) {
+        let mut s = lock(&self.state);
+        if epoch_changed {
+            // The live stream's next publication starts the new epoch.
+            s.behind = false;
         }
-        if idle > 0 {
-            tokio::time::sleep(Duration::from_millis(10 * u64::from(idle))).await;
+        s.catching_up = false;
+    }
+
+    /// Send what `page` (read for `read`) holds after `sent`, within the window.
+    pub(crate) fn catch_up_page(
+        &self,
+        sub: &impl Sink,
+        read: &CatchUpRead,
+        page: &HistoryPage,
+    ) -> CatchUpStep {
+        let mut s = lock(&self.state);
+        if s.closed || s.sent != read.since {
+            s.catching_up = false;
+            return CatchUpStep {
+                done: true,
+                ..Default::default()
+            };
         }
+        let before = s.sent;
+        let mut step = CatchUpStep::default();
+        // What history no longer holds after `sent` was lost while held back.
+        let first = page
+            .publications
+            .first()
+            .map_or(page.top + 1, |p| p.offset)
+            .min(page.top + 1);
+        if first > s.sent + 1 && page.first_kept > s.sent + 1 {
+            let g = GivenUp {
+                from: s.sent + 1,
+                to: first - 1,
+                epoch: read.epoch.clone(),
+                why: GiveUp::Trimmed,
+                attempts: 0,
+            };
+            s.sent = g.to;
+            if s.inflight.is_empty() {
+                s.acked = g.to;
+            }
+            self.push_gap(sub, Some(&g));
+            sub.mark_offset(g.to, &read.epoch);
+            step.given_up = Some(g);
+        }
+        let mut left = read.room;
+        for p in &page.publications {
+            if p.offset <= s.sent {
+                continue;
+            }
+            if left == 0 {
+                break;
+            }
+            self.send(&mut s, sub, p);
+            left -= 1;
+        }
+        if s.sent >= s.seen.max(page.top) {
+            s.behind = false;
+        }
+        step.idle = s.sent == before;
+        step
     }
 }

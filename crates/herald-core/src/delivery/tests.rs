@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 use herald_proto::{Data, Format, StreamPosition};
 
 use super::*;
+use crate::hub::Subscriber;
 use crate::outlet::{Drained, Outlet, QueueLimits};
 
 fn setup(window: usize, max_attempts: u32) -> (Arc<Outlet>, Arc<Subscriber>) {
@@ -68,7 +69,7 @@ fn the_window_holds_back_what_does_not_fit_and_acks_make_room() {
     let (outlet, sub) = setup(3, 5);
     let t = sub.tracker().expect("tracker");
     for o in 1..=5 {
-        t.offer(&sub, &publication(o));
+        t.offer(&*sub, &publication(o));
     }
     assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
     assert_eq!(t.in_flight(), 3);
@@ -93,22 +94,22 @@ fn unacknowledged_publications_are_sent_again_with_backoff_then_given_up() {
     let t = sub.tracker().expect("tracker");
     let start = Instant::now();
     for o in 1..=3 {
-        t.offer(&sub, &publication(o));
+        t.offer(&*sub, &publication(o));
     }
     assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
     assert_eq!(t.ack(1), Ok(false));
     // Not due yet.
     assert_eq!(
-        t.sweep(&sub, start + Duration::from_millis(500)),
+        t.sweep(&*sub, start + Duration::from_millis(500)),
         (None, false)
     );
     assert!(written(&outlet).is_empty());
     // Due after 1 s: 2 and 3 again (attempt 2), next wait 2 s.
     let at = start + Duration::from_millis(1100);
-    assert_eq!(t.sweep(&sub, at), (None, false));
+    assert_eq!(t.sweep(&*sub, at), (None, false));
     assert_eq!(written(&outlet), ["m2", "m3"]);
     assert_eq!(
-        t.sweep(&sub, at + Duration::from_millis(1500)),
+        t.sweep(&*sub, at + Duration::from_millis(1500)),
         (None, false)
     );
     assert!(
@@ -117,11 +118,11 @@ fn unacknowledged_publications_are_sent_again_with_backoff_then_given_up() {
     );
     // A copy still queued is not queued twice.
     let at = at + Duration::from_millis(2100);
-    t.offer(&sub, &publication(4));
-    assert_eq!(t.sweep(&sub, at), (None, false));
+    t.offer(&*sub, &publication(4));
+    assert_eq!(t.sweep(&*sub, at), (None, false));
     assert_eq!(written(&outlet), ["m4", "m2", "m3"]);
     // Attempt 3 was the last: 2 is given up; the rest goes again at once, attempts anew.
-    let (given_up, _) = t.sweep(&sub, at + Duration::from_secs(5));
+    let (given_up, _) = t.sweep(&*sub, at + Duration::from_secs(5));
     let g = given_up.expect("given up");
     assert_eq!(
         (g.from, g.to, g.why, g.attempts),
@@ -137,14 +138,14 @@ fn nothing_is_redelivered_while_paused_and_resume_sends_what_the_socket_lost() {
     let (outlet, sub) = setup(10, 2);
     let t = sub.tracker().expect("tracker");
     for o in 1..=4 {
-        t.offer(&sub, &publication(o));
+        t.offer(&*sub, &publication(o));
     }
     // 1..3 were written to the dead socket; 4 is still queued.
     let mut d = Drained::default();
     outlet.drain(3, &mut d);
     t.pause();
     let later = Instant::now() + Duration::from_secs(60);
-    assert_eq!(t.sweep(&sub, later), (None, false));
+    assert_eq!(t.sweep(&*sub, later), (None, false));
     assert_eq!(outlet.queued_offsets("orders"), [4]);
     let pos = StreamPosition {
         offset: 1,
@@ -165,9 +166,9 @@ fn nothing_is_redelivered_while_paused_and_resume_sends_what_the_socket_lost() {
 fn a_new_epoch_ends_what_was_in_flight() {
     let (outlet, sub) = setup(2, 2);
     let t = sub.tracker().expect("tracker");
-    t.offer(&sub, &publication(1));
-    t.offer(&sub, &publication(2));
-    t.offer(&sub, &publication(3));
+    t.offer(&*sub, &publication(1));
+    t.offer(&*sub, &publication(2));
+    t.offer(&*sub, &publication(3));
     assert_eq!(written(&outlet), ["m1", "m2"]);
     let p = Arc::new(Publication::new(
         Arc::from("orders"),
@@ -177,7 +178,7 @@ fn a_new_epoch_ends_what_was_in_flight() {
         Data::json("1").expect("json"),
         None,
     ));
-    t.offer(&sub, &p);
+    t.offer(&*sub, &p);
     assert_eq!(written(&outlet), ["m1"]);
     assert_eq!((t.acked(), t.in_flight()), (0, 1));
 }

@@ -18,11 +18,14 @@ use crate::presence::PresenceStore;
 
 mod cluster;
 mod parked;
+mod redelivery;
 mod registry;
 
 use crate::sync::lock;
 use parked::Parking;
 pub use parked::Waiting;
+pub use redelivery::Sweeper;
+pub(crate) use redelivery::catch_up;
 use registry::Registered;
 pub use registry::{DescribeReply, ServerCommand, SessionDetails, SessionInfo};
 
@@ -56,7 +59,7 @@ pub struct Node {
     relay: std::sync::OnceLock<Arc<dyn crate::cluster::RelayHandler>>,
     events: crate::journal::EventLog,
     dead_letters: crate::journal::DeadLetters,
-    sweeper: crate::delivery::Sweeper,
+    sweeper: Sweeper,
     /// Heartbeat settings announced to clients.
     pub heartbeat: Heartbeat,
 }
@@ -90,7 +93,7 @@ impl Node {
             relay: std::sync::OnceLock::new(),
             events: crate::journal::EventLog::new(&node_id, config.session.event_log_size),
             dead_letters: crate::journal::DeadLetters::new(config.session.dead_letter_size),
-            sweeper: crate::delivery::Sweeper::default(),
+            sweeper: Sweeper::default(),
             config,
             broker,
             presence,
@@ -147,7 +150,7 @@ impl Node {
     }
 
     /// The at-least-once subscriptions' redelivery clock.
-    pub fn sweeper(&self) -> &crate::delivery::Sweeper {
+    pub fn sweeper(&self) -> &Sweeper {
         &self.sweeper
     }
 

@@ -19,6 +19,9 @@ pub trait Waiting: Send + 'static {
     fn client_id(&self) -> &str;
     /// Its age and last address (no transport: it has none while it waits).
     fn details(&self) -> super::SessionDetails;
+    /// Who it is, when a connect proxy vouched for it and that has not expired: a new connection
+    /// presenting its resume token at the handshake is that user without asking the proxy again.
+    fn proxied_identity(&self) -> Option<crate::auth::Identity>;
     /// End it: leave its channels and emit its `disconnect` event with `reason`.
     fn end(self: Box<Self>, reason: &'static str) -> Pin<Box<dyn Future<Output = ()> + Send>>;
     /// For the session module to take its concrete type back.
@@ -115,6 +118,16 @@ impl Node {
         };
         metrics::gauge!("herald_sessions_waiting").decrement(1.0);
         Some(p.session)
+    }
+
+    /// The identity of the session waiting under `token`, when a connect proxy authenticated it
+    /// and it has not expired (see [`Waiting::proxied_identity`]).
+    pub fn resume_identity(&self, token: &str) -> Option<Identity> {
+        lock(&self.parked)
+            .by_token
+            .get(token)?
+            .session
+            .proxied_identity()
     }
 
     /// End every waiting session now (shutdown).

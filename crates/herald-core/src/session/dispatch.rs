@@ -67,6 +67,16 @@ impl Session {
         if let Some(flow) = self.charge(&id) {
             return flow;
         }
+        if let Some(token) = self.resume_only.take()
+            && !matches!(&command, Command::Resume(r) if *r.token == *token)
+        {
+            self.error(
+                &id,
+                ErrorCode::Unauthorized,
+                "admitted by a resume token: the first command must be that `resume`",
+            );
+            return Flow::Close(CloseCode::AuthFailed);
+        }
         if !self.announced && !matches!(command, Command::Resume(_)) {
             self.announced = true;
             self.event(EventKind::Connect, None, None);
@@ -211,7 +221,7 @@ impl Session {
                 ));
             }
             Ok(true) => {
-                tokio::spawn(crate::delivery::catch_up(self.node.clone(), sub.clone()));
+                tokio::spawn(crate::node::catch_up(self.node.clone(), sub.clone()));
             }
             Ok(false) => {}
         }

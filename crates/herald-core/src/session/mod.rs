@@ -58,6 +58,9 @@ pub struct Session {
     rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The `connect` event was emitted (at the first command that is not `resume`).
     announced: bool,
+    /// Admitted at the handshake by this resume token (instead of the connect proxy): the first
+    /// command must be the `resume` that uses it.
+    resume_only: Option<Box<str>>,
     /// Server-side commands for this session (users only).
     server_cmds: Option<(
         tokio::sync::mpsc::Sender<ServerCommand>,
@@ -181,6 +184,7 @@ impl Session {
             violations: 0,
             rpc_slots: None,
             announced: false,
+            resume_only: None,
             started: std::time::Instant::now(),
             server_cmds,
             forwarded: None,
@@ -206,6 +210,12 @@ impl Session {
     /// Keep these handshake headers for backend proxies (`rpc`, subscribe, publish, refresh).
     pub fn set_forwarded_headers(&mut self, headers: Option<Headers>) {
         self.forwarded = headers;
+    }
+
+    /// This connection was admitted by a waiting session's resume token (no connect-proxy call):
+    /// its first command must be the `resume` with that token, or it is closed with 4502.
+    pub fn require_resume(&mut self, token: &str) {
+        self.resume_only = Some(token.into());
     }
 
     /// The client's IP: its connections share a per-IP quota of journal entries.

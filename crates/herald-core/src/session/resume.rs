@@ -56,7 +56,7 @@ impl Session {
                 let (resend, catch) = t.resume(position, &queued);
                 front.extend(resend.into_iter().map(Out::Pub));
                 if catch {
-                    tokio::spawn(crate::delivery::catch_up(self.node.clone(), sub.clone()));
+                    tokio::spawn(crate::node::catch_up(self.node.clone(), sub.clone()));
                 }
                 channels.push(ResumedChannel {
                     channel: channel.clone(),
@@ -150,6 +150,8 @@ impl Session {
             started: _,
             chan_info: _,
             resume_token: _,
+            // Spent by the `resume` being handled.
+            resume_only: _,
             // The new connection's: its (fresher) token, rate limiter, address and headers; and a
             // clean slate of protocol violations.
             identity,
@@ -214,6 +216,17 @@ impl crate::node::Waiting for Session {
 
     fn details(&self) -> crate::node::SessionDetails {
         self.details(None)
+    }
+
+    fn proxied_identity(&self) -> Option<Identity> {
+        // Revoked or disconnected while waiting: its outlet is closed, it cannot be resumed.
+        if !self.identity.proxied || self.outlet.close_requested().is_some() {
+            return None;
+        }
+        let expired = self.identity.claims.as_ref().is_some_and(|c| {
+            c.exp > 0 && c.exp.saturating_mul(1000) <= crate::publication::now_ms()
+        });
+        (!expired).then(|| self.identity.clone())
     }
 
     fn end(

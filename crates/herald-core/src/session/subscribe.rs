@@ -170,7 +170,7 @@ impl Session {
             let base = pubs.first().map_or(reply.offset, |p| p.offset - 1);
             t.begin(&Arc::from(reply.epoch.as_str()), base);
             // The window's worth follows the reply; the rest waits in history for acks.
-            let n = t.recovered(&sub, &pubs);
+            let n = t.recovered(&*sub, &pubs);
             pubs.truncate(n);
             node.sweeper().watch(&node, &sub);
         }

@@ -351,17 +351,22 @@ pub(crate) async fn start(
         admit(app, peer, &parts.headers, &parts.uri, &Offer::default())
             .await
             .map_err(|r| Box::new(r.into_response()))?;
-    let (identity, user_slot, channels, auth_id) = match hs {
-        Handshake::Done(identity, slot, channels) => (*identity, slot, channels, None),
+    let (identity, user_slot, channels, auth_id, resume_only) = match hs {
+        Handshake::Done(identity, slot, channels, resume_only) => {
+            (*identity, slot, channels, None, resume_only)
+        }
         Handshake::FirstMessage => {
             let (identity, auth_id) = first_message_auth(app, format, &mut cmds)?;
             let Ok(slot) = user_slot(app, &identity).await else {
                 return Err(Box::new(user_limit()));
             };
-            (identity, slot, Vec::new(), auth_id)
+            (identity, slot, Vec::new(), auth_id, None)
         }
     };
     let mut session = Session::new(&app.node, format, identity);
+    if let Some(t) = &resume_only {
+        session.require_resume(t);
+    }
     check(&session)?;
     if app
         .connections

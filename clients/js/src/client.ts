@@ -17,6 +17,7 @@ import {
 import { OfflineQueue, randomKey, type QueuedPublish } from './queue.js';
 import { Subscription, type GapReason, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
 import { HttpPollSocketCtor, HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
+import { withResumeParam } from './handshake.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
 export interface WebSocketLike {
@@ -370,11 +371,17 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     const carrier = http ? 'subprotocol' : (this.opts.tokenCarrier ?? 'subprotocol');
     const protocols = [this.codec.subprotocol];
     if (token && carrier === 'subprotocol') protocols.push(`herald.auth.${token}`);
-    const Ctor = transport === 'http-stream' ? HttpStreamSocketCtor : transport === 'http-poll' ? HttpPollSocketCtor : this.Ws;
+    // Without a token of its own (a connect proxy reads its cookies) a resuming client presents
+    // its resume token at the handshake: the server admits it without asking the proxy (§8).
+    const resume = token ? undefined : this.resumeToken;
     let ws: WebSocketLike;
     try {
-      if (!Ctor) throw new Error('no WebSocket implementation');
-      ws = new Ctor(this.opts.url, protocols);
+      if (http) {
+        ws = new (transport === 'http-stream' ? HttpStreamSocketCtor : HttpPollSocketCtor)(this.opts.url, protocols, { resume });
+      } else {
+        if (!this.Ws) throw new Error('no WebSocket implementation');
+        ws = new this.Ws(resume ? withResumeParam(this.opts.url, resume) : this.opts.url, protocols);
+      }
     } catch (e) {
       this.emit('error', new HeraldError('bad_request', `cannot open ${this.opts.url}: ${String(e)}`));
       this.scheduleReconnect();

@@ -5,7 +5,8 @@
  * and the socket sends a `ping` when it has sent nothing for the server's ping interval (the
  * server ends silent sessions). The client drives it exactly like a WebSocket.
  */
-import type { WebSocketCtor, WebSocketLike } from './client.js';
+import type { WebSocketLike } from './client.js';
+import { withResumeParam } from './handshake.js';
 
 const CONNECTING = 0;
 const OPEN = 1;
@@ -26,6 +27,28 @@ export function canStreamHttp(): boolean {
   return typeof fetch === 'function' && typeof ReadableStream === 'function' && typeof TextDecoder === 'function';
 }
 
+/** What an HTTP socket takes besides a WebSocket's arguments. */
+export interface HttpSocketOptions {
+  /**
+   * A resume token to present on the opening request (`Herald-Resume`), for a client without a
+   * token of its own resuming its session (protocol §8).
+   */
+  resume?: string;
+}
+
+/** An HTTP transport's constructor: a WebSocket constructor with {@link HttpSocketOptions}. */
+export type HttpSocketCtor = new (url: string, protocols?: string | string[], opts?: HttpSocketOptions) => WebSocketLike;
+
+/**
+ * In a page of another origin than the server, a `Herald-Resume` header would need the server's
+ * CORS preflight to allow it; there the resume token goes in the opening URL's `resume`
+ * parameter, the carrier for clients that cannot set the header.
+ */
+function crossOrigin(base: string): boolean {
+  const here = (globalThis as { location?: { origin?: string } }).location?.origin;
+  return typeof here === 'string' && here !== 'null' && here !== new URL(base).origin;
+}
+
 abstract class HttpSocket implements WebSocketLike {
   readyState = CONNECTING;
   binaryType = 'arraybuffer';
@@ -36,6 +59,10 @@ abstract class HttpSocket implements WebSocketLike {
 
   protected readonly base: string;
   protected readonly headers: Record<string, string> = { 'content-type': 'application/json' };
+  /** Headers of the opening request only. */
+  protected readonly openHeaders: Record<string, string> = {};
+  /** Query of the opening request (`?resume=…` where the header cannot be used). */
+  protected openQuery = '';
   protected readonly abort = new AbortController();
   protected session = '';
   private outbox: string[] = [];
@@ -45,11 +72,15 @@ abstract class HttpSocket implements WebSocketLike {
   /** The code of the `disconnect` advisory, which stands for the close frame. */
   protected advised: { code: number; reason: string } | undefined;
 
-  constructor(url: string, protocols?: string | string[]) {
+  constructor(url: string, protocols?: string | string[], opts: HttpSocketOptions = {}) {
     this.base = httpBase(url);
     for (const p of ([] as string[]).concat(protocols ?? [])) {
       if (p.startsWith('herald.auth.')) this.headers.authorization = `Bearer ${p.slice('herald.auth.'.length)}`;
       else if (p !== 'herald.v1.json') throw new Error(`the HTTP transport carries JSON only, not ${p}`);
+    }
+    if (opts.resume) {
+      if (crossOrigin(this.base)) this.openQuery = new URL(withResumeParam(this.base, opts.resume)).search;
+      else this.openHeaders['herald-resume'] = opts.resume;
     }
     // After the subclass's fields are set.
     queueMicrotask(() => void this.run());
@@ -151,9 +182,9 @@ class HttpStreamSocket extends HttpSocket {
   protected async run(): Promise<void> {
     let reader: ReadableStreamDefaultReader<Uint8Array>;
     try {
-      const r = await fetch(this.base + 'stream', {
+      const r = await fetch(this.base + 'stream' + this.openQuery, {
         method: 'POST',
-        headers: this.headers,
+        headers: { ...this.headers, ...this.openHeaders },
         body: '[]',
         credentials: 'include',
         cache: 'no-store',
@@ -209,12 +240,12 @@ class HttpPollSocket extends HttpSocket {
     for (;;) {
       let r: Response;
       try {
-        const headers: Record<string, string> = { ...this.headers };
+        const headers: Record<string, string> = { ...this.headers, ...(first ? this.openHeaders : {}) };
         if (!first) {
           headers['herald-session'] = this.session;
           headers['herald-ack'] = String(ack);
         }
-        r = await fetch(this.base + 'poll', {
+        r = await fetch(this.base + 'poll' + (first ? this.openQuery : ''), {
           method: 'POST',
           headers,
           body: first ? '[]' : '',
@@ -259,6 +290,6 @@ class HttpPollSocket extends HttpSocket {
 }
 
 /** The HTTP streaming transport, as a WebSocket constructor. */
-export const HttpStreamSocketCtor: WebSocketCtor = HttpStreamSocket;
+export const HttpStreamSocketCtor: HttpSocketCtor = HttpStreamSocket;
 /** The long-polling transport, as a WebSocket constructor. */
-export const HttpPollSocketCtor: WebSocketCtor = HttpPollSocket;
+export const HttpPollSocketCtor: HttpSocketCtor = HttpPollSocket;

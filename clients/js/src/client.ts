@@ -17,7 +17,7 @@ import {
 import { OfflineQueue, randomKey, type QueuedPublish } from './queue.js';
 import { Subscription, type GapReason, type SubscribeOptions, type SubscriptionOwner } from './subscription.js';
 import { HttpPollSocketCtor, HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
-import { withResumeParam } from './handshake.js';
+import { watchRefusal, withResumeParam } from './handshake.js';
 
 /** The subset of the WebSocket API the client uses (browsers, Node ≥ 22, or npm `ws`). */
 export interface WebSocketLike {
@@ -198,6 +198,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private lastReceived = 0;
   private resumeToken: string | undefined;
   private advisory: { reconnect: boolean; afterMs: number } | undefined;
+  /** The `Retry-After` of this attempt's refused handshake (503/429), ms. */
+  private retryAfterMs: number | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly queue: OfflineQueue;
@@ -381,6 +383,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       } else {
         if (!this.Ws) throw new Error('no WebSocket implementation');
         ws = new this.Ws(resume ? withResumeParam(this.opts.url, resume) : this.opts.url, protocols);
+        watchRefusal(ws, (ms) => {
+          if (gen === this.generation) this.retryAfterMs = ms;
+        });
       }
     } catch (e) {
       this.emit('error', new HeraldError('bad_request', `cannot open ${this.opts.url}: ${String(e)}`));
@@ -401,8 +406,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     ws.onmessage = (ev: { data: unknown }) => {
       if (gen === this.generation) this.onFrame(ev.data);
     };
-    ws.onclose = (ev: { code?: number; reason?: string }) => {
-      if (gen === this.generation) this.onClose(ev.code ?? CloseCodes.abnormal, ev.reason ?? '');
+    ws.onclose = (ev: { code?: number; reason?: string; retryAfterMs?: number }) => {
+      if (gen !== this.generation) return;
+      if (ev.retryAfterMs !== undefined) this.retryAfterMs = ev.retryAfterMs;
+      this.onClose(ev.code ?? CloseCodes.abnormal, ev.reason ?? '');
     };
     ws.onerror = () => undefined; // `close` follows
   }
@@ -629,7 +636,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     // next one tries the next transport.
     // A 1013 refusal (the node is busy: reconnect storm control) is no sign of a blocked
     // transport: the same one is tried again after the hint.
-    if (!this.reached && this.transports.length > 1 && code !== CloseCodes.tryAgainLater) {
+    // So is a 503/429 with `Retry-After`.
+    const retryAfter = this.retryAfterMs;
+    this.retryAfterMs = undefined;
+    if (!this.reached && this.transports.length > 1 && code !== CloseCodes.tryAgainLater && retryAfter === undefined) {
       this.transportIndex = (this.transportIndex + 1) % this.transports.length;
     }
     clearTimeout(this.connectTimer);
@@ -657,7 +667,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       this.attempt = 0;
       this.scheduleReconnect(0, true);
     } else {
-      this.scheduleReconnect(advisory?.afterMs ?? 0);
+      // Not before the server's hint: a 1013 advisory or a refusal's `Retry-After`.
+      this.scheduleReconnect(Math.max(advisory?.afterMs ?? 0, retryAfter ?? 0));
     }
   }
 

@@ -6,7 +6,7 @@
  * server ends silent sessions). The client drives it exactly like a WebSocket.
  */
 import type { WebSocketLike } from './client.js';
-import { withResumeParam } from './handshake.js';
+import { retryAfterMs, withResumeParam } from './handshake.js';
 
 const CONNECTING = 0;
 const OPEN = 1;
@@ -38,6 +38,14 @@ export interface HttpSocketOptions {
 
 /** An HTTP transport's constructor: a WebSocket constructor with {@link HttpSocketOptions}. */
 export type HttpSocketCtor = new (url: string, protocols?: string | string[], opts?: HttpSocketOptions) => WebSocketLike;
+
+/** The `close` event of an HTTP socket: a refused opening request may say when to come back. */
+export interface HttpCloseEvent {
+  code: number;
+  reason: string;
+  /** The refusal's `Retry-After` (503/429), ms, capped. */
+  retryAfterMs?: number;
+}
 
 /**
  * In a page of another origin than the server, a `Herald-Resume` header would need the server's
@@ -157,14 +165,22 @@ abstract class HttpSocket implements WebSocketLike {
     this.finish(code ?? 1000, reason ?? '');
   }
 
-  protected finish(code: number, reason: string): void {
+  protected finish(code: number, reason: string, retryAfter?: number): void {
     if (this.readyState === CLOSED) return;
     this.readyState = CLOSED;
     this.stopped();
     this.abort.abort();
+    const ev: HttpCloseEvent = { code, reason };
+    if (retryAfter !== undefined) ev.retryAfterMs = retryAfter;
     // Later, as a WebSocket's `close` event comes (the caller of `close()` may handle the end
     // itself first).
-    setTimeout(() => this.onclose?.({ code, reason }), 0);
+    setTimeout(() => this.onclose?.(ev), 0);
+  }
+
+  /** End after a refused opening request, with its `Retry-After`. */
+  protected async refused(r: Response): Promise<void> {
+    await r.text().catch(() => '');
+    this.finish(this.advised?.code ?? 1006, `HTTP ${r.status}`, retryAfterMs(r.status, r.headers.get('retry-after')));
   }
 
   /** Stop the subclass's timers. */
@@ -191,8 +207,7 @@ class HttpStreamSocket extends HttpSocket {
         signal: this.abort.signal,
       });
       if (r.status !== 200 || !r.body) {
-        await r.text().catch(() => '');
-        this.finish(1006, `HTTP ${r.status}`);
+        await this.refused(r);
         return;
       }
       reader = r.body.getReader();
@@ -258,8 +273,11 @@ class HttpPollSocket extends HttpSocket {
         return;
       }
       if (r.status !== 200) {
-        await r.text().catch(() => '');
-        this.finish(this.advised?.code ?? 1006, `HTTP ${r.status}`);
+        if (first) await this.refused(r);
+        else {
+          await r.text().catch(() => '');
+          this.finish(this.advised?.code ?? 1006, `HTTP ${r.status}`);
+        }
         return;
       }
       let batch: unknown[];

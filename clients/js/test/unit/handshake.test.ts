@@ -6,7 +6,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { HeraldClient, type ClientOptions } from '../../src/client.js';
-import { withResumeParam } from '../../src/handshake.js';
+import { RETRY_AFTER_CAP_MS, retryAfterMs, withResumeParam } from '../../src/handshake.js';
 import type { Envelope } from '../../src/protocol.js';
 import { FakeSocket } from './fake-socket.js';
 
@@ -23,6 +23,19 @@ function client(opts: Partial<ClientOptions> = {}): HeraldClient {
 
 async function settle(): Promise<void> {
   for (let i = 0; i < 10; i++) await Promise.resolve();
+}
+
+const realImmediate = globalThis.setImmediate;
+
+/**
+ * Let a fake `fetch` answer be read (a `Response` body is read on the real event loop) and the
+ * close event that follows fire (a 0 ms timer set while the fake clock advances is due 1 ms later).
+ */
+async function answered(): Promise<void> {
+  for (let i = 0; i < 3; i++) {
+    await new Promise((r) => realImmediate(r));
+    await vi.advanceTimersByTimeAsync(1);
+  }
 }
 
 function resumeParam(url: string): string | null {
@@ -99,6 +112,69 @@ describe('resume token at the handshake (WebSocket)', () => {
     expect(s2.sentOf('resume')).toEqual([]);
   });
 
+  it('a 1013 refusal waits for its reconnect_after_ms and keeps presenting the token', async () => {
+    const c = client();
+    c.connect();
+    await settle();
+    FakeSocket.last().accept({ resume_token: 'rt-A' });
+    await settle();
+    FakeSocket.last().drop(1006);
+    await vi.advanceTimersByTimeAsync(1_000);
+    const refused = FakeSocket.last();
+    expect(resumeParam(refused.url)).toBe('rt-A');
+    const delays: number[] = [];
+    c.on('reconnecting', (r) => delays.push(r.delayMs));
+    // Refused right after the upgrade, before `connected`.
+    refused.readyState = 1;
+    refused.push({ type: 'disconnect', payload: { code: 1013, reason: 'busy', reconnect: true, reconnect_after_ms: 4_321 } });
+    refused.drop(1013);
+    expect(delays).toEqual([4_321]);
+    await vi.advanceTimersByTimeAsync(4_320);
+    expect(FakeSocket.last()).toBe(refused);
+    await vi.advanceTimersByTimeAsync(1);
+    const s3 = FakeSocket.last();
+    expect(s3).not.toBe(refused);
+    expect(resumeParam(s3.url)).toBe('rt-A');
+    s3.accept();
+    await settle();
+    expect(s3.sent[0]).toMatchObject({ type: 'resume', payload: { token: 'rt-A' } });
+  });
+});
+
+/** A WebSocket like npm `ws`: an EventEmitter that reports a refused upgrade's answer. */
+class RefusableSocket extends FakeSocket {
+  private listeners = new Map<string, ((...a: any[]) => void)[]>();
+  on(event: string, fn: (...a: any[]) => void): this {
+    this.listeners.set(event, [...(this.listeners.get(event) ?? []), fn]);
+    return this;
+  }
+  terminate(): void {
+    this.drop(1006, 'WebSocket was closed before the connection was established');
+  }
+  refuse(statusCode: number, headers: Record<string, string>): void {
+    const fns = this.listeners.get('unexpected-response') ?? [];
+    expect(fns.length).toBe(1);
+    for (const fn of fns) fn({}, { statusCode, headers });
+  }
+}
+
+describe('Retry-After on a refused WebSocket upgrade (npm ws)', () => {
+  it('delays the next attempt by the Retry-After of a 503', async () => {
+    const c = client({ WebSocket: RefusableSocket });
+    const delays: number[] = [];
+    c.on('reconnecting', (r) => delays.push(r.delayMs));
+    c.connect();
+    await settle();
+    (FakeSocket.last() as RefusableSocket).refuse(503, { 'retry-after': '7' });
+    expect(delays).toEqual([7_000]);
+    await vi.advanceTimersByTimeAsync(6_999);
+    expect(FakeSocket.all.length).toBe(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(FakeSocket.all.length).toBe(2);
+    // Without the header: the backoff alone.
+    (FakeSocket.last() as RefusableSocket).refuse(503, {});
+    expect(delays).toEqual([7_000, 1_000]);
+  });
 });
 
 // ---- HTTP transports over a fake fetch ----------------------------------------------------------
@@ -253,9 +329,63 @@ describe('HTTP transports', () => {
     expect(f.sent()[0]).toMatchObject({ type: 'resume', payload: { token: 'rt-A' } });
     c.close();
   });
+
+  it('a 503 with Retry-After: 7 delays the next opening request by 7 s, on the same transport', async () => {
+    const f = new FakeFetch(() =>
+      new Response('{"code":"unavailable","message":"busy"}', { status: 503, headers: { 'retry-after': '7', 'content-type': 'application/json' } }),
+    );
+    vi.stubGlobal('fetch', f.fetch);
+    const c = client({ transports: ['http-stream', 'http-poll'], WebSocket: undefined });
+    const delays: number[] = [];
+    c.on('reconnecting', (r) => delays.push(r.delayMs));
+    c.connect();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(f.opening().length).toBe(1);
+    expect(delays).toEqual([7_000]); // max(backoff 1 000, Retry-After 7 000)
+    await vi.advanceTimersByTimeAsync(6_999);
+    expect(f.opening().length).toBe(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(f.opening().length).toBe(2);
+    // A busy node is no sign of a blocked transport: the same one again.
+    expect(f.opening()[1]!.url).toBe('http://herald.test/http/stream');
+    c.close();
+  });
+
+  it('a 429 with Retry-After delays too; other statuses and a larger backoff keep the backoff', async () => {
+    let status = 429;
+    let retry = '2';
+    const f = new FakeFetch(() => new Response('{}', { status, headers: { 'retry-after': retry } }));
+    vi.stubGlobal('fetch', f.fetch);
+    const c = client({ transports: ['http-stream'], WebSocket: undefined, backoff: { minDelayMs: 3_000, maxDelayMs: 3_000 } });
+    const delays: number[] = [];
+    c.on('reconnecting', (r) => delays.push(r.delayMs));
+    c.connect();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(delays).toEqual([3_000]); // the backoff is longer than Retry-After: 2
+    retry = '5';
+    await vi.advanceTimersByTimeAsync(3_000);
+    await answered();
+    expect(delays).toEqual([3_000, 5_000]);
+    status = 500; // not a refusal that says when to come back
+    await vi.advanceTimersByTimeAsync(5_000);
+    await answered();
+    expect(delays).toEqual([3_000, 5_000, 3_000]);
+    c.close();
+  });
 });
 
 describe('helpers', () => {
+  it('retryAfterMs reads seconds on 503/429 only, capped at 600 s', () => {
+    expect(retryAfterMs(503, '7')).toBe(7_000);
+    expect(retryAfterMs(429, ' 1 ')).toBe(1_000);
+    expect(retryAfterMs(503, '100000')).toBe(RETRY_AFTER_CAP_MS);
+    expect(RETRY_AFTER_CAP_MS).toBe(600_000);
+    expect(retryAfterMs(503, 'Wed, 21 Oct 2015 07:28:00 GMT')).toBeUndefined();
+    expect(retryAfterMs(503, '-3')).toBeUndefined();
+    expect(retryAfterMs(503, null)).toBeUndefined();
+    expect(retryAfterMs(500, '7')).toBeUndefined();
+  });
+
   it('withResumeParam keeps the URL and its parameters', () => {
     expect(withResumeParam('ws://h/ws', 'abc')).toBe('ws://h/ws?resume=abc');
     expect(withResumeParam('wss://h:8443/p/ws?a=1&b=x%2By', 'abc')).toBe('wss://h:8443/p/ws?a=1&b=x%2By&resume=abc');

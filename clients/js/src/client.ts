@@ -680,10 +680,11 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       return;
     }
     const delayMs = now ? 0 : Math.max(minDelayMs, backoffDelay(this.attempt - 1, this.opts.backoff, this.opts.random));
-    this.setState('reconnecting');
-    this.emit('reconnecting', { attempt: this.attempt, delayMs, at: Date.now() + delayMs });
+    // The timer first: a handler of these events may `close()` the client, which clears it.
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => void this.open(), delayMs);
+    this.setState('reconnecting');
+    this.emit('reconnecting', { attempt: this.attempt, delayMs, at: Date.now() + delayMs });
   }
 
   /** Close the socket without ending the session (it stays resumable on the server). */

@@ -309,6 +309,17 @@ describe('reconnecting', () => {
     expect(FakeSocket.all.length).toBe(1 + 3);
   });
 
+  it('stays closed when a reconnecting handler closes the client', async () => {
+    const c = client();
+    const s = await connected(c);
+    c.on('reconnecting', () => c.close());
+    s.drop(1006);
+    expect(c.state).toBe('closed');
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(c.state).toBe('closed');
+    expect(FakeSocket.all.length).toBe(1);
+  });
+
   it("honours the server's disconnect advisory", async () => {
     const c = client();
     const s = await connected(c);

@@ -70,6 +70,10 @@ enum Payload<'a> {
         method: &'a str,
         data: &'a serde_json::Value,
     },
+    Ack {
+        channel: &'a str,
+        offset: u64,
+    },
 }
 
 fn payload<'a>(format: Format, c: &'a Command) -> Option<Payload<'a>> {
@@ -107,6 +111,10 @@ fn payload<'a>(format: Format, c: &'a Command) -> Option<Payload<'a>> {
         Command::Rpc(r) => Payload::Rpc {
             method: &r.method,
             data: &r.data,
+        },
+        Command::Ack(a) => Payload::Ack {
+            channel: &a.channel,
+            offset: a.offset,
         },
     })
 }

@@ -403,7 +403,7 @@ async fn origins_and_preflights_follow_the_allowlist() {
     assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
     assert!(
         r.header("access-control-allow-headers")
-            .is_some_and(|h| h.contains("herald-session"))
+            .is_some_and(|h| h.contains("herald-session") && h.contains("herald-resume"))
     );
     let mut st = post(
         s.addr,
@@ -419,7 +419,7 @@ async fn origins_and_preflights_follow_the_allowlist() {
     );
     assert!(
         st.header("access-control-expose-headers")
-            .is_some_and(|h| h.contains("herald-session"))
+            .is_some_and(|h| h.contains("herald-session") && h.contains("retry-after"))
     );
     assert_eq!(st.line().await.expect("connected")["type"], "connected");
 }

@@ -89,7 +89,7 @@ async fn cors(
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(
-                "authorization, content-type, herald-session, herald-ack, herald-protocol, last-event-id",
+                "authorization, content-type, herald-session, herald-ack, herald-protocol, herald-resume, last-event-id",
             ),
         );
         h.insert(
@@ -107,7 +107,7 @@ async fn cors(
         );
         h.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("herald-session, herald-seq"),
+            HeaderValue::from_static("herald-session, herald-seq, retry-after"),
         );
     }
     resp

@@ -58,6 +58,21 @@ struct Conn {
     started: Instant,
     /// Slots held while the connection lives (the user's boxed: 40 bytes most connections lack).
     _held: (Held, Option<Box<crate::slots::UserSlot>>),
+    /// This connection's place in `AppState::connections`, given back however the task ends (a
+    /// panic included: a leaked count would refuse everyone with 4002 in the end).
+    counted: Counted,
+}
+
+/// One count in `AppState::connections` and the `herald_connections` gauge.
+struct Counted(Arc<AppState>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        metrics::gauge!("herald_connections").decrement(1.0);
+    }
 }
 
 /// Serve an upgraded `/ws` connection until it closes.
@@ -124,6 +139,7 @@ async fn open(
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
         >= app.server.max_connections;
+    let counted = Counted(app.clone());
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
     let mut link = Link::new(
@@ -145,6 +161,7 @@ async fn open(
     }
     tracing::info!(client = %session.client_id(), remote = %remote, protocol = format.subprotocol(), "connected");
     Some(Conn {
+        counted,
         app,
         session,
         link,
@@ -322,6 +339,7 @@ impl Conn {
             mut link,
             started,
             _held,
+            counted,
             ..
         } = self;
         let end = match end {
@@ -333,9 +351,7 @@ impl Conn {
             reason,
             server_closed,
         } = ending;
-        app.connections
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        metrics::gauge!("herald_connections").decrement(1.0);
+        drop(counted);
         tracing::info!(
             client = %session.client_id(),
             remote = session.client_ip().map(tracing::field::display),

@@ -290,3 +290,72 @@ async fn held_back_publications_that_leave_history_become_a_trimmed_gap() {
         "{letters:?}"
     );
 }
+
+/// Regression (review of issue 16): redelivering every window of a client that reads promptly
+/// but acks slowly overflowed its queue (4 channels × window 4 > 8 queued frames) and closed it
+/// as a slow consumer. Redeliveries now fill only the queue's free room.
+#[tokio::test]
+async fn a_prompt_reader_that_acks_slowly_on_many_channels_is_never_a_slow_consumer() {
+    let mut setup = at_least_once(4, 200, 100);
+    setup.engine.session.queue_max_messages = 8;
+    let s = start(setup).await;
+    let mut c = Client::connect(&s).await;
+    let channels = ["orders:a", "orders:b", "orders:c", "orders:d"];
+    for ch in channels {
+        c.subscribe(ch).await;
+    }
+    for ch in channels {
+        for n in 1..=4 {
+            publish(&s, ch, n).await;
+        }
+    }
+    // 16 first sends, then at least one full round of redeliveries, all read at once.
+    let mut seen = 0;
+    while seen < 40 {
+        let f = c.next().await;
+        assert_eq!(f["type"], "message", "{f}");
+        seen += 1;
+    }
+    nothing_closed(&mut c).await;
+}
+
+/// The connection still answers (a `ping` gets its `pong`, whatever is queued before it).
+async fn nothing_closed(c: &mut Client) {
+    let (pong, _) = c.call("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+/// Regression (review of issue 16): a `resume` whose position is the largest offset overflowed
+/// (`offset + 1`, a panic in debug builds) and leaked the session's subscriptions and the
+/// connection count. Positions are clamped.
+#[tokio::test]
+async fn resume_positions_at_the_largest_offset_are_harmless() {
+    let s = start(at_least_once(4, 30_000, 5)).await;
+    let mut c = Client::connect(&s).await;
+    let news_epoch = c.subscribe("news").await["epoch"].clone();
+    let orders_epoch = c.subscribe("orders:eu").await["epoch"].clone();
+    publish(&s, "news", 1).await;
+    publish(&s, "orders:eu", 1).await;
+    assert_eq!(offsets(&mut c, 2).await.len(), 2);
+    let token = c.welcome["resume_token"].clone();
+    drop(c);
+    until("the session to wait", || {
+        s.handle.node().waiting_sessions() == 1
+    })
+    .await;
+    let mut c = Client::connect(&s).await;
+    let max = |epoch: &Value| json!({"offset": u64::MAX, "epoch": epoch});
+    let positions = json!({"news": max(&news_epoch), "orders:eu": max(&orders_epoch)});
+    let r = c
+        .ok("resume", json!({"token": token, "positions": positions}))
+        .await;
+    assert_eq!(r["channels"].as_array().map(Vec::len), Some(2), "{r}");
+    nothing_closed(&mut c).await;
+    publish(&s, "news", 2).await;
+    assert_eq!(offsets(&mut c, 1).await, [2]);
+    drop(c);
+    until("the connection to be counted out", || {
+        s.handle.connections() == 0
+    })
+    .await;
+}

@@ -580,14 +580,13 @@ async fn a_resume_token_at_the_handshake_skips_the_connect_proxy() {
         .err()
         .expect("refused");
     assert_eq!((status, calls.load(Ordering::SeqCst)), (401, 2));
-    let mut req = ws_request(&s);
-    req.headers_mut()
-        .insert("Herald-Resume", token.parse().expect("hdr"));
-    let mut c = Client::open_welcomed(req)
+    // The token was claimed by the closed connection: the session is resumed through the proxy.
+    let mut c = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=good")]))
         .await
-        .expect("admitted by the token");
+        .expect("connect");
     let r = c.ok("resume", json!({ "token": token })).await;
     assert_eq!(r["client_id"], id, "{r}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
 /// Drop the socket without a close frame and wait until its session waits for `resume`.
@@ -598,4 +597,104 @@ async fn cut(s: &TestServer, c: Client) {
         s.handle.node().waiting_sessions() == waiting + 1
     })
     .await;
+}
+
+/// Regressions (review of issue 16): a handshake resume token admitted any number of
+/// connections, a connection it admitted stayed open (as the user) when its resume failed, and
+/// one that never resumed parked under its own fresh token, which admitted the next connection:
+/// a login that outlived the proxy's refusal. Now a token admits one connection, which closes
+/// with 4502 when its resume fails, and ends (not parks) when it drops before resuming.
+#[tokio::test]
+async fn a_handshake_resume_token_admits_one_connection_only_for_its_resume() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/connect",
+        post(move |Json(req): Json<Value>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if req["headers"]["cookie"].as_str() == Some("session=good") {
+                    Json(json!({"result": {"user": "frank"}}))
+                } else {
+                    Json(json!({"error": {"message": "bad session"}}))
+                }
+            }
+        }),
+    );
+    let b = serve_backend(app).await;
+    let s = start_with(Setup::default(), |s| {
+        s.connect_proxy(connect_proxy(format!("http://{b}/connect")))
+    })
+    .await;
+    let by_token = |t: &str| {
+        let mut req = ws_request(&s);
+        req.headers_mut()
+            .insert("Herald-Resume", t.parse().expect("hdr"));
+        req
+    };
+    let c = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=good")]))
+        .await
+        .expect("connect");
+    let token = c.welcome["resume_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    cut(&s, c).await;
+    // One connection per token: the second goes to the proxy, which refuses it (no cookie).
+    let mut admitted = Client::open_welcomed(by_token(&token))
+        .await
+        .expect("admitted");
+    let (status, _) = Client::open(by_token(&token)).await.err().expect("refused");
+    assert_eq!((status, calls.load(Ordering::SeqCst)), (401, 2));
+    // The real client resumes through the proxy first; the admitted connection's resume then
+    // fails, and it is closed instead of staying open as frank.
+    let mut real = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=good")]))
+        .await
+        .expect("connect");
+    let r = real.ok("resume", json!({ "token": token })).await;
+    let token = r["resume_token"].as_str().expect("token").to_owned();
+    admitted
+        .send(json!({"type": "resume", "id": 1, "payload": {"token": token}}))
+        .await;
+    let (frames, code) = admitted.until_close().await;
+    assert_eq!(code, Some(4502), "{frames:?}");
+    // After a good handshake resume the connection is an ordinary one.
+    cut(&s, real).await;
+    let mut c = Client::open_welcomed(by_token(&token))
+        .await
+        .expect("admitted");
+    let r = c.ok("resume", json!({ "token": token })).await;
+    c.subscribe("more").await;
+    let token = r["resume_token"].as_str().expect("token").to_owned();
+    // A connection admitted by a token that drops before resuming does not park: its own fresh
+    // token admits nothing.
+    cut(&s, c).await;
+    let fresh = Client::open_welcomed(by_token(&token))
+        .await
+        .expect("admitted");
+    let fresh_token = fresh.welcome["resume_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let waiting = s.handle.node().waiting_sessions();
+    drop(fresh);
+    until("the admitted connection to be gone", || {
+        s.handle.connections() == 0
+    })
+    .await;
+    assert_eq!(
+        s.handle.node().waiting_sessions(),
+        waiting,
+        "it did not park"
+    );
+    let calls_before = calls.load(Ordering::SeqCst);
+    let (status, _) = Client::open(by_token(&fresh_token))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (status, calls.load(Ordering::SeqCst)),
+        (401, calls_before + 1)
+    );
 }

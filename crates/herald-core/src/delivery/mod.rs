@@ -27,7 +27,7 @@ use herald_proto::envelope::GapPush;
 use herald_proto::{ServerKind, StreamPosition};
 
 use crate::broker::HistoryPage;
-use crate::config::{AckSettings, SlowConsumerPolicy};
+use crate::config::AckSettings;
 use crate::outlet::{Out, Outlet};
 use crate::publication::Publication;
 use crate::sync::lock;
@@ -186,6 +186,9 @@ impl Tracker {
         if s.epoch_tag != p.epoch_tag {
             // A new stream: what was in flight cannot be read again; start over in it.
             self.reset(&mut s, p);
+        } else if p.offset <= s.sent {
+            // Already sent (the live stream raced a catch-up page): never twice, never backwards.
+            return;
         }
         if s.behind || s.inflight.len() >= self.settings.window {
             s.behind = true;
@@ -214,15 +217,23 @@ impl Tracker {
             due: now + self.settings.wait(1),
             attempts: 1,
         });
-        s.sent = p.offset;
+        s.sent = s.sent.max(p.offset);
         sub.mark_sent(p);
         gauge(1.0);
     }
 
-    fn send(&self, s: &mut State, sub: &impl Sink, p: &Arc<Publication>) {
+    /// Queue `p` and keep it in flight, if the connection's queue has room; else hold it back
+    /// (history has it; a catch-up sends it once the queue drains). An at-least-once
+    /// subscription never makes a slow consumer: a client that does not read at all is found by
+    /// the write timeout and the heartbeat. Returns whether it was queued.
+    fn send(&self, s: &mut State, sub: &impl Sink, p: &Arc<Publication>) -> bool {
+        if !sub.outlet().push_within_limits(Out::Pub(p.clone())) {
+            s.behind = true;
+            s.seen = s.seen.max(p.offset);
+            return false;
+        }
         self.track(s, sub, p, Instant::now());
-        sub.outlet()
-            .push(Out::Pub(p.clone()), SlowConsumerPolicy::Disconnect);
+        true
     }
 
     /// The client processed everything up to `offset`. `Ok(true)`: the window has room and
@@ -281,14 +292,14 @@ impl Tracker {
     }
 
     /// The session resumed on a new socket whose client holds `position` (its last processed
-    /// offset, when it said so and in this epoch): ack it, and return, in order, the in-flight
-    /// publications after it that the old socket may have lost (`queued` are still in the
-    /// outlet and will be written anyway). Their waits start over. `Ok(true)` in the second
+    /// offset, when it said so and in this epoch): ack it, and return, in offset order, every
+    /// in-flight publication after it (the caller took this channel's copies out of the queue:
+    /// the old socket may have lost any of them, and the new one gets them once, in order). Their
+    /// waits start over. `Ok(true)` in the second
     /// field: run a catch-up.
     pub(crate) fn resume(
         &self,
         position: Option<&StreamPosition>,
-        queued: &[u64],
     ) -> (Vec<Arc<Publication>>, bool) {
         let mut s = lock(&self.state);
         s.paused = false;
@@ -300,15 +311,20 @@ impl Tracker {
         }
         let now = Instant::now();
         let wait = self.settings.wait(1);
-        let mut resend = Vec::new();
+        let mut resend = Vec::with_capacity(s.inflight.len());
         for f in s.inflight.iter_mut() {
             f.due = now + wait;
-            if !queued.contains(&f.p.offset) {
-                resend.push(f.p.clone());
-            }
+            resend.push(f.p.clone());
         }
         let catch = self.wants_catch_up(&mut s);
         (resend, catch)
+    }
+
+    /// Whether `position` (a resume's) is in this subscription's epoch and not behind what was
+    /// acknowledged: then nothing is missing after it.
+    pub(crate) fn covers(&self, position: &StreamPosition) -> bool {
+        let s = lock(&self.state);
+        s.epoch.as_deref() == Some(position.epoch.as_str()) && position.offset >= s.acked
     }
 
     /// Sweeper: redeliver what waited too long, give up what was sent too often. Returns what was
@@ -319,55 +335,59 @@ impl Tracker {
             return (None, false);
         }
         let mut given_up = None;
-        if let Some(front) = s.inflight.front()
-            && front.due <= now
-        {
-            if front.attempts >= self.settings.max_attempts {
-                let attempts = front.attempts;
-                let offset = front.p.offset;
-                let epoch = front.p.epoch.clone();
-                s.acked = offset;
-                s.inflight.pop_front();
+        if s.inflight.front().is_some_and(|f| f.due <= now) {
+            let mut queued = sub.outlet().queued_offsets(&self.channel);
+            queued.sort_unstable();
+            let give_up = s.inflight.front().is_some_and(|f| {
+                // A copy still in the queue was never written: not a failed attempt yet.
+                f.attempts >= self.settings.max_attempts
+                    && queued.binary_search(&f.p.offset).is_err()
+            });
+            if give_up && let Some(front) = s.inflight.pop_front() {
                 gauge(-1.0);
+                s.acked = front.p.offset;
                 for f in s.inflight.iter_mut() {
                     f.attempts = 0;
                 }
                 given_up = Some(GivenUp {
-                    from: offset,
-                    to: offset,
-                    epoch,
+                    from: front.p.offset,
+                    to: front.p.offset,
+                    epoch: front.p.epoch.clone(),
                     why: GiveUp::Unacknowledged,
-                    attempts,
+                    attempts: front.attempts,
                 });
                 self.push_gap(sub, given_up.as_ref());
-                self.redeliver(&mut s, sub, now);
-            } else {
-                self.redeliver(&mut s, sub, now);
             }
+            self.redeliver(&mut s, sub, now, &queued);
         }
         let catch = self.wants_catch_up(&mut s);
         (given_up, catch)
     }
 
-    /// Send again every in-flight publication not still queued; each one's attempt count grows.
-    fn redeliver(&self, s: &mut State, sub: &impl Sink, now: Instant) {
+    /// Send again every in-flight publication that is not still queued (`queued`: this
+    /// channel's queued offsets, sorted), as far as the queue has room (a redelivery never makes
+    /// a slow consumer: what does not fit goes at the next tick). Only a publication actually
+    /// queued again counts as an attempt; one still waiting in the queue was never written, so
+    /// its wait starts over.
+    fn redeliver(&self, s: &mut State, sub: &impl Sink, now: Instant, queued: &[u64]) {
         if s.inflight.is_empty() {
             return;
         }
-        let queued = sub.outlet().queued_offsets(&self.channel);
         let mut n = 0;
+        let mut full = false;
         for f in s.inflight.iter_mut() {
+            if queued.binary_search(&f.p.offset).is_ok() {
+                f.due = now + self.settings.wait(f.attempts.max(1));
+                continue;
+            }
+            if full || !sub.outlet().push_within_limits(Out::Pub(f.p.clone())) {
+                full = true;
+                f.due = now;
+                continue;
+            }
             f.attempts += 1;
             f.due = now + self.settings.wait(f.attempts);
-            if !queued.contains(&f.p.offset) {
-                n += 1;
-                if !sub
-                    .outlet()
-                    .push(Out::Pub(f.p.clone()), SlowConsumerPolicy::Disconnect)
-                {
-                    break;
-                }
-            }
+            n += 1;
         }
         metrics::counter!("herald_redeliveries_total").increment(n);
     }
@@ -504,10 +524,9 @@ impl Tracker {
             if p.offset <= s.sent {
                 continue;
             }
-            if left == 0 {
+            if left == 0 || !self.send(&mut s, sub, p) {
                 break;
             }
-            self.send(&mut s, sub, p);
             left -= 1;
         }
         if s.sent >= s.seen.max(page.top) {

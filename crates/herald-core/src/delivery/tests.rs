@@ -134,32 +134,118 @@ fn unacknowledged_publications_are_sent_again_with_backoff_then_given_up() {
 }
 
 #[test]
-fn nothing_is_redelivered_while_paused_and_resume_sends_what_the_socket_lost() {
+fn nothing_is_redelivered_while_paused_and_resume_sends_everything_after_the_position_in_order() {
     let (outlet, sub) = setup(10, 2);
     let t = sub.tracker().expect("tracker");
     for o in 1..=4 {
         t.offer(&*sub, &publication(o));
     }
-    // 1..3 were written to the dead socket; 4 is still queued.
+    // 1 and 2 were written; a redelivery queued 1 and 2 again behind 3 and 4; the socket dies.
     let mut d = Drained::default();
-    outlet.drain(3, &mut d);
+    outlet.drain(2, &mut d);
+    let due = Instant::now() + Duration::from_millis(1100);
+    t.sweep(&*sub, due);
+    assert_eq!(outlet.queued_offsets("orders"), [3, 4, 1, 2]);
     t.pause();
     let later = Instant::now() + Duration::from_secs(60);
     assert_eq!(t.sweep(&*sub, later), (None, false));
-    assert_eq!(outlet.queued_offsets("orders"), [4]);
+    assert_eq!(outlet.queued_offsets("orders"), [3, 4, 1, 2]);
+    // Regression (review of issue 16): resuming sent 2 (lost) in front of the queued 3, 4, 1,
+    // 2 — out of order. Now the queued copies go and everything after the position is sent
+    // once, in order.
     let pos = StreamPosition {
         offset: 1,
         epoch: "e".into(),
     };
-    let (resend, catch) = t.resume(Some(&pos), &outlet.queued_offsets("orders"));
+    assert_eq!(outlet.remove_publications("orders"), 4);
+    let (resend, catch) = t.resume(Some(&pos));
     let offsets: Vec<u64> = resend.iter().map(|p| p.offset).collect();
-    assert_eq!(
-        offsets,
-        [2, 3],
-        "1 is acked by the position; 4 is still queued"
-    );
+    assert_eq!(offsets, [2, 3, 4], "1 is acked by the position");
     assert!(!catch);
     assert_eq!((t.acked(), t.in_flight()), (1, 3));
+    assert!(t.covers(&pos));
+    let other_epoch = StreamPosition {
+        offset: 9,
+        epoch: "x".into(),
+    };
+    assert!(
+        !t.covers(&other_epoch),
+        "a position of another epoch covers nothing"
+    );
+}
+
+/// Regression (review of issue 16): a redelivery pass pushed every window at once with the
+/// disconnect policy, so a client that read promptly but acked slowly on many channels was
+/// closed as a slow consumer; and publications still queued (never written) counted attempts,
+/// so an unread message could be given up.
+#[test]
+fn redelivery_fills_only_free_room_and_counts_only_what_it_sends() {
+    let outlet = Outlet::new(
+        Format::Json,
+        QueueLimits {
+            max_messages: 4,
+            max_bytes: 1 << 20,
+        },
+    );
+    let settings = AckSettings {
+        timeout: Duration::from_secs(1),
+        window: 4,
+        max_attempts: 2,
+    };
+    let sub = Subscriber::acknowledged(
+        outlet.clone(),
+        Arc::from("c1"),
+        false,
+        Tracker::new(
+            settings,
+            "orders",
+            Owner {
+                user_id: "u".into(),
+                client_ip: None,
+            },
+        ),
+    );
+    let t = sub.tracker().expect("tracker");
+    t.begin(&Arc::from("e"), 0);
+    let start = Instant::now();
+    for o in 1..=4 {
+        t.offer(&*sub, &publication(o));
+    }
+    // Nothing written yet: at the first due time nothing is sent again, nothing counted.
+    let at = start + Duration::from_millis(1100);
+    assert_eq!(t.sweep(&*sub, at), (None, false));
+    assert_eq!(outlet.queued_offsets("orders"), [1, 2, 3, 4]);
+    assert_eq!(outlet.close_requested(), None);
+    // The client reads 1..3; 4 is still queued. Room for 3: 1..3 go again, no close.
+    let mut d = Drained::default();
+    outlet.drain(3, &mut d);
+    let at = at + Duration::from_millis(1100);
+    assert_eq!(t.sweep(&*sub, at), (None, false));
+    assert_eq!(outlet.queued_offsets("orders"), [4, 1, 2, 3]);
+    assert_eq!(outlet.close_requested(), None, "never a slow consumer");
+    // A full queue: the next pass sends nothing and gives nothing up (1 was sent twice, but
+    // its second copy is still queued: not an attempt until written and waited for).
+    let at = at + Duration::from_secs(5);
+    assert_eq!(t.sweep(&*sub, at), (None, false));
+    assert_eq!(outlet.queued_offsets("orders"), [4, 1, 2, 3]);
+    // Written and waited for: now 1 is given up (2 attempts).
+    outlet.drain(4, &mut d);
+    let at = at + Duration::from_secs(5);
+    let (given_up, _) = t.sweep(&*sub, at);
+    assert_eq!(given_up.map(|g| (g.from, g.attempts)), Some((1, 2)));
+}
+
+/// Regression (review of issue 16): an offer of an offset already sent (the live stream racing a
+/// catch-up page) was sent twice and moved `sent` backwards, so valid acks were refused.
+#[test]
+fn an_offset_already_sent_is_never_sent_again_and_sent_never_goes_back() {
+    let (outlet, sub) = setup(10, 5);
+    let t = sub.tracker().expect("tracker");
+    for o in [1, 2, 3, 2, 3, 1] {
+        t.offer(&*sub, &publication(o));
+    }
+    assert_eq!(written(&outlet), ["m1", "m2", "m3"]);
+    assert_eq!(t.ack(3), Ok(false), "3 was sent: its ack is valid");
 }
 
 #[test]

@@ -31,6 +31,8 @@ pub trait Waiting: Send + 'static {
 pub(super) struct Parked {
     session: Box<dyn Waiting>,
     generation: u64,
+    /// A handshake was admitted by its token already (see [`Node::resume_identity`]).
+    claimed: bool,
 }
 
 /// Sessions waiting for `resume`, by token, and their parking order (oldest first).
@@ -75,6 +77,7 @@ impl Node {
                 Parked {
                     session,
                     generation,
+                    claimed: false,
                 },
             );
             evicted
@@ -121,13 +124,17 @@ impl Node {
     }
 
     /// The identity of the session waiting under `token`, when a connect proxy authenticated it
-    /// and it has not expired (see [`Waiting::proxied_identity`]).
+    /// and it has not expired (see [`Waiting::proxied_identity`]). Once per waiting session: the
+    /// token is claimed, and a second handshake with it goes through the proxy.
     pub fn resume_identity(&self, token: &str) -> Option<Identity> {
-        lock(&self.parked)
-            .by_token
-            .get(token)?
-            .session
-            .proxied_identity()
+        let mut parked = lock(&self.parked);
+        let p = parked.by_token.get_mut(token)?;
+        if p.claimed {
+            return None;
+        }
+        let identity = p.session.proxied_identity()?;
+        p.claimed = true;
+        Some(identity)
     }
 
     /// End every waiting session now (shutdown).

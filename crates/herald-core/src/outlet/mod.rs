@@ -268,6 +268,45 @@ impl Outlet {
         true
     }
 
+    /// Queue an item only if it fits under the limits (never closing, never dropping anything).
+    /// Returns whether it was queued.
+    pub fn push_within_limits(&self, item: Out) -> bool {
+        let mut q = lock(&self.queue);
+        let len = item.len();
+        if q.close.is_some()
+            || q.items.len() + 1 > self.limits.max_messages
+            || q.bytes + len > self.limits.max_bytes
+        {
+            return false;
+        }
+        q.bytes += len;
+        q.items.push_back(item);
+        drop(q);
+        self.wake();
+        true
+    }
+
+    /// Take the queued publications of `channel` out of the queue (a resume requeues them in
+    /// order). Returns how many.
+    pub fn remove_publications(&self, channel: &str) -> usize {
+        let mut q = lock(&self.queue);
+        let mut removed = 0;
+        let mut bytes = 0;
+        loop {
+            let found = q
+                .items
+                .iter()
+                .position(|o| matches!(o, Out::Pub(p) if &*p.channel == channel));
+            let Some(pos) = found else { break };
+            if let Some(old) = q.items.remove(pos) {
+                bytes += old.len();
+                removed += 1;
+            }
+        }
+        q.bytes = q.bytes.saturating_sub(bytes);
+        removed
+    }
+
     fn slow(&self, q: &mut Queue) {
         metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
         q.close = Some(CloseCode::SlowConsumer);

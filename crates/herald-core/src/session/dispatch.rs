@@ -67,8 +67,9 @@ impl Session {
         if let Some(flow) = self.charge(&id) {
             return flow;
         }
-        if let Some(token) = self.resume_only.take()
-            && !matches!(&command, Command::Resume(r) if *r.token == *token)
+        let admitted_by_resume = self.resume_only.take();
+        if let Some(token) = &admitted_by_resume
+            && !matches!(&command, Command::Resume(r) if *r.token == **token)
         {
             self.error(
                 &id,
@@ -106,6 +107,11 @@ impl Session {
         };
         match result {
             Ok(()) => Flow::Continue,
+            // Admitted only to resume, and the resume failed: nothing else may happen here.
+            Err(e) if admitted_by_resume.is_some() => {
+                self.error(&id, e.code, &e.message);
+                Flow::Close(CloseCode::AuthFailed)
+            }
             Err(e) => {
                 self.error(&id, e.code, &e.message);
                 if e.code.is_violation() {

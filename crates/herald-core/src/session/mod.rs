@@ -427,6 +427,15 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.node
             .deregister(&self.identity.user_id, &self.client_id);
+        // Dropped without `end` (its task panicked): at least no ghost subscriber stays in the
+        // hub (presence and the engine's subscription need `end`, which cannot run here).
+        let subs: Vec<(String, _)> = self.subs.drain().collect();
+        for (channel, _) in subs {
+            tracing::error!(client = %self.client_id, channel, "session dropped without ending");
+            // (The engine subscription, undone asynchronously by `end`, stays.)
+            let _ = self.node.hub().remove(&channel, &self.client_id);
+            metrics::gauge!("herald_subscriptions").decrement(1.0);
+        }
     }
 }
 

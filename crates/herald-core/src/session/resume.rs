@@ -50,17 +50,18 @@ impl Session {
         for (channel, sub) in &self.subs {
             let position = r.positions.get(channel);
             if let Some(t) = sub.tracker() {
-                // At-least-once: the position acks; what was in flight after it is sent again
-                // from memory.
-                let queued = self.outlet.queued_offsets(channel);
-                let (resend, catch) = t.resume(position, &queued);
+                // At-least-once: the position acks; everything in flight after it goes again,
+                // from memory and in offset order (queued copies are taken out first: they may
+                // sit behind redeliveries of lower offsets).
+                self.outlet.remove_publications(channel);
+                let (resend, catch) = t.resume(position);
                 front.extend(resend.into_iter().map(Out::Pub));
                 if catch {
                     tokio::spawn(crate::node::catch_up(self.node.clone(), sub.clone()));
                 }
                 channels.push(ResumedChannel {
                     channel: channel.clone(),
-                    recovered: position.map(|p| p.offset >= t.acked()),
+                    recovered: position.map(|p| t.covers(p)),
                 });
                 continue;
             }
@@ -106,8 +107,8 @@ impl Session {
             .queued_offsets(channel)
             .first()
             .copied()
-            .unwrap_or(sub.last_offset() + 1);
-        if pos.offset + 1 >= next {
+            .unwrap_or(sub.last_offset().saturating_add(1));
+        if pos.offset.saturating_add(1) >= next {
             return true;
         }
         let want = (next - 1 - pos.offset) as usize;
@@ -123,8 +124,10 @@ impl Session {
                     .into_iter()
                     .filter(|p| p.offset < next)
                     .collect();
-                let complete =
-                    got.len() == want && got.first().is_some_and(|p| p.offset == pos.offset + 1);
+                let complete = got.len() == want
+                    && got
+                        .first()
+                        .is_some_and(|p| p.offset == pos.offset.saturating_add(1));
                 front.extend(got.into_iter().map(Out::Pub));
                 complete
             }
@@ -150,8 +153,6 @@ impl Session {
             started: _,
             chan_info: _,
             resume_token: _,
-            // Spent by the `resume` being handled.
-            resume_only: _,
             // The new connection's: its (fresher) token, rate limiter, address and headers; and a
             // clean slate of protocol violations.
             identity,
@@ -160,7 +161,10 @@ impl Session {
             client_ip,
             forwarded,
             violations,
+            // Spent by the `resume` being handled (the waiting session never has one).
+            resume_only,
         } = fresh;
+        self.resume_only = resume_only.take();
         std::mem::swap(&mut self.identity, identity);
         std::mem::swap(&mut self.expiry, expiry);
         std::mem::swap(&mut self.limiter, limiter);
@@ -173,6 +177,12 @@ impl Session {
     /// session at once; otherwise the node keeps it `resume_grace` for a `resume`.
     pub async fn disconnected(self, clean: bool) {
         let grace = self.node.config().session.resume_grace;
+        // A connection admitted by a resume token that never resumed has nothing to keep: parked,
+        // its own fresh token would admit the next connection without the proxy, and so on.
+        if self.resume_only.is_some() {
+            self.end("closed before its resume").await;
+            return;
+        }
         if clean || grace.is_zero() || self.outlet.close_requested().is_some() {
             let reason = match self.outlet.close_requested() {
                 Some(code) => code.reason(),

@@ -172,7 +172,6 @@ impl Session {
             // The window's worth follows the reply; the rest waits in history for acks.
             let n = t.recovered(&*sub, &pubs);
             pubs.truncate(n);
-            node.sweeper().watch(&node, &sub);
         }
         if server {
             if let Some(b) = self.encode(ServerKind::Subscribed, None, &reply) {
@@ -187,6 +186,11 @@ impl Session {
             return Ok(());
         }
         sub.go_live(&reply.epoch, || reply.offset);
+        if sub.tracker().is_some() {
+            // Only now: the recovered publications are queued, so a redelivery cannot overtake
+            // them.
+            node.sweeper().watch(&node, &sub);
+        }
         self.subs.insert(s.channel.clone(), sub);
         metrics::gauge!("herald_subscriptions").increment(1.0);
         self.event(EventKind::Subscribe, Some(&s.channel), None);

@@ -97,6 +97,12 @@ pub struct NamespaceOptions {
     /// At-least-once: sends of one publication (the first included) before it is given up as a
     /// dead letter and the client gets a `gap`.
     pub ack_max_attempts: u32,
+    /// Publications go out compressed (permessage-deflate, above
+    /// `connection.compression_threshold`) to JSON connections that negotiated it.
+    pub compression: bool,
+    /// With `compression`: MessagePack connections get them compressed too (off by default:
+    /// binary data is often compressed already).
+    pub compress_binary: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -118,6 +124,8 @@ impl Default for NamespaceOptions {
             ack_timeout: Duration::from_secs(5),
             ack_window: 128,
             ack_max_attempts: 5,
+            compression: false,
+            compress_binary: false,
         }
     }
 }
@@ -142,6 +150,8 @@ impl NamespaceOptions {
             ack_timeout: Duration::from_secs(5),
             ack_window: 128,
             ack_max_attempts: 5,
+            compression: true,
+            compress_binary: false,
         }
     }
 
@@ -364,6 +374,20 @@ impl EngineConfig {
     /// The options governing a channel's namespace, if any.
     pub fn namespace(&self, ns: &str) -> Option<&NamespaceOptions> {
         self.namespaces.get(ns).or(self.default_namespace.as_ref())
+    }
+
+    /// What goes out compressed on connections that negotiated permessage-deflate: the
+    /// namespaces' `compression`/`compress_binary`, above `threshold` bytes.
+    pub fn deflate_policy(&self, threshold: usize) -> crate::compression::DeflatePolicy {
+        let rule = |ns: &NamespaceOptions| (ns.compression, ns.compress_binary);
+        crate::compression::DeflatePolicy::new(
+            self.namespaces
+                .iter()
+                .map(|(n, ns)| (n.clone(), rule(ns)))
+                .collect(),
+            self.default_namespace.as_ref().map(rule),
+            threshold,
+        )
     }
 
     /// Check cross-field rules; returns a human message for the first problem.

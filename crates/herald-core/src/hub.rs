@@ -426,6 +426,87 @@ mod tests {
         assert_eq!(offsets, ["e6", "f1", "f2"]);
     }
 
+    /// Issue 17: with permessage-deflate a publication is compressed once, and every subscriber
+    /// that negotiated it gets the same bytes; MessagePack connections get it uncompressed unless
+    /// the namespace says `compress_binary`.
+    #[test]
+    fn fanout_shares_one_compressed_frame() {
+        use crate::compression::DeflatePolicy;
+        use crate::config::{EngineConfig, NamespaceOptions};
+        let hub = Hub::default();
+        let limits = QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        };
+        let cfg = EngineConfig {
+            default_namespace: Some(NamespaceOptions {
+                compression: true,
+                ..NamespaceOptions::default()
+            }),
+            ..Default::default()
+        };
+        let policy: Arc<DeflatePolicy> = Arc::new(cfg.deflate_policy(64));
+        let formats = [Format::Json, Format::Json, Format::Msgpack, Format::Json];
+        let outlets: Vec<_> = formats.iter().map(|f| Outlet::new(*f, limits)).collect();
+        for o in &outlets[..3] {
+            o.set_deflate(Some(policy.clone()));
+        }
+        for (i, o) in outlets.iter().enumerate() {
+            let s = Subscriber::new(
+                o.clone(),
+                Arc::from(i.to_string()),
+                SlowConsumerPolicy::Disconnect,
+                false,
+            );
+            s.go_live("e", || 0);
+            hub.add("c", s, 0).expect("add");
+        }
+        let text = format!("{{\"text\":\"{}\"}}", "hello herald ".repeat(40));
+        hub.fanout(&Arc::new(Publication::new(
+            Arc::from("c"),
+            1,
+            Arc::from("e"),
+            0,
+            Data::json(&text).expect("json"),
+            None,
+        )));
+        let frames: Vec<Bytes> = outlets
+            .iter()
+            .map(|o| {
+                let mut d = Drained::default();
+                o.drain(10, &mut d);
+                d.frames.into_iter().next().expect("a frame")
+            })
+            .collect();
+        assert!(herald_proto::frame::is_deflated(&frames[0]));
+        assert!(
+            frames[0].len() < frames[3].len() / 3,
+            "{} vs {}",
+            frames[0].len(),
+            frames[3].len()
+        );
+        assert_eq!(
+            frames[0].as_ptr(),
+            frames[1].as_ptr(),
+            "one compressed frame, shared"
+        );
+        assert!(
+            !herald_proto::frame::is_deflated(&frames[2]),
+            "MessagePack: not by default"
+        );
+        assert!(
+            !herald_proto::frame::is_deflated(&frames[3]),
+            "not negotiated"
+        );
+        // What the compressed frame carries is the plain frame's payload.
+        let (z, _) = herald_proto::frame::parse_unmasked(&frames[0]).expect("frame");
+        let (plain, _) = herald_proto::frame::parse_unmasked(&frames[3]).expect("frame");
+        assert_eq!(
+            herald_proto::deflate::inflate(z, 1 << 20).expect("inflates"),
+            plain
+        );
+    }
+
     #[test]
     fn fanout_shares_one_encoding_and_buffers_during_setup() {
         let hub = Hub::default();

@@ -5,6 +5,7 @@
 //! - [`session`]: the per-connection protocol state machine.
 //! - [`hub`]: local subscription index and fan-out.
 //! - [`delivery`]: at-least-once subscriptions: in-flight window, acks, redelivery.
+//! - [`compression`]: which publications go out compressed (permessage-deflate).
 //! - [`outlet`]: bounded outbound queue per connection, slow consumer policies.
 //! - [`publication`]: publications with their once-per-format encoded frames.
 //! - [`broker`] / [`presence`]: the engine traits and their contracts.
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod compression;
 pub mod config;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

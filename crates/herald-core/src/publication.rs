@@ -28,6 +28,9 @@ pub struct Publication {
     pub epoch_tag: u64,
     size: usize,
     frames: [OnceLock<Bytes>; 2],
+    /// The frame for connections that negotiated permessage-deflate, per format: compressed, or
+    /// the plain frame when the namespace does not compress or it is too small to gain.
+    deflated: [OnceLock<Bytes>; 2],
 }
 
 impl Publication {
@@ -52,6 +55,7 @@ impl Publication {
             received: std::time::Instant::now(),
             size: 64 + channel_len + data_len,
             frames: [OnceLock::new(), OnceLock::new()],
+            deflated: [OnceLock::new(), OnceLock::new()],
         }
     }
 
@@ -76,6 +80,49 @@ impl Publication {
                     tracing::error!(channel = %self.channel, error = %e, "cannot encode publication");
                     metrics::counter!("herald_dead_letters_total", "reason" => crate::journal::DeadLetterKind::Encode.as_str()).increment(1);
                     Bytes::new()
+                }
+            })
+            .clone()
+    }
+
+    /// The `message` frame for a `format` connection that negotiated permessage-deflate:
+    /// compressed once (no context takeover, 15-bit window) and shared by every such subscriber,
+    /// or the plain frame when `policy` does not compress this channel, the payload is under the
+    /// threshold, or compressing does not make it smaller.
+    pub fn deflated_frame(
+        &self,
+        format: Format,
+        policy: &crate::compression::DeflatePolicy,
+    ) -> Bytes {
+        self.deflated[format.index()]
+            .get_or_init(|| {
+                let plain = self.frame(format);
+                if !policy.compresses(&self.channel, format) {
+                    return plain;
+                }
+                let Some(at) = herald_proto::frame::payload_offset(&plain) else {
+                    return plain;
+                };
+                let payload = &plain[at..];
+                if payload.len() < policy.threshold {
+                    return plain;
+                }
+                let opcode = match format {
+                    Format::Json => herald_proto::frame::OpCode::Text,
+                    Format::Msgpack => herald_proto::frame::OpCode::Binary,
+                };
+                let z = herald_proto::frame::deflated(
+                    opcode,
+                    payload,
+                    herald_proto::deflate::MAX_WINDOW_BITS,
+                );
+                if z.len() < plain.len() {
+                    metrics::counter!("herald_compressed_messages_total").increment(1);
+                    metrics::counter!("herald_compression_saved_bytes_total")
+                        .increment((plain.len() - z.len()) as u64);
+                    z
+                } else {
+                    plain
                 }
             })
             .clone()

@@ -32,10 +32,15 @@ pub fn start() -> Vec<u8> {
 }
 
 /// Write the header in front of the payload and return the whole frame (FIN set, no mask).
-pub fn finish(mut buf: Vec<u8>, opcode: OpCode) -> Bytes {
+pub fn finish(buf: Vec<u8>, opcode: OpCode) -> Bytes {
+    finish_with(buf, opcode, false)
+}
+
+/// [`finish`], with RSV1 set when `compressed` (a permessage-deflate message, RFC 7692 §6).
+pub fn finish_with(mut buf: Vec<u8>, opcode: OpCode, compressed: bool) -> Bytes {
     let len = buf.len() - MAX_HEADER;
     let mut header = [0u8; MAX_HEADER];
-    header[0] = 0x80 | opcode as u8;
+    header[0] = 0x80 | if compressed { 0x40 } else { 0 } | opcode as u8;
     let hlen = if len < 126 {
         header[1] = len as u8;
         2
@@ -51,6 +56,20 @@ pub fn finish(mut buf: Vec<u8>, opcode: OpCode) -> Bytes {
     let begin = MAX_HEADER - hlen;
     buf[begin..MAX_HEADER].copy_from_slice(&header[..hlen]);
     Bytes::from(buf).slice(begin..)
+}
+
+/// A permessage-deflate frame: `payload` compressed on its own with a `window_bits` window. The
+/// same bytes serve every connection that negotiated a window at least that large.
+pub fn deflated(opcode: OpCode, payload: &[u8], window_bits: u8) -> Bytes {
+    let mut buf = Vec::with_capacity(MAX_HEADER + payload.len() / 2 + 64);
+    buf.resize(MAX_HEADER, 0);
+    crate::deflate::compress(payload, window_bits, &mut buf);
+    finish_with(buf, opcode, true)
+}
+
+/// Whether a frame built here is compressed (RSV1).
+pub fn is_deflated(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x40 != 0)
 }
 
 /// A frame with the given payload.

@@ -8,6 +8,7 @@
 //! - [`data`]: opaque application data kept in its arrival format.
 //! - [`codes`]: error codes and WebSocket close codes (with reconnect advice).
 //! - [`channel`]: channel name validation and namespaces.
+//! - [`deflate`]: permessage-deflate: negotiation, compressing and (bounded) inflating a message.
 //! - [`frame`]: building unmasked server-to-client WebSocket frames.
 //! - [`kind`]: the names of server frames ([`ServerKind`]).
 //! - [`server`]: whole server frames decoded into typed payloads ([`ServerMessage`]).
@@ -19,6 +20,7 @@ pub mod channel;
 pub mod codec;
 pub mod codes;
 pub mod data;
+pub mod deflate;
 pub mod envelope;
 pub mod frame;
 pub mod kind;

@@ -99,6 +99,7 @@ async fn ws_handler(
     // The server answers with the format only, never echoing a token entry.
     let protocol = offer.format.map(Format::subprotocol);
     let format = offer.format.unwrap_or(Format::Json);
+    let deflate = negotiate_deflate(&app, req.headers());
     let admitted = match admit(&app, peer, req.headers(), req.uri(), &offer).await {
         Ok(a) => a,
         // Refused for the node's connect rate: upgraded and closed with 1013 and a retry hint,
@@ -109,16 +110,34 @@ async fn ws_handler(
             let Some(guard) = crate::admit::BusyGuard::take(&app) else {
                 return Refusal::Busy(after).into_response();
             };
-            return upgrade(&app, &mut req, protocol, move |ws, app| {
+            return upgrade(&app, &mut req, protocol, None, move |ws, app| {
                 crate::connection::serve_busy(ws, format, app, after, guard)
             });
         }
         Err(Refusal::Answer(resp)) => return resp,
     };
     let Admitted { ip, hs, held } = admitted;
-    upgrade(&app, &mut req, protocol, move |ws, app| {
-        crate::connection::serve(ws, format, app, ip, hs, held)
+    let (agreed, extensions) = deflate.unzip();
+    upgrade(&app, &mut req, protocol, extensions, move |ws, app| {
+        crate::connection::serve(ws, format, app, ip, hs, held, agreed)
     })
+}
+
+/// permessage-deflate for this upgrade, when `connection.compression` is on and the client
+/// offers parameters the server can honour: the agreement and the response header value.
+fn negotiate_deflate(
+    app: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Option<(herald_proto::deflate::Agreed, String)> {
+    if !app.conn.compression {
+        return None;
+    }
+    herald_proto::deflate::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 type Ws = fastwebsockets::WebSocket<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
@@ -128,6 +147,7 @@ fn upgrade<F, Fut>(
     app: &Arc<AppState>,
     req: &mut Request<Body>,
     protocol: Option<&'static str>,
+    extensions: Option<String>,
     serve: F,
 ) -> Response
 where
@@ -154,6 +174,9 @@ where
             .headers
             .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
+    if let Some(v) = extensions.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        parts.headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
+    }
     Response::from_parts(parts, Body::empty())
 }
 
@@ -161,7 +184,10 @@ async fn echo_handler(State(app): State<Arc<AppState>>, mut req: Request<Body>) 
     if let Err(bad) = handshake::check_upgrade(req.version(), req.headers()) {
         return bad_upgrade(bad);
     }
-    upgrade(&app, &mut req, None, crate::connection::serve_echo)
+    let (agreed, extensions) = negotiate_deflate(&app, req.headers()).unzip();
+    upgrade(&app, &mut req, None, extensions, move |ws, app| {
+        crate::connection::serve_echo(ws, app, agreed)
+    })
 }
 
 /// 426 (with the headers a client needs to retry right) or 400, with a JSON error body.
@@ -314,7 +340,11 @@ impl ServerBuilder {
             Arc::downgrade(&heartbeats),
             shutdown.clone(),
         ));
+        let deflate = conn
+            .compression
+            .then(|| Arc::new(node.config().deflate_policy(conn.compression_threshold)));
         let state = Arc::new(AppState {
+            deflate,
             ws_writes: AppState::writer_settings(&conn, &server, true),
             echo_writes: AppState::writer_settings(&conn, &server, false),
             heartbeats,

@@ -114,6 +114,12 @@ pub struct ConnectionConfig {
     pub frames_per_second: u32,
     /// Inbound frames allowed in a burst above `frames_per_second`.
     pub frames_burst: u32,
+    /// Negotiate permessage-deflate (RFC 7692) with WebSocket clients that offer it: compressed
+    /// inbound messages are accepted (inflated under `max_message_size`), and publications of
+    /// namespaces with `compression = true` go out compressed, once per publication.
+    pub compression: bool,
+    /// Publications whose message is smaller than this many bytes go out uncompressed.
+    pub compression_threshold: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -127,6 +133,8 @@ impl Default for ConnectionConfig {
             max_fragments: 128,
             frames_per_second: 1000,
             frames_burst: 2000,
+            compression: false,
+            compression_threshold: 256,
         }
     }
 }

@@ -87,10 +87,19 @@ pub fn serve(
     remote: IpAddr,
     hs: Handshake,
     held: Held,
+    deflate: Option<herald_proto::deflate::Agreed>,
 ) -> impl Future<Output = ()> + Send {
-    Box::pin(open(ws.into_inner(), format, app, remote, hs, held))
-        .then(|conn| OptionFuture::from(conn.map(Conn::run)))
-        .map(|_| ())
+    Box::pin(open(
+        ws.into_inner(),
+        format,
+        app,
+        remote,
+        hs,
+        held,
+        deflate,
+    ))
+    .then(|conn| OptionFuture::from(conn.map(Conn::run)))
+    .map(|_| ())
 }
 
 /// Authenticate (first message, when the handshake had no token) and make the session.
@@ -101,8 +110,10 @@ async fn open(
     remote: IpAddr,
     hs: Handshake,
     mut held: Held,
+    deflate: Option<herald_proto::deflate::Agreed>,
 ) -> Option<Conn> {
-    let mut reader = MessageReader::with_limits(io, app.conn.read_limits());
+    let mut reader =
+        MessageReader::with_limits(io, app.conn.read_limits()).inflating(deflate.is_some());
     let (identity, user_slot, over_user_limit, channels, auth_id, resume_only) = match hs {
         Handshake::Done(identity, slot, channels, resume_only) => {
             (*identity, slot, false, channels, None, resume_only)
@@ -132,6 +143,11 @@ async fn open(
     let mut session = Session::new(&app.node, format, identity);
     if let Some(t) = &resume_only {
         session.require_resume(t);
+    }
+    // Shared compressed frames use a 15-bit window: a client that asked for a smaller one gets
+    // publications uncompressed (it may still send compressed messages).
+    if deflate.is_some_and(|a| a.server_max_window_bits == herald_proto::deflate::MAX_WINDOW_BITS) {
+        session.outlet().set_deflate(app.deflate.clone());
     }
     session.set_forwarded_headers(forwarded);
     session.set_client_ip(remote);
@@ -401,11 +417,21 @@ pub(crate) async fn dispatch(
 }
 
 /// Serve an upgraded `/echo` connection: every message is sent back unchanged.
-pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
+/// With permessage-deflate every non-empty message goes back compressed, with the window the
+/// client allowed.
+pub async fn serve_echo(
+    ws: WebSocket<TokioIo<Upgraded>>,
+    app: Arc<AppState>,
+    deflate: Option<herald_proto::deflate::Agreed>,
+) {
     use herald_core::outlet::{Outlet, QueueLimits};
     use herald_proto::frame::{self, OpCode};
     let max = app.conn.max_message_size.max(16 << 20);
-    let reader = MessageReader::new(ws.into_inner(), max);
+    let reader = MessageReader::new(ws.into_inner(), max).inflating(deflate.is_some());
+    let echo = |opcode: OpCode, b: &[u8]| match deflate {
+        Some(a) if !b.is_empty() => frame::deflated(opcode, b, a.server_max_window_bits),
+        _ => frame::with_payload(opcode, b),
+    };
     let outlet = Outlet::new(
         Format::Json,
         QueueLimits {
@@ -429,8 +455,8 @@ pub async fn serve_echo(ws: WebSocket<TokioIo<Upgraded>>, app: Arc<AppState>) {
             outlet.push_reply(c);
         }
         match res {
-            Ok(Inbound::Text(b)) => outlet.push_reply(frame::with_payload(OpCode::Text, &b)),
-            Ok(Inbound::Binary(b)) => outlet.push_reply(frame::with_payload(OpCode::Binary, &b)),
+            Ok(Inbound::Text(b)) => outlet.push_reply(echo(OpCode::Text, &b)),
+            Ok(Inbound::Binary(b)) => outlet.push_reply(echo(OpCode::Binary, &b)),
             Ok(Inbound::Pong) => {}
             // Every ping answered (Autobahn 2.10 checks it); the queue bound still applies.
             Ok(Inbound::Ping(pong)) => outlet.push_reply(pong),

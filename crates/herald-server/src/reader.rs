@@ -64,6 +64,8 @@ pub enum ReadError {
 
 struct Partial {
     text: bool,
+    /// permessage-deflate: the message is inflated (and its UTF-8 checked) once complete.
+    compressed: bool,
     buf: Vec<u8>,
     checked: usize,
     fragments: u32,
@@ -104,6 +106,8 @@ pub struct MessageReader<R> {
     budget: Allowance,
     /// A fragmented message being reassembled (boxed: rare, and every connection holds a reader).
     partial: Option<Box<Partial>>,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    inflate: bool,
 }
 
 /// Validate newly appended UTF-8, allowing an incomplete sequence at the end.
@@ -119,6 +123,33 @@ fn check_utf8(p: &mut Partial, fin: bool) -> Result<(), ReadError> {
         }
         Err(_) => Err(ReadError::Protocol(CloseCode::InvalidPayload)),
     }
+}
+
+/// Inflate a compressed message under the size bound: past it 1009, bad deflate data 1007.
+fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, ReadError> {
+    use herald_proto::deflate::InflateError;
+    herald_proto::deflate::inflate(compressed, max).map_err(|e| {
+        metrics::counter!("herald_inflate_refused_total", "reason" => match e {
+            InflateError::TooBig(_) => "too_big",
+            InflateError::Corrupt => "corrupt",
+        })
+        .increment(1);
+        ReadError::Protocol(match e {
+            InflateError::TooBig(_) => CloseCode::MessageTooBig,
+            InflateError::Corrupt => CloseCode::InvalidPayload,
+        })
+    })
+}
+
+/// A complete message (a text one must be valid UTF-8: else 1007).
+fn message(text: bool, data: Vec<u8>) -> Result<Inbound, ReadError> {
+    if !text {
+        return Ok(Inbound::Binary(data));
+    }
+    if std::str::from_utf8(&data).is_err() {
+        return Err(ReadError::Protocol(CloseCode::InvalidPayload));
+    }
+    Ok(Inbound::Text(data))
 }
 
 /// Close codes a peer may send (RFC 6455 §7.4, IANA registry).
@@ -137,6 +168,8 @@ const fn policy() -> ReadError {
 /// A parsed frame header.
 struct Header {
     fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate; only on its first frame).
+    compressed: bool,
     opcode: u8,
     /// Header bytes including the masking key.
     len: usize,
@@ -144,16 +177,19 @@ struct Header {
     mask: [u8; 4],
 }
 
-/// Parse a client frame header from `b`; `Ok(None)` = more bytes are needed.
-fn parse_header(b: &[u8], max: usize) -> Result<Option<Header>, ReadError> {
+/// Parse a client frame header from `b`; `Ok(None)` = more bytes are needed. `inflate`:
+/// permessage-deflate was negotiated, so RSV1 may mark the first frame of a data message.
+fn parse_header(b: &[u8], max: usize, inflate: bool) -> Result<Option<Header>, ReadError> {
     if b.len() < 2 {
         return Ok(None);
     }
     let fin = b[0] & 0x80 != 0;
-    if b[0] & 0x70 != 0 {
-        return Err(protocol()); // no extension negotiated: RSV bits must be 0
-    }
     let opcode = b[0] & 0x0f;
+    let compressed = b[0] & 0x40 != 0;
+    if b[0] & 0x30 != 0 || (compressed && !(inflate && matches!(opcode, 1 | 2))) {
+        // RSV2/RSV3 never; RSV1 only with permessage-deflate, on a message's first frame.
+        return Err(protocol());
+    }
     if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10) {
         return Err(protocol());
     }
@@ -184,6 +220,7 @@ fn parse_header(b: &[u8], max: usize) -> Result<Option<Header>, ReadError> {
     mask.copy_from_slice(&b[2 + ext..len]);
     Ok(Some(Header {
         fin,
+        compressed,
         opcode,
         len,
         payload: payload as usize,
@@ -211,7 +248,15 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 limits.frames_burst,
             ),
             partial: None,
+            inflate: false,
         }
+    }
+
+    /// permessage-deflate was negotiated: accept compressed messages (inflated under the same
+    /// size bound: past it, close 1009).
+    pub fn inflating(mut self, on: bool) -> Self {
+        self.inflate = on;
+        self
     }
 
     /// After the server sent its close frame: read and discard what the client still sends, until
@@ -297,7 +342,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         loop {
             let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
             let limit = self.max.saturating_sub(in_message);
-            let header = match parse_header(&self.buf[self.start..], limit)? {
+            let header = match parse_header(&self.buf[self.start..], limit, self.inflate)? {
                 Some(h) => h,
                 None => {
                     ready!(self.poll_fill(cx, 14))?;
@@ -368,23 +413,21 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 }
                 let text = h.opcode == 1;
                 if h.fin {
-                    if text && std::str::from_utf8(payload).is_err() {
-                        return Err(ReadError::Protocol(CloseCode::InvalidPayload));
-                    }
-                    let data = payload.to_vec();
-                    return Ok(Some(if text {
-                        Inbound::Text(data)
+                    let data = if h.compressed {
+                        inflate(payload, self.max)?
                     } else {
-                        Inbound::Binary(data)
-                    }));
+                        payload.to_vec()
+                    };
+                    return message(text, data).map(Some);
                 }
                 let mut p = Partial {
                     text,
+                    compressed: h.compressed,
                     buf: payload.to_vec(),
                     checked: 0,
                     fragments: 1,
                 };
-                if text {
+                if text && !p.compressed {
                     check_utf8(&mut p, false)?;
                 }
                 self.partial = Some(Box::new(p));
@@ -400,19 +443,24 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     return Err(policy());
                 }
                 p.buf.extend_from_slice(payload);
-                if p.text {
+                if p.text && !p.compressed {
                     check_utf8(p, h.fin)?;
                 }
                 if !h.fin {
                     return Ok(None);
                 }
-                Ok(self.partial.take().map(|p| {
-                    let p = *p;
-                    if p.text {
-                        Inbound::Text(p.buf)
-                    } else {
-                        Inbound::Binary(p.buf)
-                    }
+                let Some(p) = self.partial.take() else {
+                    return Err(protocol());
+                };
+                let p = *p;
+                if p.compressed {
+                    let data = inflate(&p.buf, self.max)?;
+                    return message(p.text, data).map(Some);
+                }
+                Ok(Some(if p.text {
+                    Inbound::Text(p.buf)
+                } else {
+                    Inbound::Binary(p.buf)
                 }))
             }
         }

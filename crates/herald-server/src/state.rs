@@ -32,6 +32,9 @@ pub struct AppState {
     pub server: ServerConfig,
     /// `[connection]` settings.
     pub conn: ConnectionConfig,
+    /// What goes out compressed on connections that negotiated permessage-deflate
+    /// (`connection.compression`).
+    pub(crate) deflate: Option<Arc<herald_core::compression::DeflatePolicy>>,
     /// `[http]` settings.
     pub http: HttpConfig,
     /// The HTTP transport sessions on this node.

@@ -181,6 +181,10 @@ fn dev_preset() -> Config {
             echo: true,
             demo: true,
         },
+        connection: herald_server::ConnectionConfig {
+            compression: true,
+            ..Default::default()
+        },
 
         ..Default::default()
     }

@@ -65,6 +65,9 @@ struct Queue {
     /// Tasks in [`Outlet::wait_for_room`]: a drain wakes them only when there are any (waking
     /// takes the `Notify`'s lock, and a drain happens for every write).
     room_waiters: u32,
+    /// The connection negotiated permessage-deflate: publications are written with their shared
+    /// deflated frames under this policy.
+    deflate: Option<Arc<crate::compression::DeflatePolicy>>,
 }
 
 /// A connection's (or a waiting session's) outbound queue.
@@ -106,6 +109,7 @@ impl Outlet {
                 close: None,
                 redirect: None,
                 room_waiters: 0,
+                deflate: None,
             }),
             writer: AtomicWaker::new(),
             space: Notify::new(),
@@ -335,18 +339,33 @@ impl Outlet {
         self.wake();
     }
 
+    /// Write publications compressed under `policy` (the connection negotiated
+    /// permessage-deflate), or plain (`None`). A resumed session's outlet takes the setting of
+    /// its new connection.
+    pub fn set_deflate(&self, policy: Option<Arc<crate::compression::DeflatePolicy>>) {
+        lock(&self.queue).deflate = policy;
+    }
+
+    /// The compression policy in force, if any.
+    pub fn deflate(&self) -> Option<Arc<crate::compression::DeflatePolicy>> {
+        lock(&self.queue).deflate.clone()
+    }
+
     /// Take up to `max` queued frames.
     pub fn drain(&self, max: usize, out: &mut Drained) {
         let format = self.format;
         let frames = &mut out.frames;
         let oldest = &mut out.oldest_pub;
-        let (close, redirect) = self.take(max, frames, |item| match item {
+        let (close, redirect) = self.take(max, frames, |item, deflate| match item {
             Out::Reply(b) | Out::Event(b) => b,
             Out::Pub(p) => {
                 if oldest.is_none() {
                     *oldest = Some(p.received);
                 }
-                p.frame(format)
+                match deflate {
+                    Some(policy) => p.deflated_frame(format, policy),
+                    None => p.frame(format),
+                }
             }
         });
         out.close = close;
@@ -361,25 +380,32 @@ impl Outlet {
         max: usize,
         items: &mut Vec<Out>,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
-        self.take(max, items, |item| item)
+        self.take(max, items, |item, _| item)
     }
 
-    /// The pong (as a frame), then up to `max` items, each through `f`, into `out`.
+    /// The pong (as a frame), then up to `max` items, each through `f` (with the compression
+    /// policy in force), into `out`.
     fn take<T>(
         &self,
         max: usize,
         out: &mut Vec<T>,
-        mut f: impl FnMut(Out) -> T,
+        mut f: impl FnMut(Out, Option<&crate::compression::DeflatePolicy>) -> T,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
         let mut q = lock(&self.queue);
-        if let Some(pong) = q.pong.take() {
-            out.push(f(Out::Reply(pong)));
+        let Queue {
+            items,
+            pong,
+            deflate,
+            ..
+        } = &mut *q;
+        if let Some(pong) = pong.take() {
+            out.push(f(Out::Reply(pong), None));
         }
-        let n = q.items.len().min(max);
+        let n = items.len().min(max);
         let mut removed = 0;
-        for item in std::iter::from_fn(|| q.items.pop_front()).take(n) {
+        for item in std::iter::from_fn(|| items.pop_front()).take(n) {
             removed += item.len();
-            out.push(f(item));
+            out.push(f(item, deflate.as_deref()));
         }
         q.bytes = q.bytes.saturating_sub(removed);
         let mut ends = (None, None);

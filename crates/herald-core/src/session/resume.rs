@@ -88,6 +88,8 @@ impl Session {
             front.insert(0, Out::Reply(b));
         }
         self.outlet.push_front(front);
+        // What is written from now on follows the new connection's negotiation.
+        self.outlet.set_deflate(fresh_outlet.deflate());
         fresh_outlet.redirect(self.outlet.clone());
         metrics::counter!("herald_sessions_resumed_total").increment(1);
         Ok(())

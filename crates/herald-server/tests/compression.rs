@@ -1,0 +1,294 @@
+//! permessage-deflate over real sockets (issue 17): negotiation, compressed publications (one
+//! shared frame), compressed commands, the inflate bound (compression bombs close with 1009 and
+//! leave the server unharmed), MessagePack left uncompressed by default.
+
+mod support;
+
+use herald_core::NamespaceOptions;
+use herald_proto::deflate;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn compressing() -> Setup {
+    let mut setup = Setup::default();
+    setup.conn.compression = true;
+    setup.conn.compression_threshold = 256;
+    setup.engine.default_namespace = Some(NamespaceOptions {
+        compression: false,
+        ..NamespaceOptions::dev()
+    });
+    setup.engine.namespaces.insert(
+        "feed".into(),
+        NamespaceOptions {
+            compression: true,
+            ..NamespaceOptions::dev()
+        },
+    );
+    setup
+}
+
+/// Upgrade with `extra` header lines; returns the socket and the response head.
+async fn handshake(addr: std::net::SocketAddr, extra: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.expect("read"),
+            1,
+            "eof in the handshake"
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    (s, head)
+}
+
+/// One server frame: (first byte, payload); `None` at EOF.
+async fn frame(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut h))
+        .await
+        .expect("a frame in time")
+        .ok()?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut n = [0u8; 2];
+            s.read_exact(&mut n).await.ok()?;
+            u16::from_be_bytes(n) as usize
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            s.read_exact(&mut n).await.ok()?;
+            u64::from_be_bytes(n) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((h[0], payload))
+}
+
+/// The next protocol message, inflated if it came compressed; with whether it was.
+async fn message(s: &mut TcpStream) -> (Value, bool) {
+    loop {
+        let (b0, payload) = frame(s).await.expect("a message");
+        let op = b0 & 0x0f;
+        if op == 0x9 || op == 0xA {
+            continue;
+        }
+        let compressed = b0 & 0x40 != 0;
+        let bytes = if compressed {
+            deflate::inflate(&payload, 1 << 24).expect("inflates")
+        } else {
+            payload
+        };
+        return (serde_json::from_slice(&bytes).expect("json"), compressed);
+    }
+}
+
+/// A masked client frame; `compress`: deflated with RSV1 set.
+fn client_frame(payload: &[u8], compress: bool) -> Vec<u8> {
+    let body = if compress {
+        let mut z = Vec::new();
+        deflate::compress(payload, 15, &mut z);
+        z
+    } else {
+        payload.to_vec()
+    };
+    let mut f = vec![0x81u8 | if compress { 0x40 } else { 0 }];
+    let mask = [9u8, 8, 7, 6];
+    match body.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(body.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+async fn send(s: &mut TcpStream, v: Value, compress: bool) {
+    s.write_all(&client_frame(v.to_string().as_bytes(), compress))
+        .await
+        .expect("send");
+}
+
+const CHROMIUM_OFFER: &str =
+    "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+#[tokio::test]
+async fn negotiation_follows_the_offer_and_the_configuration() {
+    let s = start(compressing()).await;
+    let (_c, head) = handshake(s.addr, CHROMIUM_OFFER).await;
+    assert!(
+        head.contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        ),
+        "{head}"
+    );
+    let (_c, head) = handshake(
+        s.addr,
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n",
+    )
+    .await;
+    assert!(head.contains("server_max_window_bits=10"), "{head}");
+    for declined in [
+        "",
+        "Sec-WebSocket-Extensions: permessage-deflate; mystery=1\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=8\r\n",
+        "Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n",
+    ] {
+        let (_c, head) = handshake(s.addr, declined).await;
+        assert!(
+            !head.contains("sec-websocket-extensions"),
+            "{declined:?}: {head}"
+        );
+    }
+    // Off unless configured.
+    let plain = start(Setup::default()).await;
+    let (_c, head) = handshake(plain.addr, CHROMIUM_OFFER).await;
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+}
+
+#[tokio::test]
+async fn publications_go_out_compressed_and_compressed_commands_are_read() {
+    let s = start(compressing()).await;
+    let (mut c, _) = handshake(s.addr, CHROMIUM_OFFER).await;
+    let (welcome, compressed) = message(&mut c).await;
+    assert_eq!(
+        (welcome["type"].as_str(), compressed),
+        (Some("connected"), false)
+    );
+    // A compressed command.
+    send(
+        &mut c,
+        json!({"type": "subscribe", "id": 1, "payload": {"channel": "feed:prices"}}),
+        true,
+    )
+    .await;
+    send(
+        &mut c,
+        json!({"type": "subscribe", "id": 2, "payload": {"channel": "plain"}}),
+        false,
+    )
+    .await;
+    for id in [1, 2] {
+        let (r, _) = message(&mut c).await;
+        assert_eq!(
+            (r["type"].as_str(), r["id"].as_u64()),
+            (Some("reply"), Some(id)),
+            "{r}"
+        );
+    }
+    let big = json!({"prices": (0..50).map(|i| json!({"symbol": format!("S{i}"), "bid": 100 + i, "ask": 101 + i})).collect::<Vec<_>>()});
+    for channel in ["feed:prices", "plain"] {
+        s.handle
+            .node()
+            .publish(
+                channel,
+                herald_proto::Data::json(&big.to_string()).expect("json"),
+                None,
+                None,
+            )
+            .await
+            .expect("publish");
+    }
+    let (m, compressed) = message(&mut c).await;
+    assert_eq!(m["payload"]["data"], big);
+    assert!(compressed, "feed: compresses");
+    let (m, compressed) = message(&mut c).await;
+    assert_eq!(m["payload"]["channel"], "plain");
+    assert!(!compressed, "a namespace without `compression`");
+    // Small messages stay plain.
+    s.handle
+        .node()
+        .publish(
+            "feed:prices",
+            herald_proto::Data::json("1").expect("json"),
+            None,
+            None,
+        )
+        .await
+        .expect("publish");
+    let (m, compressed) = message(&mut c).await;
+    assert_eq!(
+        (m["payload"]["data"].as_u64(), compressed),
+        (Some(1), false)
+    );
+}
+
+/// A compressed message that inflates past `max_message_size` closes with 1009; the server is
+/// unharmed (Centrifugo had to add this bound later: centrifugo#1162).
+#[tokio::test]
+async fn a_compression_bomb_closes_with_1009_and_harms_nothing() {
+    let s = start(compressing()).await;
+    let (mut c, _) = handshake(s.addr, CHROMIUM_OFFER).await;
+    message(&mut c).await;
+    let bomb = vec![b' '; 16 << 20];
+    let frame_bytes = client_frame(&bomb, true);
+    assert!(
+        frame_bytes.len() < 64 * 1024,
+        "{} bytes on the wire",
+        frame_bytes.len()
+    );
+    c.write_all(&frame_bytes).await.expect("send");
+    let close = loop {
+        let (b0, payload) = frame(&mut c).await.expect("the close");
+        if b0 & 0x0f == 0x8 {
+            break u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    };
+    assert_eq!(close, 1009);
+    // Everyone else is fine.
+    let mut other = Client::connect(&s).await;
+    other.subscribe("feed:x").await;
+    until("the bomb's connection to be gone", || {
+        s.handle.connections() == 1
+    })
+    .await;
+    // And garbage that is not deflate closes with 1007.
+    let (mut c, _) = handshake(s.addr, CHROMIUM_OFFER).await;
+    message(&mut c).await;
+    let mut f = client_frame(b"{}", false);
+    f[0] |= 0x40; // claims to be compressed: "{}" is not deflate data
+    c.write_all(&f).await.expect("send");
+    let close = loop {
+        let (b0, payload) = frame(&mut c).await.expect("the close");
+        if b0 & 0x0f == 0x8 {
+            break u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    };
+    assert_eq!(close, 1007);
+}
+
+/// Without negotiation, RSV1 is a protocol error (1002), as before.
+#[tokio::test]
+async fn a_compressed_frame_without_negotiation_is_a_protocol_error() {
+    let s = start(compressing()).await;
+    let (mut c, _) = handshake(s.addr, "").await;
+    message(&mut c).await;
+    c.write_all(&client_frame(b"{\"type\":\"ping\"}", true))
+        .await
+        .expect("send");
+    let close = loop {
+        let (b0, payload) = frame(&mut c).await.expect("the close");
+        if b0 & 0x0f == 0x8 {
+            break u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    };
+    assert_eq!(close, 1002);
+}

@@ -133,9 +133,14 @@ fn encode(format: Format, r: &Request) -> Vec<u8> {
 
 /// Data as it would be delivered to a subscriber of `format`.
 fn data_bytes(format: Format, d: &Data) -> Vec<u8> {
-    herald_proto::encode(format, herald_proto::ServerKind::Message, None, &data_for(format, d))
-        .expect("data encodes")
-        .to_vec()
+    herald_proto::encode(
+        format,
+        herald_proto::ServerKind::Message,
+        None,
+        &data_for(format, d),
+    )
+    .expect("data encodes")
+    .to_vec()
 }
 
 /// A comparable rendering of a request (maps sorted, data as its encoding).
@@ -206,8 +211,13 @@ fuzz_target!(|input: &[u8]| {
         // in linear size (a bin byte becomes up to 4 JSON characters, a control character 6; a
         // frame 16 times its command's size means something grows with nesting).
         for out in [Format::Json, Format::Msgpack] {
-            let delivered = herald_proto::encode(out, herald_proto::ServerKind::Message, None, &data_for(out, &p.data))
-                .expect("data re-encodes for delivery");
+            let delivered = herald_proto::encode(
+                out,
+                herald_proto::ServerKind::Message,
+                None,
+                &data_for(out, &p.data),
+            )
+            .expect("data re-encodes for delivery");
             assert!(
                 delivered.len() <= 1024 + 16 * frame.len(),
                 "{out:?} delivery of {} bytes for a {}-byte command",

@@ -1,6 +1,7 @@
 //! The WebSocket frame reader (`herald_server::reader::MessageReader`) on arbitrary client bytes.
 //!
-//! Input: `[max_lo, max_hi, fragments, seed_lo, seed_hi, wire bytes...]`. The wire bytes are read
+//! Input: `[max_lo, max_hi, fragments (bit 7: permessage-deflate negotiated), seed_lo, seed_hi,
+//! wire bytes...]`. The wire bytes are read
 //! three times:
 //! 1. all at once (`&[u8]`), the reference;
 //! 2. in chunks of pseudo-random sizes, with reads that return `Pending` and `next` futures that
@@ -196,6 +197,8 @@ fuzz_target!(|input: &[u8]| {
     let max_fragments = u32::from(input[2] % 8); // 0 = unlimited
     let seed = u32::from(u16::from_le_bytes([input[3], input[4]])) | 0x1_0000;
     let wire = &input[5..];
+    // permessage-deflate negotiated: RSV1 messages are inflated under the same bound.
+    let inflate = input[2] & 0x80 != 0;
     let limits = ReadLimits {
         max_message_size: max,
         max_fragments,
@@ -203,9 +206,11 @@ fuzz_target!(|input: &[u8]| {
         frames_burst: 0,
     };
 
-    let reference = drive(MessageReader::with_limits(wire, limits), wire.len(), || {
-        false
-    });
+    let reference = drive(
+        MessageReader::with_limits(wire, limits).inflating(inflate),
+        wire.len(),
+        || false,
+    );
     check(&reference, max);
 
     let mut decide = Rng(seed.wrapping_mul(2_654_435_761));
@@ -216,7 +221,7 @@ fuzz_target!(|input: &[u8]| {
         pended: false,
     };
     let split = drive(
-        MessageReader::with_limits(chunked, limits),
+        MessageReader::with_limits(chunked, limits).inflating(inflate),
         wire.len(),
         || decide.next() % 2 == 0,
     );
@@ -231,9 +236,11 @@ fuzz_target!(|input: &[u8]| {
         frames_burst: u32::from(input[2] >> 3) % 4,
         ..limits
     };
-    let limited = drive(MessageReader::with_limits(wire, budget), wire.len(), || {
-        false
-    });
+    let limited = drive(
+        MessageReader::with_limits(wire, budget).inflating(inflate),
+        wire.len(),
+        || false,
+    );
     if limited != reference {
         let (last, before) = limited.split_last().expect("at least one step");
         assert_eq!(

@@ -8,9 +8,9 @@
 //! the same payload and opcode; a close frame's payload is at most 125 bytes with a UTF-8 reason.
 #![no_main]
 
-use herald_proto::{Format, ServerMessage};
-use herald_proto::server::decode_server_frame;
 use herald_proto::frame::{self, OpCode};
+use herald_proto::server::decode_server_frame;
+use herald_proto::{Format, ServerMessage};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -110,6 +110,7 @@ pub async fn run(
         channels: names.clone(),
         rate,
         payload: 64,
+        shape: super::publisher::Shape::Padding,
         window: 64,
         duration: c.duration,
     };

@@ -27,6 +27,8 @@ pub struct Options {
     pub channels: usize,
     pub rate: u64,
     pub payload: usize,
+    /// What the data looks like.
+    pub shape: super::publisher::Shape,
     pub window: usize,
     /// Publish through another node.
     pub publish_url: Option<String>,
@@ -46,6 +48,8 @@ struct SubResult {
     received: u64,
     duplicates: u64,
     expected: u64,
+    /// Bytes the subscriber read after subscribing (the messages as they crossed the wire).
+    wire_bytes: u64,
 }
 
 /// One shard of the latency record: the whole run, and one histogram per publish second.
@@ -94,6 +98,7 @@ async fn subscriber(
     mut finals: watch::Receiver<Option<Vec<u64>>>,
 ) -> SubResult {
     let mut r = SubResult::default();
+    let wire_at_start = conn.wire_bytes();
     let mut last = start;
     let mut samples = Vec::with_capacity(1024);
     let mut final_offset: Option<u64> = None;
@@ -140,6 +145,7 @@ async fn subscriber(
     }
     flush(&shared, i, &mut samples);
     r.expected = final_offset.unwrap_or(last).saturating_sub(start);
+    r.wire_bytes = conn.wire_bytes() - wire_at_start;
     r
 }
 
@@ -298,6 +304,7 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
         channels: names.clone(),
         rate: o.rate,
         payload: o.payload,
+        shape: o.shape,
         window: o.window,
         duration: c.duration,
     };
@@ -383,6 +390,7 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
     let delivered: u64 = results.iter().map(|r| r.received).sum();
     let expected: u64 = results.iter().map(|r| r.expected).sum();
     let duplicates: u64 = results.iter().map(|r| r.duplicates).sum();
+    let wire: u64 = results.iter().map(|r| r.wire_bytes).sum();
     let mut report = json!({
         "scenario": "fanout",
         "subscribers": subscribers,
@@ -391,6 +399,8 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
         "first_connect_error": first_error,
         "connect_seconds": connect_seconds,
         "payload_bytes": o.payload,
+        "shape": o.shape.name(),
+        "compress_offered": c.compress,
         "rate": if o.rate == 0 { json!("max") } else { json!(o.rate) },
         "published": outcome.sent,
         "publish_acked": outcome.acked,
@@ -408,6 +418,7 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
         "deliveries_per_second": delivered as f64 / wall.as_secs_f64(),
         "server_cpu_seconds": cpu,
         "deliveries_per_server_cpu_second": cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
+        "wire_bytes_per_delivery": (delivered > 0).then(|| wire as f64 / delivered as f64),
         "server_rss_bytes": rss,
         "latency": stats::latency_json(&hist),
         "latency_clock": "publish call to subscriber read, same host clock",

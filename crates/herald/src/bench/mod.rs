@@ -55,6 +55,11 @@ pub struct Common {
     /// `/http/subscribe` beside `--url`, docs/protocol.md §10.6). Publishers always use `ws`.
     #[arg(long, default_value = "ws", value_parser = ["ws", "sse"])]
     pub transport: String,
+    /// WebSocket subscribers offer permessage-deflate, as browsers do
+    /// (`permessage-deflate; client_max_window_bits`): with `connection.compression` on the
+    /// server, the report's wire bytes per delivery show what compression saves.
+    #[arg(long)]
+    pub compress: bool,
 }
 
 /// The scenarios.
@@ -73,9 +78,15 @@ pub enum Scenario {
         /// Publications per second over all channels; 0 = closed loop, as fast as acks allow.
         #[arg(long, default_value_t = 100)]
         rate: u64,
-        /// Bytes of application data per publication (at least 40, for the timestamp).
+        /// Bytes of application data per publication (at least 40, for the timestamp); with
+        /// `--shape padding` only.
         #[arg(long, default_value_t = 100)]
         payload: usize,
+        /// What the data looks like: `padding` (`--payload` bytes of `x`: compresses absurdly
+        /// well), `chat` (a ~100-byte chat message, text that varies) or `dashboard` (a ~2 KB
+        /// JSON object of metrics of which a few change per publication).
+        #[arg(long, default_value = "padding", value_parser = ["padding", "chat", "dashboard"])]
+        shape: String,
         /// Publications in flight in closed-loop mode.
         #[arg(long, default_value_t = 64)]
         window: usize,
@@ -157,6 +168,8 @@ pub struct Target {
     sources: Vec<IpAddr>,
     /// Subscribers read SSE feeds instead of WebSockets.
     sse: bool,
+    /// WebSocket connections offer permessage-deflate.
+    compress: bool,
 }
 
 impl Target {
@@ -193,6 +206,7 @@ impl Target {
             token: c.token.clone(),
             sources,
             sse: c.transport == "sse",
+            compress: c.compress,
         })
     }
 
@@ -214,6 +228,7 @@ impl Target {
             &self.path,
             self.token.as_deref(),
             recv_buffer,
+            self.compress,
         )
         .await?;
         match c.next().await? {
@@ -368,6 +383,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
             channels,
             rate,
             payload,
+            shape,
             window,
             publish_url,
             stalled_percent,
@@ -382,6 +398,7 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<()> {
                 channels: channels.max(1),
                 rate,
                 payload: payload.max(40),
+                shape: publisher::Shape::parse(&shape),
                 window: window.max(1),
                 publish_url,
                 stalled_percent,

@@ -19,8 +19,10 @@ pub struct Plan {
     pub channels: Vec<String>,
     /// Publications per second; 0 = closed loop.
     pub rate: u64,
-    /// Application data bytes per publication.
+    /// Application data bytes per publication (`Shape::Padding`).
     pub payload: usize,
+    /// What the data looks like.
+    pub shape: Shape,
     /// Unacknowledged publications allowed in closed-loop mode.
     pub window: usize,
     /// How long to publish.
@@ -48,10 +50,83 @@ pub struct Outcome {
     pub close_code: Option<u16>,
 }
 
-fn publication(id: u64, channel: &str, pad: &str) -> Vec<u8> {
+/// What the published data looks like (every shape carries `"t"`, the publish time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"t":…,"p":"xxxx…"}`: `payload` bytes, compressing absurdly well.
+    Padding,
+    /// A ~100-byte chat message: a user and a line of text, varying.
+    Chat,
+    /// A ~2 KB dashboard object: 24 services' metrics, of which three change per publication.
+    Dashboard,
+}
+
+impl Shape {
+    /// From the `--shape` value.
+    pub fn parse(s: &str) -> Shape {
+        match s {
+            "chat" => Shape::Chat,
+            "dashboard" => Shape::Dashboard,
+            _ => Shape::Padding,
+        }
+    }
+
+    /// The `--shape` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Padding => "padding",
+            Shape::Chat => "chat",
+            Shape::Dashboard => "dashboard",
+        }
+    }
+
+    /// The JSON data of publication `seq`.
+    fn data(self, seq: u64, pad: &str) -> String {
+        let t = now_ns();
+        match self {
+            Shape::Padding => format!(r#"{{"t":{t},"p":"{pad}"}}"#),
+            Shape::Chat => {
+                const LINES: [&str; 6] = [
+                    "are we still on for lunch at noon?",
+                    "pushed the fix, can you review the PR",
+                    "the build is green again",
+                    "meeting moved to 3pm, same room",
+                    "lol that demo went better than expected",
+                    "who has the slides for tomorrow",
+                ];
+                let line = LINES[(seq as usize) % LINES.len()];
+                format!(
+                    r#"{{"t":{t},"user":"user-{}","room":"general","text":"{line} #{seq}"}}"#,
+                    seq % 37
+                )
+            }
+            Shape::Dashboard => {
+                let services: Vec<String> = (0..24u64)
+                    .map(|i| {
+                        // Three services change with every publication; the rest hold still.
+                        let moving = i < 3;
+                        let rps = if moving { 1000 + (seq * 37 + i * 11) % 900 } else { 1200 + i * 17 };
+                        let p99 = if moving { 40 + (seq * 13 + i) % 60 } else { 55 + i };
+                        format!(
+                            r#"{{"name":"service-{i:02}","status":"ok","region":"eu-west-1","rps":{rps},"p50_ms":{},"p99_ms":{p99},"errors":0,"version":"2.14.{}"}}"#,
+                            8 + i % 5,
+                            i % 4
+                        )
+                    })
+                    .collect();
+                format!(
+                    r#"{{"t":{t},"seq":{seq},"cluster":"prod-eu","updated_by":"collector-7","services":[{}]}}"#,
+                    services.join(",")
+                )
+            }
+        }
+    }
+}
+
+fn publication(id: u64, channel: &str, shape: Shape, pad: &str) -> Vec<u8> {
+    let data = shape.data(id, pad);
     let text = format!(
-        r#"{{"type":"publish","id":{id},"payload":{{"channel":"{channel}","data":{{"t":{},"p":"{pad}"}}}}}}"#,
-        now_ns()
+        r#"{{"type":"publish","id":{id},"payload":{{"channel":"{channel}","data":{data}}}}}"#
     );
     raw::text_frame(text.as_bytes())
 }
@@ -104,7 +179,7 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
             let due = (plan.rate as f64 * started.elapsed().as_secs_f64()) as u64;
             while sent < due && batch.len() < 1 << 20 {
                 let ch = &plan.channels[(sent as usize) % n_ch];
-                batch.extend(publication(sent, ch, &pad));
+                batch.extend(publication(sent, ch, plan.shape, &pad));
                 sent += 1;
             }
         } else {
@@ -119,7 +194,7 @@ pub async fn publish(conn: RawConn, plan: Plan, sent_counter: Arc<AtomicU64>) ->
             }
             for _ in 0..n {
                 let ch = &plan.channels[(sent as usize) % n_ch];
-                batch.extend(publication(sent, ch, &pad));
+                batch.extend(publication(sent, ch, plan.shape, &pad));
                 sent += 1;
             }
         }

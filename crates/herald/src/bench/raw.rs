@@ -22,6 +22,10 @@ pub struct RawReader {
     pub close_code: Option<u16>,
     /// Reading an SSE feed instead of WebSocket frames.
     sse: Option<Sse>,
+    /// Bytes read from the socket (handshake included): what the server put on the wire.
+    pub wire_bytes: u64,
+    /// The last compressed (permessage-deflate) message, inflated.
+    inflated: Vec<u8>,
 }
 
 /// The state of a chunked SSE answer: events decoded out of the HTTP chunks.
@@ -50,7 +54,8 @@ pub struct RawConn {
 }
 
 enum Frame {
-    Data(usize, usize),
+    /// A text or binary frame's payload (offset, length) and whether it is compressed (RSV1).
+    Data(usize, usize, bool),
     Ping(usize, usize),
     Close(usize, usize),
     Other,
@@ -106,19 +111,23 @@ impl RawReader {
         }
         let n = self.read.read(&mut self.buf[self.end..]).await?;
         self.end += n;
+        self.wire_bytes += n as u64;
         Ok(n > 0)
     }
 
     async fn frame(&mut self) -> io::Result<Option<Frame>> {
         loop {
             let base = self.buf.as_ptr() as usize;
+            let compressed = self.buf[self.start..self.end]
+                .first()
+                .is_some_and(|b| b & 0x40 != 0);
             let parsed = frame::parse_unmasked(&self.buf[self.start..self.end])
                 .map(|(p, op)| (p.as_ptr() as usize - base, p.len(), op));
             match parsed {
                 Some((at, len, op)) => {
                     self.start = at + len;
                     return Ok(Some(match op {
-                        OpCode::Text | OpCode::Binary => Frame::Data(at, len),
+                        OpCode::Text | OpCode::Binary => Frame::Data(at, len, compressed),
                         OpCode::Ping => Frame::Ping(at, len),
                         OpCode::Close => {
                             let p = &self.buf[at..at + len];
@@ -248,7 +257,12 @@ impl RawReader {
         }
         loop {
             match self.frame().await? {
-                Some(Frame::Data(at, len)) => return Ok(Some(&self.buf[at..at + len])),
+                Some(Frame::Data(at, len, false)) => return Ok(Some(&self.buf[at..at + len])),
+                Some(Frame::Data(at, len, true)) => {
+                    self.inflated = herald_proto::deflate::inflate(&self.buf[at..at + len], 1 << 26)
+                        .map_err(|e| io::Error::other(format!("bad compressed message: {e}")))?;
+                    return Ok(Some(&self.inflated));
+                }
                 Some(Frame::Close(..)) | None => return Ok(None),
                 Some(_) => {}
             }
@@ -326,6 +340,8 @@ impl RawConn {
             end: 0,
             close_code: None,
             sse: None,
+            wire_bytes: 0,
+            inflated: Vec::new(),
         };
         loop {
             if let Some(pos) = memchr::memmem::find(&reader.buf[..reader.end], b"\r\n\r\n") {
@@ -364,15 +380,22 @@ impl RawConn {
         path: &str,
         token: Option<&str>,
         recv_buffer: Option<u32>,
+        compress: bool,
     ) -> io::Result<RawConn> {
         let stream = tcp(addr, local, recv_buffer).await?;
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
+        // What browsers offer.
+        let deflate = if compress {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: herald.v1.json\r\n{auth}\r\n"
+             Sec-WebSocket-Protocol: herald.v1.json\r\n{auth}{deflate}\r\n"
         );
         let (read, mut write) = stream.into_split();
         write.write_all(req.as_bytes()).await?;
@@ -383,6 +406,8 @@ impl RawConn {
             end: 0,
             close_code: None,
             sse: None,
+            wire_bytes: 0,
+            inflated: Vec::new(),
         };
         loop {
             if let Some(pos) = reader.buf[..reader.end]
@@ -404,6 +429,11 @@ impl RawConn {
         Ok(RawConn { reader, write })
     }
 
+    /// Bytes read from the socket so far.
+    pub fn wire_bytes(&self) -> u64 {
+        self.reader.wire_bytes
+    }
+
     /// Separate the read and write sides (the reader then ignores pings: the writer must keep
     /// sending for the server to see the connection alive).
     pub fn into_split(self) -> (RawReader, OwnedWriteHalf) {
@@ -423,7 +453,15 @@ impl RawConn {
         }
         loop {
             match self.reader.frame().await? {
-                Some(Frame::Data(at, len)) => return Ok(Some(&self.reader.buf[at..at + len])),
+                Some(Frame::Data(at, len, false)) => {
+                    return Ok(Some(&self.reader.buf[at..at + len]));
+                }
+                Some(Frame::Data(at, len, true)) => {
+                    let r = &mut self.reader;
+                    r.inflated = herald_proto::deflate::inflate(&r.buf[at..at + len], 1 << 26)
+                        .map_err(|e| io::Error::other(format!("bad compressed message: {e}")))?;
+                    return Ok(Some(&self.reader.inflated));
+                }
                 Some(Frame::Ping(at, len)) => {
                     let pong = masked(0xA, &self.reader.buf[at..at + len]);
                     self.write.write_all(&pong).await?;

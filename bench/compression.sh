@@ -12,7 +12,7 @@ OUT=${1:-bench/results/compression-$(date -u +%Y-%m-%d).jsonl}
 mkdir -p "$(dirname "$OUT")"
 : > "$OUT"
 cargo build --release -p herald >&2
-HERALD=target/release/herald
+HERALD="${CARGO_TARGET_DIR:-target}/release/herald"
 . bench/lib.sh
 
 run() { # run NAME ARGS...

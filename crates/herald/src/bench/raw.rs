@@ -259,8 +259,10 @@ impl RawReader {
             match self.frame().await? {
                 Some(Frame::Data(at, len, false)) => return Ok(Some(&self.buf[at..at + len])),
                 Some(Frame::Data(at, len, true)) => {
-                    self.inflated = herald_proto::deflate::inflate(&self.buf[at..at + len], 1 << 26)
-                        .map_err(|e| io::Error::other(format!("bad compressed message: {e}")))?;
+                    self.inflated =
+                        herald_proto::deflate::inflate(&self.buf[at..at + len], 1 << 26).map_err(
+                            |e| io::Error::other(format!("bad compressed message: {e}")),
+                        )?;
                     return Ok(Some(&self.inflated));
                 }
                 Some(Frame::Close(..)) | None => return Ok(None),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bytes on the wire and server CPU per delivery, with and without permessage-deflate (issue 17),
-# for a ~2 KB dashboard object of which a few fields change per message and for ~100-byte chat
+# for a ~3 KB dashboard object of which a few fields change per message and for ~100-byte chat
 # messages: 1 channel × 1 000 subscribers at 100 publications/s. The server runs with
 # `connection.compression` on (`--dev`) and the default namespace compressing (`--dev`); a run
 # without `--compress` is the uncompressed baseline (its subscribers do not offer the extension).

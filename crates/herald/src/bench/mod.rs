@@ -83,7 +83,7 @@ pub enum Scenario {
         #[arg(long, default_value_t = 100)]
         payload: usize,
         /// What the data looks like: `padding` (`--payload` bytes of `x`: compresses absurdly
-        /// well), `chat` (a ~100-byte chat message, text that varies) or `dashboard` (a ~2 KB
+        /// well), `chat` (a ~100-byte chat message, text that varies) or `dashboard` (a ~3 KB
         /// JSON object of metrics of which a few change per publication).
         #[arg(long, default_value = "padding", value_parser = ["padding", "chat", "dashboard"])]
         shape: String,

@@ -57,7 +57,7 @@ pub enum Shape {
     Padding,
     /// A ~100-byte chat message: a user and a line of text, varying.
     Chat,
-    /// A ~2 KB dashboard object: 24 services' metrics, of which three change per publication.
+    /// A ~3 KB dashboard object: 24 services' metrics, of which three change per publication.
     Dashboard,
 }
 

@@ -20,6 +20,14 @@ pub fn install() -> Option<PrometheusHandle> {
                         1.0, 2.5,
                     ],
                 )
+                .ok()?
+                .set_buckets_for_metric(
+                    Matcher::Full("herald_ack_latency_seconds".into()),
+                    &[
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                        60.0,
+                    ],
+                )
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();

@@ -103,6 +103,21 @@ pub struct NamespaceOptions {
     /// With `compression`: MessagePack connections get them compressed too (off by default:
     /// binary data is often compressed already).
     pub compress_binary: bool,
+    /// `fossil`: JSON subscribers get each publication as a Fossil delta against the previous
+    /// one of the channel (computed once per publication and shared), after a full first
+    /// message; `off` (default).
+    pub delta: DeltaFormat,
+}
+
+/// Delta updates of a namespace (`docs/protocol.md` §5 `message`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeltaFormat {
+    /// Every message whole.
+    #[default]
+    Off,
+    /// Fossil deltas (the format of the Fossil SCM; checksummed).
+    Fossil,
 }
 
 impl Default for NamespaceOptions {
@@ -126,6 +141,7 @@ impl Default for NamespaceOptions {
             ack_max_attempts: 5,
             compression: false,
             compress_binary: false,
+            delta: DeltaFormat::Off,
         }
     }
 }
@@ -152,6 +168,7 @@ impl NamespaceOptions {
             ack_max_attempts: 5,
             compression: true,
             compress_binary: false,
+            delta: DeltaFormat::Off,
         }
     }
 
@@ -182,6 +199,18 @@ impl NamespaceOptions {
     fn check(&self, name: &str, session: &SessionConfig) -> Result<(), String> {
         if self.history_size > 0 && self.history_ttl.is_zero() {
             return Err(format!("{name}: history_size > 0 needs history_ttl > 0"));
+        }
+        if self.delta != DeltaFormat::Off {
+            if self.slow_consumer != SlowConsumerPolicy::Disconnect {
+                return Err(format!(
+                    "{name}: delta needs slow_consumer = \"disconnect\" (a dropped message breaks the chain)"
+                ));
+            }
+            if self.delivery == Delivery::AtLeastOnce {
+                return Err(format!(
+                    "{name}: delta and delivery = \"at_least_once\" do not go together yet"
+                ));
+            }
         }
         if self.delivery == Delivery::AtLeastOnce {
             if !self.history_enabled() {

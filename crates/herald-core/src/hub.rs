@@ -39,6 +39,9 @@ pub struct Subscriber {
     last_epoch: AtomicU64,
     /// At-least-once delivery state (namespaces with `delivery = "at_least_once"`).
     tracker: Option<Box<crate::delivery::Tracker>>,
+    /// Delta updates (namespaces with `delta`, JSON connections): the last publication this
+    /// subscriber was sent, the base of the next delta (`None`: the next one goes whole).
+    delta_base: Option<Box<Mutex<Option<Arc<Publication>>>>>,
 }
 
 impl Subscriber {
@@ -50,6 +53,36 @@ impl Subscriber {
         join_leave: bool,
     ) -> Arc<Self> {
         Self::build(outlet, client_id, policy, join_leave, None)
+    }
+
+    /// A subscriber that gets delta updates: a whole first message, then each publication as a
+    /// delta against the previous one it was sent.
+    pub(crate) fn with_deltas(
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        policy: SlowConsumerPolicy,
+        join_leave: bool,
+    ) -> Arc<Self> {
+        let mut s = Self::unwrapped(outlet, client_id, policy, join_leave, None);
+        s.delta_base = Some(Box::new(Mutex::new(None)));
+        Arc::new(s)
+    }
+
+    /// Whether this subscriber gets delta updates.
+    pub fn gets_deltas(&self) -> bool {
+        self.delta_base.is_some()
+    }
+
+    /// What to queue for `p` when it is sent whole (recovery, a gap filled at resume): a delta
+    /// subscriber's format, and the base of its next delta.
+    pub(crate) fn whole(&self, p: &Arc<Publication>) -> Out {
+        match &self.delta_base {
+            Some(base) => {
+                *lock(base) = Some(p.clone());
+                Out::Whole(p.clone())
+            }
+            None => Out::Pub(p.clone()),
+        }
     }
 
     /// An at-least-once subscriber: what it is sent stays in flight in `tracker` until acked.
@@ -75,7 +108,17 @@ impl Subscriber {
         join_leave: bool,
         tracker: Option<Box<crate::delivery::Tracker>>,
     ) -> Arc<Self> {
-        Arc::new(Subscriber {
+        Arc::new(Self::unwrapped(outlet, client_id, policy, join_leave, tracker))
+    }
+
+    fn unwrapped(
+        outlet: Arc<Outlet>,
+        client_id: Arc<str>,
+        policy: SlowConsumerPolicy,
+        join_leave: bool,
+        tracker: Option<Box<crate::delivery::Tracker>>,
+    ) -> Self {
+        Subscriber {
             outlet,
             client_id,
             policy,
@@ -85,7 +128,8 @@ impl Subscriber {
             last_offset: AtomicU64::new(0),
             last_epoch: AtomicU64::new(0),
             tracker,
-        })
+            delta_base: None,
+        }
     }
 
     /// The at-least-once state, when the namespace acknowledges deliveries.
@@ -106,7 +150,21 @@ impl Subscriber {
             Some(t) => t.offer(self, p),
             None => {
                 self.mark_sent(p);
-                self.outlet.push(Out::Pub(p.clone()), self.policy);
+                let item = match &self.delta_base {
+                    Some(base) => {
+                        let mut base = lock(base);
+                        let item = match base.as_ref() {
+                            Some(b) if b.epoch_tag == p.epoch_tag && b.offset + 1 == p.offset => {
+                                Out::Delta(p.clone(), b.clone())
+                            }
+                            _ => Out::Whole(p.clone()),
+                        };
+                        *base = Some(p.clone());
+                        item
+                    }
+                    None => Out::Pub(p.clone()),
+                };
+                self.outlet.push(item, self.policy);
             }
         }
     }

@@ -31,6 +31,30 @@ pub struct Publication {
     /// The frame for connections that negotiated permessage-deflate, per format: compressed, or
     /// the plain frame when the namespace does not compress or it is too small to gain.
     deflated: [OnceLock<Bytes>; 2],
+    /// Delta subscriptions (JSON): the `message` frame with `data` as a JSON string, and the one
+    /// carrying a Fossil delta against the previous publication of the channel.
+    delta: OnceLock<Box<DeltaFrames>>,
+}
+
+/// A publication's frames for delta subscriptions, encoded on first use and shared.
+#[derive(Debug, Default)]
+struct DeltaFrames {
+    whole: OnceLock<Bytes>,
+    delta: OnceLock<Bytes>,
+}
+
+/// A `message` payload whose `data` is JSON text in a string (delta subscriptions).
+#[derive(serde::Serialize)]
+struct TextOut<'a> {
+    channel: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    time: u64,
+    data: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delta: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a ClientInfo>,
 }
 
 impl Publication {
@@ -56,6 +80,7 @@ impl Publication {
             size: 64 + channel_len + data_len,
             frames: [OnceLock::new(), OnceLock::new()],
             deflated: [OnceLock::new(), OnceLock::new()],
+            delta: OnceLock::new(),
         }
     }
 
@@ -125,6 +150,61 @@ impl Publication {
                     plain
                 }
             })
+            .clone()
+    }
+
+    /// The JSON text of the data.
+    fn data_text(&self) -> std::borrow::Cow<'_, str> {
+        match &self.data {
+            Data::Json(raw) => std::borrow::Cow::Borrowed(raw.get()),
+            other => std::borrow::Cow::Owned(
+                serde_json::to_string(&data_for(Format::Json, other)).unwrap_or_default(),
+            ),
+        }
+    }
+
+    fn text_frame(&self, data: &str, delta: bool) -> Bytes {
+        let out = TextOut {
+            channel: &self.channel,
+            offset: self.offset,
+            epoch: &self.epoch,
+            time: self.time_ms,
+            data,
+            delta,
+            info: self.info.as_ref(),
+        };
+        herald_proto::encode(Format::Json, herald_proto::ServerKind::Message, None, &out)
+            .unwrap_or_default()
+    }
+
+    /// For a delta subscription: the whole message, its `data` as a JSON string.
+    pub fn whole_text_frame(&self) -> Bytes {
+        self.delta
+            .get_or_init(Box::default)
+            .whole
+            .get_or_init(|| self.text_frame(&self.data_text(), false))
+            .clone()
+    }
+
+    /// For a delta subscription holding `base` (the channel's previous publication): this one
+    /// as a Fossil delta against it — computed once, shared by every such subscriber — or the
+    /// whole message when a delta would not be smaller (or not valid UTF-8 text).
+    pub fn delta_frame(&self, base: &Publication) -> Bytes {
+        let make = || {
+            let (from, to) = (base.data_text(), self.data_text());
+            let d = fossil_delta::delta(to.as_bytes(), from.as_bytes());
+            match std::str::from_utf8(&d) {
+                Ok(d) if d.len() < to.len() => {
+                    metrics::counter!("herald_delta_messages_total").increment(1);
+                    self.text_frame(d, true)
+                }
+                _ => self.whole_text_frame(),
+            }
+        };
+        self.delta
+            .get_or_init(Box::default)
+            .delta
+            .get_or_init(make)
             .clone()
     }
 

@@ -354,6 +354,11 @@ pub struct Subscribed {
     /// At-least-once: how long the server waits for an ack before sending again.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ack_timeout_ms: Option<u64>,
+    /// `fossil` when this subscription gets delta updates (`docs/protocol.md` §5 `message`):
+    /// every `message` of the channel carries its `data` as a JSON string, and `delta: true`
+    /// marks a Fossil delta against the previous message's data.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delta: Option<String>,
 }
 
 /// `gap` push: publications `from..=to` of `epoch` will not be delivered on this at-least-once

@@ -30,13 +30,26 @@ pub enum Out {
     Event(Bytes),
     /// A publication; its frame is fetched from the shared cache at write time.
     Pub(Arc<Publication>),
+    /// A publication for a delta subscription, whole (`data` as a JSON string).
+    Whole(Arc<Publication>),
+    /// A publication for a delta subscription, as a delta against the second one (its
+    /// predecessor in the channel, which this subscriber got).
+    Delta(Arc<Publication>, Arc<Publication>),
 }
 
 impl Out {
     fn len(&self) -> usize {
         match self {
             Out::Reply(b) | Out::Event(b) => b.len(),
-            Out::Pub(p) => p.queued_len(),
+            Out::Pub(p) | Out::Whole(p) | Out::Delta(p, _) => p.queued_len(),
+        }
+    }
+
+    /// The publication it carries, if any.
+    pub fn publication(&self) -> Option<&Arc<Publication>> {
+        match self {
+            Out::Pub(p) | Out::Whole(p) | Out::Delta(p, _) => Some(p),
+            Out::Reply(_) | Out::Event(_) => None,
         }
     }
 
@@ -300,7 +313,7 @@ impl Outlet {
             let found = q
                 .items
                 .iter()
-                .position(|o| matches!(o, Out::Pub(p) if &*p.channel == channel));
+                .position(|o| o.publication().is_some_and(|p| &*p.channel == channel));
             let Some(pos) = found else { break };
             if let Some(old) = q.items.remove(pos) {
                 bytes += old.len();
@@ -366,6 +379,18 @@ impl Outlet {
                     Some(policy) => p.deflated_frame(format, policy),
                     None => p.frame(format),
                 }
+            }
+            Out::Whole(p) => {
+                if oldest.is_none() {
+                    *oldest = Some(p.received);
+                }
+                p.whole_text_frame()
+            }
+            Out::Delta(p, base) => {
+                if oldest.is_none() {
+                    *oldest = Some(p.received);
+                }
+                p.delta_frame(&base)
             }
         });
         out.close = close;
@@ -436,9 +461,10 @@ impl Outlet {
         lock(&self.queue)
             .items
             .iter()
-            .filter_map(|o| match o {
-                Out::Pub(p) if &*p.channel == channel => Some(p.offset),
-                _ => None,
+            .filter_map(|o| {
+                o.publication()
+                    .filter(|p| &*p.channel == channel)
+                    .map(|p| p.offset)
             })
             .collect()
     }

@@ -130,7 +130,7 @@ impl Session {
                     && got
                         .first()
                         .is_some_and(|p| p.offset == pos.offset.saturating_add(1));
-                front.extend(got.into_iter().map(Out::Pub));
+                front.extend(got.iter().map(|p| sub.whole(p)));
                 complete
             }
             Err(_) => false,

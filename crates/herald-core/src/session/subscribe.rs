@@ -12,7 +12,6 @@ use crate::config::{NamespaceOptions, SlowConsumerPolicy};
 use crate::error::EngineError;
 use crate::hub::Subscriber;
 use crate::journal::EventKind;
-use crate::outlet::Out;
 use crate::publication::Publication;
 
 use super::backend::backend_failed;
@@ -132,6 +131,17 @@ impl Session {
                     crate::delivery::Tracker::new(settings, &s.channel, owner),
                 )
             }
+            // Deltas go to JSON connections (the delta is text in a JSON string).
+            None if ns.delta != crate::config::DeltaFormat::Off
+                && self.outlet.format == herald_proto::Format::Json =>
+            {
+                Subscriber::with_deltas(
+                    self.outlet.clone(),
+                    self.client_id.clone(),
+                    ns.slow_consumer,
+                    ns.join_leave,
+                )
+            }
             None => Subscriber::new(
                 self.outlet.clone(),
                 self.client_id.clone(),
@@ -163,6 +173,9 @@ impl Session {
             SlowConsumerPolicy::Latest => Some("latest".into()),
         };
         let mut pubs = pubs;
+        if sub.gets_deltas() {
+            reply.delta = Some("fossil".into());
+        }
         if let (Some(a), Some(t)) = (acks, sub.tracker()) {
             reply.delivery = Some("at_least_once".into());
             reply.ack_window = Some(a.window as u32);
@@ -180,7 +193,7 @@ impl Session {
         } else {
             self.reply(id, &reply);
         }
-        if !self.queue_recovered(&pubs).await {
+        if !self.queue_recovered(&sub, &pubs).await {
             // The client stopped reading during recovery; the outlet is closing.
             self.drop_sub(&s.channel).await;
             return Ok(());
@@ -273,7 +286,7 @@ impl Session {
     }
 
     /// Queue recovered publications page by page, waiting for the client to read between pages.
-    pub(super) async fn queue_recovered(&self, pubs: &[Arc<Publication>]) -> bool {
+    pub(super) async fn queue_recovered(&self, sub: &Subscriber, pubs: &[Arc<Publication>]) -> bool {
         let limits = self.outlet.limits();
         let page = (limits.max_messages / 2).clamp(1, MAX_HISTORY_LIMIT);
         for chunk in pubs.chunks(page) {
@@ -283,7 +296,7 @@ impl Session {
                 return false;
             }
             for p in chunk {
-                self.outlet.push_reply_item(Out::Pub(p.clone()));
+                self.outlet.push_reply_item(sub.whole(p));
             }
         }
         true
@@ -335,5 +348,6 @@ pub(super) fn subscribed(
         delivery: None,
         ack_window: None,
         ack_timeout_ms: None,
+        delta: None,
     }
 }

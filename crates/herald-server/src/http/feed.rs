@@ -291,7 +291,8 @@ impl futures_util::Stream for Feed {
         let m = WriterMetrics::get();
         for item in items.drain(..) {
             match item {
-                Out::Pub(p) => {
+                // The feed's events are always whole messages (plain data, not deltas).
+                Out::Pub(p) | Out::Whole(p) | Out::Delta(p, _) => {
                     let Some(pos) = this.positions.iter_mut().find(|x| *x.channel == *p.channel)
                     else {
                         continue;

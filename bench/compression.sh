@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bytes on the wire and server CPU per delivery, with and without permessage-deflate (issue 17),
+# Bytes on the wire and server CPU per delivery: plain, permessage-deflate and delta updates (issue 17),
 # for a ~3 KB dashboard object of which a few fields change per message and for ~100-byte chat
 # messages: 1 channel × 1 000 subscribers at 100 publications/s. The server runs with
 # `connection.compression` on (`--dev`) and the default namespace compressing (`--dev`); a run
@@ -15,9 +15,14 @@ cargo build --release -p herald >&2
 HERALD="${CARGO_TARGET_DIR:-target}/release/herald"
 . bench/lib.sh
 
+# The `delta` namespace: Fossil delta updates, open like `--dev`'s default namespace, without
+# presence and join/leave (like the default namespace in bench/herald.toml).
+DELTA_ENV=(HERALD_NAMESPACES__DELTA__DELTA=fossil HERALD_NAMESPACES__DELTA__ANONYMOUS=true
+  HERALD_NAMESPACES__DELTA__ALLOW_SUBSCRIBE=true HERALD_NAMESPACES__DELTA__ALLOW_PUBLISH=true)
+
 run() { # run NAME ARGS...
   local name=$1; shift
-  taskset -c 0 "$HERALD" serve --dev --config bench/herald.toml --listen 127.0.0.1:8200 >/dev/null 2>&1 &
+  env "${DELTA_ENV[@]}" taskset -c 0 "$HERALD" serve --dev --config bench/herald.toml --listen 127.0.0.1:8200 >/dev/null 2>&1 &
   local pid=$!
   wait_port 8200
   echo "== $name: herald bench $*" >&2
@@ -29,8 +34,12 @@ run() { # run NAME ARGS...
 }
 
 for shape in dashboard chat; do
-  for mode in plain deflate; do
-    flag=""; [ "$mode" = deflate ] && flag="--compress"
+  for mode in plain deflate delta; do
+    flag=""
+    [ "$mode" = deflate ] && flag="--compress"
+    # Channels are `<prefix>:<k>`: the `delta` namespace. (The load generator does not apply
+    # deltas, so these runs report no latency.)
+    [ "$mode" = delta ] && flag="--prefix delta"
     run "$shape-$mode" fanout --shape "$shape" $flag --subscribers 1000 --channels 1 --rate 100 --duration 10s
   done
 done

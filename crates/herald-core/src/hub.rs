@@ -108,7 +108,9 @@ impl Subscriber {
         join_leave: bool,
         tracker: Option<Box<crate::delivery::Tracker>>,
     ) -> Arc<Self> {
-        Arc::new(Self::unwrapped(outlet, client_id, policy, join_leave, tracker))
+        Arc::new(Self::unwrapped(
+            outlet, client_id, policy, join_leave, tracker,
+        ))
     }
 
     fn unwrapped(
@@ -482,6 +484,67 @@ mod tests {
             })
             .collect();
         assert_eq!(offsets, ["e6", "f1", "f2"]);
+    }
+
+    /// Issue 17: delta subscribers get a whole first message, then a Fossil delta against the
+    /// previous publication, each computed once and shared; plain subscribers are unaffected.
+    #[test]
+    fn delta_subscribers_share_one_whole_frame_then_one_delta() {
+        let hub = Hub::default();
+        let limits = QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        };
+        let outlets: Vec<_> = (0..3).map(|_| Outlet::new(Format::Json, limits)).collect();
+        for (i, o) in outlets.iter().enumerate() {
+            let id: Arc<str> = Arc::from(i.to_string());
+            let s = if i < 2 {
+                Subscriber::with_deltas(o.clone(), id, SlowConsumerPolicy::Disconnect, false)
+            } else {
+                Subscriber::new(o.clone(), id, SlowConsumerPolicy::Disconnect, false)
+            };
+            s.go_live("e", || 0);
+            hub.add("c", s, 0).expect("add");
+        }
+        let texts = [
+            r#"{"a":1,"b":"hello world hello world hello world","c":3}"#,
+            r#"{"a":2,"b":"hello world hello world hello world","c":4}"#,
+        ];
+        for (i, t) in texts.iter().enumerate() {
+            hub.fanout(&Arc::new(Publication::new(
+                Arc::from("c"),
+                i as u64 + 1,
+                Arc::from("e"),
+                0,
+                Data::json(t).expect("json"),
+                None,
+            )));
+        }
+        let frames: Vec<Vec<Bytes>> = outlets
+            .iter()
+            .map(|o| {
+                let mut d = Drained::default();
+                o.drain(10, &mut d);
+                d.frames
+            })
+            .collect();
+        let payload = |f: &Bytes| -> serde_json::Value {
+            let (p, _) = herald_proto::frame::parse_unmasked(f).expect("frame");
+            serde_json::from_slice::<serde_json::Value>(p).expect("json")["payload"].clone()
+        };
+        // Whole first message: data is the JSON text in a string; shared.
+        assert_eq!(frames[0][0].as_ptr(), frames[1][0].as_ptr());
+        assert_eq!(payload(&frames[0][0])["data"], texts[0]);
+        // Then one delta, shared, that turns the first text into the second.
+        assert_eq!(frames[0][1].as_ptr(), frames[1][1].as_ptr());
+        let d = payload(&frames[0][1]);
+        assert_eq!(d["delta"], true);
+        let delta = d["data"].as_str().expect("a string");
+        assert!(delta.len() < texts[1].len(), "{delta}");
+        let applied = fossil_delta::apply(texts[0].as_bytes(), delta.as_bytes()).expect("applies");
+        assert_eq!(applied, texts[1].as_bytes());
+        // A plain subscriber gets plain messages.
+        assert_eq!(payload(&frames[2][1])["data"]["a"], 2);
     }
 
     /// Issue 17: with permessage-deflate a publication is compressed once, and every subscriber

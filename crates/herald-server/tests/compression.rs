@@ -292,3 +292,106 @@ async fn a_compressed_frame_without_negotiation_is_a_protocol_error() {
     };
     assert_eq!(close, 1002);
 }
+
+fn delta_setup() -> Setup {
+    let mut setup = Setup::default();
+    setup.engine.namespaces.insert(
+        "dash".into(),
+        NamespaceOptions {
+            delta: herald_core::config::DeltaFormat::Fossil,
+            ..NamespaceOptions::dev()
+        },
+    );
+    setup
+}
+
+fn dashboard(n: u64) -> String {
+    let services: Vec<String> = (0..12)
+        .map(|i| {
+            let rps = if i == 0 { 1000 + n } else { 1200 + i };
+            format!(
+                r#"{{"name":"service-{i:02}","status":"ok","rps":{rps},"p99_ms":{}}}"#,
+                50 + i
+            )
+        })
+        .collect();
+    format!(r#"{{"seq":{n},"services":[{}]}}"#, services.join(","))
+}
+
+/// Issue 17, delta updates: the first message is whole (data as JSON text in a string), the next
+/// ones are Fossil deltas against the previous one, much smaller; a subscriber that recovers gets
+/// whole messages first; a MessagePack subscriber gets plain ones.
+#[tokio::test]
+async fn delta_subscribers_get_a_whole_message_then_deltas_that_apply() {
+    let s = start(delta_setup()).await;
+    let publish = |n: u64| {
+        let node = s.handle.node().clone();
+        async move {
+            node.publish(
+                "dash:eu",
+                herald_proto::Data::json(&dashboard(n)).expect("json"),
+                None,
+                None,
+            )
+            .await
+            .expect("publish");
+        }
+    };
+    let mut c = Client::connect(&s).await;
+    let r = c.subscribe("dash:eu").await;
+    assert_eq!(r["delta"], "fossil", "{r}");
+    let epoch = r["epoch"].clone();
+    let mut mp = Client::connect_with(&s, Some("herald.v1.msgpack")).await;
+    let r = mp.subscribe("dash:eu").await;
+    assert_eq!(r.get("delta"), None, "MessagePack: no deltas ({r})");
+    for n in 1..=3 {
+        publish(n).await;
+    }
+    let first = c.next_message().await;
+    assert_eq!(first.get("delta"), None);
+    let mut text = first["data"].as_str().expect("data as a string").to_owned();
+    assert_eq!(text, dashboard(1));
+    for n in 2..=3 {
+        let m = c.next_message().await;
+        assert_eq!(m["delta"], true, "{m}");
+        let d = m["data"].as_str().expect("a delta string");
+        assert!(
+            d.len() * 5 < text.len(),
+            "delta {} bytes vs {}",
+            d.len(),
+            text.len()
+        );
+        let applied = fossil_delta::apply(text.as_bytes(), d.as_bytes()).expect("applies");
+        text = String::from_utf8(applied).expect("utf-8");
+        assert_eq!(text, dashboard(n));
+    }
+    for n in 1..=3 {
+        let m = mp.next_message().await;
+        assert_eq!(m["data"]["seq"], n, "{m}");
+    }
+    // A new subscriber recovering from 1: whole messages first (2 and 3), then a delta.
+    let mut late = Client::connect(&s).await;
+    let r = late
+        .ok(
+            "subscribe",
+            json!({"channel": "dash:eu", "recover": {"offset": 1, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(r["missed"], 2, "{r}");
+    for n in 2..=3 {
+        let m = late.next_message().await;
+        assert_eq!(
+            (m.get("delta"), m["data"].as_str()),
+            (None, Some(dashboard(n).as_str()))
+        );
+    }
+    publish(4).await;
+    let m = late.next_message().await;
+    assert_eq!(m["delta"], true, "{m}");
+    let applied = fossil_delta::apply(
+        dashboard(3).as_bytes(),
+        m["data"].as_str().unwrap_or("").as_bytes(),
+    )
+    .expect("applies");
+    assert_eq!(applied, dashboard(4).as_bytes());
+}

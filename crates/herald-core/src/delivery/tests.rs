@@ -331,3 +331,30 @@ fn the_configuration_refuses_what_cannot_be_at_least_once() {
         Ok(())
     );
 }
+
+#[test]
+fn delta_namespaces_need_the_disconnect_policy_and_at_most_once() {
+    use crate::config::{DeltaFormat, EngineConfig, NamespaceOptions, SlowConsumerPolicy};
+    let with = |ns: NamespaceOptions| {
+        let mut cfg = EngineConfig::default();
+        cfg.namespaces.insert("dash".into(), ns);
+        cfg.validate().map_err(|e| e.to_string())
+    };
+    let good = NamespaceOptions {
+        delta: DeltaFormat::Fossil,
+        ..NamespaceOptions::dev()
+    };
+    assert_eq!(with(good.clone()), Ok(()));
+    let e = with(NamespaceOptions {
+        slow_consumer: SlowConsumerPolicy::Latest,
+        ..good.clone()
+    })
+    .expect_err("latest breaks the chain");
+    assert!(e.contains("disconnect"), "{e}");
+    let e = with(NamespaceOptions {
+        delivery: crate::config::Delivery::AtLeastOnce,
+        ..good
+    })
+    .expect_err("not with at-least-once");
+    assert!(e.contains("at_least_once"), "{e}");
+}

@@ -286,7 +286,11 @@ impl Session {
     }
 
     /// Queue recovered publications page by page, waiting for the client to read between pages.
-    pub(super) async fn queue_recovered(&self, sub: &Subscriber, pubs: &[Arc<Publication>]) -> bool {
+    pub(super) async fn queue_recovered(
+        &self,
+        sub: &Subscriber,
+        pubs: &[Arc<Publication>],
+    ) -> bool {
         let limits = self.outlet.limits();
         let page = (limits.max_messages / 2).clamp(1, MAX_HISTORY_LIMIT);
         for chunk in pubs.chunks(page) {

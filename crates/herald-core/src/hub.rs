@@ -78,7 +78,15 @@ impl Subscriber {
     pub(crate) fn whole(&self, p: &Arc<Publication>) -> Out {
         match &self.delta_base {
             Some(base) => {
-                *lock(base) = Some(p.clone());
+                let mut base = lock(base);
+                // Never move the base back (a resume fills in older messages in front of what
+                // is queued): the next live message is a delta only against the newest.
+                if base
+                    .as_ref()
+                    .is_none_or(|b| b.epoch_tag != p.epoch_tag || b.offset < p.offset)
+                {
+                    *base = Some(p.clone());
+                }
                 Out::Whole(p.clone())
             }
             None => Out::Pub(p.clone()),

@@ -1,5 +1,6 @@
 import { deliveryOf } from './acks.js';
 import { backoffDelay, type BackoffOptions } from './backoff.js';
+import { deltaOf } from './delta.js';
 import { Emitter } from './emitter.js';
 import { CloseCodes, HeraldError, errorOf, shouldReconnect } from './errors.js';
 import {
@@ -166,7 +167,7 @@ function confirm(sub: Subscription<any>, r: Record<string, unknown>, resubscribe
   const position = { offset: Number(r.offset), epoch: String(r.epoch) };
   const recovered = r.recovered as boolean | undefined;
   const lossy = r.slow_consumer !== undefined;
-  sub._confirmed(position, recovered, resubscribed, Number(r.missed ?? 0), lossy, deliveryOf(r));
+  sub._confirmed(position, recovered, resubscribed, Number(r.missed ?? 0), lossy, deliveryOf(r), deltaOf(r));
 }
 
 /**
@@ -330,6 +331,20 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   /** @internal An at-least-once `ack` (no id, no reply); false when not connected. */
   sendAck(channel: string, offset: number): boolean {
     return this.sendRaw({ type: 'ack', payload: { channel, offset } });
+  }
+
+  /**
+   * @internal A delta of `channel` could not be applied (docs/protocol.md §5): `unsubscribe`, then
+   * at once `subscribe` with `recover` from the last position delivered. Internal: the
+   * subscription object stays, the application sees no `unsubscribed`.
+   */
+  resyncDeltas(channel: string): void {
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    // Its reply (or a `not_subscribed` error) matters to nobody.
+    this.send('unsubscribe', { channel }, timeout).catch(() => undefined);
+    void this.sendSubscribe(sub, true);
   }
 
   /**
@@ -524,7 +539,8 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     this.setState('connected');
     this.startWatchdog();
     for (const sub of this.subs.values()) {
-      if (sub.state === 'pending') void this.sendSubscribe(sub, sub.position !== undefined);
+      // A delta resynchronization sent while the resume was applied has its subscribe in flight.
+      if (sub.state === 'pending' && !sub._resyncing) void this.sendSubscribe(sub, sub.position !== undefined);
     }
     this.flushQueue();
     for (const w of [...this.waitingForConnection]) w();

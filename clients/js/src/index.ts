@@ -4,6 +4,7 @@ export { httpBase } from './http-socket.js';
 export { Subscription } from './subscription.js';
 export type { Gap, GapReason, SubscribeOptions, SubscriptionEvents } from './subscription.js';
 export type { AckMode, DeliveryInfo } from './acks.js';
+export type { DeltaFormat } from './delta.js';
 export { HeraldError, CloseCodes, shouldReconnect } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { backoffDelay } from './backoff.js';

@@ -1,4 +1,5 @@
 import { AckTracker, DEFAULT_ACK_WINDOW, SerialQueue, type AckMode, type DeliveryInfo } from './acks.js';
+import { applyFossil, type DeltaFormat } from './delta.js';
 import { Emitter } from './emitter.js';
 import { HeraldError } from './errors.js';
 import type { ClientInfo, HistoryResult, Message, StreamPosition } from './protocol.js';
@@ -67,6 +68,11 @@ export interface SubscriptionOwner {
   presence(channel: string): Promise<ClientInfo[]>;
   /** Send `{"type":"ack"}` (no id) if connected; false if it could not be sent. */
   sendAck(channel: string, offset: number): boolean;
+  /**
+   * A delta could not be applied: send `unsubscribe` and at once `subscribe` with `recover` from
+   * the last position delivered (the subscription stays, for the application).
+   */
+  resyncDeltas(channel: string): void;
 }
 
 /** Options of one subscription. */
@@ -104,6 +110,15 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   ackWindow: number | undefined;
   /** At-least-once: the server's `ack_timeout_ms` (wait before it sends a publication again). */
   ackTimeoutMs: number | undefined;
+  /**
+   * `fossil` when the server sends this channel's messages as delta updates (the subscribe reply
+   * says so; docs/protocol.md §5): the client applies them, the application sees whole data.
+   */
+  delta: DeltaFormat | undefined;
+  /** Delta subscriptions: the data text of the last message received, the base of the next delta. */
+  private base: { text: string; offset: number; epoch: string } | undefined;
+  /** Delta subscriptions: a delta did not apply; messages are ignored until the resubscribe reply. */
+  private resyncing = false;
   /** At-least-once: the acks of this channel. */
   private acks: AckTracker | undefined;
   /** At-least-once, `auto` mode: messages handed to the handlers one at a time. */
@@ -179,6 +194,13 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   /** @internal The connection ended: acks not sent yet are dropped (resume positions carry them). */
   _connectionLost(): void {
     this.acks?.cancel();
+    // A resynchronization in flight is over: the next connection resumes or subscribes anew.
+    this.resyncing = false;
+  }
+
+  /** @internal A delta resynchronization was sent and its subscribe reply has not come yet. */
+  get _resyncing(): boolean {
+    return this.resyncing;
   }
 
   /** @internal A `gap` push (at-least-once): the server gave up offsets up to `to`. */
@@ -201,10 +223,15 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
     missed = 0,
     lossy = false,
     delivery?: DeliveryInfo,
+    delta?: DeltaFormat,
   ): void {
     const held = this.position;
     this.lossy = lossy;
     this.setDelivery(delivery);
+    // After a subscribe (or recovery) the first message comes whole.
+    this.delta = delta;
+    this.base = undefined;
+    this.resyncing = false;
     this._failures = 0;
     this.gapReported = false;
     // The replayed publications (if any) are offsets now − missed + 1 … now.
@@ -233,6 +260,9 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   /** @internal A resume kept the subscription; `recovered: false` means a gap. */
   _resumed(recovered: boolean | undefined): void {
     const held = this.position;
+    // The resumed session keeps its delta base: the last message it sent, which is the one held
+    // (what this client missed comes whole, resetting the base on both sides).
+    this.resyncing = false;
     if (held && recovered === false) {
       this.inOrder(() => this.emit('gap', { channel: this.channel, reason: 'trimmed', after: held, now: held }));
       this.gapReported = true;
@@ -243,7 +273,10 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   }
 
   /** @internal Deliver a message unless it is a duplicate. */
-  _message(m: Message<unknown>, onParseError: (e: unknown) => HeraldError): void {
+  _message(wire: Message<unknown> & { delta?: unknown }, onParseError: (e: unknown) => HeraldError): void {
+    // Waiting for the reply of a delta resynchronization: what comes before it is not applicable.
+    if (this.resyncing) return;
+    const { delta: isDelta, ...m } = wire;
     const held = this.position;
     const sameEpoch = held !== undefined && held.epoch === m.epoch;
     this.acks?.received(m);
@@ -260,6 +293,37 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
         return;
       }
       this.awaiting = undefined;
+    }
+    // Delta subscriptions: the data text, whole or the previous text with a delta applied.
+    let value: unknown = m.data;
+    let malformed: HeraldError | undefined;
+    if (isDelta === true) {
+      const b = this.base;
+      if (this.delta !== 'fossil' || typeof m.data !== 'string' || !b || b.epoch !== m.epoch || m.offset !== b.offset + 1) {
+        this.resync();
+        return;
+      }
+      let text: string;
+      try {
+        text = applyFossil(b.text, m.data);
+        value = JSON.parse(text);
+      } catch {
+        this.resync(); // a bad checksum (another base), a malformed delta, or not JSON text
+        return;
+      }
+      this.base = { text, offset: m.offset, epoch: m.epoch };
+    } else if (this.delta !== undefined) {
+      if (typeof m.data === 'string') {
+        // The next delta applies to this text exactly as it is, whatever it holds.
+        this.base = { text: m.data, offset: m.offset, epoch: m.epoch };
+        try {
+          value = JSON.parse(m.data);
+        } catch (e) {
+          malformed = new HeraldError('malformed', `${this.channel}: message data is not JSON text: ${String(e)}`);
+        }
+      } else {
+        this.base = undefined; // not text: no base for a delta
+      }
     }
     const now = { offset: Math.max(0, m.offset - 1), epoch: m.epoch };
     if (held && !sameEpoch && !this.gapReported) {
@@ -279,10 +343,11 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
     const position = { offset: m.offset, epoch: m.epoch };
     let data: T;
     try {
-      data = this.options.parse ? this.options.parse(m.data) : (m.data as T);
+      if (malformed) throw malformed;
+      data = this.options.parse ? this.options.parse(value) : (value as T);
     } catch (e) {
       this.position = position;
-      const err = onParseError(e);
+      const err = malformed ?? onParseError(e);
       // Dropped by the application's own rule: processed, as far as acks go (in auto mode).
       this.inOrder(() => {
         this.emit('error', err);
@@ -293,6 +358,18 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
     this.position = position;
     if (this.serial && this.acks) this.serial.push({ message: { ...m, data } });
     else this.emit('message', { ...m, data });
+  }
+
+  /**
+   * A delta did not apply: not shown to the application. Leave and subscribe again with `recover`
+   * from the last position delivered; the replayed messages come whole. The subscription object
+   * stays (no `unsubscribed`); it is `pending` until the reply (then `subscribed` is emitted).
+   */
+  private resync(): void {
+    this.resyncing = true;
+    this.base = undefined;
+    this.state = 'pending';
+    this.owner.resyncDeltas(this.channel);
   }
 
   /** Emit now, or after the messages still waiting for the handlers (auto-ack queue). */
@@ -365,6 +442,8 @@ export class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
   _ended(byServer: boolean, error?: HeraldError): void {
     if (this.state === 'unsubscribed') return;
     this.state = 'unsubscribed';
+    this.resyncing = false;
+    this.base = undefined;
     this.acks?.cancel();
     this.serial?.clear();
     for (const w of this.waiters.splice(0)) {

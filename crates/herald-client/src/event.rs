@@ -56,7 +56,8 @@ pub struct Message {
     pub offset: u64,
     /// Stream epoch.
     pub epoch: String,
-    /// Application data.
+    /// Application data (whole, also on a delta subscription: deltas are applied by the
+    /// client).
     pub data: Value,
     /// Publisher info, when it was a client (`client_id`, `user_id`, `info`).
     pub info: Option<Value>,

@@ -27,6 +27,10 @@
 //!   margin means the connection is dead (half-open) and it reconnects;
 //! - requests with timeouts; publishes with an idempotency key reused on retries, and a bounded
 //!   offline queue for publishes made while disconnected;
+//! - delta subscriptions (a namespace with `delta = "fossil"`, `docs/protocol.md` §5) are
+//!   applied transparently: the client turns each Fossil delta back into whole data, so
+//!   [`Event::Message`] carries the same data as on any other channel; a delta that does not
+//!   apply is never shown — the client quietly subscribes again from the last offset it applied;
 //! - tokens from a callback, asked again on every reconnect and on the server's `refresh` push;
 //! - where WebSockets are blocked, the same over HTTP streaming or SSE ([`Transport::Http`]).
 

@@ -2,7 +2,7 @@
 //! subscriptions, resume, advisories.
 
 use herald_proto::envelope::{Resumed, Subscribed};
-use herald_proto::server::MessagePush;
+use herald_proto::server::{MessagePush, decode_server_frame};
 use herald_proto::{ErrorCode, Format, Id, ServerMessage};
 
 use super::*;
@@ -11,7 +11,12 @@ use crate::event::{GapReason, Message};
 impl ClientState {
     /// A text frame arrived.
     pub(crate) fn frame(&mut self, bytes: &[u8], now: Instant) {
-        let m = match ServerMessage::decode(Format::Json, bytes) {
+        let m = decode_server_frame(Format::Json, bytes).and_then(|(kind, id, payload)| {
+            // `delta` of a message on a delta subscription: `MessagePush` does not carry it.
+            let delta = kind == "message" && payload.get("delta") == Some(&Value::Bool(true));
+            ServerMessage::from_parts(&kind, id, payload).map(|m| (m, delta))
+        });
+        let (m, delta) = match m {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "unreadable server frame ignored");
@@ -19,7 +24,7 @@ impl ClientState {
             }
         };
         match m {
-            ServerMessage::Message(p) => self.on_message(p),
+            ServerMessage::Message(p) => self.on_message(p, delta, now),
             ServerMessage::Join(p) => self.emit(Event::Join {
                 channel: p.channel,
                 who: p.who,
@@ -80,10 +85,15 @@ impl ClientState {
         }
     }
 
-    fn on_message(&mut self, p: MessagePush) {
+    /// A `message` push (`delta`: it says `"delta": true`).
+    fn on_message(&mut self, p: MessagePush, delta: bool, now: Instant) {
         let Some(sub) = self.subs.get_mut(&p.channel) else {
             return;
         };
+        if sub.resyncing {
+            tracing::debug!(channel = %p.channel, offset = p.offset, "message ignored until the resync's reply");
+            return;
+        }
         let mut gap = None;
         if sub.positioned {
             if sub.epoch != p.epoch {
@@ -103,6 +113,27 @@ impl ClientState {
                 });
             }
         }
+        // A delta subscription's data is JSON text, whole or a delta against the previous text
+        // (a delta on a subscription not known as one cannot be applied either: resync, whose
+        // reply tells).
+        let data = if sub.delta || delta {
+            match super::delta::whole(&p, delta, sub.base.as_ref()) {
+                Ok((data, text)) => {
+                    sub.base = text.map(|text| super::delta::Base {
+                        offset: p.offset,
+                        epoch: p.epoch.clone(),
+                        text,
+                    });
+                    data
+                }
+                Err(e) => {
+                    self.resync(&p.channel, e.0, now);
+                    return;
+                }
+            }
+        } else {
+            p.data
+        };
         let last = sub.offset;
         sub.offset = p.offset;
         sub.epoch.clone_from(&p.epoch);
@@ -120,7 +151,7 @@ impl ClientState {
             channel: p.channel,
             offset: p.offset,
             epoch: p.epoch,
-            data: p.data,
+            data,
             info: p.info,
         }));
     }
@@ -149,6 +180,7 @@ impl ClientState {
             }
             Pending::Unsubscribe(_, tx) => drop(tx.send(result)),
             Pending::Resume => self.on_resumed(id, result, now),
+            Pending::Internal => {}
         }
     }
 
@@ -185,6 +217,11 @@ impl ClientState {
         sub.retry_at = None;
         sub.confirmed = true;
         sub.lossy = s.slow_consumer.is_some();
+        sub.delta = s.delta.as_deref() == Some("fossil");
+        sub.resyncing = false;
+        if !sub.delta {
+            sub.base = None;
+        }
         let at_least_once = s.delivery.as_deref() == Some("at_least_once");
         let held = sub.offset;
         let mut gap = None;
@@ -230,6 +267,7 @@ impl ClientState {
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.retry_at = None;
             sub.confirmed = true;
+            sub.resyncing = false;
             let v = json!({"channel": channel, "offset": sub.offset, "epoch": sub.epoch});
             for w in sub.waiters.drain(..) {
                 let _ = w.send(Ok(v.clone()));

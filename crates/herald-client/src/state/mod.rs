@@ -11,6 +11,7 @@
 
 mod acks;
 mod commands;
+mod delta;
 mod inbound;
 #[cfg(test)]
 mod scenarios;
@@ -118,6 +119,13 @@ struct Sub {
     generation: u64,
     /// At-least-once: what the application processed and what was acknowledged.
     acks: Option<acks::Acks>,
+    /// A delta subscription (`"delta":"fossil"`): data comes as JSON text, whole or as a delta.
+    delta: bool,
+    /// Delta subscription: the last data text applied, what the next delta applies to.
+    base: Option<delta::Base>,
+    /// Delta subscription: a delta did not apply and the channel is being subscribed again;
+    /// its messages are ignored until the reply.
+    resyncing: bool,
 }
 
 impl Sub {
@@ -134,6 +142,9 @@ impl Sub {
             retry_at: None,
             failures: 0,
             acks: None,
+            delta: false,
+            base: None,
+            resyncing: false,
         }
     }
 }
@@ -156,6 +167,8 @@ enum Pending {
     Unsubscribe(String, Reply),
     Refresh,
     Resume,
+    /// A request of the client's own whose reply does not matter (a resync's `unsubscribe`).
+    Internal,
 }
 
 enum Link {
@@ -343,12 +356,16 @@ impl ClientState {
                     self.left_while_away.insert(channel);
                     let _ = tx.send(Ok(json!({})));
                 }
-                Pending::Subscribe(..) | Pending::Refresh | Pending::Resume => {}
+                Pending::Subscribe(..) | Pending::Refresh | Pending::Resume | Pending::Internal => {
+                }
             }
         }
         for s in self.subs.values_mut() {
             s.retry_at = None;
             s.confirmed = false;
+            // The resync's subscribe is gone with the connection: the next one subscribes or
+            // resumes from the last offset applied anyway.
+            s.resyncing = false;
             if let Some(a) = &mut s.acks {
                 a.connection_ended();
             }
@@ -435,6 +452,7 @@ impl ClientState {
                 }
                 Pending::Unsubscribe(_, tx) => drop(tx.send(Err(ClientError::Timeout))),
                 Pending::Refresh => tracing::warn!("refresh got no reply"),
+                Pending::Internal => {}
                 Pending::Resume => {
                     self.out.push_back(Output::Drop("resume timed out".into()));
                 }
@@ -449,7 +467,8 @@ impl ClientState {
             match p {
                 Pending::Plain(tx) | Pending::Unsubscribe(_, tx) => drop(tx.send(err())),
                 Pending::Publish(q) => drop(q.tx.send(err())),
-                Pending::Subscribe(..) | Pending::Refresh | Pending::Resume => {}
+                Pending::Subscribe(..) | Pending::Refresh | Pending::Resume | Pending::Internal => {
+                }
             }
         }
         for q in self.offline.drain(..) {

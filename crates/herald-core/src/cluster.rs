@@ -247,7 +247,7 @@ mod tests {
     fn announcements_without_load_still_parse_and_old_readers_skip_it() {
         let old = r#"{"id":"a","address":"127.0.0.1:1","connections":2,"uptime_ms":5,"version":"0.1.0","updated_ms":9}"#;
         let n: NodeInfo = serde_json::from_str(old).expect("old announcement");
-        assert_eq!((n.connections, n.load), (2, None));
+        assert_eq!((n.connections, &n.load), (2, &None));
         assert_eq!(serde_json::to_string(&n).expect("json"), old);
 
         let load = NodeLoad {

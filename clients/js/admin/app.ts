@@ -5,7 +5,18 @@
  * state-changing request carries `X-Herald-Admin: 1`. Built into
  * `crates/herald-server/assets/admin/app.js` by `npm run build:admin`.
  */
-import { niceMax, polyline, total, Window, type Point, type Stats } from './series.js';
+import {
+  ClusterWindows,
+  niceMax,
+  polyline,
+  timeline,
+  total,
+  Window,
+  type ClusterNode,
+  type NodeSeries,
+  type Point,
+  type Stats,
+} from './series.js';
 
 const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
   const el = document.getElementById(id);
@@ -161,15 +172,6 @@ function route(): void {
 
 // ---------------------------------------------------------------- overview
 
-/** A live node of the cluster (`info.cluster`, Redis/NATS engines). */
-interface ClusterNode {
-  id: string;
-  address: string;
-  connections: number;
-  uptime_ms: number;
-  version: string;
-}
-
 interface Overview {
   time_ms: number;
   info: { node: string; version: string; uptime_ms: number; connections: number; channels: number; cluster?: ClusterNode[] };
@@ -177,6 +179,8 @@ interface Overview {
 }
 
 const window5m = new Window(KEEP);
+/** Per node of the cluster: a point per announcement (every 2 s), the last 5 minutes. */
+const nodes5m = new ClusterWindows(KEEP);
 let timer: ReturnType<typeof setInterval> | undefined;
 
 function startPolling(): void {
@@ -194,6 +198,7 @@ async function poll(): Promise<void> {
   try {
     const o = await api<Overview>('/admin/api/overview');
     const p = window5m.push({ timeMs: o.time_ms, connections: o.info.connections, stats: o.stats });
+    nodes5m.push(o.info.cluster ?? []);
     renderOverview(o, p);
     say('overview-status', '');
   } catch (e) {
@@ -270,15 +275,109 @@ function renderOverview(o: Overview, p: Point | undefined): void {
   rows($('errors-body'), errors.map(([code, n]) => [code, String(n)]), 'no errors');
   const cluster = o.info.cluster ?? [];
   $('cluster').hidden = cluster.length === 0;
+  if (cluster.length) renderCluster(o);
+}
+
+// ---------------------------------------------------------------- overview: per node
+
+/** The per-node charts: one metric each, a line per node (`#node-chart-*` in index.html). */
+const NODE_CHARTS: { id: string; key: keyof Point; unit: string; digits: number; needsLoad: boolean }[] = [
+  { id: 'node-chart-connections', key: 'connections', unit: '', digits: 0, needsLoad: false },
+  { id: 'node-chart-subscriptions', key: 'subscriptions', unit: '', digits: 0, needsLoad: true },
+  { id: 'node-chart-in', key: 'inPerSec', unit: '/s', digits: 1, needsLoad: true },
+  { id: 'node-chart-out', key: 'outPerSec', unit: '/s', digits: 1, needsLoad: true },
+  { id: 'node-chart-p99', key: 'p99Ms', unit: ' ms', digits: 2, needsLoad: true },
+  { id: 'node-chart-drops', key: 'dropsPerSec', unit: '/s', digits: 1, needsLoad: true },
+  { id: 'node-chart-errors', key: 'errorsPerSec', unit: '/s', digits: 1, needsLoad: true },
+];
+
+const nodeName = (id: string, self: string): string => (id === self ? `${id} (this node)` : id);
+
+/** The last point of a node's series (none before its second announcement). */
+const lastPoint = (s: NodeSeries): Point | undefined => s.window.points[s.window.points.length - 1];
+
+/** A legend swatch: a short line in the node's colour and dash (the same as its chart line). */
+function swatch(style: number): SVGSVGElement {
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', '0 0 18 6');
+  svg.setAttribute('width', '18');
+  svg.setAttribute('height', '6');
+  svg.setAttribute('aria-hidden', 'true');
+  const line = document.createElementNS(SVG, 'line');
+  for (const [k, v] of [['x1', '0'], ['x2', '18'], ['y1', '3'], ['y2', '3']] as const) line.setAttribute(k, v);
+  line.setAttribute('class', `n${style}`);
+  svg.append(line);
+  return svg;
+}
+
+function drawNodeChart(c: (typeof NODE_CHARTS)[number], series: NodeSeries[], self: string, end: number, span: number): void {
+  const fig = $(c.id);
+  const svg = fig.querySelector('svg');
+  const legend = fig.querySelector('.legend');
+  if (!svg || !legend) return;
+  const shown = series.filter((s) => s.hasLoad || !c.needsLoad);
+  const lines = shown.map((s) => s.window.points.map((p) => ({ timeMs: p.timeMs, value: p[c.key] as number | null })));
+  const max = niceMax(Math.max(0, ...lines.flat().filter((p) => p.timeMs >= end - span).map((p) => p.value ?? 0)));
+  svg.replaceChildren();
+  for (const y of [0, H / 2]) {
+    const line = document.createElementNS(SVG, 'line');
+    line.setAttribute('x1', '0');
+    line.setAttribute('x2', String(W));
+    line.setAttribute('y1', String(y));
+    line.setAttribute('y2', String(y));
+    line.setAttribute('class', 'grid');
+    svg.append(line);
+  }
+  shown.forEach((s, i) => {
+    const pl = document.createElementNS(SVG, 'polyline');
+    pl.setAttribute('points', timeline(lines[i]!, end, span, max, W, H));
+    pl.setAttribute('class', `n${s.style}`);
+    pl.dataset.node = s.id;
+    svg.append(pl);
+  });
+  legend.replaceChildren();
+  for (const s of series) {
+    const p = lastPoint(s);
+    const value = s.hasLoad || !c.needsLoad ? ((p?.[c.key] as number | null | undefined) ?? null) : null;
+    const text = !s.hasLoad && c.needsLoad ? 'not announced (older node)' : `${fmt(value, c.digits)}${c.unit}`;
+    const item = el('span', undefined, 'key node');
+    item.append(swatch(s.style), ` ${nodeName(s.id, self)}: ${text}`);
+    item.dataset.node = s.id;
+    item.dataset.value = value === null ? '' : String(value);
+    legend.append(item);
+  }
+  legend.append(el('span', `max ${max}${c.unit}`, 'max'));
+  fig.dataset.nodes = String(shown.length);
+  fig.dataset.points = String(Math.max(0, ...lines.map((l) => l.length)));
+}
+
+function renderCluster(o: Overview): void {
+  const series = nodes5m.list();
+  const self = o.info.node;
+  // The right edge is the newest clock among this node's and the announcements (clocks differ a
+  // little); the charts fill the width from the first minute on, then slide over 5 minutes.
+  const end = Math.max(o.time_ms, ...series.map((s) => s.last.updated_ms));
+  const first = Math.min(end, ...series.map((s) => s.window.points[0]?.timeMs ?? end));
+  const span = Math.min(KEEP * POLL_MS, Math.max(60_000, end - first));
+  for (const c of NODE_CHARTS) drawNodeChart(c, series, self, end, span);
   rows(
     $('cluster-body'),
-    cluster.map((n) => [
-      n.id === o.info.node ? `${n.id} (this node)` : n.id,
-      n.address,
-      String(n.connections),
-      `${Math.round(n.uptime_ms / 1000)} s`,
-      n.version,
-    ]),
+    series.map((s) => {
+      const n = s.last;
+      const p = lastPoint(s);
+      const v = (f: (p: Point) => string): string => (s.hasLoad && p ? f(p) : '–');
+      return [
+        nodeName(n.id, self),
+        n.address,
+        String(n.connections),
+        s.hasLoad ? String(n.load?.subscriptions ?? 0) : '–',
+        v((p) => fmt(p.inPerSec, 1)),
+        v((p) => fmt(p.outPerSec, 1)),
+        v((p) => fmt(p.p99Ms, 2)),
+        `${Math.round(n.uptime_ms / 1000)} s`,
+        n.version,
+      ];
+    }),
     'single node',
   );
 }

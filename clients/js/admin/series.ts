@@ -132,3 +132,127 @@ export function niceMax(v: number): number {
   for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
   return 10 * p;
 }
+
+/** The load a cluster node announces every 2 s (`info.cluster[].load`, see docs/openapi.json). */
+export interface NodeLoad {
+  subscriptions: number;
+  channels: number;
+  messages_in: number;
+  messages_out: number;
+  published: number;
+  slow_consumer_disconnects: number;
+  queue_dropped: number;
+  /** Protocol errors, every code together. */
+  errors: number;
+  publish_to_send: [number | null, number][];
+}
+
+/** A live node of the cluster as `info.cluster` lists it (Redis/NATS engines). */
+export interface ClusterNode {
+  id: string;
+  address: string;
+  connections: number;
+  uptime_ms: number;
+  version: string;
+  /** When the node made this announcement (its clock, ms since the epoch). */
+  updated_ms: number;
+  /** Absent from nodes that predate it. */
+  load?: NodeLoad;
+}
+
+/** A node's announcement as a poll sample, timed by the announcement itself. */
+export function nodeSample(n: ClusterNode): Sample {
+  const l = n.load;
+  return {
+    timeMs: n.updated_ms,
+    connections: n.connections,
+    stats: l
+      ? {
+          connections: n.connections,
+          subscriptions: l.subscriptions,
+          channels: l.channels,
+          messages_in: l.messages_in,
+          messages_out: l.messages_out,
+          published: l.published,
+          slow_consumer_disconnects: l.slow_consumer_disconnects,
+          queue_dropped: l.queue_dropped,
+          errors: { all: l.errors },
+          close_codes: {},
+          publish_to_send: l.publish_to_send ?? [],
+        }
+      : null,
+  };
+}
+
+/** How many line styles (colour and dash) the per-node charts cycle through. */
+export const NODE_STYLES = 6;
+
+/** One node's series in the per-node charts. */
+export interface NodeSeries {
+  id: string;
+  /** Line style, kept for as long as the node is listed (0..NODE_STYLES-1). */
+  style: number;
+  window: Window;
+  /** Whether its last announcement carried a load (older nodes announce connections only). */
+  hasLoad: boolean;
+  last: ClusterNode;
+}
+
+/**
+ * The per-node series of the cluster: one bounded [`Window`] per node, a point per new
+ * announcement (the same announcement seen twice adds nothing). Nodes no longer listed are
+ * forgotten, and their style is free for the next node.
+ */
+export class ClusterWindows {
+  readonly nodes = new Map<string, NodeSeries>();
+
+  constructor(private readonly max: number) {}
+
+  push(list: ClusterNode[]): void {
+    const listed = new Set(list.map((n) => n.id));
+    for (const id of [...this.nodes.keys()]) if (!listed.has(id)) this.nodes.delete(id);
+    for (const n of list) {
+      let s = this.nodes.get(n.id);
+      if (!s) {
+        // The least used style (the first free one while there are fewer nodes than styles).
+        const uses = new Array<number>(NODE_STYLES).fill(0);
+        for (const v of this.nodes.values()) uses[v.style]!++;
+        const style = uses.indexOf(Math.min(...uses));
+        s = { id: n.id, style, window: new Window(this.max), hasLoad: false, last: n };
+        this.nodes.set(n.id, s);
+      }
+      s.window.push(nodeSample(n));
+      s.hasLoad = n.load !== undefined;
+      s.last = n;
+    }
+  }
+
+  /** The series by node id. */
+  list(): NodeSeries[] {
+    return [...this.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+}
+
+/**
+ * SVG polyline points placed by time: `end - span` at the left edge, `end` at the right (points
+ * outside are dropped; nulls are drawn as 0), scaled to `max` in a `width`×`height` box.
+ */
+export function timeline(
+  points: { timeMs: number; value: number | null }[],
+  end: number,
+  span: number,
+  max: number,
+  width: number,
+  height: number,
+): string {
+  const top = max > 0 ? max : 1;
+  const start = end - Math.max(1, span);
+  return points
+    .filter((p) => p.timeMs >= start && p.timeMs <= end)
+    .map((p) => {
+      const x = ((p.timeMs - start) / (end - start)) * width;
+      const y = height - (Math.min(Math.max(0, p.value ?? 0), top) / top) * height;
+      return `${x.toFixed(1)},${y.toFixed(1)}`;
+    })
+    .join(' ');
+}

@@ -248,7 +248,15 @@ describe('admin UI in Chromium', () => {
     await shot(p, 'phone');
   });
 
-  it('on Redis, the overview lists every node of the cluster', async () => {
+  it('single node: no cluster section', async () => {
+    const h = await adminServer();
+    const p = await page(h);
+    await loggedIn(p);
+    await p.waitForFunction(() => Number(document.getElementById('chart-connections')?.dataset.points ?? 0) >= 1);
+    expect(await p.isHidden('#cluster')).toBe(true);
+  });
+
+  it('on Redis, the overview lists every node of the cluster and charts each node', async () => {
     const redis = await redisUrl();
     if (!redis) return;
     const env = {
@@ -257,7 +265,7 @@ describe('admin UI in Chromium', () => {
       HERALD_REDIS__PREFIX: `herald-admin-e2e-${Math.random().toString(16).slice(2, 10)}`,
     };
     const a = await adminServer(env);
-    await adminServer(env);
+    const b = await adminServer(env);
     const p = await page(a);
     await loggedIn(p);
     await p.waitForFunction(() => document.querySelectorAll('#cluster-body tr').length === 2, undefined, {
@@ -265,6 +273,63 @@ describe('admin UI in Chromium', () => {
     });
     expect(await p.isVisible('#cluster')).toBe(true);
     expect(await p.textContent('#cluster-body')).toContain('(this node)');
+    // Node b's id, as node a lists it.
+    const other = await p.evaluate(async () => {
+      const o = (await (await fetch('/admin/api/overview')).json()) as { info: { node: string; cluster: { id: string }[] } };
+      return o.info.cluster.find((n) => n.id !== o.info.node)!.id;
+    });
+    // Load on node b only: its lines move in node a's per-node charts.
+    const publisher = await user(b, 'pub');
+    const sub = publisher.subscribe<number>('load:b');
+    await sub.ready();
+    let n = 0;
+    let stop = false;
+    const loop = (async () => {
+      while (!stop) {
+        await publisher.publish('load:b', n++);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const value = (chart: string, node: string) =>
+      p.evaluate(
+        ([c, id]) => Number(document.querySelector(`#${c} .legend [data-node="${id}"]`)?.getAttribute('data-value') || 0),
+        [chart, node] as const,
+      );
+    try {
+      for (const chart of ['node-chart-connections', 'node-chart-subscriptions', 'node-chart-in', 'node-chart-out']) {
+        await p.waitForFunction(
+          ([c, id]) => Number(document.querySelector(`#${c} .legend [data-node="${id}"]`)?.getAttribute('data-value') || 0) > 0,
+          [chart, other] as const,
+          { timeout: 30_000 },
+        );
+      }
+      // A few announcements drawn (for the screenshot).
+      await p.waitForFunction(() => Number(document.getElementById('node-chart-in')?.dataset.points ?? 0) >= 4, undefined, {
+        timeout: 30_000,
+      });
+    } finally {
+      stop = true;
+      await loop;
+    }
+    // Node a carried none of it; every chart has a line per node.
+    const self = await p.evaluate(async () => ((await (await fetch('/admin/api/overview')).json()) as { info: { node: string } }).info.node);
+    expect(await value('node-chart-connections', self)).toBe(0);
+    expect(await value('node-chart-in', self)).toBe(0);
+    for (const chart of ['connections', 'subscriptions', 'in', 'out', 'p99', 'drops', 'errors']) {
+      expect(await p.getAttribute(`#node-chart-${chart}`, 'data-nodes')).toBe('2');
+      expect(await p.locator(`#node-chart-${chart} polyline`).count()).toBe(2);
+    }
+    expect(await p.textContent(`#node-chart-connections .legend [data-node="${other}"]`)).toContain(`${other}: 1`);
     await shot(p, 'cluster');
+
+    // At phone width the cluster section fits the screen too.
+    const phone = await page(a, 390, 844);
+    await loggedIn(phone);
+    await phone.waitForFunction(() => Number(document.getElementById('node-chart-connections')?.dataset.points ?? 0) >= 1, undefined, {
+      timeout: 30_000,
+    });
+    const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    expect(overflow).toBeLessThanOrEqual(0);
+    await shot(phone, 'cluster-phone');
   });
 });

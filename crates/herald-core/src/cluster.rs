@@ -93,6 +93,39 @@ pub struct NodeInfo {
     pub version: String,
     /// When this announcement was made (ms since the Unix epoch).
     pub updated_ms: u64,
+    /// What the node is doing, for per-node charts (absent from nodes that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<NodeLoad>,
+}
+
+/// Most publish-to-send buckets a [`NodeLoad`] carries (Herald records 14).
+pub const MAX_LOAD_BUCKETS: usize = 32;
+
+/// A node's load as it announces it: gauges now and counters since the node started (the
+/// reader turns two announcements into rates). Every field defaults, so an announcement with
+/// fewer fields (an older or newer node) still parses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NodeLoad {
+    /// Subscriptions of the node's sessions.
+    pub subscriptions: u64,
+    /// Channels with a subscriber on the node.
+    pub channels: u64,
+    /// Client messages received (every type).
+    pub messages_in: u64,
+    /// Frames sent to clients.
+    pub messages_out: u64,
+    /// Publications accepted by the node.
+    pub published: u64,
+    /// Sessions closed as slow consumers.
+    pub slow_consumer_disconnects: u64,
+    /// Messages dropped from outbound queues.
+    pub queue_dropped: u64,
+    /// Protocol errors answered (every code).
+    pub errors: u64,
+    /// Cumulative publish-to-send latency buckets: (upper bound in seconds, `None` for `+Inf`;
+    /// count), at most [`MAX_LOAD_BUCKETS`].
+    pub publish_to_send: Vec<(Option<f64>, u64)>,
 }
 
 /// Receives the control messages other nodes broadcast (the node; engines call it).
@@ -205,3 +238,49 @@ impl UserConnections {
 pub trait ControlPlane: ControlBus + NodeRegistry + RevocationStore + ConnectionLimiter {}
 
 impl<T: ControlBus + NodeRegistry + RevocationStore + ConnectionLimiter> ControlPlane for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_without_load_still_parse_and_old_readers_skip_it() {
+        let old = r#"{"id":"a","address":"127.0.0.1:1","connections":2,"uptime_ms":5,"version":"0.1.0","updated_ms":9}"#;
+        let n: NodeInfo = serde_json::from_str(old).expect("old announcement");
+        assert_eq!((n.connections, &n.load), (2, &None));
+        assert_eq!(serde_json::to_string(&n).expect("json"), old);
+
+        let load = NodeLoad {
+            subscriptions: 3,
+            messages_in: 7,
+            publish_to_send: vec![(Some(0.001), 4), (None, 5)],
+            ..NodeLoad::default()
+        };
+        let new = NodeInfo {
+            load: Some(load.clone()),
+            ..n
+        };
+        let json = serde_json::to_string(&new).expect("json");
+        assert!(
+            json.contains(r#""publish_to_send":[[0.001,4],[null,5]]"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<NodeInfo>(&json).expect("new"), new);
+        // A reader that predates `load` (the same fields, no `load`) ignores it.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldNodeInfo {
+            id: String,
+            address: String,
+            connections: u64,
+            uptime_ms: u64,
+            version: String,
+            updated_ms: u64,
+        }
+        assert!(serde_json::from_str::<OldNodeInfo>(&json).is_ok());
+        // Fields a newer node may add or leave out do not break this one.
+        let partial = r#"{"subscriptions":1,"future_field":true}"#;
+        let l: NodeLoad = serde_json::from_str(partial).expect("partial load");
+        assert_eq!(l.subscriptions, 1);
+    }
+}

@@ -628,6 +628,11 @@ pub async fn control_plane(b: &dyn Backend) {
         uptime_ms: 1,
         version: "test".into(),
         updated_ms: crate::publication::now_ms(),
+        load: Some(crate::cluster::NodeLoad {
+            subscriptions: 2,
+            publish_to_send: vec![(Some(0.001), 1), (None, 1)],
+            ..Default::default()
+        }),
     };
     eventually("an announced node to be listed", || async {
         a.announce(&node).await.expect("announce");

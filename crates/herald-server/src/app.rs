@@ -38,6 +38,15 @@ impl Handle {
         self.state.connections.load(Ordering::Relaxed)
     }
 
+    /// This node's load for its cluster announcement (from the Prometheus recorder; `None`
+    /// without one).
+    pub fn load(&self) -> Option<herald_core::cluster::NodeLoad> {
+        let h = self.state.metrics.as_ref()?;
+        let mut load = crate::admin::stats::parse(&h.render()).load();
+        load.channels = self.state.node.hub().channels() as u64;
+        Some(load)
+    }
+
     /// Start a graceful shutdown.
     pub fn shutdown(&self) {
         self.state.shutdown.cancel();

@@ -441,7 +441,8 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
-/// Announce this node to the cluster every 2 s (and count the cluster's nodes for `/metrics`).
+/// Announce this node and its load to the cluster every 2 s (and count the cluster's nodes for
+/// `/metrics`).
 async fn announce(
     bus: Arc<dyn herald_core::cluster::NodeRegistry>,
     id: String,
@@ -459,6 +460,7 @@ async fn announce(
             uptime_ms: started.elapsed().as_millis() as u64,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             updated_ms: herald_core::publication::now_ms(),
+            load: handle.load(),
         };
         if let Err(e) = bus.announce(&me).await {
             tracing::debug!(error = %e, "cannot announce this node");

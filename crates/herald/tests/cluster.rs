@@ -41,6 +41,7 @@ on_both_engines!(the_per_user_connection_limit_is_cluster_wide);
 on_both_engines!(bench_fanout_across_two_nodes_loses_nothing);
 on_both_engines!(a_subscriber_hopping_between_nodes_gets_each_publication_once);
 on_both_engines!(http_sessions_work_behind_a_round_robin_balancer);
+on_both_engines!(the_admin_overview_shows_each_nodes_load);
 
 /// Subscribers on nodes 2 and 3 get what a client on node 1 publishes, in the same order;
 /// presence on any node lists everyone; the API of node 3 disconnects a user on node 1.
@@ -698,4 +699,145 @@ async fn the_per_user_connection_limit_is_cluster_wide(engine: Engine) {
         assert!(Instant::now() < deadline, "the slot was never released");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+const ADMIN_SECRET: &str = "cluster-admin-secret-0123456789";
+
+/// Log in to node `addr`'s admin UI: the session cookie.
+async fn admin_login(addr: &str) -> String {
+    let addr: std::net::SocketAddr = addr.parse().expect("addr");
+    let r = http::post(
+        addr,
+        "/admin/login",
+        &[("x-herald-admin", "1")],
+        &json!({"secret": ADMIN_SECRET}),
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let c = r.header("set-cookie").expect("set-cookie");
+    c.split(';').next().expect("cookie").to_owned()
+}
+
+/// Node `addr`'s admin overview.
+async fn admin_overview(addr: &str, cookie: &str) -> Value {
+    let addr: std::net::SocketAddr = addr.parse().expect("addr");
+    let r = http::request(
+        addr,
+        "GET",
+        "/admin/api/overview",
+        &[("cookie", cookie)],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    r.json().await
+}
+
+/// Node `id`'s entry in an overview's cluster list.
+fn listed<'a>(overview: &'a Value, id: &str) -> Option<&'a Value> {
+    overview["info"]["cluster"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+}
+
+/// A figure of a node's announced load.
+fn load(node: &Value, key: &str) -> u64 {
+    node["load"][key].as_u64().unwrap_or(0)
+}
+
+/// The admin overview of node 2 shows both nodes with their load (what the per-node charts
+/// draw), and load put on node 1 moves node 1's figures there, not node 2's.
+async fn the_admin_overview_shows_each_nodes_load(engine: Engine) {
+    let nodes = Cluster::new(&engine, &[("HERALD_ADMIN__SECRET", ADMIN_SECRET)]).nodes(2);
+    let mut ids = Vec::new();
+    for n in &nodes {
+        let (_, info) = http_post(&n.addr, "/api/v1/info", API_KEY, &json!({})).await;
+        let info: Value = serde_json::from_str(&info).expect("json");
+        ids.push(info["node"].as_str().expect("node id").to_owned());
+    }
+    let cookie = admin_login(&nodes[1].addr).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let before = loop {
+        let o = admin_overview(&nodes[1].addr, &cookie).await;
+        if ids
+            .iter()
+            .all(|id| listed(&o, id).is_some_and(|n| n["load"].is_object()))
+        {
+            break o;
+        }
+        assert!(Instant::now() < deadline, "both nodes with a load: {o}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (a0, b0) = (
+        listed(&before, &ids[0]).expect("node 1").clone(),
+        listed(&before, &ids[1]).expect("node 2").clone(),
+    );
+
+    // Load on node 1: three subscribers, twenty publications each delivered three times.
+    let mut clients = Vec::new();
+    for user in ["ann", "ben", "cid"] {
+        let mut c = Ws::open(&nodes[0].addr, &token(user)).await;
+        c.call("subscribe", json!({"channel": "load:room"})).await;
+        clients.push(c);
+    }
+    for i in 1..=20 {
+        clients[0]
+            .call("publish", json!({"channel": "load:room", "data": {"n": i}}))
+            .await;
+    }
+    for c in &mut clients {
+        let mut got = 0;
+        while got < 20 {
+            if c.push().await["type"] == "message" {
+                got += 1;
+            }
+        }
+    }
+
+    // Node 2 sees node 1's figures move with its next announcements.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (a1, b1) = loop {
+        let o = admin_overview(&nodes[1].addr, &cookie).await;
+        let (a, b) = (
+            listed(&o, &ids[0]).expect("node 1").clone(),
+            listed(&o, &ids[1]).expect("node 2").clone(),
+        );
+        if a["connections"] == 3
+            && load(&a, "published") >= load(&a0, "published") + 20
+            && load(&a, "messages_out") >= load(&a0, "messages_out") + 60
+        {
+            break (a, b);
+        }
+        assert!(Instant::now() < deadline, "node 1's load moves: {a}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(load(&a1, "subscriptions"), 3, "{a1}");
+    assert!(load(&a1, "channels") >= 1, "{a1}");
+    assert!(
+        load(&a1, "messages_in") >= load(&a0, "messages_in") + 23,
+        "{a0} -> {a1}"
+    );
+    let count = |n: &Value| {
+        n["load"]["publish_to_send"]
+            .as_array()
+            .and_then(|b| b.last())
+            .and_then(|b| b[1].as_u64())
+            .unwrap_or(0)
+    };
+    // One observation per batch written: at least one per subscriber.
+    assert!(count(&a1) >= count(&a0) + 3, "latency observed: {a1}");
+    assert_eq!(
+        a1["load"]["publish_to_send"].as_array().map(Vec::len),
+        Some(14),
+        "the latency buckets: {a1}"
+    );
+    // Node 2 carried none of it.
+    assert_eq!(b1["connections"], 0, "{b1}");
+    assert_eq!(load(&b1, "subscriptions"), 0, "{b1}");
+    assert_eq!(load(&b1, "published"), load(&b0, "published"), "{b1}");
+    assert!(
+        b1["updated_ms"].as_u64() > b0["updated_ms"].as_u64(),
+        "{b1}"
+    );
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use herald_core::cluster::{MAX_LOAD_BUCKETS, NodeLoad};
 use serde::Serialize;
 
 /// Counters and gauges of this node for the overview charts. Counters are totals since the
@@ -31,6 +32,30 @@ pub struct Stats {
     /// `herald_publish_to_send_seconds` cumulative buckets: (upper bound in seconds, count);
     /// the last bound is `+Inf` (written as `null`).
     pub publish_to_send: Vec<(Option<f64>, f64)>,
+}
+
+impl Stats {
+    /// What this node announces to the cluster (counts rounded to integers, at most
+    /// [`MAX_LOAD_BUCKETS`] latency buckets).
+    pub fn load(&self) -> NodeLoad {
+        let n = |v: f64| v.max(0.0).round() as u64;
+        NodeLoad {
+            subscriptions: n(self.subscriptions),
+            channels: n(self.channels),
+            messages_in: n(self.messages_in),
+            messages_out: n(self.messages_out),
+            published: n(self.published),
+            slow_consumer_disconnects: n(self.slow_consumer_disconnects),
+            queue_dropped: n(self.queue_dropped),
+            errors: n(self.errors.values().sum()),
+            publish_to_send: self
+                .publish_to_send
+                .iter()
+                .take(MAX_LOAD_BUCKETS)
+                .map(|&(le, c)| (le, n(c)))
+                .collect(),
+        }
+    }
 }
 
 /// One sample line: metric name, the value of label `label` (if any) and the value.
@@ -111,6 +136,9 @@ mod tests {
         assert_eq!(s.errors.get("bad_request"), Some(&4.0));
         assert_eq!(s.close_codes.get("4501"), Some(&1.0));
         assert_eq!(s.publish_to_send, vec![(Some(0.001), 7.0), (None, 9.0)]);
+        let load = s.load();
+        assert_eq!((load.messages_in, load.errors), (7, 4));
+        assert_eq!(load.publish_to_send, vec![(Some(0.001), 7), (None, 9)]);
     }
 
     #[test]

@@ -395,3 +395,62 @@ async fn delta_subscribers_get_a_whole_message_then_deltas_that_apply() {
     .expect("applies");
     assert_eq!(applied, dashboard(4).as_bytes());
 }
+
+/// Review of issue 17: a resume without a position for a delta channel made the first buffered
+/// message a delta against one the client may never have got; and a JSON session resumed on a
+/// MessagePack connection kept writing JSON frames to it.
+#[tokio::test]
+async fn resumes_never_send_a_delta_the_client_may_not_apply_nor_frames_of_another_format() {
+    let s = start(delta_setup()).await;
+    let publish = |n: u64| {
+        let node = s.handle.node().clone();
+        async move {
+            node.publish(
+                "dash:eu",
+                herald_proto::Data::json(&dashboard(n)).expect("json"),
+                None,
+                None,
+            )
+            .await
+            .expect("publish");
+        }
+    };
+    let mut c = Client::connect(&s).await;
+    c.subscribe("dash:eu").await;
+    publish(1).await;
+    publish(2).await;
+    assert_eq!(c.next_message().await.get("delta"), None);
+    assert_eq!(c.next_message().await["delta"], true);
+    let token = c.welcome["resume_token"].clone();
+    cut(&s, c).await;
+    publish(3).await; // buffered: a delta against 2
+    let mut c = Client::connect(&s).await;
+    let r = c.ok("resume", json!({ "token": token })).await;
+    let m = c.next_message().await;
+    assert_eq!(
+        (m["offset"].as_u64(), m.get("delta")),
+        (Some(3), None),
+        "whole after a resume without positions: {m}"
+    );
+    assert_eq!(m["data"].as_str(), Some(dashboard(3).as_str()));
+    // The same session resumed on a MessagePack connection: refused (it speaks JSON).
+    let token = r["resume_token"].clone();
+    cut(&s, c).await;
+    let mut mp = Client::connect_with(&s, Some("herald.v1.msgpack")).await;
+    let (r, _) = mp.call("resume", json!({ "token": token })).await;
+    assert_eq!(r["payload"]["code"], "session_not_found", "{r}");
+    until("the session to end", || {
+        s.handle.node().waiting_sessions() == 0
+    })
+    .await;
+}
+
+/// Drop the socket without a close frame and wait until its session waits for `resume`.
+async fn cut(s: &TestServer, c: Client) {
+    let waiting = s.handle.node().waiting_sessions();
+    drop(c);
+    until("the session to wait", || {
+        s.handle.node().waiting_sessions() == waiting + 1
+    })
+    .await;
+}

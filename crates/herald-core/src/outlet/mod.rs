@@ -303,6 +303,22 @@ impl Outlet {
         true
     }
 
+    /// Turn the first queued delta of `channel` into its whole message (a resumed client that
+    /// may not hold its base).
+    pub fn make_first_whole(&self, channel: &str) {
+        let mut q = lock(&self.queue);
+        let first = q
+            .items
+            .iter()
+            .position(|o| o.publication().is_some_and(|p| &*p.channel == channel));
+        if let Some(pos) = first
+            && let Some(slot) = q.items.get_mut(pos)
+            && let Out::Delta(p, _) = slot
+        {
+            *slot = Out::Whole(p.clone());
+        }
+    }
+
     /// Take the queued publications of `channel` out of the queue (a resume requeues them in
     /// order). Returns how many.
     pub fn remove_publications(&self, channel: &str) -> usize {

@@ -38,6 +38,14 @@ impl Session {
                 "the session overflowed while disconnected",
             ));
         }
+        if old.outlet.format != self.outlet.format {
+            // Its queued frames, and everything it writes, are in its own format.
+            old.end("resumed in another format").await;
+            return Err(EngineError::new(
+                ErrorCode::SessionNotFound,
+                "the session speaks another subprotocol: subscribe again",
+            ));
+        }
         let fresh_outlet = self.outlet.clone();
         old.adopt_connection(self);
         std::mem::swap(self, &mut old);
@@ -69,6 +77,10 @@ impl Session {
                 None => None,
                 Some(pos) => Some(self.fill_gap(channel, sub, pos, &mut front).await),
             };
+            if sub.gets_deltas() && recovered != Some(true) {
+                // The client may lack the base of the first queued delta: send it whole.
+                self.outlet.make_first_whole(channel);
+            }
             channels.push(ResumedChannel {
                 channel: channel.clone(),
                 recovered,

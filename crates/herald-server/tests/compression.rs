@@ -324,19 +324,6 @@ fn dashboard(n: u64) -> String {
 #[tokio::test]
 async fn delta_subscribers_get_a_whole_message_then_deltas_that_apply() {
     let s = start(delta_setup()).await;
-    let publish = |n: u64| {
-        let node = s.handle.node().clone();
-        async move {
-            node.publish(
-                "dash:eu",
-                herald_proto::Data::json(&dashboard(n)).expect("json"),
-                None,
-                None,
-            )
-            .await
-            .expect("publish");
-        }
-    };
     let mut c = Client::connect(&s).await;
     let r = c.subscribe("dash:eu").await;
     assert_eq!(r["delta"], "fossil", "{r}");
@@ -345,7 +332,7 @@ async fn delta_subscribers_get_a_whole_message_then_deltas_that_apply() {
     let r = mp.subscribe("dash:eu").await;
     assert_eq!(r.get("delta"), None, "MessagePack: no deltas ({r})");
     for n in 1..=3 {
-        publish(n).await;
+        publish_dashboard(&s, n).await;
     }
     let first = c.next_message().await;
     assert_eq!(first.get("delta"), None);
@@ -385,7 +372,7 @@ async fn delta_subscribers_get_a_whole_message_then_deltas_that_apply() {
             (None, Some(dashboard(n).as_str()))
         );
     }
-    publish(4).await;
+    publish_dashboard(&s, 4).await;
     let m = late.next_message().await;
     assert_eq!(m["delta"], true, "{m}");
     let applied = fossil_delta::apply(
@@ -402,28 +389,15 @@ async fn delta_subscribers_get_a_whole_message_then_deltas_that_apply() {
 #[tokio::test]
 async fn resumes_never_send_a_delta_the_client_may_not_apply_nor_frames_of_another_format() {
     let s = start(delta_setup()).await;
-    let publish = |n: u64| {
-        let node = s.handle.node().clone();
-        async move {
-            node.publish(
-                "dash:eu",
-                herald_proto::Data::json(&dashboard(n)).expect("json"),
-                None,
-                None,
-            )
-            .await
-            .expect("publish");
-        }
-    };
     let mut c = Client::connect(&s).await;
     c.subscribe("dash:eu").await;
-    publish(1).await;
-    publish(2).await;
+    publish_dashboard(&s, 1).await;
+    publish_dashboard(&s, 2).await;
     assert_eq!(c.next_message().await.get("delta"), None);
     assert_eq!(c.next_message().await["delta"], true);
     let token = c.welcome["resume_token"].clone();
     cut(&s, c).await;
-    publish(3).await; // buffered: a delta against 2
+    publish_dashboard(&s, 3).await; // buffered: a delta against 2
     let mut c = Client::connect(&s).await;
     let r = c.ok("resume", json!({ "token": token })).await;
     let m = c.next_message().await;
@@ -453,4 +427,14 @@ async fn cut(s: &TestServer, c: Client) {
         s.handle.node().waiting_sessions() == waiting + 1
     })
     .await;
+}
+
+/// Publish `dashboard(n)` on `dash:eu`.
+async fn publish_dashboard(s: &TestServer, n: u64) {
+    let data = herald_proto::Data::json(&dashboard(n)).expect("json");
+    s.handle
+        .node()
+        .publish("dash:eu", data, None, None)
+        .await
+        .expect("publish");
 }

@@ -518,27 +518,7 @@ async fn the_refresh_proxy_extends_proxy_authenticated_connections() {
 /// token changes nothing: the proxy decides.
 #[tokio::test]
 async fn a_resume_token_at_the_handshake_skips_the_connect_proxy() {
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
-    let app = axum::Router::new().route(
-        "/connect",
-        post(move |Json(req): Json<Value>| {
-            let counted = counted.clone();
-            async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                if req["headers"]["cookie"].as_str() == Some("session=good") {
-                    Json(json!({"result": {"user": "frank"}}))
-                } else {
-                    Json(json!({"error": {"message": "bad session"}}))
-                }
-            }
-        }),
-    );
-    let b = serve_backend(app).await;
-    let s = start_with(Setup::default(), |s| {
-        s.connect_proxy(connect_proxy(format!("http://{b}/connect")))
-    })
-    .await;
+    let (s, calls) = counting_proxy_server().await;
     let mut c = Client::open_welcomed(with_headers(&s, &[("Cookie", "session=good")]))
         .await
         .expect("connect");
@@ -606,27 +586,7 @@ async fn cut(s: &TestServer, c: Client) {
 /// with 4502 when its resume fails, and ends (not parks) when it drops before resuming.
 #[tokio::test]
 async fn a_handshake_resume_token_admits_one_connection_only_for_its_resume() {
-    let calls = Arc::new(AtomicU32::new(0));
-    let counted = calls.clone();
-    let app = axum::Router::new().route(
-        "/connect",
-        post(move |Json(req): Json<Value>| {
-            let counted = counted.clone();
-            async move {
-                counted.fetch_add(1, Ordering::SeqCst);
-                if req["headers"]["cookie"].as_str() == Some("session=good") {
-                    Json(json!({"result": {"user": "frank"}}))
-                } else {
-                    Json(json!({"error": {"message": "bad session"}}))
-                }
-            }
-        }),
-    );
-    let b = serve_backend(app).await;
-    let s = start_with(Setup::default(), |s| {
-        s.connect_proxy(connect_proxy(format!("http://{b}/connect")))
-    })
-    .await;
+    let (s, calls) = counting_proxy_server().await;
     let by_token = |t: &str| {
         let mut req = ws_request(&s);
         req.headers_mut()
@@ -697,4 +657,30 @@ async fn a_handshake_resume_token_admits_one_connection_only_for_its_resume() {
         (status, calls.load(Ordering::SeqCst)),
         (401, calls_before + 1)
     );
+}
+
+/// A server whose connect proxy admits `session=good` as frank, and the count of proxy calls.
+async fn counting_proxy_server() -> (TestServer, Arc<AtomicU32>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/connect",
+        post(move |Json(req): Json<Value>| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                if req["headers"]["cookie"].as_str() == Some("session=good") {
+                    Json(json!({"result": {"user": "frank"}}))
+                } else {
+                    Json(json!({"error": {"message": "bad session"}}))
+                }
+            }
+        }),
+    );
+    let b = serve_backend(app).await;
+    let s = start_with(Setup::default(), |s| {
+        s.connect_proxy(connect_proxy(format!("http://{b}/connect")))
+    })
+    .await;
+    (s, calls)
 }

@@ -4,6 +4,7 @@
 //! in order, with no gap — on Redis and on NATS. And, on the wire, a subscriber that moves to
 //! another node mid-stream with unacknowledged messages gets them again from the new node.
 
+#[macro_use]
 mod support;
 
 use std::sync::{Arc, Mutex};
@@ -12,27 +13,6 @@ use std::time::Duration;
 use herald_client::{AckMode, Client, ClientConfig, Event};
 use serde_json::json;
 use support::*;
-
-macro_rules! on_both_engines {
-    ($test:ident) => {
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                let Some(e) = super::Engine::redis() else {
-                    return;
-                };
-                super::$test(e).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                let Some(e) = super::Engine::nats() else {
-                    return;
-                };
-                super::$test(e).await
-            }
-        }
-    };
-}
 
 on_both_engines!(clients_under_churn_see_every_message_once_in_order);
 on_both_engines!(a_subscriber_moving_nodes_gets_what_it_had_not_acknowledged);

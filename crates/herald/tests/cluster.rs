@@ -5,34 +5,13 @@
 #[allow(dead_code)] // shared with herald-server's tests
 #[path = "../../herald-server/tests/support/http.rs"]
 mod http;
+#[macro_use]
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::*;
-
-/// Run `test(engine)` as two tests: `test::redis` and `test::nats`.
-macro_rules! on_both_engines {
-    ($test:ident) => {
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                let Some(e) = super::Engine::redis() else {
-                    return;
-                };
-                super::$test(e).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                let Some(e) = super::Engine::nats() else {
-                    return;
-                };
-                super::$test(e).await
-            }
-        }
-    };
-}
 
 on_both_engines!(three_nodes_share_channels_presence_and_commands);
 on_both_engines!(clients_of_a_crashed_node_recover_on_another_and_its_presence_expires);

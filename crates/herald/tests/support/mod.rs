@@ -1,6 +1,29 @@
 //! Running `herald serve` children for the binary's tests.
 #![allow(dead_code)] // each test binary uses a part
 
+/// Run `test(engine)` as two tests: `test::redis` and `test::nats`.
+#[allow(unused_macros)] // not every test binary runs on both engines
+macro_rules! on_both_engines {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                let Some(e) = super::Engine::redis() else {
+                    return;
+                };
+                super::$test(e).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                let Some(e) = super::Engine::nats() else {
+                    return;
+                };
+                super::$test(e).await
+            }
+        }
+    };
+}
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 

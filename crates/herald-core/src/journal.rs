@@ -67,9 +67,9 @@ pub struct Event {
 /// on the heap; reasons are static), so that the log is one buffer and not six small allocations per event. Those
 /// allocations, made while sessions came and went, pinned the pages around them after the
 /// sessions ended: after a flood of 5 000 sessions the full log held ~30 MB of otherwise free
-/// memory resident (`server.memory_trim_interval` could not give it back).
+/// memory resident (`server.memory_trim_interval` could not give it back). The id is not kept:
+/// it is made from the log's random base and the sequence number when the event is read.
 struct Kept {
-    id: uuid::Uuid,
     seq: u64,
     time: u64,
     duration_ms: Option<u64>,
@@ -81,10 +81,10 @@ struct Kept {
 }
 
 impl Kept {
-    fn event(&self, node: &str) -> Event {
+    fn event(&self, node: &str, base: u128) -> Event {
         let text = |t: &Option<CompactString>| t.as_deref().map(str::to_owned);
         Event {
-            id: self.id.simple().to_string(),
+            id: event_id(base, self.seq),
             seq: self.seq,
             time: self.time,
             node: node.to_owned(),
@@ -98,11 +98,26 @@ impl Kept {
     }
 }
 
-/// The node's event sequence, keeping the newest `capacity` events.
+/// An event's id: a random version-4 UUID (simple form) per log, with the sequence number added
+/// to its low 64 bits — unique within the log, and unrelated across logs and restarts (each log
+/// draws its own base).
+fn event_id(base: u128, seq: u64) -> String {
+    let low = (base as u64).wrapping_add(seq) as u128;
+    let bits = (base & !u128::from(u64::MAX)) | low;
+    uuid::Builder::from_random_bytes(bits.to_be_bytes())
+        .into_uuid()
+        .simple()
+        .to_string()
+}
+
+/// The node's event sequence, keeping the newest `capacity` events. Its buffer grows as events
+/// come, never past `capacity` entries (a doubling would hold up to twice that).
 pub struct EventLog {
     inner: Mutex<(u64, VecDeque<Kept>)>,
     capacity: usize,
     node: String,
+    /// Where this log's event ids start (see [`event_id`]).
+    id_base: u128,
     notify: tokio::sync::Notify,
 }
 
@@ -113,6 +128,7 @@ impl EventLog {
             inner: Mutex::new((0, VecDeque::new())),
             capacity: capacity.max(1),
             node: node.to_owned(),
+            id_base: uuid::Uuid::new_v4().as_u128(),
             notify: tokio::sync::Notify::new(),
         }
     }
@@ -129,7 +145,6 @@ impl EventLog {
     ) {
         let text = |t: Option<&str>| t.map(CompactString::new);
         let mut e = Kept {
-            id: uuid::Uuid::new_v4(),
             seq: 0,
             time: now_ms(),
             duration_ms,
@@ -143,10 +158,14 @@ impl EventLog {
             let mut g = lock(&self.inner);
             g.0 += 1;
             e.seq = g.0;
-            if g.1.len() == self.capacity {
-                g.1.pop_front();
+            let q = &mut g.1;
+            if q.len() == self.capacity {
+                q.pop_front();
+            } else if q.len() == q.capacity() {
+                // Double, but not past the capacity.
+                q.reserve_exact(q.len().max(16).min(self.capacity - q.len()));
             }
-            g.1.push_back(e);
+            q.push_back(e);
         }
         metrics::counter!("herald_events_total").increment(1);
         self.notify.notify_waiters();
@@ -176,7 +195,7 @@ impl EventLog {
             g.1.iter()
                 .filter(|e| e.seq > since)
                 .take(limit)
-                .map(|e| e.event(&self.node))
+                .map(|e| e.event(&self.node, self.id_base))
                 .collect();
         (events, oldest)
     }
@@ -310,6 +329,27 @@ mod tests {
         assert_eq!(oldest, 3);
         assert_eq!(log.since(4, 10).0.len(), 1);
         assert_eq!(log.last_seq(), 5);
+    }
+
+    /// Issue 14: at 10 000 events the log's buffer had doubled to 16 384 slots (2.4 MB, a quarter
+    /// of a kilobyte per idle connection in `herald bench idle`), and each event kept a 16-byte id.
+    #[test]
+    fn the_buffer_stops_at_the_capacity_and_ids_stay_unique() {
+        let log = EventLog::new("n1", 1000);
+        for _ in 0..2500 {
+            log.push(EventKind::Connect, Some("c"), None, None, None, None);
+        }
+        assert!(lock(&log.inner).1.capacity() <= 1000);
+        let (events, _) = log.since(0, 2000);
+        assert_eq!(events.len(), 1000);
+        let ids: std::collections::HashSet<_> = events.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(ids.len(), 1000);
+        // Read twice, an event keeps its id; another log's ids are unrelated.
+        assert_eq!(log.since(1500, 1).0[0].id, events[0].id);
+        let other = EventLog::new("n1", 10);
+        other.push(EventKind::Connect, Some("c"), None, None, None, None);
+        assert!(!ids.contains(&other.since(0, 1).0[0].id));
+        assert!(std::mem::size_of::<Kept>() <= 128);
     }
 
     #[test]

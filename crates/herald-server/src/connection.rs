@@ -21,12 +21,7 @@ use tokio::time::Sleep;
 use crate::link::{IoEvent, Link};
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::state::{AppState, Handshake, Held};
-use crate::tcp::SharedTcp;
 use crate::writer::WriterEnd;
-use bytes::Bytes;
-use futures_util::future::Either;
-use herald_core::outlet::Direct;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 type Io = TokioIo<Upgraded>;
 
@@ -53,10 +48,10 @@ pub(crate) async fn serve_busy(
 }
 
 /// A connection past its setup: what its task holds while it lives.
-struct Conn<S> {
+struct Conn {
     app: Arc<AppState>,
     session: Session,
-    link: Link<S>,
+    link: Link<Io>,
     format: Format,
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
@@ -85,10 +80,6 @@ impl Drop for Counted {
 /// Setup (first-message auth, slots, the session) runs in its own boxed future, so the task that
 /// lives as long as the connection holds only [`Conn`] and the loop's few locals, not the
 /// handshake's leftovers: an idle connection's task is its largest allocation.
-///
-/// Plain TCP connections are served on the stream taken back from hyper ([`SharedTcp`]: smaller,
-/// and the fan-out writes to it directly while nothing is queued); TLS connections on hyper's
-/// `Upgraded`, their task boxed so that the plain connections' tasks are not sized for theirs.
 pub fn serve(
     ws: WebSocket<Io>,
     format: Format,
@@ -98,68 +89,31 @@ pub fn serve(
     held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
 ) -> impl Future<Output = ()> + Send {
-    let setup = Setup {
+    Box::pin(open(
+        ws.into_inner(),
         format,
         app,
         remote,
         hs,
         held,
         deflate,
-    };
-    match SharedTcp::from_upgraded(ws.into_inner()) {
-        Ok((tcp, read_buf)) => {
-            let direct = tcp.direct();
-            Either::Left(serve_on(tcp, read_buf, Some(direct), setup))
-        }
-        Err(io) => Either::Right(Box::pin(serve_on(io, Bytes::new(), None, setup))),
-    }
+    ))
+    .then(|conn| OptionFuture::from(conn.map(Conn::run)))
+    .map(|_| ())
 }
 
-/// What the handshake hands a connection's setup.
-struct Setup {
+/// Authenticate (first message, when the handshake had no token) and make the session.
+async fn open(
+    io: Io,
     format: Format,
     app: Arc<AppState>,
     remote: IpAddr,
     hs: Handshake,
-    held: Held,
+    mut held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
-}
-
-fn serve_on<S: Socket>(
-    io: S,
-    read_buf: Bytes,
-    direct: Option<Arc<dyn Direct>>,
-    setup: Setup,
-) -> impl Future<Output = ()> + Send {
-    Box::pin(open(io, read_buf, direct, setup))
-        .then(|conn| OptionFuture::from(conn.map(Conn::run)))
-        .map(|_| ())
-}
-
-/// What a connection's socket must be.
-pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for T {}
-
-/// Authenticate (first message, when the handshake had no token) and make the session.
-/// `read_buf`: what the client sent after its handshake and hyper already read.
-async fn open<S: Socket>(
-    io: S,
-    read_buf: Bytes,
-    direct: Option<Arc<dyn Direct>>,
-    setup: Setup,
-) -> Option<Conn<S>> {
-    let Setup {
-        format,
-        app,
-        remote,
-        hs,
-        mut held,
-        deflate,
-    } = setup;
-    let mut reader = MessageReader::with_limits(io, app.conn.read_limits())
-        .inflating(deflate.is_some())
-        .with_buffered(&read_buf);
-    drop(read_buf);
+) -> Option<Conn> {
+    let mut reader =
+        MessageReader::with_limits(io, app.conn.read_limits()).inflating(deflate.is_some());
     let (identity, user_slot, over_user_limit, channels, auth_id, resume_only) = match hs {
         Handshake::Done(identity, slot, channels, resume_only) => {
             (*identity, slot, false, channels, None, resume_only)
@@ -210,9 +164,6 @@ async fn open<S: Socket>(
         app.heartbeats.clone(),
         app.ws_writes.clone(),
     );
-    if let Some(direct) = direct {
-        link.lend(direct);
-    }
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
@@ -256,7 +207,7 @@ struct Ending {
     server_closed: bool,
 }
 
-impl<S: Socket> Conn<S> {
+impl Conn {
     /// The connection's life: inbound messages, server commands and the auth timer, until the
     /// socket closes; then the session is handed back (ended or parked for `resume`).
     ///

@@ -48,7 +48,6 @@ pub mod proxy;
 pub mod reader;
 pub mod slots;
 pub mod state;
-pub mod tcp;
 pub mod tls;
 pub mod webhook;
 pub mod writer;

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::outlet::{Direct, Drained, Outlet};
+use herald_core::outlet::{Drained, Outlet};
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -76,39 +76,10 @@ enum Phase {
     Done,
 }
 
-/// The socket lent to an outlet for direct writes, taken back when this is dropped.
-struct Lent {
-    direct: Arc<dyn Direct>,
-    outlet: Arc<Outlet>,
-}
-
-impl Lent {
-    fn new(direct: Arc<dyn Direct>, outlet: Arc<Outlet>) -> Lent {
-        outlet.attach(direct.clone());
-        Lent { direct, outlet }
-    }
-}
-
-impl Lent {
-    /// Take the socket back; the rest of a frame a direct write began, to be written first.
-    fn take_back(self) -> Option<Bytes> {
-        self.outlet.detach(&self.direct)
-    }
-}
-
-impl Drop for Lent {
-    /// The socket is dropped with the link: a frame's rest is dropped with it.
-    fn drop(&mut self) {
-        self.outlet.detach(&self.direct);
-    }
-}
-
 /// A connection's socket and write state.
 pub struct Link<S> {
     reader: MessageReader<S>,
     outlet: Arc<Outlet>,
-    /// The socket lent to `outlet` for direct writes (plain TCP, while the link is open).
-    lent: Option<Lent>,
     beat: Arc<Beat>,
     wheel: Arc<Heartbeats>,
     settings: Arc<WriterSettings>,
@@ -180,7 +151,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             }),
             wheel,
             settings,
-            lent: None,
             frames: Vec::new(),
             close: None,
             redirect: None,
@@ -194,14 +164,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             ping_owed: false,
             reader_done: false,
             final_close: None,
-        }
-    }
-
-    /// Let the fan-out write to this socket directly while nothing is queued (see
-    /// [`herald_core::outlet`]); the link takes it back before it closes.
-    pub fn lend(&mut self, direct: Arc<dyn Direct>) {
-        if self.phase == Phase::Open {
-            self.lent = Some(Lent::new(direct, self.outlet.clone()));
         }
     }
 
@@ -255,8 +217,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
             .increment(1);
         self.end = WriterEnd::close(Some(code));
-        // No direct write may follow the closing frames, nor have begun a frame they would cut.
-        let rest = self.lent.take().and_then(Lent::take_back);
         self.frames = if self.settings.advisory {
             closing_frames(
                 self.outlet.format,
@@ -266,9 +226,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         } else {
             vec![frame::close(code.code(), code.reason())]
         };
-        if let Some(rest) = rest {
-            self.frames.insert(0, rest);
-        }
         self.off = 0;
         self.timer = None;
         self.phase = Phase::Closing;
@@ -285,7 +242,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 
     fn shut_down(&mut self) {
-        self.lent = None;
         self.frames.clear();
         self.timer = None;
         self.phase = Phase::Shutdown;
@@ -424,9 +380,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             if let Some(next) = self.redirect.take() {
-                if let Some(lent) = self.lent.take() {
-                    self.lent = Some(Lent::new(lent.direct.clone(), next.clone()));
-                }
                 self.outlet = next;
             }
             if let Some(code) = self.close.take() {

@@ -7,16 +7,6 @@
 //!
 //! An outlet outlives its socket: while a session waits for `resume` its outlet keeps buffering
 //! (same bounds). A resumed connection's writer follows [`Outlet::redirect`] to the old outlet.
-//!
-//! **Direct writes.** A transport may lend the outlet its socket ([`Outlet::attach`]): a push that
-//! finds nothing queued, no pong owed, no close or redirect asked and the writer not writing
-//! ([`Outlet::drain`] marks it writing from a batch taken until a drain that finds nothing) is
-//! written to the socket at once, without blocking, under the queue's lock — the frame is not
-//! queued and the writer not woken. What the socket does not take (all of it, or the rest of a
-//! short write, which then goes first and is never dropped) is queued as usual. The lock makes
-//! the direct write and the writer's batches exclusive, so frames never interleave; the writer
-//! detaches the socket before its closing frames and when it ends, so a waiting session's outlet
-//! never holds one.
 
 mod items;
 
@@ -68,18 +58,6 @@ impl Out {
     }
 }
 
-/// A socket an outlet may write to directly (see the module docs).
-pub trait Direct: Send + Sync + std::fmt::Debug {
-    /// Write what the socket takes now, without blocking: the bytes written (maybe fewer than
-    /// `frame`'s), or an error (`WouldBlock` when it takes nothing now). `received`: when the
-    /// publication the frame carries reached the node (for latency metrics).
-    fn try_write(
-        &self,
-        frame: &[u8],
-        received: Option<std::time::Instant>,
-    ) -> std::io::Result<usize>;
-}
-
 /// Queue limits.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -103,14 +81,6 @@ struct Queue {
     /// The connection negotiated permessage-deflate: publications are written with their shared
     /// deflated frames under this policy.
     deflate: Option<Arc<crate::compression::DeflatePolicy>>,
-    /// The socket lent for direct writes, if any.
-    direct: Option<Arc<dyn Direct>>,
-    /// The writer holds a batch it took and has not reported written (by a drain that took
-    /// nothing): direct writes wait.
-    writing: bool,
-    /// The front item is the rest of a frame a direct write began: it must be the next bytes
-    /// on that socket, and on no other (see [`Outlet::detach`]).
-    partial: bool,
 }
 
 /// A connection's (or a waiting session's) outbound queue.
@@ -153,9 +123,6 @@ impl Outlet {
                 redirect: None,
                 room_waiters: 0,
                 deflate: None,
-                direct: None,
-                writing: false,
-                partial: false,
             }),
             writer: AtomicWaker::new(),
             space: Notify::new(),
@@ -194,11 +161,8 @@ impl Outlet {
         if q.close.is_some() {
             return;
         }
-        let Some(frame) = self.write_direct(&mut q, Out::Reply(frame)) else {
-            return;
-        };
         q.bytes += frame.len();
-        q.items.push_back(frame);
+        q.items.push_back(Out::Reply(frame));
         if q.items.len() > self.limits.max_messages + 64 || q.bytes > self.limits.max_bytes * 2 {
             self.slow(&mut q);
         }
@@ -257,14 +221,9 @@ impl Outlet {
     /// Queue replies at the front (used by `resume`, before the buffered messages).
     pub fn push_front(&self, items: Vec<Out>) {
         let mut q = lock(&self.queue);
-        // Behind the rest of a direct write, if one is queued.
-        let rest = if q.partial { q.items.pop_front() } else { None };
         for item in items.into_iter().rev() {
             q.bytes += item.len();
             q.items.push_front(item);
-        }
-        if let Some(rest) = rest {
-            q.items.push_front(rest);
         }
         drop(q);
         self.wake();
@@ -276,9 +235,6 @@ impl Outlet {
         if q.close.is_some() {
             return false;
         }
-        let Some(item) = self.write_direct(&mut q, item) else {
-            return true;
-        };
         if let (SlowConsumerPolicy::Latest, Out::Pub(p)) = (policy, &item) {
             let channel = p.channel.clone();
             let len = item.len();
@@ -333,12 +289,6 @@ impl Outlet {
     /// Returns whether it was queued.
     pub fn push_within_limits(&self, item: Out) -> bool {
         let mut q = lock(&self.queue);
-        if q.close.is_some() {
-            return false;
-        }
-        let Some(item) = self.write_direct(&mut q, item) else {
-            return true;
-        };
         let len = item.len();
         if q.close.is_some()
             || q.items.len() + 1 > self.limits.max_messages
@@ -390,80 +340,11 @@ impl Outlet {
         removed
     }
 
-    /// Write `item` to the lent socket when nothing may go before it (see the module docs);
-    /// what must still be queued comes back: the item, or the rest of a short write.
-    fn write_direct(&self, q: &mut Queue, item: Out) -> Option<Out> {
-        let Some(direct) = &q.direct else {
-            return Some(item);
-        };
-        if q.writing
-            || !q.items.is_empty()
-            || q.pong.is_some()
-            || q.close.is_some()
-            || q.redirect.is_some()
-        {
-            return Some(item);
-        }
-        let (frame, received) = match &item {
-            Out::Reply(b) | Out::Event(b) => (b.clone(), None),
-            Out::Pub(p) => (
-                match q.deflate.as_deref() {
-                    Some(policy) => p.deflated_frame(self.format, policy),
-                    None => p.frame(self.format),
-                },
-                Some(p.received),
-            ),
-            // Computed against what the subscriber holds: left to the writer.
-            Out::Whole(_) | Out::Delta(..) => return Some(item),
-        };
-        match direct.try_write(&frame, received) {
-            Ok(n) if n >= frame.len() => None,
-            Ok(0) | Err(_) => Some(item),
-            // The rest of a frame already begun: it must be written next, whatever the policy.
-            Ok(n) => {
-                q.partial = true;
-                Some(Out::Reply(frame.slice(n..)))
-            }
-        }
-    }
-
-    /// Lend the outlet a socket for direct writes (replacing any other).
-    pub fn attach(&self, direct: Arc<dyn Direct>) {
-        lock(&self.queue).direct = Some(direct);
-    }
-
-    /// Take the socket `direct` back (if it is the one lent): no direct write starts after this
-    /// returns, and none is in progress. Returns the rest of a frame a direct write began and
-    /// the writer has not taken yet, taken out of the queue: the writer must write it before
-    /// anything else (its closing frames), or drop it with the socket — never leave it for
-    /// another connection (a resumed session's) to receive half a frame.
-    pub fn detach(&self, direct: &Arc<dyn Direct>) -> Option<Bytes> {
-        let mut q = lock(&self.queue);
-        if q.direct.as_ref().is_some_and(|d| Arc::ptr_eq(d, direct)) {
-            q.direct = None;
-        }
-        if !std::mem::take(&mut q.partial) {
-            return None;
-        }
-        let rest = q.items.pop_front()?;
-        q.bytes = q.bytes.saturating_sub(rest.len());
-        match rest {
-            Out::Reply(b) => Some(b),
-            _ => None,
-        }
-    }
-
     fn slow(&self, q: &mut Queue) {
         metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
         q.close = Some(CloseCode::SlowConsumer);
-        // The rest of a direct write stays: the closing frames must not cut into a frame.
-        let rest = if q.partial { q.items.pop_front() } else { None };
         q.items.clear();
         q.bytes = 0;
-        if let Some(rest) = rest {
-            q.bytes = rest.len();
-            q.items.push_back(rest);
-        }
     }
 
     /// Ask the writer to close the connection after what is queued.
@@ -556,28 +437,18 @@ impl Outlet {
             items,
             pong,
             deflate,
-            partial,
             ..
         } = &mut *q;
-        let mut removed = 0;
-        // The rest of a direct write goes before anything else, the pong included.
-        if std::mem::take(partial)
-            && let Some(rest) = items.pop_front()
-        {
-            removed += rest.len();
-            out.push(f(rest, None));
-        }
         if let Some(pong) = pong.take() {
             out.push(f(Out::Reply(pong), None));
         }
         let n = items.len().min(max);
+        let mut removed = 0;
         for item in std::iter::from_fn(|| items.pop_front()).take(n) {
             removed += item.len();
             out.push(f(item, deflate.as_deref()));
         }
         q.bytes = q.bytes.saturating_sub(removed);
-        // Writing until a drain finds nothing: the batch taken (or the ping put before it).
-        q.writing = !out.is_empty();
         let mut ends = (None, None);
         if q.items.is_empty() {
             q.bytes = 0;
@@ -672,111 +543,5 @@ mod tests {
         o.drain(100, &mut d);
         assert_eq!(d.frames.len(), 2);
         assert!(d.close.is_none());
-    }
-}
-
-#[cfg(test)]
-mod direct_tests {
-    use super::*;
-
-    /// A socket that takes at most `room` bytes in all (then `WouldBlock`), recording them.
-    #[derive(Debug, Default)]
-    struct Socket {
-        room: Mutex<usize>,
-        wire: Mutex<Vec<u8>>,
-    }
-
-    impl Direct for Socket {
-        fn try_write(&self, frame: &[u8], _: Option<std::time::Instant>) -> std::io::Result<usize> {
-            let mut room = lock(&self.room);
-            if *room == 0 {
-                return Err(std::io::ErrorKind::WouldBlock.into());
-            }
-            let n = frame.len().min(*room);
-            *room -= n;
-            lock(&self.wire).extend_from_slice(&frame[..n]);
-            Ok(n)
-        }
-    }
-
-    fn setup(room: usize) -> (Arc<Outlet>, Arc<Socket>, Arc<dyn Direct>) {
-        let o = Outlet::new(
-            Format::Json,
-            QueueLimits {
-                max_messages: 10,
-                max_bytes: 1 << 20,
-            },
-        );
-        let s = Arc::new(Socket {
-            room: Mutex::new(room),
-            ..Socket::default()
-        });
-        let d: Arc<dyn Direct> = s.clone();
-        o.attach(d.clone());
-        (o, s, d)
-    }
-
-    fn drained(o: &Outlet) -> Vec<Bytes> {
-        let mut d = Drained::default();
-        o.drain(100, &mut d);
-        d.frames
-    }
-
-    #[test]
-    fn an_idle_outlet_writes_at_once_and_a_writing_one_queues() {
-        let (o, s, _d) = setup(1000);
-        o.push_reply(Bytes::from_static(b"one"));
-        assert!(o.is_empty());
-        assert_eq!(&*lock(&s.wire), b"one");
-        // The writer took a batch (here: something queued while detached): no direct write
-        // until a drain finds nothing.
-        o.push_pong(Bytes::from_static(b"P"));
-        o.push_reply(Bytes::from_static(b"two"));
-        assert_eq!(
-            drained(&o),
-            vec![Bytes::from_static(b"P"), Bytes::from_static(b"two")]
-        );
-        o.push_reply(Bytes::from_static(b"three"));
-        assert_eq!(o.len(), 1);
-        assert_eq!(drained(&o), vec![Bytes::from_static(b"three")]);
-        assert!(drained(&o).is_empty());
-        o.push_reply(Bytes::from_static(b"four"));
-        assert!(o.is_empty());
-        assert_eq!(&*lock(&s.wire), b"onefour");
-    }
-
-    #[test]
-    fn the_rest_of_a_short_write_goes_first_and_never_to_another_socket() {
-        let (o, s, d) = setup(2);
-        o.push_reply(Bytes::from_static(b"abcdef"));
-        assert_eq!(&*lock(&s.wire), b"ab");
-        // A pong owed meanwhile, and a resume's replies, go after the rest.
-        o.push_pong(Bytes::from_static(b"P"));
-        o.push_front(vec![Out::Reply(Bytes::from_static(b"R"))]);
-        assert_eq!(
-            drained(&o),
-            vec![
-                Bytes::from_static(b"cdef"),
-                Bytes::from_static(b"P"),
-                Bytes::from_static(b"R")
-            ]
-        );
-        // A slow-consumer close keeps the rest; taking the socket back hands it over.
-        let (o, _s, d2) = setup(2);
-        o.push_reply(Bytes::from_static(b"abcdef"));
-        o.push(
-            Out::Reply(Bytes::from(vec![b'x'; 2 << 20])),
-            SlowConsumerPolicy::Disconnect,
-        );
-        assert_eq!(o.close_requested(), Some(CloseCode::SlowConsumer));
-        assert_eq!(o.detach(&d2), Some(Bytes::from_static(b"cdef")));
-        assert!(o.is_empty());
-        // Detached: everything queues.
-        o.detach(&d);
-        let (o, s, d) = setup(1000);
-        assert_eq!(o.detach(&d), None);
-        o.push_reply(Bytes::from_static(b"q"));
-        assert_eq!(o.len(), 1);
-        assert!(lock(&s.wire).is_empty());
     }
 }

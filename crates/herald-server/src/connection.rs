@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
 
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
@@ -20,6 +19,7 @@ use tokio::time::Sleep;
 
 use crate::link::{IoEvent, Link};
 use crate::reader::{Inbound, MessageReader, ReadError};
+use crate::slots::Slot;
 use crate::state::{AppState, Handshake, Held};
 use crate::writer::WriterEnd;
 
@@ -47,24 +47,36 @@ pub(crate) async fn serve_busy(
     }
 }
 
-/// A connection past its setup: what its task holds while it lives.
+/// A connection past its setup: what its task holds while it lives. Every byte here is a byte
+/// per idle connection (the task is the largest allocation a connection has; tokio rounds it
+/// to 128 bytes): `-Zprint-type-sizes` shows the layout (see docs/benchmarks.md).
 struct Conn {
-    app: Arc<AppState>,
+    /// The server, and this connection's place in `AppState::connections`.
+    app: Counted,
     session: Session,
     link: Link<Io>,
     format: Format,
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
-    started: Instant,
+    /// When the connection began (Unix milliseconds, for the `disconnected` log).
+    started_ms: u64,
+    /// Armed while the session's token has an expiry (at its deadline).
+    auth_timer: Option<Pin<Box<Sleep>>>,
     /// Slots held while the connection lives (the user's boxed: 40 bytes most connections lack).
-    _held: (Held, Option<Box<crate::slots::UserSlot>>),
-    /// This connection's place in `AppState::connections`, given back however the task ends (a
-    /// panic included: a leaked count would refuse everyone with 4002 in the end).
-    counted: Counted,
+    _held: (Option<Slot<IpAddr>>, Option<Box<crate::slots::UserSlot>>),
 }
 
-/// One count in `AppState::connections` and the `herald_connections` gauge.
+/// One count in `AppState::connections` and the `herald_connections` gauge, given back however
+/// the task ends (a panic included: a leaked count would refuse everyone with 4002 in the end);
+/// and the server state.
 struct Counted(Arc<AppState>);
+
+impl std::ops::Deref for Counted {
+    type Target = Arc<AppState>;
+    fn deref(&self) -> &Arc<AppState> {
+        &self.0
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -155,7 +167,7 @@ async fn open(
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
         >= app.server.max_connections;
-    let counted = Counted(app.clone());
+    let app = Counted(app);
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
     let mut link = Link::new(
@@ -177,14 +189,14 @@ async fn open(
     }
     tracing::info!(client = %session.client_id(), remote = %remote, protocol = format.subprotocol(), "connected");
     Some(Conn {
-        counted,
         app,
         session,
         link,
         format,
         cmds_armed: false,
-        started: Instant::now(),
-        _held: (held, user_slot.map(Box::new)),
+        started_ms: herald_core::publication::now_ms(),
+        auth_timer: None,
+        _held: (held._ip, user_slot.map(Box::new)),
     })
 }
 
@@ -221,24 +233,9 @@ impl Conn {
     )]
     fn run(mut self) -> impl Future<Output = ()> + Send {
         async move {
-            let mut auth_timer = None;
             let (ending, end) = loop {
-                let next = std::future::poll_fn(|cx| self.poll_next(cx, &mut auth_timer)).await;
-                let flow = match next {
-                    // Boxed: command futures (recovery, resume) are large, and an idle
-                    // connection's task should not carry their space.
-                    Next::Message(b) => {
-                        let format = self.format;
-                        self.link
-                            .drive(Box::pin(dispatch(&mut self.session, format, &b)))
-                            .await
-                    }
-                    Next::Command(cmd) => {
-                        self.link
-                            .drive(Box::pin(self.session.server_command(cmd)))
-                            .await;
-                        Flow::Continue
-                    }
+                let next = std::future::poll_fn(|cx| self.poll_next(cx)).await;
+                match next {
                     Next::Finish(ending) => break (ending, None),
                     Next::Ended(end) => {
                         let ending = Ending {
@@ -248,21 +245,41 @@ impl Conn {
                         };
                         break (ending, Some(end));
                     }
-                };
-                if let Flow::Close(code) = flow {
-                    self.session.outlet().close(code);
+                    // Boxed, the message or command moved in: command futures (recovery,
+                    // resume) are large, and an idle connection's task should carry neither
+                    // their space nor the message's.
+                    next => Box::pin(self.handle(next)).await,
                 }
             };
             Box::pin(self.close(ending, end)).await;
         }
     }
 
+    /// Run a command message or a server-side command while the socket keeps being written.
+    async fn handle(&mut self, next: Next) {
+        let flow = match next {
+            Next::Message(b) => {
+                let format = self.format;
+                self.link
+                    .drive(Box::pin(dispatch(&mut self.session, format, &b)))
+                    .await
+            }
+            Next::Command(cmd) => {
+                self.link
+                    .drive(Box::pin(self.session.server_command(cmd)))
+                    .await;
+                Flow::Continue
+            }
+            Next::Finish(_) | Next::Ended(_) => Flow::Continue,
+        };
+        if let Flow::Close(code) = flow {
+            self.session.outlet().close(code);
+        }
+    }
+
     /// Poll the socket, the server commands and the auth timer until something needs an await.
-    fn poll_next(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        auth_timer: &mut Option<(tokio::time::Instant, Pin<Box<Sleep>>)>,
-    ) -> Poll<Next> {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Next> {
+        let auth_timer = &mut self.auth_timer;
         let session = &mut self.session;
         loop {
             let mut control = Vec::new();
@@ -333,10 +350,10 @@ impl Conn {
                 *auth_timer = None;
                 return Poll::Pending;
             };
-            let timer = match &mut *auth_timer {
-                Some((armed, timer)) if *armed == at => timer,
-                slot => &mut slot.insert((at, Box::pin(tokio::time::sleep_until(at)))).1,
-            };
+            if auth_timer.as_ref().is_some_and(|t| t.deadline() != at) {
+                *auth_timer = None;
+            }
+            let timer = auth_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -353,11 +370,11 @@ impl Conn {
             app,
             session,
             mut link,
-            started,
+            started_ms,
             _held,
-            counted,
             ..
         } = self;
+        let linger = linger_limit(app.conn.max_message_size);
         let end = match end {
             Some(end) => end,
             None => link.finish().await,
@@ -367,12 +384,12 @@ impl Conn {
             reason,
             server_closed,
         } = ending;
-        drop(counted);
+        drop(app);
         tracing::info!(
             client = %session.client_id(),
             remote = session.client_ip().map(tracing::field::display),
             user = session.user_id(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = herald_core::publication::now_ms().saturating_sub(started_ms),
             close_code = end.code.map(|c| c.code()),
             reason,
             "disconnected"
@@ -385,9 +402,7 @@ impl Conn {
         // message): read it off before dropping the socket, so the client sees our close code,
         // not a reset.
         if server_closed && !end.abort {
-            link.into_reader()
-                .linger(LINGER, linger_limit(app.conn.max_message_size))
-                .await;
+            link.into_reader().linger(LINGER, linger).await;
         }
     }
 }

@@ -89,8 +89,9 @@ pub struct Link<S> {
     close: Option<CloseCode>,
     /// The outlet sent this link on to another outlet (after `resume`), after the batch.
     redirect: Option<Arc<Outlet>>,
-    /// Bytes of `frames[0]` already written (written frames are removed from the front).
-    off: usize,
+    /// Bytes of `frames[0]` already written (written frames are removed from the front; a
+    /// frame is far below 4 GiB).
+    off: u32,
     phase: Phase,
     end: WriterEnd,
     /// Armed only while a write waits: the write timeout, the shutdown deadline, or the closing
@@ -443,7 +444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
             for (i, f) in frames.iter().take(MAX_SLICES).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 { &f[self.off..] } else { f });
+                slices[i] = IoSlice::new(if i == 0 { &f[self.off as usize..] } else { f });
                 n += 1;
             }
             let io = Pin::new(self.reader.get_mut());
@@ -460,9 +461,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             // Whole frames written: drop them from the front (all of them, usually).
             let mut done = 0;
             for f in frames {
-                let left = f.len() - self.off;
+                let left = f.len() - self.off as usize;
                 if written < left {
-                    self.off += written;
+                    self.off += written as u32;
                     break;
                 }
                 written -= left;

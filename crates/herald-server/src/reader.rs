@@ -100,8 +100,10 @@ impl ReadLimits {
 pub struct MessageReader<R> {
     io: R,
     buf: Vec<u8>,
-    start: usize,
-    max: usize,
+    /// Where the unread bytes of `buf` begin (`u32`s: every reader is in a connection task).
+    start: u32,
+    /// Largest message (saturated at 4 GiB).
+    max: u32,
     max_fragments: u32,
     budget: Allowance,
     /// A fragmented message being reassembled (boxed: rare, and every connection holds a reader).
@@ -240,7 +242,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             io,
             buf: Vec::new(),
             start: 0,
-            max: limits.max_message_size,
+            max: u32::try_from(limits.max_message_size).unwrap_or(u32::MAX),
             max_fragments: limits.max_fragments,
             budget: Allowance::new(
                 limits.frames_per_second,
@@ -263,7 +265,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// it closes (EOF), `limit` bytes or `timeout` (RFC 6455 §7.1.1). Closing at once would make
     /// the kernel answer unread bytes with a reset, and the client would see 1006, not our code.
     pub async fn linger(mut self, timeout: Duration, limit: usize) {
-        let mut seen = self.buf.len() - self.start;
+        let mut seen = self.buf.len() - self.start as usize;
         let mut scratch = vec![0u8; 4096];
         let drain = async {
             while seen < limit {
@@ -281,7 +283,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// nothing to read and nothing is buffered, the connection holds no read buffer at all.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<(), ReadError>> {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.drain(..self.start as usize);
             self.start = 0;
         }
         let want = want.max(MIN_READ);
@@ -317,7 +319,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 
     /// Forget consumed bytes; free a grown buffer once it is empty.
     fn consumed(&mut self) {
-        if self.start == self.buf.len() {
+        if self.start as usize == self.buf.len() {
             self.start = 0;
             if self.buf.capacity() > KEEP {
                 self.buf = Vec::new();
@@ -341,15 +343,16 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     ) -> Poll<Result<Inbound, ReadError>> {
         loop {
             let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
-            let limit = self.max.saturating_sub(in_message);
-            let header = match parse_header(&self.buf[self.start..], limit, self.inflate)? {
+            let limit = (self.max as usize).saturating_sub(in_message);
+            let header = match parse_header(&self.buf[self.start as usize..], limit, self.inflate)?
+            {
                 Some(h) => h,
                 None => {
                     ready!(self.poll_fill(cx, 14))?;
                     continue;
                 }
             };
-            let have = self.buf.len() - self.start;
+            let have = self.buf.len() - self.start as usize;
             if have < header.len + header.payload {
                 ready!(self.poll_fill(cx, header.len + header.payload - have))?;
                 continue;
@@ -357,12 +360,13 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             if !self.budget.take() {
                 return Poll::Ready(Err(policy()));
             }
-            let from = self.start + header.len;
+            let from = self.start as usize + header.len;
             let payload = &mut self.buf[from..from + header.payload];
             for (i, b) in payload.iter_mut().enumerate() {
                 *b ^= header.mask[i & 3];
             }
-            self.start = from + header.payload;
+            // Within `buf`, which holds at most a message and a frame header.
+            self.start = (from + header.payload) as u32;
             let result = self.frame(&header, from, control);
             self.consumed();
             if let Some(m) = result? {
@@ -414,7 +418,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 let text = h.opcode == 1;
                 if h.fin {
                     let data = if h.compressed {
-                        inflate(payload, self.max)?
+                        inflate(payload, self.max as usize)?
                     } else {
                         payload.to_vec()
                     };
@@ -454,7 +458,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 };
                 let p = *p;
                 if p.compressed {
-                    let data = inflate(&p.buf, self.max)?;
+                    let data = inflate(&p.buf, self.max as usize)?;
                     return message(p.text, data).map(Some);
                 }
                 Ok(Some(if p.text {

@@ -122,19 +122,20 @@ fn expiry(identity: &Identity, refresh_before: Duration) -> Option<Expiry> {
     })
 }
 
-/// A random 128-bit id (session id, resume token), kept as a number and written as 32 lowercase
-/// hex digits: 16 bytes in the session instead of a 32-byte string on the heap.
+/// A random 128-bit id (session id, resume token), kept as bytes and written as 32 lowercase
+/// hex digits: 16 bytes in the session instead of a 32-byte string on the heap (bytes, not a
+/// `u128`, whose 16-byte alignment would pad the session and every connection task).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Token(u128);
+struct Token([u8; 16]);
 
 impl std::fmt::Display for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:032x}", u128::from_be_bytes(self.0))
     }
 }
 
 fn token() -> Token {
-    Token(uuid::Uuid::new_v4().as_u128())
+    Token(uuid::Uuid::new_v4().into_bytes())
 }
 
 impl Session {

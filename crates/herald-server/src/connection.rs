@@ -22,6 +22,9 @@ use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::slots::Slot;
 use crate::state::{AppState, Handshake, Held};
 use crate::writer::WriterEnd;
+use bytes::Bytes;
+use futures_util::future::Either;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 type Io = TokioIo<Upgraded>;
 
@@ -50,11 +53,11 @@ pub(crate) async fn serve_busy(
 /// A connection past its setup: what its task holds while it lives. Every byte here is a byte
 /// per idle connection (the task is the largest allocation a connection has; tokio rounds it
 /// to 128 bytes): `-Zprint-type-sizes` shows the layout (see docs/benchmarks.md).
-struct Conn {
+struct Conn<S> {
     /// The server, and this connection's place in `AppState::connections`.
     app: Counted,
     session: Session,
-    link: Link<Io>,
+    link: Link<S>,
     format: Format,
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
@@ -92,6 +95,10 @@ impl Drop for Counted {
 /// Setup (first-message auth, slots, the session) runs in its own boxed future, so the task that
 /// lives as long as the connection holds only [`Conn`] and the loop's few locals, not the
 /// handshake's leftovers: an idle connection's task is its largest allocation.
+///
+/// Plain TCP connections are served on the stream taken back from hyper (its `Upgraded` boxes
+/// the stream behind a rewind buffer: 64 bytes more per connection); TLS connections on
+/// `Upgraded`, their task boxed so that the plain connections' tasks are not sized for theirs.
 pub fn serve(
     ws: WebSocket<Io>,
     format: Format,
@@ -101,31 +108,55 @@ pub fn serve(
     held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
 ) -> impl Future<Output = ()> + Send {
-    Box::pin(open(
-        ws.into_inner(),
+    let setup = Setup {
         format,
         app,
         remote,
         hs,
         held,
         deflate,
-    ))
-    .then(|conn| OptionFuture::from(conn.map(Conn::run)))
-    .map(|_| ())
+    };
+    match crate::listener::plain_tcp(ws.into_inner().into_inner()) {
+        Ok((tcp, read_buf)) => Either::Left(serve_on(tcp, read_buf, setup)),
+        Err(up) => Either::Right(Box::pin(serve_on(TokioIo::new(up), Bytes::new(), setup))),
+    }
 }
 
-/// Authenticate (first message, when the handshake had no token) and make the session.
-async fn open(
-    io: Io,
+/// What the handshake hands a connection's setup.
+struct Setup {
     format: Format,
     app: Arc<AppState>,
     remote: IpAddr,
     hs: Handshake,
-    mut held: Held,
+    held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
-) -> Option<Conn> {
-    let mut reader =
-        MessageReader::with_limits(io, app.conn.read_limits()).inflating(deflate.is_some());
+}
+
+fn serve_on<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> impl Future<Output = ()> + Send {
+    Box::pin(open(io, read_buf, setup))
+        .then(|conn| OptionFuture::from(conn.map(Conn::run)))
+        .map(|_| ())
+}
+
+/// What a connection's socket must be.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for T {}
+
+/// Authenticate (first message, when the handshake had no token) and make the session.
+/// `read_buf`: what the client sent after its handshake and hyper already read.
+async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>> {
+    let Setup {
+        format,
+        app,
+        remote,
+        hs,
+        mut held,
+        deflate,
+    } = setup;
+    let mut reader = MessageReader::with_limits(io, app.conn.read_limits())
+        .inflating(deflate.is_some())
+        .with_buffered(&read_buf);
+    drop(read_buf);
     let (identity, user_slot, over_user_limit, channels, auth_id, resume_only) = match hs {
         Handshake::Done(identity, slot, channels, resume_only) => {
             (*identity, slot, false, channels, None, resume_only)
@@ -219,7 +250,7 @@ struct Ending {
     server_closed: bool,
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     /// The connection's life: inbound messages, server commands and the auth timer, until the
     /// socket closes; then the session is handed back (ended or parked for `resume`).
     ///

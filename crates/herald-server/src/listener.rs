@@ -277,6 +277,15 @@ async fn serve_http<I>(
     }
 }
 
+/// The TCP stream under a plain (not TLS) upgraded connection, and the bytes hyper read past
+/// the handshake; `Err` gives anything else back unchanged.
+pub(crate) fn plain_tcp(
+    up: hyper::upgrade::Upgraded,
+) -> Result<(TcpStream, bytes::Bytes), hyper::upgrade::Upgraded> {
+    up.downcast::<TokioIo<WriteTimeout<TcpStream>>>()
+        .map(|parts| (parts.io.into_inner().io, parts.read_buf))
+}
+
 /// Writes that make no progress for `timeout` fail with `TimedOut` (reads are bounded by the
 /// header and request timeouts). After an upgrade the WebSocket writer's own `write_timeout`
 /// (4003) is shorter and fires first.

@@ -261,6 +261,12 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         self
     }
 
+    /// Read `bytes` (already taken from the socket) before anything else.
+    pub fn with_buffered(mut self, bytes: &[u8]) -> Self {
+        self.buf.extend_from_slice(bytes);
+        self
+    }
+
     /// After the server sent its close frame: read and discard what the client still sends, until
     /// it closes (EOF), `limit` bytes or `timeout` (RFC 6455 §7.1.1). Closing at once would make
     /// the kernel answer unread bytes with a reset, and the client would see 1006, not our code.

@@ -71,7 +71,8 @@ pub struct QueueLimits {
 struct Queue {
     items: items::Items,
     /// The pong owed to the client's newest ping (older ones are not answered: RFC 6455 §5.5.3).
-    pong: Option<Bytes>,
+    /// Boxed: rare (clients seldom ping), and every connection has a queue.
+    pong: Option<Box<Bytes>>,
     bytes: usize,
     close: Option<CloseCode>,
     redirect: Option<Arc<Outlet>>,
@@ -81,19 +82,23 @@ struct Queue {
     /// The connection negotiated permessage-deflate: publications are written with their shared
     /// deflated frames under this policy.
     deflate: Option<Arc<crate::compression::DeflatePolicy>>,
+    /// Woken by drains for tasks in [`Outlet::wait_for_room`]; made for the first of them.
+    space: Option<Arc<Notify>>,
 }
 
-/// A connection's (or a waiting session's) outbound queue.
+/// A connection's (or a waiting session's) outbound queue. Every connection has one (an idle
+/// one too): its size is per-connection memory.
 #[derive(Debug)]
 pub struct Outlet {
     /// Wire format of the connection.
     pub format: Format,
-    limits: QueueLimits,
+    /// [`QueueLimits`], saturated at `u32::MAX`.
+    max_messages: u32,
+    max_bytes: u32,
     queue: Mutex<Queue>,
     /// The writer's wake-up: a push takes the registered waker (one atomic swap), so pushes that
     /// follow before the writer ran again cost nothing more.
     writer: AtomicWaker,
-    space: Notify,
 }
 
 /// Result of draining an outlet.
@@ -112,9 +117,11 @@ pub struct Drained {
 impl Outlet {
     /// A new, empty outlet (allocates no queue storage until used).
     pub fn new(format: Format, limits: QueueLimits) -> Arc<Self> {
+        let cap = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Arc::new(Outlet {
             format,
-            limits,
+            max_messages: cap(limits.max_messages),
+            max_bytes: cap(limits.max_bytes),
             queue: Mutex::new(Queue {
                 items: items::Items::default(),
                 pong: None,
@@ -123,9 +130,9 @@ impl Outlet {
                 redirect: None,
                 room_waiters: 0,
                 deflate: None,
+                space: None,
             }),
             writer: AtomicWaker::new(),
-            space: Notify::new(),
         })
     }
 
@@ -141,7 +148,10 @@ impl Outlet {
 
     /// The queue limits.
     pub fn limits(&self) -> QueueLimits {
-        self.limits
+        QueueLimits {
+            max_messages: self.max_messages as usize,
+            max_bytes: self.max_bytes as usize,
+        }
     }
 
     /// Owe the client this pong, replacing one not yet written: a ping flood holds one frame.
@@ -150,7 +160,10 @@ impl Outlet {
         if q.close.is_some() {
             return;
         }
-        q.pong = Some(frame);
+        match &mut q.pong {
+            Some(owed) => **owed = frame,
+            slot => *slot = Some(Box::new(frame)),
+        }
         drop(q);
         self.wake();
     }
@@ -163,7 +176,8 @@ impl Outlet {
         }
         q.bytes += frame.len();
         q.items.push_back(Out::Reply(frame));
-        if q.items.len() > self.limits.max_messages + 64 || q.bytes > self.limits.max_bytes * 2 {
+        let l = self.limits();
+        if q.items.len() > l.max_messages + 64 || q.bytes > l.max_bytes * 2 {
             self.slow(&mut q);
         }
         drop(q);
@@ -195,8 +209,13 @@ impl Outlet {
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        let max_messages = self.max_messages as usize;
         loop {
-            let notified = self.space.notified();
+            let space = lock(&self.queue)
+                .space
+                .get_or_insert_with(|| Arc::new(Notify::new()))
+                .clone();
+            let notified = space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let waiting = {
@@ -204,7 +223,7 @@ impl Outlet {
                 if q.close.is_some() {
                     return false;
                 }
-                if q.items.is_empty() || q.items.len() + n <= self.limits.max_messages {
+                if q.items.is_empty() || q.items.len() + n <= max_messages {
                     return true;
                 }
                 q.room_waiters += 1;
@@ -255,9 +274,8 @@ impl Outlet {
             }
         }
         let len = item.len();
-        let full = |q: &Queue| {
-            q.items.len() + 1 > self.limits.max_messages || q.bytes + len > self.limits.max_bytes
-        };
+        let l = self.limits();
+        let full = |q: &Queue| q.items.len() + 1 > l.max_messages || q.bytes + len > l.max_bytes;
         if full(&q) {
             if policy == SlowConsumerPolicy::Disconnect {
                 self.slow(&mut q);
@@ -291,8 +309,8 @@ impl Outlet {
         let mut q = lock(&self.queue);
         let len = item.len();
         if q.close.is_some()
-            || q.items.len() + 1 > self.limits.max_messages
-            || q.bytes + len > self.limits.max_bytes
+            || q.items.len() + 1 > self.max_messages as usize
+            || q.bytes + len > self.max_bytes as usize
         {
             return false;
         }
@@ -440,7 +458,7 @@ impl Outlet {
             ..
         } = &mut *q;
         if let Some(pong) = pong.take() {
-            out.push(f(Out::Reply(pong), None));
+            out.push(f(Out::Reply(*pong), None));
         }
         let n = items.len().min(max);
         let mut removed = 0;
@@ -454,10 +472,14 @@ impl Outlet {
             q.bytes = 0;
             ends = (q.close, q.redirect.clone());
         }
-        let room_wanted = q.room_waiters > 0;
+        let space = if q.room_waiters > 0 {
+            q.space.clone()
+        } else {
+            None
+        };
         drop(q);
-        if room_wanted {
-            self.space.notify_waiters();
+        if let Some(space) = space {
+            space.notify_waiters();
         }
         ends
     }

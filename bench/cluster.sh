@@ -42,7 +42,7 @@ single() { # single NAME ARGS...
   wait_port 8300
   echo "== 1 node (memory) $name: herald bench $*" >&2
   record "$name" "$(taskset -c 1 "$HERALD" bench "$@" --url ws://127.0.0.1:8300/ws --pid "$pid" --json | tail -1)"
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server "$pid"
 }
 
 pair() { # pair ENGINE NAME ARGS...

@@ -23,7 +23,7 @@ run() { # run LABEL BINARY NAME SCENARIO ARGS...
   echo "== $label $name: herald bench $*" >&2
   local result
   result=$(taskset -c 1 "$AFTER" bench "$@" --url "ws://127.0.0.1:8200/ws" --pid "$pid" --json | tail -1)
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server "$pid"
   python3 -c 'import json,sys; r=json.loads(sys.argv[3]); r.update(server=sys.argv[1], name=sys.argv[2]); print(json.dumps(r))' \
     "$label" "$name" "$result" >> "$OUT"
 }

@@ -28,7 +28,7 @@ run() { # run NAME ARGS...
   echo "== $name: herald bench $*" >&2
   local result
   result=$(taskset -c 1 "$HERALD" bench "$@" --url "ws://127.0.0.1:8200/ws" --pid "$pid" --json | tail -1)
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server "$pid"
   python3 -c 'import json,sys; r=json.loads(sys.argv[2]); r.update(server="herald", name=sys.argv[1]); print(json.dumps(r))' \
     "$name" "$result" >> "$OUT"
 }

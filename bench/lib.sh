@@ -9,3 +9,12 @@ wait_port() {
   echo "server on port $1 did not start" >&2
   return 1
 }
+
+# stop_server PID: stop a server and return once it is gone. `wait` only works for children;
+# a server started in a command substitution is not one, and one still shutting down holds its
+# port: the next server would fail to bind while `wait_port` saw the old one listening.
+stop_server() {
+  kill "$1" 2>/dev/null || return 0
+  wait "$1" 2>/dev/null || true
+  while kill -0 "$1" 2>/dev/null; do sleep 0.1; done
+}

@@ -17,6 +17,6 @@ for n in ${@:-1000 5000 10000 19000}; do
   wait_port 8500
   r=$(taskset -c 1 "$HERALD" bench idle --connections "$n" --channels 100 --duration 3s \
     --url ws://127.0.0.1:8500/ws --pid "$pid" --json | tail -1)
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server "$pid"
   python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("| {:,} | {:.1f} | {:.1f} | {:,.0f} | {} |".format(r["connections"], r["server_rss_before_bytes"]/1e6, r["server_rss_after_bytes"]/1e6, r["server_bytes_per_connection"], r["failed"]))' "$r"
 done

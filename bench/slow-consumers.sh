@@ -79,7 +79,7 @@ run() { # run SCENARIO VARIANT RUN STALLED_PERCENT
     --duration "$DURATION" --timeline --url "ws://127.0.0.1:$PORT/ws" --pid "$pid" --json | tail -1)
   local load1; load1=$(cut -d' ' -f1-3 /proc/loadavg)
   local stat1; stat1=$(grep -E '^cpu[01] ' /proc/stat | tr '\n' ';')
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop_server "$pid"
   python3 -c 'import json,sys
 r=json.loads(sys.argv[1])
 def cores(s):

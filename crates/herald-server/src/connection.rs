@@ -518,3 +518,21 @@ pub async fn serve_echo(
     }
     link.finish().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: the connection's task is an idle connection's largest allocation, and tokio
+    /// rounds it up to 128 bytes. The task holds `Conn` plus ≈ 40 bytes (the loop's await, the
+    /// `then` chain, the task tracker's token) plus tokio's ≈ 100-byte header and trailer: at
+    /// 624 bytes (rustc 1.95) it is a 768-byte task (`bench/idle-heap.sh` shows the task's
+    /// allocation); `Conn` was 672 (a 1 024-byte task) before the message
+    /// moved into its boxed handler, the session's tokens lost their 16-byte alignment and plain
+    /// TCP connections dropped hyper's `Upgraded`. A field added here must pay for itself.
+    #[test]
+    fn an_idle_connection_stays_a_768_byte_task() {
+        let size = std::mem::size_of::<Conn<tokio::net::TcpStream>>();
+        assert!(size <= 624, "Conn<TcpStream> is {size} bytes");
+    }
+}

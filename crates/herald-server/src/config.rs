@@ -167,6 +167,10 @@ impl ConnectionConfig {
         if self.max_message_size < 128 {
             return Err("connection.max_message_size must be at least 128 bytes".into());
         }
+        // The reader keeps its offsets as `u32` (they are in every idle connection's task).
+        if self.max_message_size > 1 << 30 {
+            return Err("connection.max_message_size must be at most 1 GiB".into());
+        }
         Ok(())
     }
 }
@@ -319,5 +323,24 @@ impl AdminConfig {
             return err("admin.max_sessions and admin.max_failed_logins must be > 0");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding (issue 14): the reader's offsets are `u32`; a message size past a few GiB
+    /// would wrap them. The bound is refused at startup instead.
+    #[test]
+    fn max_message_size_is_bounded_both_ways() {
+        let with = |n: usize| ConnectionConfig {
+            max_message_size: n,
+            ..Default::default()
+        };
+        assert!(with(64 * 1024).validate().is_ok());
+        assert!(with(1 << 30).validate().is_ok());
+        assert!(with(100).validate().is_err());
+        assert!(with((1 << 30) + 1).validate().is_err());
     }
 }

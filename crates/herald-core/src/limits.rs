@@ -12,8 +12,9 @@ fn quota(per_second: u32, burst: u32) -> Option<Quota> {
     Some(Quota::per_second(rate).allow_burst(burst))
 }
 
-/// The clock of every [`Allowance`]: milliseconds since the first one was made.
-fn allowance_clock() -> u64 {
+/// The clock of every [`Allowance`] (and of whatever else wants 8-byte monotonic timestamps):
+/// milliseconds since its first reading.
+pub fn clock_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     EPOCH
         .get_or_init(std::time::Instant::now)
@@ -43,7 +44,7 @@ impl Allowance {
             period_ms: (period.as_millis().min(u32::MAX as u128) as u32).max(1),
             burst,
             tokens: std::sync::atomic::AtomicU32::new(burst),
-            refilled: std::sync::atomic::AtomicU64::new(allowance_clock()),
+            refilled: std::sync::atomic::AtomicU64::new(clock_ms()),
         }
     }
 
@@ -60,7 +61,7 @@ impl Allowance {
         {
             return true;
         }
-        let now = allowance_clock();
+        let now = clock_ms();
         let since = now.saturating_sub(self.refilled.load(Relaxed));
         let earned = since * self.count as u64 / self.period_ms as u64;
         if earned == 0 {

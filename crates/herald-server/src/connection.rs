@@ -61,7 +61,7 @@ struct Conn<S> {
     format: Format,
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
-    /// When the connection began (milliseconds on [`since_start`]'s monotonic clock, for the
+    /// When the connection began (milliseconds on [`herald_core::limits::clock_ms`], for the
     /// `disconnected` log).
     started_ms: u64,
     /// Armed while the session's token has an expiry (at its deadline).
@@ -229,7 +229,7 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
         link,
         format,
         cmds_armed: false,
-        started_ms: since_start(),
+        started_ms: herald_core::limits::clock_ms(),
         auth_timer: None,
         _held: (held._ip, user_slot.map(Box::new)),
     })
@@ -424,7 +424,7 @@ impl<S: Socket> Conn<S> {
             client = %session.client_id(),
             remote = session.client_ip().map(tracing::field::display),
             user = session.user_id(),
-            duration_ms = since_start().saturating_sub(started_ms),
+            duration_ms = herald_core::limits::clock_ms().saturating_sub(started_ms),
             close_code = end.code.map(|c| c.code()),
             reason,
             "disconnected"
@@ -440,16 +440,6 @@ impl<S: Socket> Conn<S> {
             link.into_reader().linger(LINGER, linger).await;
         }
     }
-}
-
-/// Milliseconds since the first call, monotonic (8 bytes per connection instead of an
-/// `Instant`'s 16).
-fn since_start() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
 }
 
 /// How long a server-initiated close waits for the client to stop sending.

@@ -32,20 +32,10 @@ fn compressing() -> Setup {
 /// Upgrade with `extra` header lines; returns the socket and the response head.
 async fn handshake(addr: std::net::SocketAddr, extra: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut b).await.expect("read"),
-            1,
-            "eof in the handshake"
-        );
-        head.push(b[0]);
-    }
+    s.write_all(upgrade_request(addr, extra).as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut s).await;
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     (s, head)

@@ -678,25 +678,12 @@ async fn the_node_connect_rate_refuses_the_excess_with_a_retry_hint() {
 async fn frames_sent_with_the_handshake_are_read_first() {
     let server = start(Setup::default()).await;
     let mut s = TcpStream::connect(server.addr).await.expect("connect");
-    let addr = server.addr;
-    let mut packet = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes();
+    let mut packet = support::upgrade_request(server.addr, "").into_bytes();
     packet.extend(masked(0x81, br#"{"type":"no_such_command","id":"7"}"#));
     packet.extend(masked(0x88, &1000u16.to_be_bytes()));
     s.write_all(&packet).await.expect("write");
     let (mut r, _w) = s.into_split();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            r.read(&mut b).await.expect("read"),
-            1,
-            "eof during handshake"
-        );
-        head.push(b[0]);
-    }
+    let head = read_head(&mut r).await;
     assert!(head.starts_with(b"HTTP/1.1 101"));
     let got = read_until_eof(&mut r).await;
     let reply = got

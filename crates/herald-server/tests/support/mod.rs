@@ -370,29 +370,42 @@ pub async fn raw_client_with(
     rcvbuf: Option<u32>,
     extra_headers: &str,
 ) -> TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(n) = rcvbuf {
         sock.set_recv_buffer_size(n).expect("rcvbuf");
     }
     let mut s = sock.connect(addr).await.expect("connect");
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    let mut b = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        let n = s.read(&mut b).await.expect("read");
-        assert!(n == 1, "eof during handshake");
-        buf.push(b[0]);
-    }
+    s.write_all(upgrade_request(addr, extra_headers).as_bytes())
+        .await
+        .expect("write");
+    let buf = read_head(&mut s).await;
     assert!(
         buf.starts_with(b"HTTP/1.1 101"),
         "{}",
         String::from_utf8_lossy(&buf)
     );
     s
+}
+
+/// A `/ws` upgrade request with `extra_headers` (each line ending in `\r\n`).
+pub fn upgrade_request(addr: std::net::SocketAddr, extra_headers: &str) -> String {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+}
+
+/// The response head, read byte by byte (nothing after it is consumed).
+pub async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut b).await.expect("read");
+        assert!(n == 1, "eof during handshake");
+        head.push(b[0]);
+    }
+    head
 }
 
 /// Encode a masked client text frame.

@@ -51,7 +51,8 @@ pub struct ServerConfig {
     /// The same per client IP (the TCP peer; `trusted_proxies` are exempt) (0 = unlimited).
     pub max_http_connections_per_ip: usize,
     /// Give free memory back to the operating system after floods of connections or sessions
-    /// ended (glibc `malloc_trim`; the `herald` binary does it): at most once per interval, only
+    /// ended (a purge of every jemalloc arena; the `herald` binary does it, without waiting for
+    /// the allocator's one-second decay): at most once per interval, only
     /// after at least 256 connections + waiting sessions, and a quarter of the peak, went away.
     /// 0 = never.
     #[serde(with = "humantime_serde")]

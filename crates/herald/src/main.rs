@@ -6,6 +6,12 @@ mod memory;
 mod token;
 mod tools;
 
+/// jemalloc, configured in `.cargo/config.toml` (see `memory`): size-class slabs without
+/// per-chunk headers, and freed pages given back by a background thread after about a second.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -22,36 +22,52 @@ pub fn clock_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A token bucket of `count` per `period` (burst `burst`) for a single owner, lock-free and
-/// allocation-free; it reads the clock only when it runs dry. `count = 0` allows everything.
-/// 24 bytes: every connection holds three.
-#[derive(Debug)]
-pub struct Allowance {
+/// A rate: `count` per `period`, up to `burst` at once (at least `count`). `count = 0` allows
+/// everything.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
     count: u32,
     period_ms: u32,
     burst: u32,
-    tokens: std::sync::atomic::AtomicU32,
-    /// When it was last refilled, on the shared clock.
-    refilled: std::sync::atomic::AtomicU64,
 }
 
-impl Allowance {
+impl Rate {
     /// `count` per `period`, up to `burst` at once (at least `count`).
-    pub fn new(count: u32, period: std::time::Duration, burst: u32) -> Allowance {
-        let burst = burst.max(count);
-        Allowance {
+    pub fn new(count: u32, period: std::time::Duration, burst: u32) -> Rate {
+        Rate {
             count,
             period_ms: (period.as_millis().min(u32::MAX as u128) as u32).max(1),
-            burst,
-            tokens: std::sync::atomic::AtomicU32::new(burst),
-            refilled: std::sync::atomic::AtomicU64::new(clock_ms()),
+            burst: burst.max(count),
+        }
+    }
+}
+
+/// A token bucket's state without its [`Rate`] (8 bytes), for owners that hold many buckets of
+/// a rate they can name at each take (every connection's journal quotas: the node's config).
+/// Lock-free and allocation-free; it reads the clock only when it runs dry.
+///
+/// The refill time is kept as 32 bits of [`clock_ms`], compared with wrapping arithmetic: an
+/// empty bucket left untouched for a multiple of ~49.7 days may refuse one take too many.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: std::sync::atomic::AtomicU32,
+    /// When it was last refilled: the low 32 bits of [`clock_ms`].
+    refilled: std::sync::atomic::AtomicU32,
+}
+
+impl Bucket {
+    /// A full bucket of `rate`.
+    pub fn new(rate: Rate) -> Bucket {
+        Bucket {
+            tokens: std::sync::atomic::AtomicU32::new(rate.burst),
+            refilled: std::sync::atomic::AtomicU32::new(clock_ms() as u32),
         }
     }
 
-    /// Take one token; false when none is left.
-    pub fn take(&self) -> bool {
+    /// Take one token at `rate` (the one the bucket was made with); false when none is left.
+    pub fn take(&self, rate: Rate) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        if self.count == 0 {
+        if rate.count == 0 {
             return true;
         }
         if self
@@ -61,19 +77,43 @@ impl Allowance {
         {
             return true;
         }
-        let now = clock_ms();
-        let since = now.saturating_sub(self.refilled.load(Relaxed));
-        let earned = since * self.count as u64 / self.period_ms as u64;
+        let now = clock_ms() as u32;
+        let since = now.wrapping_sub(self.refilled.load(Relaxed));
+        let earned = u64::from(since) * u64::from(rate.count) / u64::from(rate.period_ms);
         if earned == 0 {
             return false;
         }
         self.refilled.store(now, Relaxed);
         // This call takes one of the earned tokens.
         self.tokens.store(
-            (earned.min(self.burst as u64) as u32).saturating_sub(1),
+            (earned.min(u64::from(rate.burst)) as u32).saturating_sub(1),
             Relaxed,
         );
         true
+    }
+}
+
+/// A token bucket of `count` per `period` (burst `burst`) for a single owner: a [`Rate`] and its
+/// [`Bucket`], 20 bytes. `count = 0` allows everything.
+#[derive(Debug)]
+pub struct Allowance {
+    rate: Rate,
+    bucket: Bucket,
+}
+
+impl Allowance {
+    /// `count` per `period`, up to `burst` at once (at least `count`).
+    pub fn new(count: u32, period: std::time::Duration, burst: u32) -> Allowance {
+        let rate = Rate::new(count, period, burst);
+        Allowance {
+            rate,
+            bucket: Bucket::new(rate),
+        }
+    }
+
+    /// Take one token; false when none is left.
+    pub fn take(&self) -> bool {
+        self.bucket.take(self.rate)
     }
 }
 
@@ -199,6 +239,21 @@ mod tests {
         assert!((0..10_000).all(|_| off.take()));
         let per_minute = Allowance::new(3, std::time::Duration::from_secs(60), 3);
         assert_eq!((0..10).filter(|_| per_minute.take()).count(), 3);
+    }
+
+    #[test]
+    fn a_bucket_refills_across_the_32_bit_clock_wrap() {
+        let rate = Rate::new(1, std::time::Duration::from_secs(60), 1);
+        let b = Bucket::new(rate);
+        assert!(b.take(rate));
+        assert!(!b.take(rate), "dry for a minute");
+        // Last refilled two minutes before the low 32 bits of the clock wrapped (the stored
+        // time is above the current one): the time since is still two minutes.
+        b.refilled
+            .store(u32::MAX - 120_000, std::sync::atomic::Ordering::Relaxed);
+        assert!(b.take(rate), "two minutes earned tokens across the wrap");
+        assert_eq!(std::mem::size_of::<Bucket>(), 8);
+        assert_eq!(std::mem::size_of::<Allowance>(), 20);
     }
 
     #[test]

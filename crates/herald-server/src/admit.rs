@@ -172,7 +172,10 @@ pub(crate) async fn admit(
         rejected("node_connect_rate");
         return Err(Refusal::Busy(retry_hint(limits.connect_retry_jitter)));
     }
-    let Some(ip_slot) = app.ip_slots.acquire(ip, limits.max_connections_per_ip) else {
+    let Some(ip_slot) = app
+        .ip_slots
+        .acquire(crate::slots::ip_key(ip), limits.max_connections_per_ip)
+    else {
         rejected("ip_connections");
         return Err(too_many("too many open connections from this address").into());
     };

@@ -354,9 +354,8 @@ impl ServerBuilder {
             .then(|| Arc::new(node.config().deflate_policy(conn.compression_threshold)));
         let state = Arc::new(AppState {
             deflate,
-            ws_writes: AppState::writer_settings(&conn, &server, true),
-            echo_writes: AppState::writer_settings(&conn, &server, false),
-            heartbeats,
+            ws_writes: AppState::writer_settings(&conn, &server, true, &heartbeats),
+            echo_writes: AppState::writer_settings(&conn, &server, false, &heartbeats),
             connect_limiter,
             accepts: herald_core::limits::SharedLimiter::new(l.connect_per_second, l.connect_burst),
             busy: AtomicUsize::new(0),

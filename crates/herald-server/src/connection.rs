@@ -2,7 +2,7 @@
 //! writes (the [`Link`]) the same socket; and the `/echo` loop.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -61,13 +61,11 @@ struct Conn<S> {
     format: Format,
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
-    /// When the connection began (milliseconds on [`herald_core::limits::clock_ms`], for the
-    /// `disconnected` log).
-    started_ms: u64,
     /// Armed while the session's token has an expiry (at its deadline).
     auth_timer: Option<Pin<Box<Sleep>>>,
-    /// Slots held while the connection lives (the user's boxed: 40 bytes most connections lack).
-    _held: (Option<Slot<IpAddr>>, Option<Box<crate::slots::UserSlot>>),
+    /// Slots held while the connection lives: the client IP's (nearly every connection), the
+    /// user's (boxed: 40 bytes anonymous connections lack).
+    _held: (Option<Slot<Ipv6Addr>>, Option<Box<crate::slots::UserSlot>>),
 }
 
 /// One count in `AppState::connections` and the `herald_connections` gauge, given back however
@@ -205,12 +203,7 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
     let app = Counted(app);
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
-    let mut link = Link::new(
-        reader,
-        session.outlet().clone(),
-        app.heartbeats.clone(),
-        app.ws_writes.clone(),
-    );
+    let mut link = Link::new(reader, session.outlet().clone(), app.ws_writes.clone());
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
@@ -229,7 +222,6 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
         link,
         format,
         cmds_armed: false,
-        started_ms: herald_core::limits::clock_ms(),
         auth_timer: None,
         _held: (held._ip, user_slot.map(Box::new)),
     })
@@ -405,7 +397,6 @@ impl<S: Socket> Conn<S> {
             app,
             session,
             mut link,
-            started_ms,
             _held,
             ..
         } = self;
@@ -424,7 +415,7 @@ impl<S: Socket> Conn<S> {
             client = %session.client_id(),
             remote = session.client_ip().map(tracing::field::display),
             user = session.user_id(),
-            duration_ms = herald_core::limits::clock_ms().saturating_sub(started_ms),
+            duration_ms = herald_core::limits::clock_ms().saturating_sub(session.started_ms()),
             close_code = end.code.map(|c| c.code()),
             reason,
             "disconnected"
@@ -489,12 +480,7 @@ pub async fn serve_echo(
             max_bytes: 4 * max,
         },
     );
-    let mut link = Link::new(
-        reader,
-        outlet.clone(),
-        app.heartbeats.clone(),
-        app.echo_writes.clone(),
-    );
+    let mut link = Link::new(reader, outlet.clone(), app.echo_writes.clone());
     let mut control = Vec::new();
     loop {
         let res = match link.next(&mut control).await {
@@ -530,13 +516,16 @@ mod tests {
     /// Issue 14: the connection's task is an idle connection's largest allocation, and tokio
     /// rounds it up to 128 bytes. The task holds `Conn` plus ≈ 40 bytes (the loop's await, the
     /// `then` chain, the task tracker's token) plus tokio's ≈ 100-byte header and trailer: at
-    /// 624 bytes (rustc 1.95) it is a 768-byte task (`bench/idle-heap.sh` shows the task's
-    /// allocation); `Conn` was 672 (a 1 024-byte task) before the message
-    /// moved into its boxed handler, the session's tokens lost their 16-byte alignment and plain
-    /// TCP connections dropped hyper's `Upgraded`. A field added here must pay for itself.
+    /// 504 bytes (rustc 1.95) it is a 640-byte task (`bench/idle-heap.sh` shows the task's
+    /// allocation). `Conn` was 672 (a 1 024-byte task) before the message moved into its boxed
+    /// handler, the session's tokens lost their 16-byte alignment and plain TCP connections
+    /// dropped hyper's `Upgraded`; 616 (768) before the session's rarely used fields moved into
+    /// one box, its token expiry and journal quotas shrank, the link's settings took the
+    /// heartbeat wheel and the IP slot's key became 16 bytes. A field added here must pay for
+    /// itself.
     #[test]
-    fn an_idle_connection_stays_a_768_byte_task() {
+    fn an_idle_connection_stays_a_640_byte_task() {
         let size = std::mem::size_of::<Conn<tokio::net::TcpStream>>();
-        assert!(size <= 624, "Conn<TcpStream> is {size} bytes");
+        assert!(size <= 504, "Conn<TcpStream> is {size} bytes");
     }
 }

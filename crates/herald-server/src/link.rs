@@ -26,7 +26,7 @@ use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
-use crate::heartbeat::{Asked, Beat, Heartbeats};
+use crate::heartbeat::{Asked, Beat};
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::writer::{WriterEnd, WriterMetrics, WriterSettings, closing_frames};
 
@@ -81,7 +81,7 @@ pub struct Link<S> {
     reader: MessageReader<S>,
     outlet: Arc<Outlet>,
     beat: Arc<Beat>,
-    wheel: Arc<Heartbeats>,
+    /// The writer's settings and the heartbeat wheel.
     settings: Arc<WriterSettings>,
     /// The batch being written (borrowed from the per-thread pool; empty while idle).
     frames: Vec<Bytes>,
@@ -134,23 +134,21 @@ pub enum IoEvent {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
-    /// Serve `reader`'s socket for `outlet`, with heartbeats from `wheel`.
+    /// Serve `reader`'s socket for `outlet`, with heartbeats from `settings.wheel`.
     pub fn new(
         reader: MessageReader<S>,
         outlet: Arc<Outlet>,
-        wheel: Arc<Heartbeats>,
         settings: Arc<WriterSettings>,
     ) -> Self {
         Link {
             reader,
             outlet,
             // `/echo` (no advisories) is never rotated: conformance runs must not see 4005.
-            beat: wheel.join(if settings.advisory {
+            beat: settings.wheel.join(if settings.advisory {
                 settings.conn.max_lifetime
             } else {
                 std::time::Duration::ZERO
             }),
-            wheel,
             settings,
             frames: Vec::new(),
             close: None,
@@ -179,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
         match self.reader.poll_next(cx, control) {
             Poll::Ready(r) => {
-                self.wheel.seen(&self.beat);
+                self.settings.wheel.seen(&self.beat);
                 Poll::Ready(IoEvent::Inbound(r))
             }
             Poll::Pending => Poll::Pending,
@@ -357,7 +355,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                         return Poll::Ready(());
                     }
                     let at = if self.stopping {
-                        self.wheel.stop_deadline(self.settings.shutdown_timeout)
+                        self.settings
+                            .wheel
+                            .stop_deadline(self.settings.shutdown_timeout)
                     } else {
                         Instant::now() + self.settings.conn.write_timeout
                     };
@@ -500,12 +500,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
 mod tests {
     use super::*;
     use crate::config::ConnectionConfig;
+    use crate::heartbeat::Heartbeats;
     use herald_core::outlet::QueueLimits;
     use herald_proto::Format;
     use tokio::io::AsyncReadExt;
 
-    fn settings() -> WriterSettings {
+    fn settings(wheel: &Arc<Heartbeats>) -> WriterSettings {
         WriterSettings {
+            wheel: wheel.clone(),
             conn: ConnectionConfig {
                 ping_interval: Duration::from_secs(3600),
                 ..Default::default()
@@ -536,14 +538,9 @@ mod tests {
         let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
         let s = Arc::new(WriterSettings {
             advisory: true,
-            ..settings()
+            ..settings(&wheel)
         });
-        let mut link = Link::new(
-            MessageReader::new(server, 1 << 20),
-            outlet.clone(),
-            wheel,
-            s,
-        );
+        let mut link = Link::new(MessageReader::new(server, 1 << 20), outlet.clone(), s);
         let beat = link.beat.clone();
         let serving = tokio::spawn(async move {
             let mut control = Vec::new();
@@ -573,10 +570,10 @@ mod tests {
         let (client, server) = tokio::io::duplex(64);
         let outlet = outlet();
         let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
-        let s = Arc::new(settings());
+        let s = Arc::new(settings(&wheel));
         let o = outlet.clone();
         let serve = async move {
-            let mut link = Link::new(MessageReader::new(server, 1 << 20), o, wheel, s);
+            let mut link = Link::new(MessageReader::new(server, 1 << 20), o, s);
             let mut control = Vec::new();
             link.next(&mut control).await
         };
@@ -605,12 +602,11 @@ mod tests {
         let (client, server) = tokio::io::duplex(256);
         let outlet = outlet();
         let wheel = Heartbeats::new(Duration::from_millis(40), Duration::from_secs(60));
-        let mut s = settings();
+        let mut s = settings(&wheel);
         s.conn.write_timeout = Duration::from_millis(200);
         let mut link = Link::new(
             MessageReader::new(server, 1 << 20),
             outlet.clone(),
-            wheel.clone(),
             Arc::new(s),
         );
         let mut control = Vec::new();

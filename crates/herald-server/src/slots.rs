@@ -61,6 +61,15 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
 }
 
 /// A user's connection slot: counted on this node and, in a cluster, across all nodes.
+/// A client IP as a slot key: IPv4 as its IPv4-mapped IPv6 address, so that a held slot is 24
+/// bytes (an `IpAddr` key pads it to 32, in every connection task).
+pub fn ip_key(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+        std::net::IpAddr::V6(a) => a,
+    }
+}
+
 pub struct UserSlot {
     _local: Slot<String>,
     // Boxed: a connection task holds this for its lifetime; most nodes are not in a cluster.

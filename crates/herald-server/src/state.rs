@@ -1,7 +1,7 @@
 //! The HTTP application's shared state, complete before the router is built (`Server::builder`),
 //! and the JSON error body every route answers with.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
@@ -54,7 +54,7 @@ pub struct AppState {
     /// Connections being refused with 1013 right now (bounded by `admit::MAX_BUSY`).
     pub(crate) busy: AtomicUsize,
     /// Open connections per client IP.
-    pub ip_slots: Arc<Slots<IpAddr>>,
+    pub ip_slots: Arc<Slots<Ipv6Addr>>,
     /// Open connections per user.
     pub user_slots: Arc<Slots<String>>,
     /// TLS, when configured.
@@ -70,9 +70,8 @@ pub struct AppState {
     /// The admin UI, when `[admin]` is on.
     pub admin: Option<Arc<crate::admin_sessions::Admin>>,
     pub(crate) metrics: Option<PrometheusHandle>,
-    /// Pings and pong deadlines of every connection.
-    pub(crate) heartbeats: Arc<crate::heartbeat::Heartbeats>,
-    /// How `/ws` connections write (with `disconnect` advisories).
+    /// How `/ws` connections write (with `disconnect` advisories), and the heartbeat wheel
+    /// (pings and pong deadlines of every connection).
     pub(crate) ws_writes: Arc<WriterSettings>,
     /// How `/echo` connections write (no advisories).
     pub(crate) echo_writes: Arc<WriterSettings>,
@@ -96,7 +95,7 @@ pub enum Handshake {
 /// Connection slots held for the lifetime of a connection.
 pub struct Held {
     /// The client IP slot.
-    pub _ip: Option<Slot<IpAddr>>,
+    pub _ip: Option<Slot<Ipv6Addr>>,
     /// Handshake headers kept for backend proxies.
     pub forwarded: Option<herald_core::rpc::Headers>,
 }
@@ -106,8 +105,10 @@ impl AppState {
         conn: &ConnectionConfig,
         server: &ServerConfig,
         advisory: bool,
+        wheel: &Arc<crate::heartbeat::Heartbeats>,
     ) -> Arc<WriterSettings> {
         Arc::new(WriterSettings {
+            wheel: wheel.clone(),
             conn: conn.clone(),
             shutdown_timeout: server.shutdown_timeout,
             reconnect_jitter: server.shutdown_reconnect_jitter,

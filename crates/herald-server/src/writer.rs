@@ -48,9 +48,11 @@ impl WriterMetrics {
     }
 }
 
-/// Settings the writer needs.
-#[derive(Debug, Clone)]
+/// Settings the writer needs, and the heartbeat wheel (one pointer in every link for both).
+#[derive(Clone)]
 pub struct WriterSettings {
+    /// The node's heartbeat wheel.
+    pub wheel: std::sync::Arc<crate::heartbeat::Heartbeats>,
     /// Heartbeat and timeouts.
     pub conn: ConnectionConfig,
     /// Shutdown flush deadline.

@@ -37,7 +37,7 @@ impl Session {
             client_id: self.client_id.to_string(),
             user_id: self.identity.user_id.clone(),
             info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
-            headers: self.forwarded.clone(),
+            headers: self.forwarded().cloned(),
         }
     }
 
@@ -60,11 +60,15 @@ impl Session {
                 "rpc is not enabled on this server",
             ));
         };
-        let cfg = &self.node.config().session;
-        let slots = self
-            .rpc_slots
-            .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(cfg.rpc_max_inflight)))
-            .clone();
+        let (max, timeout) = {
+            let cfg = &self.node.config().session;
+            (cfg.rpc_max_inflight, cfg.rpc_timeout)
+        };
+        let slots = self.rare_with(|r| {
+            r.rpc_slots
+                .get_or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max)))
+                .clone()
+        });
         let Ok(permit) = slots.try_acquire_owned() else {
             return Err(EngineError::new(
                 ErrorCode::RateLimited,
@@ -72,7 +76,7 @@ impl Session {
             ));
         };
         let ctx = self.rpc_context();
-        let (outlet, id, timeout) = (self.outlet.clone(), id.clone(), cfg.rpc_timeout);
+        let (outlet, id) = (self.outlet.clone(), id.clone());
         let node = self.node.clone();
         tokio::spawn(async move {
             let _permit = permit;

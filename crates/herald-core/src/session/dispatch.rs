@@ -25,7 +25,7 @@ impl Session {
             if e.refresh_sent {
                 e.expire_at
             } else {
-                e.refresh_at
+                e.refresh_at()
             }
         })
     }
@@ -41,7 +41,7 @@ impl Session {
             self.expiry = None;
             return Flow::Close(CloseCode::TokenExpired);
         }
-        if !e.refresh_sent && now >= e.refresh_at {
+        if !e.refresh_sent && now >= e.refresh_at() {
             e.refresh_sent = true;
             if self.identity.proxied
                 && let Ok(proxy) = self.node.channel_proxy()
@@ -67,7 +67,10 @@ impl Session {
         if let Some(flow) = self.charge(&id) {
             return flow;
         }
-        let admitted_by_resume = self.resume_only.take();
+        let admitted_by_resume = match &self.rare {
+            Some(r) if r.resume_only.is_some() => self.rare_with(|r| r.resume_only.take()),
+            _ => None,
+        };
         if let Some(token) = &admitted_by_resume
             && !matches!(&command, Command::Resume(r) if *r.token == **token)
         {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::journal::{DeadLetterKind, EventKind};
-use crate::limits::{CommandLimiter, Verdict};
+use crate::limits::{Bucket, CommandLimiter, Rate, Verdict};
 use crate::node::{Node, ServerCommand};
 use crate::outlet::{Outlet, QueueLimits};
 use crate::rpc::Headers;
@@ -54,70 +54,102 @@ pub struct Session {
     resume_token: Token,
     subs: subs::Subs,
     violations: u32,
-    /// `rpc` calls in flight (created on the first call).
-    rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// The `connect` event was emitted (at the first command that is not `resume`).
     announced: bool,
-    /// Admitted at the handshake by this resume token (instead of the connect proxy): the first
-    /// command must be the `resume` that uses it.
-    resume_only: Option<Box<str>>,
     /// Server-side commands for this session (users only).
     server_cmds: Option<(
         tokio::sync::mpsc::Sender<ServerCommand>,
         tokio::sync::mpsc::Receiver<ServerCommand>,
     )>,
-    started: std::time::Instant,
+    /// When the session began (milliseconds on [`crate::limits::clock_ms`]).
+    started_ms: u64,
+    /// What few sessions use, made on first use: every connection task carries its session.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a session that most never use (each connection task holds 8 bytes for them,
+/// not 40).
+#[derive(Default)]
+struct Rare {
+    /// `rpc` calls in flight (created on the first call).
+    rpc_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Admitted at the handshake by this resume token (instead of the connect proxy): the first
+    /// command must be the `resume` that uses it.
+    resume_only: Option<Box<str>>,
     /// Forwarded handshake headers for backend proxies.
     forwarded: Option<Headers>,
-    /// Channel info the subscribe proxy returned, by channel (boxed: rarely used, and every
-    /// connection task carries its session).
-    #[expect(
-        clippy::box_collection,
-        reason = "8 bytes instead of a 48-byte empty map in every connection task"
-    )]
-    chan_info: Option<Box<HashMap<String, serde_json::Value>>>,
+    /// Channel info the subscribe proxy returned, by channel.
+    chan_info: HashMap<String, serde_json::Value>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.rpc_slots.is_none()
+            && self.resume_only.is_none()
+            && self.forwarded.is_none()
+            && self.chan_info.is_empty()
+    }
 }
 
 /// One connection's share of the node's bounded journals, so that one noisy client cannot push
 /// everyone else's dead letters and events out (counters stay exact: what is not kept is counted).
 struct JournalQuota {
-    dead_letters: crate::limits::Allowance,
-    events: crate::limits::Allowance,
+    dead_letters: Bucket,
+    events: Bucket,
 }
 
 impl JournalQuota {
-    fn new(cfg: &crate::config::SessionConfig) -> Self {
+    /// Per minute, as the node's config says (the rates are not kept: 16 bytes, not 40).
+    fn rates(cfg: &crate::config::SessionConfig) -> (Rate, Rate) {
         let minute = Duration::from_secs(60);
+        let per_minute = |n| Rate::new(n, minute, n);
+        (
+            per_minute(cfg.dead_letters_per_connection),
+            per_minute(cfg.events_per_connection),
+        )
+    }
+
+    fn new(cfg: &crate::config::SessionConfig) -> Self {
+        let (dead_letters, events) = Self::rates(cfg);
         JournalQuota {
-            dead_letters: crate::limits::Allowance::new(
-                cfg.dead_letters_per_connection,
-                minute,
-                cfg.dead_letters_per_connection,
-            ),
-            events: crate::limits::Allowance::new(
-                cfg.events_per_connection,
-                minute,
-                cfg.events_per_connection,
-            ),
+            dead_letters: Bucket::new(dead_letters),
+            events: Bucket::new(events),
         }
+    }
+
+    fn take_dead_letter(&self, cfg: &crate::config::SessionConfig) -> bool {
+        self.dead_letters.take(Self::rates(cfg).0)
+    }
+
+    fn take_event(&self, cfg: &crate::config::SessionConfig) -> bool {
+        self.events.take(Self::rates(cfg).1)
     }
 }
 
 /// When the connection token expires and when to ask for a fresh one.
 #[derive(Debug, Clone, Copy)]
 struct Expiry {
-    refresh_at: tokio::time::Instant,
     expire_at: tokio::time::Instant,
+    /// How long before `expire_at` to ask for a fresh token, in milliseconds (24 bytes in every
+    /// connection task instead of a second 16-byte instant; at most ~49 days).
+    refresh_lead_ms: u32,
     refresh_sent: bool,
+}
+
+impl Expiry {
+    fn refresh_at(&self) -> tokio::time::Instant {
+        let lead = Duration::from_millis(self.refresh_lead_ms.into());
+        self.expire_at.checked_sub(lead).unwrap_or(self.expire_at)
+    }
 }
 
 fn expiry(identity: &Identity, refresh_before: Duration) -> Option<Expiry> {
     let exp_ms = identity.claims.as_ref()?.exp.saturating_mul(1000);
     let left = Duration::from_millis(exp_ms.saturating_sub(crate::publication::now_ms()));
-    let now = tokio::time::Instant::now();
+    let lead = refresh_before.min(left / 2).as_millis();
     Some(Expiry {
-        refresh_at: now + left.saturating_sub(refresh_before.min(left / 2)),
-        expire_at: now + left,
+        expire_at: tokio::time::Instant::now() + left,
+        refresh_lead_ms: u32::try_from(lead).unwrap_or(u32::MAX),
         refresh_sent: false,
     })
 }
@@ -183,13 +215,10 @@ impl Session {
             resume_token: token(),
             subs: subs::Subs::default(),
             violations: 0,
-            rpc_slots: None,
             announced: false,
-            resume_only: None,
-            started: std::time::Instant::now(),
+            started_ms: crate::limits::clock_ms(),
             server_cmds,
-            forwarded: None,
-            chan_info: None,
+            rare: None,
         }
     }
 
@@ -210,13 +239,35 @@ impl Session {
 
     /// Keep these handshake headers for backend proxies (`rpc`, subscribe, publish, refresh).
     pub fn set_forwarded_headers(&mut self, headers: Option<Headers>) {
-        self.forwarded = headers;
+        if headers.is_some() || self.forwarded().is_some() {
+            self.rare_with(|r| r.forwarded = headers);
+        }
+    }
+
+    /// Change the rarely used parts (made on first use, dropped again once empty).
+    fn rare_with<T>(&mut self, f: impl FnOnce(&mut Rare) -> T) -> T {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        let out = f(rare);
+        if rare.is_empty() {
+            self.rare = None;
+        }
+        out
+    }
+
+    /// Forwarded handshake headers for backend proxies.
+    fn forwarded(&self) -> Option<&Headers> {
+        self.rare.as_ref()?.forwarded.as_ref()
+    }
+
+    /// When the session began (milliseconds on [`crate::limits::clock_ms`]).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
     }
 
     /// This connection was admitted by a waiting session's resume token (no connect-proxy call):
     /// its first command must be the `resume` with that token, or it is closed with 4502.
     pub fn require_resume(&mut self, token: &str) {
-        self.resume_only = Some(token.into());
+        self.rare_with(|r| r.resume_only = Some(token.into()));
     }
 
     /// The client's IP: its connections share a per-IP quota of journal entries.
@@ -235,7 +286,7 @@ impl Session {
         crate::node::SessionDetails {
             client_id: self.client_id.to_string(),
             transport,
-            age: self.started.elapsed(),
+            age: Duration::from_millis(crate::limits::clock_ms().saturating_sub(self.started_ms)),
             address: self.client_ip,
         }
     }
@@ -257,9 +308,9 @@ impl Session {
             user_id: self.identity.user_id.clone(),
             info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
             chan_info: self
-                .chan_info
+                .rare
                 .as_ref()
-                .and_then(|m| m.get(channel).cloned()),
+                .and_then(|r| r.chan_info.get(channel).cloned()),
         }
     }
 
@@ -336,7 +387,9 @@ impl Session {
 
     /// Record a dead letter this connection caused, within its quota (always counted).
     fn dead_letter(&self, reason: DeadLetterKind, context: impl FnOnce() -> serde_json::Value) {
-        if self.quota.dead_letters.take() && self.node.journal_allowed(self.client_ip) {
+        if self.quota.take_dead_letter(&self.node.config().session)
+            && self.node.journal_allowed(self.client_ip)
+        {
             self.node.dead_letters().push(reason, context());
         } else {
             self.node.dead_letters().suppressed(reason);
@@ -396,12 +449,15 @@ impl Session {
     fn event(&self, kind: EventKind, channel: Option<&str>, reason: Option<&'static str>) {
         // Session starts and ends are always kept; subscription churn is within the quota.
         let churn = !matches!(kind, EventKind::Connect | EventKind::Disconnect);
-        if churn && !(self.quota.events.take() && self.node.journal_allowed(self.client_ip)) {
+        if churn
+            && !(self.quota.take_event(&self.node.config().session)
+                && self.node.journal_allowed(self.client_ip))
+        {
             self.node.events().suppressed(kind);
             return;
         }
-        let duration =
-            (kind == EventKind::Disconnect).then(|| self.started.elapsed().as_millis() as u64);
+        let duration = (kind == EventKind::Disconnect)
+            .then(|| crate::limits::clock_ms().saturating_sub(self.started_ms));
         let (client, user) = match kind {
             EventKind::ChannelOccupied | EventKind::ChannelVacated => (None, None),
             _ => (Some(&*self.client_id), Some(self.identity.user_id.as_str())),

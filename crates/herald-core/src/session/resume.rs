@@ -161,11 +161,9 @@ impl Session {
             client_id: _,
             quota: _,
             subs: _,
-            rpc_slots: _,
             announced: _,
             server_cmds: _,
-            started: _,
-            chan_info: _,
+            started_ms: _,
             resume_token: _,
             // The new connection's: its (fresher) token, rate limiter, address and headers; and a
             // clean slate of protocol violations.
@@ -173,17 +171,20 @@ impl Session {
             expiry,
             limiter,
             client_ip,
-            forwarded,
             violations,
-            // Spent by the `resume` being handled (the waiting session never has one).
-            resume_only,
+            // Its headers (the rest — rpc slots, channel info — belong to the session; a
+            // `resume_only` token was spent by the `resume` being handled).
+            rare,
         } = fresh;
-        self.resume_only = resume_only.take();
+        let forwarded = rare.take().and_then(|r| r.forwarded);
+        self.rare_with(|r| {
+            r.resume_only = None;
+            r.forwarded = forwarded;
+        });
         std::mem::swap(&mut self.identity, identity);
         std::mem::swap(&mut self.expiry, expiry);
         std::mem::swap(&mut self.limiter, limiter);
         std::mem::swap(&mut self.client_ip, client_ip);
-        std::mem::swap(&mut self.forwarded, forwarded);
         self.violations = *violations;
     }
 
@@ -193,7 +194,7 @@ impl Session {
         let grace = self.node.config().session.resume_grace;
         // A connection admitted by a resume token that never resumed has nothing to keep: parked,
         // its own fresh token would admit the next connection without the proxy, and so on.
-        if self.resume_only.is_some() {
+        if self.rare.as_ref().is_some_and(|r| r.resume_only.is_some()) {
             self.end("closed before its resume").await;
             return;
         }

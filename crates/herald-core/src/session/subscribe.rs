@@ -19,11 +19,12 @@ use super::*;
 
 impl Session {
     pub(super) fn forget_chan_info(&mut self, channel: &str) {
-        if let Some(m) = &mut self.chan_info {
-            m.remove(channel);
-            if m.is_empty() {
-                self.chan_info = None;
-            }
+        if self
+            .rare
+            .as_ref()
+            .is_some_and(|r| r.chan_info.contains_key(channel))
+        {
+            self.rare_with(|r| r.chan_info.remove(channel));
         }
     }
 
@@ -39,9 +40,7 @@ impl Session {
         if let Some(ci) = chan_info
             && !self.subs.contains_key(&channel)
         {
-            self.chan_info
-                .get_or_insert_with(Default::default)
-                .insert(channel.clone(), ci);
+            self.rare_with(|r| r.chan_info.insert(channel.clone(), ci));
         }
         let r = self.join(id, s, &ns, false).await;
         if !self.subs.contains_key(&channel) {

@@ -70,11 +70,18 @@ pub struct QueueLimits {
 #[derive(Debug)]
 struct Queue {
     items: items::Items,
-    /// The pong owed to the client's newest ping (older ones are not answered: RFC 6455 §5.5.3).
-    /// Boxed: rare (clients seldom ping), and every connection has a queue.
-    pong: Option<Box<Bytes>>,
     bytes: usize,
     close: Option<CloseCode>,
+    /// What few outlets use, made on first use: with it out of line the outlet is 144 bytes (a
+    /// 160-byte allocation with its `Arc`, not 192), and every connection has one.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a queue that most connections never use.
+#[derive(Debug, Default)]
+struct Rare {
+    /// The pong owed to the client's newest ping (older ones are not answered: RFC 6455 §5.5.3).
+    pong: Option<Bytes>,
     redirect: Option<Arc<Outlet>>,
     /// Tasks in [`Outlet::wait_for_room`]: a drain wakes them only when there are any (waking
     /// takes the `Notify`'s lock, and a drain happens for every write).
@@ -84,6 +91,28 @@ struct Queue {
     deflate: Option<Arc<crate::compression::DeflatePolicy>>,
     /// Woken by drains for tasks in [`Outlet::wait_for_room`]; made for the first of them.
     space: Option<Arc<Notify>>,
+}
+
+impl Rare {
+    fn is_empty(&self) -> bool {
+        self.pong.is_none()
+            && self.redirect.is_none()
+            && self.room_waiters == 0
+            && self.deflate.is_none()
+            && self.space.is_none()
+    }
+}
+
+impl Queue {
+    /// Change the rarely used parts (made on first use, dropped again once empty).
+    fn rare_with<T>(&mut self, f: impl FnOnce(&mut Rare) -> T) -> T {
+        let rare = self.rare.get_or_insert_with(Box::default);
+        let out = f(rare);
+        if rare.is_empty() {
+            self.rare = None;
+        }
+        out
+    }
 }
 
 /// A connection's (or a waiting session's) outbound queue. Every connection has one (an idle
@@ -124,13 +153,9 @@ impl Outlet {
             max_bytes: cap(limits.max_bytes),
             queue: Mutex::new(Queue {
                 items: items::Items::default(),
-                pong: None,
                 bytes: 0,
                 close: None,
-                redirect: None,
-                room_waiters: 0,
-                deflate: None,
-                space: None,
+                rare: None,
             }),
             writer: AtomicWaker::new(),
         })
@@ -160,10 +185,7 @@ impl Outlet {
         if q.close.is_some() {
             return;
         }
-        match &mut q.pong {
-            Some(owed) => **owed = frame,
-            slot => *slot = Some(Box::new(frame)),
-        }
+        q.rare_with(|r| r.pong = Some(frame));
         drop(q);
         self.wake();
     }
@@ -205,16 +227,17 @@ impl Outlet {
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 let mut q = lock(&self.0.queue);
-                q.room_waiters = q.room_waiters.saturating_sub(1);
+                q.rare_with(|r| r.room_waiters = r.room_waiters.saturating_sub(1));
             }
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let max_messages = self.max_messages as usize;
         loop {
-            let space = lock(&self.queue)
-                .space
-                .get_or_insert_with(|| Arc::new(Notify::new()))
-                .clone();
+            let space = lock(&self.queue).rare_with(|r| {
+                r.space
+                    .get_or_insert_with(|| Arc::new(Notify::new()))
+                    .clone()
+            });
             let notified = space.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -226,7 +249,7 @@ impl Outlet {
                 if q.items.is_empty() || q.items.len() + n <= max_messages {
                     return true;
                 }
-                q.room_waiters += 1;
+                q.rare_with(|r| r.room_waiters += 1);
                 Waiting(self)
             };
             let timed_out = tokio::time::timeout_at(deadline, notified).await.is_err();
@@ -382,7 +405,7 @@ impl Outlet {
 
     /// Send the writer of this outlet to `target` from now on.
     pub fn redirect(&self, target: Arc<Outlet>) {
-        lock(&self.queue).redirect = Some(target);
+        lock(&self.queue).rare_with(|r| r.redirect = Some(target));
         self.wake();
     }
 
@@ -390,12 +413,14 @@ impl Outlet {
     /// permessage-deflate), or plain (`None`). A resumed session's outlet takes the setting of
     /// its new connection.
     pub fn set_deflate(&self, policy: Option<Arc<crate::compression::DeflatePolicy>>) {
-        lock(&self.queue).deflate = policy;
+        if policy.is_some() || self.deflate().is_some() {
+            lock(&self.queue).rare_with(|r| r.deflate = policy);
+        }
     }
 
     /// The compression policy in force, if any.
     pub fn deflate(&self) -> Option<Arc<crate::compression::DeflatePolicy>> {
-        lock(&self.queue).deflate.clone()
+        lock(&self.queue).rare.as_ref()?.deflate.clone()
     }
 
     /// Take up to `max` queued frames.
@@ -451,31 +476,32 @@ impl Outlet {
         mut f: impl FnMut(Out, Option<&crate::compression::DeflatePolicy>) -> T,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
         let mut q = lock(&self.queue);
-        let Queue {
-            items,
-            pong,
-            deflate,
-            ..
-        } = &mut *q;
-        if let Some(pong) = pong.take() {
-            out.push(f(Out::Reply(*pong), None));
+        if q.rare.as_ref().is_some_and(|r| r.pong.is_some())
+            && let Some(pong) = q.rare_with(|r| r.pong.take())
+        {
+            out.push(f(Out::Reply(pong), None));
         }
+        let Queue {
+            items, rare, close, ..
+        } = &mut *q;
+        let rare = rare.as_deref();
+        let deflate = rare.and_then(|r| r.deflate.as_deref());
         let n = items.len().min(max);
         let mut removed = 0;
         for item in std::iter::from_fn(|| items.pop_front()).take(n) {
             removed += item.len();
-            out.push(f(item, deflate.as_deref()));
+            out.push(f(item, deflate));
         }
-        q.bytes = q.bytes.saturating_sub(removed);
         let mut ends = (None, None);
-        if q.items.is_empty() {
-            q.bytes = 0;
-            ends = (q.close, q.redirect.clone());
+        if items.is_empty() {
+            ends = (*close, rare.and_then(|r| r.redirect.clone()));
         }
-        let space = if q.room_waiters > 0 {
-            q.space.clone()
-        } else {
-            None
+        let space = rare
+            .filter(|r| r.room_waiters > 0)
+            .and_then(|r| r.space.clone());
+        q.bytes = match q.items.is_empty() {
+            true => 0,
+            false => q.bytes.saturating_sub(removed),
         };
         drop(q);
         if let Some(space) = space {
@@ -512,6 +538,36 @@ impl Outlet {
 mod tests {
     use super::*;
     use herald_proto::Data;
+
+    /// Issue 14: every connection holds an outlet; with its `Arc` counts it is a 160-byte
+    /// allocation (jemalloc's size class; 192 when the pong, redirect, compression policy and
+    /// room waiters were inline). A field added to `Queue` or `Outlet` must pay for itself.
+    #[test]
+    fn an_outlet_fits_a_160_byte_allocation() {
+        let size = std::mem::size_of::<Outlet>() + 2 * std::mem::size_of::<usize>();
+        assert!(size <= 160, "Arc<Outlet> is {size} bytes");
+    }
+
+    #[test]
+    fn a_pong_redirect_or_room_waiter_leaves_nothing_behind() {
+        let o = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 4,
+                max_bytes: 1 << 20,
+            },
+        );
+        o.push_pong(Bytes::from_static(b"pong"));
+        let mut d = Drained::default();
+        o.drain(16, &mut d);
+        assert_eq!(d.frames, vec![Bytes::from_static(b"pong")]);
+        assert!(
+            lock(&o.queue).rare.is_none(),
+            "the written pong's box is gone"
+        );
+        o.set_deflate(None);
+        assert!(lock(&o.queue).rare.is_none());
+    }
 
     fn publication(ch: &str, offset: u64) -> Out {
         Out::Pub(Arc::new(Publication::new(

@@ -469,11 +469,13 @@ async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
     let probe = ServerProbe::new(&c.pid)?;
     let before = probe.as_ref().map(|p| p.rss_bytes()).transpose()?;
     let o = open_phase(c, n, channels).await?;
-    // Let the server settle (allocator, lazily grown buffers), then read its memory.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = probe.as_ref().map(|p| p.rss_bytes()).transpose()?;
+    let settled = match &probe {
+        Some(p) => Some(settled_rss(p).await?),
+        None => None,
+    };
+    let (after_1s, after) = (settled.map(|s| s.0), settled.map(|s| s.1));
     let open = o.conns.len();
-    let per_conn = match (before, after) {
+    let per_conn = |after: Option<u64>| match (before, after) {
         (Some(b), Some(a)) if open > 0 => Some(a.saturating_sub(b) as f64 / open as f64),
         _ => None,
     };
@@ -489,10 +491,33 @@ async fn idle(c: &Common, n: usize, channels: usize) -> anyhow::Result<()> {
         "connect_seconds": stats::secs(o.elapsed),
         "server_rss_before_bytes": before,
         "server_rss_after_bytes": after,
-        "server_bytes_per_connection": per_conn,
+        "server_bytes_per_connection": per_conn(after),
+        "server_rss_after_1s_bytes": after_1s,
+        "server_bytes_per_connection_at_1s": per_conn(after_1s),
     });
     stats::report("herald bench idle", &report, c.json);
     Ok(())
+}
+
+/// The server's RSS at rest, and 1 s after the last connection opened: read a second after it,
+/// then every 250 ms while it still falls by more than 64 KiB, for at most 5 s in all. An
+/// allocator that gives freed pages back after a delay (Herald's jemalloc: about a second) is
+/// read at the level it settles to, not in the middle of giving back the handshakes' memory.
+async fn settled_rss(probe: &ServerProbe) -> anyhow::Result<(u64, u64)> {
+    const FALLING: u64 = 64 * 1024;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = probe.rss_bytes()?;
+    let mut last = first;
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = probe.rss_bytes()?;
+        if now + FALLING > last {
+            return Ok((first, now));
+        }
+        last = now;
+    }
+    Ok((first, last))
 }
 
 async fn connect(c: &Common, n: usize) -> anyhow::Result<()> {

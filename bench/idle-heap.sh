@@ -9,7 +9,12 @@ set -euo pipefail
 SELF=$(readlink -f "$0")
 cd "$(dirname "$SELF")/.."
 N=${1:-2000}
-BIN=${HERALD:-target/release/herald}
+# heaptrack sees malloc calls, not jemalloc's (the binary's allocator): a build without the
+# `jemalloc` feature, in its own target directory (its first build takes a few minutes).
+if [ -z "${HERALD:-}" ]; then
+  cargo build --release -p herald --no-default-features --target-dir target/heap >&2
+fi
+BIN=${HERALD:-target/heap/release/herald}
 OUT=${IDLE_HEAP_DIR:-target/idle-heap}
 mkdir -p "$OUT"
 rm -f "$OUT"/heaptrack.*

@@ -16,7 +16,7 @@
 # churn/fanout without loss, and the server alive. RSS is compared with the post-warm-up baseline
 # (SOAK_RSS_TOLERANCE_PCT) and between the soak's two halves (the second half's peak within 5 % of
 # the first's): reported, fatal only with SOAK_STRICT_RSS=1. The bounded journals and the 5-minute
-# retention of idle streams take ~6 min of this load to fill, and glibc malloc keeps what it freed,
+# retention of idle streams take ~6 min of this load to fill, and the allocator keeps some of what it freed,
 # so RSS rises well above the 1-minute warm-up's and stays there; the steadiness check is the leak
 # signal, and it needs a run longer than ~12 min.
 #

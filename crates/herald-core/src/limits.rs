@@ -46,8 +46,10 @@ impl Rate {
 /// a rate they can name at each take (every connection's journal quotas: the node's config).
 /// Lock-free and allocation-free; it reads the clock only when it runs dry.
 ///
-/// The refill time is kept as 32 bits of [`clock_ms`], compared with wrapping arithmetic: an
-/// empty bucket left untouched for a multiple of ~49.7 days may refuse one take too many.
+/// The refill time is kept as 32 bits of [`clock_ms`], compared with wrapping arithmetic: a
+/// bucket that has not refilled for 2³² ms (~49.7 days) or more counts only the remainder of
+/// that time, so it may refuse a take it should allow until it refills (every [`Allowance`] —
+/// command, frame and HTTP request budgets — is such a bucket).
 #[derive(Debug)]
 pub struct Bucket {
     tokens: std::sync::atomic::AtomicU32,

@@ -61,6 +61,11 @@ struct Conn<S> {
     format: Format,
     /// The last poll of the session's server commands was `Pending` (its waker is registered).
     cmds_armed: bool,
+    /// When this connection began, for the `disconnected` log ([`herald_core::limits::clock_ms`]
+    /// split in seconds and milliseconds: 6 bytes in what was padding; a resumed session's own
+    /// start is older).
+    started_s: u32,
+    started_ms: u16,
     /// Armed while the session's token has an expiry (at its deadline).
     auth_timer: Option<Pin<Box<Sleep>>>,
     /// Slots held while the connection lives: the client IP's (nearly every connection), the
@@ -216,12 +221,15 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
         }
     }
     tracing::info!(client = %session.client_id(), remote = %remote, protocol = format.subprotocol(), "connected");
+    let started = herald_core::limits::clock_ms();
     Some(Conn {
         app,
         session,
         link,
         format,
         cmds_armed: false,
+        started_s: u32::try_from(started / 1000).unwrap_or(u32::MAX),
+        started_ms: (started % 1000) as u16,
         auth_timer: None,
         _held: (held._ip, user_slot.map(Box::new)),
     })
@@ -398,6 +406,8 @@ impl<S: Socket> Conn<S> {
             session,
             mut link,
             _held,
+            started_s,
+            started_ms,
             ..
         } = self;
         let linger = linger_limit(app.conn.max_message_size);
@@ -415,7 +425,8 @@ impl<S: Socket> Conn<S> {
             client = %session.client_id(),
             remote = session.client_ip().map(tracing::field::display),
             user = session.user_id(),
-            duration_ms = herald_core::limits::clock_ms().saturating_sub(session.started_ms()),
+            duration_ms = herald_core::limits::clock_ms()
+                .saturating_sub(u64::from(started_s) * 1000 + u64::from(started_ms)),
             close_code = end.code.map(|c| c.code()),
             reason,
             "disconnected"

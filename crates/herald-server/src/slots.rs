@@ -60,7 +60,6 @@ impl<K: Hash + Eq + Clone> Drop for Slot<K> {
     }
 }
 
-/// A user's connection slot: counted on this node and, in a cluster, across all nodes.
 /// A client IP as a slot key: IPv4 as its IPv4-mapped IPv6 address, so that a held slot is 24
 /// bytes (an `IpAddr` key pads it to 32, in every connection task).
 pub fn ip_key(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
@@ -69,6 +68,8 @@ pub fn ip_key(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
         std::net::IpAddr::V6(a) => a,
     }
 }
+
+/// A user's connection slot: counted on this node and, in a cluster, across all nodes.
 
 pub struct UserSlot {
     _local: Slot<String>,

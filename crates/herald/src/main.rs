@@ -6,9 +6,9 @@ mod memory;
 mod token;
 mod tools;
 
-/// jemalloc, configured in `.cargo/config.toml` (see `memory`): size-class slabs without
-/// per-chunk headers, and freed pages given back by a background thread after about a second.
-#[cfg(not(target_env = "msvc"))]
+/// jemalloc with the options in `memory::MALLOC_CONF`: size-class slabs without per-chunk
+/// headers, and freed pages given back by a background thread after about a second.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -1,19 +1,19 @@
 //! The allocator, and giving memory back to the operating system after many connections or
 //! sessions ended.
 //!
-//! The binary runs on jemalloc (`main.rs`), built with the options in `.cargo/config.toml`:
-//! size-class slabs keep an idle connection's small allocations dense and headerless (glibc adds
-//! 8–16 bytes to each and interleaves them with the short-lived handshake buffers, whose freed
-//! holes it keeps), and a background thread gives pages that stayed free for about a second back
-//! to the OS (`dirty_decay_ms:1000, muzzy_decay_ms:0`). Measured on 10 000 idle subscribed
-//! connections: 2 065 → 1 690 bytes of RSS each (docs/benchmarks.md). `_RJEM_MALLOC_CONF`
-//! overrides the options at run time.
+//! The binary runs on jemalloc (`main.rs`, cargo feature `jemalloc`, on by default) with the
+//! options in [`MALLOC_CONF`], compiled in: size-class slabs keep an idle connection's small
+//! allocations dense and headerless (glibc adds 8–16 bytes to each and interleaves them with the
+//! short-lived handshake buffers, whose freed holes it keeps), and a background thread gives
+//! pages that stayed free for about a second back to the OS. Measured on 10 000 idle subscribed
+//! connections: 2 065 → 1 690 bytes of RSS each (docs/benchmarks.md). The environment variable
+//! `_RJEM_MALLOC_CONF` overrides the options at run time.
 //!
 //! After a flood — thousands of abandoned long-poll sessions, a reconnect storm, a burst of
-//! connections that all went away — the watcher also purges every arena at once (measured with
-//! glibc before: 5 000 abandoned sessions took RSS from 13.6 to 67.8 MB and it stayed at 55 MB
-//! once every one had ended), so RSS follows what the node actually holds without waiting for
-//! the decay.
+//! connections that all went away — the watcher also purges every arena at once (glibc's
+//! `malloc_trim(0)` in a build without jemalloc; measured with glibc: 5 000 abandoned sessions
+//! took RSS from 13.6 to 67.8 MB and it stayed at 55 MB once every one had ended), so RSS
+//! follows what the node actually holds without waiting for the decay.
 //!
 //! A purge walks and locks every arena in turn, so it is not free: the watcher samples how many
 //! connections and waiting sessions the node holds every second and purges only when at least
@@ -110,36 +110,84 @@ pub fn resident_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// Whether this build can return free memory (it runs on jemalloc).
-pub fn supported() -> bool {
-    cfg!(not(target_env = "msvc"))
-}
+/// jemalloc's options, read when it initializes (before `main`): a background thread purges
+/// pages that stayed free for a second (jemalloc's default is ten, without the thread), with no
+/// lazily-freed ("muzzy") stage in between.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+pub const MALLOC_CONF: &str = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
-/// jemalloc's `MALLCTL_ARENAS_ALL`: an `arena.<i>` command for every arena.
-#[cfg(not(target_env = "msvc"))]
-const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+mod jemalloc {
+    /// [`super::MALLOC_CONF`], NUL-terminated.
+    static OPTIONS: [u8; super::MALLOC_CONF.len() + 1] = {
+        let mut b = [0u8; super::MALLOC_CONF.len() + 1];
+        let s = super::MALLOC_CONF.as_bytes();
+        let mut i = 0;
+        while i < s.len() {
+            b[i] = s[i];
+            i += 1;
+        }
+        b
+    };
 
-/// Return the allocator's free pages to the operating system now.
-#[cfg(not(target_env = "msvc"))]
-#[allow(unsafe_code)]
-pub fn trim() {
-    // SAFETY: `arena.<i>.purge` is a command: it reads and writes no value, so every pointer is
-    // null and the length 0 (jemalloc(3), "arena.<i>.purge (void) --"); the name is
-    // NUL-terminated and static. jemalloc locks each arena itself; the result is advisory.
-    unsafe {
-        tikv_jemalloc_sys::mallctl(
-            PURGE_ALL_ARENAS.as_ptr().cast(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        );
+    /// jemalloc's `malloc_conf` (prefixed as the Rust build links it): a `const char *` it
+    /// reads once, when it initializes. Its own definition is weak; this one wins.
+    // SAFETY: the symbol is jemalloc's `const char *malloc_conf`; `Option<&u8>` has the layout
+    // of a nullable pointer, it points at a 'static, NUL-terminated, never-written byte string,
+    // and nothing else in the program defines the name.
+    #[allow(unsafe_code)]
+    #[unsafe(export_name = "_rjem_malloc_conf")]
+    static MALLOC_CONF_PTR: Option<&u8> = Some(&OPTIONS[0]);
+
+    /// jemalloc's `MALLCTL_ARENAS_ALL`: an `arena.<i>` command for every arena.
+    const PURGE_ALL_ARENAS: &[u8] = b"arena.4096.purge\0";
+
+    /// Return jemalloc's free pages to the operating system now.
+    #[allow(unsafe_code)]
+    pub fn purge() {
+        // SAFETY: `arena.<i>.purge` is a command: it reads and writes no value, so every pointer
+        // is null and the length 0 (jemalloc(3), "arena.<i>.purge (void) --"); the name is
+        // NUL-terminated and static. jemalloc locks each arena itself; the result is advisory.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                PURGE_ALL_ARENAS.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+        }
     }
 }
 
-/// Return the allocator's free pages to the operating system (not on this target).
-#[cfg(target_env = "msvc")]
-pub fn trim() {}
+/// Whether this build can return free memory and see its effect (`/proc` on Linux; jemalloc,
+/// or glibc without it).
+pub fn supported() -> bool {
+    cfg!(all(
+        target_os = "linux",
+        any(feature = "jemalloc", target_env = "gnu"),
+        not(target_env = "msvc")
+    ))
+}
+
+/// Return the allocator's free pages to the operating system.
+pub fn trim() {
+    #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+    jemalloc::purge();
+    #[cfg(all(not(feature = "jemalloc"), target_os = "linux", target_env = "gnu"))]
+    glibc_trim();
+}
+
+/// glibc's `malloc_trim(0)` (builds without jemalloc).
+#[cfg(all(not(feature = "jemalloc"), target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn glibc_trim() {
+    // SAFETY: `malloc_trim` takes no pointers and touches only the allocator's own state, which
+    // glibc locks arena by arena (MT-Safe per malloc_trim(3)); the result is advisory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -172,7 +220,7 @@ mod tests {
     #[test]
     fn trimming_gives_freed_pages_back() {
         if !supported() {
-            eprintln!("skipped: this target does not run on jemalloc");
+            eprintln!("skipped: this build cannot return memory (needs Linux, jemalloc or glibc)");
             return;
         }
         // Many small allocations (below the mmap threshold, so they live in an arena), most
@@ -193,13 +241,12 @@ mod tests {
         );
     }
 
-    #[cfg(not(target_env = "msvc"))]
+    #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
     #[test]
     fn jemalloc_runs_with_the_configured_options() {
         use tikv_jemalloc_ctl::{Access, AsName};
-        // From JEMALLOC_SYS_WITH_MALLOC_CONF in .cargo/config.toml: a build without them keeps
-        // jemalloc's defaults (no background thread, ten seconds), and the idle figures in
-        // docs/benchmarks.md would not hold.
+        // From MALLOC_CONF: without it jemalloc keeps its defaults (no background thread, ten
+        // seconds), and the idle figures in docs/benchmarks.md would not hold.
         assert!(tikv_jemalloc_ctl::background_thread::read().expect("background_thread"));
         let dirty: isize = b"opt.dirty_decay_ms\0"
             .name()

@@ -89,7 +89,8 @@ struct Rare {
     /// The connection negotiated permessage-deflate: publications are written with their shared
     /// deflated frames under this policy.
     deflate: Option<Arc<crate::compression::DeflatePolicy>>,
-    /// Woken by drains for tasks in [`Outlet::wait_for_room`]; made for the first of them.
+    /// Woken by drains for tasks in [`Outlet::wait_for_room`]; made for the first of them and
+    /// kept (so an outlet that once waited for room keeps this box).
     space: Option<Arc<Notify>>,
 }
 
@@ -413,8 +414,9 @@ impl Outlet {
     /// permessage-deflate), or plain (`None`). A resumed session's outlet takes the setting of
     /// its new connection.
     pub fn set_deflate(&self, policy: Option<Arc<crate::compression::DeflatePolicy>>) {
-        if policy.is_some() || self.deflate().is_some() {
-            lock(&self.queue).rare_with(|r| r.deflate = policy);
+        let mut q = lock(&self.queue);
+        if policy.is_some() || q.rare.as_ref().is_some_and(|r| r.deflate.is_some()) {
+            q.rare_with(|r| r.deflate = policy);
         }
     }
 

@@ -22,9 +22,17 @@ impl Session {
         if self
             .rare
             .as_ref()
-            .is_some_and(|r| r.chan_info.contains_key(channel))
+            .and_then(|r| r.chan_info.as_ref())
+            .is_some_and(|m| m.contains_key(channel))
         {
-            self.rare_with(|r| r.chan_info.remove(channel));
+            self.rare_with(|r| {
+                if let Some(m) = &mut r.chan_info {
+                    m.remove(channel);
+                    if m.is_empty() {
+                        r.chan_info = None;
+                    }
+                }
+            });
         }
     }
 
@@ -40,7 +48,11 @@ impl Session {
         if let Some(ci) = chan_info
             && !self.subs.contains_key(&channel)
         {
-            self.rare_with(|r| r.chan_info.insert(channel.clone(), ci));
+            self.rare_with(|r| {
+                r.chan_info
+                    .get_or_insert_with(Box::default)
+                    .insert(channel.clone(), ci)
+            });
         }
         let r = self.join(id, s, &ns, false).await;
         if !self.subs.contains_key(&channel) {

@@ -70,7 +70,6 @@ pub fn ip_key(ip: std::net::IpAddr) -> std::net::Ipv6Addr {
 }
 
 /// A user's connection slot: counted on this node and, in a cluster, across all nodes.
-
 pub struct UserSlot {
     _local: Slot<String>,
     // Boxed: a connection task holds this for its lifetime; most nodes are not in a cluster.

@@ -37,6 +37,7 @@ pub mod limits;
 pub mod memory;
 pub mod memory_cluster;
 pub mod node;
+mod occasional;
 pub mod outlet;
 pub mod presence;
 pub mod publication;

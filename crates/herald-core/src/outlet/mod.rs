@@ -94,7 +94,7 @@ struct Rare {
     space: Option<Arc<Notify>>,
 }
 
-impl Rare {
+impl crate::occasional::Occasional for Rare {
     fn is_empty(&self) -> bool {
         self.pong.is_none()
             && self.redirect.is_none()
@@ -107,12 +107,7 @@ impl Rare {
 impl Queue {
     /// Change the rarely used parts (made on first use, dropped again once empty).
     fn rare_with<T>(&mut self, f: impl FnOnce(&mut Rare) -> T) -> T {
-        let rare = self.rare.get_or_insert_with(Box::default);
-        let out = f(rare);
-        if rare.is_empty() {
-            self.rare = None;
-        }
-        out
+        crate::occasional::with(&mut self.rare, f)
     }
 }
 

@@ -87,7 +87,7 @@ struct Rare {
     chan_info: Option<Box<HashMap<String, serde_json::Value>>>,
 }
 
-impl Rare {
+impl crate::occasional::Occasional for Rare {
     fn is_empty(&self) -> bool {
         self.rpc_slots.is_none()
             && self.resume_only.is_none()
@@ -251,12 +251,7 @@ impl Session {
 
     /// Change the rarely used parts (made on first use, dropped again once empty).
     fn rare_with<T>(&mut self, f: impl FnOnce(&mut Rare) -> T) -> T {
-        let rare = self.rare.get_or_insert_with(Box::default);
-        let out = f(rare);
-        if rare.is_empty() {
-            self.rare = None;
-        }
-        out
+        crate::occasional::with(&mut self.rare, f)
     }
 
     /// Forwarded handshake headers for backend proxies.

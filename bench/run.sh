@@ -28,6 +28,7 @@ port() { case "$1" in herald) echo 8200 ;; node) echo 8100 ;; uws) echo 8300 ;; 
 
 run() { # run SERVER NAME SCENARIO ARGS...
   local server=$1 name=$2; shift 2
+  require_free_port "$(port "$server")"
   local pid; pid=$(start "$server")
   wait_port "$(port "$server")"
   echo "== $server $name: herald bench $*" >&2

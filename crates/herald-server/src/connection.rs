@@ -121,7 +121,9 @@ pub fn serve(
         deflate,
     };
     match crate::listener::plain_tcp(ws.into_inner().into_inner()) {
-        Ok((tcp, read_buf)) => Either::Left(serve_on(tcp, read_buf, setup)),
+        Ok((tcp, read_buf)) => {
+            Either::Left(serve_on(crate::tcp::SendStream::new(tcp), read_buf, setup))
+        }
         Err(up) => {
             tracing::debug!("/ws over TLS (or another stream): served on hyper's Upgraded");
             Either::Right(Box::pin(serve_on(TokioIo::new(up), Bytes::new(), setup)))
@@ -536,7 +538,7 @@ mod tests {
     /// itself.
     #[test]
     fn an_idle_connection_stays_a_640_byte_task() {
-        let size = std::mem::size_of::<Conn<tokio::net::TcpStream>>();
-        assert!(size <= 504, "Conn<TcpStream> is {size} bytes");
+        let size = std::mem::size_of::<Conn<crate::tcp::SendStream>>();
+        assert!(size <= 504, "Conn<SendStream> is {size} bytes");
     }
 }

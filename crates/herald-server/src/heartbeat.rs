@@ -60,7 +60,12 @@ impl Beat {
 
     /// Take what the sweep asked since the last call (pings and timeouts once; stop stays).
     pub fn take(&self) -> Asked {
-        let f = self.flags.fetch_and(STOP, Ordering::AcqRel);
+        // A plain load first: nearly every poll finds nothing asked, and a read-modify-write
+        // would take the cache line exclusively every time.
+        let mut f = self.flags.load(Ordering::Acquire);
+        if f & !STOP != 0 {
+            f = self.flags.fetch_and(STOP, Ordering::AcqRel);
+        }
         Asked {
             ping: f & PING != 0,
             timed_out: f & TIMED_OUT != 0,

@@ -48,6 +48,7 @@ pub mod proxy;
 pub mod reader;
 pub mod slots;
 pub mod state;
+pub mod tcp;
 pub mod tls;
 pub mod webhook;
 pub mod writer;

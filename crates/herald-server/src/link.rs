@@ -36,6 +36,8 @@ const MAX_BATCH: usize = 256;
 const MAX_SLICES: usize = 64;
 /// How long the closing frames and the socket shutdown may take each.
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(1);
+/// Buffered commands read in a row before what they queued is written.
+const MAX_UNWRITTEN: u8 = 64;
 /// Batch vectors kept per runtime thread for the next link that wakes.
 const POOLED: usize = 64;
 
@@ -104,6 +106,8 @@ pub struct Link<S> {
     beat_armed: bool,
     ping_owed: bool,
     reader_done: bool,
+    /// Commands read since the last write (see `poll_io`).
+    unwritten: u8,
     final_close: Option<CloseCode>,
 }
 
@@ -118,9 +122,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin, F: Future + Unpin> Future for Drive<'_, 
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        // A finished write side stays finished; `poll_io` reports it afterwards.
-        let _ = this.link.poll_write(cx);
-        Pin::new(&mut this.fut).poll(cx)
+        // The command first: what it queues is written with whatever the next commands queue
+        // (see `Link::poll_io`). Writing goes on only while it waits.
+        let out = Pin::new(&mut this.fut).poll(cx);
+        if out.is_pending() {
+            // A finished write side stays finished; `poll_io` reports it afterwards.
+            let _ = this.link.poll_write(cx);
+        }
+        out
     }
 }
 
@@ -162,13 +171,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             beat_armed: false,
             ping_owed: false,
             reader_done: false,
+            unwritten: 0,
             final_close: None,
         }
     }
 
     /// The next inbound message, or the end of the connection. `control` receives the close
     /// echo the protocol obliges us to send (queue it, then call [`Link::reader_finished`]).
+    ///
+    /// Commands that arrived together are answered together: while a whole frame is buffered
+    /// (no read needed), it is returned before anything is written, up to [`MAX_UNWRITTEN`] in a
+    /// row — a publisher's burst of publications gets its acknowledgements in one write.
     pub fn poll_io(&mut self, cx: &mut Context<'_>, control: &mut Vec<Bytes>) -> Poll<IoEvent> {
+        if self.unwritten < MAX_UNWRITTEN
+            && !self.reader_done
+            && self.phase == Phase::Open
+            && self.reader.frame_buffered()
+            && let Poll::Ready(r) = self.reader.poll_next(cx, control)
+        {
+            self.unwritten += 1;
+            self.settings.wheel.seen(&self.beat);
+            return Poll::Ready(IoEvent::Inbound(r));
+        }
+        self.unwritten = 0;
         if let Poll::Ready(end) = self.poll_write(cx) {
             return Poll::Ready(IoEvent::Ended(end));
         }
@@ -526,6 +551,168 @@ mod tests {
                 max_bytes: 1 << 20,
             },
         )
+    }
+
+    /// A stream that counts the writes made on it (a vectored write is one write, as on a
+    /// socket).
+    struct Counting<S> {
+        io: S,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let r = Pin::new(&mut self.io).poll_write(cx, &all);
+            if matches!(r, Poll::Ready(Ok(_))) {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            r
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A client text frame (masked with a zero key: the payload reads as it is).
+    fn client_text(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Issue 14: commands that arrived together are answered with one write — a publisher's
+    /// burst of publications gets its acknowledgements in one `send`, not one each. (Before,
+    /// every command's reply was written before the next buffered command was read: three
+    /// writes here.)
+    #[tokio::test]
+    async fn commands_that_arrive_together_are_answered_in_one_write() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = Counting {
+            io: server,
+            writes: writes.clone(),
+        };
+        let outlet = outlet();
+        let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+        let mut link = Link::new(
+            MessageReader::new(server, 1 << 20),
+            outlet.clone(),
+            Arc::new(settings(&wheel)),
+        );
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let burst: Vec<u8> = (0..3)
+            .flat_map(|i| client_text(format!("cmd{i}").as_bytes()))
+            .collect();
+        tokio::io::AsyncWriteExt::write_all(&mut wr, &burst)
+            .await
+            .expect("burst sent");
+        let mut control = Vec::new();
+        for i in 0..3 {
+            match link.next(&mut control).await {
+                IoEvent::Inbound(Ok(Inbound::Text(b))) => {
+                    assert_eq!(b, format!("cmd{i}").into_bytes());
+                }
+                other => panic!("command {i}: {other:?}"),
+            }
+            // Run the command the way the connection does: under `drive`.
+            let o = outlet.clone();
+            link.drive(Box::pin(async move {
+                o.push_reply(Bytes::from(format!("reply{i};")));
+            }))
+            .await;
+        }
+        let serving = tokio::spawn(async move {
+            let mut control = Vec::new();
+            link.next(&mut control).await
+        });
+        let mut got = vec![0u8; 3 * 7];
+        tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut got))
+            .await
+            .expect("the replies come")
+            .expect("read");
+        assert_eq!(&got, b"reply0;reply1;reply2;");
+        assert_eq!(
+            writes.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "three replies, one write"
+        );
+        serving.abort();
+    }
+
+    /// The bound on that: a client that pipelines more than [`MAX_UNWRITTEN`] commands has the
+    /// replies of the first [`MAX_UNWRITTEN`] written before the next one is read.
+    #[tokio::test]
+    async fn replies_wait_for_at_most_max_unwritten_commands() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let server = Counting {
+            io: server,
+            writes: writes.clone(),
+        };
+        let outlet = outlet();
+        let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+        let mut link = Link::new(
+            MessageReader::new(server, 1 << 20),
+            outlet.clone(),
+            Arc::new(settings(&wheel)),
+        );
+        let (_rd, mut wr) = tokio::io::split(client);
+        let n = MAX_UNWRITTEN as usize + 2;
+        let burst: Vec<u8> = (0..n).flat_map(|_| client_text(b"c")).collect();
+        tokio::io::AsyncWriteExt::write_all(&mut wr, &burst)
+            .await
+            .expect("burst sent");
+        let mut control = Vec::new();
+        for i in 0..n {
+            let e = link.next(&mut control).await;
+            assert!(matches!(e, IoEvent::Inbound(Ok(Inbound::Text(_)))), "{e:?}");
+            let written = writes.load(std::sync::atomic::Ordering::Relaxed);
+            // Command 0 is read before anything is queued; commands 1..=MAX_UNWRITTEN are
+            // read from the buffer without a write; the one after them only after one.
+            // (65 one-byte replies take two vectored writes: `MAX_SLICES` buffers each.)
+            if i > MAX_UNWRITTEN as usize {
+                assert!(written > 0, "the replies were written before command {i}");
+            } else {
+                assert_eq!(written, 0, "writes before command {i}");
+            }
+            outlet.push_reply(Bytes::from_static(b"r"));
+        }
     }
 
     /// Review finding (issue 16): a rotation asked while a batch was being written replaced a

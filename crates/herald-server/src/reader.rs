@@ -381,6 +381,17 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
+    /// A whole frame is buffered already: the next [`MessageReader::poll_next`] acts on it (or
+    /// fails on it) without reading the socket.
+    pub fn frame_buffered(&self) -> bool {
+        let b = &self.buf[self.start as usize..];
+        match parse_header(b, self.max as usize, self.inflate) {
+            Ok(Some(h)) => b.len() >= h.len + h.payload,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// The socket, for writing (the reader owns it: one task reads and writes).
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.io

@@ -299,6 +299,7 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
         None
     };
     let cpu0 = probe.as_ref().map(|p| p.cpu_seconds()).transpose()?;
+    let user0 = probe.as_ref().map(|p| p.user_cpu_seconds()).transpose()?;
     let sent = Arc::new(AtomicU64::new(0));
     let plan = Plan {
         channels: names.clone(),
@@ -356,6 +357,10 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let cpu = match (&probe, cpu0) {
         (Some(p), Some(c0)) => Some(p.cpu_seconds()? - c0),
+        _ => None,
+    };
+    let user_cpu = match (&probe, user0) {
+        (Some(p), Some(u0)) => Some(p.user_cpu_seconds()? - u0),
         _ => None,
     };
     let rss = probe.as_ref().map(|p| p.rss_bytes()).transpose()?;
@@ -418,6 +423,10 @@ pub async fn run(c: &Common, o: Options) -> anyhow::Result<()> {
         "deliveries_per_second": delivered as f64 / wall.as_secs_f64(),
         "server_cpu_seconds": cpu,
         "deliveries_per_server_cpu_second": cpu.filter(|c| *c > 0.0).map(|c| delivered as f64 / c),
+        "server_user_cpu_seconds": user_cpu,
+        // The server's own work per delivery, without the kernel's (which, on loopback, includes
+        // the receiving side's TCP processing and is nearly the same for every server).
+        "server_user_cpu_us_per_delivery": user_cpu.filter(|_| delivered > 0).map(|u| u * 1e6 / delivered as f64),
         "wire_bytes_per_delivery": (delivered > 0).then(|| wire as f64 / delivered as f64),
         "server_rss_bytes": rss,
         "latency": stats::latency_json(&hist),

@@ -40,7 +40,19 @@ impl ServerProbe {
 
     /// User + system CPU time so far, in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        self.pids.iter().map(|&p| cpu_seconds(p)).sum()
+        self.pids
+            .iter()
+            .map(|&p| cpu_times(p).map(|(u, s)| u + s))
+            .sum()
+    }
+
+    /// User CPU time so far, in seconds (the rest of [`ServerProbe::cpu_seconds`] is the
+    /// kernel's: on loopback, a server's sends include the receiving side's TCP work).
+    pub fn user_cpu_seconds(&self) -> anyhow::Result<f64> {
+        self.pids
+            .iter()
+            .map(|&p| cpu_times(p).map(|(u, _)| u))
+            .sum()
     }
 
     /// Resident set size in bytes.
@@ -49,7 +61,8 @@ impl ServerProbe {
     }
 }
 
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+/// (user, system) CPU seconds of `pid` so far.
+fn cpu_times(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = stat
@@ -58,9 +71,8 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line (11 and 12 after the name).
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok(ticks / 100.0) // USER_HZ is 100 on Linux
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok((ticks(11) / 100.0, ticks(12) / 100.0)) // USER_HZ is 100 on Linux
 }
 
 fn rss_bytes(pid: u32) -> anyhow::Result<u64> {

@@ -9,7 +9,7 @@
 //! tells every connection to stop. A connection's cost is its `Beat` (one small allocation) and a
 //! pointer in a bucket; buckets drop the pointers of closed connections when they are swept.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -25,6 +25,10 @@ const TIMED_OUT: u8 = 2;
 const STOP: u8 = 4;
 /// Flag: the connection reached its lifetime, close with 4005.
 const ROTATE: u8 = 8;
+/// The unit of [`Beat`]'s rotation time, in wheel milliseconds: a `u32` of them lasts 8.7
+/// years of uptime (later rotations saturate: never), and a rotation comes at most 64 ms late —
+/// well inside its 10 % jitter.
+const ROTATE_UNIT_MS: u64 = 64;
 
 /// One connection's heartbeat state, shared with the sweep.
 #[derive(Default)]
@@ -33,8 +37,9 @@ pub struct Beat {
     last_seen: AtomicU64,
     /// When the outstanding ping was stamped (wheel clock + 1; 0 = none outstanding).
     ping_at: AtomicU64,
-    /// When the connection is rotated (wheel clock; 0 = never, or done).
-    rotate_at: AtomicU64,
+    /// When the connection is rotated (wheel clock in [`ROTATE_UNIT_MS`], rounded up; 0 = never,
+    /// or done). 32 bits: with it the `Arc<Beat>` is a 64-byte allocation, not 80.
+    rotate_at: AtomicU32,
     flags: AtomicU8,
     waker: AtomicWaker,
 }
@@ -142,8 +147,9 @@ impl Heartbeats {
         if !lifetime.is_zero() {
             let ms = lifetime.as_millis() as u64;
             let jitter = rand::random::<u64>() % (ms / 10 + 1);
+            let at = (now + (ms - jitter).max(1)).div_ceil(ROTATE_UNIT_MS);
             beat.rotate_at
-                .store(now + (ms - jitter).max(1), Ordering::Relaxed);
+                .store(u32::try_from(at).unwrap_or(u32::MAX), Ordering::Relaxed);
         }
         let n = self.buckets.len() as u64;
         let i = (self.turn.load(Ordering::Acquire) + n - 1) % n;
@@ -173,7 +179,7 @@ impl Heartbeats {
                 return true;
             }
             let rotate_at = beat.rotate_at.load(Ordering::Relaxed);
-            if rotate_at != 0 && now >= rotate_at {
+            if rotate_at != 0 && now >= u64::from(rotate_at) * ROTATE_UNIT_MS {
                 beat.rotate_at.store(0, Ordering::Relaxed);
                 beat.ask(ROTATE);
             }
@@ -331,13 +337,22 @@ mod tests {
             forever.last_seen.store(u64::MAX / 2, Ordering::Release);
             wheel.sweep(b, false, false, joined + 8_999);
             assert!(!beat.take().rotate, "rotated before 90 % of its lifetime");
-            wheel.sweep(b, false, false, joined + 10_001);
+            // Rounded up to the rotation unit: at most 64 ms past the lifetime.
+            wheel.sweep(b, false, false, joined + 10_000 + ROTATE_UNIT_MS);
             assert!(beat.take().rotate, "not rotated after its lifetime");
             wheel.sweep(b, false, false, joined + 20_000);
             wheel.sweep(f, false, false, joined + 20_000);
             assert!(!beat.take().rotate, "rotated twice");
             assert!(!forever.take().rotate, "rotated without a lifetime");
         }
+    }
+
+    /// Issue 14: every connection holds one `Arc<Beat>`; with its `Arc` counts it fills a
+    /// 64-byte allocation (jemalloc's size class; 80 with a 64-bit rotation time).
+    #[test]
+    fn a_beat_fits_a_64_byte_allocation() {
+        let size = std::mem::size_of::<Beat>();
+        assert!(size + 16 <= 64, "Beat is {size} bytes");
     }
 
     #[test]

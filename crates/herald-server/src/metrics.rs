@@ -12,15 +12,9 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
+            // `herald_publish_to_send_seconds` and the write totals are kept by the write
+            // side (`writer::WriterMetrics`) and added by [`render`].
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full("herald_publish_to_send_seconds".into()),
-                    &[
-                        0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                        1.0, 2.5,
-                    ],
-                )
-                .ok()?
                 .set_buckets_for_metric(
                     Matcher::Full("herald_ack_latency_seconds".into()),
                     &[
@@ -35,4 +29,15 @@ pub fn install() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+/// The Prometheus text exposition: the recorder's, with the write side's totals and latency
+/// histogram.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let w = crate::writer::WriterMetrics::get();
+    let mut text = String::new();
+    w.export(&mut text);
+    let mut out = handle.render();
+    out.push_str(&text);
+    out
 }

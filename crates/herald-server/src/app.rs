@@ -42,7 +42,7 @@ impl Handle {
     /// without one).
     pub fn load(&self) -> Option<herald_core::cluster::NodeLoad> {
         let h = self.state.metrics.as_ref()?;
-        let mut load = crate::admin::stats::parse(&crate::metrics::render(h)).load();
+        let mut load = crate::admin::stats::parse(&crate::writer::exposition(h)).load();
         load.channels = self.state.node.hub().channels() as u64;
         Some(load)
     }
@@ -248,7 +248,7 @@ async fn metrics_handler(State(app): State<Arc<AppState>>) -> Response {
     handle.run_upkeep();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(handle),
+        crate::writer::exposition(handle),
     )
         .into_response()
 }

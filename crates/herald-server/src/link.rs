@@ -616,12 +616,18 @@ mod tests {
         f
     }
 
-    /// Issue 14: commands that arrived together are answered with one write — a publisher's
-    /// burst of publications gets its acknowledgements in one `send`, not one each. (Before,
-    /// every command's reply was written before the next buffered command was read: three
-    /// writes here.)
-    #[tokio::test]
-    async fn commands_that_arrive_together_are_answered_in_one_write() {
+    type CountedLink = Link<Counting<tokio::io::DuplexStream>>;
+
+    /// A link on a pipe whose writes are counted, with `burst` already sent by the client: the
+    /// link, its outlet, the write count and the client's reading end.
+    async fn counted_link(
+        burst: &[u8],
+    ) -> (
+        CountedLink,
+        Arc<Outlet>,
+        Arc<std::sync::atomic::AtomicUsize>,
+        tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    ) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let server = Counting {
@@ -630,18 +636,30 @@ mod tests {
         };
         let outlet = outlet();
         let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
-        let mut link = Link::new(
+        let link = Link::new(
             MessageReader::new(server, 1 << 20),
             outlet.clone(),
             Arc::new(settings(&wheel)),
         );
-        let (mut rd, mut wr) = tokio::io::split(client);
+        let (rd, mut wr) = tokio::io::split(client);
+        tokio::io::AsyncWriteExt::write_all(&mut wr, burst)
+            .await
+            .expect("burst sent");
+        // The write half stays open with the read half (`split` shares the stream).
+        drop(wr);
+        (link, outlet, writes, rd)
+    }
+
+    /// Issue 14: commands that arrived together are answered with one write — a publisher's
+    /// burst of publications gets its acknowledgements in one `send`, not one each. (Before,
+    /// every command's reply was written before the next buffered command was read: three
+    /// writes here.)
+    #[tokio::test]
+    async fn commands_that_arrive_together_are_answered_in_one_write() {
         let burst: Vec<u8> = (0..3)
             .flat_map(|i| client_text(format!("cmd{i}").as_bytes()))
             .collect();
-        tokio::io::AsyncWriteExt::write_all(&mut wr, &burst)
-            .await
-            .expect("burst sent");
+        let (mut link, outlet, writes, mut rd) = counted_link(&burst).await;
         let mut control = Vec::new();
         for i in 0..3 {
             match link.next(&mut control).await {
@@ -679,25 +697,9 @@ mod tests {
     /// replies of the first [`MAX_UNWRITTEN`] written before the next one is read.
     #[tokio::test]
     async fn replies_wait_for_at_most_max_unwritten_commands() {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let server = Counting {
-            io: server,
-            writes: writes.clone(),
-        };
-        let outlet = outlet();
-        let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
-        let mut link = Link::new(
-            MessageReader::new(server, 1 << 20),
-            outlet.clone(),
-            Arc::new(settings(&wheel)),
-        );
-        let (_rd, mut wr) = tokio::io::split(client);
         let n = MAX_UNWRITTEN as usize + 2;
         let burst: Vec<u8> = (0..n).flat_map(|_| client_text(b"c")).collect();
-        tokio::io::AsyncWriteExt::write_all(&mut wr, &burst)
-            .await
-            .expect("burst sent");
+        let (mut link, outlet, writes, _rd) = counted_link(&burst).await;
         let mut control = Vec::new();
         for i in 0..n {
             let e = link.next(&mut control).await;

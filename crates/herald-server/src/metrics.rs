@@ -13,7 +13,7 @@ pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             // `herald_publish_to_send_seconds` and the write totals are kept by the write
-            // side (`writer::WriterMetrics`) and added by [`render`].
+            // side and added to the text by `writer::exposition`.
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full("herald_ack_latency_seconds".into()),
@@ -29,15 +29,4 @@ pub fn install() -> Option<PrometheusHandle> {
             Some(handle)
         })
         .clone()
-}
-
-/// The Prometheus text exposition: the recorder's, with the write side's totals and latency
-/// histogram.
-pub fn render(handle: &PrometheusHandle) -> String {
-    let w = crate::writer::WriterMetrics::get();
-    let mut text = String::new();
-    w.export(&mut text);
-    let mut out = handle.render();
-    out.push_str(&text);
-    out
 }

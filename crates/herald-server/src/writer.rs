@@ -28,7 +28,7 @@ impl WriterEnd {
 }
 
 /// The write side's metrics: kept here with plain relaxed atomic adds and handed to the
-/// Prometheus recorder only when metrics are rendered ([`crate::metrics::render`]). Through the
+/// Prometheus recorder only when metrics are rendered ([`exposition`]). Through the
 /// recorder every observation was a dynamic call and two atomic read-modify-writes (the value
 /// and its recency generation), and every latency observation a push into its sample buffer:
 /// at one batch per delivery, a quarter of the server's own CPU in a 1 × 1 000 fan-out.
@@ -76,6 +76,17 @@ impl WriterMetrics {
         self.publish_to_send
             .render("herald_publish_to_send_seconds", text);
     }
+}
+
+/// The Prometheus text exposition: the recorder's (`handle`), with the write side's totals and
+/// latency histogram ([`WriterMetrics`]). `/metrics`, the admin page and the cluster load read
+/// this.
+pub fn exposition(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
+    let mut text = String::new();
+    WriterMetrics::get().export(&mut text);
+    let mut out = handle.render();
+    out.push_str(&text);
+    out
 }
 
 /// A monotonic total: one relaxed atomic add per observation.
@@ -259,7 +270,7 @@ mod tests {
         w.frames_out.increment(3);
         w.bytes_out.increment(300);
         w.writes.increment(2);
-        let text = crate::metrics::render(&handle);
+        let text = exposition(&handle);
         let value = |name: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

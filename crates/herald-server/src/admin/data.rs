@@ -51,7 +51,7 @@ pub async fn overview(State(app): State<Arc<AppState>>) -> Response {
     let stats = app.metrics.as_ref().map(|h| {
         metrics::gauge!("herald_channels").set(app.node.hub().channels() as f64);
         h.run_upkeep();
-        super::stats::parse(&crate::metrics::render(h))
+        super::stats::parse(&crate::writer::exposition(h))
     });
     Json(json!({
         "time_ms": herald_core::publication::now_ms(),

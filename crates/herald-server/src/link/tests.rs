@@ -1,0 +1,305 @@
+//! Tests of the link: writes, closes, timeouts and reply batching on real byte streams.
+
+use super::*;
+use crate::config::ConnectionConfig;
+use crate::heartbeat::Heartbeats;
+use herald_core::outlet::QueueLimits;
+use herald_proto::Format;
+use tokio::io::AsyncReadExt;
+
+fn settings(wheel: &Arc<Heartbeats>) -> WriterSettings {
+    WriterSettings {
+        wheel: wheel.clone(),
+        conn: ConnectionConfig {
+            ping_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        shutdown_timeout: Duration::from_secs(1),
+        reconnect_jitter: Duration::from_secs(1),
+        advisory: false,
+    }
+}
+
+fn outlet() -> Arc<Outlet> {
+    Outlet::new(
+        Format::Json,
+        QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+        },
+    )
+}
+
+/// A stream that counts the writes made on it (a vectored write is one write, as on a
+/// socket).
+struct Counting<S> {
+    io: S,
+    writes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        let r = Pin::new(&mut self.io).poll_write(cx, &all);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A client text frame (masked with a zero key: the payload reads as it is).
+fn client_text(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x81, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+type CountedLink = Link<Counting<tokio::io::DuplexStream>>;
+
+/// A link on a pipe whose writes are counted, with `burst` already sent by the client: the
+/// link, its outlet, the write count and the client's reading end.
+async fn counted_link(
+    burst: &[u8],
+) -> (
+    CountedLink,
+    Arc<Outlet>,
+    Arc<std::sync::atomic::AtomicUsize>,
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+) {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = Counting {
+        io: server,
+        writes: writes.clone(),
+    };
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+    let link = Link::new(
+        MessageReader::new(server, 1 << 20),
+        outlet.clone(),
+        Arc::new(settings(&wheel)),
+    );
+    let (rd, mut wr) = tokio::io::split(client);
+    tokio::io::AsyncWriteExt::write_all(&mut wr, burst)
+        .await
+        .expect("burst sent");
+    // The write half stays open with the read half (`split` shares the stream).
+    drop(wr);
+    (link, outlet, writes, rd)
+}
+
+/// Issue 14: commands that arrived together are answered with one write — a publisher's
+/// burst of publications gets its acknowledgements in one `send`, not one each. (Before,
+/// every command's reply was written before the next buffered command was read: three
+/// writes here.)
+#[tokio::test]
+async fn commands_that_arrive_together_are_answered_in_one_write() {
+    let burst: Vec<u8> = (0..3)
+        .flat_map(|i| client_text(format!("cmd{i}").as_bytes()))
+        .collect();
+    let (mut link, outlet, writes, mut rd) = counted_link(&burst).await;
+    let mut control = Vec::new();
+    for i in 0..3 {
+        match link.next(&mut control).await {
+            IoEvent::Inbound(Ok(Inbound::Text(b))) => {
+                assert_eq!(b, format!("cmd{i}").into_bytes());
+            }
+            other => panic!("command {i}: {other:?}"),
+        }
+        // Run the command the way the connection does: under `drive`.
+        let o = outlet.clone();
+        link.drive(Box::pin(async move {
+            o.push_reply(Bytes::from(format!("reply{i};")));
+        }))
+        .await;
+    }
+    let serving = tokio::spawn(async move {
+        let mut control = Vec::new();
+        link.next(&mut control).await
+    });
+    let mut got = vec![0u8; 3 * 7];
+    tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut got))
+        .await
+        .expect("the replies come")
+        .expect("read");
+    assert_eq!(&got, b"reply0;reply1;reply2;");
+    assert_eq!(
+        writes.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "three replies, one write"
+    );
+    serving.abort();
+}
+
+/// The bound on that: a client that pipelines more than [`MAX_UNWRITTEN`] commands has the
+/// replies of the first [`MAX_UNWRITTEN`] written before the next one is read.
+#[tokio::test]
+async fn replies_wait_for_at_most_max_unwritten_commands() {
+    let n = MAX_UNWRITTEN as usize + 2;
+    let burst: Vec<u8> = (0..n).flat_map(|_| client_text(b"c")).collect();
+    let (mut link, outlet, writes, _rd) = counted_link(&burst).await;
+    let mut control = Vec::new();
+    for i in 0..n {
+        let e = link.next(&mut control).await;
+        assert!(matches!(e, IoEvent::Inbound(Ok(Inbound::Text(_)))), "{e:?}");
+        let written = writes.load(std::sync::atomic::Ordering::Relaxed);
+        // Command 0 is read before anything is queued; commands 1..=MAX_UNWRITTEN are
+        // read from the buffer without a write; the one after them only after one.
+        // (65 one-byte replies take two vectored writes: `MAX_SLICES` buffers each.)
+        if i > MAX_UNWRITTEN as usize {
+            assert!(written > 0, "the replies were written before command {i}");
+        } else {
+            assert_eq!(written, 0, "writes before command {i}");
+        }
+        outlet.push_reply(Bytes::from_static(b"r"));
+    }
+}
+
+/// Review finding (issue 16): a rotation asked while a batch was being written replaced a
+/// close the server had already requested (here 4501): the client was told to come back at
+/// once and resume a session that was ending.
+#[tokio::test]
+async fn a_rotation_does_not_replace_a_requested_close() {
+    let (client, server) = tokio::io::duplex(64);
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+    let s = Arc::new(WriterSettings {
+        advisory: true,
+        ..settings(&wheel)
+    });
+    let mut link = Link::new(MessageReader::new(server, 1 << 20), outlet.clone(), s);
+    let beat = link.beat.clone();
+    let serving = tokio::spawn(async move {
+        let mut control = Vec::new();
+        link.next(&mut control).await
+    });
+    // A write in progress (larger than the pipe), then the close and the rotation.
+    outlet.push_reply(Bytes::from(vec![b'a'; 4096]));
+    let (mut rd, _keep) = tokio::io::split(client);
+    let mut buf = vec![0u8; 16];
+    rd.read_exact(&mut buf).await.expect("the write started");
+    outlet.close(CloseCode::ForceDisconnect);
+    beat.ask_rotate_for_test();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut rest)).await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("\"code\":4501"), "no 4501 advisory: {text}");
+    assert!(!text.contains("4005"), "rotated instead: {text}");
+    serving.abort();
+}
+
+/// Regression: a frame queued while a write was in progress woke the writer's
+/// slow-consumer check instead of its idle wait, so it stayed queued until the next push or
+/// the next heartbeat (25 s). Seen as publish replies that never came in a cluster, where
+/// deliveries and replies are pushed from different tasks.
+#[tokio::test]
+async fn a_frame_queued_during_a_write_is_sent_without_another_push() {
+    let (client, server) = tokio::io::duplex(64);
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+    let s = Arc::new(settings(&wheel));
+    let o = outlet.clone();
+    let serve = async move {
+        let mut link = Link::new(MessageReader::new(server, 1 << 20), o, s);
+        let mut control = Vec::new();
+        link.next(&mut control).await
+    };
+    let serving = tokio::spawn(serve);
+    // Larger than the pipe: the write blocks until the test reads.
+    let big = Bytes::from(vec![b'a'; 4096]);
+    outlet.push_reply(big.clone());
+    let (mut rd, _keep) = tokio::io::split(client);
+    let mut buf = vec![0u8; 16];
+    rd.read_exact(&mut buf).await.expect("the write started");
+    // Queued while the first write is stuck.
+    outlet.push_reply(Bytes::from_static(b"second"));
+    let mut rest = vec![0u8; 4096 - 16 + 6];
+    tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut rest))
+        .await
+        .expect("the second frame follows without another push")
+        .expect("read");
+    assert_eq!(&rest[rest.len() - 6..], b"second");
+    serving.abort();
+}
+
+/// The write timeout still holds with no writer task: a client that reads nothing is closed
+/// (abort, 4003) once a write waited `write_timeout`, and the wheel's ping is written first.
+#[tokio::test]
+async fn a_stuck_write_times_out_and_a_ping_is_written_when_asked() {
+    let (client, server) = tokio::io::duplex(256);
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_millis(40), Duration::from_secs(60));
+    let mut s = settings(&wheel);
+    s.conn.write_timeout = Duration::from_millis(200);
+    let mut link = Link::new(
+        MessageReader::new(server, 1 << 20),
+        outlet.clone(),
+        Arc::new(s),
+    );
+    let mut control = Vec::new();
+    // The wheel asks for a ping: the link writes it without anything queued.
+    for i in 0..wheel.buckets_len() {
+        wheel.sweep_for_test(i);
+    }
+    let (mut rd, _wr) = tokio::io::split(client);
+    let read_ping = async {
+        let mut ping = [0u8; 2];
+        rd.read_exact(&mut ping).await.expect("ping");
+        ping
+    };
+    let ping = tokio::select! {
+        p = read_ping => p,
+        e = link.next(&mut control) => panic!("ended early: {e:?}"),
+    };
+    assert_eq!(ping, [0x89, 0]);
+    // Now fill the pipe and stop reading: the write times out.
+    outlet.push_reply(Bytes::from(vec![b'a'; 4096]));
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), link.next(&mut control))
+        .await
+        .expect("the write timeout fires");
+    match end {
+        IoEvent::Ended(end) => {
+            assert_eq!(end.code, Some(CloseCode::WriteTimeout));
+            assert!(end.abort);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(190));
+}

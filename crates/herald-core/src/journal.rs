@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use compact_str::CompactString;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -63,38 +62,121 @@ pub struct Event {
     pub duration_ms: Option<u64>,
 }
 
-/// One event as the log keeps it: fixed size, its names inline (up to 24 bytes each; longer ones
-/// on the heap; reasons are static), so that the log is one buffer and not six small allocations per event. Those
-/// allocations, made while sessions came and went, pinned the pages around them after the
-/// sessions ended: after a flood of 5 000 sessions the full log held ~30 MB of otherwise free
-/// memory resident (`server.memory_trim_interval` could not give it back). The id is not kept:
-/// it is made from the log's random base and the sequence number when the event is read.
+/// The names an event carries, in the order they sit in the log's name bytes.
+const NAMES: usize = 4;
+/// Length mark of an absent name.
+const ABSENT: u16 = u16::MAX;
+/// Longest name kept whole (in bytes); a longer one keeps its first this-many bytes, cut back to a
+/// character boundary. Client ids, channel names (at most 255 bytes) and reasons are far
+/// shorter; a user id this long would be a 64 KiB token's subject.
+const MAX_NAME: usize = ABSENT as usize - 1;
+
+/// One event as the log keeps it: 32 bytes, no allocation. Its names (client id, user id,
+/// channel, reason) are appended to the log's name bytes, one ring beside the events that is
+/// trimmed in the same order, so that the log is two buffers and not small allocations per event.
+/// Those allocations, made while sessions came and went, pinned the pages around them after the
+/// sessions ended: after a flood of 5 000 sessions a log of six allocations per event held ~30 MB
+/// of otherwise free memory resident (`server.memory_trim_interval` could not give it back).
+/// Neither the id nor the sequence number is kept: the sequence is the event's position after
+/// the oldest, and the id is made from the log's random base and the sequence when the event is
+/// read. (It was 128 bytes with three inline names: 1.3 MB at the default 10 000 events.)
 struct Kept {
-    seq: u64,
     time: u64,
-    duration_ms: Option<u64>,
+    /// `u64::MAX`: none.
+    duration_ms: u64,
     kind: EventKind,
-    client_id: Option<CompactString>,
-    user_id: Option<CompactString>,
-    channel: Option<CompactString>,
-    reason: Option<&'static str>,
+    /// Byte length of each name, [`ABSENT`] when there is none.
+    lens: [u16; NAMES],
 }
 
 impl Kept {
-    fn event(&self, node: &str, base: u128) -> Event {
-        let text = |t: &Option<CompactString>| t.as_deref().map(str::to_owned);
-        Event {
-            id: event_id(base, self.seq),
-            seq: self.seq,
-            time: self.time,
-            node: node.to_owned(),
-            kind: self.kind,
-            client_id: text(&self.client_id),
-            user_id: text(&self.user_id),
-            channel: text(&self.channel),
-            reason: self.reason.map(str::to_owned),
-            duration_ms: self.duration_ms,
+    fn size(&self) -> usize {
+        self.lens
+            .iter()
+            .map(|&l| if l == ABSENT { 0 } else { usize::from(l) })
+            .sum()
+    }
+}
+
+/// The newest events and their names.
+#[derive(Default)]
+struct Ring {
+    /// The newest `seq` (0 = none yet).
+    last: u64,
+    events: VecDeque<Kept>,
+    /// Every kept event's names, oldest first.
+    names: VecDeque<u8>,
+}
+
+impl Ring {
+    /// The oldest kept `seq` (`last + 1` when empty).
+    fn oldest(&self) -> u64 {
+        self.last + 1 - self.events.len() as u64
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(gone) = self.events.pop_front() {
+            self.names.drain(..gone.size());
+            // A burst of long names does not keep its buffer after it has scrolled out.
+            if self.names.capacity() > 64 * 1024 && self.names.len() < self.names.capacity() / 4 {
+                self.names.shrink_to(self.names.len() * 2);
+            }
         }
+    }
+
+    fn text(name: Option<&str>) -> (&[u8], u16) {
+        match name {
+            None => (&[], ABSENT),
+            Some(t) => {
+                let mut end = t.len().min(MAX_NAME);
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                // `end` ≤ MAX_NAME < u16::MAX.
+                (&t.as_bytes()[..end], end as u16)
+            }
+        }
+    }
+
+    /// Events with `seq > since`, at most `limit`.
+    fn read(&self, since: u64, limit: usize, node: &str, base: u128) -> Vec<Event> {
+        let skip = since.saturating_sub(self.last - self.events.len() as u64);
+        let mut at = 0;
+        let mut out = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            let start = at;
+            at += e.size();
+            if (i as u64) < skip {
+                continue;
+            }
+            if out.len() == limit {
+                break;
+            }
+            let mut pos = start;
+            let mut names = e.lens.map(|l| {
+                (l != ABSENT).then(|| {
+                    let l = usize::from(l);
+                    let bytes: Vec<u8> = self.names.range(pos..pos + l).copied().collect();
+                    pos += l;
+                    // Cut on a character boundary when kept: whole UTF-8.
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+            });
+            let seq = self.oldest() + i as u64;
+            out.push(Event {
+                id: event_id(base, seq),
+                seq,
+                time: e.time,
+                node: node.to_owned(),
+                kind: e.kind,
+                client_id: names[0].take(),
+                user_id: names[1].take(),
+                channel: names[2].take(),
+                reason: names[3].take(),
+                duration_ms: (e.duration_ms != u64::MAX).then_some(e.duration_ms),
+            });
+        }
+        out
     }
 }
 
@@ -113,7 +195,7 @@ fn event_id(base: u128, seq: u64) -> String {
 /// The node's event sequence, keeping the newest `capacity` events. Its buffer grows as events
 /// come, never past `capacity` entries (a doubling would hold up to twice that).
 pub struct EventLog {
-    inner: Mutex<(u64, VecDeque<Kept>)>,
+    inner: Mutex<Ring>,
     capacity: usize,
     node: String,
     /// Where this log's event ids start (see [`event_id`]).
@@ -125,7 +207,7 @@ impl EventLog {
     /// An empty log.
     pub fn new(node: &str, capacity: usize) -> EventLog {
         EventLog {
-            inner: Mutex::new((0, VecDeque::new())),
+            inner: Mutex::new(Ring::default()),
             capacity: capacity.max(1),
             node: node.to_owned(),
             id_base: uuid::Uuid::new_v4().as_u128(),
@@ -143,29 +225,27 @@ impl EventLog {
         reason: Option<&'static str>,
         duration_ms: Option<u64>,
     ) {
-        let text = |t: Option<&str>| t.map(CompactString::new);
-        let mut e = Kept {
-            seq: 0,
+        let names = [client_id, user_id, channel, reason].map(Ring::text);
+        let e = Kept {
             time: now_ms(),
-            duration_ms,
+            duration_ms: duration_ms.map_or(u64::MAX, |d| d.min(u64::MAX - 1)),
             kind,
-            client_id: text(client_id),
-            user_id: text(user_id),
-            channel: text(channel),
-            reason,
+            lens: names.map(|(_, l)| l),
         };
         {
             let mut g = lock(&self.inner);
-            g.0 += 1;
-            e.seq = g.0;
-            let q = &mut g.1;
-            if q.len() == self.capacity {
-                q.pop_front();
-            } else if q.len() == q.capacity() {
+            g.last += 1;
+            if g.events.len() == self.capacity {
+                g.pop_front();
+            } else if g.events.len() == g.events.capacity() {
                 // Double, but not past the capacity.
-                q.reserve_exact(q.len().max(16).min(self.capacity - q.len()));
+                let len = g.events.len();
+                g.events.reserve_exact(len.max(16).min(self.capacity - len));
             }
-            q.push_back(e);
+            g.events.push_back(e);
+            for (bytes, _) in names {
+                g.names.extend(bytes);
+            }
         }
         metrics::counter!("herald_events_total").increment(1);
         self.notify.notify_waiters();
@@ -190,19 +270,12 @@ impl EventLog {
     /// can tell it fell behind: `oldest > since + 1`).
     pub fn since(&self, since: u64, limit: usize) -> (Vec<Event>, u64) {
         let g = lock(&self.inner);
-        let oldest = g.1.front().map(|e| e.seq).unwrap_or(g.0 + 1);
-        let events =
-            g.1.iter()
-                .filter(|e| e.seq > since)
-                .take(limit)
-                .map(|e| e.event(&self.node, self.id_base))
-                .collect();
-        (events, oldest)
+        (g.read(since, limit, &self.node, self.id_base), g.oldest())
     }
 
     /// The newest `seq` (0 = none yet).
     pub fn last_seq(&self) -> u64 {
-        lock(&self.inner).0
+        lock(&self.inner).last
     }
 
     /// Wait until an event is appended.
@@ -339,7 +412,7 @@ mod tests {
         for _ in 0..2500 {
             log.push(EventKind::Connect, Some("c"), None, None, None, None);
         }
-        assert!(lock(&log.inner).1.capacity() <= 1000);
+        assert!(lock(&log.inner).events.capacity() <= 1000);
         let (events, _) = log.since(0, 2000);
         assert_eq!(events.len(), 1000);
         let ids: std::collections::HashSet<_> = events.iter().map(|e| e.id.clone()).collect();
@@ -349,11 +422,10 @@ mod tests {
         let other = EventLog::new("n1", 10);
         other.push(EventKind::Connect, Some("c"), None, None, None, None);
         assert!(!ids.contains(&other.since(0, 1).0[0].id));
-        assert!(std::mem::size_of::<Kept>() <= 128);
     }
 
     #[test]
-    fn events_come_out_as_they_went_in_and_short_names_take_no_allocation() {
+    fn events_come_out_as_they_went_in() {
         let log = EventLog::new("n1", 10);
         let long = "u".repeat(300);
         log.push(
@@ -363,6 +435,14 @@ mod tests {
             None,
             Some("resume grace period expired"),
             Some(42),
+        );
+        log.push(
+            EventKind::Subscribe,
+            Some(""),
+            None,
+            Some("chat:é"),
+            None,
+            None,
         );
         let (events, _) = log.since(0, 10);
         let e = &events[0];
@@ -376,19 +456,86 @@ mod tests {
         );
         assert_eq!(e.id.len(), 32);
         assert!(e.id.bytes().all(|b| b.is_ascii_hexdigit()));
+        // An empty name is not an absent one.
+        assert_eq!(
+            serde_json::to_value(&events[1]).expect("json"),
+            serde_json::json!({
+                "id": events[1].id, "seq": 2, "time": events[1].time, "node": "n1",
+                "type": "subscribe", "client_id": "", "channel": "chat:é",
+            })
+        );
+    }
+
+    /// Issue 14: each event took 128 bytes (three 24-byte inline names, a sequence number, an
+    /// optional duration and a reason): 1.3 MB at the default 10 000 events, 128 bytes per
+    /// connection in `herald bench idle`'s 10 000.
+    #[test]
+    fn an_event_is_32_bytes_and_its_names_scroll_out_with_it() {
+        assert_eq!(std::mem::size_of::<Kept>(), 32);
+        let log = EventLog::new("n1", 3);
+        for i in 0..50u64 {
+            let name = format!("client-{i}-{}", "x".repeat(i as usize));
+            log.push(
+                EventKind::Connect,
+                Some(&name),
+                Some("u"),
+                None,
+                None,
+                Some(i),
+            );
+        }
+        let (events, oldest) = log.since(0, 10);
+        assert_eq!(oldest, 48);
+        let got: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.seq,
+                    e.client_id.clone().unwrap_or_default(),
+                    e.duration_ms,
+                )
+            })
+            .collect();
+        let want: Vec<_> = (47..50u64)
+            .map(|i| {
+                (
+                    i + 1,
+                    format!("client-{i}-{}", "x".repeat(i as usize)),
+                    Some(i),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
         let g = lock(&log.inner);
-        let kept = &g.1[0];
-        assert!(
-            !kept
-                .client_id
-                .as_ref()
-                .is_some_and(CompactString::is_heap_allocated)
+        assert_eq!(
+            g.names.len(),
+            g.events.iter().map(Kept::size).sum::<usize>()
         );
-        assert!(
-            kept.user_id
-                .as_ref()
-                .is_some_and(CompactString::is_heap_allocated)
-        );
+        drop(g);
+        // Reading from the middle, and past the end.
+        assert_eq!(log.since(48, 10).0.len(), 2);
+        assert_eq!(log.since(49, 10).0[0].user_id.as_deref(), Some("u"));
+        assert!(log.since(50, 10).0.is_empty());
+        assert!(log.since(99, 10).0.is_empty());
+    }
+
+    #[test]
+    fn a_name_longer_than_the_log_keeps_is_cut_on_a_character_boundary() {
+        let log = EventLog::new("n1", 2);
+        let user = "é".repeat(MAX_NAME); // two bytes each
+        log.push(EventKind::Connect, Some("c"), Some(&user), None, None, None);
+        let (events, _) = log.since(0, 1);
+        let kept = events[0].user_id.clone().expect("user");
+        assert!(kept.len() <= MAX_NAME && kept.len() >= MAX_NAME - 1);
+        assert!(user.starts_with(&kept));
+        // A burst of long names gives its buffer back once it has scrolled out.
+        for _ in 0..4 {
+            log.push(EventKind::Connect, Some("c"), Some(&user), None, None, None);
+        }
+        for _ in 0..2 {
+            log.push(EventKind::Connect, Some("c"), None, None, None, None);
+        }
+        assert!(lock(&log.inner).names.capacity() < 64 * 1024 * 2);
     }
 
     #[test]

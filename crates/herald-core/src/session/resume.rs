@@ -68,7 +68,7 @@ impl Session {
                     tokio::spawn(crate::node::catch_up(self.node.clone(), sub.clone()));
                 }
                 channels.push(ResumedChannel {
-                    channel: channel.clone(),
+                    channel: channel.to_owned(),
                     recovered: position.map(|p| t.covers(p)),
                 });
                 continue;
@@ -82,7 +82,7 @@ impl Session {
                 self.outlet.make_first_whole(channel);
             }
             channels.push(ResumedChannel {
-                channel: channel.clone(),
+                channel: channel.to_owned(),
                 recovered,
             });
         }

@@ -1,14 +1,17 @@
 //! A session's subscriptions by channel name: a sorted vector. A session holds a few channels
 //! (at most `session.max_channels`), and a hash map's table costs ~150 bytes for the first one —
-//! as much as the rest of an idle connection's subscription.
+//! as much as the rest of an idle connection's subscription. Channel names up to 24 bytes sit
+//! in the entry (`CompactString`): no allocation of their own.
 
 use std::sync::Arc;
+
+use compact_str::CompactString;
 
 use crate::hub::Subscriber;
 
 /// Subscriptions, sorted by channel.
 #[derive(Default)]
-pub(super) struct Subs(Vec<(String, Arc<Subscriber>)>);
+pub(super) struct Subs(Vec<(CompactString, Arc<Subscriber>)>);
 
 impl Subs {
     fn find(&self, channel: &str) -> Result<usize, usize> {
@@ -43,7 +46,7 @@ impl Subs {
                 if self.0.capacity() == 0 {
                     self.0.reserve_exact(1);
                 }
-                self.0.insert(i, (channel, sub));
+                self.0.insert(i, (CompactString::from(channel), sub));
                 None
             }
         }
@@ -60,18 +63,57 @@ impl Subs {
 
     /// Take every subscription out.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (String, Arc<Subscriber>)> {
-        std::mem::take(&mut self.0).into_iter()
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|(c, s)| (c.into_string(), s))
     }
 }
 
 impl<'a> IntoIterator for &'a Subs {
-    type Item = (&'a String, &'a Arc<Subscriber>);
+    type Item = (&'a str, &'a Arc<Subscriber>);
     type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (String, Arc<Subscriber>)>,
-        fn(&'a (String, Arc<Subscriber>)) -> (&'a String, &'a Arc<Subscriber>),
+        std::slice::Iter<'a, (CompactString, Arc<Subscriber>)>,
+        fn(&'a (CompactString, Arc<Subscriber>)) -> (&'a str, &'a Arc<Subscriber>),
     >;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(c, s)| (c, s))
+        self.0.iter().map(|(c, s)| (c.as_str(), s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: each subscription's channel name was a `String` of its own (a 16-byte
+    /// allocation for `bench-42`, per idle connection).
+    #[test]
+    fn short_channel_names_take_no_allocation_and_stay_sorted() {
+        let limits = crate::outlet::QueueLimits {
+            max_messages: 10,
+            max_bytes: 1 << 10,
+        };
+        let outlet = crate::outlet::Outlet::new(herald_proto::Format::Json, limits);
+        let sub = || {
+            Subscriber::new(
+                outlet.clone(),
+                Arc::from("c1"),
+                crate::config::SlowConsumerPolicy::Disconnect,
+                false,
+            )
+        };
+        let mut subs = Subs::default();
+        let long = "x".repeat(40);
+        for c in ["b", "a", long.as_str(), "chat:room-1234567890123"] {
+            assert!(subs.insert(c.to_owned(), sub()).is_none());
+        }
+        assert!(subs.insert("a".to_owned(), sub()).is_some());
+        let names: Vec<&str> = (&subs).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(names, ["a", "b", "chat:room-1234567890123", long.as_str()]);
+        let heap: Vec<bool> = subs.0.iter().map(|(c, _)| c.is_heap_allocated()).collect();
+        assert_eq!(heap, [false, false, false, true]);
+        assert!(subs.remove("b").is_some() && !subs.contains_key("b"));
+        assert_eq!(subs.drain().count(), 3);
+        assert!(subs.is_empty());
     }
 }

@@ -266,6 +266,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 
     fn shut_down(&mut self) {
+        // Nothing more is drained: the outlet may outlive this task (a session kept for
+        // `resume`), its waker need not.
+        self.outlet.forget_writer();
         self.frames.clear();
         self.timer = None;
         self.phase = Phase::Shutdown;
@@ -406,7 +409,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             if let Some(next) = self.redirect.take() {
-                self.outlet = next;
+                std::mem::replace(&mut self.outlet, next).forget_writer();
             }
             if let Some(code) = self.close.take() {
                 // A rotation asked for while a batch was being written gives way to a close
@@ -428,8 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             if std::mem::take(&mut self.ping_owed) {
                 d.frames.push(frame::with_payload(OpCode::Ping, b""));
             }
-            self.outlet.register(cx.waker());
-            self.outlet.drain(MAX_BATCH, &mut d);
+            self.outlet.drain_for(cx.waker(), MAX_BATCH, &mut d);
             if let Some(t) = d.oldest_pub {
                 WriterMetrics::get()
                     .publish_to_send

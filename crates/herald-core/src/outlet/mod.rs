@@ -10,10 +10,10 @@
 
 mod items;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use herald_proto::{CloseCode, Format};
 use tokio::sync::Notify;
 
@@ -75,6 +75,14 @@ struct Queue {
     /// What few outlets use, made on first use: with it out of line the outlet is 144 bytes (a
     /// 160-byte allocation with its `Arc`, not 192), and every connection has one.
     rare: Option<Box<Rare>>,
+    /// The writer's waker, kept between wake-ups (a writer task registers the same waker again
+    /// and again: kept, it is compared, not cloned).
+    writer: Option<Waker>,
+    /// Whether the writer waits for a wake-up: set when it registers or drains, cleared by the
+    /// first push, close or redirect after, which wakes it. Under the queue's lock, which every
+    /// push takes anyway: no atomic read-modify-write of its own (an `AtomicWaker` took four per
+    /// delivery, and a waker clone and drop).
+    armed: bool,
 }
 
 /// The parts of a queue that most connections never use.
@@ -105,6 +113,14 @@ impl crate::occasional::Occasional for Rare {
 }
 
 impl Queue {
+    /// Wake `waker` at the next change.
+    fn arm(&mut self, waker: &Waker) {
+        if !self.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.writer = Some(waker.clone());
+        }
+        self.armed = true;
+    }
+
     /// Change the rarely used parts (made on first use, dropped again once empty).
     fn rare_with<T>(&mut self, f: impl FnOnce(&mut Rare) -> T) -> T {
         crate::occasional::with(&mut self.rare, f)
@@ -121,9 +137,6 @@ pub struct Outlet {
     max_messages: u32,
     max_bytes: u32,
     queue: Mutex<Queue>,
-    /// The writer's wake-up: a push takes the registered waker (one atomic swap), so pushes that
-    /// follow before the writer ran again cost nothing more.
-    writer: AtomicWaker,
 }
 
 /// Result of draining an outlet.
@@ -152,19 +165,39 @@ impl Outlet {
                 bytes: 0,
                 close: None,
                 rare: None,
+                writer: None,
+                armed: false,
             }),
-            writer: AtomicWaker::new(),
         })
     }
 
-    /// Wake `waker` at the next push, close or redirect. Register before draining: a push that
-    /// lands between the drain and the registration would otherwise not wake the writer.
-    pub fn register(&self, waker: &std::task::Waker) {
-        self.writer.register(waker);
+    /// Wake `waker` at the next push, close or redirect. Register before draining (or drain with
+    /// [`Outlet::drain_for`]): a push that lands between the drain and the registration would
+    /// otherwise not wake the writer.
+    pub fn register(&self, waker: &Waker) {
+        lock(&self.queue).arm(waker);
     }
 
-    fn wake(&self) {
-        self.writer.wake();
+    /// Let go of the writer's waker (its task is ending: a session kept for `resume` keeps the
+    /// outlet, and would keep the finished task's memory with it).
+    pub fn forget_writer(&self) {
+        let mut q = lock(&self.queue);
+        q.armed = false;
+        let old = q.writer.take();
+        drop(q);
+        drop(old);
+    }
+
+    /// Unlock `q` and wake the writer if it waits for a wake-up.
+    fn wake(&self, mut q: MutexGuard<'_, Queue>) {
+        let waker = match std::mem::take(&mut q.armed) {
+            true => q.writer.clone(),
+            false => None,
+        };
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
     /// The queue limits.
@@ -182,8 +215,7 @@ impl Outlet {
             return;
         }
         q.rare_with(|r| r.pong = Some(frame));
-        drop(q);
-        self.wake();
+        self.wake(q);
     }
 
     /// Queue a reply; if the queue is over its limits the connection is closed as a slow consumer.
@@ -198,8 +230,7 @@ impl Outlet {
         if q.items.len() > l.max_messages + 64 || q.bytes > l.max_bytes * 2 {
             self.slow(&mut q);
         }
-        drop(q);
-        self.wake();
+        self.wake(q);
     }
 
     /// Queue an item that must not be dropped or conflated (recovered history), ignoring limits;
@@ -211,8 +242,7 @@ impl Outlet {
         }
         q.bytes += item.len();
         q.items.push_back(item);
-        drop(q);
-        self.wake();
+        self.wake(q);
     }
 
     /// Wait until `n` more frames fit under the limits (or the queue is empty). False on timeout
@@ -263,8 +293,7 @@ impl Outlet {
             q.bytes += item.len();
             q.items.push_front(item);
         }
-        drop(q);
-        self.wake();
+        self.wake(q);
     }
 
     /// Queue a push under a slow consumer policy. Returns false when the push closed the connection.
@@ -287,8 +316,7 @@ impl Outlet {
                 }
                 metrics::counter!("herald_queue_dropped_total", "reason" => "conflated")
                     .increment(1);
-                drop(q);
-                self.wake();
+                self.wake(q);
                 return true;
             }
         }
@@ -298,15 +326,13 @@ impl Outlet {
         if full(&q) {
             if policy == SlowConsumerPolicy::Disconnect {
                 self.slow(&mut q);
-                drop(q);
-                self.wake();
+                self.wake(q);
                 return false;
             }
             while full(&q) {
                 let Some(pos) = q.items.iter().position(Out::droppable) else {
                     self.slow(&mut q);
-                    drop(q);
-                    self.wake();
+                    self.wake(q);
                     return false;
                 };
                 if let Some(old) = q.items.remove(pos) {
@@ -317,8 +343,7 @@ impl Outlet {
         }
         q.bytes += len;
         q.items.push_back(item);
-        drop(q);
-        self.wake();
+        self.wake(q);
         true
     }
 
@@ -335,8 +360,7 @@ impl Outlet {
         }
         q.bytes += len;
         q.items.push_back(item);
-        drop(q);
-        self.wake();
+        self.wake(q);
         true
     }
 
@@ -390,8 +414,7 @@ impl Outlet {
         if q.close.is_none() {
             q.close = Some(code);
         }
-        drop(q);
-        self.wake();
+        self.wake(q);
     }
 
     /// The close requested so far, if any.
@@ -401,8 +424,9 @@ impl Outlet {
 
     /// Send the writer of this outlet to `target` from now on.
     pub fn redirect(&self, target: Arc<Outlet>) {
-        lock(&self.queue).rare_with(|r| r.redirect = Some(target));
-        self.wake();
+        let mut q = lock(&self.queue);
+        q.rare_with(|r| r.redirect = Some(target));
+        self.wake(q);
     }
 
     /// Write publications compressed under `policy` (the connection negotiated
@@ -422,10 +446,20 @@ impl Outlet {
 
     /// Take up to `max` queued frames.
     pub fn drain(&self, max: usize, out: &mut Drained) {
+        self.drain_inner(None, max, out);
+    }
+
+    /// Take up to `max` queued frames for the writer whose task `waker` wakes, and wake it at the
+    /// next push, close or redirect ([`Outlet::register`] and [`Outlet::drain`] under one lock).
+    pub fn drain_for(&self, waker: &Waker, max: usize, out: &mut Drained) {
+        self.drain_inner(Some(waker), max, out);
+    }
+
+    fn drain_inner(&self, waker: Option<&Waker>, max: usize, out: &mut Drained) {
         let format = self.format;
         let frames = &mut out.frames;
         let oldest = &mut out.oldest_pub;
-        let (close, redirect) = self.take(max, frames, |item, deflate| match item {
+        let (close, redirect) = self.take(waker, max, frames, |item, deflate| match item {
             Out::Reply(b) | Out::Event(b) => b,
             Out::Pub(p) => {
                 if oldest.is_none() {
@@ -461,18 +495,22 @@ impl Outlet {
         max: usize,
         items: &mut Vec<Out>,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
-        self.take(max, items, |item, _| item)
+        self.take(None, max, items, |item, _| item)
     }
 
     /// The pong (as a frame), then up to `max` items, each through `f` (with the compression
-    /// policy in force), into `out`.
+    /// policy in force), into `out`; `waker` registered first, when given.
     fn take<T>(
         &self,
+        waker: Option<&Waker>,
         max: usize,
         out: &mut Vec<T>,
         mut f: impl FnMut(Out, Option<&crate::compression::DeflatePolicy>) -> T,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
         let mut q = lock(&self.queue);
+        if let Some(w) = waker {
+            q.arm(w);
+        }
         if q.rare.as_ref().is_some_and(|r| r.pong.is_some())
             && let Some(pong) = q.rare_with(|r| r.pong.take())
         {
@@ -543,6 +581,67 @@ mod tests {
     fn an_outlet_fits_a_160_byte_allocation() {
         let size = std::mem::size_of::<Outlet>() + 2 * std::mem::size_of::<usize>();
         assert!(size <= 160, "Arc<Outlet> is {size} bytes");
+    }
+
+    /// A writer task's waker: counts wake-ups, and reads the outlet when woken (a wake-up under
+    /// the queue's lock would deadlock here).
+    struct Writer {
+        wakes: std::sync::atomic::AtomicUsize,
+        outlet: std::sync::Weak<Outlet>,
+    }
+
+    impl std::task::Wake for Writer {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            if let Some(o) = self.outlet.upgrade() {
+                let _ = o.len();
+            }
+            self.wakes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Issue 14: the writer's waker was an `AtomicWaker`: every push took it (two atomic
+    /// read-modify-writes and a wake by value) and every drain registered a fresh clone (two
+    /// more). It is kept under the queue's lock now: registered once, woken once per drain.
+    #[test]
+    fn the_writer_is_woken_once_per_drain_and_its_waker_is_kept_not_cloned() {
+        let o = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 16,
+                max_bytes: 1 << 20,
+            },
+        );
+        let w = Arc::new(Writer {
+            wakes: Default::default(),
+            outlet: Arc::downgrade(&o),
+        });
+        let wakes = || w.wakes.load(std::sync::atomic::Ordering::Relaxed);
+        let waker = Waker::from(w.clone());
+        let mut d = Drained::default();
+        o.drain_for(&waker, 16, &mut d);
+        let kept = Arc::strong_count(&w);
+        assert_eq!(kept, 3, "the test's, the waker's and the outlet's");
+        o.push_reply(Bytes::from_static(b"a"));
+        o.push_reply(Bytes::from_static(b"b"));
+        assert_eq!(wakes(), 1, "once until the writer drains again");
+        for _ in 0..3 {
+            d.frames.clear();
+            o.drain_for(&waker, 16, &mut d);
+            assert_eq!(Arc::strong_count(&w), kept, "compared, not cloned again");
+        }
+        o.close(CloseCode::GoingAway);
+        assert_eq!(wakes(), 2);
+        // `register` (the HTTP transports' way) arms it the same.
+        o.register(&waker);
+        o.redirect(Outlet::new(Format::Json, o.limits()));
+        assert_eq!(wakes(), 3);
+        o.forget_writer();
+        assert_eq!(Arc::strong_count(&w), 2, "the task's waker let go");
     }
 
     #[test]

@@ -20,10 +20,43 @@ METRICS = [
 ]
 
 
+# Counts that add up over rounds instead of taking the median.
+SUMMED = {"lost", "duplicates", "connect_failures"}
+
+
+def median(values):
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+def merge(rounds):
+    """One row for a scenario run several times on one server (bench/run.sh's rounds): each
+    number the median of the rounds (losses and duplicates summed), `rounds` their count."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def combine(values, key):
+        first = values[0]
+        if isinstance(first, dict):
+            keys = set().union(*(v.keys() for v in values if isinstance(v, dict)))
+            return {k: combine([v.get(k) for v in values], k) for k in keys}
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) != len(values) or not numbers:
+            return first
+        return sum(numbers) if key in SUMMED else median(numbers)
+
+    row = combine(rounds, None)
+    row["rounds"] = len(rounds)
+    return row
+
+
 def load(path):
-    """(rows, rows by (server, name))."""
+    """(rows, rows by (server, name)); a scenario run in several rounds is merged (`merge`)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
-    return rows, {(r["server"], r["name"]): r for r in rows}
+    grouped = {}
+    for r in rows:
+        grouped.setdefault((r["server"], r["name"]), []).append(r)
+    return rows, {k: merge(v) for k, v in grouped.items()}
 
 
 def get(r, path):

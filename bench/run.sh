@@ -2,7 +2,7 @@
 # Reproduce docs/benchmarks.md: Herald and three baselines (Node `ws`, uWebSockets.js, a bare tokio
 # fan-out server: the limit), same scenarios, same session.
 # Each scenario gets a fresh server pinned to core 0; the load generator runs on core 1.
-#   bench/run.sh [OUT.jsonl]
+#   [ROUNDS=3] [SERVERS="herald node uws bare"] bench/run.sh [OUT.jsonl]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench/results/$(date -u +%Y-%m-%d).jsonl}
@@ -39,16 +39,29 @@ run() { # run SERVER NAME SCENARIO ARGS...
     "$server" "$name" "$result" >> "$OUT"
 }
 
-for server in ${SERVERS:-herald node uws bare}; do
-  run $server fanout-1x1000-100hz fanout --subscribers 1000 --channels 1 --rate 100 --duration 10s
+SERVERS=${SERVERS:-herald node uws bare}
+# The per-delivery rows are compared across servers, and this host's speed drifts by a third
+# within minutes (the same build read 101 k and 141 k deliveries per CPU second three minutes
+# apart): each scenario runs on every server back to back, ROUNDS times over, and
+# bench/summarize.py reports each server's median round (every round is in the file).
+for round in $(seq "${ROUNDS:-3}"); do
+  for server in $SERVERS; do
+    run $server fanout-1x1000-100hz fanout --subscribers 1000 --channels 1 --rate 100 --duration 10s
+  done
+  for server in $SERVERS; do
+    run $server fanout-1000x10-2000hz fanout --subscribers 10000 --channels 1000 --rate 2000 --duration 10s
+  done
+  for server in $SERVERS; do
+    run $server idle-10000 idle --connections 10000 --channels 100 --duration 3s
+  done
+done
+for server in $SERVERS; do
   run $server fanout-1x5000-max fanout --subscribers 5000 --channels 1 --rate 0 --duration 10s
-  run $server fanout-1000x10-2000hz fanout --subscribers 10000 --channels 1000 --rate 2000 --duration 10s
   run $server connect-5000 connect --connections 5000
-  run $server idle-10000 idle --connections 10000 --channels 100 --duration 3s
 done
 run herald churn-200 churn --clients 200 --channels 10 --rate 200 --duration 10s
 # Herald's subscribers on the one-way SSE feed instead of WebSockets (publishers stay on ws).
-if [[ " ${SERVERS:-herald node uws bare} " == *" herald "* ]]; then
+if [[ " $SERVERS " == *" herald "* ]]; then
   run herald sse-fanout-1x1000-100hz fanout --transport sse --subscribers 1000 --channels 1 --rate 100 --duration 10s
   run herald sse-fanout-1000x10-2000hz fanout --transport sse --subscribers 10000 --channels 1000 --rate 2000 --duration 10s
   run herald sse-idle-10000 idle --transport sse --connections 10000 --channels 100 --duration 3s

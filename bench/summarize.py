@@ -37,6 +37,18 @@ if SSE:
         e = get(by.get(("herald", "sse-" + name)), path)
         print(f"| {name} | {label} | {fmt(w)} | {fmt(e)} | {ratio(e, w, higher)} |")
 
+ROUNDS = [(n, path, label) for n, path, label, _ in METRICS
+          if "server" in path and any(by[k].get("rounds", 1) > 1 for k in by if k[1] == n)]
+if ROUNDS:
+    print("\nEach round (the table shows each server's median):\n")
+    print("| scenario | metric | server | rounds |")
+    print("| --- | --- | --- | --- |")
+    for name, path, label in ROUNDS:
+        for server in ["herald"] + [s for s, _ in PEERS]:
+            values = [get(r, path) for r in rows if r["server"] == server and r["name"] == name]
+            if values:
+                print(f"| {name} | {label} | {server} | " + " / ".join(fmt(v) for v in values) + " |")
+
 for (server, name), r in sorted(by.items()):
     lost, dup = r.get("lost"), r.get("duplicates")
     if lost is not None:

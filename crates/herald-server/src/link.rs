@@ -117,7 +117,7 @@ pub struct Drive<'a, S, F> {
     fut: F,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin, F: Future + Unpin> Future for Drive<'_, S, F> {
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static, F: Future + Unpin> Future for Drive<'_, S, F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -142,7 +142,7 @@ pub enum IoEvent {
     Ended(WriterEnd),
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     /// Serve `reader`'s socket for `outlet`, with heartbeats from `settings.wheel`.
     pub fn new(
         reader: MessageReader<S>,
@@ -197,7 +197,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         if let Poll::Ready(end) = self.poll_write(cx) {
             return Poll::Ready(IoEvent::Ended(end));
         }
-        if self.reader_done {
+        // Woken for the queue (or a timer) while the socket has nothing new: no read.
+        if self.reader_done || self.reader.quiet() {
             return Poll::Pending;
         }
         match self.reader.poll_next(cx, control) {

@@ -25,6 +25,13 @@ impl SendStream {
         SendStream(tcp)
     }
 
+    /// No read readiness since the last read found the socket empty: the reactor has not woken
+    /// (nor taken) the waker that read registered. One atomic load; nothing is registered or
+    /// cleared (the closure never reports `WouldBlock`).
+    pub fn read_quiet(&self) -> bool {
+        self.0.try_io(Interest::READABLE, || Ok(())).is_err()
+    }
+
     /// Write with `op` once the socket is writable; `WouldBlock` clears the readiness and waits
     /// again (as tokio's own writes do).
     fn poll_send(

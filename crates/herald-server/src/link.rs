@@ -108,6 +108,9 @@ pub struct Link<S> {
     reader_done: bool,
     /// Commands read since the last write (see `poll_io`).
     unwritten: u8,
+    /// The batch being written left the outlet empty, in this poll: once it is written there
+    /// is nothing to drain until the next push wakes the task (see `poll_open`).
+    emptied: bool,
     final_close: Option<CloseCode>,
 }
 
@@ -172,6 +175,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             ping_owed: false,
             reader_done: false,
             unwritten: 0,
+            emptied: false,
             final_close: None,
         }
     }
@@ -369,6 +373,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                         self.shut_down();
                         return Poll::Ready(());
                     }
+                    // Written in the poll that drained the outlet empty and armed its waker:
+                    // a push since then has woken this task (it is polled again), so draining
+                    // again now would only find the queue empty — a lock, a pooled batch taken
+                    // and returned: a seventh of Herald's instructions per delivery.
+                    if std::mem::take(&mut self.emptied)
+                        && self.close.is_none()
+                        && self.redirect.is_none()
+                        && !self.reader_done
+                        && !self.ping_owed
+                    {
+                        return Poll::Pending;
+                    }
                 }
                 Poll::Ready(Err(())) => {
                     self.end = WriterEnd::close(None);
@@ -376,6 +392,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     return Poll::Ready(());
                 }
                 Poll::Pending => {
+                    // The wake-up of a push during the wait may be what polls this task when
+                    // the write goes on: drain again after it.
+                    self.emptied = false;
                     // A client that stopped reading can overflow its queue while a write is
                     // stuck: drop the socket now instead of waiting for the write timeout.
                     self.outlet.register(cx.waker());
@@ -441,6 +460,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             self.frames = d.frames;
             self.close = d.close;
             self.redirect = d.redirect;
+            self.emptied = d.emptied;
             if !self.frames.is_empty() {
                 self.close_written = self
                     .frames

@@ -150,6 +150,9 @@ pub struct Drained {
     pub close: Option<CloseCode>,
     /// Set when the writer must continue with another outlet (after `resume`).
     pub redirect: Option<Arc<Outlet>>,
+    /// The drain left the queue empty. After [`Outlet::drain_for`] the writer then need not
+    /// drain again once it has written `frames`: the next push wakes it.
+    pub emptied: bool,
 }
 
 impl Outlet {
@@ -459,32 +462,34 @@ impl Outlet {
         let format = self.format;
         let frames = &mut out.frames;
         let oldest = &mut out.oldest_pub;
-        let (close, redirect) = self.take(waker, max, frames, |item, deflate| match item {
-            Out::Reply(b) | Out::Event(b) => b,
-            Out::Pub(p) => {
-                if oldest.is_none() {
-                    *oldest = Some(p.received);
+        let (close, redirect, emptied) =
+            self.take(waker, max, frames, |item, deflate| match item {
+                Out::Reply(b) | Out::Event(b) => b,
+                Out::Pub(p) => {
+                    if oldest.is_none() {
+                        *oldest = Some(p.received);
+                    }
+                    match deflate {
+                        Some(policy) => p.deflated_frame(format, policy),
+                        None => p.frame(format),
+                    }
                 }
-                match deflate {
-                    Some(policy) => p.deflated_frame(format, policy),
-                    None => p.frame(format),
+                Out::Whole(p) => {
+                    if oldest.is_none() {
+                        *oldest = Some(p.received);
+                    }
+                    p.whole_text_frame()
                 }
-            }
-            Out::Whole(p) => {
-                if oldest.is_none() {
-                    *oldest = Some(p.received);
+                Out::Delta(p, base) => {
+                    if oldest.is_none() {
+                        *oldest = Some(p.received);
+                    }
+                    p.delta_frame(&base)
                 }
-                p.whole_text_frame()
-            }
-            Out::Delta(p, base) => {
-                if oldest.is_none() {
-                    *oldest = Some(p.received);
-                }
-                p.delta_frame(&base)
-            }
-        });
+            });
         out.close = close;
         out.redirect = redirect;
+        out.emptied = emptied;
     }
 
     /// Take up to `max` queued items as they are (for transports that need a publication's
@@ -495,18 +500,20 @@ impl Outlet {
         max: usize,
         items: &mut Vec<Out>,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
-        self.take(None, max, items, |item, _| item)
+        let (close, redirect, _) = self.take(None, max, items, |item, _| item);
+        (close, redirect)
     }
 
     /// The pong (as a frame), then up to `max` items, each through `f` (with the compression
-    /// policy in force), into `out`; `waker` registered first, when given.
+    /// policy in force), into `out`; `waker` registered first, when given. Returns the close and
+    /// the redirect once the queue is empty, and whether it is.
     fn take<T>(
         &self,
         waker: Option<&Waker>,
         max: usize,
         out: &mut Vec<T>,
         mut f: impl FnMut(Out, Option<&crate::compression::DeflatePolicy>) -> T,
-    ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
+    ) -> (Option<CloseCode>, Option<Arc<Outlet>>, bool) {
         let mut q = lock(&self.queue);
         if let Some(w) = waker {
             q.arm(w);
@@ -527,9 +534,9 @@ impl Outlet {
             removed += item.len();
             out.push(f(item, deflate));
         }
-        let mut ends = (None, None);
+        let mut ends = (None, None, false);
         if items.is_empty() {
-            ends = (*close, rare.and_then(|r| r.redirect.clone()));
+            ends = (*close, rare.and_then(|r| r.redirect.clone()), true);
         }
         let space = rare
             .filter(|r| r.room_waiters > 0)
@@ -642,6 +649,27 @@ mod tests {
         assert_eq!(wakes(), 3);
         o.forget_writer();
         assert_eq!(Arc::strong_count(&w), 2, "the task's waker let go");
+    }
+
+    #[test]
+    fn a_drain_says_whether_it_left_the_queue_empty() {
+        let o = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 16,
+                max_bytes: 1 << 20,
+            },
+        );
+        let mut d = Drained::default();
+        o.drain(4, &mut d);
+        assert!(d.emptied && d.frames.is_empty());
+        o.push_reply(Bytes::from_static(b"a"));
+        o.push_reply(Bytes::from_static(b"b"));
+        o.drain(1, &mut d);
+        assert!(!d.emptied, "one frame is left");
+        o.drain(1, &mut d);
+        assert!(d.emptied);
+        assert_eq!(d.frames.len(), 2);
     }
 
     #[test]

@@ -303,3 +303,35 @@ async fn a_stuck_write_times_out_and_a_ping_is_written_when_asked() {
     }
     assert!(started.elapsed() >= Duration::from_millis(190));
 }
+
+/// Issue 14: a batch that left the outlet empty is not followed by another drain (the outlet's
+/// armed waker stands for it): every frame pushed after a written batch, while the link waits,
+/// still wakes it and goes out — one at a time and in bursts, from another task.
+#[tokio::test]
+async fn each_push_after_a_written_batch_wakes_the_link_again() {
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+    let s = Arc::new(settings(&wheel));
+    let o = outlet.clone();
+    let serving = tokio::spawn(async move {
+        let mut link = Link::new(MessageReader::new(server, 1 << 20), o, s);
+        let mut control = Vec::new();
+        link.next(&mut control).await
+    });
+    let (mut rd, _keep) = tokio::io::split(client);
+    for round in 0..50u8 {
+        let n = 1 + round % 3;
+        for i in 0..n {
+            outlet.push_reply(Bytes::from(vec![b'a' + i; 3]));
+        }
+        let mut got = vec![0u8; 3 * n as usize];
+        tokio::time::timeout(Duration::from_secs(5), rd.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the frames go out"))
+            .expect("read");
+        let want: Vec<u8> = (0..n).flat_map(|i| [b'a' + i; 3]).collect();
+        assert_eq!(got, want, "round {round}");
+    }
+    serving.abort();
+}

@@ -317,7 +317,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             self.buf.reserve(want);
             tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
         };
-        self.waiting = res.is_pending();
+        // A read stopped by tokio's task budget (`coop`) returns `Pending` without registering
+        // anything: it only asks for the task to be polled again, and then it must read.
+        self.waiting = res.is_pending() && tokio::task::coop::has_budget_remaining();
         match res {
             Poll::Pending => {
                 if self.buf.is_empty() && self.buf.capacity() > 0 {
@@ -556,9 +558,22 @@ mod tests {
         assert!(r.poll_next(&mut cx, &mut control).is_pending());
         assert!(r.quiet(), "found empty, its waker registered");
         assert!(r.quiet(), "and asking changes nothing");
+        // Review finding: a read that tokio's task budget stopped returned `Pending` having
+        // registered nothing, and the reader called itself quiet — the client's next messages
+        // (its pongs too) were not read until something else woke the task.
+        while tokio::task::coop::has_budget_remaining() {
+            tokio::task::coop::consume_budget().await;
+        }
+        assert!(r.poll_next(&mut cx, &mut control).is_pending());
+        assert!(!r.quiet(), "out of budget, nothing registered: read again");
+        tokio::task::yield_now().await;
+        assert!(r.poll_next(&mut cx, &mut control).is_pending());
+        assert!(r.quiet(), "found empty with budget left: registered");
+        // (The budget's own wake-up above counted one.)
+        let before = wakes.0.load(std::sync::atomic::Ordering::SeqCst);
         client.write_all(&masked(0x81, b"hi")).await.expect("write");
         let woken = async {
-            while wakes.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            while wakes.0.load(std::sync::atomic::Ordering::SeqCst) == before {
                 tokio::task::yield_now().await;
             }
         };

@@ -224,27 +224,40 @@ async fn a_rotation_does_not_replace_a_requested_close() {
     serving.abort();
 }
 
+/// A link served on a pipe of `pipe` bytes by a spawned task (until it ends): its outlet, the
+/// task, and the client's ends of the pipe.
+fn serving_link(
+    pipe: usize,
+) -> (
+    Arc<Outlet>,
+    tokio::task::JoinHandle<IoEvent>,
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+) {
+    let (client, server) = tokio::io::duplex(pipe);
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+    let s = Arc::new(settings(&wheel));
+    let o = outlet.clone();
+    let serving = tokio::spawn(async move {
+        let mut link = Link::new(MessageReader::new(server, 1 << 20), o, s);
+        let mut control = Vec::new();
+        link.next(&mut control).await
+    });
+    let (rd, wr) = tokio::io::split(client);
+    (outlet, serving, rd, wr)
+}
+
 /// Regression: a frame queued while a write was in progress woke the writer's
 /// slow-consumer check instead of its idle wait, so it stayed queued until the next push or
 /// the next heartbeat (25 s). Seen as publish replies that never came in a cluster, where
 /// deliveries and replies are pushed from different tasks.
 #[tokio::test]
 async fn a_frame_queued_during_a_write_is_sent_without_another_push() {
-    let (client, server) = tokio::io::duplex(64);
-    let outlet = outlet();
-    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
-    let s = Arc::new(settings(&wheel));
-    let o = outlet.clone();
-    let serve = async move {
-        let mut link = Link::new(MessageReader::new(server, 1 << 20), o, s);
-        let mut control = Vec::new();
-        link.next(&mut control).await
-    };
-    let serving = tokio::spawn(serve);
+    let (outlet, serving, mut rd, _keep) = serving_link(64);
     // Larger than the pipe: the write blocks until the test reads.
     let big = Bytes::from(vec![b'a'; 4096]);
     outlet.push_reply(big.clone());
-    let (mut rd, _keep) = tokio::io::split(client);
     let mut buf = vec![0u8; 16];
     rd.read_exact(&mut buf).await.expect("the write started");
     // Queued while the first write is stuck.
@@ -309,17 +322,7 @@ async fn a_stuck_write_times_out_and_a_ping_is_written_when_asked() {
 /// still wakes it and goes out — one at a time and in bursts, from another task.
 #[tokio::test]
 async fn each_push_after_a_written_batch_wakes_the_link_again() {
-    let (client, server) = tokio::io::duplex(1 << 16);
-    let outlet = outlet();
-    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
-    let s = Arc::new(settings(&wheel));
-    let o = outlet.clone();
-    let serving = tokio::spawn(async move {
-        let mut link = Link::new(MessageReader::new(server, 1 << 20), o, s);
-        let mut control = Vec::new();
-        link.next(&mut control).await
-    });
-    let (mut rd, _keep) = tokio::io::split(client);
+    let (outlet, serving, mut rd, _keep) = serving_link(1 << 16);
     for round in 0..50u8 {
         let n = 1 + round % 3;
         for i in 0..n {

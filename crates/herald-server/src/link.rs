@@ -376,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     // Written in the poll that drained the outlet empty and armed its waker:
                     // a push since then has woken this task (it is polled again), so draining
                     // again now would only find the queue empty — a lock, a pooled batch taken
-                    // and returned: a seventh of Herald's instructions per delivery.
+                    // and returned: ≈ 250 instructions per delivery (`bench/instructions.sh`).
                     if std::mem::take(&mut self.emptied)
                         && self.close.is_none()
                         && self.redirect.is_none()
@@ -492,7 +492,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             let io = Pin::new(self.reader.get_mut());
             let first = &frames[0][self.off as usize..];
             // One frame (a fan-out's usual batch) needs no slice array: 64 of them are 1 KiB to
-            // fill, a tenth of Herald's own instructions per delivery at 1 × 1 000.
+            // fill, ≈ 150 instructions per delivery at 1 × 1 000 (`bench/instructions.sh`).
             let poll = if frames.len() == 1 {
                 io.poll_write(cx, first)
             } else {

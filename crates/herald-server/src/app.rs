@@ -384,6 +384,12 @@ impl ServerBuilder {
 }
 
 impl Server {
+    /// The server's state (for the crate's tests that serve a connection on their own stream).
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
     /// A server to configure, then bind.
     pub fn builder(
         server: ServerConfig,

@@ -247,6 +247,8 @@ enum Next {
     Finish(Ending),
     /// The write side finished by itself (the server closed).
     Ended(WriterEnd),
+    /// The connection is rotated (4005): the session is handed back before the client is told.
+    Handover,
 }
 
 /// How the connection ends.
@@ -282,6 +284,14 @@ impl<S: Socket> Conn<S> {
                         };
                         break (ending, Some(end));
                     }
+                    Next::Handover => {
+                        let ending = Ending {
+                            clean: false,
+                            reason: "connection rotated",
+                            server_closed: true,
+                        };
+                        break (ending, None);
+                    }
                     // Boxed, the message or command moved in: command futures (recovery,
                     // resume) are large, and an idle connection's task should carry neither
                     // their space nor the message's.
@@ -307,7 +317,7 @@ impl<S: Socket> Conn<S> {
                     .await;
                 Flow::Continue
             }
-            Next::Finish(_) | Next::Ended(_) => Flow::Continue,
+            Next::Finish(_) | Next::Ended(_) | Next::Handover => Flow::Continue,
         };
         if let Flow::Close(code) = flow {
             self.session.outlet().close(code);
@@ -323,6 +333,7 @@ impl<S: Socket> Conn<S> {
             if let Poll::Ready(e) = self.link.poll_io(cx, &mut control) {
                 let res = match e {
                     IoEvent::Ended(end) => return Poll::Ready(Next::Ended(end)),
+                    IoEvent::Handover => return Poll::Ready(Next::Handover),
                     IoEvent::Inbound(res) => res,
                 };
                 for c in control {
@@ -413,30 +424,36 @@ impl<S: Socket> Conn<S> {
             ..
         } = self;
         let linger = linger_limit(app.conn.max_message_size);
-        let end = match end {
-            Some(end) => end,
-            None => link.finish().await,
-        };
+        let started_ms = u64::from(started_s) * 1000 + u64::from(started_ms);
         let Ending {
             clean,
             reason,
             server_closed,
         } = ending;
-        drop(app);
-        tracing::info!(
-            client = %session.client_id(),
-            remote = session.client_ip().map(tracing::field::display),
-            user = session.user_id(),
-            duration_ms = herald_core::limits::clock_ms()
-                .saturating_sub(u64::from(started_s) * 1000 + u64::from(started_ms)),
-            close_code = end.code.map(|c| c.code()),
-            reason,
-            "disconnected"
-        );
-        // The slots go now, before the session is handed back and the linger: a client told to
-        // come back at once (4005) must not find its old connection still counted.
-        drop(_held);
-        session.disconnected(clean).await;
+        let end = if link.handing_over() {
+            // A rotation: its closing frames tell the client to come back at once and
+            // `resume`. Everything the client could find in the way goes first — the
+            // connection's count, its slots, and the session, parked — then they are written
+            // (after them a quick client's resume could miss the session).
+            drop(app);
+            let end = WriterEnd::close(Some(CloseCode::Rotate));
+            log_end(&session, started_ms, end, reason);
+            drop(_held);
+            session.disconnected(clean).await;
+            link.handed_over();
+            link.finish().await
+        } else {
+            let end = match end {
+                Some(end) => end,
+                None => link.finish().await,
+            };
+            drop(app);
+            log_end(&session, started_ms, end, reason);
+            // The slots go now, before the session is handed back and the linger.
+            drop(_held);
+            session.disconnected(clean).await;
+            end
+        };
         // The server closed while the client may still be sending (the rest of an oversized
         // message): read it off before dropping the socket, so the client sees our close code,
         // not a reset.
@@ -444,6 +461,19 @@ impl<S: Socket> Conn<S> {
             link.into_reader().linger(LINGER, linger).await;
         }
     }
+}
+
+/// The `disconnected` log line.
+fn log_end(session: &Session, started_ms: u64, end: WriterEnd, reason: &'static str) {
+    tracing::info!(
+        client = %session.client_id(),
+        remote = session.client_ip().map(tracing::field::display),
+        user = session.user_id(),
+        duration_ms = herald_core::limits::clock_ms().saturating_sub(started_ms),
+        close_code = end.code.map(|c| c.code()),
+        reason,
+        "disconnected"
+    );
 }
 
 /// How long a server-initiated close waits for the client to stop sending.
@@ -499,6 +529,11 @@ pub async fn serve_echo(
         let res = match link.next(&mut control).await {
             IoEvent::Inbound(res) => res,
             IoEvent::Ended(_) => return,
+            // `/echo` is never rotated; were it, nothing is handed back.
+            IoEvent::Handover => {
+                link.handed_over();
+                continue;
+            }
         };
         for c in control.drain(..) {
             outlet.push_reply(c);
@@ -523,22 +558,4 @@ pub async fn serve_echo(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Issue 14: the connection's task is an idle connection's largest allocation, and tokio
-    /// rounds it up to 128 bytes. The task holds `Conn` plus ≈ 40 bytes (the loop's await, the
-    /// `then` chain, the task tracker's token) plus tokio's ≈ 100-byte header and trailer: at
-    /// 504 bytes (rustc 1.95) it is a 640-byte task (`bench/idle-heap.sh` shows the task's
-    /// allocation). `Conn` was 672 (a 1 024-byte task) before the message moved into its boxed
-    /// handler, the session's tokens lost their 16-byte alignment and plain TCP connections
-    /// dropped hyper's `Upgraded`; 616 (768) before the session's rarely used fields moved into
-    /// one box, its token expiry and journal quotas shrank, the link's settings took the
-    /// heartbeat wheel and the IP slot's key became 16 bytes. A field added here must pay for
-    /// itself.
-    #[test]
-    fn an_idle_connection_stays_a_640_byte_task() {
-        let size = std::mem::size_of::<Conn<crate::tcp::SendStream>>();
-        assert!(size <= 504, "Conn<SendStream> is {size} bytes");
-    }
-}
+mod tests;

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,6 +70,11 @@ fn return_batch(mut v: Vec<Bytes>) {
 enum Phase {
     /// Writing what the outlet holds.
     Open,
+    /// A rotation (4005) is decided and its closing frames are ready, but they wait until the
+    /// connection has handed its session back ([`IoEvent::Handover`], [`Link::handed_over`]):
+    /// they tell the client to come back at once and `resume`, so the session must be waiting
+    /// by then. Nothing is drained or read meanwhile.
+    Handover,
     /// Writing the closing frames (`frames`), then shut down.
     Closing,
     /// Shutting the socket's write side down.
@@ -143,6 +148,9 @@ pub enum IoEvent {
     Inbound(Result<Inbound, ReadError>),
     /// The write side finished: the connection is over.
     Ended(WriterEnd),
+    /// The connection is being rotated (4005): hand the session back (park it for `resume`),
+    /// then call [`Link::handed_over`] and [`Link::finish`].
+    Handover,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
@@ -201,6 +209,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         if let Poll::Ready(end) = self.poll_write(cx) {
             return Poll::Ready(IoEvent::Ended(end));
         }
+        if self.phase == Phase::Handover {
+            return Poll::Ready(IoEvent::Handover);
+        }
         // Woken for the queue (or a timer) while the socket has nothing new: no read.
         if self.reader_done || self.reader.quiet() {
             return Poll::Pending;
@@ -232,7 +243,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         self.final_close = code;
     }
 
-    /// Finish writing (after [`Link::reader_finished`]) and report how the connection ended.
+    /// Whether the link waits for the session to be handed back before its closing frames
+    /// ([`IoEvent::Handover`]).
+    pub fn handing_over(&self) -> bool {
+        self.phase == Phase::Handover
+    }
+
+    /// The session is handed back: write the rotation's closing frames (with [`Link::finish`]).
+    pub fn handed_over(&mut self) {
+        if self.phase == Phase::Handover {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    /// Finish writing (after [`Link::reader_finished`] or [`Link::handed_over`]) and report how
+    /// the connection ended.
     pub async fn finish(&mut self) -> WriterEnd {
         std::future::poll_fn(|cx| self.poll_write(cx)).await
     }
@@ -257,23 +282,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         };
         self.off = 0;
         self.timer = None;
-        self.phase = Phase::Closing;
+        self.phase = if code == CloseCode::Rotate {
+            Phase::Handover
+        } else {
+            Phase::Closing
+        };
     }
 
-    fn abort(&mut self, code: CloseCode) {
+    fn abort(&mut self, code: CloseCode, waker: &Waker) {
         metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
             .increment(1);
         self.end = WriterEnd {
             code: Some(code),
             abort: true,
         };
-        self.shut_down();
+        self.shut_down(waker);
     }
 
-    fn shut_down(&mut self) {
+    fn shut_down(&mut self, waker: &Waker) {
         // Nothing more is drained: the outlet may outlive this task (a session kept for
-        // `resume`), its waker need not.
-        self.outlet.forget_writer();
+        // `resume`), its waker need not — unless a resume gave the outlet to another
+        // connection meanwhile (a rotation parks the session before this), whose waker stays.
+        self.outlet.forget_writer(waker);
         self.frames.clear();
         self.timer = None;
         self.phase = Phase::Shutdown;
@@ -292,6 +322,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         loop {
             match self.phase {
                 Phase::Done => return Poll::Ready(self.end),
+                // `poll_io` reports it; a command under `drive` goes on meanwhile.
+                Phase::Handover => return Poll::Pending,
                 Phase::Shutdown => {
                     let done = match Pin::new(self.reader.get_mut()).poll_shutdown(cx) {
                         Poll::Ready(_) => true,
@@ -304,13 +336,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     self.phase = Phase::Done;
                 }
                 Phase::Closing => match self.poll_frames(cx) {
-                    Poll::Ready(Ok(())) => self.shut_down(),
-                    Poll::Ready(Err(())) => self.shut_down(),
+                    Poll::Ready(Ok(())) => self.shut_down(cx.waker()),
+                    Poll::Ready(Err(())) => self.shut_down(cx.waker()),
                     Poll::Pending => {
                         if !self.timer_fired(cx, Instant::now() + CLOSING_TIMEOUT) {
                             return Poll::Pending;
                         }
-                        self.shut_down();
+                        self.shut_down(cx.waker());
                     }
                 },
                 Phase::Open => {
@@ -370,7 +402,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             match self.poll_frames(cx) {
                 Poll::Ready(Ok(())) => {
                     if self.close_written {
-                        self.shut_down();
+                        self.shut_down(cx.waker());
                         return Poll::Ready(());
                     }
                     // Written in the poll that drained the outlet empty and armed its waker:
@@ -388,7 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                 }
                 Poll::Ready(Err(())) => {
                     self.end = WriterEnd::close(None);
-                    self.shut_down();
+                    self.shut_down(cx.waker());
                     return Poll::Ready(());
                 }
                 Poll::Pending => {
@@ -399,7 +431,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     // stuck: drop the socket now instead of waiting for the write timeout.
                     self.outlet.register(cx.waker());
                     if self.outlet.close_requested() == Some(CloseCode::SlowConsumer) {
-                        self.abort(CloseCode::SlowConsumer);
+                        self.abort(CloseCode::SlowConsumer, cx.waker());
                         return Poll::Ready(());
                     }
                     let at = if self.stopping {
@@ -415,7 +447,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                         } else {
                             CloseCode::WriteTimeout
                         };
-                        self.abort(code);
+                        self.abort(code, cx.waker());
                         return Poll::Ready(());
                     }
                     return Poll::Pending;
@@ -429,7 +461,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
             if let Some(next) = self.redirect.take() {
-                std::mem::replace(&mut self.outlet, next).forget_writer();
+                std::mem::replace(&mut self.outlet, next).forget_writer(cx.waker());
             }
             if let Some(code) = self.close.take() {
                 // A rotation asked for while a batch was being written gives way to a close
@@ -475,7 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             if self.reader_done {
                 match self.final_close {
                     Some(code) => self.start_closing(code),
-                    None => self.shut_down(),
+                    None => self.shut_down(cx.waker()),
                 }
             }
             return false;

@@ -181,10 +181,14 @@ impl Outlet {
         lock(&self.queue).arm(waker);
     }
 
-    /// Let go of the writer's waker (its task is ending: a session kept for `resume` keeps the
-    /// outlet, and would keep the finished task's memory with it).
-    pub fn forget_writer(&self) {
+    /// Let go of the writer's waker, when it is `waker` (its task is ending: a session kept for
+    /// `resume` keeps the outlet, and would keep the finished task's memory with it). Another
+    /// task's waker stays: a resume may have given the outlet to a new connection already.
+    pub fn forget_writer(&self, waker: &Waker) {
         let mut q = lock(&self.queue);
+        if !q.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
         q.armed = false;
         let old = q.writer.take();
         drop(q);
@@ -647,7 +651,15 @@ mod tests {
         o.register(&waker);
         o.redirect(Outlet::new(Format::Json, o.limits()));
         assert_eq!(wakes(), 3);
-        o.forget_writer();
+        // A finished task lets go of its own waker only: after a rotation's resume the outlet
+        // may serve another connection already, which must still be woken.
+        let other = Waker::from(Arc::new(Writer {
+            wakes: Default::default(),
+            outlet: Arc::downgrade(&o),
+        }));
+        o.forget_writer(&other);
+        assert_eq!(Arc::strong_count(&w), 3, "another task's waker kept it");
+        o.forget_writer(&waker);
         assert_eq!(Arc::strong_count(&w), 2, "the task's waker let go");
     }
 

@@ -6,12 +6,17 @@
 # 10 s, then the same at 1/s — and prints (instructions − instructions at 1/s) / (deliveries −
 # deliveries at 1/s): start-up and connecting cancel out. The figure moves by ±5 % between runs
 # (how many frames a batch holds depends on timing); compare builds by alternating them.
-#   [SUBS=500] [RATE=50] bench/instructions.sh [HERALD_BINARY]
+# With CHANNELS > 1 the subscribers are spread over that many channels (subscriber i joins
+# channel i mod CHANNELS) and RATE is over all of them: SUBS=1000 CHANNELS=100 RATE=200 is the
+# shape of bench/run.sh's 1 000 × 10 row, where each publication's own work (parse, authorize,
+# append, acknowledge, encode) is spread over 10 deliveries instead of SUBS.
+#   [SUBS=500] [CHANNELS=1] [RATE=50] bench/instructions.sh [HERALD_BINARY]
 # Needs valgrind (`apt-get install valgrind`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/herald}
 SUBS=${SUBS:-500}
+CHANNELS=${CHANNELS:-1}
 RATE=${RATE:-50}
 PORT=${PORT:-8250}
 . bench/lib.sh
@@ -26,7 +31,7 @@ count() { # count RATE -> "deliveries instructions"
   local pid=$!
   for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
   local deliveries
-  deliveries=$(taskset -c 1 "$BIN" bench fanout --subscribers "$SUBS" --channels 1 --rate "$1" --duration 10s \
+  deliveries=$(taskset -c 1 "$BIN" bench fanout --subscribers "$SUBS" --channels "$CHANNELS" --rate "$1" --duration 10s \
     --url "ws://127.0.0.1:$PORT/ws" --json | tail -1 | python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["lost"] == 0, d; print(d["deliveries"])')
   kill -INT "$pid"
   wait "$pid" || true

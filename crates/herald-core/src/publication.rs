@@ -99,7 +99,7 @@ impl Publication {
     /// The complete `message` WebSocket frame for `format`, encoded on first use and shared after.
     pub fn frame(&self, format: Format) -> Bytes {
         self.frames[format.index()]
-            .get_or_init(|| match herald_proto::encode(format, herald_proto::ServerKind::Message, None, &self.out(format)) {
+            .get_or_init(|| match herald_proto::codec::encode_message(format, &self.out(format)) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(channel = %self.channel, error = %e, "cannot encode publication");

@@ -70,7 +70,7 @@ impl Format {
 /// Encoding a server frame failed (only possible with non-serializable application data).
 #[derive(Debug, thiserror::Error)]
 #[error("encode error: {0}")]
-pub struct EncodeError(String);
+pub struct EncodeError(pub(crate) String);
 
 fn bad(id: &Option<Id>, code: ErrorCode, message: impl Into<String>) -> DecodeError {
     DecodeError {
@@ -91,12 +91,12 @@ struct JsonEnvelope<'a> {
 }
 
 #[derive(Deserialize)]
-struct JsonPublish<'a> {
-    channel: String,
+pub(crate) struct JsonPublish<'a> {
+    pub(crate) channel: String,
     #[serde(borrow)]
-    data: &'a RawValue,
+    pub(crate) data: &'a RawValue,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -120,17 +120,7 @@ struct MpPublish {
 /// Decode one client frame.
 pub fn decode(format: Format, input: &[u8]) -> Result<Request, DecodeError> {
     match format {
-        Format::Json => {
-            let env: JsonEnvelope<'_> = serde_json::from_slice(input).map_err(|e| {
-                bad(
-                    &None,
-                    ErrorCode::Malformed,
-                    format!("invalid envelope: {e}"),
-                )
-            })?;
-            let payload = RawPayload::Json(env.payload.map(RawValue::get));
-            finish(env.id, env.kind, payload)
-        }
+        Format::Json => crate::jsonin::decode(input).unwrap_or_else(|| decode_json(input)),
         Format::Msgpack => {
             let env: MpEnvelope = rmp_serde::from_slice(input).map_err(|e| {
                 bad(
@@ -139,13 +129,31 @@ pub fn decode(format: Format, input: &[u8]) -> Result<Request, DecodeError> {
                     format!("invalid envelope: {e}"),
                 )
             })?;
-            finish(env.id, env.kind, RawPayload::Msgpack(env.payload))
+            finish(
+                env.id,
+                env.kind.as_deref(),
+                RawPayload::Msgpack(env.payload),
+            )
         }
     }
 }
 
+/// Decode a JSON command in two passes: the envelope with its payload raw, then the payload.
+/// Any input; `jsonin` decodes the usual ones in one.
+pub(crate) fn decode_json(input: &[u8]) -> Result<Request, DecodeError> {
+    let env: JsonEnvelope<'_> = serde_json::from_slice(input).map_err(|e| {
+        bad(
+            &None,
+            ErrorCode::Malformed,
+            format!("invalid envelope: {e}"),
+        )
+    })?;
+    let payload = RawPayload::Json(env.payload.map(RawValue::get));
+    finish(env.id, env.kind.as_deref(), payload)
+}
+
 /// The still-undecoded payload of either format.
-enum RawPayload<'a> {
+pub(crate) enum RawPayload<'a> {
     Json(Option<&'a str>),
     Msgpack(Option<rmpv::Value>),
 }
@@ -181,31 +189,42 @@ impl RawPayload<'_> {
                 (mp.channel, Data::msgpack(&mp.data), mp.idempotency_key)
             }
         };
-        if key
-            .as_ref()
-            .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
-        {
-            return Err(bad(
-                id,
-                ErrorCode::BadRequest,
-                "idempotency_key must be 1..=128 bytes",
-            ));
-        }
-        Ok(Publish {
-            channel,
-            data,
-            idempotency_key: key,
-        })
+        checked_publish(id, channel, data, key)
     }
 }
 
-fn finish(
+/// A `publish` command from its decoded fields.
+pub(crate) fn checked_publish(
+    id: &Option<Id>,
+    channel: String,
+    data: Data,
+    key: Option<String>,
+) -> Result<Publish, DecodeError> {
+    if key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(bad(
+            id,
+            ErrorCode::BadRequest,
+            "idempotency_key must be 1..=128 bytes",
+        ));
+    }
+    Ok(Publish {
+        channel,
+        data,
+        idempotency_key: key,
+    })
+}
+
+/// The command of type `kind` from its envelope's fields.
+pub(crate) fn finish(
     id: Option<Id>,
-    kind: Option<String>,
+    kind: Option<&str>,
     payload: RawPayload<'_>,
 ) -> Result<Request, DecodeError> {
     let kind = kind.ok_or_else(|| bad(&id, ErrorCode::Malformed, "missing string field `type`"))?;
-    let command = match kind.as_str() {
+    let command = match kind {
         "subscribe" => Command::Subscribe(payload.typed::<Subscribe>(&id)?),
         "unsubscribe" => Command::Unsubscribe(payload.typed::<ChannelOnly>(&id)?),
         "publish" => Command::Publish(payload.publish(&id)?),
@@ -260,6 +279,37 @@ pub fn encode<P: Serialize>(
             .map_err(|e| EncodeError(e.to_string()))?,
     }
     Ok(frame::finish(buf, format.opcode()))
+}
+
+/// The `message` push of a publication as a complete WebSocket frame: [`encode`] of
+/// `ServerKind::Message`, written by hand in JSON (the frame every publication costs).
+pub fn encode_message(format: Format, p: &PublicationOut<'_>) -> Result<Bytes, EncodeError> {
+    match format {
+        Format::Json => crate::jsonout::message(p),
+        Format::Msgpack => encode(format, ServerKind::Message, None, p),
+    }
+}
+
+/// The reply to `publish` ([`Published`](crate::envelope::Published)) under `id`: [`encode`]
+/// of `ServerKind::Reply`, written by hand in JSON.
+pub fn encode_published(
+    format: Format,
+    id: &Id,
+    offset: u64,
+    epoch: &str,
+    duplicate: bool,
+) -> Result<Bytes, EncodeError> {
+    match format {
+        Format::Json => Ok(crate::jsonout::published(id, offset, epoch, duplicate)),
+        Format::Msgpack => {
+            let p = crate::envelope::Published {
+                offset,
+                epoch: epoch.to_owned(),
+                duplicate,
+            };
+            encode(format, ServerKind::Reply, Some(id), &p)
+        }
+    }
 }
 
 /// The payload of a `message` push (a publication), borrowed for encoding.

@@ -9,6 +9,8 @@
 //! - [`codes`]: error codes and WebSocket close codes (with reconnect advice).
 //! - [`channel`]: channel name validation and namespaces.
 //! - [`deflate`]: permessage-deflate: negotiation, compressing and (bounded) inflating a message.
+//! - `jsonin`: the one-pass decode of the usual JSON command (`type` before `payload`).
+//! - `jsonout`: the per-publication JSON frames (`message`, the `publish` reply) written by hand.
 //! - [`frame`]: building unmasked server-to-client WebSocket frames.
 //! - [`kind`]: the names of server frames ([`ServerKind`]).
 //! - [`server`]: whole server frames decoded into typed payloads ([`ServerMessage`]).
@@ -23,6 +25,8 @@ pub mod data;
 pub mod deflate;
 pub mod envelope;
 pub mod frame;
+mod jsonin;
+mod jsonout;
 pub mod kind;
 pub mod server;
 

@@ -2,9 +2,7 @@
 //! history, presence, refresh), and the token expiry timer.
 
 use herald_proto::codec::HistoryOut;
-use herald_proto::envelope::{
-    ChannelOnly, ClientInfo, History, MAX_HISTORY_LIMIT, Published, Subscribe,
-};
+use herald_proto::envelope::{ChannelOnly, ClientInfo, History, MAX_HISTORY_LIMIT, Subscribe};
 use herald_proto::{CloseCode, Command, ErrorCode, Id, Request};
 use serde::Serialize;
 
@@ -303,14 +301,18 @@ impl Session {
                 p.idempotency_key,
             )
             .await?;
-        self.reply(
-            id,
-            &Published {
-                offset: out.offset,
-                epoch: out.epoch.to_string(),
-                duplicate: out.duplicate,
-            },
-        );
+        // The reply every publication costs: written without serde (herald_proto's `jsonout`).
+        if let Some(id) = id
+            && let Some(b) = self.encoded(herald_proto::codec::encode_published(
+                self.outlet.format,
+                id,
+                out.offset,
+                &out.epoch,
+                out.duplicate,
+            ))
+        {
+            self.outlet.push_reply(b);
+        }
         Ok(())
     }
 

@@ -315,13 +315,15 @@ impl Session {
         id: Option<&Id>,
         payload: &P,
     ) -> Option<Bytes> {
-        match herald_proto::encode(self.outlet.format, kind, id, payload) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::error!(client = %self.client_id, error = %e, "cannot encode reply");
-                None
-            }
-        }
+        self.encoded(herald_proto::encode(self.outlet.format, kind, id, payload))
+    }
+
+    /// An encoded frame, or `None` (logged) when the payload could not be encoded.
+    fn encoded(&self, r: Result<Bytes, herald_proto::codec::EncodeError>) -> Option<Bytes> {
+        r.inspect_err(
+            |e| tracing::error!(client = %self.client_id, error = %e, "cannot encode reply"),
+        )
+        .ok()
     }
 
     fn reply<P: Serialize>(&self, id: &Option<Id>, payload: &P) {

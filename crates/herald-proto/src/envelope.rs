@@ -199,21 +199,42 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command's wire `type`, in [`Command::index`] order.
+    pub const KINDS: [&'static str; 12] = [
+        "subscribe",
+        "unsubscribe",
+        "publish",
+        "history",
+        "presence",
+        "presence_stats",
+        "ping",
+        "resume",
+        "auth",
+        "refresh",
+        "rpc",
+        "ack",
+    ];
+
     /// The wire `type` of the command.
     pub fn kind(&self) -> &'static str {
+        Command::KINDS[self.index()]
+    }
+
+    /// The command's place in [`Command::KINDS`] (for per-type counters kept in an array).
+    pub fn index(&self) -> usize {
         match self {
-            Command::Subscribe(_) => "subscribe",
-            Command::Unsubscribe(_) => "unsubscribe",
-            Command::Publish(_) => "publish",
-            Command::History(_) => "history",
-            Command::Presence(_) => "presence",
-            Command::PresenceStats(_) => "presence_stats",
-            Command::Ping => "ping",
-            Command::Resume(_) => "resume",
-            Command::Auth(_) => "auth",
-            Command::Refresh(_) => "refresh",
-            Command::Rpc(_) => "rpc",
-            Command::Ack(_) => "ack",
+            Command::Subscribe(_) => 0,
+            Command::Unsubscribe(_) => 1,
+            Command::Publish(_) => 2,
+            Command::History(_) => 3,
+            Command::Presence(_) => 4,
+            Command::PresenceStats(_) => 5,
+            Command::Ping => 6,
+            Command::Resume(_) => 7,
+            Command::Auth(_) => 8,
+            Command::Refresh(_) => 9,
+            Command::Rpc(_) => 10,
+            Command::Ack(_) => 11,
         }
     }
 }

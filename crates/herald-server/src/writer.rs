@@ -79,11 +79,13 @@ impl WriterMetrics {
 }
 
 /// The Prometheus text exposition: the recorder's (`handle`), with the write side's totals and
-/// latency histogram ([`WriterMetrics`]). `/metrics`, the admin page and the cluster load read
+/// latency histogram ([`WriterMetrics`]) and the inbound command totals
+/// ([`InboundMetrics`](crate::connection::InboundMetrics)). `/metrics`, the admin page and the cluster load read
 /// this.
 pub fn exposition(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
     let mut text = String::new();
     WriterMetrics::get().export(&mut text);
+    crate::connection::InboundMetrics::get().export();
     let mut out = handle.render();
     out.push_str(&text);
     out
@@ -93,11 +95,15 @@ pub fn exposition(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Str
 pub(crate) struct Total(AtomicU64);
 
 impl Total {
+    pub(crate) const fn new() -> Self {
+        Total(AtomicU64::new(0))
+    }
+
     pub(crate) fn increment(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }

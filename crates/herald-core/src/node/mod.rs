@@ -240,6 +240,20 @@ impl Node {
         idempotency_key: Option<String>,
     ) -> Result<PublishOutcome, EngineError> {
         let ns = self.namespace(channel)?;
+        self.publish_in(channel, ns, data, info, idempotency_key)
+            .await
+    }
+
+    /// [`Node::publish`] to a channel whose name was validated and whose namespace `ns` was
+    /// looked up already (a session's `publish` needs it first for the permission check).
+    pub(crate) async fn publish_in(
+        &self,
+        channel: &str,
+        ns: &NamespaceOptions,
+        data: Data,
+        info: Option<ClientInfo>,
+        idempotency_key: Option<String>,
+    ) -> Result<PublishOutcome, EngineError> {
         let (history_size, history_ttl) = if ns.history_enabled() {
             (ns.history_size, ns.history_ttl)
         } else {

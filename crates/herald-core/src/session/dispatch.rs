@@ -292,10 +292,10 @@ impl Session {
                 format!("data is larger than {max} bytes"),
             ));
         }
-        let out = self
-            .node
-            .publish(
+        let out = node
+            .publish_in(
                 &p.channel,
+                ns,
                 p.data,
                 Some(self.info(&p.channel)),
                 p.idempotency_key,

@@ -4,13 +4,12 @@
 //!
 //! # Layout
 //! - [`envelope`]: the `{type, id, payload}` envelope, client commands, reply/push payloads.
-//! - [`codec`]: JSON and MessagePack decoding of client frames, encoding of server frames.
+//! - [`codec`]: JSON and MessagePack decoding of client frames, encoding of server frames (the
+//!   usual JSON command decoded in one pass, the per-publication JSON frames written by hand).
 //! - [`data`]: opaque application data kept in its arrival format.
 //! - [`codes`]: error codes and WebSocket close codes (with reconnect advice).
 //! - [`channel`]: channel name validation and namespaces.
 //! - [`deflate`]: permessage-deflate: negotiation, compressing and (bounded) inflating a message.
-//! - `jsonin`: the one-pass decode of the usual JSON command (`type` before `payload`).
-//! - `jsonout`: the per-publication JSON frames (`message`, the `publish` reply) written by hand.
 //! - [`frame`]: building unmasked server-to-client WebSocket frames.
 //! - [`kind`]: the names of server frames ([`ServerKind`]).
 //! - [`server`]: whole server frames decoded into typed payloads ([`ServerMessage`]).
@@ -25,8 +24,6 @@ pub mod data;
 pub mod deflate;
 pub mod envelope;
 pub mod frame;
-mod jsonin;
-mod jsonout;
 pub mod kind;
 pub mod server;
 

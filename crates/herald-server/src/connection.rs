@@ -18,10 +18,11 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 
 use crate::link::{IoEvent, Link};
+use crate::metrics::InboundMetrics;
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::slots::Slot;
 use crate::state::{AppState, Handshake, Held};
-use crate::writer::{Total, WriterEnd};
+use crate::writer::WriterEnd;
 use bytes::Bytes;
 use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -497,42 +498,6 @@ pub(crate) async fn dispatch(
             session.handle(req).await
         }
         Err(e) => session.decode_error(e),
-    }
-}
-
-/// `herald_bytes_in_total` and `herald_messages_in_total{type}`: relaxed atomic adds per
-/// command, handed to the recorder when metrics are rendered ([`crate::writer::exposition`]).
-/// Through the recorder each was a registry lookup (the key hashed, its labels compared):
-/// ≈ 900 instructions per command, a publication's share of ten deliveries' own work.
-pub(crate) struct InboundMetrics {
-    bytes_in: Total,
-    /// By [`Command::index`](herald_proto::Command::index).
-    by_kind: [Total; herald_proto::Command::KINDS.len()],
-}
-
-static INBOUND_METRICS: InboundMetrics = InboundMetrics {
-    bytes_in: Total::new(),
-    by_kind: [const { Total::new() }; herald_proto::Command::KINDS.len()],
-};
-
-impl InboundMetrics {
-    pub(crate) fn get() -> &'static InboundMetrics {
-        &INBOUND_METRICS
-    }
-
-    /// Hand the totals to the recorder (absent until first counted, like a counter the recorder
-    /// registers on first use).
-    pub(crate) fn export(&self) {
-        let bytes = self.bytes_in.get();
-        if bytes > 0 {
-            metrics::counter!("herald_bytes_in_total").absolute(bytes);
-        }
-        for (kind, total) in herald_proto::Command::KINDS.iter().zip(&self.by_kind) {
-            let n = total.get();
-            if n > 0 {
-                metrics::counter!("herald_messages_in_total", "type" => *kind).absolute(n);
-            }
-        }
     }
 }
 

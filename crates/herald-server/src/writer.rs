@@ -11,6 +11,7 @@ use herald_proto::frame;
 use herald_proto::{CloseCode, Format};
 
 use crate::config::ConnectionConfig;
+use crate::metrics::Total;
 
 /// How the writer ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,9 +45,9 @@ pub(crate) struct WriterMetrics {
 }
 
 static WRITER_METRICS: WriterMetrics = WriterMetrics {
-    frames_out: Total(AtomicU64::new(0)),
-    bytes_out: Total(AtomicU64::new(0)),
-    writes: Total(AtomicU64::new(0)),
+    frames_out: Total::new(),
+    bytes_out: Total::new(),
+    writes: Total::new(),
     publish_to_send: LatencyHistogram::new(),
 };
 
@@ -80,32 +81,15 @@ impl WriterMetrics {
 
 /// The Prometheus text exposition: the recorder's (`handle`), with the write side's totals and
 /// latency histogram ([`WriterMetrics`]) and the inbound command totals
-/// ([`InboundMetrics`](crate::connection::InboundMetrics)). `/metrics`, the admin page and the cluster load read
+/// ([`InboundMetrics`](crate::metrics::InboundMetrics)). `/metrics`, the admin page and the cluster load read
 /// this.
 pub fn exposition(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
     let mut text = String::new();
     WriterMetrics::get().export(&mut text);
-    crate::connection::InboundMetrics::get().export();
+    crate::metrics::InboundMetrics::get().export();
     let mut out = handle.render();
     out.push_str(&text);
     out
-}
-
-/// A monotonic total: one relaxed atomic add per observation.
-pub(crate) struct Total(AtomicU64);
-
-impl Total {
-    pub(crate) const fn new() -> Self {
-        Total(AtomicU64::new(0))
-    }
-
-    pub(crate) fn increment(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// Upper bounds (seconds, inclusive) of `herald_publish_to_send_seconds`'s buckets.

@@ -4,6 +4,9 @@
 //! single [`Bytes`], so a broadcast is encoded once and the same bytes are written to every
 //! subscriber of that format.
 
+mod jsonin;
+mod jsonout;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -120,7 +123,7 @@ struct MpPublish {
 /// Decode one client frame.
 pub fn decode(format: Format, input: &[u8]) -> Result<Request, DecodeError> {
     match format {
-        Format::Json => crate::jsonin::decode(input).unwrap_or_else(|| decode_json(input)),
+        Format::Json => jsonin::decode(input).unwrap_or_else(|| decode_json(input)),
         Format::Msgpack => {
             let env: MpEnvelope = rmp_serde::from_slice(input).map_err(|e| {
                 bad(
@@ -285,7 +288,7 @@ pub fn encode<P: Serialize>(
 /// `ServerKind::Message`, written by hand in JSON (the frame every publication costs).
 pub fn encode_message(format: Format, p: &PublicationOut<'_>) -> Result<Bytes, EncodeError> {
     match format {
-        Format::Json => crate::jsonout::message(p),
+        Format::Json => jsonout::message(p),
         Format::Msgpack => encode(format, ServerKind::Message, None, p),
     }
 }
@@ -300,7 +303,7 @@ pub fn encode_published(
     duplicate: bool,
 ) -> Result<Bytes, EncodeError> {
     match format {
-        Format::Json => Ok(crate::jsonout::published(id, offset, epoch, duplicate)),
+        Format::Json => Ok(jsonout::published(id, offset, epoch, duplicate)),
         Format::Msgpack => {
             let p = crate::envelope::Published {
                 offset,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::codec::{JsonPublish, RawPayload, checked_publish, finish};
+use super::{JsonPublish, RawPayload, checked_publish, finish};
 use crate::data::Data;
 use crate::envelope::{Command, DecodeError, Id, Request};
 
@@ -117,7 +117,7 @@ mod tests {
 
     /// The general decode alone: what every input must still decode to.
     fn general(input: &[u8]) -> String {
-        format!("{:?}", crate::codec::decode_json(input))
+        format!("{:?}", super::super::decode_json(input))
     }
 
     fn same(input: &str) {

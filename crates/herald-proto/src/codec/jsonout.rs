@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::codec::{EncodeError, PublicationOut};
+use super::{EncodeError, PublicationOut};
 use crate::data::DataOut;
 use crate::envelope::{ClientInfo, Id};
 use crate::frame::{self, MAX_HEADER, OpCode};

@@ -437,7 +437,7 @@ impl<S: Socket> Conn<S> {
             // connection's count, its slots, and the session, parked — then they are written
             // (after them a quick client's resume could miss the session).
             drop(app);
-            let end = WriterEnd::close(Some(CloseCode::Rotate));
+            let end = WriterEnd::close(Some(link.handover_code()));
             log_end(&session, started_ms, end, reason);
             drop(_held);
             session.disconnected(clean).await;

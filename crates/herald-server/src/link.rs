@@ -249,11 +249,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         self.phase == Phase::Handover
     }
 
-    /// The session is handed back: write the rotation's closing frames (with [`Link::finish`]).
+    /// The session is handed back: write the rotation's closing frames (with [`Link::finish`]) —
+    /// or, when the server asked for a close meanwhile (a revoked token, a forced disconnect, a
+    /// stalled recovery's 4503), that close: the session was ended, not parked, for it.
     pub fn handed_over(&mut self) {
         if self.phase == Phase::Handover {
-            self.phase = Phase::Closing;
+            let code = self.outlet.close_requested().unwrap_or(CloseCode::Rotate);
+            self.write_closing(code);
         }
+    }
+
+    /// The close code a handover will write ([`Link::handed_over`]).
+    pub fn handover_code(&self) -> CloseCode {
+        self.outlet.close_requested().unwrap_or(CloseCode::Rotate)
     }
 
     /// Finish writing (after [`Link::reader_finished`] or [`Link::handed_over`]) and report how
@@ -268,6 +276,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     }
 
     fn start_closing(&mut self, code: CloseCode) {
+        if code == CloseCode::Rotate {
+            // Written once the session is handed back (`handed_over`).
+            self.timer = None;
+            self.phase = Phase::Handover;
+            return;
+        }
+        self.write_closing(code);
+    }
+
+    /// Write the closing frames for `code`, then shut down.
+    fn write_closing(&mut self, code: CloseCode) {
         metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
             .increment(1);
         self.end = WriterEnd::close(Some(code));
@@ -282,11 +301,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         };
         self.off = 0;
         self.timer = None;
-        self.phase = if code == CloseCode::Rotate {
-            Phase::Handover
-        } else {
-            Phase::Closing
-        };
+        self.phase = Phase::Closing;
     }
 
     fn abort(&mut self, code: CloseCode, waker: &Waker) {
@@ -465,8 +480,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             }
             if let Some(code) = self.close.take() {
                 // A rotation asked for while a batch was being written gives way to a close
-                // the outlet got meanwhile (drained and sent as usual).
-                if code != CloseCode::Rotate || self.outlet.close_requested().is_none() {
+                // the outlet got meanwhile (drained and sent as usual), and to the client's own
+                // close (the connection is ending without a handover then: rotating it would
+                // wait for a handover nobody makes).
+                if code != CloseCode::Rotate
+                    || (!self.reader_done && self.outlet.close_requested().is_none())
+                {
                     self.start_closing(code);
                     return false;
                 }

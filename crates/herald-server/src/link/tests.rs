@@ -5,7 +5,7 @@ use crate::config::ConnectionConfig;
 use crate::heartbeat::Heartbeats;
 use herald_core::outlet::QueueLimits;
 use herald_proto::Format;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn settings(wheel: &Arc<Heartbeats>) -> WriterSettings {
     WriterSettings {
@@ -337,4 +337,108 @@ async fn each_push_after_a_written_batch_wakes_the_link_again() {
         assert_eq!(got, want, "round {round}");
     }
     serving.abort();
+}
+
+/// A link with `/ws` settings (advisories, rotation) on a `pipe`-byte pipe: the link, its outlet
+/// and the client's ends.
+fn advisory_link(
+    pipe: usize,
+) -> (
+    Link<tokio::io::DuplexStream>,
+    Arc<Outlet>,
+    tokio::io::ReadHalf<tokio::io::DuplexStream>,
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+) {
+    let (client, server) = tokio::io::duplex(pipe);
+    let outlet = outlet();
+    let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
+    let s = Arc::new(WriterSettings {
+        advisory: true,
+        ..settings(&wheel)
+    });
+    let link = Link::new(MessageReader::new(server, 1 << 20), outlet.clone(), s);
+    let (rd, wr) = tokio::io::split(client);
+    (link, outlet, rd, wr)
+}
+
+/// Poll the link once (whatever it reports).
+async fn poll_once(link: &mut Link<tokio::io::DuplexStream>) {
+    let mut control = Vec::new();
+    std::future::poll_fn(|cx| {
+        let _ = link.poll_io(cx, &mut control);
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// Review finding (session 16): a rotation asked while a write was blocked, then the client's
+/// close: the connection ends without a handover, and `finish` waited for one forever — the task,
+/// its connection count, slots and session leaked. A client's close now cancels the rotation.
+#[tokio::test]
+async fn a_client_close_after_a_pending_rotation_still_finishes() {
+    let (mut link, outlet, mut rd, mut wr) = advisory_link(64);
+    // A write larger than the pipe blocks; the rotation is taken while it waits.
+    outlet.push_reply(Bytes::from(vec![b'a'; 4096]));
+    poll_once(&mut link).await;
+    link.beat.ask_rotate_for_test();
+    poll_once(&mut link).await;
+    assert_eq!(
+        link.close,
+        Some(CloseCode::Rotate),
+        "the rotation waits for the write"
+    );
+    // The client's close frame (masked with a zero key): 1000.
+    wr.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+        .await
+        .expect("close sent");
+    let mut control = Vec::new();
+    let e = link.next(&mut control).await;
+    assert!(
+        matches!(e, IoEvent::Inbound(Ok(Inbound::Close { clean: true }))),
+        "{e:?}"
+    );
+    assert!(!link.handing_over());
+    let reading = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = rd.read_to_end(&mut rest).await;
+        rest
+    });
+    for c in control {
+        outlet.push_reply(c);
+    }
+    link.reader_finished(None);
+    tokio::time::timeout(Duration::from_secs(10), link.finish())
+        .await
+        .expect("the link finishes");
+    drop(link);
+    let rest = reading.await.expect("reader");
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("4005"),
+        "rotated a closing connection"
+    );
+}
+
+/// Review finding (session 16): a close the server asks for while a rotation waits for its
+/// handover (a forced disconnect, a revoked token, a stalled recovery's 4503) ends the session
+/// instead of parking it, so the client must get that close, not 4005's "resume now".
+#[tokio::test]
+async fn a_close_requested_during_a_handover_replaces_the_rotation() {
+    let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
+    link.beat.ask_rotate_for_test();
+    let mut control = Vec::new();
+    let e = link.next(&mut control).await;
+    assert!(matches!(e, IoEvent::Handover), "{e:?}");
+    outlet.close(CloseCode::ForceDisconnect);
+    assert_eq!(link.handover_code(), CloseCode::ForceDisconnect);
+    link.handed_over();
+    let end = tokio::time::timeout(Duration::from_secs(10), link.finish())
+        .await
+        .expect("the link finishes");
+    assert_eq!(end.code, Some(CloseCode::ForceDisconnect));
+    drop(link);
+    let mut rest = Vec::new();
+    rd.read_to_end(&mut rest).await.expect("read");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("\"code\":4501"), "{text}");
+    assert!(!text.contains("4005"), "{text}");
 }

@@ -431,28 +431,25 @@ impl<S: Socket> Conn<S> {
             reason,
             server_closed,
         } = ending;
-        let end = if link.handing_over() {
-            // A rotation: its closing frames tell the client to come back at once and
-            // `resume`. Everything the client could find in the way goes first — the
-            // connection's count, its slots, and the session, parked — then they are written
-            // (after them a quick client's resume could miss the session).
-            drop(app);
-            let end = WriterEnd::close(Some(link.handover_code()));
-            log_end(&session, started_ms, end, reason);
-            drop(_held);
-            session.disconnected(clean).await;
+        // A rotation's closing frames tell the client to come back at once and `resume`:
+        // everything the client could find in the way goes first — the connection's count, its
+        // slots, and the session, parked — and they are written after (written before, a quick
+        // client's resume could miss the session). Any other end is written first.
+        let rotating = link.handing_over();
+        let end = match end {
+            Some(end) => end,
+            None if rotating => WriterEnd::close(Some(link.handover_code())),
+            None => link.finish().await,
+        };
+        drop(app);
+        log_end(&session, started_ms, end, reason);
+        // The slots go now, before the session is handed back and the linger.
+        drop(_held);
+        session.disconnected(clean).await;
+        let end = if rotating {
             link.handed_over();
             link.finish().await
         } else {
-            let end = match end {
-                Some(end) => end,
-                None => link.finish().await,
-            };
-            drop(app);
-            log_end(&session, started_ms, end, reason);
-            // The slots go now, before the session is handed back and the linger.
-            drop(_held);
-            session.disconnected(clean).await;
             end
         };
         // The server closed while the client may still be sending (the rest of an oversized

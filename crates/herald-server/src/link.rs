@@ -254,8 +254,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     /// stalled recovery's 4503), that close: the session was ended, not parked, for it.
     pub fn handed_over(&mut self) {
         if self.phase == Phase::Handover {
-            let code = self.outlet.close_requested().unwrap_or(CloseCode::Rotate);
-            self.write_closing(code);
+            self.write_closing(self.handover_code());
         }
     }
 

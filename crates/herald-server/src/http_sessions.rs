@@ -215,14 +215,19 @@ impl Entry {
         self.downlink.register(waker);
     }
 
-    /// Generation `g` ended (its response finished or its client went away).
+    /// Generation `g` ended (its response finished or its client went away). When it was the
+    /// attached one, its waker is let go (under the state's lock, so a newer downlink, which
+    /// attaches under it first, cannot have registered yet): the entry outlives the request.
     pub fn detach(&self, g: u64) {
         let mut s = lock(&self.state);
+        let mut waker = None;
         if s.attached == Some(g) {
             s.attached = None;
             s.detached_at = Some(Instant::now());
+            waker = self.downlink.take();
         }
         drop(s);
+        drop(waker);
         self.driver.notify_one();
     }
 

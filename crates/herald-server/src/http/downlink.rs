@@ -7,11 +7,11 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::outlet::Drained;
+use herald_core::outlet::{Drained, Outlet};
 use herald_proto::{CloseCode, Format};
 use tokio::time::Sleep;
 
@@ -38,11 +38,36 @@ fn advisory(format: Format, code: CloseCode, jitter: Duration) -> Option<Bytes> 
         .map(framing::payload)
 }
 
+/// The waker a downlink (or a poll) gave the session's outlet, taken back when it ends: the
+/// session outlives the request (it waits for the next one, or a `resume`), and a waker it kept
+/// would keep the finished request's task — hyper's connection future and its buffers — in
+/// memory until the session expires. Only this waker is taken back: a newer request or a
+/// resumed connection may be registered already.
+#[derive(Default)]
+pub(super) struct Registered(Option<Waker>);
+
+impl Registered {
+    /// Register `cx`'s waker with `outlet` (kept, not cloned, while it is the same task's).
+    pub(super) fn register(&mut self, outlet: &Outlet, cx: &Context<'_>) {
+        outlet.register(cx.waker());
+        if !self.0.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.0 = Some(cx.waker().clone());
+        }
+    }
+
+    /// The request ended: take the waker back from the outlet `entry` drains now.
+    pub(super) fn forget(&mut self, entry: &Entry) {
+        if let Some(w) = self.0.take() {
+            entry.outlet().forget_writer(&w);
+        }
+    }
+}
+
 /// Drain what is queued for `entry`, following `resume` redirects.
-fn take(entry: &Entry, cx: &mut Context<'_>, jitter: Duration) -> Took {
+fn take(entry: &Entry, cx: &mut Context<'_>, jitter: Duration, reg: &mut Registered) -> Took {
     loop {
         let outlet = entry.outlet();
-        outlet.register(cx.waker());
+        reg.register(&outlet, cx);
         let mut d = Drained::default();
         outlet.drain(BATCH, &mut d);
         let m = WriterMetrics::get();
@@ -83,6 +108,7 @@ pub struct Downlink {
     interval: Duration,
     jitter: Duration,
     done: bool,
+    registered: Registered,
 }
 
 impl Downlink {
@@ -104,6 +130,7 @@ impl Downlink {
             interval,
             jitter,
             done: false,
+            registered: Registered::default(),
         }
     }
 
@@ -148,7 +175,8 @@ impl futures_util::Stream for Downlink {
                 return Poll::Ready(Some(Ok(chunk)));
             }
         }
-        match take(&self.entry, cx, self.jitter) {
+        let this = &mut *self;
+        match take(&this.entry, cx, this.jitter, &mut this.registered) {
             Took::Messages { messages, closed } => {
                 if closed {
                     self.done = true;
@@ -171,6 +199,7 @@ impl futures_util::Stream for Downlink {
 
 impl Drop for Downlink {
     fn drop(&mut self) {
+        self.registered.forget(&self.entry);
         self.entry.detach(self.generation);
     }
 }
@@ -186,10 +215,11 @@ pub struct PollAnswer {
 }
 
 /// Detaches the poll when it returns or its client goes away.
-struct Attached<'a>(&'a Entry, u64);
+struct Attached<'a>(&'a Entry, u64, Registered);
 
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
+        self.2.forget(self.0);
         self.0.detach(self.1);
     }
 }
@@ -198,7 +228,7 @@ impl Drop for Attached<'_> {
 /// A newer poll of the same session ends this one with an empty answer.
 pub async fn poll(entry: &Arc<Entry>, ack: u64, timeout: Duration, jitter: Duration) -> PollAnswer {
     let generation = entry.attach();
-    let _attached = Attached(entry, generation);
+    let mut attached = Attached(entry, generation, Registered::default());
     let format = entry.format;
     if let Some((seq, messages)) = entry.unacked(ack) {
         return PollAnswer {
@@ -219,7 +249,7 @@ pub async fn poll(entry: &Arc<Entry>, ack: u64, timeout: Duration, jitter: Durat
         if entry.attached(generation).is_err() {
             return Poll::Ready(None);
         }
-        match take(entry, cx, jitter) {
+        match take(entry, cx, jitter, &mut attached.2) {
             Took::Messages { messages, closed } => Poll::Ready(Some((messages, closed))),
             Took::Nothing => Poll::Pending,
         }
@@ -244,5 +274,106 @@ pub async fn poll(entry: &Arc<Entry>, ack: u64, timeout: Duration, jitter: Durat
             body: framing::batch(format, &[]),
             gone: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http_sessions::Transport;
+    use futures_util::Stream;
+    use herald_core::limits::Allowance;
+    use herald_core::outlet::QueueLimits;
+    use std::future::Future;
+    use std::task::Wake;
+
+    /// A request's task, as far as its wakers go.
+    struct Task;
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    fn entry() -> Arc<Entry> {
+        let outlet = Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 8,
+                max_bytes: 1 << 16,
+            },
+        );
+        let requests = Allowance::new(10, Duration::from_secs(1), 10);
+        Entry::new(1, "node", Transport::Sse, Format::Json, outlet, requests).0
+    }
+
+    /// Held by the test and its one waker: nothing else keeps the task.
+    fn only_ours(task: &Arc<Task>) -> bool {
+        Arc::strong_count(task) == 2
+    }
+
+    /// A session outlives its requests: a downlink or poll that ended must not leave its waker
+    /// (and with it the finished request's task) with the session's outlet or entry.
+    #[tokio::test]
+    async fn an_ended_downlink_or_poll_leaves_no_waker_with_its_session() {
+        let entry = entry();
+        let task = Arc::new(Task);
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let mut downlink = Downlink::new(
+            entry.clone(),
+            Style::Sse,
+            None,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        assert!(Pin::new(&mut downlink).poll_next(&mut cx).is_pending());
+        assert!(!only_ours(&task), "registered while it waits");
+        drop(downlink);
+        assert!(only_ours(&task), "the ended downlink left its waker behind");
+
+        let mut poll = Box::pin(poll(&entry, 0, Duration::from_secs(30), Duration::ZERO));
+        assert!(poll.as_mut().poll(&mut cx).is_pending());
+        assert!(!only_ours(&task), "registered while it waits");
+        drop(poll);
+        assert!(only_ours(&task), "the ended poll left its waker behind");
+    }
+
+    /// Ending one request lets go of its own waker only: the request that replaced it (attached
+    /// before the old one's body was dropped) keeps being woken.
+    #[tokio::test]
+    async fn a_replaced_downlink_ending_keeps_its_successors_waker() {
+        let entry = entry();
+        let (old_task, new_task) = (Arc::new(Task), Arc::new(Task));
+        let (old_waker, new_waker) = (Waker::from(old_task.clone()), Waker::from(new_task.clone()));
+        let mut old = Downlink::new(
+            entry.clone(),
+            Style::Sse,
+            None,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        assert!(
+            Pin::new(&mut old)
+                .poll_next(&mut Context::from_waker(&old_waker))
+                .is_pending()
+        );
+        let mut new = Downlink::new(
+            entry.clone(),
+            Style::Sse,
+            None,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        assert!(
+            Pin::new(&mut new)
+                .poll_next(&mut Context::from_waker(&new_waker))
+                .is_pending()
+        );
+        drop(old);
+        assert!(only_ours(&old_task));
+        assert!(!only_ours(&new_task), "the successor must stay registered");
+        drop(new);
+        assert!(only_ours(&new_task));
     }
 }

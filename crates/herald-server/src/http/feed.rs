@@ -21,6 +21,7 @@ use herald_core::outlet::Out;
 use herald_proto::{CloseCode, ErrorCode, Format, StreamPosition};
 use tokio::time::Sleep;
 
+use super::downlink::Registered;
 use super::framing::{self, Style};
 use super::{Opening, Refused, bad_request, refuse, start, streamed};
 use crate::http_sessions::{Entry, Transport};
@@ -152,6 +153,7 @@ pub async fn subscribe(
         jitter: app.server.shutdown_reconnect_jitter,
         items: Vec::new(),
         done: false,
+        registered: Registered::default(),
     };
     streamed(
         &parts,
@@ -171,6 +173,7 @@ struct Feed {
     jitter: Duration,
     items: Vec<Out>,
     done: bool,
+    registered: Registered,
 }
 
 impl Feed {
@@ -285,7 +288,7 @@ impl futures_util::Stream for Feed {
             }
         }
         let outlet = this.entry.outlet();
-        outlet.register(cx.waker());
+        this.registered.register(&outlet, cx);
         let mut items = std::mem::take(&mut this.items);
         let (close, _) = outlet.drain_items(256, &mut items);
         let m = WriterMetrics::get();
@@ -340,6 +343,7 @@ impl futures_util::Stream for Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        self.registered.forget(&self.entry);
         self.entry.detach(self.generation);
     }
 }

@@ -79,6 +79,12 @@ impl Beat {
         }
     }
 
+    /// Put back a rotation [`Beat::take`] returned that cannot start yet (a command runs): the
+    /// next `take` returns it again. Nobody is woken (the connection's task is running).
+    pub fn defer_rotate(&self) {
+        self.flags.fetch_or(ROTATE, Ordering::AcqRel);
+    }
+
     /// Ask this connection to rotate now (tests of the link).
     #[cfg(test)]
     pub(crate) fn ask_rotate_for_test(&self) {

@@ -135,7 +135,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static, F: Future + Unpin> Future for 
         let out = Pin::new(&mut this.fut).poll(cx);
         if out.is_pending() {
             // A finished write side stays finished; `poll_io` reports it afterwards.
-            let _ = this.link.poll_write(cx);
+            let _ = this.link.poll_write(cx, true);
         }
         out
     }
@@ -206,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             return Poll::Ready(IoEvent::Inbound(r));
         }
         self.unwritten = 0;
-        if let Poll::Ready(end) = self.poll_write(cx) {
+        if let Poll::Ready(end) = self.poll_write(cx, false) {
             return Poll::Ready(IoEvent::Ended(end));
         }
         if self.phase == Phase::Handover {
@@ -266,7 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     /// Finish writing (after [`Link::reader_finished`] or [`Link::handed_over`]) and report how
     /// the connection ended.
     pub async fn finish(&mut self) -> WriterEnd {
-        std::future::poll_fn(|cx| self.poll_write(cx)).await
+        std::future::poll_fn(|cx| self.poll_write(cx, false)).await
     }
 
     /// The reader, for the lingering close after the write side finished.
@@ -331,8 +331,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         timer.as_mut().poll(cx).is_ready()
     }
 
-    /// Drive the write side; `Ready` once it is finished.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<WriterEnd> {
+    /// Drive the write side (`driving`: while a command runs, [`Link::drive`]); `Ready` once it
+    /// is finished.
+    fn poll_write(&mut self, cx: &mut Context<'_>, driving: bool) -> Poll<WriterEnd> {
         loop {
             match self.phase {
                 Phase::Done => return Poll::Ready(self.end),
@@ -360,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     }
                 },
                 Phase::Open => {
-                    if self.poll_open(cx).is_pending() {
+                    if self.poll_open(cx, driving).is_pending() {
                         return Poll::Pending;
                     }
                 }
@@ -369,7 +370,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     }
 
     /// One step of the open phase; `Ready` when the phase changed.
-    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_open(&mut self, cx: &mut Context<'_>, driving: bool) -> Poll<()> {
         // The wheel's waker stays registered until the wheel asks something (it sets a flag,
         // then takes the waker): register again only after a request, not on every poll. After
         // one, register now (a later request must wake this task) and again at the next poll
@@ -397,7 +398,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         // taken, so what is queued stays with the session for its `resume`) — unless the
         // connection is ending anyway: shutting down, the client closing, or a close the server
         // already asked for (4001, 4501, 4503, …), which must reach the client as it is.
-        if asked.rotate
+        // A rotation asked while a command runs (`driving`) waits for it: a handover stops
+        // draining the outlet, and a command may need it drained — a recovery pages history in
+        // as the queue makes room — so rotating then would stall the command until its timeout
+        // (4503 instead of 4005, ten seconds late). The request goes back to the beat, unwoken:
+        // it is taken again at the first poll after the command.
+        if asked.rotate && driving {
+            self.beat.defer_rotate();
+        } else if asked.rotate
             && !self.stopping
             && !self.reader_done
             && self.close.is_none()

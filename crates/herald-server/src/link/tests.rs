@@ -442,3 +442,40 @@ async fn a_close_requested_during_a_handover_replaces_the_rotation() {
     assert!(text.contains("\"code\":4501"), "{text}");
     assert!(!text.contains("4005"), "{text}");
 }
+
+/// Poll `command` under [`Link::drive`] once: whether it finished.
+async fn poll_drive(
+    link: &mut Link<tokio::io::DuplexStream>,
+    command: &mut tokio::sync::oneshot::Receiver<()>,
+) -> bool {
+    let mut drive = link.drive(command);
+    std::future::poll_fn(move |cx| Poll::Ready(Pin::new(&mut drive).poll(cx).is_ready())).await
+}
+
+/// Review finding (session 16): a rotation asked while a command runs (a recovery paging
+/// history in as the queue makes room) stopped draining the outlet at once: the command stalled
+/// until its timeout and the client got 4503 instead of 4005. The rotation now waits for the
+/// command, and the queue keeps being written meanwhile.
+#[tokio::test]
+async fn a_rotation_asked_during_a_command_waits_for_it() {
+    let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
+    let (done, mut command) = tokio::sync::oneshot::channel::<()>();
+    assert!(!poll_drive(&mut link, &mut command).await);
+    link.beat.ask_rotate_for_test();
+    outlet.push_reply(Bytes::from_static(b"\x81\x04page"));
+    assert!(!poll_drive(&mut link, &mut command).await);
+    assert!(!link.handing_over(), "rotated while the command ran");
+    let mut page = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut page))
+        .await
+        .expect("the queue is written while the command runs")
+        .expect("read");
+    assert_eq!(&page, b"\x81\x04page");
+    done.send(()).expect("command finishes");
+    assert!(poll_drive(&mut link, &mut command).await);
+    let mut control = Vec::new();
+    let e = tokio::time::timeout(Duration::from_secs(10), link.next(&mut control))
+        .await
+        .expect("the owed rotation starts");
+    assert!(matches!(e, IoEvent::Handover), "{e:?}");
+}

@@ -98,6 +98,11 @@ impl Publication {
 
     /// The complete `message` WebSocket frame for `format`, encoded on first use and shared after.
     pub fn frame(&self, format: Format) -> Bytes {
+        self.frame_ref(format).clone()
+    }
+
+    /// [`Publication::frame`], borrowed.
+    pub fn frame_ref(&self, format: Format) -> &Bytes {
         self.frames[format.index()]
             .get_or_init(|| match herald_proto::codec::encode_message(format, &self.out(format)) {
                 Ok(b) => b,
@@ -107,7 +112,6 @@ impl Publication {
                     Bytes::new()
                 }
             })
-            .clone()
     }
 
     /// The `message` frame for a `format` connection that negotiated permessage-deflate:

@@ -113,17 +113,20 @@ pub fn serve(
     held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
 ) -> impl Future<Output = ()> + Send {
-    let setup = Setup {
+    let mut setup = Setup {
         format,
         app,
         remote,
         hs,
         held,
         deflate,
+        direct: None,
     };
     match crate::listener::plain_tcp(ws.into_inner().into_inner()) {
         Ok((tcp, read_buf)) => {
-            Either::Left(serve_on(crate::tcp::SendStream::new(tcp), read_buf, setup))
+            let stream = crate::tcp::SendStream::new(tcp);
+            setup.direct = Some(stream.direct());
+            Either::Left(serve_on(stream, read_buf, setup))
         }
         Err(up) => {
             tracing::debug!("/ws over TLS (or another stream): served on hyper's Upgraded");
@@ -140,6 +143,8 @@ struct Setup {
     hs: Handshake,
     held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
+    /// The socket, for direct writes from the fan-out (plain TCP).
+    direct: Option<std::sync::Weak<dyn herald_core::outlet::Direct>>,
 }
 
 fn serve_on<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> impl Future<Output = ()> + Send {
@@ -162,6 +167,7 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
         hs,
         mut held,
         deflate,
+        direct,
     } = setup;
     let mut reader = MessageReader::with_limits(io, app.conn.read_limits())
         .inflating(deflate.is_some())
@@ -212,6 +218,9 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
     let mut link = Link::new(reader, session.outlet().clone(), app.ws_writes.clone());
+    if let Some(d) = direct {
+        link.lend(d);
+    }
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {

@@ -15,12 +15,12 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::outlet::{Drained, Outlet};
+use herald_core::outlet::{Direct, Drained, Outlet};
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -87,6 +87,8 @@ enum Phase {
 pub struct Link<S> {
     reader: MessageReader<S>,
     outlet: Arc<Outlet>,
+    /// The socket lent to the outlet for direct writes (plain TCP; see [`Link::lend`]).
+    direct: Option<Weak<dyn Direct>>,
     beat: Arc<Beat>,
     /// The writer's settings and the heartbeat wheel.
     settings: Arc<WriterSettings>,
@@ -132,7 +134,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static, F: Future + Unpin> Future for 
         let this = &mut *self;
         // The command first: what it queues is written with whatever the next commands queue
         // (see `Link::poll_io`). Writing goes on only while it waits.
-        let out = Pin::new(&mut this.fut).poll(cx);
+        // Its publications may be written straight to idle subscribers' sockets unless more
+        // commands wait behind it: a burst is queued, and written in batches.
+        let calm = !this.link.reader.frame_buffered();
+        let out =
+            herald_core::outlet::with_direct_writes(calm, || Pin::new(&mut this.fut).poll(cx));
         if out.is_pending() {
             // A finished write side stays finished; `poll_io` reports it afterwards.
             let _ = this.link.poll_write(cx, true);
@@ -163,6 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         Link {
             reader,
             outlet,
+            direct: None,
             // `/echo` (no advisories) is never rotated: conformance runs must not see 4005.
             beat: settings.wheel.join(if settings.advisory {
                 settings.conn.max_lifetime
@@ -236,6 +243,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         Drive { link: self, fut }
     }
 
+    /// Let the fan-out write to this socket directly while the link is idle (see
+    /// [`herald_core::outlet`]); the link takes it back before anything it writes itself other
+    /// than what it drains (closing frames) and when it ends.
+    pub fn lend(&mut self, direct: Weak<dyn Direct>) {
+        self.direct = Some(direct);
+    }
+
+    /// Tell the outlet this link waits with nothing unwritten: direct writes may go ahead.
+    fn idle(&self) {
+        if let Some(d) = &self.direct {
+            self.outlet.idle(d);
+        }
+    }
+
+    /// Take the socket back from the outlet: the rest of a frame a direct write began, which
+    /// must be written before anything else.
+    fn take_back(&self) -> Option<Bytes> {
+        self.outlet.take_back(self.direct.as_ref()?)
+    }
+
     /// Nothing more will be read: write what is queued, then close with `code` (or, without a
     /// code, just end after the queue: a close echo or a vanished client).
     pub fn reader_finished(&mut self, code: Option<CloseCode>) {
@@ -276,7 +303,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
 
     fn start_closing(&mut self, code: CloseCode) {
         if code == CloseCode::Rotate {
-            // Written once the session is handed back (`handed_over`).
+            // Written once the session is handed back (`handed_over`); the rest of a direct
+            // write, taken back now (the outlet goes with the session), before them.
+            self.frames.clear();
+            self.frames.extend(self.take_back());
             self.timer = None;
             self.phase = Phase::Handover;
             return;
@@ -289,6 +319,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         metrics::counter!("herald_close_codes_total", "code" => code.code().to_string())
             .increment(1);
         self.end = WriterEnd::close(Some(code));
+        // No direct write may follow the closing frames, nor have begun a frame they would cut:
+        // its rest goes first (taken back at the handover already, if there was one).
+        let rest = match self.phase {
+            Phase::Handover => std::mem::take(&mut self.frames),
+            _ => self.take_back().into_iter().collect(),
+        };
         self.frames = if self.settings.advisory {
             closing_frames(
                 self.outlet.format,
@@ -298,6 +334,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         } else {
             vec![frame::close(code.code(), code.reason())]
         };
+        if !rest.is_empty() {
+            self.frames.splice(0..0, rest);
+        }
         self.off = 0;
         self.timer = None;
         self.phase = Phase::Closing;
@@ -318,6 +357,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         // `resume`), its waker need not — unless a resume gave the outlet to another
         // connection meanwhile (a rotation parks the session before this), whose waker stays.
         self.outlet.forget_writer(waker);
+        // A frame's rest, if any, goes with the socket.
+        drop(self.take_back());
         self.frames.clear();
         self.timer = None;
         self.phase = Phase::Shutdown;
@@ -415,11 +456,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         }
         loop {
             if self.frames.is_empty() && !self.next_batch(cx) {
-                return if self.phase == Phase::Open {
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                };
+                if self.phase == Phase::Open {
+                    self.idle();
+                    return Poll::Pending;
+                }
+                return Poll::Ready(());
             }
             match self.poll_frames(cx) {
                 Poll::Ready(Ok(())) => {
@@ -437,6 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                         && !self.reader_done
                         && !self.ping_owed
                     {
+                        self.idle();
                         return Poll::Pending;
                     }
                 }
@@ -482,7 +524,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     /// may have changed: a close was requested, or the reader finished).
     fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
+            let mut rest = None;
             if let Some(next) = self.redirect.take() {
+                rest = self.take_back();
                 std::mem::replace(&mut self.outlet, next).forget_writer(cx.waker());
             }
             if let Some(code) = self.close.take() {
@@ -506,10 +550,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             if d.frames.capacity() == 0 {
                 d.frames = pooled_batch();
             }
-            if std::mem::take(&mut self.ping_owed) {
-                d.frames.push(frame::with_payload(OpCode::Ping, b""));
-            }
+            // The rest of a frame written directly through the outlet left behind goes first.
+            let rest_first = rest.is_some();
+            d.frames.extend(rest);
             self.outlet.drain_for(cx.waker(), MAX_BATCH, &mut d);
+            // The rest of a direct write through this outlet came first too; a frame's rest is
+            // not a frame (its first byte is payload): the ping goes after them.
+            let rests = usize::from(rest_first) + usize::from(d.partial);
+            if std::mem::take(&mut self.ping_owed) {
+                let at = rests.min(d.frames.len());
+                d.frames.insert(at, frame::with_payload(OpCode::Ping, b""));
+            }
             if let Some(t) = d.oldest_pub {
                 WriterMetrics::get()
                     .publish_to_send
@@ -523,6 +574,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                 self.close_written = self
                     .frames
                     .iter()
+                    .skip(rests)
                     .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
                 return true;
             }

@@ -1,35 +1,80 @@
 //! The plain-TCP socket a WebSocket connection is served on once hyper hands it back.
 //!
-//! Reads are tokio's. Writes go through `send(2)` (one buffer) and `sendmsg(2)` (several) instead
-//! of tokio's `write(2)`/`writev(2)`: on a socket those reach the same TCP code, but through the
-//! file layer first (position lock, iterator setup). A fan-out to many subscribers is one write
-//! per subscriber, so that layer is paid once per delivery; measured on the 1 000 channels ×
-//! 10 subscribers benchmark (docs/benchmarks.md). Both calls pass `MSG_NOSIGNAL` (socket2), so
-//! a peer that vanished is an `EPIPE` error, never a signal.
+//! Writes go through `send(2)` (one buffer) and `sendmsg(2)` (several) instead of tokio's
+//! `write(2)`/`writev(2)`: on a socket those reach the same TCP code, but through the file layer
+//! first (position lock, iterator setup). A fan-out to many subscribers is one write per
+//! subscriber, so that layer is paid once per delivery; measured on the 1 000 channels × 10
+//! subscribers benchmark (docs/benchmarks.md). Both calls pass `MSG_NOSIGNAL` (socket2), so a
+//! peer that vanished is an `EPIPE` error, never a signal.
+//!
+//! The socket is shared: the connection's task reads and writes it, and the connection's outlet
+//! holds a `Weak` to it for direct writes from the fan-out ([`herald_core::outlet::Direct`]): a
+//! publication for an idle connection is written by the publisher's task, with no wake-up.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::writer::WriterMetrics;
+
+/// The socket, shared with the outlet's direct writes.
+#[derive(Debug)]
+struct Tcp(TcpStream);
+
+thread_local! {
+    /// The publication whose publish-to-send time this thread recorded last: a fan-out writes
+    /// one publication to many sockets in a row and records it once (at its first write).
+    static RECORDED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+impl herald_core::outlet::Direct for Tcp {
+    fn try_write(&self, frame: &[u8], received: Instant) -> io::Result<usize> {
+        // Straight to `send(2)`, past tokio's readiness (one cache line fewer per delivery): a
+        // `WouldBlock` here leaves tokio believing the socket writable, and the writer's next
+        // write finds out and waits as usual.
+        let n = SockRef::from(&self.0).send(frame)?;
+        if n > 0 {
+            let m = WriterMetrics::get();
+            m.writes.increment(1);
+            m.bytes_out.increment(n as u64);
+            if n == frame.len() {
+                m.frames_out.increment(1);
+            }
+            if RECORDED.with(|r| r.replace(Some(received))) != Some(received) {
+                m.publish_to_send.record(received.elapsed().as_secs_f64());
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// A TCP stream written with `send`/`sendmsg`.
 #[derive(Debug)]
-pub struct SendStream(TcpStream);
+pub struct SendStream(Arc<Tcp>);
 
 impl SendStream {
     /// Serve `tcp`.
     pub fn new(tcp: TcpStream) -> Self {
-        SendStream(tcp)
+        SendStream(Arc::new(Tcp(tcp)))
+    }
+
+    /// The handle the connection's outlet writes directly through.
+    pub fn direct(&self) -> Weak<dyn herald_core::outlet::Direct> {
+        let weak: Weak<dyn herald_core::outlet::Direct> = Arc::downgrade(&self.0) as Weak<Tcp>;
+        weak
     }
 
     /// No read readiness since the last read found the socket empty: the reactor has not woken
     /// (nor taken) the waker that read registered. One atomic load; nothing is registered or
     /// cleared (the closure never reports `WouldBlock`).
     pub fn read_quiet(&self) -> bool {
-        self.0.try_io(Interest::READABLE, || Ok(())).is_err()
+        self.0.0.try_io(Interest::READABLE, || Ok(())).is_err()
     }
 
     /// Write with `op` once the socket is writable; `WouldBlock` clears the readiness and waits
@@ -39,12 +84,10 @@ impl SendStream {
         cx: &mut Context<'_>,
         op: impl Fn(&SockRef<'_>) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
+        let tcp = &self.0.0;
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self
-                .0
-                .try_io(Interest::WRITABLE, || op(&SockRef::from(&self.0)))
-            {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_io(Interest::WRITABLE, || op(&SockRef::from(tcp))) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return Poll::Ready(r),
             }
@@ -54,11 +97,24 @@ impl SendStream {
 
 impl AsyncRead for SendStream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let tcp = &self.0.0;
+        loop {
+            ready!(tcp.poll_read_ready(cx))?;
+            // `try_read` clears the readiness when it would block, so the next
+            // `poll_read_ready` registers for the next event.
+            match tcp.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -91,8 +147,12 @@ impl AsyncWrite for SendStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = SockRef::from(&self.0.0).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(match r {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            r => r,
+        })
     }
 }
 
@@ -133,6 +193,43 @@ mod tests {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).await.expect("io");
         assert!(rest.is_empty(), "the shutdown reached the peer as EOF");
+    }
+
+    /// The fan-out's direct writes and the task's writes share the socket; a direct write
+    /// never waits: into a socket whose peer stopped reading it takes what fits, then reports
+    /// `WouldBlock`, and the task's next write waits as usual.
+    #[tokio::test]
+    async fn direct_writes_share_the_socket_and_never_block() {
+        let (mut s, mut c) = pair().await;
+        let direct = s.direct().upgrade().expect("the stream holds it");
+        let now = std::time::Instant::now();
+        assert_eq!(direct.try_write(b"direct ", now).expect("direct"), 7);
+        s.write_all(b"queued").await.expect("io");
+        let mut got = [0u8; 13];
+        c.read_exact(&mut got).await.expect("io");
+        assert_eq!(&got, b"direct queued");
+        let chunk = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        loop {
+            match direct.try_write(&chunk, now) {
+                Ok(n) => total += n,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    break;
+                }
+            }
+            assert!(total < 1 << 30, "the socket never filled up");
+        }
+        assert!(total > 0);
+        let w = tokio::time::timeout(std::time::Duration::from_millis(100), s.write(b"x")).await;
+        assert!(w.is_err(), "the task's write waits for room");
+        drop(direct);
+        drop(s);
+        let weak_outlives = pair().await.0.direct();
+        assert!(
+            weak_outlives.upgrade().is_none(),
+            "the outlet never keeps a socket"
+        );
     }
 
     #[tokio::test]

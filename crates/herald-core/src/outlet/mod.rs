@@ -7,10 +7,22 @@
 //!
 //! An outlet outlives its socket: while a session waits for `resume` its outlet keeps buffering
 //! (same bounds). A resumed connection's writer follows [`Outlet::redirect`] to the old outlet.
+//!
+//! **Direct writes.** A transport may lend the outlet its socket ([`Direct`], [`Outlet::idle`]):
+//! a publication pushed while the writer is idle — nothing queued, nothing of its own unwritten,
+//! waiting for a wake-up — is written to the socket at once, without blocking, under the queue's
+//! lock: no wake-up, no task switch per delivery. Only while the [`with_direct_writes`] gate is
+//! open: a publisher's command opens it when no further command is already waiting behind it, so
+//! a burst is queued (and written in batches, several frames per write) while a paced publisher's
+//! publications go straight out. What the socket does not take is queued as usual; the rest of a
+//! short write stays first and belongs to that socket only ([`Outlet::take_back`]).
 
+#[cfg(test)]
+mod direct_tests;
 mod items;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::cell::Cell;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::Waker;
 
 use bytes::Bytes;
@@ -58,6 +70,33 @@ impl Out {
     }
 }
 
+/// A socket an outlet may write to directly (see the module docs).
+pub trait Direct: Send + Sync {
+    /// Write what the socket takes now, without blocking: the bytes written (maybe fewer than
+    /// `frame`'s), or an error (`WouldBlock` when it takes nothing now). `received`: when the
+    /// publication reached the node (for latency metrics).
+    fn try_write(&self, frame: &[u8], received: std::time::Instant) -> std::io::Result<usize>;
+}
+
+thread_local! {
+    /// Whether pushes on this thread may write directly (see [`with_direct_writes`]).
+    static DIRECT_WRITES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with direct writes allowed (`open`) or not on this thread, then restore the setting.
+/// Closed by default: only a publisher's command with nothing waiting behind it opens it — in a
+/// burst the subscribers' writers batch what piles up, one write for many frames.
+pub fn with_direct_writes<T>(open: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DIRECT_WRITES.set(self.0);
+        }
+    }
+    let _restore = Restore(DIRECT_WRITES.replace(open));
+    f()
+}
+
 /// Queue limits.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -67,10 +106,10 @@ pub struct QueueLimits {
     pub max_bytes: usize,
 }
 
-#[derive(Debug)]
 struct Queue {
     items: items::Items,
-    bytes: usize,
+    /// Queued bytes (the byte limit is a `u32` too; saturating).
+    bytes: u32,
     close: Option<CloseCode>,
     /// What few outlets use, made on first use: with it out of line the outlet is 144 bytes (a
     /// 160-byte allocation with its `Arc`, not 192), and every connection has one.
@@ -83,6 +122,30 @@ struct Queue {
     /// push takes anyway: no atomic read-modify-write of its own (an `AtomicWaker` took four per
     /// delivery, and a waker clone and drop).
     armed: bool,
+    /// The socket lent for direct writes ([`Outlet::idle`]); a `Weak`: an outlet never keeps a
+    /// socket open.
+    direct: Option<Weak<dyn Direct>>,
+    /// The writer reported itself idle with nothing of its own unwritten ([`Outlet::idle`]);
+    /// cleared by every drain.
+    idle: bool,
+    /// The first item is the rest of a frame a direct write began: it goes out first, on that
+    /// socket only.
+    partial: bool,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("items", &self.items)
+            .field("bytes", &self.bytes)
+            .field("close", &self.close)
+            .field("rare", &self.rare)
+            .field("armed", &self.armed)
+            .field("direct", &self.direct.is_some())
+            .field("idle", &self.idle)
+            .field("partial", &self.partial)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The parts of a queue that most connections never use.
@@ -113,6 +176,18 @@ impl crate::occasional::Occasional for Rare {
 }
 
 impl Queue {
+    fn add_bytes(&mut self, n: usize) {
+        self.bytes = self
+            .bytes
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
+    fn sub_bytes(&mut self, n: usize) {
+        self.bytes = self
+            .bytes
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+
     /// Wake `waker` at the next change.
     fn arm(&mut self, waker: &Waker) {
         if !self.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
@@ -139,6 +214,16 @@ pub struct Outlet {
     queue: Mutex<Queue>,
 }
 
+/// What a direct write did.
+enum Written {
+    /// The whole frame.
+    All,
+    /// Part of it: the rest.
+    Part(Bytes),
+    /// Nothing: queue it.
+    Nothing,
+}
+
 /// Result of draining an outlet.
 #[derive(Debug, Default)]
 pub struct Drained {
@@ -153,6 +238,8 @@ pub struct Drained {
     /// The drain left the queue empty. After [`Outlet::drain_for`] the writer then need not
     /// drain again once it has written `frames`: the next push wakes it.
     pub emptied: bool,
+    /// `frames[0]` is the rest of a frame a direct write began (not a frame of its own).
+    pub partial: bool,
 }
 
 impl Outlet {
@@ -170,6 +257,9 @@ impl Outlet {
                 rare: None,
                 writer: None,
                 armed: false,
+                direct: None,
+                idle: false,
+                partial: false,
             }),
         })
     }
@@ -231,10 +321,10 @@ impl Outlet {
         if q.close.is_some() {
             return;
         }
-        q.bytes += frame.len();
+        q.add_bytes(frame.len());
         q.items.push_back(Out::Reply(frame));
         let l = self.limits();
-        if q.items.len() > l.max_messages + 64 || q.bytes > l.max_bytes * 2 {
+        if q.items.len() > l.max_messages + 64 || q.bytes as usize > l.max_bytes * 2 {
             self.slow(&mut q);
         }
         self.wake(q);
@@ -247,7 +337,7 @@ impl Outlet {
         if q.close.is_some() {
             return;
         }
-        q.bytes += item.len();
+        q.add_bytes(item.len());
         q.items.push_back(item);
         self.wake(q);
     }
@@ -296,9 +386,14 @@ impl Outlet {
     /// Queue replies at the front (used by `resume`, before the buffered messages).
     pub fn push_front(&self, items: Vec<Out>) {
         let mut q = lock(&self.queue);
+        // Behind the rest of a direct write, if one is queued.
+        let rest = if q.partial { q.items.pop_front() } else { None };
         for item in items.into_iter().rev() {
-            q.bytes += item.len();
+            q.add_bytes(item.len());
             q.items.push_front(item);
+        }
+        if let Some(rest) = rest {
+            q.items.push_front(rest);
         }
         self.wake(q);
     }
@@ -308,6 +403,23 @@ impl Outlet {
         let mut q = lock(&self.queue);
         if q.close.is_some() {
             return false;
+        }
+        if let Out::Pub(p) = &item
+            && q.idle
+            && DIRECT_WRITES.get()
+        {
+            match self.write_direct(&mut q, p) {
+                Written::All => return true,
+                Written::Part(rest) => {
+                    // The rest of the frame goes first, whatever the policy (never dropped).
+                    q.partial = true;
+                    q.add_bytes(rest.len());
+                    q.items.push_back(Out::Reply(rest));
+                    self.wake(q);
+                    return true;
+                }
+                Written::Nothing => {}
+            }
         }
         if let (SlowConsumerPolicy::Latest, Out::Pub(p)) = (policy, &item) {
             let channel = p.channel.clone();
@@ -319,7 +431,8 @@ impl Outlet {
                 if let Some(slot) = q.items.get_mut(pos) {
                     let old_len = slot.len();
                     *slot = item;
-                    q.bytes = q.bytes + len - old_len;
+                    q.add_bytes(len);
+                    q.sub_bytes(old_len);
                 }
                 metrics::counter!("herald_queue_dropped_total", "reason" => "conflated")
                     .increment(1);
@@ -329,7 +442,8 @@ impl Outlet {
         }
         let len = item.len();
         let l = self.limits();
-        let full = |q: &Queue| q.items.len() + 1 > l.max_messages || q.bytes + len > l.max_bytes;
+        let full =
+            |q: &Queue| q.items.len() + 1 > l.max_messages || q.bytes as usize + len > l.max_bytes;
         if full(&q) {
             if policy == SlowConsumerPolicy::Disconnect {
                 self.slow(&mut q);
@@ -343,12 +457,12 @@ impl Outlet {
                     return false;
                 };
                 if let Some(old) = q.items.remove(pos) {
-                    q.bytes -= old.len();
+                    q.sub_bytes(old.len());
                 }
                 metrics::counter!("herald_queue_dropped_total", "reason" => "full").increment(1);
             }
         }
-        q.bytes += len;
+        q.add_bytes(len);
         q.items.push_back(item);
         self.wake(q);
         true
@@ -361,11 +475,11 @@ impl Outlet {
         let len = item.len();
         if q.close.is_some()
             || q.items.len() + 1 > self.max_messages as usize
-            || q.bytes + len > self.max_bytes as usize
+            || q.bytes as usize + len > self.max_bytes as usize
         {
             return false;
         }
-        q.bytes += len;
+        q.add_bytes(len);
         q.items.push_back(item);
         self.wake(q);
         true
@@ -404,15 +518,83 @@ impl Outlet {
                 removed += 1;
             }
         }
-        q.bytes = q.bytes.saturating_sub(bytes);
+        q.sub_bytes(bytes);
         removed
+    }
+
+    /// Write `p`'s frame to the lent socket when nothing may go before it (see the module
+    /// docs). Anything but a whole write ends the writer's idleness: it takes over.
+    fn write_direct(&self, q: &mut Queue, p: &Publication) -> Written {
+        if !q.armed || !q.items.is_empty() || q.rare.is_some() {
+            q.idle = false;
+            return Written::Nothing;
+        }
+        let Some(socket) = q.direct.as_ref().and_then(Weak::upgrade) else {
+            q.idle = false;
+            q.direct = None;
+            return Written::Nothing;
+        };
+        let frame = p.frame_ref(self.format);
+        match socket.try_write(frame, p.received) {
+            Ok(n) if n >= frame.len() => Written::All,
+            Ok(0) | Err(_) => {
+                q.idle = false;
+                Written::Nothing
+            }
+            Ok(n) => {
+                q.idle = false;
+                Written::Part(frame.slice(n..))
+            }
+        }
+    }
+
+    /// The writer waits for a wake-up with nothing of its own unwritten: publications pushed
+    /// meanwhile may be written straight to `socket` (see the module docs) — unless something
+    /// happened since it armed (a push, a close, a pong owed), which has woken it already.
+    pub fn idle(&self, socket: &Weak<dyn Direct>) {
+        let mut q = lock(&self.queue);
+        if !q.armed || !q.items.is_empty() || q.rare.is_some() || q.close.is_some() {
+            return;
+        }
+        if !q.direct.as_ref().is_some_and(|d| Weak::ptr_eq(d, socket)) {
+            q.direct = Some(socket.clone());
+        }
+        q.idle = true;
+    }
+
+    /// Take `socket` back: no direct write to it starts after this returns. Returns the rest of
+    /// a frame a direct write began that the writer has not taken yet, taken out of the queue:
+    /// the writer must write it before anything else of its own (its closing frames), or drop
+    /// it with the socket — never leave it for another connection (a resumed session's).
+    pub fn take_back(&self, socket: &Weak<dyn Direct>) -> Option<Bytes> {
+        let mut q = lock(&self.queue);
+        if !q.direct.as_ref().is_some_and(|d| Weak::ptr_eq(d, socket)) {
+            return None;
+        }
+        q.direct = None;
+        q.idle = false;
+        if !std::mem::take(&mut q.partial) {
+            return None;
+        }
+        let rest = q.items.pop_front()?;
+        q.sub_bytes(rest.len());
+        match rest {
+            Out::Reply(b) => Some(b),
+            _ => None,
+        }
     }
 
     fn slow(&self, q: &mut Queue) {
         metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
         q.close = Some(CloseCode::SlowConsumer);
+        // The rest of a direct write stays: the closing frames must not cut into a frame.
+        let rest = if q.partial { q.items.pop_front() } else { None };
         q.items.clear();
         q.bytes = 0;
+        if let Some(rest) = rest {
+            q.add_bytes(rest.len());
+            q.items.push_back(rest);
+        }
     }
 
     /// Ask the writer to close the connection after what is queued.
@@ -466,8 +648,9 @@ impl Outlet {
         let format = self.format;
         let frames = &mut out.frames;
         let oldest = &mut out.oldest_pub;
+        let partial = &mut out.partial;
         let (close, redirect, emptied) =
-            self.take(waker, max, frames, |item, deflate| match item {
+            self.take(waker, max, frames, partial, |item, deflate| match item {
                 Out::Reply(b) | Out::Event(b) => b,
                 Out::Pub(p) => {
                     if oldest.is_none() {
@@ -504,7 +687,7 @@ impl Outlet {
         max: usize,
         items: &mut Vec<Out>,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>) {
-        let (close, redirect, _) = self.take(None, max, items, |item, _| item);
+        let (close, redirect, _) = self.take(None, max, items, &mut false, |item, _| item);
         (close, redirect)
     }
 
@@ -516,11 +699,24 @@ impl Outlet {
         waker: Option<&Waker>,
         max: usize,
         out: &mut Vec<T>,
+        partial: &mut bool,
         mut f: impl FnMut(Out, Option<&crate::compression::DeflatePolicy>) -> T,
     ) -> (Option<CloseCode>, Option<Arc<Outlet>>, bool) {
         let mut q = lock(&self.queue);
         if let Some(w) = waker {
             q.arm(w);
+        }
+        // The writer writes what it takes: no direct write until it reports idle again.
+        q.idle = false;
+        *partial = false;
+        let mut rest_len = 0;
+        // The rest of a direct write goes before anything else, the pong included.
+        if std::mem::take(&mut q.partial)
+            && let Some(rest) = q.items.pop_front()
+        {
+            rest_len = rest.len();
+            *partial = true;
+            out.push(f(rest, None));
         }
         if q.rare.as_ref().is_some_and(|r| r.pong.is_some())
             && let Some(pong) = q.rare_with(|r| r.pong.take())
@@ -533,7 +729,7 @@ impl Outlet {
         let rare = rare.as_deref();
         let deflate = rare.and_then(|r| r.deflate.as_deref());
         let n = items.len().min(max);
-        let mut removed = 0;
+        let mut removed = rest_len;
         for item in std::iter::from_fn(|| items.pop_front()).take(n) {
             removed += item.len();
             out.push(f(item, deflate));
@@ -545,10 +741,10 @@ impl Outlet {
         let space = rare
             .filter(|r| r.room_waiters > 0)
             .and_then(|r| r.space.clone());
-        q.bytes = match q.items.is_empty() {
-            true => 0,
-            false => q.bytes.saturating_sub(removed),
-        };
+        match q.items.is_empty() {
+            true => q.bytes = 0,
+            false => q.sub_bytes(removed),
+        }
         drop(q);
         if let Some(space) = space {
             space.notify_waiters();

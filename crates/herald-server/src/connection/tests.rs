@@ -124,6 +124,7 @@ async fn a_rotated_connection_parks_its_session_before_the_client_reads_4005() {
             forwarded: None,
         },
         deflate: None,
+        direct: None,
     };
     let serving = tokio::spawn(serve_on(StuckShutdown(io), Bytes::new(), setup));
     let mut ws =

@@ -479,3 +479,86 @@ async fn a_rotation_asked_during_a_command_waits_for_it() {
         .expect("the owed rotation starts");
     assert!(matches!(e, IoEvent::Handover), "{e:?}");
 }
+
+/// A socket for direct writes that takes `room` bytes in all, then `WouldBlock`.
+struct ShortSocket {
+    room: std::sync::Mutex<usize>,
+    wire: std::sync::Mutex<Vec<u8>>,
+}
+
+impl Direct for ShortSocket {
+    fn try_write(&self, frame: &[u8], _: std::time::Instant) -> std::io::Result<usize> {
+        let mut room = self.room.lock().expect("room");
+        if *room == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = frame.len().min(*room);
+        *room -= n;
+        self.wire
+            .lock()
+            .expect("wire")
+            .extend_from_slice(&frame[..n]);
+        Ok(n)
+    }
+}
+
+/// A publication written directly in part: the link must write the rest of that frame before
+/// anything of its own — here a rotation's closing frames, after the handover (the session is
+/// parked with the outlet meanwhile: the rest must not stay in it for a resumed connection).
+#[tokio::test]
+async fn a_short_direct_writes_rest_goes_out_before_the_closing_frames() {
+    for rotate in [false, true] {
+        let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
+        let socket = Arc::new(ShortSocket {
+            room: std::sync::Mutex::new(5),
+            wire: Default::default(),
+        });
+        let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
+        link.lend(weak);
+        // Idle: drained nothing, so the outlet may write directly.
+        poll_once(&mut link).await;
+        let p = Arc::new(herald_core::publication::Publication::new(
+            Arc::from("ch"),
+            1,
+            Arc::from("e"),
+            0,
+            herald_proto::Data::json("\"hello, world\"").expect("json"),
+            None,
+        ));
+        let frame = p.frame(Format::Json);
+        herald_core::outlet::with_direct_writes(true, || {
+            outlet.push(
+                herald_core::outlet::Out::Pub(p.clone()),
+                herald_core::config::SlowConsumerPolicy::DropOldest,
+            )
+        });
+        assert_eq!(&*socket.wire.lock().expect("wire"), &frame[..5]);
+        if rotate {
+            link.beat.ask_rotate_for_test();
+            let mut control = Vec::new();
+            let e = link.next(&mut control).await;
+            assert!(matches!(e, IoEvent::Handover), "{e:?}");
+            assert!(
+                outlet.is_empty(),
+                "the rest left the parked session's outlet"
+            );
+            link.handed_over();
+        } else {
+            outlet.close(CloseCode::ForceDisconnect);
+        }
+        tokio::time::timeout(Duration::from_secs(10), link.finish())
+            .await
+            .expect("the link finishes");
+        drop(link);
+        let mut wire = Vec::new();
+        rd.read_to_end(&mut wire).await.expect("read");
+        assert!(wire.starts_with(&frame[5..]), "rotate={rotate}: {wire:?}");
+        let after = &wire[frame.len() - 5..];
+        assert_eq!(
+            after.first(),
+            Some(&0x81),
+            "then the advisory (a text frame)"
+        );
+        assert!(wire.contains(&0x88), "and a close frame");
+    }
+}

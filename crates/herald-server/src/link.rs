@@ -27,8 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 use crate::heartbeat::{Asked, Beat};
+use crate::metrics::WriterMetrics;
 use crate::reader::{Inbound, MessageReader, ReadError};
-use crate::writer::{WriterEnd, WriterMetrics, WriterSettings, closing_frames};
+use crate::writer::{WriterEnd, WriterSettings, closing_frames};
 
 /// Frames taken from the queue per write.
 const MAX_BATCH: usize = 256;

@@ -21,7 +21,7 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::writer::WriterMetrics;
+use crate::metrics::WriterMetrics;
 
 /// The socket, shared with the outlet's direct writes.
 #[derive(Debug)]

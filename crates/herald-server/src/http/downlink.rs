@@ -17,7 +17,8 @@ use tokio::time::Sleep;
 
 use super::framing::{self, Style};
 use crate::http_sessions::Entry;
-use crate::writer::{WriterMetrics, closing_frames};
+use crate::metrics::WriterMetrics;
+use crate::writer::closing_frames;
 
 /// Most queued messages taken per chunk or batch.
 const BATCH: usize = 256;

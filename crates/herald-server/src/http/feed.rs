@@ -25,8 +25,9 @@ use super::downlink::Registered;
 use super::framing::{self, Style};
 use super::{Opening, Refused, bad_request, refuse, start, streamed};
 use crate::http_sessions::{Entry, Transport};
+use crate::metrics::WriterMetrics;
 use crate::state::AppState;
-use crate::writer::{WriterMetrics, closing_frames};
+use crate::writer::closing_frames;
 
 /// Most channels one feed may follow.
 pub const MAX_FEED_CHANNELS: usize = 16;

@@ -91,6 +91,12 @@ impl Beat {
         self.ask(ROTATE);
     }
 
+    /// Ask this connection to ping now (tests of the link).
+    #[cfg(test)]
+    pub(crate) fn ask_ping_for_test(&self) {
+        self.ask(PING);
+    }
+
     fn ask(&self, flag: u8) {
         if self.flags.fetch_or(flag, Ordering::AcqRel) & flag == 0 {
             self.waker.wake();

@@ -305,9 +305,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     fn start_closing(&mut self, code: CloseCode) {
         if code == CloseCode::Rotate {
             // Written once the session is handed back (`handed_over`); the rest of a direct
-            // write, taken back now (the outlet goes with the session), before them.
-            self.frames.clear();
-            self.frames.extend(self.take_back());
+            // write, taken back now (the outlet goes with the session), before them (after
+            // one taken back from an outlet left for a redirect, if any: `next_batch`).
+            let rest = self.take_back();
+            self.frames.extend(rest);
             self.timer = None;
             self.phase = Phase::Handover;
             return;
@@ -322,9 +323,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         self.end = WriterEnd::close(Some(code));
         // No direct write may follow the closing frames, nor have begun a frame they would cut:
         // its rest goes first (taken back at the handover already, if there was one).
-        let rest = match self.phase {
+        let rest: Vec<Bytes> = match self.phase {
             Phase::Handover => std::mem::take(&mut self.frames),
-            _ => self.take_back().into_iter().collect(),
+            // A batch cut short (a heartbeat timeout while a write waits): the frame begun
+            // (or the rest of a direct write it starts with) is finished first, the rest of
+            // the batch dropped.
+            _ => self
+                .frames
+                .first()
+                .map(|f| f.slice(self.off as usize..))
+                .into_iter()
+                .chain(self.take_back())
+                .collect(),
         };
         self.frames = if self.settings.advisory {
             closing_frames(
@@ -525,9 +535,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
     /// may have changed: a close was requested, or the reader finished).
     fn next_batch(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            let mut rest = None;
+            // `frames` is empty here (written), but for the rest of a direct write taken back
+            // from an outlet left for a redirect: it goes first, whatever comes next.
             if let Some(next) = self.redirect.take() {
-                rest = self.take_back();
+                let rest = self.take_back();
+                self.frames.extend(rest);
                 std::mem::replace(&mut self.outlet, next).forget_writer(cx.waker());
             }
             if let Some(code) = self.close.take() {
@@ -543,21 +555,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                 }
             }
             self.off = 0;
+            let redirect_rest = self.frames.len();
             let mut d = Drained {
                 frames: std::mem::take(&mut self.frames),
                 ..Drained::default()
             };
-            d.frames.clear();
             if d.frames.capacity() == 0 {
                 d.frames = pooled_batch();
             }
-            // The rest of a frame written directly through the outlet left behind goes first.
-            let rest_first = rest.is_some();
-            d.frames.extend(rest);
             self.outlet.drain_for(cx.waker(), MAX_BATCH, &mut d);
             // The rest of a direct write through this outlet came first too; a frame's rest is
             // not a frame (its first byte is payload): the ping goes after them.
-            let rests = usize::from(rest_first) + usize::from(d.partial);
+            let rests = redirect_rest + usize::from(d.partial);
             if std::mem::take(&mut self.ping_owed) {
                 let at = rests.min(d.frames.len());
                 d.frames.insert(at, frame::with_payload(OpCode::Ping, b""));

@@ -23,6 +23,9 @@ use tokio::net::TcpStream;
 
 use crate::metrics::WriterMetrics;
 
+/// Most bytes one read takes (see `poll_read`).
+const MAX_READ: usize = 16 * 1024;
+
 /// The socket, shared with the outlet's direct writes.
 #[derive(Debug)]
 struct Tcp(TcpStream);
@@ -105,8 +108,11 @@ impl AsyncRead for SendStream {
         loop {
             ready!(tcp.poll_read_ready(cx))?;
             // `try_read` clears the readiness when it would block, so the next
-            // `poll_read_ready` registers for the next event.
-            match tcp.try_read(buf.initialize_unfilled()) {
+            // `poll_read_ready` registers for the next event. At most `MAX_READ` bytes: memory
+            // not yet initialized is zeroed first (`ReadBuf` over a buffer's spare capacity), and
+            // a client trickling a large message must not cost a large memset per segment.
+            let n = buf.remaining().min(MAX_READ);
+            match tcp.try_read(buf.initialize_unfilled_to(n)) {
                 Ok(n) => {
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -223,12 +229,12 @@ mod tests {
         assert!(total > 0);
         let w = tokio::time::timeout(std::time::Duration::from_millis(100), s.write(b"x")).await;
         assert!(w.is_err(), "the task's write waits for room");
+        let weak = s.direct();
         drop(direct);
         drop(s);
-        let weak_outlives = pair().await.0.direct();
         assert!(
-            weak_outlives.upgrade().is_none(),
-            "the outlet never keeps a socket"
+            weak.upgrade().is_none(),
+            "a Weak (the outlet's) never keeps a socket"
         );
     }
 

@@ -14,7 +14,7 @@
 //! lock: no wake-up, no task switch per delivery. Only while the [`with_direct_writes`] gate is
 //! open: a publisher's command opens it when no further command is already waiting behind it, so
 //! a burst is queued (and written in batches, several frames per write) while a paced publisher's
-//! publications go straight out. What the socket does not take is queued as usual; the rest of a
+//! publications go straight out — to at most [`DIRECT_WRITES_PER_SCOPE`] sockets per command. What the socket does not take is queued as usual; the rest of a
 //! short write stays first and belongs to that socket only ([`Outlet::take_back`]).
 
 #[cfg(test)]
@@ -78,23 +78,36 @@ pub trait Direct: Send + Sync {
     fn try_write(&self, frame: &[u8], received: std::time::Instant) -> std::io::Result<usize>;
 }
 
+/// Most direct writes one [`with_direct_writes`] scope makes: a fan-out writes to at most this
+/// many sockets itself (≈ 3 ms of `send`s, inside the channel's stream lock on the memory
+/// engine) and queues the rest for their connections' tasks, which other worker threads run.
+pub const DIRECT_WRITES_PER_SCOPE: u32 = 1024;
+
 thread_local! {
-    /// Whether pushes on this thread may write directly (see [`with_direct_writes`]).
-    static DIRECT_WRITES: Cell<bool> = const { Cell::new(false) };
+    /// Direct writes this thread may still make (see [`with_direct_writes`]); 0: closed.
+    static DIRECT_WRITES: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Run `f` with direct writes allowed (`open`) or not on this thread, then restore the setting.
-/// Closed by default: only a publisher's command with nothing waiting behind it opens it — in a
-/// burst the subscribers' writers batch what piles up, one write for many frames.
+/// Run `f` with direct writes allowed (`open`: up to [`DIRECT_WRITES_PER_SCOPE`]) or not on
+/// this thread, then restore the setting. Closed by default: only a publisher's command with
+/// nothing waiting behind it opens it — in a burst the subscribers' writers batch what piles up,
+/// one write for many frames.
 pub fn with_direct_writes<T>(open: bool, f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
+    struct Restore(u32);
     impl Drop for Restore {
         fn drop(&mut self) {
             DIRECT_WRITES.set(self.0);
         }
     }
-    let _restore = Restore(DIRECT_WRITES.replace(open));
+    let budget = if open { DIRECT_WRITES_PER_SCOPE } else { 0 };
+    let _restore = Restore(DIRECT_WRITES.replace(budget));
     f()
+}
+
+/// Whether the rarely used parts of a queue stand in the way of a direct write: a pong owed, a
+/// redirect, compression (waiting for room does not).
+fn rare_blocks(rare: Option<&Rare>) -> bool {
+    rare.is_some_and(|r| r.pong.is_some() || r.redirect.is_some() || r.deflate.is_some())
 }
 
 /// Queue limits.
@@ -406,7 +419,7 @@ impl Outlet {
         }
         if let Out::Pub(p) = &item
             && q.idle
-            && DIRECT_WRITES.get()
+            && DIRECT_WRITES.get() > 0
         {
             match self.write_direct(&mut q, p) {
                 Written::All => return true,
@@ -525,10 +538,11 @@ impl Outlet {
     /// Write `p`'s frame to the lent socket when nothing may go before it (see the module
     /// docs). Anything but a whole write ends the writer's idleness: it takes over.
     fn write_direct(&self, q: &mut Queue, p: &Publication) -> Written {
-        if !q.armed || !q.items.is_empty() || q.rare.is_some() {
+        if !q.armed || !q.items.is_empty() || rare_blocks(q.rare.as_deref()) {
             q.idle = false;
             return Written::Nothing;
         }
+        DIRECT_WRITES.set(DIRECT_WRITES.get().saturating_sub(1));
         let Some(socket) = q.direct.as_ref().and_then(Weak::upgrade) else {
             q.idle = false;
             q.direct = None;
@@ -553,7 +567,7 @@ impl Outlet {
     /// happened since it armed (a push, a close, a pong owed), which has woken it already.
     pub fn idle(&self, socket: &Weak<dyn Direct>) {
         let mut q = lock(&self.queue);
-        if !q.armed || !q.items.is_empty() || q.rare.is_some() || q.close.is_some() {
+        if !q.armed || !q.items.is_empty() || rare_blocks(q.rare.as_deref()) || q.close.is_some() {
             return;
         }
         if !q.direct.as_ref().is_some_and(|d| Weak::ptr_eq(d, socket)) {

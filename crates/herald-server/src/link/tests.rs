@@ -562,3 +562,41 @@ async fn a_short_direct_writes_rest_goes_out_before_the_closing_frames() {
         assert!(wire.contains(&0x88), "and a close frame");
     }
 }
+
+/// A ping the wheel asks for while the rest of a direct write waits in the queue goes after
+/// that rest: a control frame may sit between frames, never inside one.
+#[tokio::test]
+async fn a_ping_goes_after_the_rest_of_a_short_direct_write() {
+    let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
+    let socket = Arc::new(ShortSocket {
+        room: std::sync::Mutex::new(5),
+        wire: Default::default(),
+    });
+    let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
+    link.lend(weak);
+    poll_once(&mut link).await;
+    let p = Arc::new(herald_core::publication::Publication::new(
+        Arc::from("ch"),
+        1,
+        Arc::from("e"),
+        0,
+        herald_proto::Data::json("\"hello, world\"").expect("json"),
+        None,
+    ));
+    let frame = p.frame(Format::Json);
+    herald_core::outlet::with_direct_writes(true, || {
+        outlet.push(
+            herald_core::outlet::Out::Pub(p.clone()),
+            herald_core::config::SlowConsumerPolicy::DropOldest,
+        )
+    });
+    link.beat.ask_ping_for_test();
+    poll_once(&mut link).await;
+    let mut wire = vec![0u8; frame.len() - 5 + 2];
+    tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut wire))
+        .await
+        .expect("written")
+        .expect("read");
+    assert_eq!(&wire[..frame.len() - 5], &frame[5..]);
+    assert_eq!(&wire[frame.len() - 5..], &[0x89, 0x00], "then the ping");
+}

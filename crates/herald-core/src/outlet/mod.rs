@@ -14,8 +14,10 @@
 //! lock: no wake-up, no task switch per delivery. Only while the [`with_direct_writes`] gate is
 //! open: a publisher's command opens it when no further command is already waiting behind it, so
 //! a burst is queued (and written in batches, several frames per write) while a paced publisher's
-//! publications go straight out — to at most [`DIRECT_WRITES_PER_SCOPE`] sockets per command. What the socket does not take is queued as usual; the rest of a
-//! short write stays first and belongs to that socket only ([`Outlet::take_back`]).
+//! publications go straight out — to at most [`DIRECT_WRITES_PER_SCOPE`] sockets per poll of the
+//! command (its fan-out is synchronous: one poll). What the socket does not take is queued as
+//! usual; the rest of a short write stays first and belongs to that socket only
+//! ([`Outlet::take_back`]).
 
 #[cfg(test)]
 mod direct_tests;
@@ -78,9 +80,10 @@ pub trait Direct: Send + Sync {
     fn try_write(&self, frame: &[u8], received: std::time::Instant) -> std::io::Result<usize>;
 }
 
-/// Most direct writes one [`with_direct_writes`] scope makes: a fan-out writes to at most this
-/// many sockets itself (≈ 3 ms of `send`s, inside the channel's stream lock on the memory
-/// engine) and queues the rest for their connections' tasks, which other worker threads run.
+/// Most direct writes one [`with_direct_writes`] scope (one poll of a command) makes: a fan-out
+/// writes to at most this many sockets itself (≈ 3 ms of `send`s, inside the channel's stream
+/// lock on the memory engine) and queues the rest for their connections' tasks, which other
+/// worker threads run.
 pub const DIRECT_WRITES_PER_SCOPE: u32 = 1024;
 
 thread_local! {

@@ -11,7 +11,7 @@
 //! holds a `Weak` to it for direct writes from the fan-out ([`herald_core::outlet::Direct`]): a
 //! publication for an idle connection is written by the publisher's task, with no wake-up.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Read};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, ready};
@@ -107,18 +107,34 @@ impl AsyncRead for SendStream {
         let tcp = &self.0.0;
         loop {
             ready!(tcp.poll_read_ready(cx))?;
-            // `try_read` clears the readiness when it would block, so the next
-            // `poll_read_ready` registers for the next event. At most `MAX_READ` bytes: memory
-            // not yet initialized is zeroed first (`ReadBuf` over a buffer's spare capacity), and
-            // a client trickling a large message must not cost a large memset per segment.
+            // At most `MAX_READ` bytes: memory not yet initialized is zeroed first (`ReadBuf`
+            // over a buffer's spare capacity), and a client trickling a large message must not
+            // cost a large memset per segment.
             let n = buf.remaining().min(MAX_READ);
-            match tcp.try_read(buf.initialize_unfilled_to(n)) {
-                Ok(n) => {
-                    buf.advance(n);
+            let dst = buf.initialize_unfilled_to(n);
+            let len = dst.len();
+            let mut read = None;
+            // Inside `try_io`, as tokio's own reads: a read that did not fill `dst` emptied the
+            // socket, so the closure reports `WouldBlock` and tokio clears the readiness it saw
+            // before the read (an event that came after is kept). Otherwise the next poll would
+            // find the socket "readable" and pay a `recv` that returns EAGAIN — once per command
+            // a publisher sends.
+            let r = tcp.try_io(Interest::READABLE, || {
+                let k = (&*SockRef::from(tcp)).read(dst)?;
+                read = Some(k);
+                match k {
+                    k if k > 0 && k < len => Err(io::ErrorKind::WouldBlock.into()),
+                    k => Ok(k),
+                }
+            });
+            match (read, r) {
+                (Some(k), _) => {
+                    buf.advance(k);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (None, Err(e)) => return Poll::Ready(Err(e)),
+                (None, Ok(_)) => continue,
             }
         }
     }
@@ -199,6 +215,25 @@ mod tests {
         let mut rest = Vec::new();
         c.read_to_end(&mut rest).await.expect("io");
         assert!(rest.is_empty(), "the shutdown reached the peer as EOF");
+    }
+
+    /// A read that does not fill the buffer emptied the socket: the readiness is cleared then
+    /// (as tokio's own reads do), so the connection does not pay a `recv` that returns EAGAIN
+    /// before it waits — and `read_quiet` says so. Data that comes later is read as usual.
+    #[tokio::test]
+    async fn a_short_read_leaves_the_socket_quiet_until_more_arrives() {
+        let (mut s, mut c) = pair().await;
+        c.write_all(b"hello").await.expect("io");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.expect("io");
+        assert_eq!(&buf[..n], b"hello");
+        assert!(s.read_quiet(), "a short read cleared the readiness");
+        c.write_all(b"again").await.expect("io");
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the next data wakes the reader")
+            .expect("io");
+        assert_eq!(&buf[..n], b"again");
     }
 
     /// The fan-out's direct writes and the task's writes share the socket; a direct write

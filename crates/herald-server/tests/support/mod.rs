@@ -345,8 +345,22 @@ pub async fn serve_backend(app: axum::Router) -> std::net::SocketAddr {
 }
 
 pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    // Bound but not listening, and kept so for the rest of the test process: a connection gets
+    // refused, and nobody else can take the port meanwhile. (A listener bound then dropped left
+    // the port free: on a busy machine another test's server or client took it, and the
+    // "backend down" got an answer — seen once in CI as `rpc_error` instead of `unavailable`.)
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    socket.bind(&addr.into()).expect("bind");
+    let port = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    std::mem::forget(socket);
+    port
 }
 
 /// A `/ws` request to customise (headers) before `Client::open`.

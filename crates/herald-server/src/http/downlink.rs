@@ -307,6 +307,20 @@ mod tests {
         Entry::new(1, "node", Transport::Sse, Format::Json, outlet, requests).0
     }
 
+    /// An SSE downlink of `entry`, polled once with `waker`: waiting for messages.
+    fn waiting_downlink(entry: &Arc<Entry>, waker: &Waker) -> Downlink {
+        let mut d = Downlink::new(
+            entry.clone(),
+            Style::Sse,
+            None,
+            Duration::from_secs(30),
+            Duration::ZERO,
+        );
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut d).poll_next(&mut cx).is_pending());
+        d
+    }
+
     /// Held by the test and its one waker: nothing else keeps the task.
     fn only_ours(task: &Arc<Task>) -> bool {
         Arc::strong_count(task) == 2
@@ -321,14 +335,7 @@ mod tests {
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
 
-        let mut downlink = Downlink::new(
-            entry.clone(),
-            Style::Sse,
-            None,
-            Duration::from_secs(30),
-            Duration::ZERO,
-        );
-        assert!(Pin::new(&mut downlink).poll_next(&mut cx).is_pending());
+        let downlink = waiting_downlink(&entry, &waker);
         assert!(!only_ours(&task), "registered while it waits");
         drop(downlink);
         assert!(only_ours(&task), "the ended downlink left its waker behind");
@@ -347,30 +354,8 @@ mod tests {
         let entry = entry();
         let (old_task, new_task) = (Arc::new(Task), Arc::new(Task));
         let (old_waker, new_waker) = (Waker::from(old_task.clone()), Waker::from(new_task.clone()));
-        let mut old = Downlink::new(
-            entry.clone(),
-            Style::Sse,
-            None,
-            Duration::from_secs(30),
-            Duration::ZERO,
-        );
-        assert!(
-            Pin::new(&mut old)
-                .poll_next(&mut Context::from_waker(&old_waker))
-                .is_pending()
-        );
-        let mut new = Downlink::new(
-            entry.clone(),
-            Style::Sse,
-            None,
-            Duration::from_secs(30),
-            Duration::ZERO,
-        );
-        assert!(
-            Pin::new(&mut new)
-                .poll_next(&mut Context::from_waker(&new_waker))
-                .is_pending()
-        );
+        let old = waiting_downlink(&entry, &old_waker);
+        let new = waiting_downlink(&entry, &new_waker);
         drop(old);
         assert!(only_ours(&old_task));
         assert!(!only_ours(&new_task), "the successor must stay registered");

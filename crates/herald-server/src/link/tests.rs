@@ -502,6 +502,36 @@ impl Direct for ShortSocket {
     }
 }
 
+/// Lend `link` a socket that takes 5 bytes, let it go idle, and push a publication with the gate
+/// open: its first 5 bytes are written directly, the rest is queued. The whole frame.
+async fn short_direct_write(link: &mut Link<tokio::io::DuplexStream>, outlet: &Outlet) -> Bytes {
+    let socket = Arc::new(ShortSocket {
+        room: std::sync::Mutex::new(5),
+        wire: Default::default(),
+    });
+    let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
+    link.lend(weak);
+    // Idle: drained nothing, so the outlet may write directly.
+    poll_once(link).await;
+    let p = Arc::new(herald_core::publication::Publication::new(
+        Arc::from("ch"),
+        1,
+        Arc::from("e"),
+        0,
+        herald_proto::Data::json("\"hello, world\"").expect("json"),
+        None,
+    ));
+    let frame = p.frame(Format::Json);
+    herald_core::outlet::with_direct_writes(true, || {
+        outlet.push(
+            herald_core::outlet::Out::Pub(p.clone()),
+            herald_core::config::SlowConsumerPolicy::DropOldest,
+        )
+    });
+    assert_eq!(&*socket.wire.lock().expect("wire"), &frame[..5]);
+    frame
+}
+
 /// A publication written directly in part: the link must write the rest of that frame before
 /// anything of its own — here a rotation's closing frames, after the handover (the session is
 /// parked with the outlet meanwhile: the rest must not stay in it for a resumed connection).
@@ -509,30 +539,7 @@ impl Direct for ShortSocket {
 async fn a_short_direct_writes_rest_goes_out_before_the_closing_frames() {
     for rotate in [false, true] {
         let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
-        let socket = Arc::new(ShortSocket {
-            room: std::sync::Mutex::new(5),
-            wire: Default::default(),
-        });
-        let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
-        link.lend(weak);
-        // Idle: drained nothing, so the outlet may write directly.
-        poll_once(&mut link).await;
-        let p = Arc::new(herald_core::publication::Publication::new(
-            Arc::from("ch"),
-            1,
-            Arc::from("e"),
-            0,
-            herald_proto::Data::json("\"hello, world\"").expect("json"),
-            None,
-        ));
-        let frame = p.frame(Format::Json);
-        herald_core::outlet::with_direct_writes(true, || {
-            outlet.push(
-                herald_core::outlet::Out::Pub(p.clone()),
-                herald_core::config::SlowConsumerPolicy::DropOldest,
-            )
-        });
-        assert_eq!(&*socket.wire.lock().expect("wire"), &frame[..5]);
+        let frame = short_direct_write(&mut link, &outlet).await;
         if rotate {
             link.beat.ask_rotate_for_test();
             let mut control = Vec::new();
@@ -568,28 +575,7 @@ async fn a_short_direct_writes_rest_goes_out_before_the_closing_frames() {
 #[tokio::test]
 async fn a_ping_goes_after_the_rest_of_a_short_direct_write() {
     let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
-    let socket = Arc::new(ShortSocket {
-        room: std::sync::Mutex::new(5),
-        wire: Default::default(),
-    });
-    let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
-    link.lend(weak);
-    poll_once(&mut link).await;
-    let p = Arc::new(herald_core::publication::Publication::new(
-        Arc::from("ch"),
-        1,
-        Arc::from("e"),
-        0,
-        herald_proto::Data::json("\"hello, world\"").expect("json"),
-        None,
-    ));
-    let frame = p.frame(Format::Json);
-    herald_core::outlet::with_direct_writes(true, || {
-        outlet.push(
-            herald_core::outlet::Out::Pub(p.clone()),
-            herald_core::config::SlowConsumerPolicy::DropOldest,
-        )
-    });
+    let frame = short_direct_write(&mut link, &outlet).await;
     link.beat.ask_ping_for_test();
     poll_once(&mut link).await;
     let mut wire = vec![0u8; frame.len() - 5 + 2];

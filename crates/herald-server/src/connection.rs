@@ -147,10 +147,15 @@ struct Setup {
     direct: Option<std::sync::Weak<dyn herald_core::outlet::Direct>>,
 }
 
+/// The connection's task. Corked ([`herald_core::outlet::Corked`]): what a burst of its
+/// publications queues for idle subscribers is written, a write per subscriber, at the end of
+/// each poll, by this task — no wake-up per subscriber.
 fn serve_on<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> impl Future<Output = ()> + Send {
-    Box::pin(open(io, read_buf, setup))
-        .then(|conn| OptionFuture::from(conn.map(Conn::run)))
-        .map(|_| ())
+    herald_core::outlet::Corked::new(
+        Box::pin(open(io, read_buf, setup))
+            .then(|conn| OptionFuture::from(conn.map(Conn::run)))
+            .map(|_| ()),
+    )
 }
 
 /// What a connection's socket must be.

@@ -16,10 +16,18 @@ use crate::sync::lock;
 struct Socket {
     room: Mutex<usize>,
     wire: Mutex<Vec<u8>>,
+    /// Write calls made.
+    writes: Mutex<usize>,
 }
 
 impl Direct for Socket {
-    fn try_write(&self, frame: &[u8], _: std::time::Instant) -> std::io::Result<usize> {
+    fn try_write(
+        &self,
+        frames: &[std::io::IoSlice<'_>],
+        _: std::time::Instant,
+    ) -> std::io::Result<usize> {
+        *lock(&self.writes) += 1;
+        let frame: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         let mut room = lock(&self.room);
         if *room == 0 {
             return Err(std::io::ErrorKind::WouldBlock.into());
@@ -31,17 +39,21 @@ impl Direct for Socket {
     }
 }
 
-/// A writer task that is never woken for real (the test drains by hand).
-struct Task;
+/// A writer task that is never woken for real (the test drains by hand): counts wake-ups.
+#[derive(Default)]
+struct Task(std::sync::atomic::AtomicUsize);
 
 impl Wake for Task {
-    fn wake(self: Arc<Self>) {}
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 struct Setup {
     outlet: Arc<Outlet>,
     socket: Arc<Socket>,
     weak: Weak<dyn Direct>,
+    task: Arc<Task>,
     waker: Waker,
 }
 
@@ -59,11 +71,13 @@ impl Setup {
             ..Socket::default()
         });
         let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<Socket>;
+        let task = Arc::new(Task::default());
         Setup {
             outlet,
             socket,
             weak,
-            waker: Waker::from(Arc::new(Task)),
+            waker: Waker::from(task.clone()),
+            task,
         }
     }
 
@@ -84,6 +98,25 @@ impl Setup {
 
     fn wire(&self) -> Vec<u8> {
         lock(&self.socket.wire).clone()
+    }
+
+    fn wakes(&self) -> usize {
+        self.task.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn writes(&self) -> usize {
+        *lock(&self.socket.writes)
+    }
+
+    /// Push publications `offsets` with the gate closed (a burst), in a corked scope.
+    fn burst(&self, offsets: std::ops::Range<u64>) {
+        for i in offsets {
+            let queued = with_direct_writes(false, || {
+                self.outlet
+                    .push(publication(i), SlowConsumerPolicy::DropOldest)
+            });
+            assert!(queued);
+        }
     }
 }
 
@@ -256,4 +289,148 @@ fn the_gate_is_restored_after_its_scope() {
         assert!(super::DIRECT_WRITES.get() > 0);
     });
     assert_eq!(super::DIRECT_WRITES.get(), 0);
+}
+
+/// Corked (a connection's task), a burst's publications to an idle subscriber wake no one and
+/// go out together, one write, when the scope ends.
+#[test]
+fn a_corked_burst_is_one_write_per_subscriber_and_no_wake_up() {
+    let s = Setup::new(1 << 20);
+    s.drain_and_idle();
+    super::corked(|| {
+        s.burst(1..4);
+        assert_eq!(s.outlet.len(), 3, "queued until the scope ends");
+        assert!(s.wire().is_empty());
+    });
+    assert_eq!(s.wire(), [frame(1), frame(2), frame(3)].concat());
+    assert_eq!(s.writes(), 1, "one vectored write");
+    assert_eq!(s.wakes(), 0);
+    assert!(s.outlet.is_empty());
+    // Still idle: the next burst is corked again.
+    super::corked(|| s.burst(4..5));
+    assert_eq!(s.writes(), 2);
+    assert_eq!(s.wakes(), 0);
+}
+
+/// Without a corked scope (an HTTP API publish, a broker's delivery), a closed gate wakes the
+/// writer as before; in one, with the gate open, the first publication goes out at once and
+/// what follows is corked behind nothing.
+#[test]
+fn outside_a_corked_task_a_push_wakes_the_writer() {
+    let s = Setup::new(1 << 20);
+    s.drain_and_idle();
+    s.burst(1..3);
+    assert_eq!(s.wakes(), 1, "woken once");
+    assert_eq!(s.outlet.len(), 2);
+    assert!(s.wire().is_empty());
+
+    let s = Setup::new(1 << 20);
+    s.drain_and_idle();
+    super::corked(|| {
+        assert!(s.push(1));
+        assert_eq!(s.wire(), frame(1).to_vec(), "written at once");
+        s.burst(2..4);
+        // A push with the gate open behind a listed one queues behind it.
+        assert!(s.push(4));
+        assert_eq!(s.outlet.len(), 3);
+    });
+    assert_eq!(s.wire(), [frame(1), frame(2), frame(3), frame(4)].concat());
+    assert_eq!(s.writes(), 2);
+    assert_eq!(s.wakes(), 0);
+}
+
+/// A listed outlet whose writer was woken meanwhile (a close, a reply, a drain) is left to it:
+/// the end of the scope writes nothing of what the writer owns now.
+#[test]
+fn a_listed_outlet_woken_meanwhile_is_left_to_its_writer() {
+    let s = Setup::new(1 << 20);
+    s.drain_and_idle();
+    super::corked(|| {
+        s.burst(1..3);
+        s.outlet.close(CloseCode::ForceDisconnect);
+    });
+    assert!(s.wire().is_empty());
+    assert_eq!(s.wakes(), 1);
+    let mut d = Drained::default();
+    s.outlet.drain(100, &mut d);
+    assert_eq!(d.frames, vec![frame(1), frame(2)]);
+    assert_eq!(d.close, Some(CloseCode::ForceDisconnect));
+
+    // Drained by its writer (woken for something else) before the scope ended: nothing left to
+    // write, and the push after the drain woke the writer (the drain ended its idleness).
+    let s = Setup::new(1 << 20);
+    s.drain_and_idle();
+    super::corked(|| {
+        s.burst(1..2);
+        let mut d = Drained::default();
+        s.outlet.drain_for(&s.waker, 100, &mut d);
+        assert_eq!(d.frames, vec![frame(1)]);
+        s.burst(2..3);
+        assert_eq!(s.wakes(), 1);
+    });
+    assert!(s.wire().is_empty());
+    assert_eq!(s.outlet.len(), 1);
+}
+
+/// What the socket does not take stays queued, the rest of a frame it cut first (on that socket
+/// only), and the writer takes over.
+#[test]
+fn a_short_corked_write_leaves_the_rest_first_and_wakes_the_writer() {
+    let first = frame(1).len();
+    let s = Setup::new(first + 5);
+    s.drain_and_idle();
+    super::corked(|| s.burst(1..4));
+    assert_eq!(s.wire(), [&frame(1)[..], &frame(2)[..5]].concat());
+    assert_eq!(s.wakes(), 1);
+    let mut d = Drained::default();
+    s.outlet.drain(100, &mut d);
+    assert!(d.partial);
+    assert_eq!(d.frames, vec![frame(2).slice(5..), frame(3)]);
+    assert!(s.outlet.is_empty());
+}
+
+/// A scope writes at most `CORKED_PER_POLL` outlets itself and at most `MAX_FRAMES` frames to
+/// each; the rest go to their writers. Nested scopes write once, when the outermost ends.
+#[test]
+fn a_corked_scope_is_bounded_and_nests() {
+    let outlets: Vec<Setup> = (0..super::CORKED_PER_POLL + 2)
+        .map(|_| Setup::new(1 << 20))
+        .collect();
+    for s in &outlets {
+        s.drain_and_idle();
+    }
+    super::corked(|| {
+        super::corked(|| {
+            for s in &outlets {
+                s.burst(1..2);
+            }
+        });
+        assert!(
+            outlets.iter().all(|s| s.wire().is_empty()),
+            "the outer scope writes"
+        );
+    });
+    let woken = outlets.iter().filter(|s| s.wakes() == 1).count();
+    let written = outlets
+        .iter()
+        .filter(|s| s.wire() == frame(1).to_vec())
+        .count();
+    assert_eq!((woken, written), (2, super::CORKED_PER_POLL));
+
+    let m = Setup {
+        outlet: Outlet::new(
+            Format::Json,
+            QueueLimits {
+                max_messages: 100,
+                max_bytes: 1 << 20,
+            },
+        ),
+        ..Setup::new(1 << 20)
+    };
+    m.drain_and_idle();
+    super::corked(|| m.burst(0..20));
+    let written: Vec<u8> = (0..16).flat_map(|i| frame(i).to_vec()).collect();
+    assert_eq!(m.wire(), written);
+    assert_eq!(m.wakes(), 1);
+    assert_eq!(m.outlet.len(), 4);
 }

@@ -18,10 +18,17 @@
 //! command (its fan-out is synchronous: one poll). What the socket does not take is queued as
 //! usual; the rest of a short write stays first and belongs to that socket only
 //! ([`Outlet::take_back`]).
+//!
+//! **Corking** (the `cork` module, [`Corked`]): in a burst, inside a connection's task, a push to an idle writer
+//! queues without a wake-up, and the task writes the queue to the socket at the end of its poll
+//! — one write per subscriber for the whole burst.
 
+mod cork;
 #[cfg(test)]
 mod direct_tests;
 mod items;
+
+pub use cork::{CORKED_PER_POLL, Corked, corked};
 
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -75,9 +82,14 @@ impl Out {
 /// A socket an outlet may write to directly (see the module docs).
 pub trait Direct: Send + Sync {
     /// Write what the socket takes now, without blocking: the bytes written (maybe fewer than
-    /// `frame`'s), or an error (`WouldBlock` when it takes nothing now). `received`: when the
-    /// publication reached the node (for latency metrics).
-    fn try_write(&self, frame: &[u8], received: std::time::Instant) -> std::io::Result<usize>;
+    /// all), or an error (`WouldBlock` when it takes nothing now).
+    /// `frames` go out in order, as one write; `received`: when the (oldest) publication among
+    /// them reached the node (for latency metrics).
+    fn try_write(
+        &self,
+        frames: &[std::io::IoSlice<'_>],
+        received: std::time::Instant,
+    ) -> std::io::Result<usize>;
 }
 
 /// Most direct writes one [`with_direct_writes`] scope (one poll of a command) makes: a fan-out
@@ -212,6 +224,14 @@ impl Queue {
         self.armed = true;
     }
 
+    /// A corked task listed the outlet, and writes (or wakes its writer) at the end of its poll:
+    /// pushes meanwhile wake no one. The writer waits idle, yet items are queued: only a listing
+    /// push leaves that state (every other push wakes the writer, which clears `armed`; a
+    /// drain clears `idle`).
+    fn listed(&self) -> bool {
+        self.idle && self.armed && !self.items.is_empty()
+    }
+
     /// Change the rarely used parts (made on first use, dropped again once empty).
     fn rare_with<T>(&mut self, f: impl FnOnce(&mut Rare) -> T) -> T {
         crate::occasional::with(&mut self.rare, f)
@@ -299,6 +319,17 @@ impl Outlet {
         let old = q.writer.take();
         drop(q);
         drop(old);
+    }
+
+    /// Unlock `q` after a push. When the writer waits idle with its socket lent and this thread
+    /// runs a corked task, the outlet is listed, to be written at the end of the task's poll
+    /// ([`cork`]), and wakes no one; `listed`: it was already (see [`Queue::listed`]).
+    /// Otherwise the writer is woken.
+    fn notify(self: &Arc<Self>, q: MutexGuard<'_, Queue>, listed: bool) {
+        if listed || (q.idle && q.armed && !rare_blocks(q.rare.as_deref()) && cork::enlist(self)) {
+            return;
+        }
+        self.wake(q);
     }
 
     /// Unlock `q` and wake the writer if it waits for a wake-up.
@@ -415,13 +446,15 @@ impl Outlet {
     }
 
     /// Queue a push under a slow consumer policy. Returns false when the push closed the connection.
-    pub fn push(&self, item: Out, policy: SlowConsumerPolicy) -> bool {
+    pub fn push(self: &Arc<Self>, item: Out, policy: SlowConsumerPolicy) -> bool {
         let mut q = lock(&self.queue);
         if q.close.is_some() {
             return false;
         }
+        let listed = q.listed();
         if let Out::Pub(p) = &item
             && q.idle
+            && !listed
             && DIRECT_WRITES.get() > 0
         {
             match self.write_direct(&mut q, p) {
@@ -452,7 +485,7 @@ impl Outlet {
                 }
                 metrics::counter!("herald_queue_dropped_total", "reason" => "conflated")
                     .increment(1);
-                self.wake(q);
+                self.notify(q, listed);
                 return true;
             }
         }
@@ -480,7 +513,7 @@ impl Outlet {
         }
         q.add_bytes(len);
         q.items.push_back(item);
-        self.wake(q);
+        self.notify(q, listed);
         true
     }
 
@@ -552,7 +585,7 @@ impl Outlet {
             return Written::Nothing;
         };
         let frame = p.frame_ref(self.format);
-        match socket.try_write(frame, p.received) {
+        match socket.try_write(&[std::io::IoSlice::new(frame)], p.received) {
             Ok(n) if n >= frame.len() => Written::All,
             Ok(0) | Err(_) => {
                 q.idle = false;

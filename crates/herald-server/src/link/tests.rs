@@ -487,7 +487,12 @@ struct ShortSocket {
 }
 
 impl Direct for ShortSocket {
-    fn try_write(&self, frame: &[u8], _: std::time::Instant) -> std::io::Result<usize> {
+    fn try_write(
+        &self,
+        frames: &[std::io::IoSlice<'_>],
+        _: std::time::Instant,
+    ) -> std::io::Result<usize> {
+        let frame: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
         let mut room = self.room.lock().expect("room");
         if *room == 0 {
             return Err(std::io::ErrorKind::WouldBlock.into());
@@ -504,7 +509,10 @@ impl Direct for ShortSocket {
 
 /// Lend `link` a socket that takes 5 bytes, let it go idle, and push a publication with the gate
 /// open: its first 5 bytes are written directly, the rest is queued. The whole frame.
-async fn short_direct_write(link: &mut Link<tokio::io::DuplexStream>, outlet: &Outlet) -> Bytes {
+async fn short_direct_write(
+    link: &mut Link<tokio::io::DuplexStream>,
+    outlet: &Arc<Outlet>,
+) -> Bytes {
     let socket = Arc::new(ShortSocket {
         room: std::sync::Mutex::new(5),
         wire: Default::default(),

@@ -554,13 +554,15 @@ impl Broker for NatsBroker {
                 .unwrap_or(0),
             None => 0,
         };
-        let task = tokio::spawn(deliver_channel(
+        // Corked: a delivery to idle local subscribers is written at the end of the task's poll,
+        // by this task, without waking theirs.
+        let task = tokio::spawn(herald_core::outlet::Corked::new(deliver_channel(
             self.shared.clone(),
             channel.to_owned(),
             out,
             events,
             last,
-        ));
+        )));
         if let Some(old) = lock(&self.subs).insert(channel.to_owned(), task) {
             old.abort();
         }

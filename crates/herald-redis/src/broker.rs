@@ -173,7 +173,9 @@ impl RedisBroker {
                 timeout: cfg.timeout,
                 channels: HashMap::new(),
             };
-            tokio::spawn(shard.run(rx));
+            // Corked: a delivery to idle local subscribers is written at the end of the
+            // shard's poll, by this task, without waking theirs.
+            tokio::spawn(herald_core::outlet::Corked::new(shard.run(rx)));
             shards.push(tx);
         }
         tokio::spawn(watch_commands(

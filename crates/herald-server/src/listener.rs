@@ -180,7 +180,9 @@ pub async fn serve(
             acc.limits.clone(),
         );
         let held = HttpSlot(Arc::new(std::sync::Mutex::new(Some(held))));
-        tracker.spawn(async move {
+        // Corked: what an API publish (or an HTTP transport's command) queues for idle
+        // WebSocket subscribers is written at the end of the request's poll, by this task.
+        tracker.spawn(herald_core::outlet::Corked::new(async move {
             match tls {
                 None => serve_http(tcp, peer, held, router, &limits, stop).await,
                 Some(tls) => {
@@ -190,7 +192,7 @@ pub async fn serve(
                     serve_http(s, peer, held, router, &limits, stop).await
                 }
             }
-        });
+        }));
     }
     tracker.close();
     tracker.wait().await;

@@ -1,9 +1,11 @@
 //! Corking: a burst's publications to idle subscribers, written once the burst is over.
 //!
-//! Inside a [`Corked`] task (a connection's: its commands are the publications), a push that
-//! would wake an idle subscriber's writer — one that lent its socket ([`Outlet::idle`]) and
-//! waits — while the direct-write gate is closed (more commands wait behind this one: a burst)
-//! queues the item without waking anyone and lists the outlet on this thread. When the task's
+//! Inside a [`Corked`] task — a WebSocket connection's, an HTTP connection's (API publishes,
+//! the HTTP transports' commands), a broker's delivery task — a push that would wake an idle
+//! subscriber's writer — one that lent its socket ([`Outlet::idle`]) and waits — because it was
+//! not written at once (the direct-write gate is closed: more commands wait behind this one, a
+//! burst; or the task has no gate) queues the item without waking anyone and lists the outlet on
+//! this thread. When the task's
 //! poll ends, each listed outlet's queue is written to its socket at once, several frames in one
 //! vectored write: a burst keeps its batching (one write per subscriber, however many
 //! publications it got) and costs no wake-up, no task poll per subscriber. An outlet is listed

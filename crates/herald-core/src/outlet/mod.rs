@@ -19,9 +19,10 @@
 //! usual; the rest of a short write stays first and belongs to that socket only
 //! ([`Outlet::take_back`]).
 //!
-//! **Corking** (the `cork` module, [`Corked`]): in a burst, inside a connection's task, a push to an idle writer
-//! queues without a wake-up, and the task writes the queue to the socket at the end of its poll
-//! — one write per subscriber for the whole burst.
+//! **Corking** (the `cork` module, [`Corked`]): in a task that runs corked (a connection's, an
+//! HTTP connection's, a broker's delivery task), a push to an idle writer that is not written at
+//! once queues without a wake-up, and the task writes the queue to the socket at the end of its
+//! poll — one write per subscriber for a whole burst.
 
 mod cork;
 #[cfg(test)]

@@ -156,22 +156,26 @@ impl Outlet {
             let Some(slot) = q.items.get_mut(0) else {
                 break;
             };
-            let frame = match slot {
+            let queued = slot.len();
+            let frame = match &*slot {
                 Out::Pub(p) => p.frame_ref(format),
-                Out::Reply(b) | Out::Event(b) => &*b,
+                Out::Reply(b) | Out::Event(b) => b,
                 Out::Whole(_) | Out::Delta(..) => break,
             };
             let len = frame.len();
             if written < len {
                 // The rest of that frame goes first, on this socket only (never dropped).
-                *slot = Out::Reply(frame.slice(written..));
-                q.sub_bytes(written);
+                let rest = frame.slice(written..);
+                let rest_len = rest.len();
+                *slot = Out::Reply(rest);
+                q.add_bytes(rest_len);
+                q.sub_bytes(queued);
                 q.partial = true;
                 break;
             }
             written -= len;
             q.items.pop_front();
-            q.sub_bytes(len);
+            q.sub_bytes(queued);
         }
         if q.items.is_empty() {
             q.bytes = 0;

@@ -382,6 +382,9 @@ fn a_short_corked_write_leaves_the_rest_first_and_wakes_the_writer() {
     super::corked(|| s.burst(1..4));
     assert_eq!(s.wire(), [&frame(1)[..], &frame(2)[..5]].concat());
     assert_eq!(s.wakes(), 1);
+    // Queued bytes: the rest as it is, the third as queued (an estimate of its frame).
+    let queued = publication(3).len() + frame(2).len() - 5;
+    assert_eq!(lock(&s.outlet.queue).bytes as usize, queued);
     let mut d = Drained::default();
     s.outlet.drain(100, &mut d);
     assert!(d.partial);

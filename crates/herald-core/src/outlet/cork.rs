@@ -27,8 +27,10 @@ use crate::sync::lock;
 /// run on any worker thread). ≈ 3 ms of `sendmsg`s.
 pub const CORKED_PER_POLL: usize = 1024;
 
-/// Most frames of one outlet written in one corked write; the rest go to its writer.
-const MAX_FRAMES: usize = 16;
+/// Most frames of one outlet written in one corked write; a listed outlet that holds this many
+/// (or half its limits) wakes its writer, which takes over (a long poll must not fill the queue
+/// of a subscriber whose socket would take it all).
+pub(super) const MAX_FRAMES: usize = 16;
 
 #[derive(Default)]
 struct Cork {
@@ -85,25 +87,43 @@ pub fn corked<T>(f: impl FnOnce() -> T) -> T {
 /// List `outlet` for writing at the end of the corked poll running on this thread. False when
 /// there is none or the list is full: wake its writer instead.
 pub(super) fn enlist(outlet: &Arc<Outlet>) -> bool {
-    CORK.with_borrow_mut(|c| {
+    // `try_with`: a push from a destructor while the thread ends finds no list.
+    CORK.try_with(|c| {
+        let mut c = c.borrow_mut();
         if !c.active || c.listed.len() >= CORKED_PER_POLL {
             return false;
         }
         c.listed.push(outlet.clone());
         true
     })
+    .unwrap_or(false)
 }
 
 fn uncork_all() {
-    let mut listed = CORK.with_borrow_mut(|c| {
+    /// The outlets not written yet: woken if a write panics (a listed outlet wakes no one).
+    struct Rest(Vec<Arc<Outlet>>);
+    impl Drop for Rest {
+        fn drop(&mut self) {
+            for outlet in self.0.drain(..) {
+                outlet.release();
+            }
+        }
+    }
+    let Ok(listed) = CORK.try_with(|c| {
+        let mut c = c.borrow_mut();
         c.active = false;
         std::mem::take(&mut c.listed)
-    });
-    for outlet in listed.drain(..) {
+    }) else {
+        return;
+    };
+    let mut rest = Rest(listed);
+    while let Some(outlet) = rest.0.pop() {
         outlet.uncork();
     }
     // The list's storage is kept for the next poll.
-    CORK.with_borrow_mut(|c| {
+    let listed = std::mem::take(&mut rest.0);
+    let _ = CORK.try_with(|c| {
+        let mut c = c.borrow_mut();
         if c.listed.capacity() == 0 {
             c.listed = listed;
         }
@@ -111,6 +131,14 @@ fn uncork_all() {
 }
 
 impl Outlet {
+    /// Wake the writer of a listed outlet that will not be written.
+    fn release(&self) {
+        let q = lock(&self.queue);
+        if q.listed() {
+            self.wake(q);
+        }
+    }
+
     /// Write what was queued while corked to the lent socket, if its writer still waits and
     /// nothing else must go first; otherwise (or for what the socket does not take) wake it.
     fn uncork(&self) {
@@ -177,12 +205,22 @@ impl Outlet {
             q.items.pop_front();
             q.sub_bytes(queued);
         }
+        // A recovery waiting for room (`wait_for_room`) is told, as a drain tells it.
+        let space = q
+            .rare
+            .as_deref()
+            .filter(|r| r.room_waiters > 0)
+            .and_then(|r| r.space.clone());
         if q.items.is_empty() {
             q.bytes = 0;
-            return;
+            drop(q);
+        } else {
+            // The socket took less than all: the writer takes over.
+            q.idle = false;
+            self.wake(q);
         }
-        // The socket took less than all: the writer takes over.
-        q.idle = false;
-        self.wake(q);
+        if let Some(space) = space {
+            space.notify_waiters();
+        }
     }
 }

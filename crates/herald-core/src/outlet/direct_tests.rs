@@ -1,5 +1,6 @@
 //! Direct writes from the fan-out (see the module docs of [`super`]).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Wake, Waker};
 
@@ -59,10 +60,15 @@ struct Setup {
 
 impl Setup {
     fn new(room: usize) -> Setup {
+        Setup::with_limit(room, 4)
+    }
+
+    /// A socket that takes `room` bytes, an outlet that holds `max_messages`.
+    fn with_limit(room: usize, max_messages: usize) -> Setup {
         let outlet = Outlet::new(
             Format::Json,
             QueueLimits {
-                max_messages: 4,
+                max_messages,
                 max_bytes: 1 << 20,
             },
         );
@@ -295,7 +301,7 @@ fn the_gate_is_restored_after_its_scope() {
 /// go out together, one write, when the scope ends.
 #[test]
 fn a_corked_burst_is_one_write_per_subscriber_and_no_wake_up() {
-    let s = Setup::new(1 << 20);
+    let s = Setup::with_limit(1 << 20, 100);
     s.drain_and_idle();
     super::corked(|| {
         s.burst(1..4);
@@ -310,6 +316,11 @@ fn a_corked_burst_is_one_write_per_subscriber_and_no_wake_up() {
     super::corked(|| s.burst(4..5));
     assert_eq!(s.writes(), 2);
     assert_eq!(s.wakes(), 0);
+    assert_eq!(
+        s.wire(),
+        (1..5).flat_map(|i| frame(i).to_vec()).collect::<Vec<u8>>()
+    );
+    assert!(s.outlet.is_empty());
 }
 
 /// Without a corked scope (an HTTP API publish, a broker's delivery), a closed gate wakes the
@@ -317,14 +328,14 @@ fn a_corked_burst_is_one_write_per_subscriber_and_no_wake_up() {
 /// what follows is corked behind nothing.
 #[test]
 fn outside_a_corked_task_a_push_wakes_the_writer() {
-    let s = Setup::new(1 << 20);
+    let s = Setup::with_limit(1 << 20, 100);
     s.drain_and_idle();
     s.burst(1..3);
     assert_eq!(s.wakes(), 1, "woken once");
     assert_eq!(s.outlet.len(), 2);
     assert!(s.wire().is_empty());
 
-    let s = Setup::new(1 << 20);
+    let s = Setup::with_limit(1 << 20, 100);
     s.drain_and_idle();
     super::corked(|| {
         assert!(s.push(1));
@@ -343,7 +354,7 @@ fn outside_a_corked_task_a_push_wakes_the_writer() {
 /// the end of the scope writes nothing of what the writer owns now.
 #[test]
 fn a_listed_outlet_woken_meanwhile_is_left_to_its_writer() {
-    let s = Setup::new(1 << 20);
+    let s = Setup::with_limit(1 << 20, 100);
     s.drain_and_idle();
     super::corked(|| {
         s.burst(1..3);
@@ -358,7 +369,7 @@ fn a_listed_outlet_woken_meanwhile_is_left_to_its_writer() {
 
     // Drained by its writer (woken for something else) before the scope ended: nothing left to
     // write, and the push after the drain woke the writer (the drain ended its idleness).
-    let s = Setup::new(1 << 20);
+    let s = Setup::with_limit(1 << 20, 100);
     s.drain_and_idle();
     super::corked(|| {
         s.burst(1..2);
@@ -377,7 +388,7 @@ fn a_listed_outlet_woken_meanwhile_is_left_to_its_writer() {
 #[test]
 fn a_short_corked_write_leaves_the_rest_first_and_wakes_the_writer() {
     let first = frame(1).len();
-    let s = Setup::new(first + 5);
+    let s = Setup::with_limit(first + 5, 100);
     s.drain_and_idle();
     super::corked(|| s.burst(1..4));
     assert_eq!(s.wire(), [&frame(1)[..], &frame(2)[..5]].concat());
@@ -397,7 +408,7 @@ fn a_short_corked_write_leaves_the_rest_first_and_wakes_the_writer() {
 #[test]
 fn a_corked_scope_is_bounded_and_nests() {
     let outlets: Vec<Setup> = (0..super::CORKED_PER_POLL + 2)
-        .map(|_| Setup::new(1 << 20))
+        .map(|_| Setup::with_limit(1 << 20, 100))
         .collect();
     for s in &outlets {
         s.drain_and_idle();
@@ -420,20 +431,62 @@ fn a_corked_scope_is_bounded_and_nests() {
         .count();
     assert_eq!((woken, written), (2, super::CORKED_PER_POLL));
 
-    let m = Setup {
-        outlet: Outlet::new(
-            Format::Json,
-            QueueLimits {
-                max_messages: 100,
-                max_bytes: 1 << 20,
-            },
-        ),
-        ..Setup::new(1 << 20)
-    };
+    // A listed outlet that fills up (a long poll: an API batch, a big read of commands) is
+    // handed to its writer at `MAX_FRAMES`, or at half its limits, before it could overflow.
+    let m = Setup::with_limit(1 << 20, 100);
     m.drain_and_idle();
-    super::corked(|| m.burst(0..20));
-    let written: Vec<u8> = (0..16).flat_map(|i| frame(i).to_vec()).collect();
-    assert_eq!(m.wire(), written);
-    assert_eq!(m.wakes(), 1);
-    assert_eq!(m.outlet.len(), 4);
+    super::corked(|| {
+        m.burst(0..super::cork::MAX_FRAMES as u64);
+        assert_eq!(m.wakes(), 0);
+        m.burst(16..20);
+        assert_eq!(m.wakes(), 1, "the writer takes over");
+    });
+    assert!(
+        m.wire().is_empty(),
+        "and the end of the scope leaves it to the writer"
+    );
+    assert_eq!(m.outlet.len(), 20);
+    let s = Setup::with_limit(1 << 20, 4);
+    s.drain_and_idle();
+    super::corked(|| {
+        s.burst(1..3);
+        assert_eq!(s.wakes(), 0);
+        s.burst(3..4);
+        assert_eq!(s.wakes(), 1, "three of four: over half");
+    });
+    assert_eq!(s.outlet.close_requested(), None, "no slow-consumer close");
+}
+
+/// A recovery that waits for room in a listed outlet is told when the corked write empties it
+/// (as a drain tells it), not left to its timeout.
+#[test]
+fn a_corked_write_tells_a_recovery_waiting_for_room() {
+    let s = Setup::with_limit(1 << 20, 4);
+    s.drain_and_idle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _rt = rt.enter();
+    let waiter = Arc::new(Task::default());
+    let waker = Waker::from(waiter.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut wait = Box::pin(
+        s.outlet
+            .wait_for_room(3, std::time::Duration::from_secs(60)),
+    );
+    super::corked(|| {
+        s.burst(1..3);
+        assert!(wait.as_mut().poll(&mut cx).is_pending(), "2 + 3 > 4");
+    });
+    assert!(s.outlet.is_empty());
+    assert_eq!(
+        waiter.0.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "woken by the corked write"
+    );
+    assert!(matches!(
+        wait.as_mut().poll(&mut cx),
+        std::task::Poll::Ready(true)
+    ));
 }

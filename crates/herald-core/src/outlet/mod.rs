@@ -324,12 +324,20 @@ impl Outlet {
 
     /// Unlock `q` after a push. When the writer waits idle with its socket lent and this thread
     /// runs a corked task, the outlet is listed, to be written at the end of the task's poll
-    /// ([`cork`]), and wakes no one; `listed`: it was already (see [`Queue::listed`]).
-    /// Otherwise the writer is woken.
+    /// ([`cork`]), and wakes no one; `listed`: it was already (see [`Queue::listed`]) — until it
+    /// holds more than `cork::MAX_FRAMES` items or half its limits. Otherwise the writer is woken.
     fn notify(self: &Arc<Self>, q: MutexGuard<'_, Queue>, listed: bool) {
-        if listed || (q.idle && q.armed && !rare_blocks(q.rare.as_deref()) && cork::enlist(self)) {
+        let room = q.items.len() <= cork::MAX_FRAMES
+            && q.items.len() * 2 <= self.max_messages as usize
+            && u64::from(q.bytes) * 2 <= u64::from(self.max_bytes);
+        if listed && room {
             return;
         }
+        if !listed && q.idle && q.armed && !rare_blocks(q.rare.as_deref()) && cork::enlist(self) {
+            return;
+        }
+        // Not listed, or listed with half its queue full: the writer takes over (the listing
+        // task's end-of-poll write then finds it busy and leaves it).
         self.wake(q);
     }
 

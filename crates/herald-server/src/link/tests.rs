@@ -594,3 +594,66 @@ async fn a_ping_goes_after_the_rest_of_a_short_direct_write() {
     assert_eq!(&wire[..frame.len() - 5], &frame[5..]);
     assert_eq!(&wire[frame.len() - 5..], &[0x89, 0x00], "then the ping");
 }
+
+/// A ping the wheel asks for while a corked task has this link's outlet listed (a burst queued
+/// for it, to be written at the end of the publisher's poll): the link takes the queue itself,
+/// writes the ping and the publications once, and the corked write finds nothing left to send
+/// on the lent socket — the two writers never share the queue.
+#[tokio::test]
+async fn a_ping_while_listed_takes_the_queue_and_the_corked_write_sends_nothing() {
+    let (mut link, outlet, mut rd, _wr) = advisory_link(1 << 16);
+    let socket = Arc::new(ShortSocket {
+        room: std::sync::Mutex::new(1 << 20),
+        wire: Default::default(),
+    });
+    let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
+    link.lend(weak);
+    // Idle: drained nothing, so the outlet may be listed.
+    poll_once(&mut link).await;
+    let pubs: Vec<_> = (1..3)
+        .map(|i| {
+            Arc::new(herald_core::publication::Publication::new(
+                Arc::from("ch"),
+                i,
+                Arc::from("e"),
+                0,
+                herald_proto::Data::json("\"hello\"").expect("json"),
+                None,
+            ))
+        })
+        .collect();
+    let frames: Vec<u8> = pubs
+        .iter()
+        .flat_map(|p| p.frame(Format::Json).to_vec())
+        .collect();
+    link.beat.ask_ping_for_test();
+    let mut control = Vec::new();
+    std::future::poll_fn(|cx| {
+        herald_core::outlet::corked(|| {
+            herald_core::outlet::with_direct_writes(false, || {
+                for p in &pubs {
+                    outlet.push(
+                        herald_core::outlet::Out::Pub(p.clone()),
+                        herald_core::config::SlowConsumerPolicy::DropOldest,
+                    );
+                }
+            });
+            assert_eq!(outlet.len(), 2, "listed, not written yet");
+            let _ = link.poll_io(cx, &mut control);
+        });
+        Poll::Ready(())
+    })
+    .await;
+    assert!(
+        socket.wire.lock().expect("wire").is_empty(),
+        "the corked write left the queue to the link"
+    );
+    assert!(outlet.is_empty());
+    let mut wire = vec![0u8; 2 + frames.len()];
+    tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut wire))
+        .await
+        .expect("written")
+        .expect("read");
+    assert_eq!(&wire[..2], &[0x89, 0x00], "the ping first");
+    assert_eq!(&wire[2..], &frames[..], "then each publication once");
+}

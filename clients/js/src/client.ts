@@ -20,22 +20,10 @@ import { Subscription, type GapReason, type SubscribeOptions, type SubscriptionO
 import { HttpPollSocketCtor, HttpStreamSocketCtor, canStreamHttp } from './http-socket.js';
 import { watchRefusal, withResumeParam } from './handshake.js';
 import type { ClientEvents, ClientOptions, State, Transport, WebSocketCtor, WebSocketLike } from './options.js';
+import { ConnectionWaiters, Requests } from './requests.js';
 import { rememberTransport, rememberedTransport } from './transport-memory.js';
 
 export type { ClientEvents, ClientOptions, State, Transport, WebSocketCtor, WebSocketLike } from './options.js';
-
-interface Pending {
-  resolve: (payload: Record<string, unknown>) => void;
-  reject: (e: HeraldError) => void;
-  timer: ReturnType<typeof setTimeout>;
-  /** Publishes are re-queued, not failed, when the connection drops. */
-  publish?: QueuedPublish;
-  /**
-   * Runs on the reply before any later frame is handled (promise continuations run only after
-   * the whole received chunk was dispatched, which may already hold the next messages).
-   */
-  onReply?: (payload: Record<string, unknown>) => void;
-}
 
 const OPEN = 1;
 
@@ -78,11 +66,10 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   private advisory: { reconnect: boolean; afterMs: number } | undefined;
   /** The `Retry-After` of this attempt's refused handshake (503/429), ms. */
   private retryAfterMs: number | undefined;
-  private nextId = 1;
-  private readonly pending = new Map<number, Pending>();
+  private readonly requests = new Requests();
   private readonly queue: OfflineQueue;
   private readonly subs = new Map<string, Subscription<any>>();
-  private readonly waitingForConnection = new Set<() => void>();
+  private readonly waitingForConnection = new ConnectionWaiters();
   private readonly detach: (() => void)[] = [];
   private probeTimer: ReturnType<typeof setTimeout> | undefined;
   /** The browser said `offline` (and not `online` since). */
@@ -231,7 +218,9 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   async request(type: string, payload: Record<string, unknown>): Promise<Record<string, unknown>> {
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     const deadline = Date.now() + timeout;
-    if (this.state !== 'connected') await this.whenConnected(timeout);
+    if (this.state !== 'connected') {
+      await this.waitingForConnection.wait(timeout, this.state === 'closed', () => this.state === 'connected');
+    }
     return this.send(type, payload, Math.max(1, deadline - Date.now()));
   }
 
@@ -321,16 +310,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
         if (m.type === 'error') this.emit('error', errorOf(p));
         return;
       }
-      const pending = this.pending.get(Number(m.id));
-      if (!pending) return;
-      this.pending.delete(Number(m.id));
-      clearTimeout(pending.timer);
-      if (m.type === 'error') {
-        pending.reject(errorOf(p));
-      } else {
-        pending.onReply?.(p);
-        pending.resolve(p);
-      }
+      this.requests.settle(Number(m.id), p, m.type === 'error' ? errorOf(p) : undefined);
       return;
     }
     switch (m.type) {
@@ -420,7 +400,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       if (sub.state === 'pending' && !sub._resyncing) void this.sendSubscribe(sub, sub.position !== undefined);
     }
     this.flushQueue();
-    for (const w of [...this.waitingForConnection]) w();
+    this.waitingForConnection.notify();
     this.emit('connected', { ...info, resumed });
     this.scheduleProbe();
   }
@@ -616,7 +596,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
       clearTimeout(p.expiry);
       p.reject(error);
     }
-    for (const w of [...this.waitingForConnection]) w();
+    this.waitingForConnection.notify();
     this.resumeToken = undefined;
     this.emit('closed', { code, reason, error });
   }
@@ -780,22 +760,7 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
     publish?: QueuedPublish,
     onReply?: (payload: Record<string, unknown>) => void,
   ): Promise<Record<string, unknown>> {
-    return new Promise((resolve, reject) => {
-      const id = this.nextId++;
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new HeraldError('request_timeout', `no reply to ${type} within ${timeoutMs} ms`, true));
-      }, timeoutMs);
-      const entry: Pending = { resolve, reject, timer };
-      if (publish) entry.publish = publish;
-      if (onReply) entry.onReply = onReply;
-      this.pending.set(id, entry);
-      if (!this.sendRaw({ type, id, payload })) {
-        clearTimeout(timer);
-        this.pending.delete(id);
-        reject(new HeraldError('disconnected', 'not connected', true));
-      }
-    });
+    return this.requests.start(type, timeoutMs, (id) => this.sendRaw({ type, id, payload }), publish, onReply);
   }
 
   private sendPublish(p: QueuedPublish): void {
@@ -817,39 +782,12 @@ export class HeraldClient extends Emitter<ClientEvents> implements SubscriptionO
   }
 
   private failPending(): void {
-    const lost: QueuedPublish[] = [];
-    const entries = [...this.pending.entries()].sort((a, b) => a[0] - b[0]);
-    this.pending.clear();
-    for (const [, p] of entries) {
-      clearTimeout(p.timer);
-      if (p.publish) lost.push(p.publish);
-      else p.reject(new HeraldError('disconnected', 'the connection dropped before the reply', true));
-    }
+    const lost = this.requests.drop();
     if (this.state === 'closed') {
       for (const p of lost) p.reject(new HeraldError('closed', 'the client is closed'));
       return;
     }
     // Publishes in flight go back to the front of the queue, in their original order.
     for (const p of lost.reverse()) this.queue.add(p, true);
-  }
-
-  private whenConnected(timeoutMs: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.state === 'closed') {
-        reject(new HeraldError('closed', 'the client is closed'));
-        return;
-      }
-      const done = () => {
-        clearTimeout(timer);
-        this.waitingForConnection.delete(done);
-        if (this.state === 'connected') resolve();
-        else reject(new HeraldError('closed', 'the client is closed'));
-      };
-      const timer = setTimeout(() => {
-        this.waitingForConnection.delete(done);
-        reject(new HeraldError('request_timeout', `not connected within ${timeoutMs} ms`, true));
-      }, timeoutMs);
-      this.waitingForConnection.add(done);
-    });
   }
 }

@@ -130,32 +130,49 @@ pub enum Verdict {
     Close,
 }
 
-/// A connection's command limiter with its streak of rejected commands: an [`Allowance`] (every
-/// connection holds one, so 32 bytes rather than a `governor` limiter's 80).
+/// A connection's command limiter with its streak of rejected commands: a [`Bucket`] of the
+/// node's [`CommandRate`], named at each command (every connection holds one: 12 bytes, not a
+/// `governor` limiter's 80).
 pub struct CommandLimiter {
-    bucket: Allowance,
+    bucket: Bucket,
     streak: u32,
+}
+
+/// The node's command rate limit (`limits.commands_per_second`, `commands_burst`,
+/// `rate_limited_close_after`).
+#[derive(Debug, Clone, Copy)]
+pub struct CommandRate {
+    rate: Rate,
     close_after: u32,
 }
 
-impl CommandLimiter {
-    /// `None` when `per_second` is 0.
-    pub fn new(per_second: u32, burst: u32, close_after: u32) -> Option<CommandLimiter> {
-        (per_second > 0).then(|| CommandLimiter {
-            bucket: Allowance::new(per_second, std::time::Duration::from_secs(1), burst),
-            streak: 0,
+impl CommandRate {
+    /// `None` when `per_second` is 0 (no limit).
+    pub fn new(per_second: u32, burst: u32, close_after: u32) -> Option<CommandRate> {
+        (per_second > 0).then(|| CommandRate {
+            rate: Rate::new(per_second, std::time::Duration::from_secs(1), burst),
             close_after,
         })
     }
+}
 
-    /// Account for one command.
-    pub fn check(&mut self) -> Verdict {
-        if self.bucket.take() {
+impl CommandLimiter {
+    /// A full bucket of `rate`.
+    pub fn new(rate: CommandRate) -> CommandLimiter {
+        CommandLimiter {
+            bucket: Bucket::new(rate.rate),
+            streak: 0,
+        }
+    }
+
+    /// Account for one command at `rate` (the one the limiter was made with).
+    pub fn check(&mut self, rate: CommandRate) -> Verdict {
+        if self.bucket.take(rate.rate) {
             self.streak = 0;
             return Verdict::Allow;
         }
         self.streak += 1;
-        if self.close_after > 0 && self.streak >= self.close_after {
+        if rate.close_after > 0 && self.streak >= rate.close_after {
             Verdict::Close
         } else {
             Verdict::Limited
@@ -260,14 +277,17 @@ mod tests {
 
     #[test]
     fn command_limiter_limits_then_closes() {
-        let mut l = CommandLimiter::new(1, 3, 2).expect("limiter");
+        let rate = CommandRate::new(1, 3, 2).expect("a limit");
+        let mut l = CommandLimiter::new(rate);
         assert_eq!(
-            (0..3).map(|_| l.check()).collect::<Vec<_>>(),
+            (0..3).map(|_| l.check(rate)).collect::<Vec<_>>(),
             vec![Verdict::Allow; 3]
         );
-        assert_eq!(l.check(), Verdict::Limited);
-        assert_eq!(l.check(), Verdict::Close);
-        assert!(CommandLimiter::new(0, 10, 1).is_none());
+        assert_eq!(l.check(rate), Verdict::Limited);
+        assert_eq!(l.check(rate), Verdict::Close);
+        assert!(CommandRate::new(0, 10, 1).is_none());
+        // Every connection holds one (`Option` of it in the session: 16 bytes).
+        assert_eq!(std::mem::size_of::<Option<CommandLimiter>>(), 16);
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub(crate) async fn user_slot(
     identity: &herald_core::Identity,
 ) -> Result<Option<crate::slots::UserSlot>, ()> {
     let max = app.node.config().limits.max_connections_per_user;
-    match identity.user_id.as_str() {
+    match &*identity.user_id {
         "" => Ok(None),
         user => crate::slots::acquire_user(&app.user_slots, &app.node, user, max)
             .await

@@ -127,9 +127,14 @@ async fn ws_handler(
     };
     let Admitted { ip, hs, held } = admitted;
     let (agreed, extensions) = deflate.unzip();
-    upgrade(&app, &mut req, protocol, extensions, move |ws, app| {
-        crate::connection::serve(ws, format, app, ip, hs, held, agreed)
-    })
+    let (resp, fut) = accept_upgrade(&mut req, protocol, extensions);
+    if let Some(fut) = fut {
+        let app2 = app.clone();
+        app.tracker.spawn(crate::connection::task(
+            fut, format, app2, ip, hs, held, agreed,
+        ));
+    }
+    resp
 }
 
 /// permessage-deflate for this upgrade, when `connection.compression` is on and the client
@@ -163,9 +168,9 @@ where
     F: FnOnce(Ws, Arc<AppState>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
-        Ok(x) => x,
-        Err(_) => return bad_upgrade(handshake::BadUpgrade::NotWebSocket),
+    let (resp, fut) = accept_upgrade(req, protocol, extensions);
+    let Some(fut) = fut else {
+        return resp;
     };
     let app2 = app.clone();
     // `then`, not an `async` block: the task holds either the upgrade or the connection, never
@@ -177,6 +182,20 @@ where
             Either::Right(std::future::ready(()))
         }
     }));
+    resp
+}
+
+/// The `101` response (with the agreed subprotocol and extensions) and the upgrade to await;
+/// or the refusal (and no upgrade) when the request cannot be upgraded.
+fn accept_upgrade(
+    req: &mut Request<Body>,
+    protocol: Option<&'static str>,
+    extensions: Option<String>,
+) -> (Response, Option<fastwebsockets::upgrade::UpgradeFut>) {
+    let (resp, fut) = match fastwebsockets::upgrade::upgrade(req) {
+        Ok(x) => x,
+        Err(_) => return (bad_upgrade(handshake::BadUpgrade::NotWebSocket), None),
+    };
     let (mut parts, _) = resp.into_parts();
     if let Some(p) = protocol {
         parts
@@ -186,7 +205,7 @@ where
     if let Some(v) = extensions.and_then(|e| HeaderValue::from_str(&e).ok()) {
         parts.headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
-    Response::from_parts(parts, Body::empty())
+    (Response::from_parts(parts, Body::empty()), Some(fut))
 }
 
 async fn echo_handler(State(app): State<Arc<AppState>>, mut req: Request<Body>) -> Response {
@@ -356,6 +375,7 @@ impl ServerBuilder {
             deflate,
             ws_writes: AppState::writer_settings(&conn, &server, true, &heartbeats),
             echo_writes: AppState::writer_settings(&conn, &server, false, &heartbeats),
+            read_limits: crate::reader::SharedLimits::new(conn.read_limits()),
             connect_limiter,
             accepts: herald_core::limits::SharedLimiter::new(l.connect_per_second, l.connect_burst),
             busy: AtomicUsize::new(0),

@@ -7,9 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use futures_util::FutureExt;
-use futures_util::future::OptionFuture;
-
 use fastwebsockets::WebSocket;
 use herald_core::{Flow, ServerCommand, Session};
 use herald_proto::{CloseCode, Format};
@@ -17,6 +14,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 
+use self::phases::{Opened, Phases};
 use crate::link::{IoEvent, Link};
 use crate::metrics::InboundMetrics;
 use crate::reader::{Inbound, MessageReader, ReadError};
@@ -24,7 +22,6 @@ use crate::slots::Slot;
 use crate::state::{AppState, Handshake, Held};
 use crate::writer::WriterEnd;
 use bytes::Bytes;
-use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 type Io = TokioIo<Upgraded>;
@@ -40,7 +37,7 @@ pub(crate) async fn serve_busy(
     after: std::time::Duration,
     _slot: crate::admit::BusyGuard,
 ) {
-    let mut reader = MessageReader::with_limits(ws.into_inner(), app.conn.read_limits());
+    let mut reader = MessageReader::with_limits(ws.into_inner(), app.read_limits.clone());
     let code = CloseCode::TryAgainLater;
     metrics::counter!("herald_close_codes_total", "code" => code.code().to_string()).increment(1);
     let frames = crate::writer::closing_frames_after(format, code, Some(after.as_millis() as u64));
@@ -51,9 +48,10 @@ pub(crate) async fn serve_busy(
     }
 }
 
-/// A connection past its setup: what its task holds while it lives. Every byte here is a byte
-/// per idle connection (the task is the largest allocation a connection has; tokio rounds it
-/// to 128 bytes): `-Zprint-type-sizes` shows the layout (see docs/benchmarks.md).
+/// A connection past its setup: what its future holds while it lives. Every byte here is a byte
+/// per idle connection (the future's box is the largest allocation a connection has; jemalloc
+/// rounds it to its size class: 384, 448, 512, …): `-Zprint-type-sizes` shows the layout (see
+/// docs/benchmarks.md).
 struct Conn<S> {
     /// The server, and this connection's place in `AppState::connections`.
     app: Counted,
@@ -95,17 +93,22 @@ impl Drop for Counted {
     }
 }
 
-/// Serve an upgraded `/ws` connection until it closes.
+/// The task of an accepted `/ws` upgrade: wait for the upgrade, set the connection up, serve
+/// it until it closes.
 ///
-/// Setup (first-message auth, slots, the session) runs in its own boxed future, so the task that
-/// lives as long as the connection holds only [`Conn`] and the loop's few locals, not the
-/// handshake's leftovers: an idle connection's task is its largest allocation.
+/// Two phases, each boxed ([`phases`]): the setup (first-message auth, slots, the session),
+/// then the connection, so the task that lives as long as the connection holds only [`Conn`]
+/// and the loop's few locals, not the handshake's leftovers, and tokio's task itself is 128
+/// bytes. Corked ([`herald_core::outlet::Corked`]): what a burst of the connection's
+/// publications queues for idle subscribers is written, a write per subscriber, at the end of
+/// each poll, by this task — no wake-up per subscriber.
 ///
 /// Plain TCP connections are served on the stream taken back from hyper (its `Upgraded` boxes
 /// the stream behind a rewind buffer: 64 bytes more per connection); TLS connections on
-/// `Upgraded`, their task boxed so that the plain connections' tasks are not sized for theirs.
-pub fn serve(
-    ws: WebSocket<Io>,
+/// `Upgraded`.
+#[allow(clippy::too_many_arguments)]
+pub fn task(
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
     format: Format,
     app: Arc<AppState>,
     remote: IpAddr,
@@ -113,26 +116,36 @@ pub fn serve(
     held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
 ) -> impl Future<Output = ()> + Send {
-    let mut setup = Setup {
-        format,
-        app,
-        remote,
-        hs,
-        held,
-        deflate,
-        direct: None,
+    let setup = async move {
+        let ws = match upgrade.await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return Opened::Nothing;
+            }
+        };
+        let setup = Setup {
+            format,
+            app,
+            remote,
+            hs,
+            held,
+            deflate,
+        };
+        match crate::listener::plain_tcp(ws.into_inner().into_inner()) {
+            Ok((tcp, read_buf)) => {
+                let stream = crate::tcp::SendStream::new(tcp);
+                let conn = open(stream, read_buf, setup).await;
+                conn.map_or(Opened::Nothing, |c| Opened::Plain(c.run()))
+            }
+            Err(up) => {
+                tracing::debug!("/ws over TLS (or another stream): served on hyper's Upgraded");
+                let conn = open(TokioIo::new(up), Bytes::new(), setup).await;
+                conn.map_or(Opened::Nothing, |c| Opened::Other(c.run()))
+            }
+        }
     };
-    match crate::listener::plain_tcp(ws.into_inner().into_inner()) {
-        Ok((tcp, read_buf)) => {
-            let stream = crate::tcp::SendStream::new(tcp);
-            setup.direct = Some(stream.direct());
-            Either::Left(serve_on(stream, read_buf, setup))
-        }
-        Err(up) => {
-            tracing::debug!("/ws over TLS (or another stream): served on hyper's Upgraded");
-            Either::Right(Box::pin(serve_on(TokioIo::new(up), Bytes::new(), setup)))
-        }
-    }
+    herald_core::outlet::Corked::new(Phases::new(setup))
 }
 
 /// What the handshake hands a connection's setup.
@@ -143,24 +156,11 @@ struct Setup {
     hs: Handshake,
     held: Held,
     deflate: Option<herald_proto::deflate::Agreed>,
-    /// The socket, for direct writes from the fan-out (plain TCP).
-    direct: Option<std::sync::Weak<dyn herald_core::outlet::Direct>>,
-}
-
-/// The connection's task. Corked ([`herald_core::outlet::Corked`]): what a burst of its
-/// publications queues for idle subscribers is written, a write per subscriber, at the end of
-/// each poll, by this task — no wake-up per subscriber.
-fn serve_on<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> impl Future<Output = ()> + Send {
-    herald_core::outlet::Corked::new(
-        Box::pin(open(io, read_buf, setup))
-            .then(|conn| OptionFuture::from(conn.map(Conn::run)))
-            .map(|_| ()),
-    )
 }
 
 /// What a connection's socket must be.
-pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for T {}
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + crate::link::Lend + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + crate::link::Lend + 'static> Socket for T {}
 
 /// Authenticate (first message, when the handshake had no token) and make the session.
 /// `read_buf`: what the client sent after its handshake and hyper already read.
@@ -172,9 +172,8 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
         hs,
         mut held,
         deflate,
-        direct,
     } = setup;
-    let mut reader = MessageReader::with_limits(io, app.conn.read_limits())
+    let mut reader = MessageReader::with_limits(io, app.read_limits.clone())
         .inflating(deflate.is_some())
         .with_buffered(&read_buf);
     drop(read_buf);
@@ -223,9 +222,6 @@ async fn open<S: Socket>(io: S, read_buf: Bytes, setup: Setup) -> Option<Conn<S>
     metrics::gauge!("herald_connections").increment(1.0);
     metrics::counter!("herald_connections_total").increment(1);
     let mut link = Link::new(reader, session.outlet().clone(), app.ws_writes.clone());
-    if let Some(d) = direct {
-        link.lend(d);
-    }
     if over_limit || over_user_limit {
         session.outlet().close(CloseCode::ConnectionLimit);
     } else {
@@ -569,5 +565,6 @@ pub async fn serve_echo(
     link.finish().await;
 }
 
+mod phases;
 #[cfg(test)]
 mod tests;

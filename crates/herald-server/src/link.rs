@@ -11,7 +11,6 @@
 //! session's commands under [`Link::drive`], which keeps writing while a command awaits (a
 //! recovery that waits for queue room needs the queue drained meanwhile).
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -31,6 +30,9 @@ use crate::metrics::WriterMetrics;
 use crate::reader::{Inbound, MessageReader, ReadError};
 use crate::writer::{WriterEnd, WriterSettings, closing_frames};
 
+mod batch;
+use batch::Batch;
+
 /// Frames taken from the queue per write.
 const MAX_BATCH: usize = 256;
 /// Buffers passed to one vectored write.
@@ -39,34 +41,6 @@ const MAX_SLICES: usize = 64;
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(1);
 /// Buffered commands read in a row before what they queued is written.
 const MAX_UNWRITTEN: u8 = 64;
-/// Batch vectors kept per runtime thread for the next link that wakes.
-const POOLED: usize = 64;
-
-thread_local! {
-    /// Batch vectors of links whose batch was written in full: a link holds one only while it
-    /// has something to write, so an idle connection holds none.
-    static BATCHES: RefCell<Vec<Vec<Bytes>>> = const { RefCell::new(Vec::new()) };
-}
-
-fn pooled_batch() -> Vec<Bytes> {
-    BATCHES
-        .with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| Vec::with_capacity(8))
-}
-
-fn return_batch(mut v: Vec<Bytes>) {
-    v.clear();
-    if v.capacity() == 0 || v.capacity() > MAX_BATCH {
-        return;
-    }
-    BATCHES.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOLED {
-            p.push(v);
-        }
-    });
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Writing what the outlet holds.
@@ -88,13 +62,11 @@ enum Phase {
 pub struct Link<S> {
     reader: MessageReader<S>,
     outlet: Arc<Outlet>,
-    /// The socket lent to the outlet for direct writes (plain TCP; see [`Link::lend`]).
-    direct: Option<Weak<dyn Direct>>,
     beat: Arc<Beat>,
     /// The writer's settings and the heartbeat wheel.
     settings: Arc<WriterSettings>,
-    /// The batch being written (borrowed from the per-thread pool; empty while idle).
-    frames: Vec<Bytes>,
+    /// The batch being written (borrowed from the per-thread pool; none while idle).
+    frames: Batch,
     /// The outlet asked for a close after the batch.
     close: Option<CloseCode>,
     /// The outlet sent this link on to another outlet (after `resume`), after the batch.
@@ -122,13 +94,37 @@ pub struct Link<S> {
     final_close: Option<CloseCode>,
 }
 
+/// A socket the fan-out may write to directly while its link is idle and the link takes back
+/// before it writes anything itself but what it drains ([`herald_core::outlet`]): plain TCP's
+/// [`crate::tcp::SendStream`]. Other streams (TLS, pipes) lend nothing: the default.
+///
+/// The handle comes from the socket each time (an atomic increment), not kept beside it: 16
+/// bytes less in every connection's task.
+pub trait Lend {
+    /// The handle direct writes go through, if this socket takes them.
+    fn direct(&self) -> Option<Weak<dyn Direct>> {
+        None
+    }
+}
+
+impl Lend for crate::tcp::SendStream {
+    fn direct(&self) -> Option<Weak<dyn Direct>> {
+        Some(crate::tcp::SendStream::direct(self))
+    }
+}
+
+impl Lend for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+impl Lend for tokio::io::DuplexStream {}
+
 /// A command running beside the link's write side ([`Link::drive`]).
 pub struct Drive<'a, S, F> {
     link: &'a mut Link<S>,
     fut: F,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + 'static, F: Future + Unpin> Future for Drive<'_, S, F> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Lend + 'static, F: Future + Unpin> Future
+    for Drive<'_, S, F>
+{
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -160,7 +156,7 @@ pub enum IoEvent {
     Handover,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Lend + 'static> Link<S> {
     /// Serve `reader`'s socket for `outlet`, with heartbeats from `settings.wheel`.
     pub fn new(
         reader: MessageReader<S>,
@@ -170,7 +166,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         Link {
             reader,
             outlet,
-            direct: None,
             // `/echo` (no advisories) is never rotated: conformance runs must not see 4005.
             beat: settings.wheel.join(if settings.advisory {
                 settings.conn.max_lifetime
@@ -178,7 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                 std::time::Duration::ZERO
             }),
             settings,
-            frames: Vec::new(),
+            frames: Batch::default(),
             close: None,
             redirect: None,
             off: 0,
@@ -244,24 +239,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         Drive { link: self, fut }
     }
 
-    /// Let the fan-out write to this socket directly while the link is idle (see
-    /// [`herald_core::outlet`]); the link takes it back before anything it writes itself other
-    /// than what it drains (closing frames) and when it ends.
-    pub fn lend(&mut self, direct: Weak<dyn Direct>) {
-        self.direct = Some(direct);
-    }
-
-    /// Tell the outlet this link waits with nothing unwritten: direct writes may go ahead.
+    /// Tell the outlet this link waits with nothing unwritten: direct writes to its socket, if
+    /// it lends itself ([`Lend`]), may go ahead.
     fn idle(&self) {
-        if let Some(d) = &self.direct {
-            self.outlet.idle(d);
+        if let Some(d) = self.reader.get_ref().direct() {
+            self.outlet.idle(&d);
         }
     }
 
     /// Take the socket back from the outlet: the rest of a frame a direct write began, which
     /// must be written before anything else.
     fn take_back(&self) -> Option<Bytes> {
-        self.outlet.take_back(self.direct.as_ref()?)
+        self.outlet.take_back(&self.reader.get_ref().direct()?)
     }
 
     /// Nothing more will be read: write what is queued, then close with `code` (or, without a
@@ -308,7 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             // write, taken back now (the outlet goes with the session), before them (after
             // one taken back from an outlet left for a redirect, if any: `next_batch`).
             let rest = self.take_back();
-            self.frames.extend(rest);
+            self.frames.push_rest(rest);
             self.timer = None;
             self.phase = Phase::Handover;
             return;
@@ -324,7 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         // No direct write may follow the closing frames, nor have begun a frame they would cut:
         // its rest goes first (taken back at the handover already, if there was one).
         let rest: Vec<Bytes> = match self.phase {
-            Phase::Handover => std::mem::take(&mut self.frames),
+            Phase::Handover => self.frames.take(),
             // A batch cut short (a heartbeat timeout while a write waits): the frame begun
             // (or the rest of a direct write it starts with) is finished first, the rest of
             // the batch dropped.
@@ -336,7 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                 .chain(self.take_back())
                 .collect(),
         };
-        self.frames = if self.settings.advisory {
+        self.frames.set(if self.settings.advisory {
             closing_frames(
                 self.outlet.format,
                 code,
@@ -344,9 +333,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             )
         } else {
             vec![frame::close(code.code(), code.reason())]
-        };
+        });
         if !rest.is_empty() {
-            self.frames.splice(0..0, rest);
+            self.frames.vec().splice(0..0, rest);
         }
         self.off = 0;
         self.timer = None;
@@ -370,7 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
         self.outlet.forget_writer(waker);
         // A frame's rest, if any, goes with the socket.
         drop(self.take_back());
-        self.frames.clear();
+        self.frames.give_back();
         self.timer = None;
         self.phase = Phase::Shutdown;
     }
@@ -539,7 +528,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             // from an outlet left for a redirect: it goes first, whatever comes next.
             if let Some(next) = self.redirect.take() {
                 let rest = self.take_back();
-                self.frames.extend(rest);
+                self.frames.push_rest(rest);
                 std::mem::replace(&mut self.outlet, next).forget_writer(cx.waker());
             }
             if let Some(code) = self.close.take() {
@@ -556,13 +545,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             }
             self.off = 0;
             let redirect_rest = self.frames.len();
+            let mut batch = self.frames.take_box();
             let mut d = Drained {
-                frames: std::mem::take(&mut self.frames),
+                frames: std::mem::take(&mut *batch),
                 ..Drained::default()
             };
-            if d.frames.capacity() == 0 {
-                d.frames = pooled_batch();
-            }
             self.outlet.drain_for(cx.waker(), MAX_BATCH, &mut d);
             // The rest of a direct write through this outlet came first too; a frame's rest is
             // not a frame (its first byte is payload): the ping goes after them.
@@ -576,7 +563,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     .publish_to_send
                     .record(t.elapsed().as_secs_f64());
             }
-            self.frames = d.frames;
+            *batch = d.frames;
+            self.frames.put(batch);
             self.close = d.close;
             self.redirect = d.redirect;
             self.emptied = d.emptied;
@@ -588,7 +576,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
                     .any(|f| f.first() == Some(&(0x80 | OpCode::Close as u8)));
                 return true;
             }
-            return_batch(std::mem::take(&mut self.frames));
+            self.frames.give_back();
             if self.redirect.is_some() || self.close.is_some() {
                 continue;
             }
@@ -636,7 +624,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             total += written;
             // Whole frames written: drop them from the front (all of them, usually).
             let mut done = 0;
-            for f in frames {
+            for f in frames.iter() {
                 let left = f.len() - self.off as usize;
                 if written < left {
                     self.off += written as u32;
@@ -648,15 +636,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + 'static> Link<S> {
             }
             count += done;
             if done == self.frames.len() {
-                self.frames.clear();
+                self.frames.vec().clear();
             } else {
-                self.frames.drain(..done);
+                self.frames.vec().drain(..done);
             }
         }
         self.count_written(count, total);
         if self.phase == Phase::Open {
             // Written: an idle connection keeps no reference to its last frames, nor the vector.
-            return_batch(std::mem::take(&mut self.frames));
+            self.frames.give_back();
         }
         Poll::Ready(Ok(()))
     }

@@ -395,7 +395,7 @@ impl HttpConnectProxy {
             .unwrap_or_default();
         Ok(ProxyIdentity {
             identity: herald_core::Identity {
-                user_id: user,
+                user_id: user.into(),
                 claims: Some(Box::new(claims)),
                 proxied: true,
             },

@@ -11,10 +11,11 @@
 //! returned at once as [`Inbound::Ping`] so its pong is queued (and coalesced) before the next
 //! frame is read, never accumulated while a message is incomplete.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::limits::Allowance;
+use herald_core::limits::{Bucket, Rate};
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
 use std::cell::RefCell;
@@ -98,16 +99,40 @@ impl ReadLimits {
     }
 }
 
+/// [`ReadLimits`] as a server's readers share them: one allocation per server, 8 bytes in each
+/// connection's reader.
+#[derive(Debug)]
+pub struct SharedLimits {
+    /// Largest message (saturated at 4 GiB).
+    max: u32,
+    max_fragments: u32,
+    frames: Rate,
+}
+
+impl SharedLimits {
+    /// Share `limits`.
+    pub fn new(limits: ReadLimits) -> Arc<SharedLimits> {
+        Arc::new(SharedLimits {
+            max: u32::try_from(limits.max_message_size).unwrap_or(u32::MAX),
+            max_fragments: limits.max_fragments,
+            frames: Rate::new(
+                limits.frames_per_second,
+                Duration::from_secs(1),
+                limits.frames_burst,
+            ),
+        })
+    }
+}
+
 /// Reads whole messages from a client's byte stream.
 pub struct MessageReader<R> {
     io: R,
     buf: Vec<u8>,
     /// Where the unread bytes of `buf` begin (`u32`s: every reader is in a connection task).
     start: u32,
-    /// Largest message (saturated at 4 GiB).
-    max: u32,
-    max_fragments: u32,
-    budget: Allowance,
+    limits: Arc<SharedLimits>,
+    /// Frames this connection may still send now, at `limits.frames`.
+    budget: Bucket,
     /// A fragmented message being reassembled (boxed: rare, and every connection holds a reader).
     partial: Option<Box<Partial>>,
     /// permessage-deflate was negotiated: RSV1 marks a compressed message.
@@ -238,22 +263,17 @@ fn parse_header(b: &[u8], max: usize, inflate: bool) -> Result<Option<Header>, R
 impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// Read from `io`; `max` bounds a whole message (no other limit).
     pub fn new(io: R, max: usize) -> Self {
-        Self::with_limits(io, ReadLimits::size_only(max))
+        Self::with_limits(io, SharedLimits::new(ReadLimits::size_only(max)))
     }
 
     /// Read from `io` under `limits`.
-    pub fn with_limits(io: R, limits: ReadLimits) -> Self {
+    pub fn with_limits(io: R, limits: Arc<SharedLimits>) -> Self {
         MessageReader {
             io,
             buf: Vec::new(),
             start: 0,
-            max: u32::try_from(limits.max_message_size).unwrap_or(u32::MAX),
-            max_fragments: limits.max_fragments,
-            budget: Allowance::new(
-                limits.frames_per_second,
-                Duration::from_secs(1),
-                limits.frames_burst,
-            ),
+            budget: Bucket::new(limits.frames),
+            limits,
             partial: None,
             inflate: false,
             waiting: false,
@@ -358,7 +378,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     ) -> Poll<Result<Inbound, ReadError>> {
         loop {
             let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
-            let limit = (self.max as usize).saturating_sub(in_message);
+            let limit = (self.limits.max as usize).saturating_sub(in_message);
             let header = match parse_header(&self.buf[self.start as usize..], limit, self.inflate)?
             {
                 Some(h) => h,
@@ -372,7 +392,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 ready!(self.poll_fill(cx, header.len + header.payload - have))?;
                 continue;
             }
-            if !self.budget.take() {
+            if !self.budget.take(self.limits.frames) {
                 return Poll::Ready(Err(policy()));
             }
             let from = self.start as usize + header.len;
@@ -394,7 +414,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// fails on it) without reading the socket.
     pub fn frame_buffered(&self) -> bool {
         let b = &self.buf[self.start as usize..];
-        match parse_header(b, self.max as usize, self.inflate) {
+        match parse_header(b, self.limits.max as usize, self.inflate) {
             Ok(Some(h)) => b.len() >= h.len + h.payload,
             Ok(None) => false,
             Err(_) => true,
@@ -415,6 +435,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             && (&self.io as &dyn std::any::Any)
                 .downcast_ref::<SendStream>()
                 .is_some_and(SendStream::read_quiet)
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &R {
+        &self.io
     }
 
     /// The socket, for writing (the reader owns it: one task reads and writes).
@@ -460,7 +485,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 let text = h.opcode == 1;
                 if h.fin {
                     let data = if h.compressed {
-                        inflate(payload, self.max as usize)?
+                        inflate(payload, self.limits.max as usize)?
                     } else {
                         payload.to_vec()
                     };
@@ -485,7 +510,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                     return Err(protocol());
                 };
                 p.fragments += 1;
-                if self.max_fragments > 0 && p.fragments > self.max_fragments {
+                if self.limits.max_fragments > 0 && p.fragments > self.limits.max_fragments {
                     return Err(policy());
                 }
                 p.buf.extend_from_slice(payload);
@@ -500,7 +525,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 };
                 let p = *p;
                 if p.compressed {
-                    let data = inflate(&p.buf, self.max as usize)?;
+                    let data = inflate(&p.buf, self.limits.max as usize)?;
                     return message(p.text, data).map(Some);
                 }
                 Ok(Some(if p.text {
@@ -641,7 +666,7 @@ mod tests {
             max_fragments: 8,
             ..ReadLimits::size_only(1 << 20)
         };
-        let mut r = MessageReader::with_limits(server, limits);
+        let mut r = MessageReader::with_limits(server, SharedLimits::new(limits));
         let mut bytes = masked(0x01, b"a");
         for _ in 0..6 {
             bytes.extend(masked(0x00, b""));
@@ -671,7 +696,7 @@ mod tests {
             frames_burst: 200,
             ..ReadLimits::size_only(1 << 20)
         };
-        let mut r = MessageReader::with_limits(server, limits);
+        let mut r = MessageReader::with_limits(server, SharedLimits::new(limits));
         let mut bytes = Vec::new();
         for _ in 0..1000 {
             bytes.extend(masked(0x89, b""));

@@ -75,6 +75,8 @@ pub struct AppState {
     pub(crate) ws_writes: Arc<WriterSettings>,
     /// How `/echo` connections write (no advisories).
     pub(crate) echo_writes: Arc<WriterSettings>,
+    /// What `/ws` connections' readers accept (`connection` limits), shared by them all.
+    pub(crate) read_limits: Arc<crate::reader::SharedLimits>,
 }
 
 /// How a `/ws` connection authenticates.

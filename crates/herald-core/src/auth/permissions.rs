@@ -81,7 +81,7 @@ pub fn may_subscribe(
                 "the channel token is for another channel",
             ));
         }
-        if c.sub != who.user_id {
+        if *c.sub != *who.user_id {
             return Err(EngineError::new(
                 ErrorCode::TokenInvalid,
                 "the channel token is for another user",

@@ -35,7 +35,7 @@ impl Session {
     pub(super) fn rpc_context(&self) -> RpcContext {
         RpcContext {
             client_id: self.client_id.to_string(),
-            user_id: self.identity.user_id.clone(),
+            user_id: self.identity.user_id.to_string(),
             info: self.identity.claims.as_ref().and_then(|c| c.info.clone()),
             headers: self.forwarded().cloned(),
         }

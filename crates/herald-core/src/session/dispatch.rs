@@ -274,7 +274,7 @@ impl Session {
         } else {
             permissions::may_publish(&self.identity, &p.channel, ns.rules())?;
         }
-        let key = match self.identity.user_id.as_str() {
+        let key = match &*self.identity.user_id {
             "" => &*self.client_id,
             user => user,
         };
@@ -390,7 +390,7 @@ impl Session {
     /// `refresh`: replace the connection token with a fresh one for the same user.
     pub(super) fn refresh(&mut self, id: &Option<Id>, token: &str) -> Result<(), EngineError> {
         let claims = self.node.verifier().verify(token, TokenKind::Connection)?;
-        if claims.sub != self.identity.user_id {
+        if *claims.sub != *self.identity.user_id {
             return Err(EngineError::new(
                 ErrorCode::TokenInvalid,
                 "the new token is for another user",

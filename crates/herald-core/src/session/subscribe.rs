@@ -132,7 +132,7 @@ impl Session {
         let sub = match acks {
             Some(settings) => {
                 let owner = crate::delivery::Owner {
-                    user_id: self.identity.user_id.clone(),
+                    user_id: self.identity.user_id.to_string(),
                     client_ip: self.client_ip,
                 };
                 Subscriber::acknowledged(

@@ -37,6 +37,8 @@ struct Counting<S> {
     writes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+impl<S> Lend for Counting<S> {}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -344,7 +346,7 @@ async fn each_push_after_a_written_batch_wakes_the_link_again() {
 fn advisory_link(
     pipe: usize,
 ) -> (
-    Link<tokio::io::DuplexStream>,
+    Link<Lending>,
     Arc<Outlet>,
     tokio::io::ReadHalf<tokio::io::DuplexStream>,
     tokio::io::WriteHalf<tokio::io::DuplexStream>,
@@ -356,13 +358,63 @@ fn advisory_link(
         advisory: true,
         ..settings(&wheel)
     });
+    let server = Lending {
+        io: server,
+        socket: None,
+    };
     let link = Link::new(MessageReader::new(server, 1 << 20), outlet.clone(), s);
     let (rd, wr) = tokio::io::split(client);
     (link, outlet, rd, wr)
 }
 
+/// A pipe that lends a fake socket for direct writes, once given one (as plain TCP lends
+/// itself).
+struct Lending {
+    io: tokio::io::DuplexStream,
+    socket: Option<Weak<dyn Direct>>,
+}
+
+impl Lend for Lending {
+    fn direct(&self) -> Option<Weak<dyn Direct>> {
+        self.socket.clone()
+    }
+}
+
+impl AsyncRead for Lending {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lending {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Lend `socket` through `link`'s stream.
+fn lend(link: &mut Link<Lending>, socket: Weak<dyn Direct>) {
+    link.reader.get_mut().socket = Some(socket);
+}
+
 /// Poll the link once (whatever it reports).
-async fn poll_once(link: &mut Link<tokio::io::DuplexStream>) {
+async fn poll_once<S: AsyncRead + AsyncWrite + Unpin + Lend + 'static>(link: &mut Link<S>) {
     let mut control = Vec::new();
     std::future::poll_fn(|cx| {
         let _ = link.poll_io(cx, &mut control);
@@ -444,8 +496,8 @@ async fn a_close_requested_during_a_handover_replaces_the_rotation() {
 }
 
 /// Poll `command` under [`Link::drive`] once: whether it finished.
-async fn poll_drive(
-    link: &mut Link<tokio::io::DuplexStream>,
+async fn poll_drive<S: AsyncRead + AsyncWrite + Unpin + Lend + 'static>(
+    link: &mut Link<S>,
     command: &mut tokio::sync::oneshot::Receiver<()>,
 ) -> bool {
     let mut drive = link.drive(command);
@@ -509,16 +561,13 @@ impl Direct for ShortSocket {
 
 /// Lend `link` a socket that takes 5 bytes, let it go idle, and push a publication with the gate
 /// open: its first 5 bytes are written directly, the rest is queued. The whole frame.
-async fn short_direct_write(
-    link: &mut Link<tokio::io::DuplexStream>,
-    outlet: &Arc<Outlet>,
-) -> Bytes {
+async fn short_direct_write(link: &mut Link<Lending>, outlet: &Arc<Outlet>) -> Bytes {
     let socket = Arc::new(ShortSocket {
         room: std::sync::Mutex::new(5),
         wire: Default::default(),
     });
     let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
-    link.lend(weak);
+    lend(link, weak);
     // Idle: drained nothing, so the outlet may write directly.
     poll_once(link).await;
     let p = Arc::new(herald_core::publication::Publication::new(
@@ -607,7 +656,7 @@ async fn a_ping_while_listed_takes_the_queue_and_the_corked_write_sends_nothing(
         wire: Default::default(),
     });
     let weak: Weak<dyn Direct> = Arc::downgrade(&socket) as Weak<ShortSocket>;
-    link.lend(weak);
+    lend(&mut link, weak);
     // Idle: drained nothing, so the outlet may be listed.
     poll_once(&mut link).await;
     let pubs: Vec<_> = (1..3)

@@ -383,6 +383,7 @@ impl HttpConnectProxy {
             exp: r["expire_at"].as_u64().unwrap_or(now + 365 * 24 * 3600),
             iat: Some(now),
             info: r.get("info").cloned().filter(|v| !v.is_null()),
+            proxied: true,
             ..Default::default()
         };
         let channels = r["channels"]
@@ -397,7 +398,6 @@ impl HttpConnectProxy {
             identity: herald_core::Identity {
                 user_id: user.into(),
                 claims: Some(Box::new(claims)),
-                proxied: true,
             },
             channels,
         })

@@ -127,9 +127,8 @@ impl SharedLimits {
 /// Reads whole messages from a client's byte stream.
 pub struct MessageReader<R> {
     io: R,
-    buf: Vec<u8>,
-    /// Where the unread bytes of `buf` begin (`u32`s: every reader is in a connection task).
-    start: u32,
+    /// Bytes read and not parsed yet.
+    buf: Unread,
     limits: Arc<SharedLimits>,
     /// Frames this connection may still send now, at `limits.frames`.
     budget: Bucket,
@@ -140,6 +139,92 @@ pub struct MessageReader<R> {
     /// The last read found the socket empty (`Pending`): its waker is registered with the
     /// reactor (see [`MessageReader::quiet`]).
     waiting: bool,
+}
+
+/// Bytes read and not parsed yet: a box while there are some, nothing (8 bytes in every
+/// connection's task, not 32) while the connection waits for more.
+#[derive(Default)]
+struct Unread(Option<Box<Buffer>>);
+
+#[derive(Default)]
+struct Buffer {
+    bytes: Vec<u8>,
+    /// Where the unread bytes begin (a `u32`: it holds at most a message and a frame header).
+    start: u32,
+}
+
+impl Unread {
+    /// Everything buffered, parsed or not (empty without a buffer).
+    fn all(&self) -> &[u8] {
+        self.0.as_ref().map_or(&[], |b| &b.bytes)
+    }
+
+    fn all_mut(&mut self) -> &mut [u8] {
+        self.0.as_mut().map_or(&mut [], |b| &mut b.bytes)
+    }
+
+    /// Where the unread bytes begin.
+    fn start(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.start as usize)
+    }
+
+    /// The unread bytes.
+    fn unread(&self) -> &[u8] {
+        &self.all()[self.start()..]
+    }
+
+    /// Bytes from `start` on are unread (within what is buffered).
+    fn set_start(&mut self, start: usize) {
+        if let Some(b) = &mut self.0 {
+            b.start = start as u32;
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.bytes.capacity())
+    }
+
+    /// The buffer to read into (made when there is none).
+    fn vec(&mut self) -> &mut Vec<u8> {
+        &mut self.0.get_or_insert_with(Box::default).bytes
+    }
+
+    fn extend(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.vec().extend_from_slice(bytes);
+        }
+    }
+
+    /// Drop the parsed bytes from the front.
+    fn compact(&mut self) {
+        if let Some(b) = &mut self.0
+            && b.start > 0
+        {
+            b.bytes.drain(..b.start as usize);
+            b.start = 0;
+        }
+    }
+
+    /// Free the buffer if it holds nothing unread.
+    fn release_if_empty(&mut self) {
+        if self.unread().is_empty() {
+            self.0 = None;
+        }
+    }
+
+    /// Forget consumed bytes; free a grown buffer once it is empty.
+    fn consumed(&mut self) {
+        if let Some(b) = &mut self.0
+            && b.start as usize == b.bytes.len()
+        {
+            if b.bytes.capacity() > KEEP {
+                self.0 = None;
+            } else {
+                b.start = 0;
+                b.bytes.clear();
+            }
+        }
+    }
 }
 
 /// Validate newly appended UTF-8, allowing an incomplete sequence at the end.
@@ -270,8 +355,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     pub fn with_limits(io: R, limits: Arc<SharedLimits>) -> Self {
         MessageReader {
             io,
-            buf: Vec::new(),
-            start: 0,
+            buf: Unread::default(),
             budget: Bucket::new(limits.frames),
             limits,
             partial: None,
@@ -289,7 +373,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
 
     /// Read `bytes` (already taken from the socket) before anything else.
     pub fn with_buffered(mut self, bytes: &[u8]) -> Self {
-        self.buf.extend_from_slice(bytes);
+        self.buf.extend(bytes);
         self
     }
 
@@ -297,7 +381,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// it closes (EOF), `limit` bytes or `timeout` (RFC 6455 §7.1.1). Closing at once would make
     /// the kernel answer unread bytes with a reset, and the client would see 1006, not our code.
     pub async fn linger(mut self, timeout: Duration, limit: usize) {
-        let mut seen = self.buf.len() - self.start as usize;
+        let mut seen = self.buf.unread().len();
         let mut scratch = vec![0u8; 4096];
         let drain = async {
             while seen < limit {
@@ -314,12 +398,9 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// into this thread's scratch buffer and only what arrived is kept; while the socket has
     /// nothing to read and nothing is buffered, the connection holds no read buffer at all.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<Result<(), ReadError>> {
-        if self.start > 0 {
-            self.buf.drain(..self.start as usize);
-            self.start = 0;
-        }
+        self.buf.compact();
         let want = want.max(MIN_READ);
-        let res = if self.buf.is_empty() && self.buf.capacity() < want {
+        let res = if self.buf.all().is_empty() && self.buf.capacity() < want {
             let io = &mut self.io;
             let buf = &mut self.buf;
             SCRATCH.with(|scratch| {
@@ -328,39 +409,26 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
                 match Pin::new(io).poll_read(cx, &mut rb) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(r) => {
-                        buf.extend_from_slice(rb.filled());
+                        buf.extend(rb.filled());
                         Poll::Ready(r.map(|()| rb.filled().len()))
                     }
                 }
             })
         } else {
-            self.buf.reserve(want);
-            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+            let buf = self.buf.vec();
+            buf.reserve(want);
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf)
         };
         // A read stopped by tokio's task budget (`coop`) returns `Pending` without registering
         // anything: it only asks for the task to be polled again, and then it must read.
         self.waiting = res.is_pending() && tokio::task::coop::has_budget_remaining();
         match res {
             Poll::Pending => {
-                if self.buf.is_empty() && self.buf.capacity() > 0 {
-                    self.buf = Vec::new();
-                }
+                self.buf.release_if_empty();
                 Poll::Pending
             }
             Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(ReadError::Gone)),
             Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
-        }
-    }
-
-    /// Forget consumed bytes; free a grown buffer once it is empty.
-    fn consumed(&mut self) {
-        if self.start as usize == self.buf.len() {
-            self.start = 0;
-            if self.buf.capacity() > KEEP {
-                self.buf = Vec::new();
-            } else {
-                self.buf.clear();
-            }
         }
     }
 
@@ -379,15 +447,14 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         loop {
             let in_message = self.partial.as_ref().map_or(0, |p| p.buf.len());
             let limit = (self.limits.max as usize).saturating_sub(in_message);
-            let header = match parse_header(&self.buf[self.start as usize..], limit, self.inflate)?
-            {
+            let header = match parse_header(self.buf.unread(), limit, self.inflate)? {
                 Some(h) => h,
                 None => {
                     ready!(self.poll_fill(cx, 14))?;
                     continue;
                 }
             };
-            let have = self.buf.len() - self.start as usize;
+            let have = self.buf.unread().len();
             if have < header.len + header.payload {
                 ready!(self.poll_fill(cx, header.len + header.payload - have))?;
                 continue;
@@ -395,15 +462,15 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
             if !self.budget.take(self.limits.frames) {
                 return Poll::Ready(Err(policy()));
             }
-            let from = self.start as usize + header.len;
-            let payload = &mut self.buf[from..from + header.payload];
+            let from = self.buf.start() + header.len;
+            let payload = &mut self.buf.all_mut()[from..from + header.payload];
             for (i, b) in payload.iter_mut().enumerate() {
                 *b ^= header.mask[i & 3];
             }
             // Within `buf`, which holds at most a message and a frame header.
-            self.start = (from + header.payload) as u32;
+            self.buf.set_start(from + header.payload);
             let result = self.frame(&header, from, control);
-            self.consumed();
+            self.buf.consumed();
             if let Some(m) = result? {
                 return Poll::Ready(Ok(m));
             }
@@ -413,7 +480,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// A whole frame is buffered already: the next [`MessageReader::poll_next`] acts on it (or
     /// fails on it) without reading the socket.
     pub fn frame_buffered(&self) -> bool {
-        let b = &self.buf[self.start as usize..];
+        let b = self.buf.unread();
         match parse_header(b, self.limits.max as usize, self.inflate) {
             Ok(Some(h)) => b.len() >= h.len + h.payload,
             Ok(None) => false,
@@ -454,7 +521,7 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         from: usize,
         control: &mut Vec<Bytes>,
     ) -> Result<Option<Inbound>, ReadError> {
-        let payload = &self.buf[from..from + h.payload];
+        let payload = &self.buf.all()[from..from + h.payload];
         match h.opcode {
             8 => {
                 let code = match payload.len() {
@@ -651,11 +718,12 @@ mod tests {
             "buffer kept small: {}",
             r.buf.capacity()
         );
+        assert_eq!(std::mem::size_of::<Unread>(), 8);
         // Waiting for the next frame with nothing buffered holds no buffer at all.
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         assert!(r.poll_next(&mut cx, &mut control).is_pending());
-        assert_eq!(r.buf.capacity(), 0, "an idle reader holds no buffer");
+        assert!(r.buf.0.is_none(), "an idle reader holds no buffer");
     }
 
     /// Regression (issue 12): 265 M empty continuation frames were reassembled without a bound.

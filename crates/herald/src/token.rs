@@ -88,6 +88,7 @@ pub fn mint(auth: &AuthConfig, args: &MintArgs) -> anyhow::Result<String> {
         channels: args.channels.clone(),
         publish: args.publish.clone(),
         channel: args.channel.clone(),
+        proxied: false,
     };
     // aud/iss are added when the server checks them.
     let mut value = serde_json::to_value(&claims)?;

@@ -28,6 +28,10 @@ pub struct Claims {
     /// Channel tokens only: the one channel this token grants.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<String>,
+    /// Not a claim: these claims are the connect proxy's answer, not a token's (never read
+    /// from a token: a token cannot say it was proxied).
+    #[serde(skip)]
+    pub proxied: bool,
 }
 
 /// What a token is presented for.
@@ -37,4 +41,20 @@ pub enum TokenKind {
     Connection,
     /// Grants one channel (a `channel` claim is required).
     Channel,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `proxied` is Herald's mark for a connect proxy's answer: a token that claims it is still
+    /// a token (the refresh proxy must not extend it).
+    #[test]
+    fn a_token_cannot_claim_to_be_proxied() {
+        let c: Claims =
+            serde_json::from_str(r#"{"sub":"u","exp":1,"proxied":true}"#).expect("claims");
+        assert!(!c.proxied);
+        let back = serde_json::to_value(Claims { proxied: true, ..c }).expect("json");
+        assert!(back.get("proxied").is_none(), "{back}");
+    }
 }

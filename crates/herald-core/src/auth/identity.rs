@@ -8,10 +8,9 @@ pub struct Identity {
     /// User id ("" = anonymous).
     /// (Boxed `str`: 16 bytes in every connection's session, not 24.)
     pub user_id: Box<str>,
-    /// Claims of the connection token (`None` = connected without a token).
+    /// Claims of the connection token (`None` = connected without a token); a connect proxy's
+    /// answer makes claims too ([`Claims::proxied`]).
     pub claims: Option<Box<Claims>>,
-    /// Authenticated by the connect proxy: the refresh proxy extends it before `exp`.
-    pub proxied: bool,
 }
 
 impl Identity {
@@ -25,7 +24,11 @@ impl Identity {
         Identity {
             user_id: claims.sub.as_str().into(),
             claims: Some(Box::new(claims)),
-            proxied: false,
         }
+    }
+
+    /// Authenticated by the connect proxy: the refresh proxy extends it before `exp`.
+    pub fn proxied(&self) -> bool {
+        self.claims.as_ref().is_some_and(|c| c.proxied)
     }
 }

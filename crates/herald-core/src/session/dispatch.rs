@@ -41,7 +41,7 @@ impl Session {
         }
         if !e.refresh_sent && now >= e.refresh_at() {
             e.refresh_sent = true;
-            if self.identity.proxied
+            if self.identity.proxied()
                 && let Ok(proxy) = self.node.channel_proxy()
                 && proxy.refreshes()
             {

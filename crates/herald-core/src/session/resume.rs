@@ -245,7 +245,7 @@ impl crate::node::Waiting for Session {
 
     fn proxied_identity(&self) -> Option<Identity> {
         // Revoked or disconnected while waiting: its outlet is closed, it cannot be resumed.
-        if !self.identity.proxied || self.outlet.close_requested().is_some() {
+        if !self.identity.proxied() || self.outlet.close_requested().is_some() {
             return None;
         }
         let expired = self.identity.claims.as_ref().is_some_and(|c| {

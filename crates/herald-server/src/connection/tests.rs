@@ -4,7 +4,7 @@ use super::*;
 
 /// Issue 14: the connection's future is an idle connection's largest allocation: a box of its
 /// own ([`phases`]), `Conn` plus 16 bytes (the loop's await), in jemalloc's size class for it
-/// (384, 448, 512, …). At ≤ 432 bytes it is a 448-byte box beside a 128-byte task
+/// (320, 384, 448, 512, …). At ≤ 368 bytes it is a 384-byte box beside a 128-byte task
 /// (`bench/idle-heap.sh` shows both). History: `Conn` was 672 (a 1 024-byte task) before the
 /// message moved into its boxed handler, the session's tokens lost their 16-byte alignment and
 /// plain TCP connections dropped hyper's `Upgraded`; 616 (768) before the session's rarely used
@@ -12,12 +12,14 @@ use super::*;
 /// took the heartbeat wheel and the IP slot's key became 16 bytes; 488 (a 640-byte task, the
 /// future inline) before the task went in two boxed phases, the command limiter and the
 /// reader's limits named their rates from the config, the user id and the subscriptions became
-/// boxed slices, the socket lent for direct writes came from the stream and the batch vector
-/// went behind a pointer. A field added here must pay for itself.
+/// boxed slices, the socket lent for direct writes came from the stream, the batch vector and
+/// the reader's unparsed bytes went behind a pointer, the IP slot's key into an entry its
+/// slots share, and the connect proxy's mark into the claims. A field added here must pay for
+/// itself.
 #[test]
-fn an_idle_connection_stays_a_448_byte_box() {
+fn an_idle_connection_stays_a_384_byte_box() {
     let size = std::mem::size_of::<Conn<crate::tcp::SendStream>>();
-    assert!(size + 16 <= 448, "Conn<SendStream> is {size} bytes");
+    assert!(size + 16 <= 384, "Conn<SendStream> is {size} bytes");
 }
 
 /// A pipe whose write side never finishes its shutdown (like a TLS stream whose `close_notify`

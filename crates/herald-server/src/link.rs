@@ -14,12 +14,12 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::outlet::{Direct, Drained, Outlet};
+use herald_core::outlet::{Drained, Lent, Outlet};
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -96,20 +96,21 @@ pub struct Link<S> {
 
 /// A socket the fan-out may write to directly while its link is idle and the link takes back
 /// before it writes anything itself but what it drains ([`herald_core::outlet`]): plain TCP's
-/// [`crate::tcp::SendStream`]. Other streams (TLS, pipes) lend nothing: the default.
+/// [`crate::tcp::SendStream`], which only `/ws` connections use. Other streams (TLS, pipes)
+/// lend nothing: the default.
 ///
-/// The handle comes from the socket each time (an atomic increment), not kept beside it: 16
-/// bytes less in every connection's task.
+/// The socket is asked each time, not kept beside it: 16 bytes less in every connection's
+/// task; told apart by its address, it costs nothing while the outlet holds it already.
 pub trait Lend {
-    /// The handle direct writes go through, if this socket takes them.
-    fn direct(&self) -> Option<Weak<dyn Direct>> {
+    /// The socket direct writes go through, if this stream takes them.
+    fn lent(&self) -> Option<&dyn Lent> {
         None
     }
 }
 
 impl Lend for crate::tcp::SendStream {
-    fn direct(&self) -> Option<Weak<dyn Direct>> {
-        Some(crate::tcp::SendStream::direct(self))
+    fn lent(&self) -> Option<&dyn Lent> {
+        Some(self)
     }
 }
 
@@ -242,15 +243,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Lend + 'static> Link<S> {
     /// Tell the outlet this link waits with nothing unwritten: direct writes to its socket, if
     /// it lends itself ([`Lend`]), may go ahead.
     fn idle(&self) {
-        if let Some(d) = self.reader.get_ref().direct() {
-            self.outlet.idle(&d);
+        if let Some(socket) = self.reader.get_ref().lent() {
+            self.outlet.idle(socket);
         }
     }
 
     /// Take the socket back from the outlet: the rest of a frame a direct write began, which
     /// must be written before anything else.
     fn take_back(&self) -> Option<Bytes> {
-        self.outlet.take_back(&self.reader.get_ref().direct()?)
+        self.outlet.take_back(self.reader.get_ref().lent()?)
     }
 
     /// Nothing more will be read: write what is queued, then close with `code` (or, without a

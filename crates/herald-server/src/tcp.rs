@@ -77,12 +77,6 @@ impl SendStream {
         SendStream(Arc::new(Tcp(tcp)))
     }
 
-    /// The handle the connection's outlet writes directly through.
-    pub fn direct(&self) -> Weak<dyn herald_core::outlet::Direct> {
-        let weak: Weak<dyn herald_core::outlet::Direct> = Arc::downgrade(&self.0) as Weak<Tcp>;
-        weak
-    }
-
     /// No read readiness since the last read found the socket empty: the reactor has not woken
     /// (nor taken) the waker that read registered. One atomic load; nothing is registered or
     /// cleared (the closure never reports `WouldBlock`).
@@ -105,6 +99,19 @@ impl SendStream {
                 r => return Poll::Ready(r),
             }
         }
+    }
+}
+
+/// Lent to the connection's outlet for direct writes (see [`crate::link::Lend`]).
+impl herald_core::outlet::Lent for SendStream {
+    fn addr(&self) -> *const () {
+        Arc::as_ptr(&self.0).cast()
+    }
+
+    /// The handle the connection's outlet writes directly through.
+    fn handle(&self) -> Weak<dyn herald_core::outlet::Direct> {
+        let weak: Weak<dyn herald_core::outlet::Direct> = Arc::downgrade(&self.0) as Weak<Tcp>;
+        weak
     }
 }
 
@@ -252,7 +259,9 @@ mod tests {
     #[tokio::test]
     async fn direct_writes_share_the_socket_and_never_block() {
         let (mut s, mut c) = pair().await;
-        let direct = s.direct().upgrade().expect("the stream holds it");
+        let direct = herald_core::outlet::Lent::handle(&s)
+            .upgrade()
+            .expect("the stream holds it");
         let now = std::time::Instant::now();
         let two = [IoSlice::new(b"dir"), IoSlice::new(b"ect ")];
         assert_eq!(direct.try_write(&two, now).expect("direct"), 7);
@@ -275,7 +284,7 @@ mod tests {
         assert!(total > 0);
         let w = tokio::time::timeout(std::time::Duration::from_millis(100), s.write(b"x")).await;
         assert!(w.is_err(), "the task's write waits for room");
-        let weak = s.direct();
+        let weak = herald_core::outlet::Lent::handle(&s);
         drop(direct);
         drop(s);
         assert!(

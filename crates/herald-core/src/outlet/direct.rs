@@ -18,6 +18,34 @@ pub(super) enum Written {
     Nothing,
 }
 
+/// A socket a writer lends its outlet ([`Outlet::idle`], [`Outlet::take_back`]): told apart
+/// by its address, so that the `Weak` the outlet keeps is made only when it holds another (a
+/// writer goes idle after every batch: no reference count touched then, on a cache line the
+/// fan-out's threads share).
+pub trait Lent {
+    /// The socket's address.
+    fn addr(&self) -> *const ();
+    /// A handle for the outlet to keep.
+    fn handle(&self) -> Weak<dyn Direct>;
+}
+
+impl Lent for Weak<dyn Direct> {
+    fn addr(&self) -> *const () {
+        self.as_ptr().cast()
+    }
+
+    fn handle(&self) -> Weak<dyn Direct> {
+        self.clone()
+    }
+}
+
+/// The outlet holds `socket` (lent, not taken back).
+fn holds(q: &Queue, socket: &dyn Lent) -> bool {
+    q.direct
+        .as_ref()
+        .is_some_and(|d| d.as_ptr().cast::<()>() == socket.addr())
+}
+
 impl Outlet {
     /// Write `p`'s frame to the lent socket when nothing may go before it (see the module
     /// docs). Anything but a whole write ends the writer's idleness: it takes over.
@@ -49,13 +77,13 @@ impl Outlet {
     /// The writer waits for a wake-up with nothing of its own unwritten: publications pushed
     /// meanwhile may be written straight to `socket` (see the module docs) — unless something
     /// happened since it armed (a push, a close, a pong owed), which has woken it already.
-    pub fn idle(&self, socket: &Weak<dyn Direct>) {
+    pub fn idle(&self, socket: &dyn Lent) {
         let mut q = lock(&self.queue);
         if !q.armed || !q.items.is_empty() || rare_blocks(q.rare.as_deref()) || q.close.is_some() {
             return;
         }
-        if !q.direct.as_ref().is_some_and(|d| Weak::ptr_eq(d, socket)) {
-            q.direct = Some(socket.clone());
+        if !holds(&q, socket) {
+            q.direct = Some(socket.handle());
         }
         q.idle = true;
     }
@@ -64,9 +92,9 @@ impl Outlet {
     /// a frame a direct write began that the writer has not taken yet, taken out of the queue:
     /// the writer must write it before anything else of its own (its closing frames), or drop
     /// it with the socket — never leave it for another connection (a resumed session's).
-    pub fn take_back(&self, socket: &Weak<dyn Direct>) -> Option<Bytes> {
+    pub fn take_back(&self, socket: &dyn Lent) -> Option<Bytes> {
         let mut q = lock(&self.queue);
-        if !q.direct.as_ref().is_some_and(|d| Weak::ptr_eq(d, socket)) {
+        if !holds(&q, socket) {
             return None;
         }
         q.direct = None;

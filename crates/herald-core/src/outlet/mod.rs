@@ -31,6 +31,7 @@ mod direct_tests;
 mod items;
 
 pub use cork::{CORKED_PER_POLL, Corked, corked};
+pub use direct::Lent;
 use direct::Written;
 
 use std::cell::Cell;

@@ -147,6 +147,51 @@ mod tests {
         assert!(futures_util::poll!(&mut task).is_ready());
     }
 
+    /// A setup that hands `out` on and marks its drop.
+    struct Setup {
+        out: Option<Opened<Check, Ended>>,
+        dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Future for Setup {
+        type Output = Opened<Check, Ended>;
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
+            Poll::Ready(self.out.take().unwrap_or(Opened::Nothing))
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A connection that checks, when first polled, that the setup is gone.
+    struct Check(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Future for Check {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            assert!(
+                self.0.load(std::sync::atomic::Ordering::SeqCst),
+                "the setup's box is freed before the connection runs"
+            );
+            Poll::Ready(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_setup_is_freed_before_the_connection_runs() {
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut task = Phases::new(Setup {
+            out: Some(Opened::Plain(Check(dropped.clone()))),
+            dropped: dropped.clone(),
+        });
+        assert!(futures_util::poll!(&mut task).is_ready());
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
     #[tokio::test]
     async fn a_setup_that_opens_nothing_ends_the_task() {
         let mut task = Phases::new(ready(Opened::<Ended, Ended>::Nothing));

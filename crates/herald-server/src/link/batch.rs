@@ -16,6 +16,8 @@ use super::MAX_BATCH;
 
 /// Batch vectors kept per runtime thread for the next link that wakes.
 const POOLED: usize = 64;
+/// A new batch vector's capacity; smaller ones are not pooled.
+const MIN_POOLED: usize = 8;
 
 thread_local! {
     /// Batch vectors of links whose batch was written in full.
@@ -79,7 +81,8 @@ impl Batch {
             return;
         };
         v.clear();
-        if v.capacity() == 0 || v.capacity() > MAX_BATCH {
+        // Not the closing frames' small vector, nor a grown one.
+        if !(MIN_POOLED..=MAX_BATCH).contains(&v.capacity()) {
             return;
         }
         BATCHES.with(|p| {
@@ -94,7 +97,7 @@ impl Batch {
 fn pooled() -> Box<Vec<Bytes>> {
     BATCHES
         .with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| Box::new(Vec::with_capacity(8)))
+        .unwrap_or_else(|| Box::new(Vec::with_capacity(MIN_POOLED)))
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 use super::*;
 use crate::config::ConnectionConfig;
 use crate::heartbeat::Heartbeats;
+use herald_core::outlet::Direct;
 use herald_core::outlet::QueueLimits;
 use herald_proto::Format;
+use std::sync::Weak;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn settings(wheel: &Arc<Heartbeats>) -> WriterSettings {
@@ -375,8 +377,10 @@ struct Lending {
 }
 
 impl Lend for Lending {
-    fn direct(&self) -> Option<Weak<dyn Direct>> {
-        self.socket.clone()
+    fn lent(&self) -> Option<&dyn herald_core::outlet::Lent> {
+        self.socket
+            .as_ref()
+            .map(|s| s as &dyn herald_core::outlet::Lent)
     }
 }
 

@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use herald_proto::CloseCode;
 use herald_proto::frame::{self, OpCode};
-use herald_server::reader::{Inbound, MessageReader, ReadError, ReadLimits};
+use herald_server::reader::{Inbound, MessageReader, ReadError, ReadLimits, SharedLimits};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -207,7 +207,7 @@ fuzz_target!(|input: &[u8]| {
     };
 
     let reference = drive(
-        MessageReader::with_limits(wire, limits).inflating(inflate),
+        MessageReader::with_limits(wire, SharedLimits::new(limits)).inflating(inflate),
         wire.len(),
         || false,
     );
@@ -221,7 +221,7 @@ fuzz_target!(|input: &[u8]| {
         pended: false,
     };
     let split = drive(
-        MessageReader::with_limits(chunked, limits).inflating(inflate),
+        MessageReader::with_limits(chunked, SharedLimits::new(limits)).inflating(inflate),
         wire.len(),
         || decide.next() % 2 == 0,
     );
@@ -237,7 +237,7 @@ fuzz_target!(|input: &[u8]| {
         ..limits
     };
     let limited = drive(
-        MessageReader::with_limits(wire, budget).inflating(inflate),
+        MessageReader::with_limits(wire, SharedLimits::new(budget)).inflating(inflate),
         wire.len(),
         || false,
     );

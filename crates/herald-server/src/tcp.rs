@@ -102,7 +102,7 @@ impl SendStream {
     }
 }
 
-/// Lent to the connection's outlet for direct writes (see [`crate::link::Lend`]).
+/// Lent to the connection's outlet for direct writes (its link asks for it while idle).
 impl herald_core::outlet::Lent for SendStream {
     fn addr(&self) -> *const () {
         Arc::as_ptr(&self.0).cast()

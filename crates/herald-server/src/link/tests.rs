@@ -33,13 +33,24 @@ fn outlet() -> Arc<Outlet> {
 }
 
 /// A stream that counts the writes made on it (a vectored write is one write, as on a
-/// socket).
+/// socket), and lends a fake socket for direct writes once given one (as plain TCP lends
+/// itself).
 struct Counting<S> {
     io: S,
     writes: Arc<std::sync::atomic::AtomicUsize>,
+    socket: Option<Weak<dyn Direct>>,
 }
 
-impl<S> Lend for Counting<S> {}
+/// A pipe that may lend a fake socket for direct writes.
+type Lending = Counting<tokio::io::DuplexStream>;
+
+impl<S> Lend for Counting<S> {
+    fn lent(&self) -> Option<&dyn herald_core::outlet::Lent> {
+        self.socket
+            .as_ref()
+            .map(|s| s as &dyn herald_core::outlet::Lent)
+    }
+}
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     fn poll_read(
@@ -111,6 +122,7 @@ async fn counted_link(
     let server = Counting {
         io: server,
         writes: writes.clone(),
+        socket: None,
     };
     let outlet = outlet();
     let wheel = Heartbeats::new(Duration::from_secs(3600), Duration::from_secs(10));
@@ -362,54 +374,12 @@ fn advisory_link(
     });
     let server = Lending {
         io: server,
+        writes: Arc::default(),
         socket: None,
     };
     let link = Link::new(MessageReader::new(server, 1 << 20), outlet.clone(), s);
     let (rd, wr) = tokio::io::split(client);
     (link, outlet, rd, wr)
-}
-
-/// A pipe that lends a fake socket for direct writes, once given one (as plain TCP lends
-/// itself).
-struct Lending {
-    io: tokio::io::DuplexStream,
-    socket: Option<Weak<dyn Direct>>,
-}
-
-impl Lend for Lending {
-    fn lent(&self) -> Option<&dyn herald_core::outlet::Lent> {
-        self.socket
-            .as_ref()
-            .map(|s| s as &dyn herald_core::outlet::Lent)
-    }
-}
-
-impl AsyncRead for Lending {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Lending {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 /// Lend `socket` through `link`'s stream.

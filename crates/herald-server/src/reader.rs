@@ -28,6 +28,10 @@ use crate::tcp::SendStream;
 
 /// Buffer capacity kept after a message has been consumed.
 pub const KEEP: usize = 512;
+
+mod unread;
+use unread::Unread;
+
 /// Smallest read.
 const MIN_READ: usize = 256;
 /// Size of each runtime thread's scratch buffer, which reads land in when a connection has
@@ -139,92 +143,6 @@ pub struct MessageReader<R> {
     /// The last read found the socket empty (`Pending`): its waker is registered with the
     /// reactor (see [`MessageReader::quiet`]).
     waiting: bool,
-}
-
-/// Bytes read and not parsed yet: a box while there are some, nothing (8 bytes in every
-/// connection's task, not 32) while the connection waits for more.
-#[derive(Default)]
-struct Unread(Option<Box<Buffer>>);
-
-#[derive(Default)]
-struct Buffer {
-    bytes: Vec<u8>,
-    /// Where the unread bytes begin (a `u32`: it holds at most a message and a frame header).
-    start: u32,
-}
-
-impl Unread {
-    /// Everything buffered, parsed or not (empty without a buffer).
-    fn all(&self) -> &[u8] {
-        self.0.as_ref().map_or(&[], |b| &b.bytes)
-    }
-
-    fn all_mut(&mut self) -> &mut [u8] {
-        self.0.as_mut().map_or(&mut [], |b| &mut b.bytes)
-    }
-
-    /// Where the unread bytes begin.
-    fn start(&self) -> usize {
-        self.0.as_ref().map_or(0, |b| b.start as usize)
-    }
-
-    /// The unread bytes.
-    fn unread(&self) -> &[u8] {
-        &self.all()[self.start()..]
-    }
-
-    /// Bytes from `start` on are unread (within what is buffered).
-    fn set_start(&mut self, start: usize) {
-        if let Some(b) = &mut self.0 {
-            b.start = start as u32;
-        }
-    }
-
-    fn capacity(&self) -> usize {
-        self.0.as_ref().map_or(0, |b| b.bytes.capacity())
-    }
-
-    /// The buffer to read into (made when there is none).
-    fn vec(&mut self) -> &mut Vec<u8> {
-        &mut self.0.get_or_insert_with(Box::default).bytes
-    }
-
-    fn extend(&mut self, bytes: &[u8]) {
-        if !bytes.is_empty() {
-            self.vec().extend_from_slice(bytes);
-        }
-    }
-
-    /// Drop the parsed bytes from the front.
-    fn compact(&mut self) {
-        if let Some(b) = &mut self.0
-            && b.start > 0
-        {
-            b.bytes.drain(..b.start as usize);
-            b.start = 0;
-        }
-    }
-
-    /// Free the buffer if it holds nothing unread.
-    fn release_if_empty(&mut self) {
-        if self.unread().is_empty() {
-            self.0 = None;
-        }
-    }
-
-    /// Forget consumed bytes; free a grown buffer once it is empty.
-    fn consumed(&mut self) {
-        if let Some(b) = &mut self.0
-            && b.start as usize == b.bytes.len()
-        {
-            if b.bytes.capacity() > KEEP {
-                self.0 = None;
-            } else {
-                b.start = 0;
-                b.bytes.clear();
-            }
-        }
-    }
 }
 
 /// Validate newly appended UTF-8, allowing an incomplete sequence at the end.
